@@ -1,0 +1,204 @@
+//! The command line: `run`, `check`, `replay`, `gen`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{self, Options, Sinks, Summary};
+use crate::io::sink::{DeadLetters, EXAMPLES};
+use crate::io::source;
+use crate::spec::Spec;
+use crate::{replay, workload};
+
+/// Real-time identity resolution, intent scores and consent-filtered views from
+/// Segment-spec NDJSON events.
+#[derive(Parser)]
+#[command(name = "throughline", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read events (stdin or --input files) and write the change stream of every view.
+    Run(RunArgs),
+    /// Validate a dataflow spec file.
+    Check {
+        /// The spec file.
+        file: PathBuf,
+    },
+    /// Run a fixture directory and diff its outputs against the expected files.
+    Replay {
+        /// Fixture directories (each with events.ndjson and expected.*.ndjson).
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+        /// Rewrite the expected files from this run instead of comparing.
+        #[arg(long)]
+        bless: bool,
+        /// Timely workers.
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Write a reproducible synthetic workload (NDJSON) to stdout.
+    Gen(workload::GenArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Dataflow spec (TOML); the built-in default when absent.
+    #[arg(long)]
+    dataflow: Option<PathBuf>,
+    /// Input files, read in order (`-` is stdin); stdin when absent.
+    #[arg(long = "input", short = 'i')]
+    inputs: Vec<PathBuf>,
+    /// Write the final snapshot instead of the change stream.
+    #[arg(long)]
+    snapshot: bool,
+    /// Write to this file instead of stdout.
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Write dead letters (NDJSON) here; otherwise they are summarised on stderr.
+    #[arg(long)]
+    dead_letters: Option<PathBuf>,
+    /// Timely workers in this process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// On live input, publish the current time's changes after this many ms without input.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Use this wall clock (epoch ms) for the far-future rule instead of the machine's.
+    #[arg(long, hide = true)]
+    wall_clock_ms: Option<u64>,
+    /// Do not print the summary line on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { file } => check(&file),
+        Command::Replay {
+            fixtures,
+            bless,
+            workers,
+        } => replay::command(&fixtures, bless, workers),
+        Command::Gen(args) => workload::command(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("throughline: error: {message}");
+            1
+        }
+    }
+}
+
+/// Loads `--dataflow` or the built-in default.
+pub fn load_spec(path: Option<&Path>) -> Result<Spec, String> {
+    match path {
+        Some(p) => Spec::load(p).map_err(|e| e.to_string()),
+        None => Ok(Spec::default_spec()),
+    }
+}
+
+fn check(file: &Path) -> Result<i32, String> {
+    let spec = Spec::load(file).map_err(|e| e.to_string())?;
+    println!("ok: {spec}");
+    for view in &spec.views {
+        if !view.identity_only() {
+            println!(
+                "note: view \"{}\" needs intent, consent or traits, which this version does not maintain yet",
+                view.name
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn create(path: &Path, what: &str) -> Result<Box<dyn Write + Send>, String> {
+    let file =
+        File::create(path).map_err(|e| format!("cannot create {what} {}: {e}", path.display()))?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+fn run(args: RunArgs) -> Result<i32, String> {
+    let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
+    for view in spec.views.iter().filter(|v| !v.identity_only()) {
+        if !args.quiet {
+            eprintln!(
+                "throughline: note: view \"{}\" needs intent, consent or traits, not maintained by this version; it stays empty",
+                view.name
+            );
+        }
+    }
+    let sources = source::open(&args.inputs)?;
+    let output: Box<dyn Write + Send> = match &args.output {
+        Some(p) => create(p, "output")?,
+        None => Box::new(io::stdout()),
+    };
+    let dead_letters = match &args.dead_letters {
+        Some(p) => Some(create(p, "dead-letter file")?),
+        None => None,
+    };
+    let options = Options {
+        workers: args.workers,
+        linger: Duration::from_millis(args.linger_ms),
+        snapshot: args.snapshot,
+        collect_changes: false,
+        wall_clock_ms: args.wall_clock_ms,
+        progress: !args.quiet && engine::stderr_is_terminal(),
+    };
+    let (changes, mut snapshot_out) = if args.snapshot {
+        (None, Some(output))
+    } else {
+        (Some(output), None)
+    };
+    let sinks = Sinks {
+        changes,
+        dead_letters: DeadLetters::new(dead_letters),
+    };
+    let summary = engine::run(spec, sources, sinks, options).map_err(|e| e.to_string())?;
+    if let (Some(out), Some(snapshot)) = (&mut snapshot_out, &summary.snapshot) {
+        for line in snapshot.lines()? {
+            writeln!(out, "{line}").map_err(|e| format!("cannot write output: {e}"))?;
+        }
+        out.flush()
+            .map_err(|e| format!("cannot write output: {e}"))?;
+    }
+    if !args.quiet {
+        report(&summary, args.dead_letters.is_some());
+    }
+    Ok(0)
+}
+
+/// Prints the summary line and, when dead letters were not written to a file, their counts
+/// and first few examples.
+fn report(summary: &Summary, dead_letters_written: bool) {
+    eprintln!("{}", summary.line());
+    if summary.dead_letter_total() > 0 && !dead_letters_written {
+        let counts: Vec<String> = summary
+            .dead_letters
+            .iter()
+            .map(|(reason, n)| format!("{} {n}", reason.code()))
+            .collect();
+        eprintln!("throughline: dead letters by reason: {}", counts.join(", "));
+        for letter in summary.dead_letter_examples.iter().take(EXAMPLES) {
+            eprintln!(
+                "throughline: dead letter: {}:{}: {}: {}",
+                letter.source,
+                letter.line,
+                letter.reason.code(),
+                letter.detail
+            );
+        }
+        eprintln!("throughline: (use --dead-letters FILE to keep them all)");
+    }
+}

@@ -1,0 +1,131 @@
+//! Identity resolution (SPEC section 3): the identity graph, hubs, anchored label
+//! propagation, profiles and the event → profile attribution.
+//!
+//! Every stage is a pure function of its input collections, so retracting events at the
+//! input un-merges exactly what they merged.
+
+use std::hash::Hash;
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::operators::iterate::Iterate;
+use serde::{Deserialize, Serialize};
+use timely::progress::Timestamp;
+
+use super::{Coll, Seq};
+use crate::event::Ident;
+
+/// A node's label (SPEC section 3): `(class, distance, root)` ordered lexicographically,
+/// where `root` is the anchor (class 0) or the least identifier (class 1) it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Label {
+    /// 0 for an anchor's label, 1 for an anonymous one.
+    pub class: u8,
+    /// Edges from the anchor (always 0 for class 1).
+    pub dist: u32,
+    /// The identifier that names the profile.
+    pub root: Ident,
+}
+
+impl Label {
+    /// The initial label of a node: `(0, 0, rank, value)` for an anchor, else `(1, 0, rank, value)`.
+    pub fn initial(ident: &Ident, anchor: bool) -> Label {
+        Label {
+            class: if anchor { 0 } else { 1 },
+            dist: 0,
+            root: ident.clone(),
+        }
+    }
+
+    /// The label proposed to a neighbour: anchors' labels grow one step, others pass unchanged.
+    pub fn across_edge(&self) -> Label {
+        Label {
+            class: self.class,
+            dist: if self.class == 0 {
+                self.dist.saturating_add(1)
+            } else {
+                0
+            },
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// The identity graph's links: each unordered pair of distinct identifiers that occur in one
+/// event, in both directions, once. Invariant: `(a, b)` is present iff some live event
+/// carries both `a` and `b`.
+pub fn links<'s>(pairs: Coll<'s, (Ident, Ident)>) -> Coll<'s, (Ident, Ident)> {
+    pairs.distinct()
+}
+
+/// Hubs: identifiers with more than `max_links` distinct neighbours, counted before any edge
+/// is dropped. `wide` holds the identifiers of events with more than `max_links + 1`
+/// identifiers, which are hubs by that event alone (so their pairs are never built).
+pub fn hubs<'s>(
+    links: Coll<'s, (Ident, Ident)>,
+    wide: Coll<'s, Ident>,
+    max_links: usize,
+) -> Coll<'s, Ident> {
+    let by_degree = links
+        .map(|(a, _)| a)
+        .count()
+        .filter(move |(_, degree)| *degree as usize > max_links)
+        .map(|(a, _)| a);
+    by_degree.concat(wide).distinct()
+}
+
+/// The edges label propagation walks: links with neither end a hub (SPEC section 3).
+pub fn edges<'s>(
+    links: Coll<'s, (Ident, Ident)>,
+    hubs: Coll<'s, Ident>,
+) -> Coll<'s, (Ident, Ident)> {
+    links
+        .antijoin(hubs.clone())
+        .map(|(a, b)| (b, a))
+        .antijoin(hubs)
+        .map(|(b, a)| (a, b))
+}
+
+/// Every node's label: the least of its initial label and its neighbours' propagated labels
+/// (SPEC section 3), as a least fixed point over `edges`. `anchor[rank]` says which
+/// identifier types are anchors.
+pub fn labels<'s, T>(
+    nodes: VecCollection<'s, T, Ident, isize>,
+    edges: VecCollection<'s, T, (Ident, Ident), isize>,
+    anchor: Vec<bool>,
+) -> VecCollection<'s, T, (Ident, Label), isize>
+where
+    T: Timestamp + Lattice + Hash + Ord,
+{
+    let initial = nodes.map(move |id| {
+        let is_anchor = anchor.get(id.rank as usize).copied().unwrap_or(false);
+        let label = Label::initial(&id, is_anchor);
+        (id, label)
+    });
+    let edges = edges.arrange_by_key();
+    initial.clone().iterate(|scope, inner| {
+        let edges = edges.enter(scope);
+        let initial = initial.enter(scope);
+        inner
+            .join_core(edges, |_node, label, neighbour| {
+                Some((neighbour.clone(), label.across_edge()))
+            })
+            .concat(initial)
+            .reduce(|_node, candidates, best| best.push((candidates[0].0.clone(), 1)))
+    })
+}
+
+/// Profile membership: `(profile, identifier)` for every node, where the profile is the
+/// root of the node's label (the profile key of SPEC section 3).
+pub fn members<'s>(labels: Coll<'s, (Ident, Label)>) -> Coll<'s, (Ident, Ident)> {
+    labels.map(|(id, label)| (label.root, id))
+}
+
+/// Attribution: `(event, profile)` for every live event, the profile of the event's
+/// highest-priority identifier (SPEC section 3, last paragraph).
+pub fn attribution<'s>(
+    primary: Coll<'s, (Ident, Seq)>,
+    labels: Coll<'s, (Ident, Label)>,
+) -> Coll<'s, (Seq, Ident)> {
+    primary.join_map(labels, |_id, seq, label| (*seq, label.root.clone()))
+}

@@ -1,0 +1,580 @@
+//! The engine: runs the dataflow on timely workers and drives it from the input.
+//!
+//! Worker 0 owns the input side: it receives line batches from the reader thread, parses
+//! and admits each line (SPEC section 1), inserts accepted events at the engine clock, steps
+//! the dataflow until the inserted times are complete, and writes the changes of every
+//! completed clock value, consolidated and sorted (SPEC section 7). Other workers only run
+//! their share of the dataflow; their input sessions are closed at once, so progress is
+//! governed by worker 0's.
+//!
+//! Clock values are closed when an accepted event moves the clock past them, or at the end
+//! of input. On live input (a pipe or socket rather than a regular file), when no new line
+//! arrives for `linger`, the engine also publishes the current clock value's changes at
+//! once (low latency); an event with that same timestamp arriving after the pause then
+//! produces a second group of changes at the same time. See `docs/semantics.md`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use timely::worker::Worker;
+
+use crate::dataflow::{self, EventFacts, Inputs, STEP_BITS, Time, clock_of, time};
+use crate::event::admit::{Admission, Verdict};
+use crate::event::{self, DeadReason, Kind};
+use crate::io::sink::{Change, DeadLetter, DeadLetters, Snapshot};
+use crate::io::source::{self, Batch, LineRef, Message, Source};
+use crate::spec::Spec;
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Timely workers in this process.
+    pub workers: usize,
+    /// On live input, publish the current clock value after this long without input.
+    pub linger: Duration,
+    /// Keep the final snapshot.
+    pub snapshot: bool,
+    /// Keep every change in memory (replays and tests).
+    pub collect_changes: bool,
+    /// A fixed wall clock (epoch ms) for the far-future rule, instead of the machine's.
+    pub wall_clock_ms: Option<u64>,
+    /// Print progress to stderr every few seconds.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            workers: 1,
+            linger: Duration::from_millis(5),
+            snapshot: false,
+            collect_changes: false,
+            wall_clock_ms: None,
+            progress: false,
+        }
+    }
+}
+
+/// Where a run's outputs go.
+pub struct Sinks {
+    /// The change stream (NDJSON), if written.
+    pub changes: Option<Box<dyn Write + Send>>,
+    /// Dead letters.
+    pub dead_letters: DeadLetters,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Reading the input failed.
+    #[error("{0}")]
+    Input(String),
+    /// Writing an output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] io::Error),
+    /// The timely runtime failed.
+    #[error("dataflow runtime: {0}")]
+    Runtime(String),
+    /// An engine invariant broke (a bug).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Read-to-publish latency samples, in microseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Latency {
+    samples: Vec<u32>,
+}
+
+impl Latency {
+    /// The q-quantile (0..=1) in microseconds, if any sample was taken.
+    pub fn quantile(&self, q: f64) -> Option<u32> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut sorted = self.samples.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        Some(sorted[index])
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether no sample was taken.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Non-blank lines read.
+    pub lines: u64,
+    /// Accepted events (forget requests included).
+    pub accepted: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Dead letters, by reason.
+    pub dead_letters: BTreeMap<DeadReason, u64>,
+    /// The first few dead letters, when they were not written to a file.
+    pub dead_letter_examples: Vec<DeadLetter>,
+    /// Events dropped for carrying an erased identifier.
+    pub suppressed: u64,
+    /// Forget requests accepted.
+    pub forgets: u64,
+    /// Profiles at the final clock.
+    pub profiles: i64,
+    /// The final engine clock (epoch ms).
+    pub clock: Option<u64>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Read-to-publish latency of accepted events.
+    pub latency: Latency,
+    /// The final snapshot, when asked for.
+    pub snapshot: Option<Snapshot>,
+    /// Every change, when asked for.
+    pub changes: Vec<Change>,
+}
+
+impl Summary {
+    /// Total dead letters.
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// The one-line summary printed on stderr.
+    pub fn line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.lines as f64 / secs
+        } else {
+            0.0
+        };
+        let latency = match (self.latency.quantile(0.5), self.latency.quantile(0.99)) {
+            (Some(p50), Some(p99)) => format!(
+                ", latency p50 {:.2} ms p99 {:.2} ms",
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "throughline: {} lines, {} accepted, {} duplicates, {} dead letters, {} suppressed, {} profiles, clock {}, {:.3} s, {:.0} events/s{}",
+            self.lines,
+            self.accepted,
+            self.duplicates,
+            self.dead_letter_total(),
+            self.suppressed,
+            self.profiles,
+            self.clock
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            secs,
+            rate,
+            latency
+        )
+    }
+}
+
+/// Runs the dataflow of `spec` over `sources` until they end.
+pub fn run(
+    spec: Arc<Spec>,
+    sources: Vec<Source>,
+    sinks: Sinks,
+    options: Options,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
+    let live = sources.iter().any(|s| s.live);
+    let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let (rx, _reader) = source::spawn(sources);
+    let workers = options.workers.max(1);
+    let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
+    let done = Arc::new(AtomicBool::new(false));
+    let config = if workers == 1 {
+        timely::Config::thread()
+    } else {
+        timely::Config::process(workers)
+    };
+
+    let guards = timely::execute(config, move |worker| {
+        let (inputs, outputs) = dataflow::build(worker, &spec);
+        let _stop_followers = SetOnDrop(Arc::clone(&done));
+        if worker.index() != 0 {
+            drop(inputs);
+            while !done.load(Ordering::Acquire) {
+                worker.step_or_park(Some(Duration::from_millis(2)));
+            }
+            return None;
+        }
+        let taken = handoff.lock().ok().and_then(|mut slot| slot.take());
+        let (rx, sinks) = match taken {
+            Some(parts) => parts,
+            None => {
+                return Some(Err(EngineError::Internal(
+                    "internal error: worker 0 started twice".into(),
+                )));
+            }
+        };
+        let mut driver = Driver::new(
+            worker,
+            &spec,
+            inputs,
+            outputs,
+            sinks,
+            options.clone(),
+            source_names.clone(),
+        );
+        Some(driver.drive(&rx, live).map(|()| driver.finish(started)))
+    })
+    .map_err(EngineError::Runtime)?;
+
+    let mut result = None;
+    for outcome in guards.join() {
+        match outcome {
+            Ok(Some(r)) => result = Some(r),
+            Ok(None) => {}
+            Err(e) => return Err(EngineError::Runtime(e)),
+        }
+    }
+    result.unwrap_or_else(|| {
+        Err(EngineError::Internal(
+            "internal error: worker 0 returned nothing".into(),
+        ))
+    })
+}
+
+/// Sets the flag when dropped, so followers stop even if worker 0 fails.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Worker 0's input side and output writer.
+struct Driver<'w> {
+    worker: &'w mut Worker,
+    spec: &'w Spec,
+    inputs: Inputs,
+    outputs: dataflow::Outputs,
+    gate: Admission,
+    sinks: Sinks,
+    options: Options,
+    source_names: Vec<String>,
+    /// Next event sequence number.
+    next_seq: u64,
+    /// Current step within the clock's millisecond.
+    step: u32,
+    /// Something was inserted at the current time and not yet published.
+    dirty: bool,
+    /// (clock ms, read instant) of accepted events not yet published.
+    pending: VecDeque<(u64, Instant)>,
+    summary: Summary,
+    snapshot: Option<Snapshot>,
+    forget_warned: bool,
+    last_progress: Instant,
+}
+
+impl<'w> Driver<'w> {
+    fn new(
+        worker: &'w mut Worker,
+        spec: &'w Spec,
+        inputs: Inputs,
+        outputs: dataflow::Outputs,
+        sinks: Sinks,
+        options: Options,
+        source_names: Vec<String>,
+    ) -> Driver<'w> {
+        let salt = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(std::process::id());
+        Driver {
+            worker,
+            spec,
+            inputs,
+            outputs,
+            gate: Admission::new(spec.intent.max_future_ms, salt),
+            sinks,
+            snapshot: options.snapshot.then(Snapshot::default),
+            options,
+            source_names,
+            next_seq: 0,
+            step: 0,
+            dirty: false,
+            pending: VecDeque::new(),
+            summary: Summary::default(),
+            forget_warned: false,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Consumes the reader's messages until the end of input.
+    fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
+        loop {
+            let message = if live && self.dirty {
+                match rx.recv_timeout(self.options.linger) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.publish_current()?;
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => Message::End,
+                }
+            } else {
+                rx.recv().unwrap_or(Message::End)
+            };
+            match message {
+                Message::Batch(batch) => {
+                    self.ingest(&batch)?;
+                    self.settle()?;
+                    self.progress();
+                }
+                Message::Failed(why) => {
+                    self.publish_current()?;
+                    return Err(EngineError::Input(why));
+                }
+                Message::End => {
+                    self.publish_current()?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Parses, admits and inserts every line of a batch.
+    fn ingest(&mut self, batch: &Batch) -> Result<(), EngineError> {
+        let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
+        for line in &batch.lines {
+            self.summary.lines += 1;
+            if let Some(length) = line.too_long {
+                self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
+                continue;
+            }
+            let event = match event::parse(batch.bytes(line), self.spec) {
+                Ok(e) => e,
+                Err(r) => {
+                    self.dead(line, r.reason, r.detail)?;
+                    continue;
+                }
+            };
+            match self.gate.admit(&event, wall) {
+                Verdict::Accepted { now } => {
+                    self.summary.accepted += 1;
+                    self.advance_clock(now);
+                    self.pending.push_back((now, batch.read_at));
+                    if event.kind == Kind::Forget {
+                        self.forget();
+                    } else {
+                        let facts = EventFacts::of(self.next_seq, &event, self.spec);
+                        self.next_seq += 1;
+                        self.inputs.update(&facts, 1);
+                        self.dirty = true;
+                    }
+                }
+                Verdict::Duplicate => self.summary.duplicates += 1,
+                Verdict::Dead(r) => self.dead(line, r.reason, r.detail)?,
+                Verdict::Suppressed => self.summary.suppressed += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Erasure (SPEC section 6) arrives with the consent issue; until then a forget request
+    /// advances the clock like any command and is counted, and the user is told once.
+    fn forget(&mut self) {
+        self.summary.forgets += 1;
+        if !self.forget_warned {
+            self.forget_warned = true;
+            eprintln!(
+                "throughline: warning: forget requests are counted but erasure is not implemented yet"
+            );
+        }
+    }
+
+    fn dead(
+        &mut self,
+        line: &LineRef,
+        reason: DeadReason,
+        detail: String,
+    ) -> Result<(), EngineError> {
+        let source = self
+            .source_names
+            .get(line.source as usize)
+            .cloned()
+            .unwrap_or_default();
+        self.sinks.dead_letters.push(DeadLetter {
+            source,
+            line: line.number,
+            reason,
+            detail,
+        })?;
+        Ok(())
+    }
+
+    fn clock(&self) -> Option<u64> {
+        self.gate.clock()
+    }
+
+    /// Moves the inputs to the (possibly new) clock value `now`.
+    fn advance_clock(&mut self, now: u64) {
+        if time(now, 0) > self.inputs.time() {
+            self.inputs.advance_to(time(now, 0));
+            self.step = 0;
+        }
+    }
+
+    /// Steps the dataflow until every time before `until` is complete.
+    fn complete(&mut self, until: Time) {
+        self.inputs.flush();
+        while self.outputs.probe.less_than(&until) {
+            self.worker.step();
+        }
+    }
+
+    /// After a batch: completes and publishes every clock value before the current one.
+    fn settle(&mut self) -> Result<(), EngineError> {
+        let Some(clock) = self.clock() else {
+            return Ok(());
+        };
+        self.complete(self.inputs.time());
+        if clock > 0 {
+            self.emit(clock - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Completes and publishes the current clock value as it stands (end of input, or a
+    /// pause on live input).
+    fn publish_current(&mut self) -> Result<(), EngineError> {
+        let Some(clock) = self.clock() else {
+            return Ok(());
+        };
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Ok(()); // published when the clock moves on
+        }
+        self.step += 1;
+        self.inputs.advance_to(time(clock, self.step));
+        self.complete(time(clock, self.step));
+        self.emit(clock)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Writes the captured changes at clock values `<= upto_ms`, consolidated per time and
+    /// sorted by (time, view, key) (SPEC section 7). Their times must be complete.
+    fn emit(&mut self, upto_ms: u64) -> Result<(), EngineError> {
+        let mut ready: BTreeMap<(u64, String, String, String), isize> = BTreeMap::new();
+        {
+            let mut captured = self.outputs.changes.borrow_mut();
+            let spec = self.spec;
+            captured.retain(|((view, key, row), t, diff)| {
+                if clock_of(*t) > upto_ms {
+                    return true;
+                }
+                let name = spec
+                    .views
+                    .get(*view as usize)
+                    .map_or("?", |v| v.name.as_str());
+                *ready
+                    .entry((
+                        clock_of(*t),
+                        name.to_string(),
+                        key.key(&spec.identity),
+                        row.clone(),
+                    ))
+                    .or_insert(0) += diff;
+                false
+            });
+        }
+        let mut changes: Vec<Change> = ready
+            .into_iter()
+            .filter(|(_, diff)| *diff != 0)
+            .map(|((time, view, key, row), diff)| Change {
+                time,
+                view,
+                key,
+                diff,
+                row,
+            })
+            .collect();
+        changes.sort();
+        for change in &changes {
+            if change.diff.abs() != 1 {
+                return Err(EngineError::Internal(format!(
+                    "internal error: change with diff {} for {} in view {}",
+                    change.diff, change.key, change.view
+                )));
+            }
+            if let Some(w) = &mut self.sinks.changes {
+                writeln!(w, "{}", change.json())?;
+            }
+            if let Some(s) = &mut self.snapshot {
+                s.apply(change);
+            }
+        }
+        if let Some(w) = &mut self.sinks.changes {
+            w.flush()?;
+        }
+        if self.options.collect_changes {
+            self.summary.changes.extend(changes);
+        }
+        let now = Instant::now();
+        while let Some(&(ms, read_at)) = self.pending.front() {
+            if ms > upto_ms {
+                break;
+            }
+            self.pending.pop_front();
+            let micros = now
+                .duration_since(read_at)
+                .as_micros()
+                .min(u32::MAX as u128) as u32;
+            self.summary.latency.samples.push(micros);
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self) {
+        if self.options.progress && self.last_progress.elapsed() >= Duration::from_secs(2) {
+            self.last_progress = Instant::now();
+            eprintln!(
+                "throughline: progress: {} lines, {} accepted, {} dead letters",
+                self.summary.lines,
+                self.summary.accepted,
+                self.sinks.dead_letters.total()
+            );
+        }
+    }
+
+    fn finish(&mut self, started: Instant) -> Summary {
+        let _ = self.sinks.dead_letters.flush();
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.dead_letters = self.sinks.dead_letters.counts().clone();
+        summary.dead_letter_examples = self.sinks.dead_letters.examples().to_vec();
+        summary.profiles = *self.outputs.profiles.borrow();
+        summary.clock = self.clock();
+        summary.elapsed = started.elapsed();
+        summary.snapshot = self.snapshot.take();
+        summary
+    }
+}
+
+/// The machine's wall clock in epoch ms.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether progress lines make sense (stderr is a terminal).
+pub fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}

@@ -1,0 +1,120 @@
+//! Event timestamps (SPEC section 1): RFC 3339 strings or integer epoch milliseconds.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::dataflow::MAX_CLOCK_MS;
+use time::format_description::well_known::Rfc3339;
+
+/// The event time in epoch ms, or why the value is not a usable timestamp.
+///
+/// Strings must be RFC 3339 date-times with a `T`/`t` separator and a `Z`/`z` or `±hh:mm`
+/// offset; fractions beyond milliseconds are truncated; a leap second (`:60`) is rejected.
+/// Integers are epoch ms within the 64-bit range. Anything before 1970 is rejected.
+pub fn parse(value: &Value) -> Result<u64, String> {
+    let ms = parse_any(value)?;
+    if ms > MAX_CLOCK_MS {
+        return Err(format!("{ms} ms is beyond the engine's range (year 2527)"));
+    }
+    Ok(ms)
+}
+
+fn parse_any(value: &Value) -> Result<u64, String> {
+    match value {
+        Value::String(s) => parse_rfc3339(s),
+        Value::Number(n) => {
+            if let Some(ms) = n.as_u64() {
+                Ok(ms)
+            } else if n.is_i64() {
+                Err(format!("{n} is before 1970"))
+            } else {
+                Err(format!("{n} is not an integer number of milliseconds"))
+            }
+        }
+        other => Err(format!(
+            "a timestamp must be a string or an integer, not {}",
+            kind(other)
+        )),
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let shown = || s.chars().take(40).collect::<String>();
+    let bytes = s.as_bytes();
+    if bytes.len() > 64 || bytes.len() < 20 || !matches!(bytes[10], b'T' | b't') {
+        return Err(format!("\"{}\" is not an RFC 3339 date-time", shown()));
+    }
+    // `time` accepts at most nanosecond precision; digits beyond it cannot matter.
+    let mut text = std::borrow::Cow::Borrowed(s);
+    if bytes.get(19) == Some(&b'.') {
+        let digits = bytes[20..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 9 {
+            text = format!("{}{}", &s[..29], &s[20 + digits..]).into();
+        }
+    }
+    let parsed = OffsetDateTime::parse(&text, &Rfc3339)
+        .map_err(|e| format!("\"{}\" is not an RFC 3339 date-time: {e}", shown()))?;
+    let ms = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
+    u64::try_from(ms).map_err(|_| format!("\"{}\" is before 1970", shown()))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(
+            parse(&json!("2026-11-22T10:00:00.123Z")),
+            Ok(1_795_341_600_123)
+        );
+        assert_eq!(
+            parse(&json!("2026-11-22t10:00:00.123z")),
+            Ok(1_795_341_600_123)
+        );
+        assert_eq!(
+            parse(&json!("2026-11-22T11:30:00.1239999999999+01:30")),
+            Ok(1_795_341_600_123)
+        );
+        assert_eq!(parse(&json!("1970-01-01T00:00:00Z")), Ok(0));
+        assert_eq!(parse(&json!(1_795_341_600_123u64)), Ok(1_795_341_600_123));
+        assert_eq!(parse(&json!(0)), Ok(0));
+    }
+
+    #[test]
+    fn rejected_forms() {
+        for bad in [
+            json!("2026-11-22 10:00:00Z"),
+            json!("2026-11-22T10:00:00"),
+            json!("2026-11-22T10:00Z"),
+            json!("2026-02-29T00:00:00Z"),
+            json!("1969-12-31T23:59:59.999Z"),
+            json!("1970-01-01T00:30:00+01:00"),
+            json!("2026-11-22T23:59:60Z"),
+            json!("yesterday"),
+            json!(-1),
+            json!(1.5),
+            json!(null),
+            json!(u64::MAX),
+            json!("9999-12-31T23:59:59Z"),
+            json!(true),
+        ] {
+            assert!(parse(&bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Sources (the reader thread that splits input into lines) and sinks (the change stream,
+//! snapshots and dead letters).
+
+pub mod sink;
+pub mod source;

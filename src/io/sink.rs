@@ -1,0 +1,171 @@
+//! Sinks: the change stream and snapshot formats of SPEC section 7, and dead letters.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use crate::dataflow::views::json_string;
+use crate::event::DeadReason;
+
+/// One change of the stream (SPEC section 7).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    /// Engine clock (epoch ms) at which the change holds.
+    pub time: u64,
+    /// View name.
+    pub view: String,
+    /// Profile key, `type:value`.
+    pub key: String,
+    /// +1 or -1.
+    pub diff: isize,
+    /// The row, a JSON object.
+    pub row: String,
+}
+
+impl Change {
+    /// The NDJSON line (without `\n`).
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"view\":{},\"time\":{},\"key\":{},\"diff\":{},\"row\":{}}}",
+            json_string(&self.view),
+            self.time,
+            json_string(&self.key),
+            self.diff,
+            self.row
+        )
+    }
+}
+
+/// The rows of every view at one time: (view, key, row) → multiplicity.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    rows: BTreeMap<(String, String, String), isize>,
+}
+
+impl Snapshot {
+    /// Applies a change.
+    pub fn apply(&mut self, change: &Change) {
+        let entry = (change.view.clone(), change.key.clone(), change.row.clone());
+        let count = self.rows.entry(entry.clone()).or_insert(0);
+        *count += change.diff;
+        if *count == 0 {
+            self.rows.remove(&entry);
+        }
+    }
+
+    /// The snapshot lines, sorted by view then key. A row whose multiplicity is not 1 would
+    /// be an engine defect; it is reported rather than hidden.
+    pub fn lines(&self) -> Result<Vec<String>, String> {
+        let mut out = Vec::with_capacity(self.rows.len());
+        let mut previous: Option<(&str, &str)> = None;
+        for ((view, key, row), count) in &self.rows {
+            if *count != 1 || previous == Some((view, key)) {
+                return Err(format!(
+                    "internal error: view {view} holds key {key} {count} times"
+                ));
+            }
+            previous = Some((view, key));
+            out.push(format!(
+                "{{\"view\":{},\"key\":{},\"row\":{}}}",
+                json_string(view),
+                json_string(key),
+                row
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no view has a row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// A line that could not be used (SPEC section 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Source name (`-` for stdin).
+    pub source: String,
+    /// 1-based line number in that source.
+    pub line: u64,
+    /// The reason.
+    pub reason: DeadReason,
+    /// Details for a person.
+    pub detail: String,
+}
+
+impl DeadLetter {
+    /// The NDJSON record (without `\n`).
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"source\":{},\"line\":{},\"reason\":\"{}\",\"detail\":{}}}",
+            json_string(&self.source),
+            self.line,
+            self.reason.code(),
+            json_string(&self.detail)
+        )
+    }
+}
+
+/// Dead letters: counted always, written as NDJSON when a writer is given, otherwise the
+/// first few are kept for the summary on stderr.
+pub struct DeadLetters {
+    writer: Option<Box<dyn Write + Send>>,
+    counts: BTreeMap<DeadReason, u64>,
+    examples: Vec<DeadLetter>,
+}
+
+/// How many dead letters the stderr summary shows when they are not written to a file.
+pub const EXAMPLES: usize = 5;
+
+impl DeadLetters {
+    /// Dead letters written to `writer`, or only summarised when `None`.
+    pub fn new(writer: Option<Box<dyn Write + Send>>) -> DeadLetters {
+        DeadLetters {
+            writer,
+            counts: BTreeMap::new(),
+            examples: Vec::new(),
+        }
+    }
+
+    /// Records one dead letter.
+    pub fn push(&mut self, letter: DeadLetter) -> io::Result<()> {
+        *self.counts.entry(letter.reason).or_insert(0) += 1;
+        match &mut self.writer {
+            Some(w) => writeln!(w, "{}", letter.json()),
+            None => {
+                if self.examples.len() < EXAMPLES {
+                    self.examples.push(letter);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes the writer, if any.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match &mut self.writer {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Total count.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Counts per reason.
+    pub fn counts(&self) -> &BTreeMap<DeadReason, u64> {
+        &self.counts
+    }
+
+    /// The first few dead letters, when not written to a file.
+    pub fn examples(&self) -> &[DeadLetter] {
+        &self.examples
+    }
+}

@@ -1,0 +1,319 @@
+//! Input sources: a reader thread that splits bytes into lines (SPEC section 1 framing) and
+//! sends them to the engine in batches over a bounded channel.
+//!
+//! A line is never buffered beyond [`MAX_LINE_BYTES`] + 1 bytes: a longer one is skipped to
+//! its end and reported as too long, so one bad line costs no memory and loses no neighbour.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::event::MAX_LINE_BYTES;
+
+/// One line of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef {
+    /// Index of the source the line came from.
+    pub source: u16,
+    /// 1-based line number within its source.
+    pub number: u64,
+    /// Byte range of the line in the batch buffer (without `\n`).
+    pub start: usize,
+    /// End of the range.
+    pub end: usize,
+    /// `Some(length)` for a line longer than the limit, whose bytes were skipped.
+    pub too_long: Option<u64>,
+}
+
+/// Lines read by one `read` call, with the instant they were read.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bytes the lines point into.
+    pub buf: Vec<u8>,
+    /// The complete, non-blank lines.
+    pub lines: Vec<LineRef>,
+    /// When these bytes were read.
+    pub read_at: Instant,
+}
+
+impl Batch {
+    /// The bytes of a line.
+    pub fn bytes(&self, line: &LineRef) -> &[u8] {
+        &self.buf[line.start..line.end]
+    }
+}
+
+/// What the reader thread sends.
+#[derive(Debug)]
+pub enum Message {
+    /// More lines.
+    Batch(Batch),
+    /// A read failed: the message says which source and why.
+    Failed(String),
+    /// All sources are exhausted.
+    End,
+}
+
+/// An opened input.
+pub struct Source {
+    /// Name used in dead letters and errors (`-` for stdin).
+    pub name: String,
+    reader: Box<dyn Read + Send>,
+    /// Whether data may arrive over time (a pipe, terminal or socket) rather than being all
+    /// there (a regular file).
+    pub live: bool,
+}
+
+impl Source {
+    /// Standard input.
+    pub fn stdin() -> Source {
+        Source {
+            name: "-".into(),
+            live: !stdin_is_regular_file(),
+            reader: Box::new(io::stdin()),
+        }
+    }
+
+    /// A file, opened now so a missing file is reported before anything runs.
+    pub fn file(path: &Path) -> io::Result<Source> {
+        let file = File::open(path)?;
+        let live = !file.metadata()?.is_file();
+        Ok(Source {
+            name: path.display().to_string(),
+            reader: Box::new(file),
+            live,
+        })
+    }
+
+    /// In-memory bytes (tests, replays).
+    pub fn bytes(name: &str, data: Vec<u8>) -> Source {
+        Source {
+            name: name.into(),
+            reader: Box::new(io::Cursor::new(data)),
+            live: false,
+        }
+    }
+
+    /// Any reader, e.g. a socket; treated as live.
+    pub fn reader(name: &str, reader: Box<dyn Read + Send>) -> Source {
+        Source {
+            name: name.into(),
+            reader,
+            live: true,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn stdin_is_regular_file() -> bool {
+    use std::os::fd::AsFd;
+    io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from)
+        .and_then(|f| f.metadata().ok())
+        .is_some_and(|m| m.is_file())
+}
+
+#[cfg(not(unix))]
+fn stdin_is_regular_file() -> bool {
+    false
+}
+
+/// Opens `--input` paths (stdin when there are none).
+pub fn open(paths: &[PathBuf]) -> Result<Vec<Source>, String> {
+    if paths.is_empty() {
+        return Ok(vec![Source::stdin()]);
+    }
+    paths
+        .iter()
+        .map(|p| {
+            if p.as_os_str() == "-" {
+                Ok(Source::stdin())
+            } else {
+                Source::file(p).map_err(|e| format!("cannot open input {}: {e}", p.display()))
+            }
+        })
+        .collect()
+}
+
+/// Starts the reader thread over `sources` (read in order). Returns the receiving end and
+/// the thread handle.
+pub fn spawn(sources: Vec<Source>) -> (Receiver<Message>, JoinHandle<()>) {
+    let (tx, rx) = bounded(16);
+    let handle = std::thread::Builder::new()
+        .name("throughline-reader".into())
+        .spawn(move || read_all(sources, &tx))
+        .unwrap_or_else(|e| panic!("cannot start the reader thread: {e}"));
+    (rx, handle)
+}
+
+const READ_SIZE: usize = 256 * 1024;
+
+fn read_all(sources: Vec<Source>, tx: &Sender<Message>) {
+    for (index, mut source) in sources.into_iter().enumerate() {
+        let mut splitter = Splitter::new(index as u16);
+        loop {
+            let mut buf = std::mem::take(&mut splitter.carry);
+            let filled = buf.len();
+            buf.resize(filled + READ_SIZE, 0);
+            let n = match source.reader.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    buf.truncate(filled);
+                    splitter.carry = buf;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = tx.send(Message::Failed(format!("cannot read {}: {e}", source.name)));
+                    return;
+                }
+            };
+            buf.truncate(filled + n);
+            let batch = splitter.split(buf, n == 0);
+            if !batch.lines.is_empty() && tx.send(Message::Batch(batch)).is_err() {
+                return; // the engine stopped
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let _ = tx.send(Message::End);
+}
+
+/// Splits a byte stream into lines, carrying a partial line to the next read.
+struct Splitter {
+    source: u16,
+    next_number: u64,
+    carry: Vec<u8>,
+    /// Bytes of an over-long line skipped so far (0 when not skipping).
+    skipping: u64,
+}
+
+impl Splitter {
+    fn new(source: u16) -> Splitter {
+        Splitter {
+            source,
+            next_number: 1,
+            carry: Vec::new(),
+            skipping: 0,
+        }
+    }
+
+    /// Splits `buf` (carry + new bytes); `eof` ends a final line without `\n`.
+    fn split(&mut self, buf: Vec<u8>, eof: bool) -> Batch {
+        let read_at = Instant::now();
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &buf) {
+            self.push_line(&mut lines, &buf, start, nl);
+            start = nl + 1;
+        }
+        let rest = buf.len() - start;
+        if eof {
+            if rest > 0 || self.skipping > 0 {
+                self.push_line(&mut lines, &buf, start, buf.len());
+            }
+        } else if self.skipping > 0 || rest > MAX_LINE_BYTES + 1 {
+            self.skipping += rest as u64;
+        } else {
+            self.carry = buf[start..].to_vec();
+        }
+        Batch {
+            buf,
+            lines,
+            read_at,
+        }
+    }
+
+    /// Records the line `buf[start..end]` (or the end of a skipped over-long line).
+    fn push_line(&mut self, lines: &mut Vec<LineRef>, buf: &[u8], start: usize, end: usize) {
+        let number = self.next_number;
+        self.next_number += 1;
+        let skipped = std::mem::take(&mut self.skipping);
+        let length = skipped + (end - start) as u64;
+        // MAX + 1 leaves room for a trailing `\r`, which does not count (SPEC section 1).
+        if length > (MAX_LINE_BYTES + 1) as u64 {
+            lines.push(LineRef {
+                source: self.source,
+                number,
+                start,
+                end: start,
+                too_long: Some(length),
+            });
+        } else if !is_blank(&buf[start..end]) {
+            lines.push(LineRef {
+                source: self.source,
+                number,
+                start,
+                end,
+                too_long: None,
+            });
+        }
+    }
+}
+
+/// A blank line: nothing but JSON white space (space, tab, CR).
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(chunks: &[&[u8]]) -> Vec<(u64, Result<Vec<u8>, u64>)> {
+        let mut splitter = Splitter::new(0);
+        let mut out = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut buf = std::mem::take(&mut splitter.carry);
+            buf.extend_from_slice(chunk);
+            let batch = splitter.split(buf, i + 1 == chunks.len());
+            for l in &batch.lines {
+                out.push((
+                    l.number,
+                    l.too_long.map_or_else(|| Ok(batch.bytes(l).to_vec()), Err),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn splits_across_reads_and_skips_blanks() {
+        let got = lines_of(&[b"a\n\nb", b"c\r\n \t\r\nd", b""]);
+        assert_eq!(
+            got,
+            vec![
+                (1, Ok(b"a".to_vec())),
+                (3, Ok(b"bc\r".to_vec())),
+                (5, Ok(b"d".to_vec()))
+            ]
+        );
+    }
+
+    #[test]
+    fn over_long_lines_are_skipped_not_buffered() {
+        let big = vec![b'x'; MAX_LINE_BYTES + 10];
+        let got = lines_of(&[b"a\n", &big[..600_000], &big[600_000..], b"\nb\n", b""]);
+        assert_eq!(
+            got,
+            vec![
+                (1, Ok(b"a".to_vec())),
+                (2, Err((MAX_LINE_BYTES + 10) as u64)),
+                (3, Ok(b"b".to_vec()))
+            ]
+        );
+        // exactly at the limit, plus a CR, is still a line
+        let mut edge = vec![b'y'; MAX_LINE_BYTES];
+        edge.extend_from_slice(b"\r\n");
+        let got = lines_of(&[&edge, b""]);
+        assert!(got[0].1.is_ok());
+    }
+}

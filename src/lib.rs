@@ -1,0 +1,17 @@
+//! Throughline: identity-resolved profiles, intent scores and consent-filtered views,
+//! maintained incrementally on differential dataflow from Segment-spec NDJSON events.
+//!
+//! Data flows one way: [`io`] (sources) → [`event`] (parsing, validation, admission) →
+//! [`dataflow`] stages → views → [`io`] (sinks). [`engine`] drives the timely workers;
+//! [`spec`] holds the dataflow spec model. The semantics are those of `SPEC.md`.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod dataflow;
+pub mod engine;
+pub mod event;
+pub mod io;
+pub mod replay;
+pub mod spec;
+pub mod workload;

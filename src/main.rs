@@ -1,0 +1,5 @@
+//! The `throughline` command. All logic lives in the library; see `cli`.
+
+fn main() {
+    std::process::exit(throughline::cli::main());
+}

@@ -1,0 +1,205 @@
+//! Fixtures: `fixtures/<name>/` holds `events.ndjson` (and optionally `dataflow.toml`) with
+//! the expected `expected.changes.ndjson`, `expected.snapshot.ndjson` and
+//! `expected.dead_letters.ndjson`. `throughline replay` runs one and diffs its outputs.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::engine::{self, Options, Sinks};
+use crate::io::sink::DeadLetters;
+use crate::io::source::Source;
+use crate::spec::Spec;
+
+/// The wall clock fixtures run at (2026-06-01T00:00:00Z), so the far-future rule gives the
+/// same answer on any day.
+pub const FIXTURE_WALL_CLOCK_MS: u64 = 1_780_272_000_000;
+
+/// A fixture's outputs, one NDJSON line per element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outputs {
+    /// The change stream.
+    pub changes: Vec<String>,
+    /// The final snapshot.
+    pub snapshot: Vec<String>,
+    /// The dead letters.
+    pub dead_letters: Vec<String>,
+}
+
+/// The output files of a fixture, with what each holds.
+const FILES: [&str; 3] = [
+    "expected.changes.ndjson",
+    "expected.snapshot.ndjson",
+    "expected.dead_letters.ndjson",
+];
+
+/// A `Write` into shared memory, so the engine's sink can be read back after the run.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// The lines written so far.
+    pub fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("buffer lock poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `events` (NDJSON bytes) through `spec` in memory, at the fixture wall clock.
+pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs, String> {
+    let changes = SharedBuffer::default();
+    let dead = SharedBuffer::default();
+    let sinks = Sinks {
+        changes: Some(Box::new(changes.clone())),
+        dead_letters: DeadLetters::new(Some(Box::new(dead.clone()))),
+    };
+    let options = Options {
+        workers,
+        snapshot: true,
+        wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
+        ..Options::default()
+    };
+    let summary = engine::run(
+        Arc::new(spec.clone()),
+        vec![Source::bytes("events.ndjson", events)],
+        sinks,
+        options,
+    )
+    .map_err(|e| e.to_string())?;
+    let snapshot = match &summary.snapshot {
+        Some(s) => s.lines()?,
+        None => Vec::new(),
+    };
+    Ok(Outputs {
+        changes: changes.lines(),
+        snapshot,
+        dead_letters: dead.lines(),
+    })
+}
+
+/// The spec a fixture runs with: its own `dataflow.toml`, or the default.
+pub fn fixture_spec(dir: &Path) -> Result<Spec, String> {
+    let custom = dir.join("dataflow.toml");
+    if custom.exists() {
+        Spec::load(&custom).map_err(|e| e.to_string())
+    } else {
+        Ok(Spec::default_spec())
+    }
+}
+
+/// Runs a fixture directory.
+pub fn run_fixture(dir: &Path, workers: usize) -> Result<Outputs, String> {
+    let spec = fixture_spec(dir)?;
+    let path = dir.join("events.ndjson");
+    let events =
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    run_bytes(&spec, events, workers)
+}
+
+/// Reads a fixture's expected outputs (a missing file reads as empty).
+pub fn expected(dir: &Path) -> Result<Outputs, String> {
+    let read = |name: &str| -> Result<Vec<String>, String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    };
+    Ok(Outputs {
+        changes: read(FILES[0])?,
+        snapshot: read(FILES[1])?,
+        dead_letters: read(FILES[2])?,
+    })
+}
+
+/// Lines of `expected` missing from `actual` (`-`) and lines of `actual` not expected (`+`),
+/// each with its line number; empty when they are equal.
+pub fn diff(expected: &[String], actual: &[String]) -> Vec<String> {
+    if expected == actual {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let in_actual: std::collections::HashSet<&String> = actual.iter().collect();
+    let in_expected: std::collections::HashSet<&String> = expected.iter().collect();
+    for (i, line) in expected.iter().enumerate() {
+        if !in_actual.contains(line) {
+            out.push(format!("- {}: {line}", i + 1));
+        }
+    }
+    for (i, line) in actual.iter().enumerate() {
+        if !in_expected.contains(line) {
+            out.push(format!("+ {}: {line}", i + 1));
+        }
+    }
+    if out.is_empty() {
+        out.push("same lines, different order or multiplicity".into());
+    }
+    out
+}
+
+/// `throughline replay`: runs each fixture and reports differences (or rewrites them).
+pub fn command(dirs: &[std::path::PathBuf], bless: bool, workers: usize) -> Result<i32, String> {
+    let mut failed = 0;
+    for dir in dirs {
+        let actual = run_fixture(dir, workers)?;
+        let name = dir.display();
+        if bless {
+            for (file, lines) in
+                FILES
+                    .iter()
+                    .zip([&actual.changes, &actual.snapshot, &actual.dead_letters])
+            {
+                let mut text = lines.join("\n");
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                let path = dir.join(file);
+                std::fs::write(&path, text)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            println!("blessed {name}");
+            continue;
+        }
+        let expected = expected(dir)?;
+        let mut report = Vec::new();
+        for (file, (e, a)) in FILES.iter().zip([
+            (&expected.changes, &actual.changes),
+            (&expected.snapshot, &actual.snapshot),
+            (&expected.dead_letters, &actual.dead_letters),
+        ]) {
+            let d = diff(e, a);
+            if !d.is_empty() {
+                report.push(format!("  {file}:"));
+                report.extend(d.into_iter().take(40).map(|l| format!("    {l}")));
+            }
+        }
+        if report.is_empty() {
+            println!("ok {name}");
+        } else {
+            failed += 1;
+            println!("FAIL {name}");
+            for line in report {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,436 @@
+//! The workload generator behind `throughline gen`: a reproducible synthetic workload for benchmarks, demos and the
+//! equivalence tests. The same arguments always produce the same bytes.
+//!
+//! Profiles browse anonymously, log in (stitching anonymous ids, devices and emails to a
+//! user id), share devices, update consent, view pricing, chat with support and add to
+//! carts; deliveries arrive out of order and duplicated. With `--adversarial`, every kind
+//! of bad line of SPEC section 1 is mixed in, along with blocklisted values, a hub device,
+//! edge-case timestamps and JSON corner cases.
+
+use std::io::{self, BufWriter, Write};
+
+use clap::Args;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+/// Arguments of `throughline gen`.
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Number of event lines to write.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Number of distinct people.
+    #[arg(long, default_value_t = 1_000)]
+    pub profiles: u64,
+    /// PRNG seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mix in every kind of bad line and edge case.
+    #[arg(long)]
+    pub adversarial: bool,
+    /// First event time, epoch ms (default 2026-09-01T00:00:00Z).
+    #[arg(long, default_value_t = 1_788_220_800_000)]
+    pub start_ms: u64,
+}
+
+/// `throughline gen`: writes the workload to stdout.
+pub fn command(args: &GenArgs) -> Result<i32, String> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+    generate(args, &mut out).map_err(|e| format!("cannot write output: {e}"))?;
+    out.flush()
+        .map_err(|e| format!("cannot write output: {e}"))?;
+    Ok(0)
+}
+
+/// Writes the workload to `out`.
+pub fn generate(args: &GenArgs, out: &mut dyn Write) -> io::Result<()> {
+    let mut g = Generator::new(args);
+    for _ in 0..args.events {
+        let line = g.next_line();
+        out.write_all(&line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+struct Generator {
+    rng: ChaCha8Rng,
+    args: GenArgs,
+    clock: u64,
+    gap_ms: u64,
+    n: u64,
+    recent: Vec<Vec<u8>>,
+    /// Per person: session counter (a new anonymous id each session) and login state.
+    sessions: Vec<(u32, bool)>,
+}
+
+const PAGES: [&str; 7] = [
+    "/",
+    "/pricing",
+    "/pricing/enterprise",
+    "/docs",
+    "/blog/launch",
+    "/features",
+    "/pricingx",
+];
+const TRACKS: [&str; 6] = [
+    "Product Added",
+    "Support Chat Started",
+    "Signed Up",
+    "Checkout Started",
+    "Video Played",
+    "Order Completed",
+];
+const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
+
+impl Generator {
+    fn new(args: &GenArgs) -> Generator {
+        let profiles = args.profiles.max(1);
+        // spread events over at most ~60 days, about one second apart
+        let gap_ms = (60 * 86_400_000 / args.events.max(1)).clamp(1, 2000);
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(args.seed),
+            args: GenArgs {
+                profiles,
+                ..args.clone()
+            },
+            clock: args.start_ms,
+            gap_ms,
+            n: 0,
+            recent: Vec::new(),
+            sessions: vec![(0, false); profiles.min(10_000_000) as usize],
+        }
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.rng.next_u64() % n }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(10_000) < percent * 100
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    fn next_line(&mut self) -> Vec<u8> {
+        self.n += 1;
+        if !self.recent.is_empty() && self.chance(2) {
+            // a duplicate delivery (same messageId)
+            let i = self.below(self.recent.len() as u64) as usize;
+            return self.recent[i].clone();
+        }
+        if self.args.adversarial && self.chance(6) {
+            return self.bad_line();
+        }
+        let event = self.event();
+        let line = serde_json::to_vec(&event).unwrap_or_default();
+        if self.recent.len() < 64 {
+            self.recent.push(line.clone());
+        } else {
+            let i = self.below(64) as usize;
+            self.recent[i] = line.clone();
+        }
+        line
+    }
+
+    fn timestamp(&mut self) -> Value {
+        self.clock += self.below(2 * self.gap_ms + 1);
+        let mut t = self.clock;
+        if self.chance(4) {
+            t = t.saturating_sub(self.below(3_600_000)); // late delivery
+        } else if self.chance(1) {
+            t = t.saturating_sub(self.below(40 * 86_400_000)); // very late: beyond max_age
+        }
+        match self.below(10) {
+            0 => json!(t),
+            1 => json!(rfc3339(t, 120)),
+            2 => json!(rfc3339(t, -330)),
+            _ => json!(rfc3339(t, 0)),
+        }
+    }
+
+    /// A person, skewed so a few are much more active than most.
+    fn person(&mut self) -> u64 {
+        let p = self.args.profiles;
+        let u = self.below(1 << 20) as f64 / (1u64 << 20) as f64;
+        ((u * u * u) * p as f64) as u64 % p
+    }
+
+    fn event(&mut self) -> Value {
+        let who = self.person();
+        let slot = (who as usize) % self.sessions.len();
+        if self.chance(5) {
+            self.sessions[slot].0 += 1; // new session, new anonymous id
+            self.sessions[slot].1 = false;
+        }
+        let (session, logged_in) = self.sessions[slot];
+        let has_account = who % 10 < 7;
+        let anon = format!("anon-{who}-{session}");
+        let shared = who % 50 == 0 && who + 1 < self.args.profiles;
+        let device = if shared && self.chance(50) {
+            format!("dev-shared-{who}")
+        } else if who > 0 && (who - 1) % 50 == 0 && self.chance(30) {
+            format!("dev-shared-{}", who - 1)
+        } else {
+            format!("dev-{who}-{}", session % 2)
+        };
+        let user = format!("u-{who}");
+        let email = format!("person{who}@example.org");
+        let mut e = json!({
+            "anonymousId": anon,
+            "timestamp": self.timestamp(),
+            "context": {"device": {"id": device}},
+        });
+        if !self.chance(5) {
+            e["messageId"] = json!(format!("m-{}-{}", self.args.seed, self.n));
+        }
+        if logged_in && has_account && self.chance(70) {
+            e["userId"] = json!(user);
+        }
+        let roll = self.below(100);
+        match roll {
+            0..=44 => {
+                let path = self.pick(&PAGES);
+                e["type"] = json!("page");
+                e["name"] = json!(path.trim_start_matches('/'));
+                e["properties"] = json!({"path": path, "title": "Page"});
+            }
+            45..=49 => {
+                e["type"] = json!("screen");
+                e["name"] = json!("Home");
+            }
+            50..=74 => {
+                let name = self.pick(&TRACKS);
+                e["type"] = json!("track");
+                e["event"] = json!(name);
+                let mut props = json!({"price": self.below(20_000) as f64 / 100.0});
+                if name == "Checkout Started" {
+                    match self.below(3) {
+                        0 => props["value"] = json!(self.below(500)),
+                        1 => props["value"] = Value::Null,
+                        _ => {}
+                    }
+                }
+                if self.chance(5) {
+                    props["email"] = json!(email.to_uppercase());
+                }
+                e["properties"] = props;
+            }
+            75..=86 => {
+                e["type"] = json!("identify");
+                if has_account {
+                    e["userId"] = json!(user);
+                    self.sessions[slot].1 = true;
+                }
+                let mut traits = json!({"email": format!("  {email} ")});
+                if self.chance(50) {
+                    traits["plan"] = json!(self.pick(&PLANS));
+                }
+                if self.chance(10) {
+                    traits["plan"] = Value::Null;
+                }
+                e["traits"] = traits;
+            }
+            87..=89 => {
+                e["type"] = json!("alias");
+                e["previousId"] = json!(anon);
+                if has_account {
+                    e["userId"] = json!(user);
+                    self.sessions[slot].1 = true;
+                }
+            }
+            90..=91 => {
+                e["type"] = json!("group");
+                e["groupId"] = json!(format!("g-{}", who % 97));
+            }
+            _ => {
+                e["type"] = json!("track");
+                e["event"] = json!("Consent Updated");
+                let mut prefs = serde_json::Map::new();
+                for purpose in [
+                    "marketing",
+                    "Personalization",
+                    "ANALYTICS",
+                    "unknown_purpose",
+                ] {
+                    if self.chance(60) {
+                        prefs.insert(purpose.into(), json!(self.chance(50)));
+                    }
+                }
+                e["context"]["consent"] = json!({"categoryPreferences": prefs});
+                e["context"]["traits"] = json!({"email": email});
+            }
+        }
+        e
+    }
+
+    /// One adversarial line: every dead-letter reason and edge case of SPEC sections 1-3.
+    fn bad_line(&mut self) -> Vec<u8> {
+        let ts = rfc3339(self.clock, 0);
+        let who = self.person();
+        let kind = self.below(26);
+        let text = match kind {
+            0 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"{ts}\""),
+            1 => {
+                let mut bytes = format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"event\":\"")
+                    .into_bytes();
+                bytes.extend_from_slice(&[0xff, 0xfe]);
+                bytes.extend_from_slice(format!("\",\"timestamp\":\"{ts}\"}}").as_bytes());
+                return bytes;
+            }
+            2 => "[1,2,3]".to_string(),
+            3 => format!("\"u-{who}\""),
+            4 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\"}}"),
+            5 => {
+                format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"yesterday\"}}")
+            }
+            6 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"2026-09-01 10:00:00Z\"}}"
+            ),
+            7 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"1969-12-31T23:59:59Z\"}}"
+            ),
+            8 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":1.5e12}}"),
+            9 => format!("{{\"type\":42,\"userId\":\"u-{who}\",\"timestamp\":\"{ts}\"}}"),
+            10 => format!(
+                "{{\"type\":\"page\",\"messageId\":7,\"userId\":\"u-{who}\",\"timestamp\":\"{ts}\"}}"
+            ),
+            11 => format!(
+                "{{\"type\":\"track\",\"userId\":\"null\",\"anonymousId\":\"Anonymous\",\"traits\":{{\"email\":\"test@example.com\"}},\"timestamp\":\"{ts}\"}}"
+            ),
+            12 => format!(
+                "{{\"type\":\"page\",\"userId\":\"u-{who}\",\"timestamp\":\"2099-01-01T00:00:00Z\"}}"
+            ),
+            13 => {
+                // the hub: one kiosk device used by very many people
+                format!(
+                    "{{\"type\":\"page\",\"anonymousId\":\"kiosk-visitor-{}\",\"context\":{{\"device\":{{\"id\":\"kiosk-1\"}}}},\"timestamp\":\"{ts}\"}}",
+                    self.below(500)
+                )
+            }
+            14 => format!(
+                "{{\"type\":\"identify\",\"userId\":{who},\"traits\":{{\"email\":\"  Person{who}@EXAMPLE.org\"}},\"timestamp\":{}}}",
+                self.clock
+            ),
+            15 => {
+                let depth = if self.chance(50) { 128 } else { 129 };
+                let nest = format!("{}{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+                format!(
+                    "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"properties\":{{\"x\":{nest}}},\"timestamp\":\"{ts}\"}}"
+                )
+            }
+            16 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"userId\":\"u-{}\",\"timestamp\":\"{ts}\"}}",
+                who + 1
+            ),
+            17 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"event\":\"\\ud800\",\"timestamp\":\"{ts}\"}}"
+            ),
+            18 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"properties\":{{\"v\":1e999}},\"timestamp\":\"{ts}\"}}"
+            ),
+            19 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"{ts}\"}}\r"),
+            20 => "   ".to_string(),
+            21 => format!(
+                "{{\"type\":\"page\",\"userId\":true,\"anonymousId\":18446744073709551616,\"timestamp\":\"{ts}\"}}"
+            ),
+            22 => format!(
+                "{{\"type\":\"page\",\"userId\":\"u-{who}\",\"timestamp\":\"{}\"}}",
+                rfc3339_nanos(self.clock)
+            ),
+            23 if self.n % 50_000 == 0 || self.n == 100 => {
+                format!(
+                    "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"x\":\"{}\",\"timestamp\":\"{ts}\"}}",
+                    "x".repeat(1 << 20)
+                )
+            }
+            24 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":null}}"),
+            _ => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"messageId\":null,\"timestamp\":\"{ts}\"}}"
+            ),
+        };
+        text.into_bytes()
+    }
+}
+
+/// An RFC 3339 timestamp with milliseconds and the given offset in minutes.
+pub fn rfc3339(ms: u64, offset_minutes: i32) -> String {
+    let local = ms as i64 + i64::from(offset_minutes) * 60_000;
+    let days = local.div_euclid(86_400_000);
+    let rem = local.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    let offset = if offset_minutes == 0 {
+        "Z".to_string()
+    } else {
+        let sign = if offset_minutes < 0 { '-' } else { '+' };
+        let a = offset_minutes.abs();
+        format!("{sign}{:02}:{:02}", a / 60, a % 60)
+    };
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}{offset}")
+}
+
+fn rfc3339_nanos(ms: u64) -> String {
+    let base = rfc3339(ms, 0);
+    format!("{}987654Z", &base[..base.len() - 1])
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for (ms, off) in [
+            (0u64, 0),
+            (1_788_220_800_123, 0),
+            (1_788_220_800_123, 120),
+            (951_782_400_000, -330),
+        ] {
+            let text = rfc3339(ms, off);
+            assert_eq!(
+                crate::event::timestamp::parse(&json!(text)),
+                Ok(ms),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn reproducible() {
+        let args = GenArgs {
+            events: 2000,
+            profiles: 50,
+            seed: 9,
+            adversarial: true,
+            start_ms: 1_788_220_800_000,
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        generate(&args, &mut a).unwrap();
+        generate(&args, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+}
