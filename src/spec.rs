@@ -920,7 +920,7 @@ mod tests {
         let e = error_of(&format!(
             "{IDENT}[intent]\n[[intent.signal]]\nname = \"a\"\npoints = 1\n[[intent.sequence]]\nname = \"s\"\nfirst = \"a\"\nthen = \"zz\"\nwithin = \"1m\"\npoints = 1\n"
         ));
-        assert_eq!((e.line, e.key.as_str()), (13, "intent.sequence.then"));
+        assert_eq!((e.line, e.key.as_str()), (12, "intent.sequence.then"));
         let e = error_of(&format!(
             "{IDENT}[[view]]\nname = \"v\"\npurpose = \"nope\"\nfields = []\n"
         ));

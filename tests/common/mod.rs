@@ -1,0 +1,45 @@
+//! Shared test helpers: the oracle and small builders.
+#![allow(dead_code)]
+
+pub mod oracle;
+
+use throughline::replay::{self, Outputs};
+use throughline::spec::Spec;
+
+/// Runs the engine in memory on `input` at the fixture wall clock.
+pub fn engine(spec: &Spec, input: &[u8], workers: usize) -> Outputs {
+    replay::run_bytes(spec, input.to_vec(), workers).unwrap_or_else(|e| panic!("engine failed: {e}"))
+}
+
+/// The default spec with another `max_links`.
+pub fn spec_with_max_links(max_links: usize) -> Spec {
+    let text = throughline::spec::DEFAULT_SPEC.replace("max_links = 50", &format!("max_links = {max_links}"));
+    Spec::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Consolidates change lines with time <= t into snapshot lines (sorted by view, key).
+pub fn consolidate_upto(changes: &[String], t: u64) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut rows: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for line in changes {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["time"].as_u64().unwrap() > t {
+            continue;
+        }
+        // the row text verbatim (field order matters to the comparison)
+        let at = line.rfind("\"row\":").unwrap();
+        let key = (
+            v["view"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+            line[at + 6..line.len() - 1].to_string(),
+        );
+        *rows.entry(key).or_insert(0) += v["diff"].as_i64().unwrap();
+    }
+    rows.into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|((view, key, row), n)| {
+            assert_eq!(n, 1, "row {view}/{key} has multiplicity {n}");
+            format!("{{\"view\":{},\"key\":{},\"row\":{row}}}", serde_json::Value::from(view), serde_json::Value::from(key))
+        })
+        .collect()
+}

@@ -1,0 +1,63 @@
+//! Every fixture under `fixtures/` replays to exactly its expected outputs, with 1 and 2
+//! workers, and agrees with the oracle.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use throughline::replay::{self, FIXTURE_WALL_CLOCK_MS};
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("events.ndjson").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 10, "fixtures missing under {}", root.display());
+    dirs
+}
+
+#[test]
+fn every_fixture_replays_exactly() {
+    let mut failures = Vec::new();
+    for dir in fixture_dirs() {
+        let expected = replay::expected(&dir).unwrap();
+        for workers in [1, 2] {
+            let actual = replay::run_fixture(&dir, workers).unwrap();
+            for (what, e, a) in [
+                ("changes", &expected.changes, &actual.changes),
+                ("snapshot", &expected.snapshot, &actual.snapshot),
+                ("dead letters", &expected.dead_letters, &actual.dead_letters),
+            ] {
+                let d = replay::diff(e, a);
+                if !d.is_empty() {
+                    failures.push(format!("{} ({what}, -w {workers}):\n  {}", dir.display(), d.join("\n  ")));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_fixture_agrees_with_the_oracle() {
+    for dir in fixture_dirs() {
+        let spec = replay::fixture_spec(&dir).unwrap();
+        let input = std::fs::read(dir.join("events.ndjson")).unwrap();
+        let oracle = common::oracle::run(&spec, &input, FIXTURE_WALL_CLOCK_MS);
+        let expected = replay::expected(&dir).unwrap();
+        assert_eq!(oracle.changes, expected.changes, "{}", dir.display());
+        assert_eq!(oracle.snapshot, expected.snapshot, "{}", dir.display());
+        let reasons: Vec<(u64, String)> = expected
+            .dead_letters
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["line"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+            })
+            .collect();
+        assert_eq!(oracle.dead_letters, reasons, "{}", dir.display());
+    }
+}
