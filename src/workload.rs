@@ -170,10 +170,10 @@ impl Generator {
         let (session, logged_in) = self.sessions[slot];
         let has_account = who % 10 < 7;
         let anon = format!("anon-{who}-{session}");
-        let shared = who % 50 == 0 && who + 1 < self.args.profiles;
+        let shared = who.is_multiple_of(50) && who + 1 < self.args.profiles;
         let device = if shared && self.chance(50) {
             format!("dev-shared-{who}")
-        } else if who > 0 && (who - 1) % 50 == 0 && self.chance(30) {
+        } else if who > 0 && (who - 1).is_multiple_of(50) && self.chance(30) {
             format!("dev-shared-{}", who - 1)
         } else {
             format!("dev-{who}-{}", session % 2)
@@ -342,7 +342,7 @@ impl Generator {
                 "{{\"type\":\"page\",\"userId\":\"u-{who}\",\"timestamp\":\"{}\"}}",
                 rfc3339_nanos(self.clock)
             ),
-            23 if self.n % 50_000 == 0 || self.n == 100 => {
+            23 if self.n.is_multiple_of(50_000) || self.n == 100 => {
                 format!(
                     "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"x\":\"{}\",\"timestamp\":\"{ts}\"}}",
                     "x".repeat(1 << 20)

@@ -21,13 +21,20 @@ fn check(spec: &Spec, input: &[u8], workers: usize) {
         .iter()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["line"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     assert_eq!(dead, oracle.dead_letters, "dead letters differ");
     // the consolidation law, at every time the oracle closed
     for (t, snapshot) in &oracle.snapshots {
-        assert_eq!(&common::consolidate_upto(&engine.changes, *t), snapshot, "consolidated changes up to {t} differ from the snapshot");
+        assert_eq!(
+            &common::consolidate_upto(&engine.changes, *t),
+            snapshot,
+            "consolidated changes up to {t} differ from the snapshot"
+        );
     }
 }
 
@@ -56,14 +63,20 @@ fn generated_workloads_agree_with_the_oracle() {
 #[test]
 fn adversarial_workloads_agree_with_the_oracle() {
     // max_links = 4 makes hubs common; the default spec keeps the kiosk hub rare
-    for (seed, spec) in [(11, Spec::default_spec()), (12, common::spec_with_max_links(4)), (13, Spec::default_spec())] {
+    for (seed, spec) in [
+        (11, Spec::default_spec()),
+        (12, common::spec_with_max_links(4)),
+        (13, Spec::default_spec()),
+    ] {
         check(&spec, &workload(seed, 1500, 80, true), 2);
     }
 }
 
 /// One random event over small identifier pools, so links, ties and hubs are frequent.
 fn arb_line() -> impl Strategy<Value = String> {
-    let id = |prefix: &'static str, n: u8| proptest::option::weighted(0.5, (0..n).prop_map(move |i| format!("{prefix}{i}")));
+    let id = |prefix: &'static str, n: u8| {
+        proptest::option::weighted(0.5, (0..n).prop_map(move |i| format!("{prefix}{i}")))
+    };
     (
         id("u", 3),
         id("E", 4),

@@ -15,7 +15,11 @@ fn fixture_dirs() -> Vec<PathBuf> {
         .filter(|p| p.join("events.ndjson").exists())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 10, "fixtures missing under {}", root.display());
+    assert!(
+        dirs.len() >= 10,
+        "fixtures missing under {}",
+        root.display()
+    );
     dirs
 }
 
@@ -33,7 +37,11 @@ fn every_fixture_replays_exactly() {
             ] {
                 let d = replay::diff(e, a);
                 if !d.is_empty() {
-                    failures.push(format!("{} ({what}, -w {workers}):\n  {}", dir.display(), d.join("\n  ")));
+                    failures.push(format!(
+                        "{} ({what}, -w {workers}):\n  {}",
+                        dir.display(),
+                        d.join("\n  ")
+                    ));
                 }
             }
         }
@@ -55,7 +63,10 @@ fn every_fixture_agrees_with_the_oracle() {
             .iter()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["line"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+                (
+                    v["line"].as_u64().unwrap(),
+                    v["reason"].as_str().unwrap().to_string(),
+                )
             })
             .collect();
         assert_eq!(oracle.dead_letters, reasons, "{}", dir.display());

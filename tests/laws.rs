@@ -15,7 +15,10 @@ use throughline::workload::{self, GenArgs};
 
 /// Drives the identity dataflow directly: apply batches of (facts, diff) at successive
 /// times and read the `profiles` view's state after each.
-fn states_after(spec: &Spec, batches: &[Vec<(EventFacts, isize)>]) -> Vec<BTreeMap<String, String>> {
+fn states_after(
+    spec: &Spec,
+    batches: &[Vec<(EventFacts, isize)>],
+) -> Vec<BTreeMap<String, String>> {
     let spec = spec.clone();
     let batches = batches.to_vec();
     timely::execute_directly(move |worker| {
@@ -35,10 +38,19 @@ fn states_after(spec: &Spec, batches: &[Vec<(EventFacts, isize)>]) -> Vec<BTreeM
             for ((view, key, row), _t, diff) in outputs.changes.borrow_mut().drain(..) {
                 let (view, key, row): ViewRow = (view, key, row);
                 assert_eq!(view, 0);
-                *state.borrow_mut().entry((key.key(&spec.identity), row)).or_insert(0) += diff;
+                *state
+                    .borrow_mut()
+                    .entry((key.key(&spec.identity), row))
+                    .or_insert(0) += diff;
             }
             state.borrow_mut().retain(|_, n| *n != 0);
-            states.push(state.borrow().iter().map(|((k, r), _)| (k.clone(), r.clone())).collect());
+            states.push(
+                state
+                    .borrow()
+                    .iter()
+                    .map(|((k, r), _)| (k.clone(), r.clone()))
+                    .collect(),
+            );
         }
         states
     })
@@ -74,14 +86,23 @@ fn retracting_a_merge_splits_profiles_back_exactly() {
     for (i, m) in merge_ids.iter_mut().enumerate() {
         m.seq = 100 + i as u64;
     }
-    let insert = |fs: &[EventFacts], d: isize| fs.iter().map(|f| (f.clone(), d)).collect::<Vec<_>>();
+    let insert =
+        |fs: &[EventFacts], d: isize| fs.iter().map(|f| (f.clone(), d)).collect::<Vec<_>>();
     let states = states_after(
         &spec,
-        &[insert(&base, 1), insert(&merge_ids, 1), insert(&merge_ids, -1), insert(&base, -1)],
+        &[
+            insert(&base, 1),
+            insert(&merge_ids, 1),
+            insert(&merge_ids, -1),
+            insert(&base, -1),
+        ],
     );
     assert_eq!(states[0].len(), 3);
     assert_ne!(states[1], states[0], "the merges change profiles");
-    assert_eq!(states[2], states[0], "retracting the merges splits the profiles back exactly");
+    assert_eq!(
+        states[2], states[0],
+        "retracting the merges splits the profiles back exactly"
+    );
     assert!(states[3].is_empty(), "retracting everything leaves nothing");
 }
 
@@ -89,7 +110,13 @@ fn retracting_a_merge_splits_profiles_back_exactly() {
 fn retracting_a_generated_workload_returns_to_empty() {
     let spec = common::spec_with_max_links(6);
     let mut bytes = Vec::new();
-    let args = GenArgs { events: 1500, profiles: 100, seed: 5, adversarial: true, start_ms: 1_767_225_600_000 };
+    let args = GenArgs {
+        events: 1500,
+        profiles: 100,
+        seed: 5,
+        adversarial: true,
+        start_ms: 1_767_225_600_000,
+    };
     workload::generate(&args, &mut bytes).unwrap();
     let facts: Vec<EventFacts> = bytes
         .split(|b| *b == b'\n')
@@ -106,7 +133,10 @@ fn retracting_a_generated_workload_returns_to_empty() {
     ];
     let states = states_after(&spec, &batches);
     assert!(!states[0].is_empty());
-    assert_eq!(states[2], states[0], "retracting the second half returns to the first half's state");
+    assert_eq!(
+        states[2], states[0],
+        "retracting the second half returns to the first half's state"
+    );
     assert!(states[3].is_empty());
 }
 
@@ -114,7 +144,13 @@ fn retracting_a_generated_workload_returns_to_empty() {
 fn one_two_and_four_workers_give_identical_output() {
     let spec = common::spec_with_max_links(8);
     let mut bytes = Vec::new();
-    let args = GenArgs { events: 4000, profiles: 300, seed: 21, adversarial: true, start_ms: 1_767_225_600_000 };
+    let args = GenArgs {
+        events: 4000,
+        profiles: 300,
+        seed: 21,
+        adversarial: true,
+        start_ms: 1_767_225_600_000,
+    };
     workload::generate(&args, &mut bytes).unwrap();
     let one = common::engine(&spec, &bytes, 1);
     assert!(!one.changes.is_empty());

@@ -8,12 +8,14 @@ use throughline::spec::Spec;
 
 /// Runs the engine in memory on `input` at the fixture wall clock.
 pub fn engine(spec: &Spec, input: &[u8], workers: usize) -> Outputs {
-    replay::run_bytes(spec, input.to_vec(), workers).unwrap_or_else(|e| panic!("engine failed: {e}"))
+    replay::run_bytes(spec, input.to_vec(), workers)
+        .unwrap_or_else(|e| panic!("engine failed: {e}"))
 }
 
 /// The default spec with another `max_links`.
 pub fn spec_with_max_links(max_links: usize) -> Spec {
-    let text = throughline::spec::DEFAULT_SPEC.replace("max_links = 50", &format!("max_links = {max_links}"));
+    let text = throughline::spec::DEFAULT_SPEC
+        .replace("max_links = 50", &format!("max_links = {max_links}"));
     Spec::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -39,7 +41,11 @@ pub fn consolidate_upto(changes: &[String], t: u64) -> Vec<String> {
         .filter(|(_, n)| *n != 0)
         .map(|((view, key, row), n)| {
             assert_eq!(n, 1, "row {view}/{key} has multiplicity {n}");
-            format!("{{\"view\":{},\"key\":{},\"row\":{row}}}", serde_json::Value::from(view), serde_json::Value::from(key))
+            format!(
+                "{{\"view\":{},\"key\":{},\"row\":{row}}}",
+                serde_json::Value::from(view),
+                serde_json::Value::from(key)
+            )
         })
         .collect()
 }

@@ -147,7 +147,11 @@ pub fn views(spec: &Spec, events: &[Vec<Ident>]) -> BTreeMap<(String, String), S
             let mut fields = Vec::new();
             for f in &view.fields {
                 if let Field::Identifier(rank) = f {
-                    let mut values: Vec<&str> = ids.iter().filter(|i| i.rank as usize == *rank).map(|i| &*i.value).collect();
+                    let mut values: Vec<&str> = ids
+                        .iter()
+                        .filter(|i| i.rank as usize == *rank)
+                        .map(|i| &*i.value)
+                        .collect();
                     values.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
                     fields.push((f.name(spec).to_string(), values));
                 }
@@ -155,10 +159,19 @@ pub fn views(spec: &Spec, events: &[Vec<Ident>]) -> BTreeMap<(String, String), S
             // keep declared order: build the JSON text by hand
             let body: Vec<String> = fields
                 .iter()
-                .map(|(name, values)| format!("{}:{}", serde_json::Value::from(name.as_str()), serde_json::to_string(values).unwrap()))
+                .map(|(name, values)| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::from(name.as_str()),
+                        serde_json::to_string(values).unwrap()
+                    )
+                })
                 .collect();
             row.clear();
-            let key = format!("{}:{}", spec.identity.identifiers[root.rank as usize].name, root.value);
+            let key = format!(
+                "{}:{}",
+                spec.identity.identifiers[root.rank as usize].name, root.value
+            );
             out.insert((view.name.clone(), key), format!("{{{}}}", body.join(",")));
         }
     }
@@ -179,12 +192,20 @@ pub fn profiles(spec: &Spec, events: &[Vec<Ident>]) -> BTreeMap<Ident, Ident> {
         }
     }
     let max = spec.identity.max_links;
-    let hub: HashSet<Ident> = neighbours.iter().filter(|(_, n)| n.len() > max).map(|(id, _)| id.clone()).collect();
+    let hub: HashSet<Ident> = neighbours
+        .iter()
+        .filter(|(_, n)| n.len() > max)
+        .map(|(id, _)| id.clone())
+        .collect();
     let adjacent = |id: &Ident| -> Vec<Ident> {
         if hub.contains(id) {
             return Vec::new();
         }
-        neighbours[id].iter().filter(|n| !hub.contains(*n)).cloned().collect()
+        neighbours[id]
+            .iter()
+            .filter(|n| !hub.contains(*n))
+            .cloned()
+            .collect()
     };
     let anchor = |id: &Ident| spec.identity.identifiers[id.rank as usize].anchor;
     let mut root: BTreeMap<Ident, Ident> = BTreeMap::new();
@@ -214,7 +235,8 @@ pub fn profiles(spec: &Spec, events: &[Vec<Ident>]) -> BTreeMap<Ident, Ident> {
             continue;
         }
         anchors.sort();
-        let mut label: HashMap<Ident, Ident> = anchors.iter().map(|a| (a.clone(), a.clone())).collect();
+        let mut label: HashMap<Ident, Ident> =
+            anchors.iter().map(|a| (a.clone(), a.clone())).collect();
         let mut frontier = anchors;
         while !frontier.is_empty() {
             let mut next: BTreeMap<Ident, Ident> = BTreeMap::new();
