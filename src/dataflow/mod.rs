@@ -13,6 +13,9 @@ pub mod identity;
 pub mod views;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
 use std::rc::Rc;
 
 use differential_dataflow::VecCollection;
@@ -75,28 +78,75 @@ impl EventFacts {
 }
 
 /// The input sessions of one worker's dataflow.
+///
+/// Nodes, links and wide marks are sets in the SPEC but arrive as multisets (every event
+/// repeats its identifiers). A local count per element forwards only the transitions between
+/// absent and present, so the dataflow sees each element once instead of once per event.
+/// The dataflow still applies `distinct`, so inputs fed from several places (processes)
+/// compose, and a retraction that brings a count back to zero removes the element.
 pub struct Inputs {
     nodes: InputSession<Time, Ident, isize>,
     pairs: InputSession<Time, (Ident, Ident), isize>,
     wide: InputSession<Time, Ident, isize>,
     primary: InputSession<Time, (Ident, Seq), isize>,
+    node_counts: Presence<Ident>,
+    pair_counts: Presence<(Ident, Ident)>,
+    wide_counts: Presence<Ident>,
+}
+
+/// Counts of a multiset, reporting when an element appears or disappears.
+struct Presence<K> {
+    counts: HashMap<K, u32>,
+}
+
+impl<K: Hash + Eq> Presence<K> {
+    fn new() -> Self {
+        Presence { counts: HashMap::new() }
+    }
+
+    /// Applies `diff` to `key`; returns +1 if it appeared, -1 if it disappeared.
+    fn update(&mut self, key: K, diff: isize) -> Option<isize> {
+        match self.counts.entry(key) {
+            Entry::Vacant(slot) if diff > 0 => {
+                slot.insert(diff as u32);
+                Some(1)
+            }
+            Entry::Vacant(_) => None,
+            Entry::Occupied(mut slot) => {
+                let next = *slot.get() as isize + diff;
+                if next <= 0 {
+                    slot.remove();
+                    Some(-1)
+                } else {
+                    *slot.get_mut() = next as u32;
+                    None
+                }
+            }
+        }
+    }
 }
 
 impl Inputs {
     /// Inserts (`diff = 1`) or retracts (`diff = -1`) an event's facts at the current time.
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
-            self.nodes.update(id.clone(), diff);
+            if let Some(d) = self.node_counts.update(id.clone(), diff) {
+                self.nodes.update(id.clone(), d);
+            }
         }
         if facts.wide {
             for id in &facts.idents {
-                self.wide.update(id.clone(), diff);
+                if let Some(d) = self.wide_counts.update(id.clone(), diff) {
+                    self.wide.update(id.clone(), d);
+                }
             }
         } else {
-            for a in &facts.idents {
-                for b in &facts.idents {
-                    if a != b {
-                        self.pairs.update((a.clone(), b.clone()), diff);
+            // idents are sorted and distinct: each unordered pair once, sent both ways
+            for (i, a) in facts.idents.iter().enumerate() {
+                for b in &facts.idents[i + 1..] {
+                    if let Some(d) = self.pair_counts.update((a.clone(), b.clone()), diff) {
+                        self.pairs.update((a.clone(), b.clone()), d);
+                        self.pairs.update((b.clone(), a.clone()), d);
                     }
                 }
             }
@@ -199,6 +249,9 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             pairs: pairs_in,
             wide: wide_in,
             primary: primary_in,
+            node_counts: Presence::new(),
+            pair_counts: Presence::new(),
+            wide_counts: Presence::new(),
         }
     });
     (
