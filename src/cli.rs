@@ -69,7 +69,7 @@ struct RunArgs {
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
     /// On live input, publish the current time's changes after this many ms without input.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     linger_ms: u64,
     /// Use this wall clock (epoch ms) for the far-future rule instead of the machine's.
     #[arg(long, hide = true)]

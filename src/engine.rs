@@ -50,7 +50,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             workers: 1,
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(2),
             snapshot: false,
             collect_changes: false,
             wall_clock_ms: None,

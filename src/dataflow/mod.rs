@@ -101,7 +101,9 @@ struct Presence<K> {
 
 impl<K: Hash + Eq> Presence<K> {
     fn new() -> Self {
-        Presence { counts: HashMap::new() }
+        Presence {
+            counts: HashMap::new(),
+        }
     }
 
     /// Applies `diff` to `key`; returns +1 if it appeared, -1 if it disappeared.

@@ -145,7 +145,7 @@ pub fn open(paths: &[PathBuf]) -> Result<Vec<Source>, String> {
 /// Starts the reader thread over `sources` (read in order). Returns the receiving end and
 /// the thread handle.
 pub fn spawn(sources: Vec<Source>) -> (Receiver<Message>, JoinHandle<()>) {
-    let (tx, rx) = bounded(16);
+    let (tx, rx) = bounded(4);
     let handle = std::thread::Builder::new()
         .name("throughline-reader".into())
         .spawn(move || read_all(sources, &tx))

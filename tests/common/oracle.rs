@@ -23,6 +23,13 @@ pub struct Run {
 }
 
 pub fn run(spec: &Spec, input: &[u8], wall_ms: u64) -> Run {
+    run_sampled(spec, input, wall_ms, &|_| true)
+}
+
+/// Like [`run`], but computes the state only at clock values where `sample` holds (and at
+/// the end): `changes` then holds differences between sampled states, and `snapshots` the
+/// sampled states. For inputs too large to recompute at every clock value.
+pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64) -> bool) -> Run {
     let mut seen: HashSet<String> = HashSet::new();
     let mut clock: Option<u64> = None;
     let mut events: Vec<Vec<Ident>> = Vec::new();
@@ -65,6 +72,7 @@ pub fn run(spec: &Spec, input: &[u8], wall_ms: u64) -> Run {
         let now = clock.map_or(ev.timestamp_ms, |c| c.max(ev.timestamp_ms));
         if let Some(c) = clock
             && now > c
+            && sample(c)
         {
             close(spec, c, &events, &mut state, &mut changes, &mut snapshots);
         }
