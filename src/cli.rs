@@ -112,14 +112,6 @@ pub fn load_spec(path: Option<&Path>) -> Result<Spec, String> {
 fn check(file: &Path) -> Result<i32, String> {
     let spec = Spec::load(file).map_err(|e| e.to_string())?;
     println!("ok: {spec}");
-    for view in &spec.views {
-        if !view.identity_only() {
-            println!(
-                "note: view \"{}\" needs intent, consent or traits, which this version does not maintain yet",
-                view.name
-            );
-        }
-    }
     Ok(0)
 }
 
@@ -131,14 +123,6 @@ fn create(path: &Path, what: &str) -> Result<Box<dyn Write + Send>, String> {
 
 fn run(args: RunArgs) -> Result<i32, String> {
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
-    for view in spec.views.iter().filter(|v| !v.identity_only()) {
-        if !args.quiet {
-            eprintln!(
-                "throughline: note: view \"{}\" needs intent, consent or traits, not maintained by this version; it stays empty",
-                view.name
-            );
-        }
-    }
     let sources = source::open(&args.inputs)?;
     let output: Box<dyn Write + Send> = match &args.output {
         Some(p) => create(p, "output")?,

@@ -374,7 +374,7 @@ impl<'w> Driver<'w> {
                     if event.kind == Kind::Forget {
                         self.forget();
                     } else {
-                        let facts = EventFacts::of(self.next_seq, &event, self.spec);
+                        let facts = EventFacts::of(self.next_seq, &event, self.spec, now);
                         self.next_seq += 1;
                         self.inputs.update(&facts, 1);
                         self.dirty = true;

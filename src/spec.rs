@@ -175,20 +175,6 @@ pub enum Field {
     Identifier(usize),
 }
 
-impl ViewSpec {
-    /// Whether the view needs nothing beyond identity resolution (SPEC sections 2-3).
-    pub fn identity_only(&self) -> bool {
-        self.purpose.is_none()
-            && self.score_gte_milli.is_none()
-            && self.has_signal.is_none()
-            && self.predicates.is_empty()
-            && self
-                .fields
-                .iter()
-                .all(|f| matches!(f, Field::Identifier(_)))
-    }
-}
-
 impl Field {
     /// The field's name as written in the spec and in rows.
     pub fn name<'a>(&'a self, spec: &'a Spec) -> &'a str {
@@ -890,7 +876,6 @@ mod tests {
         assert_eq!(spec.intent.signals[3].points_milli, 2500);
         assert_eq!(spec.intent.sequences[0].within_ms, 30 * 60 * 1000);
         assert_eq!(spec.views.len(), 4);
-        assert!(spec.views[0].identity_only());
     }
 
     fn error_of(text: &str) -> SpecError {

@@ -137,7 +137,11 @@ fn output_file_and_stderr_summary() {
     assert_eq!(code, 0);
     assert!(stdout.is_empty());
     let changes = std::fs::read_to_string(&out_path).unwrap();
-    assert_eq!(changes.lines().count(), 1);
+    assert_eq!(
+        changes.lines().count(),
+        2,
+        "a profiles row and a scores row: {changes}"
+    );
     assert!(
         stderr.contains("dead letter: -:2: invalid_json"),
         "{stderr}"
@@ -200,13 +204,18 @@ fn changes_stream_while_the_input_is_open() {
         let ts = 1_767_261_600_000u64 + i as u64 * 1000;
         writeln!(stdin, "{{\"userId\":\"{user}\",\"timestamp\":{ts}}}").unwrap();
         stdin.flush().unwrap();
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("no output while the input is open");
-        assert!(
-            line.contains(&format!("user_id:{user}")) && line.contains(&format!("\"time\":{ts}")),
-            "{line}"
-        );
+        // one row in `profiles` and one in `scores` (views in name order)
+        for view in ["profiles", "scores"] {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no output while the input is open");
+            assert!(line.contains(&format!("\"view\":\"{view}\"")), "{line}");
+            assert!(
+                line.contains(&format!("user_id:{user}"))
+                    && line.contains(&format!("\"time\":{ts}")),
+                "{line}"
+            );
+        }
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());

@@ -10,6 +10,7 @@
 //! millisecond.
 
 pub mod identity;
+pub mod intent;
 pub mod views;
 
 use std::cell::RefCell;
@@ -54,8 +55,9 @@ pub type Seq = u64;
 /// A collection at dataflow time with integer multiplicities.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 
-/// What one accepted event contributes to the dataflow. A pure function of the event, so
-/// retracting an event is exactly the negation of inserting it.
+/// What one accepted event contributes to the dataflow. A pure function of the event and
+/// the clock when it arrived, so retracting an event is exactly the negation of inserting it
+/// (scheduled decay included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventFacts {
     /// Arrival order of the event.
@@ -64,15 +66,37 @@ pub struct EventFacts {
     pub idents: Vec<Ident>,
     /// More than `max_links + 1` identifiers: every one of them is a hub by this event alone.
     pub wide: bool,
+    /// The event's own timestamp (epoch ms).
+    pub timestamp_ms: u64,
+    /// The engine clock when it was inserted (its weights are evaluated from then on).
+    pub arrival_ms: u64,
+    /// Signals it matches (indices into the spec's signals).
+    pub signals: Vec<u16>,
+    /// Its roles in sequences: (sequence index, 0 = first, 1 = then).
+    pub roles: Vec<(u16, u8)>,
 }
 
 impl EventFacts {
-    /// The facts of an accepted event.
-    pub fn of(seq: Seq, event: &Event, spec: &Spec) -> EventFacts {
+    /// The facts of an accepted event inserted when the clock is `arrival_ms`.
+    pub fn of(seq: Seq, event: &Event, spec: &Spec, arrival_ms: u64) -> EventFacts {
+        let signals = crate::event::signals::matched(&spec.intent, event);
+        let mut roles = Vec::new();
+        for (q, sequence) in spec.intent.sequences.iter().enumerate() {
+            if signals.contains(&(sequence.first as u16)) {
+                roles.push((q as u16, 0));
+            }
+            if signals.contains(&(sequence.then as u16)) {
+                roles.push((q as u16, 1));
+            }
+        }
         EventFacts {
             seq,
             idents: event.idents.clone(),
             wide: event.idents.len() > spec.identity.max_links + 1,
+            timestamp_ms: event.timestamp_ms,
+            arrival_ms,
+            signals,
+            roles,
         }
     }
 }
@@ -84,14 +108,24 @@ impl EventFacts {
 /// absent and present, so the dataflow sees each element once instead of once per event.
 /// The dataflow still applies `distinct`, so inputs fed from several places (processes)
 /// compose, and a retraction that brings a count back to zero removes the element.
+///
+/// Weighted occurrences carry their weight as multiplicity, with every future change
+/// scheduled at its own time ([`intent::Decay::schedule`]).
 pub struct Inputs {
     nodes: InputSession<Time, Ident, isize>,
     pairs: InputSession<Time, (Ident, Ident), isize>,
     wide: InputSession<Time, Ident, isize>,
     primary: InputSession<Time, (Ident, Seq), isize>,
+    weights: InputSession<Time, (Seq, u16), isize>,
+    active: InputSession<Time, (Seq, u16), isize>,
+    roles: InputSession<Time, (Seq, (u16, u8, u64)), isize>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
+    decay: intent::Decay,
+    /// Points × 1000 by scored id: signals, then sequences.
+    points: Vec<i64>,
+    num_signals: u16,
 }
 
 /// Counts of a multiset, reporting when an element appears or disappears.
@@ -128,6 +162,21 @@ impl<K: Hash + Eq> Presence<K> {
     }
 }
 
+/// Adds `delta` to `key` at clock `ms`: now if `ms` is not in the future, else at `ms`.
+fn update_at_clock<D: differential_dataflow::ExchangeData>(
+    session: &mut InputSession<Time, D, isize>,
+    key: D,
+    ms: u64,
+    delta: isize,
+) {
+    let now = *session.time();
+    if ms <= clock_of(now) {
+        session.update(key, delta);
+    } else {
+        session.update_at(key, time(ms, 0), delta);
+    }
+}
+
 impl Inputs {
     /// Inserts (`diff = 1`) or retracts (`diff = -1`) an event's facts at the current time.
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
@@ -156,6 +205,39 @@ impl Inputs {
         if let Some(first) = facts.idents.first() {
             self.primary.update((first.clone(), facts.seq), diff);
         }
+        for &signal in &facts.signals {
+            self.schedule(facts, signal, diff);
+        }
+        for &(q, role) in &facts.roles {
+            self.roles
+                .update((facts.seq, (q, role, facts.timestamp_ms)), diff);
+            if role == 1 {
+                self.schedule(facts, self.num_signals + q, diff);
+            }
+        }
+    }
+
+    /// Inserts an occurrence's weight schedule and activity interval (times `diff`).
+    fn schedule(&mut self, facts: &EventFacts, id: u16, diff: isize) {
+        let points = self.points.get(id as usize).copied().unwrap_or(0);
+        let schedule = self
+            .decay
+            .schedule(points, facts.timestamp_ms, facts.arrival_ms);
+        for &(ms, delta) in &schedule {
+            update_at_clock(
+                &mut self.weights,
+                (facts.seq, id),
+                ms,
+                delta as isize * diff,
+            );
+        }
+        if let Some((from, until)) = self
+            .decay
+            .active(points, facts.timestamp_ms, facts.arrival_ms)
+        {
+            update_at_clock(&mut self.active, (facts.seq, id), from, diff);
+            update_at_clock(&mut self.active, (facts.seq, id), until, -diff);
+        }
     }
 
     /// Moves every input forward to `time` (never backwards).
@@ -164,6 +246,9 @@ impl Inputs {
         self.pairs.advance_to(time);
         self.wide.advance_to(time);
         self.primary.advance_to(time);
+        self.weights.advance_to(time);
+        self.active.advance_to(time);
+        self.roles.advance_to(time);
     }
 
     /// Sends buffered updates into the dataflow.
@@ -172,6 +257,9 @@ impl Inputs {
         self.pairs.flush();
         self.wide.flush();
         self.primary.flush();
+        self.weights.flush();
+        self.active.flush();
+        self.roles.flush();
     }
 
     /// The current input time.
@@ -199,34 +287,38 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
     let anchors: Vec<bool> = spec.identity.identifiers.iter().map(|t| t.anchor).collect();
     let max_links = spec.identity.max_links;
 
+    let num_signals = spec.intent.signals.len() as u16;
+    let within: Vec<u64> = spec.intent.sequences.iter().map(|q| q.within_ms).collect();
+
     let inputs = worker.dataflow::<Time, _, _>(|scope| {
         let (nodes_in, nodes) = scope.new_collection::<Ident, isize>();
         let (pairs_in, pairs) = scope.new_collection::<(Ident, Ident), isize>();
         let (wide_in, wide) = scope.new_collection::<Ident, isize>();
         let (primary_in, primary) = scope.new_collection::<(Ident, Seq), isize>();
+        let (weights_in, weights) = scope.new_collection::<(Seq, u16), isize>();
+        let (active_in, active) = scope.new_collection::<(Seq, u16), isize>();
+        let (roles_in, roles) = scope.new_collection::<(Seq, (u16, u8, u64)), isize>();
 
+        // identity (SPEC section 3)
         let links = identity::links(pairs);
         let hubs = identity::hubs(links.clone(), wide, max_links);
         let edges = identity::edges(links, hubs);
         let labels = identity::labels(nodes.distinct(), edges, anchors);
         let members = identity::members(labels.clone());
-        // Attribution is what intent, consent and traits join with; built here so its cost
-        // and correctness are part of every run.
-        let _attribution = identity::attribution(primary, labels);
+        let attribution = identity::attribution(primary, labels);
 
-        let identifiers = views::profile_identifiers(members.clone());
-        let mut rows: Vec<Coll<ViewRow>> = Vec::new();
-        for (index, view) in spec.views.iter().enumerate() {
-            if view.identity_only() {
-                rows.push(views::identity_rows(
-                    identifiers.clone(),
-                    index as u16,
-                    view,
-                    spec,
-                ));
-            }
-        }
-        let rows = differential_dataflow::collection::concatenate(scope, rows);
+        // intent (SPEC section 4)
+        let qualified = intent::qualified_sequences(roles, attribution.clone(), within);
+        let weights = intent::counted(weights, qualified.clone(), num_signals);
+        let active = intent::counted(active, qualified, num_signals);
+        let scores = intent::scores(weights, attribution.clone());
+        let signals = intent::active_signals(active, attribution.clone());
+
+        // views (SPEC sections 5 and 7)
+        let consents = differential_dataflow::collection::concatenate(scope, Vec::new());
+        let traits = differential_dataflow::collection::concatenate(scope, Vec::new());
+        let facts = views::profile_facts(members.clone(), scores, signals, consents, traits);
+        let rows = views::rows(facts, spec);
 
         let sink = Rc::clone(&changes);
         rows.inner
@@ -251,9 +343,24 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             pairs: pairs_in,
             wide: wide_in,
             primary: primary_in,
+            weights: weights_in,
+            active: active_in,
+            roles: roles_in,
             node_counts: Presence::new(),
             pair_counts: Presence::new(),
             wide_counts: Presence::new(),
+            decay: intent::Decay {
+                half_life_ms: spec.intent.half_life_ms,
+                max_age_ms: spec.intent.max_age_ms,
+            },
+            points: spec
+                .intent
+                .signals
+                .iter()
+                .map(|s| s.points_milli)
+                .chain(spec.intent.sequences.iter().map(|q| q.points_milli))
+                .collect(),
+            num_signals,
         }
     });
     (

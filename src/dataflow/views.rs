@@ -1,60 +1,242 @@
-//! Views (SPEC section 5 and 7): one row per qualifying profile, holding only the view's
-//! declared fields.
+//! Views (SPEC sections 5 and 7): one row per profile that meets a view's condition, holding
+//! only the view's declared fields (data minimisation: nothing else reaches the output).
+//!
+//! Everything known about a profile arrives as [`Fact`]s keyed by profile; one reduce per
+//! profile renders every view's row from them, so a change to any fact (a merge, a decay
+//! step, a consent record) updates every affected view in the same time.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::Coll;
-use crate::event::Ident;
+use crate::event::{Ident, predicate};
 use crate::spec::{Field, Spec, ViewSpec};
 
 /// A view row change's data: (view index in the spec, profile key, row as a JSON object).
 pub type ViewRow = (u16, Ident, String);
 
-/// Each profile's identifiers, sorted by priority (type rank, then byte order of the value).
-/// Invariant: `(p, ids)` is present iff `p` is a profile and `ids` are exactly its members.
-pub fn profile_identifiers<'s>(members: Coll<'s, (Ident, Ident)>) -> Coll<'s, (Ident, Vec<Ident>)> {
-    members.reduce(|_profile, ids, out| {
-        out.push((ids.iter().map(|(id, _)| (*id).clone()).collect(), 1));
-    })
+/// One fact about a profile.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Fact {
+    /// An identifier of the profile.
+    Member(Ident),
+    /// The score in thousandths of a point (absent means 0).
+    Score(i64),
+    /// A signal or sequence (by id) with non-zero weight now.
+    Signal(u16),
+    /// The consent for a purpose (by index), when any record exists (else the default).
+    Consent(u8, bool),
+    /// A trait: key and JSON value text.
+    Trait(String, String),
 }
 
-/// Rows of a view whose fields are all identifier types and which has no condition: one row
-/// per profile, each field the profile's values of that type in byte order (`[]` if none).
-pub fn identity_rows<'s>(
-    identifiers: Coll<'s, (Ident, Vec<Ident>)>,
-    view_index: u16,
-    view: &ViewSpec,
-    spec: &Spec,
-) -> Coll<'s, ViewRow> {
-    let fields: Vec<(String, u8)> = view
-        .fields
-        .iter()
-        .filter_map(|f| match f {
-            Field::Identifier(rank) => Some((json_string(f.name(spec)), *rank as u8)),
-            _ => None,
+/// All facts of every profile, keyed by profile.
+pub fn profile_facts<'s>(
+    members: Coll<'s, (Ident, Ident)>,
+    scores: Coll<'s, (Ident, isize)>,
+    signals: Coll<'s, (Ident, u16)>,
+    consents: Coll<'s, (Ident, (u8, bool))>,
+    traits: Coll<'s, (Ident, (String, String))>,
+) -> Coll<'s, (Ident, Fact)> {
+    members
+        .map(|(p, id)| (p, Fact::Member(id)))
+        .concat(scores.map(|(p, s)| (p, Fact::Score(s as i64))))
+        .concat(signals.map(|(p, s)| (p, Fact::Signal(s))))
+        .concat(consents.map(|(p, (purpose, granted))| (p, Fact::Consent(purpose, granted))))
+        .concat(traits.map(|(p, (k, v))| (p, Fact::Trait(k, v))))
+}
+
+/// Every view's rows. Invariant: `(v, p, row)` is present iff profile `p` exists, meets view
+/// `v`'s condition (purpose consent, `score_gte`, `has_signal`, trait predicates) and `row`
+/// holds exactly `v`'s fields rendered from `p`'s facts.
+pub fn rows<'s>(facts: Coll<'s, (Ident, Fact)>, spec: &Spec) -> Coll<'s, ViewRow> {
+    let render = Renderer::new(spec);
+    facts
+        .reduce(move |_profile, facts, out| {
+            let state = State::collect(facts.iter().map(|(f, _)| *f));
+            if state.members.is_empty() {
+                return;
+            }
+            for index in 0..render.views.len() {
+                if let Some(row) = render.row(index, &state) {
+                    out.push(((index as u16, row), 1));
+                }
+            }
         })
-        .collect();
-    identifiers.map(move |(profile, ids)| {
+        .map(|(profile, (view, row))| (view, profile, row))
+}
+
+/// A profile's facts, gathered.
+struct State<'a> {
+    members: Vec<&'a Ident>,
+    score_milli: i64,
+    signals: Vec<u16>,
+    consent: Vec<(u8, bool)>,
+    traits: Map<String, Value>,
+}
+
+impl<'a> State<'a> {
+    fn collect(facts: impl Iterator<Item = &'a Fact>) -> State<'a> {
+        let mut state = State {
+            members: Vec::new(),
+            score_milli: 0,
+            signals: Vec::new(),
+            consent: Vec::new(),
+            traits: Map::new(),
+        };
+        for fact in facts {
+            match fact {
+                Fact::Member(id) => state.members.push(id),
+                Fact::Score(s) => state.score_milli = *s,
+                Fact::Signal(s) => state.signals.push(*s),
+                Fact::Consent(p, g) => state.consent.push((*p, *g)),
+                Fact::Trait(k, v) => {
+                    state
+                        .traits
+                        .insert(k.clone(), serde_json::from_str(v).unwrap_or(Value::Null));
+                }
+            }
+        }
+        state
+    }
+}
+
+/// What rendering needs from the spec, owned by the reduce closure.
+struct Renderer {
+    views: Vec<ViewSpec>,
+    field_names: Vec<Vec<String>>,
+    /// Signal and sequence names by id.
+    scored_names: Vec<String>,
+    /// Purpose defaults by index.
+    defaults: Vec<bool>,
+}
+
+impl Renderer {
+    fn new(spec: &Spec) -> Renderer {
+        let scored_names = spec
+            .intent
+            .signals
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(spec.intent.sequences.iter().map(|s| s.name.clone()))
+            .collect();
+        Renderer {
+            views: spec.views.clone(),
+            field_names: spec
+                .views
+                .iter()
+                .map(|v| v.fields.iter().map(|f| json_string(f.name(spec))).collect())
+                .collect(),
+            scored_names,
+            defaults: spec.consent.purposes.iter().map(|(_, d)| *d).collect(),
+        }
+    }
+
+    fn granted(&self, state: &State, purpose: usize) -> bool {
+        match state.consent.iter().find(|(p, _)| *p as usize == purpose) {
+            Some((_, granted)) => *granted,
+            None => self.defaults.get(purpose).copied().unwrap_or(false),
+        }
+    }
+
+    fn row(&self, index: usize, state: &State) -> Option<String> {
+        let view = &self.views[index];
+        if view.purpose.is_some_and(|p| !self.granted(state, p)) {
+            return None;
+        }
+        if view
+            .score_gte_milli
+            .is_some_and(|min| state.score_milli < min)
+        {
+            return None;
+        }
+        if let Some(name) = &view.has_signal
+            && !state
+                .signals
+                .iter()
+                .any(|s| self.scored_names.get(*s as usize) == Some(name))
+        {
+            return None;
+        }
+        if !view.predicates.is_empty() {
+            let mut root = Map::new();
+            root.insert("traits".into(), Value::Object(state.traits.clone()));
+            if !predicate::all_hold(&view.predicates, &root) {
+                return None;
+            }
+        }
+        let names = &self.field_names[index];
         let mut row = String::from("{");
-        for (i, (name, rank)) in fields.iter().enumerate() {
+        for (i, (field, name)) in view.fields.iter().zip(names).enumerate() {
             if i > 0 {
                 row.push(',');
             }
             row.push_str(name);
-            row.push_str(":[");
-            let values = ids.iter().filter(|id| id.rank == *rank);
-            for (j, id) in values.enumerate() {
-                if j > 0 {
-                    row.push(',');
+            row.push(':');
+            match field {
+                Field::Score => row.push_str(&milli_json(state.score_milli)),
+                Field::Signals => {
+                    let mut names: Vec<&str> = state
+                        .signals
+                        .iter()
+                        .filter_map(|s| self.scored_names.get(*s as usize).map(String::as_str))
+                        .collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    row.push_str(&Value::from(names).to_string());
                 }
-                row.push_str(&json_string(&id.value));
+                Field::Trait(_, path) => {
+                    let value = crate::event::json::lookup(&state.traits, path)
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    row.push_str(&value.to_string());
+                }
+                Field::Identifier(rank) => {
+                    // members are sorted by (rank, value): values of one type in byte order
+                    let values: Vec<&str> = state
+                        .members
+                        .iter()
+                        .filter(|id| id.rank as usize == *rank)
+                        .map(|id| &*id.value)
+                        .collect();
+                    row.push_str(&Value::from(values).to_string());
+                }
             }
-            row.push(']');
         }
         row.push('}');
-        (view_index, profile, row)
-    })
+        Some(row)
+    }
+}
+
+/// Thousandths as a JSON number with up to 3 decimals: 62500 → `62.5`, -125 → `-0.125`.
+pub fn milli_json(milli: i64) -> String {
+    let sign = if milli < 0 { "-" } else { "" };
+    let abs = milli.unsigned_abs();
+    let (int, frac) = (abs / 1000, abs % 1000);
+    if frac == 0 {
+        format!("{sign}{int}")
+    } else {
+        let digits = format!("{frac:03}");
+        format!("{sign}{int}.{}", digits.trim_end_matches('0'))
+    }
 }
 
 /// A string as a JSON string literal.
 pub fn json_string(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+    Value::from(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::milli_json;
+
+    #[test]
+    fn milli_formatting() {
+        assert_eq!(milli_json(62_500), "62.5");
+        assert_eq!(milli_json(10_000), "10");
+        assert_eq!(milli_json(-125), "-0.125");
+        assert_eq!(milli_json(0), "0");
+        assert_eq!(milli_json(1), "0.001");
+        assert_eq!(milli_json(-2_500), "-2.5");
+    }
 }

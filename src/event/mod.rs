@@ -7,6 +7,8 @@
 pub mod admit;
 pub mod identifiers;
 pub mod json;
+pub mod predicate;
+pub mod signals;
 pub mod timestamp;
 
 use serde_json::{Map, Value};
@@ -152,7 +154,7 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
         Ok(t) => t,
         Err(e) => return reject(DeadReason::InvalidUtf8, e.to_string()),
     };
-    let mut body = match json::parse(text) {
+    let body = match json::parse(text) {
         Ok(Value::Object(map)) => map,
         Ok(other) => {
             return reject(
@@ -172,13 +174,13 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
             );
         }
     };
-    let message_id = match body.remove("messageId") {
+    let message_id = match body.get("messageId") {
         None => None,
-        Some(Value::String(s)) => Some(s),
+        Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
             return reject(
                 DeadReason::BadMessageId,
-                format!("messageId is a JSON {}", json_kind(&other)),
+                format!("messageId is a JSON {}", json_kind(other)),
             );
         }
     };

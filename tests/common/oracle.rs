@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use serde_json::Value;
 use throughline::event::{self, Ident, Kind, MAX_LINE_BYTES};
-use throughline::spec::{Field, Spec};
+use throughline::spec::{Field, Predicate, PredicateTest, Spec};
 
 /// The oracle's outputs.
 pub struct Run {
@@ -26,17 +27,22 @@ pub fn run(spec: &Spec, input: &[u8], wall_ms: u64) -> Run {
     run_sampled(spec, input, wall_ms, &|_| true)
 }
 
-/// Like [`run`], but computes the state only at clock values where `sample` holds (and at
-/// the end): `changes` then holds differences between sampled states, and `snapshots` the
-/// sampled states. For inputs too large to recompute at every clock value.
+/// An accepted event, as the oracle keeps it.
+struct Accepted {
+    arrival: u64,
+    t: u64,
+    idents: Vec<Ident>,
+    signals: Vec<usize>,
+}
+
+/// Like [`run`], but computes the state only at times where `sample` holds (and at the final
+/// clock): `changes` then holds differences between sampled states, and `snapshots` the
+/// sampled states. For inputs too large to recompute at every time.
 pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64) -> bool) -> Run {
     let mut seen: HashSet<String> = HashSet::new();
     let mut clock: Option<u64> = None;
-    let mut events: Vec<Vec<Ident>> = Vec::new();
+    let mut events: Vec<Accepted> = Vec::new();
     let mut dead = Vec::new();
-    let mut state: BTreeMap<(String, String), String> = BTreeMap::new();
-    let mut changes = Vec::new();
-    let mut snapshots = BTreeMap::new();
 
     let mut lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -70,19 +76,60 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
             seen.insert(id.clone());
         }
         let now = clock.map_or(ev.timestamp_ms, |c| c.max(ev.timestamp_ms));
-        if let Some(c) = clock
-            && now > c
-            && sample(c)
-        {
-            close(spec, c, &events, &mut state, &mut changes, &mut snapshots);
-        }
         clock = Some(now);
         if ev.kind != Kind::Forget {
-            events.push(ev.idents);
+            let signals = spec
+                .intent
+                .signals
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| signal_matches(s, &ev.body))
+                .map(|(i, _)| i)
+                .collect();
+            events.push(Accepted {
+                arrival: now,
+                t: ev.timestamp_ms,
+                idents: ev.idents,
+                signals,
+            });
         }
     }
-    if let Some(c) = clock {
-        close(spec, c, &events, &mut state, &mut changes, &mut snapshots);
+
+    // every time at which the state can change: arrivals and decay boundaries
+    let mut times: BTreeSet<u64> = events.iter().map(|e| e.arrival).collect();
+    let (h, max_age) = (spec.intent.half_life_ms, spec.intent.max_age_ms);
+    for e in &events {
+        let scored = e.signals.len()
+            + spec
+                .intent
+                .sequences
+                .iter()
+                .filter(|q| e.signals.contains(&q.then))
+                .count();
+        if scored == 0 {
+            continue;
+        }
+        let mut k = 1;
+        while e.t + k * h < e.t + max_age && k < 70 {
+            times.insert(e.t + k * h);
+            k += 1;
+        }
+        times.insert(e.t + max_age);
+    }
+    let mut state: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut changes = Vec::new();
+    let mut snapshots = BTreeMap::new();
+    if let Some(last) = clock {
+        for t in times.into_iter().filter(|t| *t <= last) {
+            if !(sample(t) || t == last) {
+                continue;
+            }
+            let upto = events.partition_point(|e| e.arrival <= t);
+            let next = views(spec, &events[..upto], t);
+            diff_into(&state, &next, t, &mut changes);
+            state = next;
+            snapshots.insert(t, snapshot_lines(&state));
+        }
     }
     Run {
         changes,
@@ -92,40 +139,29 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
     }
 }
 
-/// The state at `t` becomes final: diff it against the previous state.
-fn close(
-    spec: &Spec,
+/// The changes from `old` to `new` at time `t`, sorted by view, key, diff.
+fn diff_into(
+    old: &BTreeMap<(String, String), String>,
+    new: &BTreeMap<(String, String), String>,
     t: u64,
-    events: &[Vec<Ident>],
-    state: &mut BTreeMap<(String, String), String>,
     changes: &mut Vec<String>,
-    snapshots: &mut BTreeMap<u64, Vec<String>>,
 ) {
-    let next = views(spec, events);
-    let keys: BTreeSet<&(String, String)> = state.keys().chain(next.keys()).collect();
-    let mut out = Vec::new();
+    let keys: BTreeSet<&(String, String)> = old.keys().chain(new.keys()).collect();
     for k in keys {
-        let (old, new) = (state.get(k), next.get(k));
-        if old == new {
+        let (before, after) = (old.get(k), new.get(k));
+        if before == after {
             continue;
         }
-        if let Some(row) = old {
-            out.push((k.0.clone(), k.1.clone(), -1, row.clone()));
-        }
-        if let Some(row) = new {
-            out.push((k.0.clone(), k.1.clone(), 1, row.clone()));
+        for (diff, row) in [(-1, before), (1, after)] {
+            if let Some(row) = row {
+                changes.push(format!(
+                    "{{\"view\":{},\"time\":{t},\"key\":{},\"diff\":{diff},\"row\":{row}}}",
+                    serde_json::Value::from(k.0.as_str()),
+                    serde_json::Value::from(k.1.as_str())
+                ));
+            }
         }
     }
-    out.sort();
-    for (view, key, diff, row) in out {
-        changes.push(format!(
-            "{{\"view\":{},\"time\":{t},\"key\":{},\"diff\":{diff},\"row\":{row}}}",
-            serde_json::Value::from(view),
-            serde_json::Value::from(key)
-        ));
-    }
-    *state = next;
-    snapshots.insert(t, snapshot_lines(state));
 }
 
 fn snapshot_lines(state: &BTreeMap<(String, String), String>) -> Vec<String> {
@@ -141,41 +177,167 @@ fn snapshot_lines(state: &BTreeMap<(String, String), String>) -> Vec<String> {
         .collect()
 }
 
-/// Every identity view's rows for a set of events: (view, key) -> row JSON.
-pub fn views(spec: &Spec, events: &[Vec<Ident>]) -> BTreeMap<(String, String), String> {
-    let roots = profiles(spec, events);
-    let mut members: BTreeMap<Ident, Vec<Ident>> = BTreeMap::new();
-    for (id, root) in roots {
-        members.entry(root).or_default().push(id);
+/// SPEC section 4 matcher, written again: type, event name, predicates.
+fn signal_matches(
+    signal: &throughline::spec::SignalSpec,
+    body: &serde_json::Map<String, Value>,
+) -> bool {
+    let text = |k: &str| body.get(k).and_then(Value::as_str);
+    if signal
+        .event_type
+        .as_deref()
+        .is_some_and(|t| text("type") != Some(t))
+    {
+        return false;
     }
-    let mut out = BTreeMap::new();
-    for view in spec.views.iter().filter(|v| v.identity_only()) {
-        for (root, ids) in &members {
-            let mut row = serde_json::Map::new();
-            let mut fields = Vec::new();
-            for f in &view.fields {
-                if let Field::Identifier(rank) = f {
-                    let mut values: Vec<&str> = ids
-                        .iter()
-                        .filter(|i| i.rank as usize == *rank)
-                        .map(|i| &*i.value)
-                        .collect();
-                    values.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-                    fields.push((f.name(spec).to_string(), values));
+    if signal
+        .event
+        .as_deref()
+        .is_some_and(|e| text("event") != Some(e))
+    {
+        return false;
+    }
+    signal.predicates.iter().all(|p| predicate_holds(p, body))
+}
+
+fn predicate_holds(p: &Predicate, root: &serde_json::Map<String, Value>) -> bool {
+    let mut value = root.get(&p.path[0]);
+    for seg in &p.path[1..] {
+        value = value.and_then(|v| v.as_object()).and_then(|o| o.get(seg));
+    }
+    let same = |a: &Value, b: &Value| match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x.as_f64() == y.as_f64()
+                && (x.is_f64()
+                    || y.is_f64()
+                    || x.as_i64() == y.as_i64() && x.as_u64() == y.as_u64())
+        }
+        _ => a == b,
+    };
+    match &p.test {
+        PredicateTest::Exists(want) => *want == value.is_some_and(|v| !v.is_null()),
+        PredicateTest::Prefix(pre) => value
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with(pre.as_str())),
+        PredicateTest::Equals(x) => value.is_some_and(|v| same(v, x)),
+        PredicateTest::OneOf(xs) => value.is_some_and(|v| xs.iter().any(|x| same(v, x))),
+    }
+}
+
+/// SPEC section 4 weight, written again with floor division.
+fn weight(points_milli: i64, t: u64, now: u64, spec: &Spec) -> i64 {
+    if now < t || now - t >= spec.intent.max_age_ms {
+        return 0;
+    }
+    let k = (now - t) / spec.intent.half_life_ms;
+    if k >= 100 {
+        return if points_milli < 0 { -1 } else { 0 };
+    }
+    (points_milli as i128).div_euclid(1i128 << k) as i64
+}
+
+fn points_text(milli: i64) -> String {
+    let whole = format!("{}.{:03}", milli.abs() / 1000, milli.abs() % 1000);
+    let trimmed = whole.trim_end_matches('0').trim_end_matches('.');
+    if milli < 0 {
+        format!("-{trimmed}")
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Every view's rows for a set of events at `now`: (view, key) -> row JSON.
+fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String), String> {
+    let idents: Vec<Vec<Ident>> = events.iter().map(|e| e.idents.clone()).collect();
+    let roots = profiles(spec, &idents);
+    let mut members: BTreeMap<Ident, Vec<Ident>> = BTreeMap::new();
+    for (id, root) in &roots {
+        members.entry(root.clone()).or_default().push(id.clone());
+    }
+    // per profile: score and active names
+    let mut score: HashMap<Ident, i64> = HashMap::new();
+    let mut active: HashMap<Ident, BTreeSet<String>> = HashMap::new();
+    let profile_of = |e: &Accepted| roots[&e.idents[0]].clone();
+    let nsig = spec.intent.signals.len();
+    let _ = nsig;
+    for e in events {
+        let p = profile_of(e);
+        for &s in &e.signals {
+            let sig = &spec.intent.signals[s];
+            let w = weight(sig.points_milli, e.t, now, spec);
+            *score.entry(p.clone()).or_default() += w;
+            if w != 0 {
+                active
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(sig.name.clone());
+            }
+        }
+        for q in &spec.intent.sequences {
+            if !e.signals.contains(&q.then) {
+                continue;
+            }
+            let qualified = events.iter().any(|a| {
+                a.signals.contains(&q.first)
+                    && profile_of(a) == p
+                    && a.t <= e.t
+                    && a.t + q.within_ms >= e.t
+            });
+            if qualified {
+                let w = weight(q.points_milli, e.t, now, spec);
+                *score.entry(p.clone()).or_default() += w;
+                if w != 0 {
+                    active.entry(p.clone()).or_default().insert(q.name.clone());
                 }
             }
-            // keep declared order: build the JSON text by hand
-            let body: Vec<String> = fields
+        }
+    }
+    let mut out = BTreeMap::new();
+    for view in &spec.views {
+        if let Some(purpose) = view.purpose
+            && !spec.consent.purposes[purpose].1
+        {
+            continue; // no consent records yet: the default decides
+        }
+        for (root, ids) in &members {
+            let s = score.get(root).copied().unwrap_or(0);
+            let names = active.get(root).cloned().unwrap_or_default();
+            if view.score_gte_milli.is_some_and(|min| s < min) {
+                continue;
+            }
+            if view.has_signal.as_ref().is_some_and(|n| !names.contains(n)) {
+                continue;
+            }
+            let traits = serde_json::Map::new();
+            let mut root_obj = serde_json::Map::new();
+            root_obj.insert("traits".into(), Value::Object(traits));
+            if !view
+                .predicates
                 .iter()
-                .map(|(name, values)| {
-                    format!(
-                        "{}:{}",
-                        serde_json::Value::from(name.as_str()),
-                        serde_json::to_string(values).unwrap()
-                    )
-                })
-                .collect();
-            row.clear();
+                .all(|p| predicate_holds(p, &root_obj))
+            {
+                continue;
+            }
+            let mut body = Vec::new();
+            for f in &view.fields {
+                let value = match f {
+                    Field::Score => points_text(s),
+                    Field::Signals => {
+                        serde_json::to_string(&names.iter().collect::<Vec<_>>()).unwrap()
+                    }
+                    Field::Trait(..) => "null".to_string(),
+                    Field::Identifier(rank) => {
+                        let mut values: Vec<&str> = ids
+                            .iter()
+                            .filter(|i| i.rank as usize == *rank)
+                            .map(|i| &*i.value)
+                            .collect();
+                        values.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                        serde_json::to_string(&values).unwrap()
+                    }
+                };
+                body.push(format!("{}:{value}", serde_json::Value::from(f.name(spec))));
+            }
             let key = format!(
                 "{}:{}",
                 spec.identity.identifiers[root.rank as usize].name, root.value

@@ -1,0 +1,227 @@
+//! Intent scores (SPEC section 4): the exact integer decay, its schedule as data, and the
+//! stages that turn weighted occurrences into per-profile scores and active signal sets.
+//!
+//! Decay is maintained as data, the way Materialize implements temporal filters: when an
+//! occurrence is inserted, the input layer also inserts its future weight changes at the
+//! times they happen (`t + k·half_life`, and the drop to zero at `t + max_age`). The dataflow
+//! releases each once the clock passes it, so a score is a plain sum and an occurrence whose
+//! weight reached zero leaves the state.
+
+use super::{Coll, Seq};
+use crate::event::Ident;
+
+/// Decay parameters (SPEC section 4), in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decay {
+    /// Half-life.
+    pub half_life_ms: u64,
+    /// Age at which a weight is zero.
+    pub max_age_ms: u64,
+}
+
+impl Decay {
+    /// The weight at `now` of an occurrence at `t` worth `points_milli`:
+    /// `floor(points_milli / 2^k)` with `k = floor((now - t) / half_life)` while
+    /// `0 <= now - t < max_age`, else 0. `floor` is an arithmetic shift.
+    pub fn weight(&self, points_milli: i64, t: u64, now: u64) -> i64 {
+        if now < t || now - t >= self.max_age_ms {
+            return 0;
+        }
+        let k = (now - t) / self.half_life_ms.max(1);
+        if k >= 63 {
+            if points_milli < 0 { -1 } else { 0 }
+        } else {
+            points_milli >> k
+        }
+    }
+
+    /// The weight changes of an occurrence at `t` inserted when the clock is `arrival`:
+    /// `(time, delta)` pairs, ascending, whose prefix sums are the weight at each time from
+    /// `arrival` on. The first pair (if any) is at `arrival`; the last brings it to zero.
+    pub fn schedule(&self, points_milli: i64, t: u64, arrival: u64) -> Vec<(u64, i64)> {
+        let mut out = Vec::new();
+        let mut current = self.weight(points_milli, t, arrival);
+        if current != 0 {
+            out.push((arrival, current));
+        }
+        let h = self.half_life_ms.max(1);
+        let end = t.saturating_add(self.max_age_ms);
+        // the first half-life boundary after arrival
+        let mut boundary = t + ((arrival.saturating_sub(t)) / h + 1) * h;
+        // until the weight reaches 0 (or -1, for negative points) it changes at boundaries
+        while current != 0 && current != -1 && boundary < end {
+            let next = self.weight(points_milli, t, boundary);
+            if next != current {
+                out.push((boundary, next - current));
+                current = next;
+            }
+            boundary += h;
+        }
+        if current != 0 && end > arrival {
+            out.push((end, -current));
+        }
+        out
+    }
+
+    /// When an occurrence has non-zero weight: `[from, until)` in clock ms, if ever.
+    pub fn active(&self, points_milli: i64, t: u64, arrival: u64) -> Option<(u64, u64)> {
+        let schedule = self.schedule(points_milli, t, arrival);
+        let (first, _) = *schedule.first()?;
+        let mut sum = 0;
+        for (time, delta) in &schedule {
+            sum += delta;
+            if sum == 0 {
+                return Some((first, *time));
+            }
+        }
+        None // unreachable: a schedule always ends at zero
+    }
+}
+
+/// Sequence bonuses that hold (SPEC section 4): `(then_event, sequence)` such that the
+/// `then` event's profile has a `first` occurrence at `t_A` with `t_B - within <= t_A <= t_B`.
+/// `roles` holds `(event, (sequence, role, t))` with role 0 = first, 1 = then; `within[q]`
+/// is sequence q's window. At most one bonus per then event and sequence.
+pub fn qualified_sequences<'s>(
+    roles: Coll<'s, (Seq, (u16, u8, u64))>,
+    attribution: Coll<'s, (Seq, Ident)>,
+    within: Vec<u64>,
+) -> Coll<'s, (Seq, u16)> {
+    roles
+        .join_map(attribution, |seq, (q, role, t), profile| {
+            ((profile.clone(), *q), (*role, *t, *seq))
+        })
+        .reduce(move |(_, q), occurrences, out| {
+            let window = within.get(*q as usize).copied().unwrap_or(0);
+            // occurrences are sorted by (role, t, seq): firsts come first, by time
+            let firsts: Vec<u64> = occurrences
+                .iter()
+                .filter(|((r, _, _), _)| *r == 0)
+                .map(|((_, t, _), _)| *t)
+                .collect();
+            for ((role, t_b, seq), _) in occurrences.iter() {
+                if *role != 1 {
+                    continue;
+                }
+                let from = t_b.saturating_sub(window);
+                let i = firsts.partition_point(|t_a| *t_a < from);
+                if firsts.get(i).is_some_and(|t_a| t_a <= t_b) {
+                    out.push((*seq, 1));
+                }
+            }
+        })
+        .map(|((_, q), seq)| (seq, q))
+}
+
+/// The occurrences that count (SPEC section 4): every signal occurrence, and a sequence
+/// bonus only where it is qualified. Sequence ids are `num_signals + q`. Multiplicities are
+/// carried through unchanged (weights, or +1 activity markers).
+pub fn counted<'s>(
+    occurrences: Coll<'s, (Seq, u16)>,
+    qualified: Coll<'s, (Seq, u16)>,
+    num_signals: u16,
+) -> Coll<'s, (Seq, u16)> {
+    let signals = occurrences.clone().filter(move |(_, id)| *id < num_signals);
+    let bonuses = occurrences
+        .filter(move |(_, id)| *id >= num_signals)
+        .map(|occurrence| (occurrence, ()))
+        .semijoin(qualified.map(move |(seq, q)| (seq, q + num_signals)))
+        .map(|(occurrence, ())| occurrence);
+    signals.concat(bonuses)
+}
+
+/// Scores (SPEC section 4): per profile, the sum of the current weights (carried as
+/// multiplicities) of its events' counted occurrences, in thousandths of a point. Profiles
+/// whose weights sum to zero have no record here (the views read that as 0).
+pub fn scores<'s>(
+    weights: Coll<'s, (Seq, u16)>,
+    attribution: Coll<'s, (Seq, Ident)>,
+) -> Coll<'s, (Ident, isize)> {
+    weights
+        .join_map(attribution, |_seq, _id, profile| profile.clone())
+        .count()
+}
+
+/// Active signals (SPEC section 7): `(profile, id)` for every signal or sequence with at
+/// least one occurrence of non-zero weight now.
+pub fn active_signals<'s>(
+    active: Coll<'s, (Seq, u16)>,
+    attribution: Coll<'s, (Seq, Ident)>,
+) -> Coll<'s, (Ident, u16)> {
+    active
+        .join_map(attribution, |_seq, id, profile| (profile.clone(), *id))
+        .distinct()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Decay = Decay {
+        half_life_ms: 100,
+        max_age_ms: 400,
+    };
+
+    fn replay(schedule: &[(u64, i64)], at: u64) -> i64 {
+        schedule
+            .iter()
+            .filter(|(t, _)| *t <= at)
+            .map(|(_, d)| d)
+            .sum()
+    }
+
+    #[test]
+    fn weight_boundaries() {
+        assert_eq!(D.weight(10_000, 1000, 1000), 10_000);
+        assert_eq!(D.weight(10_000, 1000, 1099), 10_000);
+        assert_eq!(D.weight(10_000, 1000, 1100), 5_000);
+        assert_eq!(D.weight(10_000, 1000, 1399), 1_250);
+        assert_eq!(D.weight(10_000, 1000, 1400), 0);
+        assert_eq!(D.weight(-2_500, 1000, 1150), -1_250);
+        assert_eq!(D.weight(-1, 1000, 1399), -1);
+        assert_eq!(D.weight(3, 1000, 1200), 0);
+    }
+
+    #[test]
+    fn schedules_replay_to_the_weight_at_every_time() {
+        for points in [10_000, 2_500, 1, 3, 0, -1, -2_500, -125, 7_777] {
+            for t in [1000u64, 1050] {
+                for arrival in [
+                    t,
+                    t + 1,
+                    t + 99,
+                    t + 100,
+                    t + 250,
+                    t + 399,
+                    t + 400,
+                    t + 1000,
+                ] {
+                    let s = D.schedule(points, t, arrival);
+                    assert!(s.len() <= 5, "{s:?}");
+                    for now in arrival..arrival + 600 {
+                        assert_eq!(
+                            replay(&s, now),
+                            D.weight(points, t, now),
+                            "p {points} t {t} a {arrival} now {now}"
+                        );
+                    }
+                    let active = D.active(points, t, arrival);
+                    for now in arrival..arrival + 600 {
+                        let on = active.is_some_and(|(a, b)| a <= now && now < b);
+                        assert_eq!(on, D.weight(points, t, now) != 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_half_life_does_not_loop() {
+        let d = Decay {
+            half_life_ms: 1,
+            max_age_ms: 1 << 40,
+        };
+        assert!(d.schedule(-5, 0, 0).len() < 70);
+        assert!(d.schedule(i64::MAX / 4, 0, 0).len() < 70);
+    }
+}
