@@ -61,6 +61,14 @@ fn generated_workloads_agree_with_the_oracle() {
 }
 
 #[test]
+fn decaying_workloads_agree_with_the_oracle() {
+    for (seed, half_life, max_age) in [(31, "1m", "4m"), (32, "45s", "5m"), (33, "2m", "3m")] {
+        let spec = common::fast_decay_spec(50, half_life, max_age);
+        check(&spec, &workload(seed, 700, 40, seed == 33), 1);
+    }
+}
+
+#[test]
 fn adversarial_workloads_agree_with_the_oracle() {
     // max_links = 4 makes hubs common; the default spec keeps the kiosk hub rare
     for (seed, spec) in [
@@ -91,7 +99,9 @@ fn arb_line() -> impl Strategy<Value = String> {
             if shape == 0 {
                 return "{not json".to_string();
             }
-            let mut e = json!({"type": "track", "event": "x", "timestamp": 1_767_261_600_000u64 + minute * 60_000});
+            let kind = ["page", "track", "track", "track", "identify"][(shape % 5) as usize];
+            let name = ["Support Chat Started", "Video Played", "Signed Up", "x"][(shape % 4) as usize];
+            let mut e = json!({"type": kind, "event": name, "properties": {"path": "/pricing"}, "timestamp": 1_767_261_600_000u64 + minute * 20_000});
             if let Some(u) = user {
                 e["userId"] = json!(u);
             }
@@ -119,7 +129,7 @@ proptest! {
 
     #[test]
     fn random_event_sets_agree_with_the_oracle(lines in proptest::collection::vec(arb_line(), 1..40), max_links in 1usize..5) {
-        let spec = common::spec_with_max_links(max_links);
+        let spec = common::fast_decay_spec(max_links, "30s", "80s");
         let input = lines.join("\n").into_bytes();
         check(&spec, &input, 1);
     }

@@ -74,13 +74,13 @@ fn retracting_a_merge_splits_profiles_back_exactly() {
         &[
             r#"{"userId":"u-1","anonymousId":"a-1","timestamp":0}"#,
             r#"{"userId":"u-2","anonymousId":"a-2","context":{"device":{"id":"d"}},"timestamp":0}"#,
-            r#"{"anonymousId":"a-3","context":{"device":{"id":"d2"}},"timestamp":0}"#,
+            r#"{"type":"track","event":"Signed Up","anonymousId":"a-3","context":{"device":{"id":"d2"}},"timestamp":0}"#,
         ],
     );
     let merges = facts_of(
         &spec,
         &[
-            r#"{"anonymousId":"a-1","context":{"device":{"id":"d"}},"timestamp":0}"#,
+            r#"{"type":"page","properties":{"path":"/pricing"},"anonymousId":"a-1","context":{"device":{"id":"d"}},"timestamp":0}"#,
             r#"{"anonymousId":"a-3","context":{"device":{"id":"d"}},"timestamp":0}"#,
         ],
     );

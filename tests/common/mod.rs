@@ -19,6 +19,22 @@ pub fn spec_with_max_links(max_links: usize) -> Spec {
     Spec::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The default spec with a short half-life and max_age, a tight sequence window and an
+/// extra negative signal, so generated workloads cross many decay boundaries.
+pub fn fast_decay_spec(max_links: usize, half_life: &str, max_age: &str) -> Spec {
+    let text = throughline::spec::DEFAULT_SPEC
+        .replace("max_links = 50", &format!("max_links = {max_links}"))
+        .replace(
+            "half_life = \"7d\"",
+            &format!("half_life = \"{half_life}\""),
+        )
+        .replace("max_age = \"28d\"", &format!("max_age = \"{max_age}\""))
+        .replace("within = \"30m\"", "within = \"90s\"")
+        + "\n[[intent.signal]]\nname = \"video\"\npoints = -1.125\ntype = \"track\"\nevent = \"Video Played\"\n"
+        + "\n[[view]]\nname = \"hot\"\npurpose = \"analytics\"\nscore_gte = 12.5\nhas_signal = \"pricing_view\"\nfields = [\"user_id\", \"email\", \"score\", \"signals\"]\n";
+    Spec::parse(&text, "fast_decay.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Consolidates change lines with time <= t into snapshot lines (sorted by view, key).
 pub fn consolidate_upto(changes: &[String], t: u64) -> Vec<String> {
     use std::collections::BTreeMap;

@@ -257,11 +257,24 @@ fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String
     // per profile: score and active names
     let mut score: HashMap<Ident, i64> = HashMap::new();
     let mut active: HashMap<Ident, BTreeSet<String>> = HashMap::new();
-    let profile_of = |e: &Accepted| roots[&e.idents[0]].clone();
-    let nsig = spec.intent.signals.len();
-    let _ = nsig;
-    for e in events {
-        let p = profile_of(e);
+    let profile: Vec<&Ident> = events.iter().map(|e| &roots[&e.idents[0]]).collect();
+    // per sequence and profile, the times of its `first` occurrences
+    let firsts: Vec<HashMap<&Ident, Vec<u64>>> = spec
+        .intent
+        .sequences
+        .iter()
+        .map(|q| {
+            let mut by_profile: HashMap<&Ident, Vec<u64>> = HashMap::new();
+            for (e, p) in events.iter().zip(&profile) {
+                if e.signals.contains(&q.first) {
+                    by_profile.entry(*p).or_default().push(e.t);
+                }
+            }
+            by_profile
+        })
+        .collect();
+    for (e, p) in events.iter().zip(&profile) {
+        let p = (*p).clone();
         for &s in &e.signals {
             let sig = &spec.intent.signals[s];
             let w = weight(sig.points_milli, e.t, now, spec);
@@ -273,16 +286,13 @@ fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String
                     .insert(sig.name.clone());
             }
         }
-        for q in &spec.intent.sequences {
+        for (qi, q) in spec.intent.sequences.iter().enumerate() {
             if !e.signals.contains(&q.then) {
                 continue;
             }
-            let qualified = events.iter().any(|a| {
-                a.signals.contains(&q.first)
-                    && profile_of(a) == p
-                    && a.t <= e.t
-                    && a.t + q.within_ms >= e.t
-            });
+            let qualified = firsts[qi]
+                .get(&p)
+                .is_some_and(|ts| ts.iter().any(|t_a| *t_a <= e.t && t_a + q.within_ms >= e.t));
             if qualified {
                 let w = weight(q.points_milli, e.t, now, spec);
                 *score.entry(p.clone()).or_default() += w;
