@@ -13,7 +13,7 @@
 //! once (low latency); an event with that same timestamp arriving after the pause then
 //! produces a second group of changes at the same time. See `docs/semantics.md`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,8 @@ use timely::worker::Worker;
 
 use crate::dataflow::{self, EventFacts, Inputs, STEP_BITS, Time, clock_of, time};
 use crate::event::admit::{Admission, Verdict};
-use crate::event::{self, DeadReason, Kind};
+use crate::event::{self, DeadReason, Event, Ident, Kind};
+use crate::history::History;
 use crate::io::sink::{Change, DeadLetter, DeadLetters, Snapshot};
 use crate::io::source::{self, Batch, LineRef, Message, Source};
 use crate::spec::Spec;
@@ -279,7 +280,8 @@ struct Driver<'w> {
     pending: VecDeque<(u64, Instant)>,
     summary: Summary,
     snapshot: Option<Snapshot>,
-    forget_warned: bool,
+    /// Facts of live events, for erasure.
+    history: History,
     last_progress: Instant,
 }
 
@@ -312,7 +314,7 @@ impl<'w> Driver<'w> {
             dirty: false,
             pending: VecDeque::new(),
             summary: Summary::default(),
-            forget_warned: false,
+            history: History::default(),
             last_progress: Instant::now(),
         }
     }
@@ -372,11 +374,12 @@ impl<'w> Driver<'w> {
                     self.advance_clock(now);
                     self.pending.push_back((now, batch.read_at));
                     if event.kind == Kind::Forget {
-                        self.forget();
+                        self.forget(&event, now)?;
                     } else {
                         let facts = EventFacts::of(self.next_seq, &event, self.spec, now);
                         self.next_seq += 1;
                         self.inputs.update(&facts, 1);
+                        self.history.push(facts);
                         self.dirty = true;
                     }
                 }
@@ -388,16 +391,64 @@ impl<'w> Driver<'w> {
         Ok(())
     }
 
-    /// Erasure (SPEC section 6) arrives with the consent issue; until then a forget request
-    /// advances the clock like any command and is counted, and the user is told once.
-    fn forget(&mut self) {
+    /// Erasure (SPEC section 6): S is the request's identifiers and every identifier of the
+    /// profiles they belong to now (everything processed so far, this clock value included);
+    /// every live event carrying one is retracted as if it had never arrived, and S is
+    /// suppressed (as salted hashes) so later events carrying one are dropped.
+    fn forget(&mut self, request: &Event, now: u64) -> Result<(), EngineError> {
         self.summary.forgets += 1;
-        if !self.forget_warned {
-            self.forget_warned = true;
-            eprintln!(
-                "throughline: warning: forget requests are counted but erasure is not implemented yet"
-            );
+        let query = self.summary.forgets;
+        for id in &request.idents {
+            self.inputs.query(id.clone(), query, 1);
         }
+        self.barrier(now)?;
+        let mut erased: HashSet<Ident> = request.idents.iter().cloned().collect();
+        erased.extend(self.answers(query));
+        for id in &request.idents {
+            self.inputs.query(id.clone(), query, -1);
+        }
+        for id in &erased {
+            self.gate.suppress(id);
+        }
+        for facts in self.history.take_carrying(&erased) {
+            self.inputs.update(&facts, -1);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Completes everything inserted so far at clock `now` (a new step within it).
+    fn barrier(&mut self, now: u64) -> Result<(), EngineError> {
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Err(EngineError::Input(format!(
+                "more than {} forget requests or pauses at one clock value ({now})",
+                (1u32 << STEP_BITS) - 1
+            )));
+        }
+        self.step += 1;
+        self.inputs.advance_to(time(now, self.step));
+        self.complete(time(now, self.step));
+        Ok(())
+    }
+
+    /// The members found for erasure query `query` (its answers are complete).
+    fn answers(&mut self, query: u64) -> Vec<Ident> {
+        let mut net: BTreeMap<Ident, isize> = BTreeMap::new();
+        self.outputs
+            .answers
+            .borrow_mut()
+            .retain(|((q, id), _, diff)| {
+                if *q == query {
+                    *net.entry(id.clone()).or_insert(0) += diff;
+                    false
+                } else {
+                    *q > query // older queries' withdrawals are of no interest
+                }
+            });
+        net.into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, _)| id)
+            .collect()
     }
 
     fn dead(
@@ -461,9 +512,7 @@ impl<'w> Driver<'w> {
         if self.step + 1 >= (1 << STEP_BITS) {
             return Ok(()); // published when the clock moves on
         }
-        self.step += 1;
-        self.inputs.advance_to(time(clock, self.step));
-        self.complete(time(clock, self.step));
+        self.barrier(clock)?;
         self.emit(clock)?;
         self.dirty = false;
         Ok(())

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod dataflow;
 pub mod engine;
 pub mod event;
+pub mod history;
 pub mod io;
 pub mod replay;
 pub mod spec;

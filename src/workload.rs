@@ -5,7 +5,7 @@
 //! user id), share devices, update consent, view pricing, chat with support and add to
 //! carts; deliveries arrive out of order and duplicated. With `--adversarial`, every kind
 //! of bad line of SPEC section 1 is mixed in, along with blocklisted values, a hub device,
-//! edge-case timestamps and JSON corner cases.
+//! edge-case timestamps, JSON corner cases and erasure requests.
 
 use std::io::{self, BufWriter, Write};
 
@@ -125,6 +125,9 @@ impl Generator {
         }
         if self.args.adversarial && self.chance(6) {
             return self.bad_line();
+        }
+        if self.args.adversarial && self.below(1000) < 3 {
+            return self.forget_line();
         }
         let event = self.event();
         let line = serde_json::to_vec(&event).unwrap_or_default();
@@ -266,6 +269,29 @@ impl Generator {
             }
         }
         e
+    }
+
+    /// An erasure request (SPEC section 6): by user id, email or anonymous id, sometimes for
+    /// an identifier never seen (pre-emptive suppression).
+    fn forget_line(&mut self) -> Vec<u8> {
+        let who = self.person();
+        let ts = json!(rfc3339(self.clock, 0));
+        let mid = format!("f-{}-{}", self.args.seed, self.n);
+        let request = match self.below(4) {
+            0 => {
+                json!({"type": "forget", "messageId": mid, "userId": format!("u-{who}"), "timestamp": ts})
+            }
+            1 => {
+                json!({"type": "forget", "messageId": mid, "traits": {"email": format!("person{who}@example.org")}, "timestamp": ts})
+            }
+            2 => {
+                json!({"type": "forget", "messageId": mid, "anonymousId": format!("anon-{who}-0"), "timestamp": ts})
+            }
+            _ => {
+                json!({"type": "forget", "messageId": mid, "userId": format!("u-never-{}", self.n), "timestamp": ts})
+            }
+        };
+        serde_json::to_vec(&request).unwrap_or_default()
     }
 
     /// One adversarial line: every dead-letter reason and edge case of SPEC sections 1-3.

@@ -120,6 +120,17 @@ fn arb_line() -> impl Strategy<Value = String> {
             if let Some(m) = mid {
                 e["messageId"] = json!(format!("m{m}"));
             }
+            // consent records, traits and erasure, with many ties on the timestamp
+            if shape % 3 == 0 {
+                e["context"]["consent"] = json!({"categoryPreferences": {"Marketing": shape % 2 == 0, "personalization": shape > 9}});
+            }
+            if shape % 4 == 1 {
+                e["traits"]["plan"] = [json!("free"), json!("pro"), serde_json::Value::Null][(shape % 3) as usize].clone();
+                e["context"]["traits"] = json!({"plan": "ctx", "tier": shape});
+            }
+            if shape == 19 {
+                e["type"] = json!("forget");
+            }
             e.to_string()
         })
 }

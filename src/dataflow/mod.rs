@@ -9,8 +9,11 @@
 //! value (for low latency on live input) and still report consolidated changes per
 //! millisecond.
 
+pub mod consent;
+pub mod erasure;
 pub mod identity;
 pub mod intent;
+pub mod traits;
 pub mod views;
 
 use std::cell::RefCell;
@@ -74,6 +77,12 @@ pub struct EventFacts {
     pub signals: Vec<u16>,
     /// Its roles in sequences: (sequence index, 0 = first, 1 = then).
     pub roles: Vec<(u16, u8)>,
+    /// Its consent records: (purpose index, granted).
+    pub consent: Vec<(u8, bool)>,
+    /// Its trait values: (key, source: 1 = traits, 0 = context.traits, JSON text).
+    pub traits: Vec<(String, u8, String)>,
+    /// Its messageId, when it has traits (their order uses it).
+    pub message_id: Option<String>,
 }
 
 impl EventFacts {
@@ -89,6 +98,7 @@ impl EventFacts {
                 roles.push((q as u16, 1));
             }
         }
+        let traits = crate::event::profile_data::traits(event);
         EventFacts {
             seq,
             idents: event.idents.clone(),
@@ -97,6 +107,13 @@ impl EventFacts {
             arrival_ms,
             signals,
             roles,
+            consent: crate::event::profile_data::consent(event, &spec.consent),
+            message_id: if traits.is_empty() {
+                None
+            } else {
+                event.message_id.clone()
+            },
+            traits,
         }
     }
 }
@@ -119,6 +136,9 @@ pub struct Inputs {
     weights: InputSession<Time, (Seq, u16), isize>,
     active: InputSession<Time, (Seq, u16), isize>,
     roles: InputSession<Time, (Seq, (u16, u8, u64)), isize>,
+    consent: InputSession<Time, (Seq, (u8, u64, bool)), isize>,
+    traits: InputSession<Time, (Seq, (String, traits::TraitValue)), isize>,
+    queries: InputSession<Time, (Ident, u64), isize>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
@@ -215,6 +235,21 @@ impl Inputs {
                 self.schedule(facts, self.num_signals + q, diff);
             }
         }
+        for &(purpose, granted) in &facts.consent {
+            self.consent
+                .update((facts.seq, (purpose, facts.timestamp_ms, granted)), diff);
+        }
+        for (key, source, json) in &facts.traits {
+            let mid = facts.message_id.clone().unwrap_or_default();
+            let order = (facts.timestamp_ms, mid, facts.seq, *source, json.clone());
+            self.traits.update((facts.seq, (key.clone(), order)), diff);
+        }
+    }
+
+    /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the members of the profile of
+    /// `ident`, answered in [`Outputs::answers`] once the current time is complete.
+    pub fn query(&mut self, ident: Ident, id: u64, diff: isize) {
+        self.queries.update((ident, id), diff);
     }
 
     /// Inserts an occurrence's weight schedule and activity interval (times `diff`).
@@ -249,6 +284,9 @@ impl Inputs {
         self.weights.advance_to(time);
         self.active.advance_to(time);
         self.roles.advance_to(time);
+        self.consent.advance_to(time);
+        self.traits.advance_to(time);
+        self.queries.advance_to(time);
     }
 
     /// Sends buffered updates into the dataflow.
@@ -260,6 +298,9 @@ impl Inputs {
         self.weights.flush();
         self.active.flush();
         self.roles.flush();
+        self.consent.flush();
+        self.traits.flush();
+        self.queries.flush();
     }
 
     /// The current input time.
@@ -275,6 +316,8 @@ pub struct Outputs {
     pub changes: Rc<RefCell<Vec<(ViewRow, Time, isize)>>>,
     /// Net change in the number of profiles, not yet taken by the engine.
     pub profiles: Rc<RefCell<i64>>,
+    /// Answers to [`Inputs::query`]: ((query id, member), time, diff).
+    pub answers: Rc<RefCell<Vec<((u64, Ident), Time, isize)>>>,
     /// Passes a time once all outputs up to it are captured.
     pub probe: ProbeHandle<Time>,
 }
@@ -284,6 +327,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
     let probe = ProbeHandle::new();
     let changes = Rc::new(RefCell::new(Vec::new()));
     let profiles = Rc::new(RefCell::new(0i64));
+    let answers = Rc::new(RefCell::new(Vec::new()));
     let anchors: Vec<bool> = spec.identity.identifiers.iter().map(|t| t.anchor).collect();
     let max_links = spec.identity.max_links;
 
@@ -298,6 +342,10 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let (weights_in, weights) = scope.new_collection::<(Seq, u16), isize>();
         let (active_in, active) = scope.new_collection::<(Seq, u16), isize>();
         let (roles_in, roles) = scope.new_collection::<(Seq, (u16, u8, u64)), isize>();
+        let (consent_in, consent_records) = scope.new_collection::<(Seq, (u8, u64, bool)), isize>();
+        let (traits_in, trait_records) =
+            scope.new_collection::<(Seq, (String, traits::TraitValue)), isize>();
+        let (queries_in, queries) = scope.new_collection::<(Ident, u64), isize>();
 
         // identity (SPEC section 3)
         let links = identity::links(pairs);
@@ -305,7 +353,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let edges = identity::edges(links, hubs);
         let labels = identity::labels(nodes.distinct(), edges, anchors);
         let members = identity::members(labels.clone());
-        let attribution = identity::attribution(primary, labels);
+        let attribution = identity::attribution(primary, labels.clone());
 
         // intent (SPEC section 4)
         let qualified = intent::qualified_sequences(roles, attribution.clone(), within);
@@ -315,9 +363,25 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let signals = intent::active_signals(active, attribution.clone());
 
         // views (SPEC sections 5 and 7)
-        let consents = differential_dataflow::collection::concatenate(scope, Vec::new());
-        let traits = differential_dataflow::collection::concatenate(scope, Vec::new());
+        // consent and traits (SPEC section 5)
+        let consents = consent::decided(consent_records, attribution.clone());
+        let traits = traits::current(trait_records, attribution);
         let facts = views::profile_facts(members.clone(), scores, signals, consents, traits);
+
+        // erasure queries (SPEC section 6)
+        let found = erasure::profile_members(
+            queries,
+            labels.arrange_by_key(),
+            members.clone().arrange_by_key(),
+        );
+        let answered = Rc::clone(&answers);
+        found
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(answer, time, diff): &((u64, Ident), Time, isize)| {
+                answered.borrow_mut().push((answer.clone(), *time, *diff));
+            })
+            .probe_with(&probe);
         let rows = views::rows(facts, spec);
 
         let sink = Rc::clone(&changes);
@@ -346,6 +410,9 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             weights: weights_in,
             active: active_in,
             roles: roles_in,
+            consent: consent_in,
+            traits: traits_in,
+            queries: queries_in,
             node_counts: Presence::new(),
             pair_counts: Presence::new(),
             wide_counts: Presence::new(),
@@ -368,6 +435,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         Outputs {
             changes,
             profiles,
+            answers,
             probe,
         },
     )

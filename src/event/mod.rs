@@ -8,6 +8,7 @@ pub mod admit;
 pub mod identifiers;
 pub mod json;
 pub mod predicate;
+pub mod profile_data;
 pub mod signals;
 pub mod timestamp;
 

@@ -33,6 +33,18 @@ struct Accepted {
     t: u64,
     idents: Vec<Ident>,
     signals: Vec<usize>,
+    /// (purpose index, granted)
+    consent: Vec<(usize, bool)>,
+    /// (key, (t, messageId or "", arrival index, source), JSON)
+    traits: Vec<(String, (u64, String, usize, u8), Value)>,
+    /// The clock of the forget that erased it.
+    erased_at: Option<u64>,
+}
+
+impl Accepted {
+    fn live_at(&self, t: u64) -> bool {
+        self.arrival <= t && self.erased_at.is_none_or(|e| e > t)
+    }
 }
 
 /// Like [`run`], but computes the state only at times where `sample` holds (and at the final
@@ -43,6 +55,8 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
     let mut clock: Option<u64> = None;
     let mut events: Vec<Accepted> = Vec::new();
     let mut dead = Vec::new();
+    let mut suppressed: HashSet<Ident> = HashSet::new();
+    let mut forgets: Vec<u64> = Vec::new();
 
     let mut lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
@@ -72,31 +86,112 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
             dead.push((number, "future_timestamp".to_string()));
             continue;
         }
+        if ev.idents.iter().any(|i| suppressed.contains(i)) {
+            continue;
+        }
         if let Some(id) = &ev.message_id {
             seen.insert(id.clone());
         }
         let now = clock.map_or(ev.timestamp_ms, |c| c.max(ev.timestamp_ms));
         clock = Some(now);
-        if ev.kind != Kind::Forget {
-            let signals = spec
-                .intent
-                .signals
+        if ev.kind == Kind::Forget {
+            // S: the request's identifiers and all identifiers of their profiles now
+            let live: Vec<Vec<Ident>> = events
                 .iter()
-                .enumerate()
-                .filter(|(_, s)| signal_matches(s, &ev.body))
-                .map(|(i, _)| i)
+                .filter(|e| e.erased_at.is_none())
+                .map(|e| e.idents.clone())
                 .collect();
-            events.push(Accepted {
-                arrival: now,
-                t: ev.timestamp_ms,
-                idents: ev.idents,
-                signals,
-            });
+            let roots = profiles(spec, &live);
+            let mut s: HashSet<Ident> = ev.idents.iter().cloned().collect();
+            let wanted: HashSet<&Ident> = ev.idents.iter().filter_map(|i| roots.get(i)).collect();
+            s.extend(
+                roots
+                    .iter()
+                    .filter(|(_, r)| wanted.contains(r))
+                    .map(|(i, _)| i.clone()),
+            );
+            for e in events.iter_mut().filter(|e| e.erased_at.is_none()) {
+                if e.idents.iter().any(|i| s.contains(i)) {
+                    e.erased_at = Some(now);
+                }
+            }
+            suppressed.extend(s);
+            forgets.push(now);
+            continue;
         }
+        let signals = spec
+            .intent
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| signal_matches(s, &ev.body))
+            .map(|(i, _)| i)
+            .collect();
+        let index = events.len();
+        let mut consent = Vec::new();
+        if let Some(prefs) = ev
+            .body
+            .get("context")
+            .and_then(|c| c.get("consent"))
+            .and_then(|c| c.get("categoryPreferences"))
+            .and_then(Value::as_object)
+        {
+            for (name, v) in prefs {
+                if let (Some(b), Some(i)) = (
+                    v.as_bool(),
+                    spec.consent
+                        .purposes
+                        .iter()
+                        .position(|(p, _)| *p == name.to_lowercase()),
+                ) {
+                    consent.push((i, b));
+                }
+            }
+        }
+        let mid = ev.message_id.clone().unwrap_or_default();
+        let mut traits = Vec::new();
+        if let Some(ctx) = ev
+            .body
+            .get("context")
+            .and_then(|c| c.get("traits"))
+            .and_then(Value::as_object)
+        {
+            for (k, v) in ctx {
+                traits.push((
+                    k.clone(),
+                    (ev.timestamp_ms, mid.clone(), index, 0),
+                    v.clone(),
+                ));
+            }
+        }
+        if ev.kind == Kind::Identify
+            && let Some(tr) = ev.body.get("traits").and_then(Value::as_object)
+        {
+            for (k, v) in tr {
+                traits.push((
+                    k.clone(),
+                    (ev.timestamp_ms, mid.clone(), index, 1),
+                    v.clone(),
+                ));
+            }
+        }
+        events.push(Accepted {
+            arrival: now,
+            t: ev.timestamp_ms,
+            idents: ev.idents,
+            signals,
+            consent,
+            traits,
+            erased_at: None,
+        });
     }
 
     // every time at which the state can change: arrivals and decay boundaries
-    let mut times: BTreeSet<u64> = events.iter().map(|e| e.arrival).collect();
+    let mut times: BTreeSet<u64> = events
+        .iter()
+        .map(|e| e.arrival)
+        .chain(forgets.iter().copied())
+        .collect();
     let (h, max_age) = (spec.intent.half_life_ms, spec.intent.max_age_ms);
     for e in &events {
         let scored = e.signals.len()
@@ -124,8 +219,8 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
             if !(sample(t) || t == last) {
                 continue;
             }
-            let upto = events.partition_point(|e| e.arrival <= t);
-            let next = views(spec, &events[..upto], t);
+            let live: Vec<&Accepted> = events.iter().filter(|e| e.live_at(t)).collect();
+            let next = views(spec, &live, t);
             diff_into(&state, &next, t, &mut changes);
             state = next;
             snapshots.insert(t, snapshot_lines(&state));
@@ -247,7 +342,7 @@ fn points_text(milli: i64) -> String {
 }
 
 /// Every view's rows for a set of events at `now`: (view, key) -> row JSON.
-fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String), String> {
+fn views(spec: &Spec, events: &[&Accepted], now: u64) -> BTreeMap<(String, String), String> {
     let idents: Vec<Vec<Ident>> = events.iter().map(|e| e.idents.clone()).collect();
     let roots = profiles(spec, &idents);
     let mut members: BTreeMap<Ident, Vec<Ident>> = BTreeMap::new();
@@ -302,14 +397,39 @@ fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String
             }
         }
     }
+    // consent: latest record per purpose (ties: denied); traits: greatest order per key
+    let mut consent: HashMap<(&Ident, usize), (u64, bool)> = HashMap::new();
+    let mut traits: HashMap<&Ident, BTreeMap<String, ((u64, String, usize, u8), Value)>> =
+        HashMap::new();
+    for (e, p) in events.iter().zip(&profile) {
+        for &(purpose, granted) in &e.consent {
+            let slot = consent.entry((*p, purpose)).or_insert((e.t, granted));
+            if e.t > slot.0 || (e.t == slot.0 && !granted) {
+                *slot = (e.t, granted && !(e.t == slot.0 && !slot.1));
+            }
+        }
+        for (k, order, v) in &e.traits {
+            let map = traits.entry(*p).or_default();
+            if map.get(k).is_none_or(|(o, _)| order > o) {
+                map.insert(k.clone(), (order.clone(), v.clone()));
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     for view in &spec.views {
-        if let Some(purpose) = view.purpose
-            && !spec.consent.purposes[purpose].1
-        {
-            continue; // no consent records yet: the default decides
-        }
         for (root, ids) in &members {
+            if let Some(purpose) = view.purpose {
+                let granted = consent
+                    .get(&(root, purpose))
+                    .map_or(spec.consent.purposes[purpose].1, |(_, g)| *g);
+                if !granted {
+                    continue;
+                }
+            }
+            let trait_map: serde_json::Map<String, Value> = traits
+                .get(root)
+                .map(|m| m.iter().map(|(k, (_, v))| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
             let s = score.get(root).copied().unwrap_or(0);
             let names = active.get(root).cloned().unwrap_or_default();
             if view.score_gte_milli.is_some_and(|min| s < min) {
@@ -318,9 +438,8 @@ fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String
             if view.has_signal.as_ref().is_some_and(|n| !names.contains(n)) {
                 continue;
             }
-            let traits = serde_json::Map::new();
             let mut root_obj = serde_json::Map::new();
-            root_obj.insert("traits".into(), Value::Object(traits));
+            root_obj.insert("traits".into(), Value::Object(trait_map.clone()));
             if !view
                 .predicates
                 .iter()
@@ -335,7 +454,13 @@ fn views(spec: &Spec, events: &[Accepted], now: u64) -> BTreeMap<(String, String
                     Field::Signals => {
                         serde_json::to_string(&names.iter().collect::<Vec<_>>()).unwrap()
                     }
-                    Field::Trait(..) => "null".to_string(),
+                    Field::Trait(_, path) => {
+                        let mut v = trait_map.get(&path[0]);
+                        for seg in &path[1..] {
+                            v = v.and_then(|x| x.as_object()).and_then(|o| o.get(seg));
+                        }
+                        v.cloned().unwrap_or(Value::Null).to_string()
+                    }
                     Field::Identifier(rank) => {
                         let mut values: Vec<&str> = ids
                             .iter()
