@@ -309,15 +309,18 @@ impl Inputs {
     }
 }
 
+/// Captured updates: (data, time, diff), in arrival order.
+pub type Captured<D> = Rc<RefCell<Vec<(D, Time, isize)>>>;
+
 /// View changes and profile-count changes captured at worker 0 (other workers' copies stay
 /// empty), with the probe that says which times are complete.
 pub struct Outputs {
     /// View row changes not yet taken by the engine.
-    pub changes: Rc<RefCell<Vec<(ViewRow, Time, isize)>>>,
+    pub changes: Captured<ViewRow>,
     /// Net change in the number of profiles, not yet taken by the engine.
     pub profiles: Rc<RefCell<i64>>,
     /// Answers to [`Inputs::query`]: ((query id, member), time, diff).
-    pub answers: Rc<RefCell<Vec<((u64, Ident), Time, isize)>>>,
+    pub answers: Captured<(u64, Ident)>,
     /// Passes a time once all outputs up to it are captured.
     pub probe: ProbeHandle<Time>,
 }
