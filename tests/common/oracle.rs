@@ -27,6 +27,9 @@ pub fn run(spec: &Spec, input: &[u8], wall_ms: u64) -> Run {
     run_sampled(spec, input, wall_ms, &|_| true)
 }
 
+/// A trait value's order: (timestamp, messageId or "", arrival index, source).
+type TraitOrder = (u64, String, usize, u8);
+
 /// An accepted event, as the oracle keeps it.
 struct Accepted {
     arrival: u64,
@@ -36,7 +39,7 @@ struct Accepted {
     /// (purpose index, granted)
     consent: Vec<(usize, bool)>,
     /// (key, (t, messageId or "", arrival index, source), JSON)
-    traits: Vec<(String, (u64, String, usize, u8), Value)>,
+    traits: Vec<(String, TraitOrder, Value)>,
     /// The clock of the forget that erased it.
     erased_at: Option<u64>,
 }
@@ -399,13 +402,12 @@ fn views(spec: &Spec, events: &[&Accepted], now: u64) -> BTreeMap<(String, Strin
     }
     // consent: latest record per purpose (ties: denied); traits: greatest order per key
     let mut consent: HashMap<(&Ident, usize), (u64, bool)> = HashMap::new();
-    let mut traits: HashMap<&Ident, BTreeMap<String, ((u64, String, usize, u8), Value)>> =
-        HashMap::new();
+    let mut traits: HashMap<&Ident, BTreeMap<String, (TraitOrder, Value)>> = HashMap::new();
     for (e, p) in events.iter().zip(&profile) {
         for &(purpose, granted) in &e.consent {
             let slot = consent.entry((*p, purpose)).or_insert((e.t, granted));
             if e.t > slot.0 || (e.t == slot.0 && !granted) {
-                *slot = (e.t, granted && !(e.t == slot.0 && !slot.1));
+                *slot = (e.t, granted);
             }
         }
         for (k, order, v) in &e.traits {
