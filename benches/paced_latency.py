@@ -6,7 +6,7 @@ profile (so each produces exactly one change line), and measures, per event, the
 writing the line to reading its change from the engine's stdout. Prints p50/p99/max.
 
     cargo build --release
-    python3 benches/paced_latency.py --events 200 --interval-ms 20 [--state FILE]
+    python3 benches/paced_latency.py --events 200 --interval-ms 20 [--state FILE] [--forget USER]
 
 --state FILE first loads FILE (e.g. 1M generated events) so latency is measured with that
 much state; the paced events come after it, with later timestamps.
@@ -19,6 +19,7 @@ p.add_argument("--events", type=int, default=200)
 p.add_argument("--interval-ms", type=float, default=20)
 p.add_argument("--state", help="NDJSON file loaded before the paced events")
 p.add_argument("--workers", type=int, default=1)
+p.add_argument("--forget", help="after --state, time a forget of this userId until its retraction is written")
 a = p.parse_args()
 
 proc = subprocess.Popen([a.bin, "run", "-q", "-w", str(a.workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -42,6 +43,18 @@ if a.state:
 else:
     pass
 
+if a.forget:
+    req = json.dumps({"type": "forget", "userId": a.forget, "timestamp": base}).encode() + b"\n"
+    t0 = time.perf_counter()
+    proc.stdin.write(req)
+    while True:
+        t1, line = lines.get(timeout=600)
+        if b'"diff":-1' in line and f"user_id:{a.forget}".encode() in line:
+            break
+    # the rest of the retraction group arrives with it (one write per published time)
+    print(f"forget {a.forget} with state {a.state}: first retraction after {(t1 - t0) * 1000:.1f} ms")
+    a.events = 0
+
 lat = []
 for i in range(a.events):
     key = f"paced-{i}"
@@ -56,6 +69,8 @@ for i in range(a.events):
     time.sleep(a.interval_ms / 1000)
 proc.stdin.close()
 proc.wait()
+if not lat:
+    sys.exit(0)
 lat.sort()
 q = lambda x: lat[min(len(lat) - 1, int(round(x * (len(lat) - 1))))]
 print(f"events {len(lat)} interval {a.interval_ms} ms state {a.state or '-'}: "
