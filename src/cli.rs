@@ -46,6 +46,30 @@ enum Command {
     },
     /// Write a reproducible synthetic workload (NDJSON) to stdout.
     Gen(workload::GenArgs),
+    /// Run as a long-lived server: Segment-compatible HTTP ingestion, durable log, live views.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of the event log and dead letters.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: String,
+    /// Dataflow spec (TOML); the built-in default when absent.
+    #[arg(long)]
+    dataflow: Option<PathBuf>,
+    /// Timely workers.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Required write key (HTTP Basic username); also from THROUGHLINE_WRITE_KEY.
+    #[arg(long, env = "THROUGHLINE_WRITE_KEY")]
+    write_key: Option<String>,
+    /// Append the change stream to this file.
+    #[arg(long)]
+    sink: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -91,6 +115,7 @@ pub fn main() -> i32 {
             workers,
         } => replay::command(&fixtures, bless, workers),
         Command::Gen(args) => workload::command(&args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(code) => code,
@@ -107,6 +132,19 @@ pub fn load_spec(path: Option<&Path>) -> Result<Spec, String> {
         Some(p) => Spec::load(p).map_err(|e| e.to_string()),
         None => Ok(Spec::default_spec()),
     }
+}
+
+fn serve(args: ServeArgs) -> Result<i32, String> {
+    let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
+    let config = crate::io::http::ServeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        write_key: args.write_key,
+        workers: args.workers,
+        sink: args.sink,
+    };
+    crate::io::http::serve(spec, config)?;
+    Ok(0)
 }
 
 fn check(file: &Path) -> Result<i32, String> {
@@ -145,10 +183,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     } else {
         (Some(output), None)
     };
-    let sinks = Sinks {
-        changes,
-        dead_letters: DeadLetters::new(dead_letters),
-    };
+    let sinks = Sinks::new(changes, DeadLetters::new(dead_letters));
     let summary = engine::run(spec, sources, sinks, options).map_err(|e| e.to_string())?;
     if let (Some(out), Some(snapshot)) = (&mut snapshot_out, &summary.snapshot) {
         for line in snapshot.lines()? {

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,39 @@ pub struct Sinks {
     pub changes: Option<Box<dyn Write + Send>>,
     /// Dead letters.
     pub dead_letters: DeadLetters,
+    /// A live snapshot kept up to date as times are published (for queries while running).
+    pub live: Option<Arc<Mutex<Snapshot>>>,
+    /// Counters readable while running.
+    pub counters: Option<Arc<Counters>>,
+}
+
+impl Sinks {
+    /// Change stream and dead letters only.
+    pub fn new(changes: Option<Box<dyn Write + Send>>, dead_letters: DeadLetters) -> Sinks {
+        Sinks {
+            changes,
+            dead_letters,
+            live: None,
+            counters: None,
+        }
+    }
+}
+
+/// Running totals, readable from other threads (e.g. for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Non-blank lines read.
+    pub lines: AtomicU64,
+    /// Accepted events.
+    pub accepted: AtomicU64,
+    /// Duplicates dropped.
+    pub duplicates: AtomicU64,
+    /// Dead letters.
+    pub dead_letters: AtomicU64,
+    /// Suppressed events.
+    pub suppressed: AtomicU64,
+    /// Published clock values' changes written.
+    pub changes: AtomicU64,
 }
 
 /// Why a run failed.
@@ -191,10 +224,24 @@ pub fn run(
     sinks: Sinks,
     options: Options,
 ) -> Result<Summary, EngineError> {
-    let started = Instant::now();
     let live = sources.iter().any(|s| s.live);
     let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let (rx, _reader) = source::spawn(sources);
+    run_channel(spec, rx, source_names, live, sinks, options)
+}
+
+/// Runs the dataflow of `spec` over the batches arriving on `rx` until [`Message::End`] or
+/// until every sender is dropped. `source_names` name the batches' sources in dead letters;
+/// `live` enables publishing after a pause (see the module documentation).
+pub fn run_channel(
+    spec: Arc<Spec>,
+    rx: Receiver<Message>,
+    source_names: Vec<String>,
+    live: bool,
+    sinks: Sinks,
+    options: Options,
+) -> Result<Summary, EngineError> {
+    let started = Instant::now();
     let workers = options.workers.max(1);
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
     let done = Arc::new(AtomicBool::new(false));
@@ -354,7 +401,17 @@ impl<'w> Driver<'w> {
 
     /// Parses, admits and inserts every line of a batch.
     fn ingest(&mut self, batch: &Batch) -> Result<(), EngineError> {
-        let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
+        let wall = batch
+            .wall_ms
+            .or(self.options.wall_clock_ms)
+            .unwrap_or_else(wall_clock_ms);
+        let before = (
+            self.summary.lines,
+            self.summary.accepted,
+            self.summary.duplicates,
+            self.summary.suppressed,
+        );
+        let dead_before = self.sinks.dead_letters.total();
         for line in &batch.lines {
             self.summary.lines += 1;
             if let Some(length) = line.too_long {
@@ -388,6 +445,14 @@ impl<'w> Driver<'w> {
                 Verdict::Suppressed => self.summary.suppressed += 1,
             }
         }
+        self.count(|c| &c.lines, self.summary.lines - before.0);
+        self.count(|c| &c.accepted, self.summary.accepted - before.1);
+        self.count(|c| &c.duplicates, self.summary.duplicates - before.2);
+        self.count(|c| &c.suppressed, self.summary.suppressed - before.3);
+        self.count(
+            |c| &c.dead_letters,
+            self.sinks.dead_letters.total() - dead_before,
+        );
         Ok(())
     }
 
@@ -573,6 +638,15 @@ impl<'w> Driver<'w> {
         if let Some(w) = &mut self.sinks.changes {
             w.flush()?;
         }
+        if let Some(live) = &self.sinks.live
+            && !changes.is_empty()
+            && let Ok(mut snapshot) = live.lock()
+        {
+            for change in &changes {
+                snapshot.apply(change);
+            }
+        }
+        self.count(|c| &c.changes, changes.len() as u64);
         if self.options.collect_changes {
             self.summary.changes.extend(changes);
         }
@@ -589,6 +663,12 @@ impl<'w> Driver<'w> {
             self.summary.latency.samples.push(micros);
         }
         Ok(())
+    }
+
+    fn count(&self, which: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        if let Some(c) = &self.sinks.counters {
+            which(c).fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn progress(&mut self) {

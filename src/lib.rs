@@ -15,4 +15,5 @@ pub mod history;
 pub mod io;
 pub mod replay;
 pub mod spec;
+pub mod store;
 pub mod workload;

@@ -66,10 +66,10 @@ impl Write for SharedBuffer {
 pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs, String> {
     let changes = SharedBuffer::default();
     let dead = SharedBuffer::default();
-    let sinks = Sinks {
-        changes: Some(Box::new(changes.clone())),
-        dead_letters: DeadLetters::new(Some(Box::new(dead.clone()))),
-    };
+    let sinks = Sinks::new(
+        Some(Box::new(changes.clone())),
+        DeadLetters::new(Some(Box::new(dead.clone()))),
+    );
     let options = Options {
         workers,
         snapshot: true,

@@ -1,5 +1,6 @@
 //! Sources (the reader thread that splits input into lines) and sinks (the change stream,
 //! snapshots and dead letters).
 
+pub mod http;
 pub mod sink;
 pub mod source;

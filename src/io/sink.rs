@@ -74,6 +74,27 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// One view's snapshot lines, sorted by key.
+    pub fn lines_of(&self, view: &str) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|((v, _, _), n)| v == view && **n > 0)
+            .map(|((v, key, row), _)| {
+                format!(
+                    "{{\"view\":{},\"key\":{},\"row\":{}}}",
+                    json_string(v),
+                    json_string(key),
+                    row
+                )
+            })
+            .collect()
+    }
+
+    /// Number of rows of one view.
+    pub fn count_of(&self, view: &str) -> usize {
+        self.rows.keys().filter(|(v, _, _)| v == view).count()
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.rows.len()

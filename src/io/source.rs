@@ -38,9 +38,40 @@ pub struct Batch {
     pub lines: Vec<LineRef>,
     /// When these bytes were read.
     pub read_at: Instant,
+    /// The wall clock to judge these lines by (a replayed log's receipt time); `None` means
+    /// the machine's clock now.
+    pub wall_ms: Option<u64>,
 }
 
 impl Batch {
+    /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`.
+    pub fn of_lines(
+        source: u16,
+        first_number: u64,
+        lines: &[&[u8]],
+        wall_ms: Option<u64>,
+    ) -> Batch {
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len()).sum());
+        let mut refs = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let start = buf.len();
+            buf.extend_from_slice(line);
+            refs.push(LineRef {
+                source,
+                number: first_number + i as u64,
+                start,
+                end: buf.len(),
+                too_long: (line.len() > MAX_LINE_BYTES + 1).then_some(line.len() as u64),
+            });
+        }
+        Batch {
+            buf,
+            lines: refs,
+            read_at: Instant::now(),
+            wall_ms,
+        }
+    }
+
     /// The bytes of a line.
     pub fn bytes(&self, line: &LineRef) -> &[u8] {
         &self.buf[line.start..line.end]
@@ -229,6 +260,7 @@ impl Splitter {
             buf,
             lines,
             read_at,
+            wall_ms: None,
         }
     }
 

@@ -1,0 +1,3 @@
+//! Durable storage for the long-lived server: the event log (`log`).
+
+pub mod log;
