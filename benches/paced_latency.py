@@ -22,18 +22,20 @@ p.add_argument("--workers", type=int, default=1)
 p.add_argument("--forget", help="after --state, time a forget of this userId until its retraction is written")
 a = p.parse_args()
 
-proc = subprocess.Popen([a.bin, "run", "-q", "-w", str(a.workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+cmd = [a.bin, "run", "-q", "-w", str(a.workers)]
+if a.state:
+    cmd += ["--input", a.state, "--input", "-"]  # the engine reads the state file, then the pipe
+proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 lines = queue.Queue()
+WANTED = (b"paced-", b"marker", (a.forget or "\0").encode())
 def reader():
     for line in proc.stdout:
-        lines.put((time.perf_counter(), line))
+        if any(w in line for w in WANTED):
+            lines.put((time.perf_counter(), line))
 threading.Thread(target=reader, daemon=True).start()
 
 base = int(time.time() * 1000) - 3_600_000  # an hour ago: after any generated workload, not far-future
 if a.state:
-    with open(a.state, "rb") as f:
-        while chunk := f.read(1 << 20):
-            proc.stdin.write(chunk)
     # a marker event; wait until its change shows the state is loaded
     proc.stdin.write(json.dumps({"userId": "marker", "timestamp": base - 1}).encode() + b"\n")
     while True:
