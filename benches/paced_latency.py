@@ -25,7 +25,7 @@ a = p.parse_args()
 cmd = [a.bin, "run", "-q", "-w", str(a.workers)]
 if a.state:
     cmd += ["--input", a.state, "--input", "-"]  # the engine reads the state file, then the pipe
-proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 lines = queue.Queue()
 WANTED = (b"paced-", b"marker", (a.forget or "\0").encode())
 def reader():
@@ -38,6 +38,7 @@ base = int(time.time() * 1000) - 3_600_000  # an hour ago: after any generated w
 if a.state:
     # a marker event; wait until its change shows the state is loaded
     proc.stdin.write(json.dumps({"userId": "marker", "timestamp": base - 1}).encode() + b"\n")
+    proc.stdin.flush()
     while True:
         _, line = lines.get()
         if b"user_id:marker" in line:
@@ -49,6 +50,7 @@ if a.forget:
     req = json.dumps({"type": "forget", "userId": a.forget, "timestamp": base}).encode() + b"\n"
     t0 = time.perf_counter()
     proc.stdin.write(req)
+    proc.stdin.flush()
     while True:
         t1, line = lines.get(timeout=600)
         if b'"diff":-1' in line and f"user_id:{a.forget}".encode() in line:
@@ -63,6 +65,7 @@ for i in range(a.events):
     ev = json.dumps({"userId": key, "timestamp": base + i}).encode() + b"\n"
     t0 = time.perf_counter()
     proc.stdin.write(ev)
+    proc.stdin.flush()
     while True:
         t1, line = lines.get(timeout=60)
         if key.encode() in line:

@@ -16,17 +16,7 @@ fn check(spec: &Spec, input: &[u8], workers: usize) {
     let oracle = common::oracle::run(spec, input, FIXTURE_WALL_CLOCK_MS);
     assert_eq!(engine.changes, oracle.changes, "change streams differ");
     assert_eq!(engine.snapshot, oracle.snapshot, "snapshots differ");
-    let dead: Vec<(u64, String)> = engine
-        .dead_letters
-        .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["line"].as_u64().unwrap(),
-                v["reason"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let dead = common::dead_letter_reasons(&engine.dead_letters);
     assert_eq!(dead, oracle.dead_letters, "dead letters differ");
     // the consolidation law, at every time the oracle closed
     for (t, snapshot) in &oracle.snapshots {

@@ -58,17 +58,7 @@ fn every_fixture_agrees_with_the_oracle() {
         let expected = replay::expected(&dir).unwrap();
         assert_eq!(oracle.changes, expected.changes, "{}", dir.display());
         assert_eq!(oracle.snapshot, expected.snapshot, "{}", dir.display());
-        let reasons: Vec<(u64, String)> = expected
-            .dead_letters
-            .iter()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["line"].as_u64().unwrap(),
-                    v["reason"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let reasons = common::dead_letter_reasons(&expected.dead_letters);
         assert_eq!(oracle.dead_letters, reasons, "{}", dir.display());
     }
 }

@@ -18,11 +18,21 @@ struct Server {
 impl Server {
     fn start(dir: &Path, key: Option<&str>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_throughline"));
-        cmd.args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+        cmd.args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
         if let Some(k) = key {
             cmd.args(["--write-key", k]);
         }
-        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -35,16 +45,28 @@ impl Server {
         });
         let mut seen = Vec::new();
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("server did not start: {seen:?}"));
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("server did not start: {seen:?}"));
             if let Some(rest) = line.strip_prefix("throughline: listening on ") {
                 let addr = rest.split_whitespace().next().unwrap().to_string();
-                return Server { child, addr, stderr: rx };
+                return Server {
+                    child,
+                    addr,
+                    stderr: rx,
+                };
             }
             seen.push(line);
         }
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
         request(&self.addr, method, path, headers, body)
     }
 
@@ -58,7 +80,10 @@ impl Server {
             if done(&lines) {
                 return lines;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "view {view} never reached the expected state: {lines:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "view {view} never reached the expected state: {lines:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -71,9 +96,18 @@ impl Drop for Server {
     }
 }
 
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -82,8 +116,15 @@ fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
     stream.write_all(body).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -109,13 +150,24 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
     let (tx, rx) = mpsc::channel();
     let client = std::thread::spawn(move || {
         for i in 0..400u64 {
-            let body = format!("{{\"batch\":[{},{}]}}", event(&format!("u-{i}a"), i), event(&format!("u-{i}b"), i));
+            let body = format!(
+                "{{\"batch\":[{},{}]}}",
+                event(&format!("u-{i}a"), i),
+                event(&format!("u-{i}b"), i)
+            );
             let mut stream = match TcpStream::connect(&addr) {
                 Ok(s) => s,
                 Err(_) => break, // the server is gone
             };
-            let head = format!("POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).is_err() {
+            let head = format!(
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if stream
+                .write_all(head.as_bytes())
+                .and_then(|()| stream.write_all(body.as_bytes()))
+                .is_err()
+            {
                 break;
             }
             let mut response = String::new();
@@ -128,7 +180,10 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
     // kill the server mid-stream, once some requests are acknowledged
     let mut acked = Vec::new();
     while acked.len() < 60 {
-        acked.push(rx.recv_timeout(Duration::from_secs(60)).expect("no acknowledgement"));
+        acked.push(
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("no acknowledgement"),
+        );
     }
     let mut server = server;
     server.child.kill().unwrap(); // SIGKILL
@@ -140,13 +195,21 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
     let lines = restarted.wait_for_view("profiles", |lines| lines.len() >= acked.len() * 2);
     let keys: Vec<String> = lines
         .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["key"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let unique: std::collections::HashSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "a profile appears twice");
     for i in &acked {
         for side in ["a", "b"] {
-            assert!(unique.contains(&format!("user_id:u-{i}{side}")), "acknowledged event u-{i}{side} lost");
+            assert!(
+                unique.contains(&format!("user_id:u-{i}{side}")),
+                "acknowledged event u-{i}{side} lost"
+            );
         }
     }
     // replay is exact: the logged lines are accepted once each, no duplicates
@@ -156,7 +219,11 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
         .find_map(|l| l.strip_prefix("throughline_events_accepted_total "))
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap();
-    assert_eq!(accepted, keys.len(), "every logged event accepted once: {metrics}");
+    assert_eq!(
+        accepted,
+        keys.len(),
+        "every logged event accepted once: {metrics}"
+    );
 }
 
 #[test]
@@ -165,7 +232,12 @@ fn a_torn_log_tail_is_cut_reported_and_the_rest_recovered() {
     {
         let server = Server::start(&dir, None);
         for i in 0..3 {
-            let (status, body) = server.request("POST", "/v1/identify", &[], event(&format!("t-{i}"), i).as_bytes());
+            let (status, body) = server.request(
+                "POST",
+                "/v1/identify",
+                &[],
+                event(&format!("t-{i}"), i).as_bytes(),
+            );
             assert_eq!(status, 200, "{body}");
         }
     }
@@ -178,7 +250,11 @@ fn a_torn_log_tail_is_cut_reported_and_the_rest_recovered() {
     let _ = server.request("GET", "/healthz", &[], b"");
     let messages: Vec<String> = server.stderr.try_iter().collect();
     let _ = messages;
-    assert_eq!(std::fs::read(&log).unwrap().len(), bytes.len() - 7, "the torn tail was truncated");
+    assert_eq!(
+        std::fs::read(&log).unwrap().len(),
+        bytes.len() - 7,
+        "the torn tail was truncated"
+    );
 }
 
 #[test]
@@ -188,21 +264,84 @@ fn write_key_json_errors_and_size_limits() {
     let good = format!("Basic {}", base64_of("secret:"));
     let bad = format!("Basic {}", base64_of("nope:"));
     let body = event("k-1", 0);
-    assert_eq!(server.request("POST", "/v1/identify", &[], body.as_bytes()).0, 401);
-    assert_eq!(server.request("POST", "/v1/identify", &[("Authorization", &bad)], body.as_bytes()).0, 401);
-    assert_eq!(server.request("POST", "/v1/identify", &[("Authorization", &good)], body.as_bytes()).0, 200);
+    assert_eq!(
+        server
+            .request("POST", "/v1/identify", &[], body.as_bytes())
+            .0,
+        401
+    );
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/v1/identify",
+                &[("Authorization", &bad)],
+                body.as_bytes()
+            )
+            .0,
+        401
+    );
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/v1/identify",
+                &[("Authorization", &good)],
+                body.as_bytes()
+            )
+            .0,
+        200
+    );
     let (status, text) = server.request("POST", "/v1/track", &[("Authorization", &good)], b"{nope");
     assert_eq!(status, 400);
     assert!(text.contains("\"error\""), "{text}");
-    let big = format!("{{\"type\":\"track\",\"userId\":\"x\",\"pad\":\"{}\"}}", "x".repeat(33 * 1024));
-    assert_eq!(server.request("POST", "/v1/track", &[("Authorization", &good)], big.as_bytes()).0, 400);
+    let big = format!(
+        "{{\"type\":\"track\",\"userId\":\"x\",\"pad\":\"{}\"}}",
+        "x".repeat(33 * 1024)
+    );
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/v1/track",
+                &[("Authorization", &good)],
+                big.as_bytes()
+            )
+            .0,
+        400
+    );
     let huge = format!("{{\"batch\":[{}]}}", vec![event("k-2", 1); 8000].join(","));
     assert!(huge.len() > 500 * 1024);
-    assert_eq!(server.request("POST", "/v1/batch", &[("Authorization", &good)], huge.as_bytes()).0, 400);
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/v1/batch",
+                &[("Authorization", &good)],
+                huge.as_bytes()
+            )
+            .0,
+        400
+    );
     // a bad event inside a batch is a dead letter; the good ones are accepted
-    let mixed = format!("{{\"batch\":[{},{{\"type\":\"track\",\"userId\":\"k-3\",\"timestamp\":\"never\"}}]}}", event("k-4", 2));
-    assert_eq!(server.request("POST", "/v1/batch", &[("Authorization", &good)], mixed.as_bytes()).0, 200);
-    server.wait_for_view("profiles", |lines| lines.iter().any(|l| l.contains("user_id:k-4")));
+    let mixed = format!(
+        "{{\"batch\":[{},{{\"type\":\"track\",\"userId\":\"k-3\",\"timestamp\":\"never\"}}]}}",
+        event("k-4", 2)
+    );
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/v1/batch",
+                &[("Authorization", &good)],
+                mixed.as_bytes()
+            )
+            .0,
+        200
+    );
+    server.wait_for_view("profiles", |lines| {
+        lines.iter().any(|l| l.contains("user_id:k-4"))
+    });
     assert_eq!(server.request("GET", "/v1/views/nope", &[], b"").0, 404);
     assert_eq!(server.request("GET", "/healthz", &[], b"").0, 200);
     let dead = std::fs::read_to_string(dir.join("dead_letters.ndjson")).unwrap();
@@ -214,7 +353,9 @@ fn base64_of(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8) | u32::from(*chunk.get(2).unwrap_or(&0));
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);

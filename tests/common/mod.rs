@@ -12,6 +12,20 @@ pub fn engine(spec: &Spec, input: &[u8], workers: usize) -> Outputs {
         .unwrap_or_else(|e| panic!("engine failed: {e}"))
 }
 
+/// (line number, reason code) of each dead-letter record.
+pub fn dead_letter_reasons(lines: &[String]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The default spec with another `max_links`.
 pub fn spec_with_max_links(max_links: usize) -> Spec {
     let text = throughline::spec::DEFAULT_SPEC
