@@ -45,9 +45,11 @@ impl Server {
         });
         let mut seen = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("server did not start: {seen:?}"));
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start: {seen:?}");
+            };
             if let Some(rest) = line.strip_prefix("throughline: listening on ") {
                 let addr = rest.split_whitespace().next().unwrap().to_string();
                 return Server {
