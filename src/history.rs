@@ -2,15 +2,17 @@
 //! exactly what each event inserted. Erased events' facts are dropped from here at once, so
 //! no raw value of theirs stays in memory beyond the retraction itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::dataflow::EventFacts;
+use crate::dataflow::{EventFacts, Seq};
 use crate::event::Ident;
 
-/// Live events' facts, in arrival order.
+/// Live events' facts, in arrival order, indexed by identifier.
 #[derive(Default)]
 pub struct History {
     events: Vec<Option<EventFacts>>,
+    /// Live events carrying each identifier.
+    by_ident: HashMap<Ident, Vec<Seq>>,
     live: usize,
 }
 
@@ -18,21 +20,32 @@ impl History {
     /// Records an inserted event (its `seq` must be the next index).
     pub fn push(&mut self, facts: EventFacts) {
         debug_assert_eq!(facts.seq as usize, self.events.len());
+        for id in &facts.idents {
+            self.by_ident.entry(id.clone()).or_default().push(facts.seq);
+        }
         self.events.push(Some(facts));
         self.live += 1;
     }
 
-    /// Removes and returns every live event carrying an identifier in `erased`. A linear scan:
-    /// erasure is rare, and an index would cost memory on every event.
+    /// Removes and returns every live event carrying an identifier in `erased`, in arrival
+    /// order, and forgets those identifiers.
     pub fn take_carrying(&mut self, erased: &HashSet<Ident>) -> Vec<EventFacts> {
-        let mut taken = Vec::new();
-        for slot in &mut self.events {
-            if slot
-                .as_ref()
-                .is_some_and(|f| f.idents.iter().any(|i| erased.contains(i)))
-            {
-                taken.extend(slot.take());
+        let mut seqs: Vec<Seq> = erased.iter().filter_map(|id| self.by_ident.remove(id)).flatten().collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut taken = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let Some(facts) = self.events.get_mut(seq as usize).and_then(Option::take) else { continue };
+            // unlink the event from its other identifiers' entries
+            for id in facts.idents.iter().filter(|id| !erased.contains(*id)) {
+                if let Some(list) = self.by_ident.get_mut(id) {
+                    list.retain(|s| *s != seq);
+                    if list.is_empty() {
+                        self.by_ident.remove(id);
+                    }
+                }
             }
+            taken.push(facts);
         }
         self.live -= taken.len();
         taken
