@@ -30,12 +30,18 @@ impl History {
     /// Removes and returns every live event carrying an identifier in `erased`, in arrival
     /// order, and forgets those identifiers.
     pub fn take_carrying(&mut self, erased: &HashSet<Ident>) -> Vec<EventFacts> {
-        let mut seqs: Vec<Seq> = erased.iter().filter_map(|id| self.by_ident.remove(id)).flatten().collect();
+        let mut seqs: Vec<Seq> = erased
+            .iter()
+            .filter_map(|id| self.by_ident.remove(id))
+            .flatten()
+            .collect();
         seqs.sort_unstable();
         seqs.dedup();
         let mut taken = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let Some(facts) = self.events.get_mut(seq as usize).and_then(Option::take) else { continue };
+            let Some(facts) = self.events.get_mut(seq as usize).and_then(Option::take) else {
+                continue;
+            };
             // unlink the event from its other identifiers' entries
             for id in facts.idents.iter().filter(|id| !erased.contains(*id)) {
                 if let Some(list) = self.by_ident.get_mut(id) {
