@@ -266,34 +266,14 @@ fn write_key_json_errors_and_size_limits() {
     let good = format!("Basic {}", base64_of("secret:"));
     let bad = format!("Basic {}", base64_of("nope:"));
     let body = event("k-1", 0);
-    assert_eq!(
-        server
-            .request("POST", "/v1/identify", &[], body.as_bytes())
-            .0,
-        401
-    );
-    assert_eq!(
-        server
-            .request(
-                "POST",
-                "/v1/identify",
-                &[("Authorization", &bad)],
-                body.as_bytes()
-            )
-            .0,
-        401
-    );
-    assert_eq!(
-        server
-            .request(
-                "POST",
-                "/v1/identify",
-                &[("Authorization", &good)],
-                body.as_bytes()
-            )
-            .0,
-        200
-    );
+    for (headers, expected) in [
+        (vec![], 401),
+        (vec![("Authorization", bad.as_str())], 401),
+        (vec![("Authorization", good.as_str())], 200),
+    ] {
+        let (status, text) = server.request("POST", "/v1/identify", &headers, body.as_bytes());
+        assert_eq!(status, expected, "{headers:?}: {text}");
+    }
     let (status, text) = server.request("POST", "/v1/track", &[("Authorization", &good)], b"{nope");
     assert_eq!(status, 400);
     assert!(text.contains("\"error\""), "{text}");
