@@ -26,7 +26,7 @@ use crate::dataflow::{self, EventFacts, Inputs, STEP_BITS, Time, clock_of, time}
 use crate::event::admit::{Admission, Verdict};
 use crate::event::{self, DeadReason, Event, Ident, Kind};
 use crate::history::History;
-use crate::io::sink::{Change, DeadLetter, DeadLetters, Snapshot};
+use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Snapshot};
 use crate::io::source::{self, Batch, LineRef, Message, Source};
 use crate::spec::Spec;
 
@@ -67,7 +67,7 @@ pub struct Sinks {
     /// Dead letters.
     pub dead_letters: DeadLetters,
     /// A live snapshot kept up to date as times are published (for queries while running).
-    pub live: Option<Arc<Mutex<Snapshot>>>,
+    pub live: Option<Arc<Mutex<LiveViews>>>,
     /// Counters readable while running.
     pub counters: Option<Arc<Counters>>,
 }
@@ -640,11 +640,9 @@ impl<'w> Driver<'w> {
         }
         if let Some(live) = &self.sinks.live
             && !changes.is_empty()
-            && let Ok(mut snapshot) = live.lock()
+            && let Ok(mut views) = live.lock()
         {
-            for change in &changes {
-                snapshot.apply(change);
-            }
+            views.apply(&changes);
         }
         self.count(|c| &c.changes, changes.len() as u64);
         if self.options.collect_changes {

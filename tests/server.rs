@@ -373,3 +373,49 @@ fn the_official_segment_python_sdk_works_unchanged() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `GET /v1/views/{name}/changes`: the current rows, then each change as it happens, on one
+/// open connection. (The 60 s bounds only guard against a hang.)
+#[test]
+fn change_subscription_streams_snapshot_then_live_changes() {
+    let dir = temp_dir("subscribe");
+    let server = Server::start(&dir, None);
+    let (status, _) = server.request("POST", "/v1/identify", &[], event("s-1", 0).as_bytes());
+    assert_eq!(status, 200);
+    server.wait_for_view("profiles", |lines| lines.len() == 1);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with('{') && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no snapshot line");
+    assert!(
+        first.contains("user_id:s-1") && !first.contains("\"diff\""),
+        "{first}"
+    );
+    let (status, _) = server.request("POST", "/v1/identify", &[], event("s-2", 1).as_bytes());
+    assert_eq!(status, 200);
+    let change = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no live change");
+    assert!(
+        change.contains("user_id:s-2") && change.contains("\"diff\":1"),
+        "{change}"
+    );
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::engine::{self, Counters, Options, Sinks};
-use crate::io::sink::{DeadLetters, Snapshot};
+use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::{Batch, Message};
 use crate::spec::Spec;
 use crate::store::log::{self, Log, Record};
@@ -47,7 +47,7 @@ struct Ctx {
     spec: Arc<Spec>,
     log: Log,
     write_key: Option<String>,
-    live: Arc<Mutex<Snapshot>>,
+    live: Arc<Mutex<LiveViews>>,
     counters: Arc<Counters>,
 }
 
@@ -66,7 +66,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         );
     }
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
-    let live = Arc::new(Mutex::new(Snapshot::default()));
+    let live = Arc::new(Mutex::new(LiveViews::default()));
     let counters = Arc::new(Counters::default());
     // replaying the log regenerates every dead letter, so the file is rewritten from scratch
     let dead_path = config.data_dir.join("dead_letters.ndjson");
@@ -324,25 +324,58 @@ fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u1
 }
 
 fn view(request: Request, ctx: &Ctx, name: &str) {
-    if name.ends_with("/changes") {
-        return error(
-            request,
-            501,
-            "live change subscriptions are not implemented yet",
-        );
-    }
+    let (name, subscribe) = match name.strip_suffix("/changes") {
+        Some(view) => (view, true),
+        None => (name, false),
+    };
     if !ctx.spec.views.iter().any(|v| v.name == name) {
         return error(request, 404, &format!("no view named {name}"));
     }
-    let lines = match ctx.live.lock() {
-        Ok(snapshot) => snapshot.lines_of(name),
-        Err(_) => return error(request, 500, "snapshot unavailable"),
+    let Ok(mut live) = ctx.live.lock() else {
+        return error(request, 500, "views unavailable");
     };
+    if subscribe {
+        let (snapshot, changes) = live.subscribe(name);
+        drop(live);
+        // a stream holds its connection for as long as the client stays: its own thread
+        std::thread::spawn(move || stream_changes(request, &snapshot, &changes));
+        return;
+    }
+    let lines = live.snapshot.lines_of(name);
+    drop(live);
     let mut body = lines.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
     respond(request, 200, "application/x-ndjson", body);
+}
+
+/// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published, as
+/// chunked NDJSON (one line per chunk, flushed at once), until the client goes away or the
+/// server stops.
+fn stream_changes(
+    request: Request,
+    snapshot: &[String],
+    changes: &crossbeam_channel::Receiver<String>,
+) {
+    let mut out = request.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n";
+    if out.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut send = |line: &str| -> std::io::Result<()> {
+        write!(out, "{:x}\r\n{line}\n\r\n", line.len() + 1)?;
+        out.flush()
+    };
+    if snapshot.iter().any(|l| send(l).is_err()) {
+        return;
+    }
+    while let Ok(line) = changes.recv() {
+        if send(&line).is_err() {
+            return;
+        }
+    }
+    let _ = out.write_all(b"0\r\n\r\n");
 }
 
 fn metrics(ctx: &Ctx) -> String {
@@ -384,12 +417,12 @@ fn metrics(ctx: &Ctx) -> String {
     out.push_str(
         "# HELP throughline_view_rows Rows per view\n# TYPE throughline_view_rows gauge\n",
     );
-    if let Ok(snapshot) = ctx.live.lock() {
+    if let Ok(live) = ctx.live.lock() {
         for view in &ctx.spec.views {
             out.push_str(&format!(
                 "throughline_view_rows{{view=\"{}\"}} {}\n",
                 view.name,
-                snapshot.count_of(&view.name)
+                live.snapshot.count_of(&view.name)
             ));
         }
     }

@@ -106,6 +106,38 @@ impl Snapshot {
     }
 }
 
+/// The views while running: the current rows and the live change subscribers, kept under
+/// one lock so a subscriber gets a snapshot and then exactly the changes after it.
+#[derive(Default)]
+pub struct LiveViews {
+    /// The current rows of every view.
+    pub snapshot: Snapshot,
+    subscribers: Vec<(String, crossbeam_channel::Sender<String>)>,
+}
+
+impl LiveViews {
+    /// Applies published changes and sends each to the subscribers of its view (dropping
+    /// subscribers that went away).
+    pub fn apply(&mut self, changes: &[Change]) {
+        for change in changes {
+            self.snapshot.apply(change);
+        }
+        self.subscribers.retain(|(view, tx)| {
+            changes
+                .iter()
+                .filter(|c| c.view == *view)
+                .all(|c| tx.send(c.json()).is_ok())
+        });
+    }
+
+    /// The view's current rows (snapshot lines) and a receiver of its later changes.
+    pub fn subscribe(&mut self, view: &str) -> (Vec<String>, crossbeam_channel::Receiver<String>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.subscribers.push((view.to_string(), tx));
+        (self.snapshot.lines_of(view), rx)
+    }
+}
+
 /// A line that could not be used (SPEC section 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
