@@ -2,20 +2,23 @@
 //! among all the profile's events; on a tie, denied wins. Purposes with no record take the
 //! spec's default (applied when rows are rendered, in `views`).
 
-use super::{Coll, Seq};
+use super::{ByKey, Coll, Seq};
 use crate::event::Ident;
 
 /// Decided consent: `(profile, (purpose, granted))` for every profile and purpose with at
 /// least one record. `records` holds `(event, (purpose, timestamp, granted))`.
 pub fn decided<'s>(
     records: Coll<'s, (Seq, (u8, u64, bool))>,
-    attribution: Coll<'s, (Seq, Ident)>,
+    attribution: ByKey<'s, Seq, Ident>,
 ) -> Coll<'s, (Ident, (u8, bool))> {
     records
         // order by (timestamp, denied): the greatest is the latest, denied first on ties
-        .join_map(attribution, |_seq, (purpose, t, granted), profile| {
-            ((profile.clone(), *purpose), (*t, !*granted))
-        })
+        .join_core(
+            attribution,
+            |_seq, (purpose, t, granted), profile: &Ident| {
+                Some(((profile.clone(), *purpose), (*t, !*granted)))
+            },
+        )
         .reduce(|_key, records, out| {
             if let Some(((_, denied), _)) = records.last() {
                 out.push((!*denied, 1));

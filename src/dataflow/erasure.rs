@@ -2,16 +2,9 @@
 //! belong to, at the moment of a `forget` request. The retraction itself happens at the input
 //! (the engine negates every stored event that carries one of them).
 
-use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::implementations::ValSpine;
-
 use super::identity::Label;
-use super::{Coll, Time};
+use super::{ByKey, Coll};
 use crate::event::Ident;
-
-/// An arrangement of `(key, value)` pairs at dataflow time.
-pub type ByKey<'s, K, V> = Arranged<'s, TraceAgent<ValSpine<K, V, Time, isize>>>;
 
 /// `(query, member)` for every member of the profile of each queried identifier;
 /// `queries` holds `(identifier, query id)`. Identifiers that are no node answer nothing.

@@ -12,7 +12,7 @@ use differential_dataflow::operators::iterate::Iterate;
 use serde::{Deserialize, Serialize};
 use timely::progress::Timestamp;
 
-use super::{Coll, Seq};
+use super::{ByKey, Coll, Seq};
 use crate::event::Ident;
 
 /// A node's label (SPEC section 3): `(class, distance, root)` ordered lexicographically,
@@ -125,7 +125,7 @@ pub fn members<'s>(labels: Coll<'s, (Ident, Label)>) -> Coll<'s, (Ident, Ident)>
 /// highest-priority identifier (SPEC section 3, last paragraph).
 pub fn attribution<'s>(
     primary: Coll<'s, (Ident, Seq)>,
-    labels: Coll<'s, (Ident, Label)>,
+    labels: ByKey<'s, Ident, Label>,
 ) -> Coll<'s, (Seq, Ident)> {
-    primary.join_map(labels, |_id, seq, label| (*seq, label.root.clone()))
+    primary.join_core(labels, |_id, seq, label| Some((*seq, label.root.clone())))
 }

@@ -7,7 +7,7 @@
 //! releases each once the clock passes it, so a score is a plain sum and an occurrence whose
 //! weight reached zero leaves the state.
 
-use super::{Coll, Seq};
+use super::{ByKey, Coll, Seq};
 use crate::event::Ident;
 
 /// Decay parameters (SPEC section 4), in ms.
@@ -84,12 +84,12 @@ impl Decay {
 /// is sequence q's window. At most one bonus per then event and sequence.
 pub fn qualified_sequences<'s>(
     roles: Coll<'s, (Seq, (u16, u8, u64))>,
-    attribution: Coll<'s, (Seq, Ident)>,
+    attribution: ByKey<'s, Seq, Ident>,
     within: Vec<u64>,
 ) -> Coll<'s, (Seq, u16)> {
     roles
-        .join_map(attribution, |seq, (q, role, t), profile| {
-            ((profile.clone(), *q), (*role, *t, *seq))
+        .join_core(attribution, |seq, (q, role, t), profile: &Ident| {
+            Some(((profile.clone(), *q), (*role, *t, *seq)))
         })
         .reduce(move |(_, q), occurrences, out| {
             let window = within.get(*q as usize).copied().unwrap_or(0);
@@ -135,10 +135,12 @@ pub fn counted<'s>(
 /// whose weights sum to zero have no record here (the views read that as 0).
 pub fn scores<'s>(
     weights: Coll<'s, (Seq, u16)>,
-    attribution: Coll<'s, (Seq, Ident)>,
+    attribution: ByKey<'s, Seq, Ident>,
 ) -> Coll<'s, (Ident, isize)> {
     weights
-        .join_map(attribution, |_seq, _id, profile| profile.clone())
+        .join_core(attribution, |_seq, _id, profile: &Ident| {
+            Some(profile.clone())
+        })
         .count()
 }
 
@@ -146,10 +148,12 @@ pub fn scores<'s>(
 /// least one occurrence of non-zero weight now.
 pub fn active_signals<'s>(
     active: Coll<'s, (Seq, u16)>,
-    attribution: Coll<'s, (Seq, Ident)>,
+    attribution: ByKey<'s, Seq, Ident>,
 ) -> Coll<'s, (Ident, u16)> {
     active
-        .join_map(attribution, |_seq, id, profile| (profile.clone(), *id))
+        .join_core(attribution, |_seq, id, profile: &Ident| {
+            Some((profile.clone(), *id))
+        })
         .distinct()
 }
 

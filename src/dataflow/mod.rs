@@ -55,6 +55,14 @@ pub fn step_of(t: Time) -> u32 {
 }
 /// An accepted event's sequence number (arrival order).
 pub type Seq = u64;
+/// An arrangement of `(key, value)` pairs at dataflow time, built once and shared by the
+/// stages that join with it.
+pub type ByKey<'s, K, V> = differential_dataflow::operators::arrange::Arranged<
+    's,
+    differential_dataflow::operators::arrange::TraceAgent<
+        differential_dataflow::trace::implementations::ValSpine<K, V, Time, isize>,
+    >,
+>;
 /// A collection at dataflow time with integer multiplicities.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 
@@ -356,7 +364,9 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let edges = identity::edges(links, hubs);
         let labels = identity::labels(nodes.distinct(), edges, anchors);
         let members = identity::members(labels.clone());
-        let attribution = identity::attribution(primary, labels.clone());
+        // arranged once, shared by every stage that joins with them
+        let labels_by_node = labels.arrange_by_key();
+        let attribution = identity::attribution(primary, labels_by_node.clone()).arrange_by_key();
 
         // intent (SPEC section 4)
         let qualified = intent::qualified_sequences(roles, attribution.clone(), within);
@@ -372,11 +382,8 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let facts = views::profile_facts(members.clone(), scores, signals, consents, traits);
 
         // erasure queries (SPEC section 6)
-        let found = erasure::profile_members(
-            queries,
-            labels.arrange_by_key(),
-            members.clone().arrange_by_key(),
-        );
+        let found =
+            erasure::profile_members(queries, labels_by_node, members.clone().arrange_by_key());
         let answered = Rc::clone(&answers);
         found
             .inner

@@ -2,7 +2,7 @@
 //! (timestamp, messageId with absent as "", arrival order); within one event `traits` wins
 //! over `context.traits`.
 
-use super::{Coll, Seq};
+use super::{ByKey, Coll, Seq};
 use crate::event::Ident;
 
 /// A trait record's order and value: (timestamp, messageId or "", arrival seq, source, JSON).
@@ -11,11 +11,11 @@ pub type TraitValue = (u64, String, Seq, u8, String);
 /// Current traits: `(profile, (key, JSON value))`. `records` holds `(event, (key, value))`.
 pub fn current<'s>(
     records: Coll<'s, (Seq, (String, TraitValue))>,
-    attribution: Coll<'s, (Seq, Ident)>,
+    attribution: ByKey<'s, Seq, Ident>,
 ) -> Coll<'s, (Ident, (String, String))> {
     records
-        .join_map(attribution, |_seq, (key, value), profile| {
-            ((profile.clone(), key.clone()), value.clone())
+        .join_core(attribution, |_seq, (key, value), profile: &Ident| {
+            Some(((profile.clone(), key.clone()), value.clone()))
         })
         .reduce(|_key, values, out| {
             if let Some(((_, _, _, _, json), _)) = values.last() {
