@@ -33,16 +33,7 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(child.stderr.take().unwrap());
         let mut seen = Vec::new();
         loop {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
@@ -128,6 +119,20 @@ fn request(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The lines `source` produces, read on a thread of their own until it ends.
+fn lines_of(source: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -392,12 +397,12 @@ fn change_subscription_streams_snapshot_then_live_changes() {
         "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     .unwrap();
+    // the chunked body: JSON lines between chunk-size lines
+    let lines = lines_of(stream.try_clone().unwrap());
     let (tx, rx) = mpsc::channel();
-    let reader = stream.try_clone().unwrap();
     std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with('{') && tx.send(line).is_err() {
+        for line in lines.iter().filter(|l| l.starts_with('{')) {
+            if tx.send(line).is_err() {
                 break;
             }
         }
