@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `replay`, `gen`.
+//! The command line: `run`, `check`, `replay`, `gen`, `serve`, `compact`.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -12,7 +12,7 @@ use crate::engine::{self, Options, Sinks, Summary};
 use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
 use crate::spec::Spec;
-use crate::{replay, workload};
+use crate::{replay, server, workload};
 
 /// Real-time identity resolution, intent scores and consent-filtered views from
 /// Segment-spec NDJSON events.
@@ -48,6 +48,12 @@ enum Command {
     Gen(workload::GenArgs),
     /// Run as a long-lived server: Segment-compatible HTTP ingestion, durable log, live views.
     Serve(ServeArgs),
+    /// Compact a stopped server's event log (a running one: `POST /v1/compact`).
+    Compact {
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -67,9 +73,16 @@ struct ServeArgs {
     /// Required write key (HTTP Basic username); also from THROUGHLINE_WRITE_KEY.
     #[arg(long, env = "THROUGHLINE_WRITE_KEY")]
     write_key: Option<String>,
-    /// Append the change stream to this file.
+    /// Also write the change stream to this file (rewritten from the log at each start).
     #[arg(long)]
     sink: Option<PathBuf>,
+    /// What the engine clock follows: event time, or also the wall clock (decay advances
+    /// with real time even when no events arrive).
+    #[arg(long, value_enum, default_value = "event")]
+    clock: engine::Clock,
+    /// Seconds between checks whether the log needs a background compaction (0: never).
+    #[arg(long, default_value_t = 30)]
+    compact_check_secs: u64,
 }
 
 #[derive(Args)]
@@ -116,6 +129,7 @@ pub fn main() -> i32 {
         } => replay::command(&fixtures, bless, workers),
         Command::Gen(args) => workload::command(&args),
         Command::Serve(args) => serve(args),
+        Command::Compact { data_dir } => compact(&data_dir),
     };
     match result {
         Ok(code) => code,
@@ -135,15 +149,37 @@ pub fn load_spec(path: Option<&Path>) -> Result<Spec, String> {
 }
 
 fn serve(args: ServeArgs) -> Result<i32, String> {
+    let spec_text = match &args.dataflow {
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        }
+        None => crate::spec::DEFAULT_SPEC.to_string(),
+    };
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
-    let config = crate::io::http::ServeConfig {
+    let config = server::ServeConfig {
         data_dir: args.data_dir,
         listen: args.listen,
         write_key: args.write_key,
         workers: args.workers,
         sink: args.sink,
+        spec_text,
+        clock: args.clock,
+        compact_check: Duration::from_secs(args.compact_check_secs),
     };
-    crate::io::http::serve(spec, config)?;
+    server::serve(spec, config)?;
+    Ok(0)
+}
+
+fn compact(data_dir: &Path) -> Result<i32, String> {
+    let stats = server::compact_stopped(data_dir)?;
+    println!(
+        "compacted {}: {} records, {} newly reduced, {} -> {} bytes",
+        data_dir.display(),
+        stats.records,
+        stats.reduced,
+        stats.bytes_before,
+        stats.bytes_after
+    );
     Ok(0)
 }
 
@@ -177,6 +213,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         collect_changes: false,
         wall_clock_ms: args.wall_clock_ms,
         progress: !args.quiet && engine::stderr_is_terminal(),
+        ..Options::default()
     };
     let (changes, mut snapshot_out) = if args.snapshot {
         (None, Some(output))

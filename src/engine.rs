@@ -22,8 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
+use crate::dataflow::views::{self, Fact};
 use crate::dataflow::{self, EventFacts, Inputs, STEP_BITS, Time, clock_of, time};
 use crate::event::admit::{Admission, Verdict};
+use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
 use crate::history::History;
 use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Snapshot};
@@ -45,6 +47,11 @@ pub struct Options {
     pub wall_clock_ms: Option<u64>,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
+    /// Event-time or wall-clock time (SPEC section 4).
+    pub clock: Clock,
+    /// The key of suppression hashes (a server's data directory keeps one); random when
+    /// absent.
+    pub salt: Option<u128>,
 }
 
 impl Default for Options {
@@ -56,9 +63,24 @@ impl Default for Options {
             collect_changes: false,
             wall_clock_ms: None,
             progress: false,
+            salt: None,
+            clock: Clock::Event,
         }
     }
 }
+
+/// What the engine clock follows (SPEC section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Clock {
+    /// The largest accepted event timestamp.
+    #[default]
+    Event,
+    /// Also the wall clock: decay advances with real time even when no events arrive.
+    Wall,
+}
+
+/// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
+const WALL_TICK: Duration = Duration::from_millis(250);
 
 /// Where a run's outputs go.
 pub struct Sinks {
@@ -70,7 +92,13 @@ pub struct Sinks {
     pub live: Option<Arc<Mutex<LiveViews>>>,
     /// Counters readable while running.
     pub counters: Option<Arc<Counters>>,
+    /// Told, durably, the salted hashes each carried-out `forget` erased, with the
+    /// request's line number (the server records them for compaction).
+    pub erasures: Option<ErasureSink>,
 }
+
+/// Receives `(line number of the forget request, salted hashes of its erasure set)`.
+pub type ErasureSink = Box<dyn FnMut(u64, &[u128]) -> io::Result<()> + Send>;
 
 impl Sinks {
     /// Change stream and dead letters only.
@@ -80,6 +108,7 @@ impl Sinks {
             dead_letters,
             live: None,
             counters: None,
+            erasures: None,
         }
     }
 }
@@ -99,6 +128,46 @@ pub struct Counters {
     pub suppressed: AtomicU64,
     /// Published clock values' changes written.
     pub changes: AtomicU64,
+    /// Forget requests carried out.
+    pub forgets: AtomicU64,
+    /// Ingest-to-output latency of accepted events.
+    pub latency: Histogram,
+}
+
+/// A latency histogram with fixed buckets, updated without locks.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, in microseconds.
+    pub bounds_us: &'static [u64],
+    /// Observations per bucket (not cumulative); the last is beyond every bound.
+    pub counts: Vec<AtomicU64>,
+    /// Sum of observations, in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        const BOUNDS: &[u64] = &[
+            250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+            1_000_000, 2_500_000, 10_000_000,
+        ];
+        Histogram {
+            bounds_us: BOUNDS,
+            counts: (0..=BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, micros: u64) {
+        let bucket = self.bounds_us.partition_point(|&b| b < micros);
+        if let Some(c) = self.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// Why a run failed.
@@ -319,6 +388,8 @@ struct Driver<'w> {
     source_names: Vec<String>,
     /// Next event sequence number.
     next_seq: u64,
+    /// Last lookup (query) id used.
+    next_query: u64,
     /// Current step within the clock's millisecond.
     step: u32,
     /// Something was inserted at the current time and not yet published.
@@ -342,21 +413,25 @@ impl<'w> Driver<'w> {
         options: Options,
         source_names: Vec<String>,
     ) -> Driver<'w> {
-        let salt = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-            ^ u128::from(std::process::id());
+        let salt = options.salt.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+                ^ u128::from(std::process::id())
+        });
         Driver {
             worker,
             spec,
             inputs,
             outputs,
-            gate: Admission::new(spec.intent.max_future_ms, salt),
+            gate: Admission::new(spec.intent.max_future_ms, salt)
+                .with_wall_clock(options.clock == Clock::Wall),
             sinks,
             snapshot: options.snapshot.then(Snapshot::default),
             options,
             source_names,
             next_seq: 0,
+            next_query: 0,
             step: 0,
             dirty: false,
             pending: VecDeque::new(),
@@ -368,24 +443,35 @@ impl<'w> Driver<'w> {
 
     /// Consumes the reader's messages until the end of input.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
+        let wall = self.options.clock == Clock::Wall;
         loop {
-            let message = if live && self.dirty {
-                match rx.recv_timeout(self.options.linger) {
+            let wait = if live && self.dirty {
+                Some(self.options.linger)
+            } else {
+                wall.then_some(WALL_TICK)
+            };
+            let message = match wait {
+                Some(wait) => match rx.recv_timeout(wait) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.publish_current()?;
+                        if live && self.dirty {
+                            self.publish_current()?;
+                        }
+                        self.tick()?;
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => Message::End,
-                }
-            } else {
-                rx.recv().unwrap_or(Message::End)
+                },
+                None => rx.recv().unwrap_or(Message::End),
             };
             match message {
                 Message::Batch(batch) => {
                     self.ingest(&batch)?;
                     self.settle()?;
                     self.progress();
+                }
+                Message::Lookup(ident, reply) => {
+                    let _ = reply.send(self.lookup(&ident));
                 }
                 Message::Failed(why) => {
                     self.publish_current()?;
@@ -399,6 +485,17 @@ impl<'w> Driver<'w> {
         }
     }
 
+    /// Wall-clock mode: moves the clock to the wall clock and publishes what that completes
+    /// (decay steps that fell due).
+    fn tick(&mut self) -> Result<(), EngineError> {
+        let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
+        if let Some(now) = self.gate.tick(wall) {
+            self.advance_clock(now);
+            self.settle()?;
+        }
+        Ok(())
+    }
+
     /// Parses, admits and inserts every line of a batch.
     fn ingest(&mut self, batch: &Batch) -> Result<(), EngineError> {
         let wall = batch
@@ -410,12 +507,17 @@ impl<'w> Driver<'w> {
             self.summary.accepted,
             self.summary.duplicates,
             self.summary.suppressed,
+            self.summary.forgets,
         );
         let dead_before = self.sinks.dead_letters.total();
         for line in &batch.lines {
             self.summary.lines += 1;
             if let Some(length) = line.too_long {
                 self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
+                continue;
+            }
+            if line.residue {
+                self.replay_residue(line, batch, wall)?;
                 continue;
             }
             let event = match event::parse(batch.bytes(line), self.spec) {
@@ -431,7 +533,7 @@ impl<'w> Driver<'w> {
                     self.advance_clock(now);
                     self.pending.push_back((now, batch.read_at));
                     if event.kind == Kind::Forget {
-                        self.forget(&event, now)?;
+                        self.forget(&event, now, line.number)?;
                     } else {
                         let facts = EventFacts::of(self.next_seq, &event, self.spec, now);
                         self.next_seq += 1;
@@ -449,6 +551,7 @@ impl<'w> Driver<'w> {
         self.count(|c| &c.accepted, self.summary.accepted - before.1);
         self.count(|c| &c.duplicates, self.summary.duplicates - before.2);
         self.count(|c| &c.suppressed, self.summary.suppressed - before.3);
+        self.count(|c| &c.forgets, self.summary.forgets - before.4);
         self.count(
             |c| &c.dead_letters,
             self.sinks.dead_letters.total() - dead_before,
@@ -460,25 +563,79 @@ impl<'w> Driver<'w> {
     /// profiles they belong to now (everything processed so far, this clock value included);
     /// every live event carrying one is retracted as if it had never arrived, and S is
     /// suppressed (as salted hashes) so later events carrying one are dropped.
-    fn forget(&mut self, request: &Event, now: u64) -> Result<(), EngineError> {
+    fn forget(&mut self, request: &Event, now: u64, line: u64) -> Result<(), EngineError> {
         self.summary.forgets += 1;
-        let query = self.summary.forgets;
+        self.next_query += 1;
+        let query = self.next_query;
         for id in &request.idents {
             self.inputs.query(id.clone(), query, 1);
         }
         self.barrier(now)?;
         let mut erased: HashSet<Ident> = request.idents.iter().cloned().collect();
-        erased.extend(self.answers(query));
+        erased.extend(
+            self.answers(query)
+                .into_iter()
+                .filter_map(|(_, fact)| match fact {
+                    Fact::Member(id) => Some(id),
+                    _ => None,
+                }),
+        );
         for id in &request.idents {
             self.inputs.query(id.clone(), query, -1);
         }
-        for id in &erased {
-            self.gate.suppress(id);
+        let mut hashes: Vec<u128> = erased.iter().map(|id| self.gate.suppress(id)).collect();
+        hashes.sort_unstable();
+        if let Some(record) = &mut self.sinks.erasures {
+            record(line, &hashes)?;
         }
         for facts in self.history.take_carrying(&erased) {
             self.inputs.update(&facts, -1);
         }
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Replays what compaction left of a line (see [`crate::store::compact`]): the same
+    /// admission bookkeeping as the original line, and no event.
+    fn replay_residue(
+        &mut self,
+        line: &LineRef,
+        batch: &Batch,
+        wall: u64,
+    ) -> Result<(), EngineError> {
+        let residue = Residue::decode(batch.bytes(line)).map_err(|e| {
+            EngineError::Input(format!(
+                "{} line {}: {e}",
+                self.source_name(line),
+                line.number
+            ))
+        })?;
+        match residue {
+            Residue::Accepted {
+                timestamp_ms,
+                message_id,
+            } => {
+                self.summary.accepted += 1;
+                let now = self.gate.accept(timestamp_ms, message_id, wall);
+                self.advance_clock(now);
+            }
+            Residue::Erasure {
+                timestamp_ms,
+                message_id,
+                suppressed,
+            } => {
+                self.summary.accepted += 1;
+                self.summary.forgets += 1;
+                let now = self.gate.accept(timestamp_ms, message_id, wall);
+                self.advance_clock(now);
+                for h in suppressed {
+                    self.gate.suppress_hash(h);
+                }
+            }
+            Residue::Duplicate => self.summary.duplicates += 1,
+            Residue::Suppressed => self.summary.suppressed += 1,
+            Residue::Dead { reason, detail } => self.dead(line, reason, detail)?,
+        }
         Ok(())
     }
 
@@ -496,15 +653,15 @@ impl<'w> Driver<'w> {
         Ok(())
     }
 
-    /// The members found for erasure query `query` (its answers are complete).
-    fn answers(&mut self, query: u64) -> Vec<Ident> {
-        let mut net: BTreeMap<Ident, isize> = BTreeMap::new();
+    /// The (profile, fact) answers to lookup `query` (they must be complete).
+    fn answers(&mut self, query: u64) -> Vec<(Ident, Fact)> {
+        let mut net: BTreeMap<(Ident, Fact), isize> = BTreeMap::new();
         self.outputs
             .answers
             .borrow_mut()
-            .retain(|((q, id), _, diff)| {
+            .retain(|((q, answer), _, diff)| {
                 if *q == query {
-                    *net.entry(id.clone()).or_insert(0) += diff;
+                    *net.entry(answer.clone()).or_insert(0) += diff;
                     false
                 } else {
                     *q > query // older queries' withdrawals are of no interest
@@ -512,8 +669,30 @@ impl<'w> Driver<'w> {
             });
         net.into_iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(id, _)| id)
+            .map(|(answer, _)| answer)
             .collect()
+    }
+
+    /// `GET /v1/profiles/{type}:{value}`: the profile `ident` belongs to, as JSON, reflecting
+    /// every line the engine has processed; `None` when no event carried `ident`.
+    fn lookup(&mut self, ident: &Ident) -> Result<Option<serde_json::Value>, String> {
+        let Some(now) = self.clock() else {
+            return Ok(None);
+        };
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Err("too many lookups at one clock value; retry shortly".into());
+        }
+        self.next_query += 1;
+        let query = self.next_query;
+        self.inputs.query(ident.clone(), query, 1);
+        self.barrier(now).map_err(|e| e.to_string())?;
+        let answers = self.answers(query);
+        self.inputs.query(ident.clone(), query, -1);
+        let Some(profile) = answers.first().map(|(p, _)| p.clone()) else {
+            return Ok(None);
+        };
+        let facts: Vec<Fact> = answers.into_iter().map(|(_, f)| f).collect();
+        Ok(Some(views::profile_json(self.spec, &profile, &facts)))
     }
 
     fn dead(
@@ -522,11 +701,7 @@ impl<'w> Driver<'w> {
         reason: DeadReason,
         detail: String,
     ) -> Result<(), EngineError> {
-        let source = self
-            .source_names
-            .get(line.source as usize)
-            .cloned()
-            .unwrap_or_default();
+        let source = self.source_name(line);
         self.sinks.dead_letters.push(DeadLetter {
             source,
             line: line.number,
@@ -534,6 +709,13 @@ impl<'w> Driver<'w> {
             detail,
         })?;
         Ok(())
+    }
+
+    fn source_name(&self, line: &LineRef) -> String {
+        self.source_names
+            .get(line.source as usize)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn clock(&self) -> Option<u64> {
@@ -659,6 +841,9 @@ impl<'w> Driver<'w> {
                 .as_micros()
                 .min(u32::MAX as u128) as u32;
             self.summary.latency.samples.push(micros);
+            if let Some(c) = &self.sinks.counters {
+                c.latency.observe(u64::from(micros));
+            }
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: [`io`] (sources) → [`event`] (parsing, validation, admission) →
 //! [`dataflow`] stages → views → [`io`] (sinks). [`engine`] drives the timely workers;
-//! [`spec`] holds the dataflow spec model. The semantics are those of `SPEC.md`.
+//! [`spec`] holds the dataflow spec model. [`server`] wires the long-lived server: [`store`]
+//! (data directory, durable log, compaction), the engine, and [`io::http`]. The semantics are those of `SPEC.md`.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod event;
 pub mod history;
 pub mod io;
 pub mod replay;
+pub mod server;
 pub mod spec;
 pub mod store;
 pub mod workload;

@@ -10,9 +10,9 @@
 //! millisecond.
 
 pub mod consent;
-pub mod erasure;
 pub mod identity;
 pub mod intent;
+pub mod lookup;
 pub mod traits;
 pub mod views;
 
@@ -254,7 +254,7 @@ impl Inputs {
         }
     }
 
-    /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the members of the profile of
+    /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
     /// `ident`, answered in [`Outputs::answers`] once the current time is complete.
     pub fn query(&mut self, ident: Ident, id: u64, diff: isize) {
         self.queries.update((ident, id), diff);
@@ -327,8 +327,8 @@ pub struct Outputs {
     pub changes: Captured<ViewRow>,
     /// Net change in the number of profiles, not yet taken by the engine.
     pub profiles: Rc<RefCell<i64>>,
-    /// Answers to [`Inputs::query`]: ((query id, member), time, diff).
-    pub answers: Captured<(u64, Ident)>,
+    /// Answers to [`Inputs::query`]: ((query id, (profile, fact)), time, diff).
+    pub answers: Captured<(u64, (Ident, views::Fact))>,
     /// Passes a time once all outputs up to it are captured.
     pub probe: ProbeHandle<Time>,
 }
@@ -379,18 +379,20 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         // consent and traits (SPEC section 5)
         let consents = consent::decided(consent_records, attribution.clone());
         let traits = traits::current(trait_records, attribution);
-        let facts = views::profile_facts(members.clone(), scores, signals, consents, traits);
+        let facts = views::profile_facts(members.clone(), scores, signals, consents, traits)
+            .arrange_by_key();
 
-        // erasure queries (SPEC section 6)
-        let found =
-            erasure::profile_members(queries, labels_by_node, members.clone().arrange_by_key());
+        // profile lookups (erasure, SPEC section 6; GET /v1/profiles)
+        let found = lookup::profile_facts_of(queries, labels_by_node, facts.clone());
         let answered = Rc::clone(&answers);
         found
             .inner
             .exchange(|_| 0)
-            .inspect(move |(answer, time, diff): &((u64, Ident), Time, isize)| {
-                answered.borrow_mut().push((answer.clone(), *time, *diff));
-            })
+            .inspect(
+                move |(answer, time, diff): &((u64, (Ident, views::Fact)), Time, isize)| {
+                    answered.borrow_mut().push((answer.clone(), *time, *diff));
+                },
+            )
             .probe_with(&probe);
         let rows = views::rows(facts, spec);
 

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Coll;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+
+use super::{ByKey, Coll, Time};
 use crate::event::{Ident, predicate};
 use crate::spec::{Field, Spec, ViewSpec};
 
@@ -49,21 +51,65 @@ pub fn profile_facts<'s>(
 /// Every view's rows. Invariant: `(v, p, row)` is present iff profile `p` exists, meets view
 /// `v`'s condition (purpose consent, `score_gte`, `has_signal`, trait predicates) and `row`
 /// holds exactly `v`'s fields rendered from `p`'s facts.
-pub fn rows<'s>(facts: Coll<'s, (Ident, Fact)>, spec: &Spec) -> Coll<'s, ViewRow> {
+pub fn rows<'s>(facts: ByKey<'s, Ident, Fact>, spec: &Spec) -> Coll<'s, ViewRow> {
     let render = Renderer::new(spec);
     facts
-        .reduce(move |_profile, facts, out| {
-            let state = State::collect(facts.iter().map(|(f, _)| *f));
-            if state.members.is_empty() {
-                return;
-            }
-            for index in 0..render.views.len() {
-                if let Some(row) = render.row(index, &state) {
-                    out.push(((index as u16, row), 1));
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Ident, (u16, String), Time, isize>, _, _>(
+            "views",
+            move |_profile, facts, out| {
+                let state = State::collect(facts.iter().map(|(f, _)| *f));
+                if state.members.is_empty() {
+                    return;
                 }
-            }
-        })
-        .map(|(profile, (view, row))| (view, profile, row))
+                for index in 0..render.views.len() {
+                    if let Some(row) = render.row(index, &state) {
+                        out.push(((index as u16, row), 1));
+                    }
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        )
+        .as_collection(|profile, (view, row)| (*view, profile.clone(), row.clone()))
+}
+
+/// A profile as JSON (for `GET /v1/profiles/{type}:{value}`): its key, identifiers, score,
+/// active signals, consent per purpose (defaults filled in), traits, and the views it is in.
+pub fn profile_json(spec: &Spec, profile: &Ident, facts: &[Fact]) -> Value {
+    let render = Renderer::new(spec);
+    let state = State::collect(facts.iter());
+    let mut members: Vec<&Ident> = state.members.clone();
+    members.sort();
+    let mut signals: Vec<&str> = state
+        .signals
+        .iter()
+        .filter_map(|s| render.scored_names.get(*s as usize).map(String::as_str))
+        .collect();
+    signals.sort_unstable();
+    signals.dedup();
+    let consent: Map<String, Value> = spec
+        .consent
+        .purposes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), Value::from(render.granted(&state, i))))
+        .collect();
+    let views: Vec<&str> = (0..render.views.len())
+        .filter(|&i| render.row(i, &state).is_some())
+        .map(|i| render.views[i].name.as_str())
+        .collect();
+    let score: Value = serde_json::from_str(&milli_json(state.score_milli)).unwrap_or(Value::Null);
+    serde_json::json!({
+        "profile": profile.key(&spec.identity),
+        "identifiers": members.iter().map(|m| m.key(&spec.identity)).collect::<Vec<_>>(),
+        "score": score,
+        "signals": signals,
+        "consent": consent,
+        "traits": Value::Object(state.traits.clone()),
+        "views": views,
+    })
 }
 
 /// A profile's facts, gathered.

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::residue::message_id_hash;
 use super::{DeadReason, Event, Ident, Rejection};
 
 /// What happens to a parsed event.
@@ -33,6 +34,8 @@ pub struct Admission {
     suppressed: HashSet<u128>,
     salt: u128,
     clock: Option<u64>,
+    /// Wall-clock mode: the clock is also at least the wall clock of every admitted line.
+    wall_clock: bool,
 }
 
 impl Admission {
@@ -44,7 +47,16 @@ impl Admission {
             suppressed: HashSet::new(),
             salt,
             clock: None,
+            wall_clock: false,
         }
+    }
+
+    /// Runs the clock on wall-clock time (SPEC section 4: "a long-lived server may run on
+    /// wall-clock time"): `now` is the largest of the accepted timestamps and the wall clock
+    /// of each admitted line, and [`Admission::tick`] moves it with real time.
+    pub fn with_wall_clock(mut self, on: bool) -> Admission {
+        self.wall_clock = on;
+        self
     }
 
     /// The engine clock: the largest accepted timestamp so far.
@@ -55,10 +67,7 @@ impl Admission {
     /// Applies deduplication, the far-future rule and suppression (in that order), and on
     /// acceptance records the messageId and advances the clock.
     pub fn admit(&mut self, event: &Event, wall_ms: u64) -> Verdict {
-        let id_hash = event
-            .message_id
-            .as_deref()
-            .map(|id| xxh3_128(id.as_bytes()));
+        let id_hash = event.message_id.as_deref().map(message_id_hash);
         if id_hash.is_some_and(|h| self.seen.contains(&h)) {
             return Verdict::Duplicate;
         }
@@ -74,17 +83,40 @@ impl Admission {
         if event.idents.iter().any(|i| self.is_suppressed(i)) {
             return Verdict::Suppressed;
         }
-        if let Some(h) = id_hash {
-            self.seen.insert(h);
+        Verdict::Accepted {
+            now: self.accept(event.timestamp_ms, id_hash, wall_ms),
         }
-        let now = self
-            .clock
-            .map_or(event.timestamp_ms, |c| c.max(event.timestamp_ms));
-        self.clock = Some(now);
-        Verdict::Accepted { now }
     }
 
-    fn salted(&self, ident: &Ident) -> u128 {
+    /// Records an accepted event's messageId hash and advances the clock (read at wall clock
+    /// `wall_ms`); returns the clock. Replaying a compacted line (a residue) that was
+    /// accepted does only this.
+    pub fn accept(&mut self, timestamp_ms: u64, message_id: Option<u128>, wall_ms: u64) -> u64 {
+        if let Some(h) = message_id {
+            self.seen.insert(h);
+        }
+        let at = if self.wall_clock {
+            timestamp_ms.max(wall_ms)
+        } else {
+            timestamp_ms
+        };
+        let now = self.clock.map_or(at, |c| c.max(at));
+        self.clock = Some(now);
+        now
+    }
+
+    /// In wall-clock mode, moves the clock to `wall_ms` if that is later; returns the clock
+    /// when it moved.
+    pub fn tick(&mut self, wall_ms: u64) -> Option<u64> {
+        if !self.wall_clock || self.clock.is_some_and(|c| c >= wall_ms) {
+            return None;
+        }
+        self.clock = Some(wall_ms);
+        self.clock
+    }
+
+    /// The salted hash under which an identifier is suppressed.
+    pub fn salted(&self, ident: &Ident) -> u128 {
         let mut bytes = Vec::with_capacity(ident.value.len() + 17);
         bytes.extend_from_slice(&self.salt.to_le_bytes());
         bytes.push(ident.rank);
@@ -92,10 +124,16 @@ impl Admission {
         xxh3_128(&bytes)
     }
 
-    /// Adds an identifier to the suppression list (as a salted hash).
-    pub fn suppress(&mut self, ident: &Ident) {
+    /// Adds an identifier to the suppression list (as a salted hash); returns the hash.
+    pub fn suppress(&mut self, ident: &Ident) -> u128 {
         let h = self.salted(ident);
         self.suppressed.insert(h);
+        h
+    }
+
+    /// Adds a salted hash (from [`Admission::suppress`] under the same salt) to the list.
+    pub fn suppress_hash(&mut self, hash: u128) {
+        self.suppressed.insert(hash);
     }
 
     /// Whether an identifier is on the suppression list.

@@ -9,6 +9,7 @@ pub mod identifiers;
 pub mod json;
 pub mod predicate;
 pub mod profile_data;
+pub mod residue;
 pub mod signals;
 pub mod timestamp;
 
@@ -73,7 +74,9 @@ pub struct Event {
 }
 
 /// Why a line went to the dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum DeadReason {
     /// Longer than [`MAX_LINE_BYTES`].
     LineTooLong,

@@ -1,5 +1,5 @@
-//! `throughline serve`: Segment-compatible HTTP ingestion in front of the durable log, and
-//! read endpoints over the live views.
+//! The server's HTTP endpoints: Segment-compatible ingestion in front of the durable log,
+//! and reads of the live views, profiles and metrics. (The wiring is in [`crate::server`].)
 //!
 //! A request is acknowledged (200) only after its events are appended to the log and the
 //! log is fsynced; the log then forwards them to the engine in log order, so a restart that
@@ -7,20 +7,24 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::engine::{self, Counters, Options, Sinks};
-use crate::io::sink::{DeadLetters, LiveViews};
-use crate::io::source::{Batch, Message};
+use crate::engine::{self, Counters};
+use crate::event::residue::Residue;
+use crate::event::{DeadReason, MAX_LINE_BYTES, identifiers};
+use crate::io::sink::{LiveViews, Subscription};
+use crate::io::source::Message;
+use crate::server::Compactor;
 use crate::spec::Spec;
-use crate::store::log::{self, Log, Record};
+use crate::store::log::{Log, Record};
 
 /// Largest accepted single event (decoded body), as Segment's API.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
@@ -29,105 +33,32 @@ pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 /// Largest accepted `/v1/ingest` body (decoded).
 pub const MAX_INGEST_BYTES: usize = 64 << 20;
 
-/// How `serve` runs.
-pub struct ServeConfig {
-    /// Where the event log and dead letters live.
-    pub data_dir: PathBuf,
-    /// Address to listen on (`127.0.0.1:8088`; port 0 picks a free one).
-    pub listen: String,
+/// What the endpoints share.
+pub struct Ctx {
+    /// The running dataflow spec.
+    pub spec: Arc<Spec>,
+    /// The event log (appends are acknowledged once fsynced).
+    pub log: Log,
     /// Required HTTP Basic username, if set.
     pub write_key: Option<String>,
-    /// Timely workers.
-    pub workers: usize,
-    /// Append the change stream to this file.
-    pub sink: Option<PathBuf>,
+    /// The current views and their subscribers.
+    pub live: Arc<Mutex<LiveViews>>,
+    /// The engine's running totals.
+    pub counters: Arc<Counters>,
+    /// The engine's input channel, for profile lookups.
+    pub lookups: Sender<Message>,
+    /// Compaction of the log.
+    pub compactor: Compactor,
 }
 
-struct Ctx {
-    spec: Arc<Spec>,
-    log: Log,
-    write_key: Option<String>,
-    live: Arc<Mutex<LiveViews>>,
-    counters: Arc<Counters>,
-}
-
-/// Runs the server until SIGTERM or SIGINT: recovers and replays the log, then serves.
-pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    let log_path = config.data_dir.join("events.log");
-    let recovery = log::recover(&log_path)
-        .map_err(|e| format!("cannot recover {}: {e}", log_path.display()))?;
-    if let Some(reason) = &recovery.reason {
-        eprintln!(
-            "throughline: recovery: cut {} bytes from the log tail ({reason}); {} intact records kept",
-            recovery.truncated_bytes,
-            recovery.records.len()
-        );
-    }
-    let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
-    let live = Arc::new(Mutex::new(LiveViews::default()));
-    let counters = Arc::new(Counters::default());
-    // replaying the log regenerates every dead letter, so the file is rewritten from scratch
-    let dead_path = config.data_dir.join("dead_letters.ndjson");
-    let dead = std::fs::File::create(&dead_path)
-        .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
-    let changes: Option<Box<dyn Write + Send>> = match &config.sink {
-        Some(p) => Some(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("cannot open sink {}: {e}", p.display()))?,
-        )),
-        None => None,
-    };
-    let sinks = Sinks {
-        changes,
-        dead_letters: DeadLetters::new(Some(Box::new(dead))),
-        live: Some(Arc::clone(&live)),
-        counters: Some(Arc::clone(&counters)),
-    };
-    let options = Options {
-        workers: config.workers,
-        ..Options::default()
-    };
-    let engine_spec = Arc::clone(&spec);
-    let engine = std::thread::Builder::new()
-        .name("throughline-engine".into())
-        .spawn(move || {
-            engine::run_channel(engine_spec, rx, vec!["http".into()], true, sinks, options)
-        })
-        .map_err(|e| format!("cannot start the engine: {e}"))?;
-
-    // replay what the log holds, with each record's receipt wall clock
-    let started = std::time::Instant::now();
-    let mut number = 1u64;
-    for group in recovery.records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-        for chunk in group.chunks(4096) {
-            let lines: Vec<&[u8]> = chunk.iter().map(|r| r.line.as_slice()).collect();
-            tx.send(Message::Batch(Batch::of_lines(
-                0,
-                number,
-                &lines,
-                Some(chunk[0].wall_ms),
-            )))
-            .map_err(|_| "the engine stopped during replay".to_string())?;
-            number += lines.len() as u64;
-        }
-    }
-    if !recovery.records.is_empty() {
-        eprintln!(
-            "throughline: replayed {} logged events in {:?}",
-            recovery.records.len(),
-            started.elapsed()
-        );
-    }
-    let log = Log::open_forwarding(&log_path, Some((tx, number)))
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-
-    let server = Server::http(&config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+/// Serves HTTP on `listen` with four handler threads until `stop` is set (SIGTERM/SIGINT).
+pub fn listen(
+    listen: &str,
+    data_dir: &Path,
+    ctx: Arc<Ctx>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server
         .server_addr()
         .to_ip()
@@ -135,25 +66,12 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         .unwrap_or_default();
     eprintln!(
         "throughline: listening on {addr} (data dir {})",
-        config.data_dir.display()
+        data_dir.display()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
-    let ctx = Arc::new(Ctx {
-        spec,
-        log,
-        write_key: config.write_key,
-        live,
-        counters,
-    });
     let server = Arc::new(server);
     let handlers: Vec<_> = (0..4)
         .map(|_| {
-            let (server, ctx, stop) = (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(&stop));
+            let (server, ctx, stop) = (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(stop));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
@@ -166,16 +84,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     for h in handlers {
         let _ = h.join();
     }
-    eprintln!("throughline: shutting down");
-    drop(ctx); // closes the log: the engine sees the end of its input
-    match engine.join() {
-        Ok(Ok(summary)) => {
-            eprintln!("{}", summary.line());
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the engine thread panicked".into()),
-    }
+    Ok(())
 }
 
 fn respond(request: Request, status: u16, content_type: &str, body: String) {
@@ -247,11 +156,27 @@ fn handle(mut request: Request, ctx: &Ctx) {
         (Method::Get, p) if p.starts_with("/v1/views/") => {
             view(request, ctx, &p["/v1/views/".len()..])
         }
+        (Method::Get, p) if p.starts_with("/v1/profiles/") => {
+            profile(request, ctx, &p["/v1/profiles/".len()..])
+        }
         (Method::Post, p) if p.starts_with("/v1/") => {
             if let Some(key) = &ctx.write_key
                 && basic_user(&request).as_deref() != Some(key.as_str())
             {
                 return error(request, 401, "invalid write key");
+            }
+            if p == "/v1/compact" {
+                return match ctx.compactor.run(&ctx.log, &ctx.counters) {
+                    Ok(s) => respond(
+                        request,
+                        200,
+                        "application/json",
+                        json!({"success": true, "records": s.records, "reduced": s.reduced,
+                               "bytes_before": s.bytes_before, "bytes_after": s.bytes_after})
+                        .to_string(),
+                    ),
+                    Err(e) => error(request, 500, &e),
+                };
             }
             match ingest(&mut request, ctx, &p["/v1/".len()..]) {
                 Ok(n) => respond(
@@ -315,7 +240,22 @@ fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u1
     let n = lines.len();
     let records = lines
         .into_iter()
-        .map(|line| Record { wall_ms, line })
+        .map(|line| {
+            let length = line.strip_suffix(b"\r").unwrap_or(&line).len();
+            if length <= MAX_LINE_BYTES {
+                return Record::line(wall_ms, line);
+            }
+            // logged as its dead letter: a record holds at most one line of the limit
+            let dead = Residue::Dead {
+                reason: DeadReason::LineTooLong,
+                detail: format!("{} bytes", line.len()),
+            };
+            Record {
+                wall_ms,
+                line: dead.encode(),
+                residue: true,
+            }
+        })
         .collect();
     ctx.log
         .append(records)
@@ -324,6 +264,8 @@ fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u1
 }
 
 fn view(request: Request, ctx: &Ctx, name: &str) {
+    let sse = request.url().contains("format=sse")
+        || header(&request, "Accept").is_some_and(|a| a.contains("text/event-stream"));
     let (name, subscribe) = match name.strip_suffix("/changes") {
         Some(view) => (view, true),
         None => (name, false),
@@ -335,10 +277,10 @@ fn view(request: Request, ctx: &Ctx, name: &str) {
         return error(request, 500, "views unavailable");
     };
     if subscribe {
-        let (snapshot, changes) = live.subscribe(name);
+        let (snapshot, subscription) = live.subscribe(name);
         drop(live);
         // a stream holds its connection for as long as the client stays: its own thread
-        std::thread::spawn(move || stream_changes(request, &snapshot, &changes));
+        std::thread::spawn(move || stream_changes(request, &snapshot, &subscription, sse));
         return;
     }
     let lines = live.snapshot.lines_of(name);
@@ -350,32 +292,68 @@ fn view(request: Request, ctx: &Ctx, name: &str) {
     respond(request, 200, "application/x-ndjson", body);
 }
 
-/// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published, as
-/// chunked NDJSON (one line per chunk, flushed at once), until the client goes away or the
-/// server stops.
-fn stream_changes(
-    request: Request,
-    snapshot: &[String],
-    changes: &crossbeam_channel::Receiver<String>,
-) {
+/// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,
+/// until the client goes away or the server stops. Chunked NDJSON (one line per chunk,
+/// flushed at once), or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`:
+/// one `data:` event per line). A subscriber that falls more than
+/// [`crate::io::sink::SUBSCRIBER_QUEUE`] changes behind is sent an error line and dropped.
+fn stream_changes(request: Request, snapshot: &[String], subscription: &Subscription, sse: bool) {
     let mut out = request.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n";
+    let kind = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+    );
     if out.write_all(head.as_bytes()).is_err() {
         return;
     }
     let mut send = |line: &str| -> std::io::Result<()> {
-        write!(out, "{:x}\r\n{line}\n\r\n", line.len() + 1)?;
+        let chunk = if sse {
+            format!("data: {line}\n\n")
+        } else {
+            format!("{line}\n")
+        };
+        write!(out, "{:x}\r\n{chunk}\r\n", chunk.len())?;
         out.flush()
     };
     if snapshot.iter().any(|l| send(l).is_err()) {
         return;
     }
-    while let Ok(line) = changes.recv() {
+    while let Ok(line) = subscription.changes.recv() {
         if send(&line).is_err() {
             return;
         }
     }
+    if subscription.lagged() {
+        let _ = send(
+            &json!({"error": "this subscriber fell behind and was dropped; subscribe again"})
+                .to_string(),
+        );
+    }
     let _ = out.write_all(b"0\r\n\r\n");
+}
+
+/// `GET /v1/profiles/{type}:{value}`: the profile the identifier belongs to, as the engine
+/// has it after every line it has processed (404 when no event carried the identifier).
+fn profile(request: Request, ctx: &Ctx, key: &str) {
+    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+    let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
+        Ok(i) => i,
+        Err(e) => return error(request, 400, &e),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if ctx.lookups.send(Message::Lookup(ident, reply)).is_err() {
+        return error(request, 503, "the engine is not running");
+    }
+    match answer.recv() {
+        Ok(Ok(Some(profile))) => respond(request, 200, "application/json", profile.to_string()),
+        Ok(Ok(None)) => error(request, 404, &format!("no profile has {key}")),
+        Ok(Err(e)) => error(request, 503, &e),
+        Err(_) => error(request, 503, "the engine is not running"),
+    }
 }
 
 fn metrics(ctx: &Ctx) -> String {
@@ -409,6 +387,16 @@ fn metrics(ctx: &Ctx) -> String {
             "View changes published",
             get(&c.changes),
         ),
+        (
+            "throughline_forgets_total",
+            "Forget requests carried out",
+            get(&c.forgets),
+        ),
+        (
+            "throughline_compactions_total",
+            "Log compactions since start",
+            ctx.compactor.count(),
+        ),
     ] {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
@@ -417,6 +405,28 @@ fn metrics(ctx: &Ctx) -> String {
     out.push_str(
         "# HELP throughline_view_rows Rows per view\n# TYPE throughline_view_rows gauge\n",
     );
+    let name = "throughline_ingest_to_output_seconds";
+    out.push_str(&format!(
+        "# HELP {name} From an event's request to the publication of its changes\n# TYPE {name} histogram\n"
+    ));
+    let mut cumulative = 0;
+    for (i, count) in c.latency.counts.iter().enumerate() {
+        cumulative += get(count);
+        let le = c
+            .latency
+            .bounds_us
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| (*b as f64 / 1e6).to_string());
+        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {cumulative}\n"));
+    }
+    out.push_str(&format!(
+        "{name}_sum {}\n{name}_count {cumulative}\n",
+        get(&c.latency.sum_us) as f64 / 1e6
+    ));
+    out.push_str(&format!(
+        "# HELP throughline_log_bytes Event log size\n# TYPE throughline_log_bytes gauge\nthroughline_log_bytes {}\n",
+        std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len())
+    ));
     if let Ok(live) = ctx.live.lock() {
         for view in &ctx.spec.views {
             out.push_str(&format!(

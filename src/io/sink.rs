@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dataflow::views::json_string;
 use crate::event::DeadReason;
@@ -112,7 +114,31 @@ impl Snapshot {
 pub struct LiveViews {
     /// The current rows of every view.
     pub snapshot: Snapshot,
-    subscribers: Vec<(String, crossbeam_channel::Sender<String>)>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// How many changes a subscriber may fall behind before it is dropped (so one slow client
+/// cannot grow the server's memory without bound).
+pub const SUBSCRIBER_QUEUE: usize = 100_000;
+
+struct Subscriber {
+    view: String,
+    tx: crossbeam_channel::Sender<String>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// The receiving end of a subscription.
+pub struct Subscription {
+    /// The view's changes, as change-stream lines, in order.
+    pub changes: crossbeam_channel::Receiver<String>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Whether the subscription ended because the subscriber fell too far behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
 }
 
 impl LiveViews {
@@ -122,19 +148,37 @@ impl LiveViews {
         for change in changes {
             self.snapshot.apply(change);
         }
-        self.subscribers.retain(|(view, tx)| {
+        self.subscribers.retain(|s| {
             changes
                 .iter()
-                .filter(|c| c.view == *view)
-                .all(|c| tx.send(c.json()).is_ok())
+                .filter(|c| c.view == s.view)
+                .all(|c| match s.tx.try_send(c.json()) {
+                    Ok(()) => true,
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {
+                        s.lagged.store(true, Ordering::Release);
+                        false
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+                })
         });
     }
 
-    /// The view's current rows (snapshot lines) and a receiver of its later changes.
-    pub fn subscribe(&mut self, view: &str) -> (Vec<String>, crossbeam_channel::Receiver<String>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        self.subscribers.push((view.to_string(), tx));
-        (self.snapshot.lines_of(view), rx)
+    /// The view's current rows (snapshot lines) and a subscription to its later changes.
+    pub fn subscribe(&mut self, view: &str) -> (Vec<String>, Subscription) {
+        let (tx, rx) = crossbeam_channel::bounded(SUBSCRIBER_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.subscribers.push(Subscriber {
+            view: view.to_string(),
+            tx,
+            lagged: Arc::clone(&lagged),
+        });
+        (
+            self.snapshot.lines_of(view),
+            Subscription {
+                changes: rx,
+                lagged,
+            },
+        )
     }
 }
 

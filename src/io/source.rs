@@ -27,6 +27,9 @@ pub struct LineRef {
     pub end: usize,
     /// `Some(length)` for a line longer than the limit, whose bytes were skipped.
     pub too_long: Option<u64>,
+    /// The bytes are a compacted line's [`crate::event::residue::Residue`] (from the event
+    /// log), not a line.
+    pub residue: bool,
 }
 
 /// Lines read by one `read` call, with the instant they were read.
@@ -44,16 +47,17 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`.
+    /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`;
+    /// each line is flagged as a residue or not.
     pub fn of_lines(
         source: u16,
         first_number: u64,
-        lines: &[&[u8]],
+        lines: &[(&[u8], bool)],
         wall_ms: Option<u64>,
     ) -> Batch {
-        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len()).sum());
+        let mut buf = Vec::with_capacity(lines.iter().map(|(l, _)| l.len()).sum());
         let mut refs = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
+        for (i, &(line, residue)) in lines.iter().enumerate() {
             let start = buf.len();
             buf.extend_from_slice(line);
             refs.push(LineRef {
@@ -61,7 +65,9 @@ impl Batch {
                 number: first_number + i as u64,
                 start,
                 end: buf.len(),
-                too_long: (line.len() > MAX_LINE_BYTES + 1).then_some(line.len() as u64),
+                too_long: (!residue && line.len() > MAX_LINE_BYTES + 1)
+                    .then_some(line.len() as u64),
+                residue,
             });
         }
         Batch {
@@ -85,6 +91,11 @@ pub enum Message {
     Batch(Batch),
     /// A read failed: the message says which source and why.
     Failed(String),
+    /// A profile lookup (`GET /v1/profiles/...`): the answer goes back on the channel.
+    Lookup(
+        crate::event::Ident,
+        Sender<Result<Option<serde_json::Value>, String>>,
+    ),
     /// All sources are exhausted.
     End,
 }
@@ -278,6 +289,7 @@ impl Splitter {
                 start,
                 end: start,
                 too_long: Some(length),
+                residue: false,
             });
         } else if !is_blank(&buf[start..end]) {
             lines.push(LineRef {
@@ -286,6 +298,7 @@ impl Splitter {
                 start,
                 end,
                 too_long: None,
+                residue: false,
             });
         }
     }

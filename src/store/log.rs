@@ -3,17 +3,22 @@
 //!
 //! Framing: `[u32 LE payload length][u32 LE CRC-32 of payload][payload]`, where the payload
 //! is `[u64 LE wall clock ms at receipt][line bytes]`. The wall clock is kept so a replay
-//! applies the far-future rule exactly as it was applied live. A record whose header or
+//! applies the far-future rule exactly as it was applied live. Its top bit marks a record
+//! that compaction reduced to a [`crate::event::residue::Residue`]. A record whose header or
 //! payload is cut short, or whose checksum does not match, ends the log: recovery truncates
 //! it there and reports what it dropped.
 //!
 //! Appends go through one writer thread that batches whatever is waiting, writes it, fsyncs
 //! once and then acknowledges every record of the batch (group commit), so throughput does
-//! not collapse to one fsync per event.
+//! not collapse to one fsync per event. The same thread swaps in a compacted log
+//! ([`Log::compact`]), so a swap is atomic with respect to appends.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
@@ -23,25 +28,126 @@ use crate::io::source::{Batch, Message};
 /// Largest payload a record may hold (a line of 1 MiB plus the wall clock, with room).
 pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
 
-/// One logged line.
+/// Marks a residue record in the wall-clock field.
+const RESIDUE_FLAG: u64 = 1 << 63;
+
+/// One logged line, or what compaction left of one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The wall clock (epoch ms) when the line was received.
     pub wall_ms: u64,
-    /// The line, as received (without `\n`).
+    /// The line as received (without `\n`), or an encoded residue.
     pub line: Vec<u8>,
+    /// Whether `line` is an encoded [`crate::event::residue::Residue`].
+    pub residue: bool,
 }
 
 impl Record {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let len = 8 + self.line.len();
-        let mut payload = Vec::with_capacity(len);
-        payload.extend_from_slice(&self.wall_ms.to_le_bytes());
-        payload.extend_from_slice(&self.line);
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+    /// A received line.
+    pub fn line(wall_ms: u64, line: Vec<u8>) -> Record {
+        Record {
+            wall_ms,
+            line,
+            residue: false,
+        }
     }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut payload = Vec::with_capacity(8 + self.line.len());
+        let wall = if self.residue {
+            self.wall_ms | RESIDUE_FLAG
+        } else {
+            self.wall_ms
+        };
+        payload.extend_from_slice(&wall.to_le_bytes());
+        payload.extend_from_slice(&self.line);
+        frame(&payload, out);
+    }
+
+    fn decode(payload: &[u8]) -> Record {
+        let mut wall = [0u8; 8];
+        wall.copy_from_slice(&payload[..8]);
+        let wall = u64::from_le_bytes(wall);
+        Record {
+            wall_ms: wall & !RESIDUE_FLAG,
+            line: payload[8..].to_vec(),
+            residue: wall & RESIDUE_FLAG != 0,
+        }
+    }
+}
+
+/// Appends one framed payload to `out`.
+pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The intact frames at the start of a file.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    pub payloads: Vec<Vec<u8>>,
+    /// Byte length of the intact frames.
+    pub good: u64,
+    /// Why reading stopped before `upto`, if it did.
+    pub reason: Option<String>,
+}
+
+/// Reads the intact frames of `reader` (payloads of at least `min_len` bytes) within its
+/// first `upto` bytes.
+pub(crate) fn read_frames(reader: impl Read, upto: u64, min_len: usize) -> io::Result<Frames> {
+    let mut reader = BufReader::new(reader.take(upto));
+    let mut frames = Frames::default();
+    loop {
+        let at = frames.good;
+        let mut header = [0u8; 8];
+        match read_full(&mut reader, &mut header)? {
+            0 => break,
+            8 => {}
+            n => {
+                frames.reason = Some(format!("torn header ({n} of 8 bytes) at offset {at}"));
+                break;
+            }
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if !(min_len..=MAX_PAYLOAD).contains(&len) {
+            frames.reason = Some(format!("impossible record length {len} at offset {at}"));
+            break;
+        }
+        let mut payload = vec![0u8; len];
+        let n = read_full(&mut reader, &mut payload)?;
+        if n < len {
+            frames.reason = Some(format!("torn record ({n} of {len} bytes) at offset {at}"));
+            break;
+        }
+        if crc32fast::hash(&payload) != crc {
+            frames.reason = Some(format!("checksum mismatch at offset {at}"));
+            break;
+        }
+        frames.payloads.push(payload);
+        frames.good += 8 + len as u64;
+    }
+    Ok(frames)
+}
+
+/// Reads every intact frame of the file at `path` and truncates a torn or corrupt tail.
+/// A missing file has no frames.
+pub(crate) fn recover_frames(path: &Path, min_len: usize) -> io::Result<(Frames, u64)> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Frames::default(), 0)),
+        Err(e) => return Err(e),
+    };
+    let total = file.metadata()?.len();
+    let frames = read_frames(&file, total, min_len)?;
+    let mut truncated = 0;
+    if frames.good < total {
+        truncated = total - frames.good;
+        file.set_len(frames.good)?;
+        file.sync_all()?;
+    }
+    Ok((frames, truncated))
 }
 
 /// What recovery found.
@@ -56,57 +162,22 @@ pub struct Recovery {
 }
 
 /// Reads every intact record of the log at `path` and truncates a torn or corrupt tail.
-/// A missing file is an empty log.
+/// A missing file is an empty log. A compaction cut short (its temporary file) is removed.
 pub fn recover(path: &Path) -> io::Result<Recovery> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovery::default()),
-        Err(e) => return Err(e),
-    };
-    let total = file.metadata()?.len();
-    let mut reader = BufReader::new(&file);
-    let mut recovery = Recovery::default();
-    let mut good: u64 = 0;
-    loop {
-        let mut header = [0u8; 8];
-        match read_full(&mut reader, &mut header)? {
-            0 => break,
-            8 => {}
-            n => {
-                recovery.reason = Some(format!("torn header ({n} of 8 bytes) at offset {good}"));
-                break;
-            }
-        }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if !(8..=MAX_PAYLOAD).contains(&len) {
-            recovery.reason = Some(format!("impossible record length {len} at offset {good}"));
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        let n = read_full(&mut reader, &mut payload)?;
-        if n < len {
-            recovery.reason = Some(format!("torn record ({n} of {len} bytes) at offset {good}"));
-            break;
-        }
-        if crc32fast::hash(&payload) != crc {
-            recovery.reason = Some(format!("checksum mismatch at offset {good}"));
-            break;
-        }
-        let mut wall = [0u8; 8];
-        wall.copy_from_slice(&payload[..8]);
-        recovery.records.push(Record {
-            wall_ms: u64::from_le_bytes(wall),
-            line: payload[8..].to_vec(),
-        });
-        good += 8 + len as u64;
+    match std::fs::remove_file(compacting_path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    if good < total {
-        recovery.truncated_bytes = total - good;
-        file.set_len(good)?;
-        file.sync_all()?;
-    }
-    Ok(recovery)
+    let (frames, truncated_bytes) = recover_frames(path, 8)?;
+    Ok(Recovery {
+        records: frames.payloads.iter().map(|p| Record::decode(p)).collect(),
+        truncated_bytes,
+        reason: if truncated_bytes > 0 {
+            frames.reason
+        } else {
+            None
+        },
+    })
 }
 
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -122,14 +193,60 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// An append request: records and where to say they are durable.
-type Append = (Vec<Record>, Sender<io::Result<()>>);
+/// Where a compaction writes the new log before swapping it in.
+fn compacting_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".compacting");
+    path.with_file_name(name)
+}
+
+/// The directory holding `path`.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename or creation in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A request to the writer thread.
+enum Request {
+    /// Records to append, and where to say they are durable.
+    Append(Vec<Record>, Sender<io::Result<()>>),
+    /// Swap in the compacted log at the path: it replaces the first `prefix` bytes of the
+    /// current log; what was appended after them is copied over first.
+    Swap {
+        prefix: u64,
+        done: Sender<io::Result<u64>>,
+    },
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    /// Records read (the compacted prefix).
+    pub records: u64,
+    /// Records reduced to residues by this compaction.
+    pub reduced: u64,
+    /// Log bytes before.
+    pub bytes_before: u64,
+    /// Log bytes after.
+    pub bytes_after: u64,
+}
 
 /// The appending side of the log: a writer thread doing group commits.
 pub struct Log {
-    tx: Option<Sender<Append>>,
+    tx: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
+    /// Bytes of the log known to be on disk.
+    durable: Arc<AtomicU64>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
 }
 
 impl Log {
@@ -146,36 +263,120 @@ impl Log {
         forward: Option<(Sender<Message>, u64)>,
     ) -> io::Result<Log> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-        file.seek(SeekFrom::End(0))?;
-        let (tx, rx) = unbounded::<Append>();
-        let writer = std::thread::Builder::new()
-            .name("throughline-log".into())
-            .spawn(move || group_commit(file, &rx, forward))?;
+        let len = file.seek(SeekFrom::End(0))?;
+        let durable = Arc::new(AtomicU64::new(len));
+        let (tx, rx) = unbounded::<Request>();
+        let writer = {
+            let (path, durable) = (path.to_path_buf(), Arc::clone(&durable));
+            std::thread::Builder::new()
+                .name("throughline-log".into())
+                .spawn(move || {
+                    Writer {
+                        file,
+                        path,
+                        durable,
+                        forward,
+                    }
+                    .run(&rx)
+                })?
+        };
         Ok(Log {
             tx: Some(tx),
             writer: Some(writer),
             path: path.to_path_buf(),
+            durable,
+            compacting: Mutex::new(()),
         })
+    }
+
+    fn send(&self, request: Request) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("log closed"))?
+            .send(request)
+            .map_err(|_| io::Error::other("log writer stopped"))
     }
 
     /// Appends records and waits until they are on disk (fsynced).
     pub fn append(&self, records: Vec<Record>) -> io::Result<()> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| io::Error::other("log closed"))?;
-        tx.send((records, done_tx))
-            .map_err(|_| io::Error::other("log writer stopped"))?;
+        self.send(Request::Append(records, done_tx))?;
         done_rx
             .recv()
             .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    /// Compacts the log while it stays open for appends: reads its durable records, passes
+    /// them to `rewrite` (which returns the records to keep in their place), writes the
+    /// result beside the log and has the writer swap it in, atomically (rename), after
+    /// copying over whatever was appended meanwhile. Appends wait only during the swap.
+    pub fn compact(
+        &self,
+        rewrite: impl FnOnce(Vec<Record>) -> io::Result<Vec<Record>>,
+    ) -> io::Result<CompactStats> {
+        let _one = self
+            .compacting
+            .lock()
+            .map_err(|_| io::Error::other("a compaction failed"))?;
+        let prefix = self.durable.load(Ordering::Acquire);
+        let frames = read_frames(File::open(&self.path)?, prefix, 8)?;
+        if frames.good != prefix {
+            return Err(io::Error::other(format!(
+                "the log is damaged within its first {prefix} bytes: {}",
+                frames.reason.unwrap_or_default()
+            )));
+        }
+        let records: Vec<Record> = frames.payloads.iter().map(|p| Record::decode(p)).collect();
+        let mut stats = CompactStats {
+            records: records.len() as u64,
+            bytes_before: prefix,
+            ..CompactStats::default()
+        };
+        let reduced_before = records.iter().filter(|r| r.residue).count() as u64;
+        let kept = rewrite(records)?;
+        stats.reduced =
+            (kept.iter().filter(|r| r.residue).count() as u64).saturating_sub(reduced_before);
+        write_records(&compacting_path(&self.path), &kept)?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        self.send(Request::Swap {
+            prefix,
+            done: done_tx,
+        })?;
+        stats.bytes_after = done_rx
+            .recv()
+            .map_err(|_| io::Error::other("log writer stopped"))??;
+        Ok(stats)
     }
 
     /// The log file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Writes `records` as a new log at `path` (replacing it), fsynced.
+fn write_records(path: &Path, records: &[Record]) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for r in records {
+        r.encode(&mut buf);
+        if buf.len() >= 1 << 20 {
+            file.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    file.write_all(&buf)?;
+    file.sync_all()
+}
+
+/// Replaces the log at `path` (no writer open on it) with `records`, crash-safely: the new
+/// log is written beside it and renamed over it. Returns its length.
+pub fn replace(path: &Path, records: &[Record]) -> io::Result<u64> {
+    let temp = compacting_path(path);
+    write_records(&temp, records)?;
+    std::fs::rename(&temp, path)?;
+    sync_dir(dir_of(path))?;
+    Ok(std::fs::metadata(path)?.len())
 }
 
 impl Drop for Log {
@@ -187,45 +388,90 @@ impl Drop for Log {
     }
 }
 
-/// Writes every waiting request, fsyncs once, forwards and acknowledges them all; repeats.
-fn group_commit(
-    mut file: File,
-    rx: &Receiver<Append>,
-    mut forward: Option<(Sender<Message>, u64)>,
-) {
-    let mut buf = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        buf.clear();
-        for (records, _) in &batch {
+/// The writer thread's state.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    durable: Arc<AtomicU64>,
+    forward: Option<(Sender<Message>, u64)>,
+}
+
+impl Writer {
+    /// Serves requests until the log is closed.
+    fn run(mut self, rx: &Receiver<Request>) {
+        let mut appends = Vec::new();
+        while let Ok(first) = rx.recv() {
+            for request in std::iter::once(first).chain(rx.try_iter()) {
+                match request {
+                    Request::Append(records, done) => appends.push((records, done)),
+                    Request::Swap { prefix, done } => {
+                        self.commit(&mut appends);
+                        let _ = done.send(self.swap(prefix));
+                    }
+                }
+            }
+            self.commit(&mut appends);
+        }
+    }
+
+    /// Writes every waiting append, fsyncs once, forwards and acknowledges them all.
+    fn commit(&mut self, batch: &mut Vec<(Vec<Record>, Sender<io::Result<()>>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut buf = Vec::new();
+        for (records, _) in batch.iter() {
             for r in records {
                 r.encode(&mut buf);
             }
         }
-        let result = file.write_all(&buf).and_then(|()| file.sync_data());
-        if result.is_ok()
-            && let Some((to, next)) = &mut forward
-        {
-            for (records, _) in &batch {
-                for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-                    let lines: Vec<&[u8]> = group.iter().map(|r| r.line.as_slice()).collect();
-                    let _ = to.send(Message::Batch(Batch::of_lines(
-                        0,
-                        *next,
-                        &lines,
-                        Some(group[0].wall_ms),
-                    )));
-                    *next += lines.len() as u64;
+        let result = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if result.is_ok() {
+            self.durable.fetch_add(buf.len() as u64, Ordering::AcqRel);
+            if let Some((to, next)) = &mut self.forward {
+                for (records, _) in batch.iter() {
+                    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
+                        let lines: Vec<(&[u8], bool)> = group
+                            .iter()
+                            .map(|r| (r.line.as_slice(), r.residue))
+                            .collect();
+                        let _ = to.send(Message::Batch(Batch::of_lines(
+                            0,
+                            *next,
+                            &lines,
+                            Some(group[0].wall_ms),
+                        )));
+                        *next += lines.len() as u64;
+                    }
                 }
             }
         }
-        for (_, done) in batch {
+        for (_, done) in batch.drain(..) {
             let _ = done.send(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
+    }
+
+    /// Copies what was appended after `prefix` onto the compacted log, renames it over the
+    /// log and continues appending to it. Returns the new length.
+    fn swap(&mut self, prefix: u64) -> io::Result<u64> {
+        let temp = compacting_path(&self.path);
+        let mut compacted = OpenOptions::new().append(true).open(&temp)?;
+        let mut old = File::open(&self.path)?;
+        old.seek(SeekFrom::Start(prefix))?;
+        io::copy(&mut old, &mut compacted)?;
+        compacted.sync_all()?;
+        std::fs::rename(&temp, &self.path)?;
+        sync_dir(dir_of(&self.path))?;
+        let len = compacted.seek(SeekFrom::End(0))?;
+        self.file = compacted;
+        self.durable.store(len, Ordering::Release);
+        Ok(len)
     }
 }
 
@@ -242,10 +488,7 @@ mod tests {
     }
 
     fn rec(i: u64) -> Record {
-        Record {
-            wall_ms: 1000 + i,
-            line: format!("{{\"n\":{i}}}").into_bytes(),
-        }
+        Record::line(1000 + i, format!("{{\"n\":{i}}}").into_bytes())
     }
 
     #[test]

@@ -1,0 +1,329 @@
+//! `throughline serve`: the long-lived server, wired together. On start it locks the data
+//! directory, recovers the event log (cutting a torn tail), compacts it, replays it into a
+//! fresh engine and then serves HTTP ([`crate::io::http`]) while appending to the log. A
+//! background thread compacts the log when a `forget` was carried out or enough of it is
+//! dead; `POST /v1/compact` and `throughline compact` do so on demand.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::{self, Clock, Counters, Options, Sinks};
+use crate::io::http::{self, Ctx};
+use crate::io::sink::{DeadLetters, LiveViews};
+use crate::io::source::{Batch, Message};
+use crate::spec::{DEFAULT_SPEC, Spec};
+use crate::store::compact;
+use crate::store::data_dir::DataDir;
+use crate::store::erasures::{self, ErasureLog};
+use crate::store::log::{self, CompactStats, Log, Record};
+
+/// How `serve` runs.
+pub struct ServeConfig {
+    /// Where the event log and dead letters live.
+    pub data_dir: PathBuf,
+    /// Address to listen on (`127.0.0.1:8088`; port 0 picks a free one).
+    pub listen: String,
+    /// Required HTTP Basic username, if set.
+    pub write_key: Option<String>,
+    /// Timely workers.
+    pub workers: usize,
+    /// Write the change stream to this file (rewritten from the log at each start).
+    pub sink: Option<PathBuf>,
+    /// The dataflow spec's text (kept in the data directory for compaction).
+    pub spec_text: String,
+    /// What the engine clock follows.
+    pub clock: Clock,
+    /// How often to check whether the log needs compacting (zero: never in the background).
+    pub compact_check: Duration,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
+    let dir = DataDir::open(&config.data_dir)?;
+    let salt = dir.salt()?;
+    let log_path = dir.log();
+    let recovery = log::recover(&log_path)
+        .map_err(|e| format!("cannot recover {}: {e}", log_path.display()))?;
+    if let Some(reason) = &recovery.reason {
+        eprintln!(
+            "throughline: recovery: cut {} bytes from the log tail ({reason}); {} intact records kept",
+            recovery.truncated_bytes,
+            recovery.records.len()
+        );
+    }
+    let (erasure_log, sets) = ErasureLog::open(&dir.erasures())
+        .map_err(|e| format!("cannot open {}: {e}", dir.erasures().display()))?;
+    let records = if dir.stored_spec()?.is_none_or(|s| s == config.spec_text) {
+        compact_at_start(&log_path, recovery.records, &spec, salt, &sets)?
+    } else {
+        eprintln!(
+            "throughline: the dataflow spec differs from the last run's: start-up compaction skipped"
+        );
+        recovery.records
+    };
+    dir.store_spec(&config.spec_text)?;
+
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
+    let live = Arc::new(Mutex::new(LiveViews::default()));
+    let counters = Arc::new(Counters::default());
+    let engine = start_engine(
+        &dir,
+        &config,
+        &spec,
+        salt,
+        erasure_log,
+        rx,
+        &live,
+        &counters,
+    )?;
+
+    let started = Instant::now();
+    let number = replay(&records, &tx)?;
+    if !records.is_empty() {
+        eprintln!(
+            "throughline: replayed {} logged records in {:?}",
+            records.len(),
+            started.elapsed()
+        );
+    }
+    drop(records);
+    let log = Log::open_forwarding(&log_path, Some((tx.clone(), number)))
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let ctx = Arc::new(Ctx {
+        spec: Arc::clone(&spec),
+        log,
+        write_key: config.write_key,
+        live,
+        counters,
+        lookups: tx,
+        compactor: Compactor {
+            spec,
+            salt,
+            erasures: dir.erasures(),
+            marks: Mutex::new((0, 0)),
+            compactions: AtomicU64::new(0),
+        },
+    });
+    let background = (!config.compact_check.is_zero()).then(|| {
+        let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
+        std::thread::spawn(move || compact_in_background(&ctx, &stop, config.compact_check))
+    });
+    http::listen(&config.listen, dir.root(), Arc::clone(&ctx), &stop)?;
+    eprintln!("throughline: shutting down");
+    if let Some(b) = background {
+        let _ = b.join();
+    }
+    drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
+    match engine.join() {
+        Ok(Ok(summary)) => {
+            eprintln!("{}", summary.line());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the engine thread panicked".into()),
+    }
+}
+
+/// Starts the engine thread, with its sinks in the data directory.
+#[allow(clippy::too_many_arguments)]
+fn start_engine(
+    dir: &DataDir,
+    config: &ServeConfig,
+    spec: &Arc<Spec>,
+    salt: u128,
+    mut erasure_log: ErasureLog,
+    rx: crossbeam_channel::Receiver<Message>,
+    live: &Arc<Mutex<LiveViews>>,
+    counters: &Arc<Counters>,
+) -> Result<std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>, String> {
+    // replaying the log regenerates every dead letter and change, so both files are
+    // rewritten from scratch
+    let dead_path = dir.dead_letters();
+    let dead = std::fs::File::create(&dead_path)
+        .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
+    let changes: Option<Box<dyn Write + Send>> = match &config.sink {
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| format!("cannot create sink {}: {e}", p.display()))?,
+        ))),
+        None => None,
+    };
+    let sinks = Sinks {
+        changes,
+        dead_letters: DeadLetters::new(Some(Box::new(dead))),
+        live: Some(Arc::clone(live)),
+        counters: Some(Arc::clone(counters)),
+        erasures: Some(Box::new(move |line, hashes| {
+            erasure_log.record(line, hashes)
+        })),
+    };
+    let options = Options {
+        workers: config.workers,
+        salt: Some(salt),
+        clock: config.clock,
+        ..Options::default()
+    };
+    let spec = Arc::clone(spec);
+    std::thread::Builder::new()
+        .name("throughline-engine".into())
+        .spawn(move || engine::run_channel(spec, rx, vec!["http".into()], true, sinks, options))
+        .map_err(|e| format!("cannot start the engine: {e}"))
+}
+
+/// Sends the log's records to the engine, each group with its receipt wall clock; returns
+/// the next line number.
+fn replay(records: &[Record], tx: &crossbeam_channel::Sender<Message>) -> Result<u64, String> {
+    let mut number = 1u64;
+    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
+        for chunk in group.chunks(4096) {
+            let lines: Vec<(&[u8], bool)> = chunk
+                .iter()
+                .map(|r| (r.line.as_slice(), r.residue))
+                .collect();
+            tx.send(Message::Batch(Batch::of_lines(
+                0,
+                number,
+                &lines,
+                Some(chunk[0].wall_ms),
+            )))
+            .map_err(|_| "the engine stopped during replay".to_string())?;
+            number += lines.len() as u64;
+        }
+    }
+    Ok(number)
+}
+
+/// Start-up compaction: rewrites the recovered log when that reduces anything.
+fn compact_at_start(
+    path: &Path,
+    records: Vec<Record>,
+    spec: &Spec,
+    salt: u128,
+    sets: &erasures::ErasureSets,
+) -> Result<Vec<Record>, String> {
+    let reduced_before = records.iter().filter(|r| r.residue).count();
+    let kept = compact::rewrite(records, spec, salt, sets);
+    let reduced = kept.iter().filter(|r| r.residue).count() - reduced_before;
+    if reduced > 0 {
+        let bytes = log::replace(path, &kept)
+            .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
+        eprintln!("throughline: compacted the log: {reduced} records reduced, {bytes} bytes now");
+    }
+    Ok(kept)
+}
+
+/// `throughline compact`: compacts a stopped server's log with the spec it last ran with.
+pub fn compact_stopped(data_dir: &Path) -> Result<CompactStats, String> {
+    if !data_dir.join("events.log").exists() {
+        return Err(format!("{} holds no event log", data_dir.display()));
+    }
+    let dir = DataDir::open(data_dir)?;
+    let spec = match dir.stored_spec()? {
+        Some(text) => {
+            Spec::parse(&text, "dataflow.toml (data directory)").map_err(|e| e.to_string())?
+        }
+        None => Spec::parse(DEFAULT_SPEC, "default").map_err(|e| e.to_string())?,
+    };
+    let salt = dir.salt()?;
+    let sets = erasures::load(&dir.erasures())
+        .map_err(|e| format!("cannot read {}: {e}", dir.erasures().display()))?;
+    let path = dir.log();
+    let bytes_before = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let recovery =
+        log::recover(&path).map_err(|e| format!("cannot recover {}: {e}", path.display()))?;
+    let records = recovery.records.len() as u64;
+    let reduced_before = recovery.records.iter().filter(|r| r.residue).count() as u64;
+    let kept = compact::rewrite(recovery.records, &spec, salt, &sets);
+    let reduced = kept.iter().filter(|r| r.residue).count() as u64 - reduced_before;
+    let bytes_after = log::replace(&path, &kept)
+        .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
+    Ok(CompactStats {
+        records,
+        reduced,
+        bytes_before,
+        bytes_after,
+    })
+}
+
+/// Compaction of the running server's log.
+pub struct Compactor {
+    spec: Arc<Spec>,
+    salt: u128,
+    erasures: PathBuf,
+    /// (forgets carried out, dead lines) at the last compaction.
+    marks: Mutex<(u64, u64)>,
+    compactions: AtomicU64,
+}
+
+impl Compactor {
+    /// Compacts the log now (`POST /v1/compact`, or in the background).
+    pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
+        let marks = (
+            counters.forgets.load(Ordering::Relaxed),
+            dead_lines(counters),
+        );
+        let sets = erasures::load(&self.erasures)
+            .map_err(|e| format!("cannot read {}: {e}", self.erasures.display()))?;
+        let stats = log
+            .compact(|records| Ok(compact::rewrite(records, &self.spec, self.salt, &sets)))
+            .map_err(|e| format!("cannot compact {}: {e}", log.path().display()))?;
+        if let Ok(mut m) = self.marks.lock() {
+            *m = marks;
+        }
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Whether the log needs compacting: a forget was carried out since the last compaction
+    /// (its erased values must leave the disk), or at least 10,000 lines, and a quarter of
+    /// all, have been found dead (duplicates, dead letters, suppressed) since.
+    fn due(&self, counters: &Counters) -> bool {
+        let Ok(marks) = self.marks.lock() else {
+            return false;
+        };
+        let dead = dead_lines(counters) - marks.1;
+        counters.forgets.load(Ordering::Relaxed) > marks.0
+            || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
+    }
+
+    /// Compactions done since the start.
+    pub fn count(&self) -> u64 {
+        self.compactions.load(Ordering::Relaxed)
+    }
+}
+
+fn dead_lines(c: &Counters) -> u64 {
+    c.duplicates.load(Ordering::Relaxed)
+        + c.dead_letters.load(Ordering::Relaxed)
+        + c.suppressed.load(Ordering::Relaxed)
+}
+
+fn compact_in_background(ctx: &Ctx, stop: &AtomicBool, every: Duration) {
+    let mut last = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        if ctx.compactor.due(&ctx.counters) {
+            match ctx.compactor.run(&ctx.log, &ctx.counters) {
+                Ok(s) => eprintln!(
+                    "throughline: compacted the log in the background: {} records reduced, {} -> {} bytes",
+                    s.reduced, s.bytes_before, s.bytes_after
+                ),
+                Err(e) => eprintln!("throughline: background compaction failed: {e}"),
+            }
+        }
+    }
+}
