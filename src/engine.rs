@@ -444,26 +444,35 @@ impl<'w> Driver<'w> {
     /// Consumes the reader's messages until the end of input.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
         let wall = self.options.clock == Clock::Wall;
+        let mut last_input = Instant::now();
+        let mut next_tick = Instant::now();
         loop {
-            let wait = if live && self.dirty {
-                Some(self.options.linger)
-            } else {
-                wall.then_some(WALL_TICK)
+            // deadlines rather than timeouts, so a stream of lookups delays neither
+            let now = Instant::now();
+            let publish_at = (live && self.dirty).then(|| last_input + self.options.linger);
+            if publish_at.is_some_and(|at| now >= at) {
+                self.publish_current()?;
+            }
+            if wall && now >= next_tick {
+                self.tick()?;
+                next_tick = now + WALL_TICK;
+            }
+            let publish_at = (live && self.dirty).then(|| last_input + self.options.linger);
+            let deadline = match (publish_at, wall.then_some(next_tick)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let message = match wait {
-                Some(wait) => match rx.recv_timeout(wait) {
+            let message = match deadline {
+                Some(deadline) => match rx.recv_deadline(deadline) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if live && self.dirty {
-                            self.publish_current()?;
-                        }
-                        self.tick()?;
-                        continue;
-                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => Message::End,
                 },
                 None => rx.recv().unwrap_or(Message::End),
             };
+            if matches!(message, Message::Batch(_)) {
+                last_input = Instant::now();
+            }
             match message {
                 Message::Batch(batch) => {
                     self.ingest(&batch)?;

@@ -17,6 +17,13 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, key: Option<&str>) -> Server {
+        match key {
+            Some(k) => Server::start_with(dir, &["--write-key", k]),
+            None => Server::start_with(dir, &[]),
+        }
+    }
+
+    fn start_with(dir: &Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_throughline"));
         cmd.args([
             "serve",
@@ -25,9 +32,7 @@ impl Server {
             "--listen",
             "127.0.0.1:0",
         ]);
-        if let Some(k) = key {
-            cmd.args(["--write-key", k]);
-        }
+        cmd.args(args);
         let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -76,6 +81,32 @@ impl Server {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "view {view} never reached the expected state: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Server {
+    /// Stops the server with SIGTERM (a clean shutdown) and waits for it.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Polls `/v1/profiles/{key}` until `done` holds on (status, body).
+    fn wait_for_profile(&self, key: &str, done: impl Fn(u16, &str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let (status, body) = self.request("GET", &format!("/v1/profiles/{key}"), &[], b"");
+            if done(status, &body) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "profile {key} never reached the expected state: {status} {body}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -423,4 +454,302 @@ fn change_subscription_streams_snapshot_then_live_changes() {
         change.contains("user_id:s-2") && change.contains("\"diff\":1"),
         "{change}"
     );
+}
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+const NOW_MS: u64 = 1_767_261_600_000;
+
+fn line(json: serde_json::Value) -> Vec<u8> {
+    json.to_string().into_bytes()
+}
+
+/// Erasure then compaction: no byte of an erased profile's raw values remains anywhere under
+/// `--data-dir` (SPEC section 6 and the erasure-compaction test), after an on-demand
+/// compaction, after a background one, and after the offline `throughline compact`; and a
+/// restart reaches the same state, with the erased identifiers still suppressed.
+#[test]
+fn erased_values_leave_the_data_directory_after_compaction() {
+    use serde_json::json;
+    let dir = temp_dir("erasure");
+    let secrets: [&[u8]; 5] = [
+        b"erase-me-7f3a",
+        b"Erase.Me@Example.com",
+        b"erase.me@example.com",
+        b"anon-erase-9d2c",
+        b"secret-plan-4b1e",
+    ];
+    let server = Server::start_with(&dir, &["--compact-check-secs", "1"]);
+    let post = |path: &str, body: Vec<u8>| {
+        let (status, text) = server.request("POST", path, &[], &body);
+        assert_eq!(status, 200, "{path}: {text}");
+    };
+    // the profile to erase: events, a duplicate, a dead letter carrying its values
+    let identify = line(json!({"type": "identify", "userId": "erase-me-7f3a",
+        "anonymousId": "anon-erase-9d2c", "messageId": "e-1", "timestamp": NOW_MS,
+        "traits": {"email": "Erase.Me@Example.com", "plan": "secret-plan-4b1e"}}));
+    post("/v1/identify", identify.clone());
+    post("/v1/identify", identify);
+    post(
+        "/v1/track",
+        line(
+            json!({"anonymousId": "anon-erase-9d2c", "event": "Signed Up",
+        "messageId": "e-2", "timestamp": NOW_MS + 1000}),
+        ),
+    );
+    post(
+        "/v1/ingest",
+        line(json!({"type": "track", "userId": "erase-me-7f3a", "timestamp": "not a time"})),
+    );
+    // a profile to keep
+    post(
+        "/v1/identify",
+        line(
+            json!({"userId": "keep-me", "messageId": "k-1", "timestamp": NOW_MS + 2000,
+        "traits": {"email": "keep@example.org"}}),
+        ),
+    );
+    server.wait_for_profile("email:Erase.Me%40Example.com", |status, body| {
+        status == 200 && body.contains("anonymous_id:anon-erase-9d2c")
+    });
+    let before = files_containing(&dir, b"erase-me-7f3a");
+    assert!(!before.is_empty(), "the values were logged");
+
+    post(
+        "/v1/forget",
+        line(json!({"userId": "erase-me-7f3a", "messageId": "f-1", "timestamp": NOW_MS + 3000})),
+    );
+    // after the forget: an event carrying an erased identifier is suppressed
+    post(
+        "/v1/track",
+        line(
+            json!({"anonymousId": "anon-erase-9d2c", "event": "Signed Up",
+        "messageId": "e-3", "timestamp": NOW_MS + 4000}),
+        ),
+    );
+    server.wait_for_profile("user_id:erase-me-7f3a", |status, _| status == 404);
+    let (status, body) = server.request("POST", "/v1/compact", &[], b"");
+    assert_eq!(status, 200, "{body}");
+    for secret in secrets {
+        let left = files_containing(&dir, secret);
+        assert!(
+            left.is_empty(),
+            "{} remains in {left:?} after compaction",
+            String::from_utf8_lossy(secret)
+        );
+    }
+    let keeper = server.wait_for_profile("user_id:keep-me", |status, _| status == 200);
+    assert!(keeper.contains("email:keep@example.org"), "{keeper}");
+
+    // background compaction: a second erased profile goes without asking
+    post(
+        "/v1/identify",
+        line(json!({"userId": "later-5e6f", "messageId": "l-1", "timestamp": NOW_MS + 5000})),
+    );
+    server.wait_for_profile("user_id:later-5e6f", |status, _| status == 200);
+    post(
+        "/v1/forget",
+        line(json!({"userId": "later-5e6f", "timestamp": NOW_MS + 6000})),
+    );
+    let start = Instant::now();
+    while !files_containing(&dir, b"later-5e6f").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no background compaction"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = server.request("GET", "/metrics", &[], b"");
+    let before_restart = metric(&metrics, "throughline_events_accepted_total");
+    let suppressed = metric(&metrics, "throughline_suppressed_total");
+    assert_eq!(suppressed, 1, "{metrics}");
+    server.stop();
+
+    // the offline compaction refuses a directory in use, and works on a stopped one
+    let restarted = Server::start(&dir, None);
+    let compact = |expect: bool| {
+        let out = Command::new(env!("CARGO_BIN_EXE_throughline"))
+            .args(["compact", "--data-dir", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            expect,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(compact(false).contains("in use"));
+    // the restart replays the compacted log to the same state
+    restarted.wait_for_profile("user_id:keep-me", |status, _| status == 200);
+    restarted.wait_for_profile("user_id:erase-me-7f3a", |status, _| status == 404);
+    let (_, metrics) = restarted.request("GET", "/metrics", &[], b"");
+    assert_eq!(
+        metric(&metrics, "throughline_events_accepted_total"),
+        before_restart
+    );
+    assert_eq!(metric(&metrics, "throughline_suppressed_total"), 1);
+    assert_eq!(metric(&metrics, "throughline_duplicates_total"), 1);
+    // the erased identifiers stay suppressed; their messageIds stay seen
+    let (status, _) = restarted.request(
+        "POST",
+        "/v1/identify",
+        &[],
+        &line(json!({"userId": "erase-me-7f3a", "timestamp": NOW_MS + 7000})),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = restarted.request(
+        "POST",
+        "/v1/identify",
+        &[],
+        &line(json!({"userId": "someone-new", "messageId": "k-1", "timestamp": NOW_MS + 7000})),
+    );
+    assert_eq!(status, 200);
+    restarted.wait_for_profile("user_id:keep-me", |status, _| status == 200);
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = restarted.request("GET", "/metrics", &[], b"");
+        if metric(&metrics, "throughline_suppressed_total") == 2
+            && metric(&metrics, "throughline_duplicates_total") == 2
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    restarted.stop();
+    compact(true);
+    for secret in secrets {
+        assert!(files_containing(&dir, secret).is_empty());
+    }
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// `GET /v1/profiles/{type}:{value}` and `--sink`: the profile as the views see it, and the
+/// change stream in a file, rewritten (not doubled) from the log at a restart.
+#[test]
+fn profiles_endpoint_and_change_sink() {
+    use serde_json::json;
+    let dir = temp_dir("profiles");
+    let sink = dir.with_extension("changes.ndjson");
+    let sink_arg = sink.to_str().unwrap().to_string();
+    let server = Server::start_with(&dir, &["--sink", &sink_arg]);
+    for body in [
+        json!({"type": "identify", "userId": "p-1", "anonymousId": "a-1", "timestamp": NOW_MS,
+               "traits": {"email": "P.One@Example.com", "plan": "pro"}}),
+        json!({"type": "page", "anonymousId": "a-1", "timestamp": NOW_MS + 1000,
+               "properties": {"path": "/pricing"}}),
+        json!({"type": "track", "userId": "p-1", "event": "Consent Updated",
+               "timestamp": NOW_MS + 2000,
+               "context": {"consent": {"categoryPreferences": {"Marketing": true}}}}),
+    ] {
+        let (status, text) = server.request("POST", "/v1/ingest", &[], &line(body));
+        assert_eq!(status, 200, "{text}");
+    }
+    let body = server.wait_for_profile("email:p.one%40example.com", |status, body| {
+        status == 200 && body.contains("pricing_view")
+    });
+    let profile: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(profile["profile"], "user_id:p-1");
+    assert_eq!(
+        profile["identifiers"],
+        json!(["user_id:p-1", "email:p.one@example.com", "anonymous_id:a-1"])
+    );
+    assert_eq!(profile["score"], json!(10));
+    assert_eq!(profile["signals"], json!(["pricing_view"]));
+    assert_eq!(profile["traits"]["plan"], "pro");
+    assert_eq!(profile["consent"]["analytics"], true);
+    assert_eq!(profile["consent"]["marketing"], true);
+    assert_eq!(profile["consent"]["personalization"], false);
+    assert!(
+        profile["views"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("profiles"))
+    );
+    assert_eq!(
+        server
+            .request("GET", "/v1/profiles/user_id:nobody", &[], b"")
+            .0,
+        404
+    );
+    assert_eq!(
+        server
+            .request("GET", "/v1/profiles/nosuchtype:x", &[], b"")
+            .0,
+        400
+    );
+    server.wait_for_view("scores", |lines| !lines.is_empty());
+    server.stop();
+    let first = std::fs::read_to_string(&sink).unwrap();
+    assert!(first.contains("\"view\":\"scores\""), "{first}");
+    let server = Server::start_with(&dir, &["--sink", &sink_arg]);
+    server.wait_for_profile("user_id:p-1", |status, _| status == 200);
+    server.stop();
+    assert_eq!(
+        std::fs::read_to_string(&sink).unwrap(),
+        first,
+        "the sink is the log's change stream"
+    );
+}
+
+/// `--clock wall`: decay advances with real time even when no events arrive (a 2 s half-life
+/// here; in event-time mode the score would stay put).
+#[test]
+fn wall_clock_mode_decays_without_events() {
+    use serde_json::json;
+    let dir = temp_dir("wallclock");
+    let spec = dir.with_extension("toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/default.toml"),
+    )
+    .unwrap()
+    .replace("half_life = \"7d\"", "half_life = \"2s\"")
+    .replace("max_age = \"28d\"", "max_age = \"1h\"");
+    std::fs::write(&spec, text).unwrap();
+    let server = Server::start_with(
+        &dir,
+        &["--clock", "wall", "--dataflow", spec.to_str().unwrap()],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (status, _) = server.request(
+        "POST",
+        "/v1/page",
+        &[],
+        &line(json!({"userId": "w-1", "timestamp": now, "properties": {"path": "/pricing"}})),
+    );
+    assert_eq!(status, 200);
+    server.wait_for_profile("user_id:w-1", |status, body| {
+        status == 200 && body.contains("\"score\":10")
+    });
+    server.wait_for_profile("user_id:w-1", |status, body| {
+        status == 200 && (body.contains("\"score\":5") || body.contains("\"score\":2.5"))
+    });
 }
