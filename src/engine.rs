@@ -79,6 +79,9 @@ pub enum Clock {
     Wall,
 }
 
+/// At most this many waiting batches are ingested before the dataflow catches up.
+const MAX_BATCHES_PER_ROUND: usize = 256;
+
 /// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
 const WALL_TICK: Duration = Duration::from_millis(250);
 
@@ -446,6 +449,7 @@ impl<'w> Driver<'w> {
         let wall = self.options.clock == Clock::Wall;
         let mut last_input = Instant::now();
         let mut next_tick = Instant::now();
+        let mut held: Option<Message> = None;
         loop {
             // deadlines rather than timeouts, so a stream of lookups delays neither
             let now = Instant::now();
@@ -462,13 +466,14 @@ impl<'w> Driver<'w> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let message = match deadline {
-                Some(deadline) => match rx.recv_deadline(deadline) {
+            let message = match (held.take(), deadline) {
+                (Some(message), _) => message,
+                (None, Some(deadline)) => match rx.recv_deadline(deadline) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => Message::End,
                 },
-                None => rx.recv().unwrap_or(Message::End),
+                (None, None) => rx.recv().unwrap_or(Message::End),
             };
             if matches!(message, Message::Batch(_)) {
                 last_input = Instant::now();
@@ -476,6 +481,18 @@ impl<'w> Driver<'w> {
             match message {
                 Message::Batch(batch) => {
                     self.ingest(&batch)?;
+                    // batches already waiting join this round: one dataflow round for many
+                    // small batches (HTTP requests) instead of one each
+                    for _ in 0..MAX_BATCHES_PER_ROUND {
+                        match rx.try_recv() {
+                            Ok(Message::Batch(more)) => self.ingest(&more)?,
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     self.settle()?;
                     self.progress();
                 }

@@ -753,3 +753,59 @@ fn wall_clock_mode_decays_without_events() {
         status == 200 && (body.contains("\"score\":5") || body.contains("\"score\":2.5"))
     });
 }
+
+/// The change subscription as Server-Sent Events (`Accept: text/event-stream`): one `data:`
+/// event per line; and `/metrics` carries the ingest-to-output histogram.
+#[test]
+fn change_subscription_as_server_sent_events() {
+    let dir = temp_dir("sse");
+    let server = Server::start(&dir, None);
+    let (status, _) = server.request("POST", "/v1/identify", &[], event("e-1", 0).as_bytes());
+    assert_eq!(status, 200);
+    server.wait_for_view("profiles", |lines| lines.len() == 1);
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let lines = lines_of(stream.try_clone().unwrap());
+    let mut head = Vec::new();
+    let first_event = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no event");
+        if line.starts_with("data: ") {
+            break line;
+        }
+        head.push(line);
+    };
+    assert!(
+        head.iter()
+            .any(|h| h.eq_ignore_ascii_case("Content-Type: text/event-stream")),
+        "{head:?}"
+    );
+    assert!(first_event.contains("user_id:e-1"), "{first_event}");
+    let (status, _) = server.request("POST", "/v1/identify", &[], event("e-2", 1).as_bytes());
+    assert_eq!(status, 200);
+    let change = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no live event");
+        if line.starts_with("data: ") {
+            break line;
+        }
+    };
+    assert!(
+        change.contains("user_id:e-2") && change.contains("\"diff\":1"),
+        "{change}"
+    );
+    let (_, metrics) = server.request("GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("throughline_ingest_to_output_seconds_bucket{le=\"+Inf\"} 2"),
+        "{metrics}"
+    );
+}

@@ -65,13 +65,14 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
         };
         fates.push(fate);
     }
-    let rewritten = fates.len();
-    let mut out: Vec<Record> = records
-        .iter()
+    // lines from a forget not carried out yet onwards are kept as they are
+    fates.resize_with(records.len(), || Fate::Keep);
+    records
+        .into_iter()
         .zip(fates)
         .map(|(record, fate)| {
             let residue = match fate {
-                Fate::Keep => return record.clone(),
+                Fate::Keep => return record,
                 Fate::Reduce(r) => r,
                 Fate::Accepted {
                     timestamp_ms,
@@ -79,7 +80,7 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
                     idents,
                 } => {
                     if !idents.iter().any(|h| erased.contains(h)) {
-                        return record.clone();
+                        return record;
                     }
                     Residue::Accepted {
                         timestamp_ms,
@@ -93,9 +94,7 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
                 residue: true,
             }
         })
-        .collect();
-    out.extend(records.into_iter().skip(rewritten));
-    out
+        .collect()
 }
 
 /// Pass one over a line: its fate, and the erasure set it adds (a carried-out forget), or
