@@ -114,6 +114,10 @@ struct RunArgs {
     /// Do not print the summary line on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Print measurements on stderr at the end: per input source lines/s and cost per
+    /// change, read-to-output latency p50/p99/p99.9/max, forget latency, peak memory.
+    #[arg(long)]
+    stats: bool,
 }
 
 /// Entry point; returns the process exit code.
@@ -232,7 +236,72 @@ fn run(args: RunArgs) -> Result<i32, String> {
     if !args.quiet {
         report(&summary, args.dead_letters.is_some());
     }
+    if args.stats {
+        for line in stats_lines(&summary) {
+            eprintln!("throughline: stats: {line}");
+        }
+    }
     Ok(0)
+}
+
+/// The `--stats` report, one measurement a line.
+fn stats_lines(summary: &Summary) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &summary.sources {
+        let per = |n: u64| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2} us", s.seconds * 1e6 / n as f64)
+            }
+        };
+        out.push(format!(
+            "source {}: {} lines in {:.3} s ({:.0} events/s, {} per event), {} changes ({} per change)",
+            s.name,
+            s.lines,
+            s.seconds,
+            if s.seconds > 0.0 { s.lines as f64 / s.seconds } else { 0.0 },
+            per(s.lines),
+            s.changes,
+            per(s.changes)
+        ));
+    }
+    let ms = |q: Option<u32>| {
+        q.map_or_else(|| "-".into(), |us| format!("{:.3} ms", f64::from(us) / 1e3))
+    };
+    for (what, latency) in [
+        ("read-to-output latency", &summary.latency),
+        ("forget read-to-last-retraction", &summary.forget_latency),
+    ] {
+        if !latency.is_empty() {
+            out.push(format!(
+                "{what}: p50 {}, p99 {}, p99.9 {}, max {} ({} samples)",
+                ms(latency.quantile(0.5)),
+                ms(latency.quantile(0.99)),
+                ms(latency.quantile(0.999)),
+                ms(latency.quantile(1.0)),
+                latency.len()
+            ));
+        }
+    }
+    if let Some(peak) = engine::peak_rss_bytes() {
+        let per = |n: i64| {
+            if n > 0 {
+                format!("{:.0}", peak as f64 / n as f64)
+            } else {
+                "-".into()
+            }
+        };
+        out.push(format!(
+            "peak RSS {:.1} MB: {} bytes per accepted event ({}), {} bytes per profile ({})",
+            peak as f64 / 1e6,
+            per(summary.accepted as i64),
+            summary.accepted,
+            per(summary.profiles),
+            summary.profiles
+        ));
+    }
+    out
 }
 
 /// Prints the summary line and, when dead letters were not written to a file, their counts

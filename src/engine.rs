@@ -219,6 +219,19 @@ impl Latency {
     }
 }
 
+/// One input source's share of a run.
+#[derive(Debug, Default, Clone)]
+pub struct SourceStats {
+    /// Its name.
+    pub name: String,
+    /// Non-blank lines read from it.
+    pub lines: u64,
+    /// Seconds from its first line to the next source's first line (or the end of input).
+    pub seconds: f64,
+    /// Changes published meanwhile.
+    pub changes: u64,
+}
+
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -244,6 +257,11 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Read-to-publish latency of accepted events.
     pub latency: Latency,
+    /// Read-to-publish latency of forget requests (their last retraction is published then).
+    pub forget_latency: Latency,
+    /// Per input source, in order: (name, lines, seconds from its first line to the next
+    /// source's first line or the end, changes published meanwhile).
+    pub sources: Vec<SourceStats>,
     /// The final snapshot, when asked for.
     pub snapshot: Option<Snapshot>,
     /// Every change, when asked for.
@@ -393,12 +411,16 @@ struct Driver<'w> {
     next_seq: u64,
     /// Last lookup (query) id used.
     next_query: u64,
+    /// Changes published so far, and when the current source began (for [`SourceStats`]).
+    changes_total: u64,
+    source_changes_at: u64,
+    source_started: Instant,
     /// Current step within the clock's millisecond.
     step: u32,
     /// Something was inserted at the current time and not yet published.
     dirty: bool,
     /// (clock ms, read instant) of accepted events not yet published.
-    pending: VecDeque<(u64, Instant)>,
+    pending: VecDeque<(u64, Instant, bool)>,
     summary: Summary,
     snapshot: Option<Snapshot>,
     /// Facts of live events, for erasure.
@@ -435,6 +457,9 @@ impl<'w> Driver<'w> {
             source_names,
             next_seq: 0,
             next_query: 0,
+            changes_total: 0,
+            source_changes_at: 0,
+            source_started: Instant::now(),
             step: 0,
             dirty: false,
             pending: VecDeque::new(),
@@ -511,6 +536,37 @@ impl<'w> Driver<'w> {
         }
     }
 
+    /// Per-source statistics: opens the entry of `source` when its first line arrives, once
+    /// the dataflow has caught up with every line before it (so each source's time is the
+    /// time its own lines took).
+    fn note_source(&mut self, source: u16) -> Result<(), EngineError> {
+        let name = self.source_name_of(source);
+        let fresh = self.summary.sources.last().is_none_or(|s| s.name != name);
+        if fresh {
+            if !self.summary.sources.is_empty() {
+                self.settle()?;
+            }
+            self.close_source();
+            self.source_started = Instant::now();
+            self.source_changes_at = self.changes_total;
+            self.summary.sources.push(SourceStats {
+                name,
+                ..SourceStats::default()
+            });
+        }
+        if let Some(s) = self.summary.sources.last_mut() {
+            s.lines += 1;
+        }
+        Ok(())
+    }
+
+    fn close_source(&mut self) {
+        if let Some(s) = self.summary.sources.last_mut() {
+            s.seconds = self.source_started.elapsed().as_secs_f64();
+            s.changes = self.changes_total - self.source_changes_at;
+        }
+    }
+
     /// Wall-clock mode: moves the clock to the wall clock and publishes what that completes
     /// (decay steps that fell due).
     fn tick(&mut self) -> Result<(), EngineError> {
@@ -538,6 +594,7 @@ impl<'w> Driver<'w> {
         let dead_before = self.sinks.dead_letters.total();
         for line in &batch.lines {
             self.summary.lines += 1;
+            self.note_source(line.source)?;
             if let Some(length) = line.too_long {
                 self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
                 continue;
@@ -557,7 +614,8 @@ impl<'w> Driver<'w> {
                 Verdict::Accepted { now } => {
                     self.summary.accepted += 1;
                     self.advance_clock(now);
-                    self.pending.push_back((now, batch.read_at));
+                    self.pending
+                        .push_back((now, batch.read_at, event.kind == Kind::Forget));
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
@@ -738,8 +796,12 @@ impl<'w> Driver<'w> {
     }
 
     fn source_name(&self, line: &LineRef) -> String {
+        self.source_name_of(line.source)
+    }
+
+    fn source_name_of(&self, source: u16) -> String {
         self.source_names
-            .get(line.source as usize)
+            .get(source as usize)
             .cloned()
             .unwrap_or_default()
     }
@@ -853,11 +915,12 @@ impl<'w> Driver<'w> {
             views.apply(&changes);
         }
         self.count(|c| &c.changes, changes.len() as u64);
+        self.changes_total += changes.len() as u64;
         if self.options.collect_changes {
             self.summary.changes.extend(changes);
         }
         let now = Instant::now();
-        while let Some(&(ms, read_at)) = self.pending.front() {
+        while let Some(&(ms, read_at, forget)) = self.pending.front() {
             if ms > upto_ms {
                 break;
             }
@@ -867,6 +930,9 @@ impl<'w> Driver<'w> {
                 .as_micros()
                 .min(u32::MAX as u128) as u32;
             self.summary.latency.samples.push(micros);
+            if forget {
+                self.summary.forget_latency.samples.push(micros);
+            }
             if let Some(c) = &self.sinks.counters {
                 c.latency.observe(u64::from(micros));
             }
@@ -893,6 +959,7 @@ impl<'w> Driver<'w> {
     }
 
     fn finish(&mut self, started: Instant) -> Summary {
+        self.close_source();
         let _ = self.sinks.dead_letters.flush();
         let mut summary = std::mem::take(&mut self.summary);
         summary.dead_letters = self.sinks.dead_letters.counts().clone();
@@ -910,6 +977,14 @@ pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// This process's peak resident memory (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Whether progress lines make sense (stderr is a terminal).
