@@ -118,6 +118,23 @@ struct RunArgs {
     /// change, read-to-output latency p50/p99/p99.9/max, forget latency, peak memory.
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Timely's cluster settings: one dataflow over several processes (see the README).
+#[derive(Args)]
+struct ClusterArgs {
+    /// Number of processes in the cluster (each runs `-w` workers).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index (0 reads the input and writes the output).
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// File of `host:port` lines, one per process, in process order (default
+    /// localhost:2101, localhost:2102, ...).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
 }
 
 /// Entry point; returns the process exit code.
@@ -199,12 +216,79 @@ fn create(path: &Path, what: &str) -> Result<Box<dyn Write + Send>, String> {
     Ok(Box::new(BufWriter::new(file)))
 }
 
+/// In a cluster, timely's network threads panic when a peer process goes away, and the
+/// workers then panic in turn: report that as one error line and exit 1 at once, rather
+/// than a cascade of panics (or waiting for threads that will never finish).
+fn stop_on_lost_process() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a worker thread failed");
+        eprintln!(
+            "throughline: error: the cluster stopped: {message} (a process of the cluster is gone? restart every process)"
+        );
+        std::process::exit(1);
+    }));
+}
+
+/// Standard output as a handle of its own, with fd 1 itself moved to stderr: timely's
+/// cluster setup prints progress ("awaiting connections") to stdout, which must not mix
+/// with the change stream.
+fn stdout_apart() -> Result<Box<dyn Write + Send>, String> {
+    use std::os::fd::AsFd;
+    let out = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate stdout: {e}"))?;
+    // SAFETY: dup2 on two open descriptors of this process; fd 1 becomes a copy of fd 2 and
+    // every Rust handle to stdout keeps working (it now reaches stderr).
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(format!(
+            "cannot redirect stdout: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(Box::new(BufWriter::new(File::from(out))))
+}
+
 fn run(args: RunArgs) -> Result<i32, String> {
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
+    let c = &args.cluster;
+    let cluster = engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?;
+    let stdout = match &cluster {
+        Some(_) => {
+            stop_on_lost_process();
+            stdout_apart()?
+        }
+        None => Box::new(io::stdout()),
+    };
+    if let Some(cluster) = cluster.filter(|c| c.process != 0) {
+        // a helper process: it computes its share of the dataflow; process 0 has the input
+        // and writes the output
+        let options = Options {
+            workers: args.workers,
+            cluster: Some(cluster.clone()),
+            ..Options::default()
+        };
+        let sinks = Sinks::new(None, DeadLetters::new(None));
+        let summary = engine::run(spec, Vec::new(), sinks, options).map_err(|e| e.to_string())?;
+        if !args.quiet {
+            eprintln!(
+                "throughline: process {} of {}: done in {:.3} s",
+                cluster.process,
+                cluster.addresses.len(),
+                summary.elapsed.as_secs_f64()
+            );
+        }
+        return Ok(0);
+    }
     let sources = source::open(&args.inputs)?;
     let output: Box<dyn Write + Send> = match &args.output {
         Some(p) => create(p, "output")?,
-        None => Box::new(io::stdout()),
+        None => stdout,
     };
     let dead_letters = match &args.dead_letters {
         Some(p) => Some(create(p, "dead-letter file")?),
@@ -217,6 +301,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         collect_changes: false,
         wall_clock_ms: args.wall_clock_ms,
         progress: !args.quiet && engine::stderr_is_terminal(),
+        cluster: engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?,
         ..Options::default()
     };
     let (changes, mut snapshot_out) = if args.snapshot {

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,9 @@ pub struct Options {
     pub wall_clock_ms: Option<u64>,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
+    /// This process's place in a cluster of processes (timely's own networking); `None`
+    /// for a single process.
+    pub cluster: Option<Cluster>,
     /// Event-time or wall-clock time (SPEC section 4).
     pub clock: Clock,
     /// The key of suppression hashes (a server's data directory keeps one); random when
@@ -65,7 +68,57 @@ impl Default for Options {
             progress: false,
             salt: None,
             clock: Clock::Event,
+            cluster: None,
         }
+    }
+}
+
+/// A cluster of processes running one dataflow (timely's cluster configuration). Process 0
+/// reads the input and writes the outputs; every process runs `workers` workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index.
+    pub process: usize,
+    /// Every process's `host:port`, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// `--processes N --process I --hostfile FILE` (one `host:port` a line, as timely reads
+    /// it; without a file, `localhost:2101` and up, as timely does).
+    pub fn from_args(
+        processes: usize,
+        process: usize,
+        hostfile: Option<&std::path::Path>,
+    ) -> Result<Option<Cluster>, String> {
+        if processes <= 1 {
+            return Ok(None);
+        }
+        if process >= processes {
+            return Err(format!(
+                "--process {process} is not below --processes {processes}"
+            ));
+        }
+        let addresses: Vec<String> = match hostfile {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read hostfile {}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .take(processes)
+                .map(str::to_string)
+                .collect(),
+            None => (0..processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect(),
+        };
+        if addresses.len() < processes {
+            return Err(format!(
+                "the hostfile lists {} addresses for --processes {processes}",
+                addresses.len()
+            ));
+        }
+        Ok(Some(Cluster { process, addresses }))
     }
 }
 
@@ -334,21 +387,28 @@ pub fn run_channel(
     let started = Instant::now();
     let workers = options.workers.max(1);
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
-    let done = Arc::new(AtomicBool::new(false));
-    let config = if workers == 1 {
-        timely::Config::thread()
-    } else {
-        timely::Config::process(workers)
+    let leads = options.cluster.as_ref().is_none_or(|c| c.process == 0);
+    let config = match &options.cluster {
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: c.process,
+                addresses: c.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+        None if workers == 1 => timely::Config::thread(),
+        None => timely::Config::process(workers),
     };
 
     let guards = timely::execute(config, move |worker| {
         let (inputs, outputs) = dataflow::build(worker, &spec);
-        let _stop_followers = SetOnDrop(Arc::clone(&done));
         if worker.index() != 0 {
+            // a follower: timely steps it until the dataflow completes, which happens once
+            // worker 0 (process 0) closes its inputs, in this process or another
             drop(inputs);
-            while !done.load(Ordering::Acquire) {
-                worker.step_or_park(Some(Duration::from_millis(2)));
-            }
             return None;
         }
         let taken = handoff.lock().ok().and_then(|mut slot| slot.take());
@@ -381,20 +441,19 @@ pub fn run_channel(
             Err(e) => return Err(EngineError::Runtime(e)),
         }
     }
+    if !leads {
+        // another process of a cluster: its workers computed their share; process 0 has
+        // the input and the outputs
+        return Ok(Summary {
+            elapsed: started.elapsed(),
+            ..Summary::default()
+        });
+    }
     result.unwrap_or_else(|| {
         Err(EngineError::Internal(
             "internal error: worker 0 returned nothing".into(),
         ))
     })
-}
-
-/// Sets the flag when dropped, so followers stop even if worker 0 fails.
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
 }
 
 /// Worker 0's input side and output writer.
