@@ -263,24 +263,37 @@ fn main() {
     }
 
     // 5: erasure with the main workload as state
-    let forget = dir.join("forget.ndjson");
+    // each forget in a file of its own, so each is timed on its own (the engine catches up
+    // at every change of input source)
     let later = after(start_ms, events);
+    let forget_a = dir.join("forget_a.ndjson");
+    let forget_b = dir.join("forget_b.ndjson");
     std::fs::write(
-        &forget,
+        &forget_a,
+        format!("{{\"type\":\"forget\",\"userId\":\"u-0\",\"timestamp\":{later}}}\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        &forget_b,
         format!(
-            "{{\"type\":\"forget\",\"userId\":\"u-0\",\"timestamp\":{later}}}\n{{\"type\":\"forget\",\"userId\":\"u-{}\",\"timestamp\":{}}}\n",
+            "{{\"type\":\"forget\",\"userId\":\"u-{}\",\"timestamp\":{}}}\n",
             profiles / 2,
             later + 1
         ),
     )
     .expect("write");
-    let f = forget.to_string_lossy().to_string();
+    let (fa, fb) = (
+        forget_a.to_string_lossy().to_string(),
+        forget_b.to_string_lossy().to_string(),
+    );
     let args = [
         "run",
         "--input",
         &main_path,
         "--input",
-        &f,
+        &fa,
+        "--input",
+        &fb,
         "-o",
         "/dev/null",
         "-q",
