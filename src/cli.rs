@@ -58,9 +58,9 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Directory of the event log and dead letters.
+    /// Directory of the event log and dead letters (process 0 of a cluster only).
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8088")]
     listen: String,
@@ -83,6 +83,12 @@ struct ServeArgs {
     /// Seconds between checks whether the log needs a background compaction (0: never).
     #[arg(long, default_value_t = 30)]
     compact_check_secs: u64,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// In a cluster, process 0's HTTP address (its --listen): the other processes pass
+    /// every request on to it.
+    #[arg(long)]
+    leader: Option<String>,
 }
 
 #[derive(Args)]
@@ -177,8 +183,22 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         None => crate::spec::DEFAULT_SPEC.to_string(),
     };
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
+    let c = &args.cluster;
+    let cluster = engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?;
+    if cluster.is_some() {
+        stop_on_lost_process();
+    }
+    if let Some(helper) = cluster.as_ref().filter(|c| c.process != 0) {
+        let leader = args
+            .leader
+            .ok_or("--leader HOST:PORT (process 0's HTTP address) is required for --process > 0")?;
+        server::serve_helper(spec, helper.clone(), args.workers, &args.listen, &leader)?;
+        return Ok(0);
+    }
+    let data_dir = args.data_dir.ok_or("--data-dir is required")?;
     let config = server::ServeConfig {
-        data_dir: args.data_dir,
+        cluster,
+        data_dir,
         listen: args.listen,
         write_key: args.write_key,
         workers: args.workers,

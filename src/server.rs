@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, Clock, Counters, Options, Sinks};
+use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::{self, Ctx};
 use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::{Batch, Message};
@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub clock: Clock,
     /// How often to check whether the log needs compacting (zero: never in the background).
     pub compact_check: Duration,
+    /// This process's place in a cluster (it is process 0), if any.
+    pub cluster: Option<Cluster>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -134,6 +136,57 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     }
 }
 
+/// `serve` on a process other than 0 of a cluster: its workers compute their share of the
+/// dataflow, and its HTTP endpoints pass every request on to process 0 (`leader`), which
+/// sequences, logs and acknowledges all input, so the cluster behaves exactly like one
+/// process. Stops when process 0 stops (the dataflow completes) or on SIGTERM/SIGINT.
+pub fn serve_helper(
+    spec: Arc<Spec>,
+    cluster: Cluster,
+    workers: usize,
+    listen: &str,
+    leader: &str,
+) -> Result<(), String> {
+    let (_tx, rx) = crossbeam_channel::bounded::<Message>(1);
+    let options = Options {
+        workers,
+        cluster: Some(cluster.clone()),
+        ..Options::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("throughline-engine".into())
+            .spawn(move || {
+                let sinks = Sinks::new(None, DeadLetters::new(None));
+                let result = engine::run_channel(spec, rx, Vec::new(), true, sinks, options);
+                stop.store(true, Ordering::SeqCst); // process 0 finished: so does this one
+                result
+            })
+            .map_err(|e| format!("cannot start the engine: {e}"))?
+    };
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    eprintln!(
+        "throughline: process {} of {}: passing HTTP requests on to {leader}",
+        cluster.process,
+        cluster.addresses.len()
+    );
+    http::proxy(listen, leader, &stop)?;
+    if engine.is_finished() {
+        eprintln!("throughline: process 0 stopped; stopping");
+        let _ = engine.join();
+    } else {
+        // this process's workers stay until process 0 stops the dataflow; leave at once
+        eprintln!("throughline: shutting down (the cluster stops with it)");
+    }
+    Ok(())
+}
+
 /// Starts the engine thread, with its sinks in the data directory.
 #[allow(clippy::too_many_arguments)]
 fn start_engine(
@@ -171,6 +224,7 @@ fn start_engine(
         workers: config.workers,
         salt: Some(salt),
         clock: config.clock,
+        cluster: config.cluster.clone(),
         ..Options::default()
     };
     let spec = Arc::clone(spec);

@@ -189,3 +189,191 @@ fn a_dead_process_stops_the_cluster_with_an_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("throughline: error"), "{stderr}");
 }
+
+/// A started `serve` process and the address it listens on.
+struct Serving {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Serving {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("throughline: listening on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server did not start");
+    Serving { child, addr }
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sums a change stream's diffs per (time, view, key, row): the stream consolidated.
+fn consolidated(stream: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for line in stream.lines().filter(|l| !l.is_empty()) {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let diff = v["diff"].as_i64().unwrap();
+        v.as_object_mut().unwrap().remove("diff");
+        *sums.entry(v.to_string()).or_insert(0) += diff;
+    }
+    sums.retain(|_, d| *d != 0);
+    sums
+}
+
+/// `serve` as a 2-process cluster, events posted to both processes in turn: the views (read
+/// from either process) and the consolidated change stream equal `run -w 1` on the same
+/// events in the same order.
+#[test]
+fn a_two_process_server_gives_the_output_of_one() {
+    let dir = temp_dir("serve");
+    let input = workload(&dir);
+    let hosts = hostfile(&dir);
+    let hosts_arg = hosts.to_str().unwrap().to_string();
+    let data = dir.join("data");
+    let sink = dir.join("changes.ndjson");
+    let leader = serve(&[
+        "--processes",
+        "2",
+        "--process",
+        "0",
+        "--hostfile",
+        &hosts_arg,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--sink",
+        sink.to_str().unwrap(),
+    ]);
+    let helper = serve(&[
+        "--processes",
+        "2",
+        "--process",
+        "1",
+        "--hostfile",
+        &hosts_arg,
+        "--leader",
+        &leader.addr,
+    ]);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let bytes = std::fs::read(&input).unwrap();
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    for (i, chunk) in lines.chunks(50).enumerate() {
+        let target = if i % 2 == 0 {
+            &leader.addr
+        } else {
+            &helper.addr
+        };
+        let (status, body) = http(target, "POST", "/v1/ingest", &chunk.join(&b'\n'));
+        assert_eq!(status, 200, "{body}");
+    }
+    // every line reached the engine
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = http(&helper.addr, "GET", "/metrics", b"");
+        let seen = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("throughline_lines_total "))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        if seen == lines.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{seen} of {}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let snapshot = run(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--snapshot",
+        "--wall-clock-ms",
+        &wall,
+        "-q",
+    ])
+    .stdout;
+    let snapshot = String::from_utf8(snapshot).unwrap();
+    let spec = throughline::spec::Spec::default_spec();
+    for view in &spec.views {
+        let expected: Vec<&str> = snapshot
+            .lines()
+            .filter(|l| l.starts_with(&format!("{{\"view\":\"{}\"", view.name)))
+            .collect();
+        for addr in [&leader.addr, &helper.addr] {
+            let (status, body) = http(addr, "GET", &format!("/v1/views/{}", view.name), b"");
+            assert_eq!(status, 200);
+            let got: Vec<&str> = body.lines().collect();
+            assert!(got == expected, "view {} differs from run -w 1", view.name);
+        }
+    }
+    drop(helper);
+    drop(leader);
+    let changes = run(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--wall-clock-ms",
+        &wall,
+        "-q",
+    ])
+    .stdout;
+    let sunk = std::fs::read_to_string(&sink).unwrap();
+    assert!(
+        consolidated(&sunk) == consolidated(&String::from_utf8(changes).unwrap()),
+        "the consolidated change streams differ"
+    );
+}

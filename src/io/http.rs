@@ -87,6 +87,97 @@ pub fn listen(
     Ok(())
 }
 
+/// A cluster's other processes: serves HTTP on `listen` by passing each request on to
+/// `leader` (process 0) and copying its response back as it comes (streams included), until
+/// `stop` is set.
+pub fn proxy(listen: &str, leader: &str, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_default();
+    eprintln!("throughline: listening on {addr} (passing on to {leader})");
+    let server = Arc::new(server);
+    let handlers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop, leader) =
+                (Arc::clone(&server), Arc::clone(stop), leader.to_string());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
+                        // a stream holds its connection as long as the client stays
+                        let leader = leader.clone();
+                        std::thread::spawn(move || pass_on(request, &leader));
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handlers {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Sends one request to `leader` and copies its raw response back to the client.
+fn pass_on(mut request: Request, leader: &str) {
+    let mut body = Vec::new();
+    if request
+        .as_reader()
+        .take(MAX_INGEST_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .is_err()
+    {
+        return error(request, 400, "cannot read the body");
+    }
+    let mut upstream = match std::net::TcpStream::connect(leader) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                request,
+                503,
+                &format!("process 0 ({leader}) is unreachable: {e}"),
+            );
+        }
+    };
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {leader}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        request.method(),
+        request.url(),
+        body.len()
+    );
+    for h in request.headers() {
+        let name = h.field.as_str().as_str();
+        if !["host", "connection", "content-length", "transfer-encoding"]
+            .iter()
+            .any(|skip| name.eq_ignore_ascii_case(skip))
+        {
+            head.push_str(&format!("{name}: {}\r\n", h.value.as_str()));
+        }
+    }
+    head.push_str("\r\n");
+    if upstream
+        .write_all(head.as_bytes())
+        .and_then(|()| upstream.write_all(&body))
+        .is_err()
+    {
+        return error(
+            request,
+            503,
+            &format!("process 0 ({leader}) is unreachable"),
+        );
+    }
+    // byte for byte and flushed as it comes, so a change subscription streams through
+    let mut out = request.into_writer();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = upstream.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+}
+
 fn respond(request: Request, status: u16, content_type: &str, body: String) {
     let header = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).ok();
     let mut response = Response::from_string(body).with_status_code(status);
