@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::{self, Ctx};
 use crate::io::sink::{DeadLetters, LiveViews};
-use crate::io::source::{Batch, Message};
+use crate::io::source::Message;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
 use crate::store::data_dir::DataDir;
@@ -234,27 +234,13 @@ fn start_engine(
         .map_err(|e| format!("cannot start the engine: {e}"))
 }
 
-/// Sends the log's records to the engine, each group with its receipt wall clock; returns
-/// the next line number.
+/// Sends the log's records to the engine; returns the next line number.
 fn replay(records: &[Record], tx: &crossbeam_channel::Sender<Message>) -> Result<u64, String> {
-    let mut number = 1u64;
-    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-        for chunk in group.chunks(4096) {
-            let lines: Vec<(&[u8], bool)> = chunk
-                .iter()
-                .map(|r| (r.line.as_slice(), r.residue))
-                .collect();
-            tx.send(Message::Batch(Batch::of_lines(
-                0,
-                number,
-                &lines,
-                Some(chunk[0].wall_ms),
-            )))
+    for batch in log::batches(records, 1) {
+        tx.send(Message::Batch(batch))
             .map_err(|_| "the engine stopped during replay".to_string())?;
-            number += lines.len() as u64;
-        }
     }
-    Ok(number)
+    Ok(records.len() as u64 + 1)
 }
 
 /// Start-up compaction: rewrites the recovered log when that reduces anything.

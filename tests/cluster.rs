@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::request;
+
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::workload::{self, GenArgs};
 
@@ -228,30 +231,6 @@ fn serve(args: &[&str]) -> Serving {
     Serving { child, addr }
 }
 
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// Sums a change stream's diffs per (time, view, key, row): the stream consolidated.
 fn consolidated(stream: &str) -> std::collections::BTreeMap<String, i64> {
     let mut sums = std::collections::BTreeMap::new();
@@ -314,13 +293,13 @@ fn a_two_process_server_gives_the_output_of_one() {
         } else {
             &helper.addr
         };
-        let (status, body) = http(target, "POST", "/v1/ingest", &chunk.join(&b'\n'));
+        let (status, body) = request(target, "POST", "/v1/ingest", &[], &chunk.join(&b'\n'));
         assert_eq!(status, 200, "{body}");
     }
     // every line reached the engine
     let start = Instant::now();
     loop {
-        let (_, metrics) = http(&helper.addr, "GET", "/metrics", b"");
+        let (_, metrics) = request(&helper.addr, "GET", "/metrics", &[], b"");
         let seen = metrics
             .lines()
             .find_map(|l| l.strip_prefix("throughline_lines_total "))
@@ -354,7 +333,8 @@ fn a_two_process_server_gives_the_output_of_one() {
             .filter(|l| l.starts_with(&format!("{{\"view\":\"{}\"", view.name)))
             .collect();
         for addr in [&leader.addr, &helper.addr] {
-            let (status, body) = http(addr, "GET", &format!("/v1/views/{}", view.name), b"");
+            let (status, body) =
+                request(addr, "GET", &format!("/v1/views/{}", view.name), &[], b"");
             assert_eq!(status, 200);
             let got: Vec<&str> = body.lines().collect();
             assert!(got == expected, "view {} differs from run -w 1", view.name);

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use throughline::engine::{self, Options, Sinks, Summary};
 use throughline::io::sink::DeadLetters;
-use throughline::io::source::{Batch, Message};
+use throughline::io::source::Message;
 use throughline::replay::{FIXTURE_WALL_CLOCK_MS, SharedBuffer};
 use throughline::spec::Spec;
 use throughline::store::compact;
 use throughline::store::erasures::ErasureSets;
-use throughline::store::log::Record;
+use throughline::store::log::{self, Record};
 use throughline::workload::{self, GenArgs};
 
 const SALT: u128 = 0x5eed;
@@ -25,25 +25,11 @@ struct Replayed {
     sets: ErasureSets,
 }
 
-/// Replays records as the server does (one batch per receipt wall clock).
+/// Replays records as the server does.
 fn replay(spec: &Spec, records: &[Record]) -> Replayed {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let mut number = 1;
-    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-        for chunk in group.chunks(97) {
-            let lines: Vec<(&[u8], bool)> = chunk
-                .iter()
-                .map(|r| (r.line.as_slice(), r.residue))
-                .collect();
-            tx.send(Message::Batch(Batch::of_lines(
-                0,
-                number,
-                &lines,
-                Some(chunk[0].wall_ms),
-            )))
-            .unwrap();
-            number += lines.len() as u64;
-        }
+    for batch in log::batches(records, 1) {
+        tx.send(Message::Batch(batch)).unwrap();
     }
     drop(tx);
     let dead = SharedBuffer::default();

@@ -76,6 +76,24 @@ impl Record {
     }
 }
 
+/// The engine's input batches for `records` (lines numbered from `first_number`): one per
+/// run of equal receipt wall clock, at most 4096 lines each, in order.
+pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
+    let mut number = first_number;
+    let mut out = Vec::new();
+    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
+        for chunk in group.chunks(4096) {
+            let lines: Vec<(&[u8], bool)> = chunk
+                .iter()
+                .map(|r| (r.line.as_slice(), r.residue))
+                .collect();
+            out.push(Batch::of_lines(0, number, &lines, Some(chunk[0].wall_ms)));
+            number += lines.len() as u64;
+        }
+    }
+    out
+}
+
 /// Appends one framed payload to `out`.
 pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -433,19 +451,10 @@ impl Writer {
             self.durable.fetch_add(buf.len() as u64, Ordering::AcqRel);
             if let Some((to, next)) = &mut self.forward {
                 for (records, _) in batch.iter() {
-                    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-                        let lines: Vec<(&[u8], bool)> = group
-                            .iter()
-                            .map(|r| (r.line.as_slice(), r.residue))
-                            .collect();
-                        let _ = to.send(Message::Batch(Batch::of_lines(
-                            0,
-                            *next,
-                            &lines,
-                            Some(group[0].wall_ms),
-                        )));
-                        *next += lines.len() as u64;
+                    for b in batches(records, *next) {
+                        let _ = to.send(Message::Batch(b));
                     }
+                    *next += records.len() as u64;
                 }
             }
         }
