@@ -141,6 +141,21 @@ struct ClusterArgs {
     /// localhost:2101, localhost:2102, ...).
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// Seconds to wait at start for every process to connect.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout_secs: u64,
+}
+
+impl ClusterArgs {
+    /// The cluster these settings describe, if more than one process.
+    fn cluster(&self) -> Result<Option<engine::Cluster>, String> {
+        let cluster =
+            engine::Cluster::from_args(self.processes, self.process, self.hostfile.as_deref())?;
+        Ok(cluster.map(|c| engine::Cluster {
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            ..c
+        }))
+    }
 }
 
 /// Entry point; returns the process exit code.
@@ -183,8 +198,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         None => crate::spec::DEFAULT_SPEC.to_string(),
     };
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
-    let c = &args.cluster;
-    let cluster = engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?;
+    let cluster = args.cluster.cluster()?;
     if cluster.is_some() {
         stop_on_lost_process();
     }
@@ -276,8 +290,7 @@ fn stdout_apart() -> Result<Box<dyn Write + Send>, String> {
 
 fn run(args: RunArgs) -> Result<i32, String> {
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
-    let c = &args.cluster;
-    let cluster = engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?;
+    let cluster = args.cluster.cluster()?;
     let stdout = match &cluster {
         Some(_) => {
             stop_on_lost_process();
@@ -321,7 +334,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         collect_changes: false,
         wall_clock_ms: args.wall_clock_ms,
         progress: !args.quiet && engine::stderr_is_terminal(),
-        cluster: engine::Cluster::from_args(c.processes, c.process, c.hostfile.as_deref())?,
+        cluster: args.cluster.cluster()?,
         ..Options::default()
     };
     let (changes, mut snapshot_out) = if args.snapshot {

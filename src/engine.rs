@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +81,8 @@ pub struct Cluster {
     pub process: usize,
     /// Every process's `host:port`, in process order.
     pub addresses: Vec<String>,
+    /// How long to wait at start for every process to connect before giving up.
+    pub connect_timeout: Duration,
 }
 
 impl Cluster {
@@ -118,7 +120,11 @@ impl Cluster {
                 addresses.len()
             ));
         }
-        Ok(Some(Cluster { process, addresses }))
+        Ok(Some(Cluster {
+            process,
+            addresses,
+            connect_timeout: Duration::from_secs(60),
+        }))
     }
 }
 
@@ -403,6 +409,10 @@ pub fn run_channel(
         None => timely::Config::process(workers),
     };
 
+    let connected = Arc::new(AtomicBool::new(false));
+    if let Some(c) = &options.cluster {
+        watch_connection(c, Arc::clone(&connected));
+    }
     let guards = timely::execute(config, move |worker| {
         let (inputs, outputs) = dataflow::build(worker, &spec);
         if worker.index() != 0 {
@@ -432,6 +442,7 @@ pub fn run_channel(
         Some(driver.drive(&rx, live).map(|()| driver.finish(started)))
     })
     .map_err(EngineError::Runtime)?;
+    connected.store(true, Ordering::SeqCst);
 
     let mut result = None;
     for outcome in guards.join() {
@@ -454,6 +465,26 @@ pub fn run_channel(
             "internal error: worker 0 returned nothing".into(),
         ))
     })
+}
+
+/// Timely waits for every process of a cluster to connect, retrying forever; this gives up
+/// after the cluster's connect timeout with one error line (exit 1) instead.
+fn watch_connection(cluster: &Cluster, connected: Arc<AtomicBool>) {
+    let (timeout, addresses) = (cluster.connect_timeout, cluster.addresses.join(", "));
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if connected.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "throughline: error: the cluster did not form within {} s: is every process ({addresses}) started, with the same hostfile?",
+            timeout.as_secs()
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Worker 0's input side and output writer.

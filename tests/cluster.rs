@@ -357,3 +357,27 @@ fn a_two_process_server_gives_the_output_of_one() {
         "the consolidated change streams differ"
     );
 }
+
+/// A process whose peers never start gives up after the connect timeout, with an error.
+#[test]
+fn a_cluster_that_never_forms_is_an_error() {
+    let dir = temp_dir("alone");
+    let hosts = hostfile(&dir);
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--processes",
+            "2",
+            "--process",
+            "1",
+            "--hostfile",
+            hosts.to_str().unwrap(),
+            "--connect-timeout-secs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not form within 1 s"), "{stderr}");
+}
