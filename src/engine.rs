@@ -192,6 +192,12 @@ pub struct Counters {
     pub changes: AtomicU64,
     /// Forget requests carried out.
     pub forgets: AtomicU64,
+    /// Forget requests carried out from received lines (not replayed from a compacted
+    /// log): each makes the log due for compaction.
+    pub erasures: AtomicU64,
+    /// Received lines (not compacted ones) that compaction would reduce: duplicates, dead
+    /// letters, suppressed events.
+    pub reducible: AtomicU64,
     /// Ingest-to-output latency of accepted events.
     pub latency: Histogram,
 }
@@ -682,11 +688,13 @@ impl<'w> Driver<'w> {
             self.summary.forgets,
         );
         let dead_before = self.sinks.dead_letters.total();
+        let mut reducible = 0;
         for line in &batch.lines {
             self.summary.lines += 1;
             self.note_source(line.source)?;
             if let Some(length) = line.too_long {
                 self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
+                reducible += 1;
                 continue;
             }
             if line.residue {
@@ -697,6 +705,7 @@ impl<'w> Driver<'w> {
                 Ok(e) => e,
                 Err(r) => {
                     self.dead(line, r.reason, r.detail)?;
+                    reducible += 1;
                     continue;
                 }
             };
@@ -716,9 +725,18 @@ impl<'w> Driver<'w> {
                         self.dirty = true;
                     }
                 }
-                Verdict::Duplicate => self.summary.duplicates += 1,
-                Verdict::Dead(r) => self.dead(line, r.reason, r.detail)?,
-                Verdict::Suppressed => self.summary.suppressed += 1,
+                Verdict::Duplicate => {
+                    self.summary.duplicates += 1;
+                    reducible += 1;
+                }
+                Verdict::Dead(r) => {
+                    self.dead(line, r.reason, r.detail)?;
+                    reducible += 1;
+                }
+                Verdict::Suppressed => {
+                    self.summary.suppressed += 1;
+                    reducible += 1;
+                }
             }
         }
         self.count(|c| &c.lines, self.summary.lines - before.0);
@@ -726,6 +744,7 @@ impl<'w> Driver<'w> {
         self.count(|c| &c.duplicates, self.summary.duplicates - before.2);
         self.count(|c| &c.suppressed, self.summary.suppressed - before.3);
         self.count(|c| &c.forgets, self.summary.forgets - before.4);
+        self.count(|c| &c.reducible, reducible);
         self.count(
             |c| &c.dead_letters,
             self.sinks.dead_letters.total() - dead_before,
@@ -739,6 +758,7 @@ impl<'w> Driver<'w> {
     /// suppressed (as salted hashes) so later events carrying one are dropped.
     fn forget(&mut self, request: &Event, now: u64, line: u64) -> Result<(), EngineError> {
         self.summary.forgets += 1;
+        self.count(|c| &c.erasures, 1);
         self.next_query += 1;
         let query = self.next_query;
         for id in &request.idents {

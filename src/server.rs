@@ -300,7 +300,7 @@ pub struct Compactor {
     spec: Arc<Spec>,
     salt: u128,
     erasures: PathBuf,
-    /// (forgets carried out, dead lines) at the last compaction.
+    /// ([`Counters::erasures`], [`Counters::reducible`]) as of the last compaction.
     marks: Mutex<(u64, u64)>,
     compactions: AtomicU64,
 }
@@ -308,10 +308,8 @@ pub struct Compactor {
 impl Compactor {
     /// Compacts the log now (`POST /v1/compact`, or in the background).
     pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
-        let marks = (
-            counters.forgets.load(Ordering::Relaxed),
-            dead_lines(counters),
-        );
+        // taken before: whatever the engine counts meanwhile makes the next one due
+        let marks = marks_of(counters);
         let sets = erasures::load(&self.erasures)
             .map_err(|e| format!("cannot read {}: {e}", self.erasures.display()))?;
         let stats = log
@@ -325,15 +323,16 @@ impl Compactor {
     }
 
     /// Whether the log needs compacting: a forget was carried out since the last compaction
-    /// (its erased values must leave the disk), or at least 10,000 lines, and a quarter of
-    /// all, have been found dead (duplicates, dead letters, suppressed) since.
+    /// (its erased values must leave the disk), or at least 10,000 received lines, and a
+    /// quarter of all, have been found reducible (duplicates, dead letters, suppressed)
+    /// since. Lines replayed from residues count for neither: they are compacted already.
     fn due(&self, counters: &Counters) -> bool {
-        let Ok(marks) = self.marks.lock() else {
+        let Ok(marks) = self.marks.lock().map(|m| *m) else {
             return false;
         };
-        let dead = dead_lines(counters) - marks.1;
-        counters.forgets.load(Ordering::Relaxed) > marks.0
-            || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
+        let (erasures, reducible) = marks_of(counters);
+        let dead = reducible.saturating_sub(marks.1);
+        erasures > marks.0 || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
     }
 
     /// Compactions done since the start.
@@ -342,10 +341,11 @@ impl Compactor {
     }
 }
 
-fn dead_lines(c: &Counters) -> u64 {
-    c.duplicates.load(Ordering::Relaxed)
-        + c.dead_letters.load(Ordering::Relaxed)
-        + c.suppressed.load(Ordering::Relaxed)
+fn marks_of(c: &Counters) -> (u64, u64) {
+    (
+        c.erasures.load(Ordering::Relaxed),
+        c.reducible.load(Ordering::Relaxed),
+    )
 }
 
 fn compact_in_background(ctx: &Ctx, stop: &AtomicBool, every: Duration) {

@@ -542,7 +542,9 @@ fn erased_values_leave_the_data_directory_after_compaction() {
     while !files_containing(&dir, b"later-5e6f").is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "no background compaction"
+            "no background compaction; the server said: {:?}; left in {:?}",
+            server.stderr.try_iter().collect::<Vec<_>>(),
+            files_containing(&dir, b"later-5e6f")
         );
         std::thread::sleep(Duration::from_millis(100));
     }

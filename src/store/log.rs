@@ -354,6 +354,10 @@ impl Log {
         let kept = rewrite(records)?;
         stats.reduced =
             (kept.iter().filter(|r| r.residue).count() as u64).saturating_sub(reduced_before);
+        if stats.reduced == 0 {
+            stats.bytes_after = prefix; // nothing to reduce: the log stays as it is
+            return Ok(stats);
+        }
         write_records(&compacting_path(&self.path), &kept)?;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.send(Request::Swap {
