@@ -251,15 +251,16 @@ fn compact_at_start(
     salt: u128,
     sets: &erasures::ErasureSets,
 ) -> Result<Vec<Record>, String> {
-    let reduced_before = records.iter().filter(|r| r.residue).count();
     let kept = compact::rewrite(records, spec, salt, sets);
-    let reduced = kept.iter().filter(|r| r.residue).count() - reduced_before;
-    if reduced > 0 {
-        let bytes = log::replace(path, &kept)
+    if kept.reduced > 0 {
+        let bytes = log::replace(path, &kept.records)
             .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
-        eprintln!("throughline: compacted the log: {reduced} records reduced, {bytes} bytes now");
+        eprintln!(
+            "throughline: compacted the log: {} records reduced, {bytes} bytes now",
+            kept.reduced
+        );
     }
-    Ok(kept)
+    Ok(kept.records)
 }
 
 /// `throughline compact`: compacts a stopped server's log with the spec it last ran with.
@@ -282,14 +283,16 @@ pub fn compact_stopped(data_dir: &Path) -> Result<CompactStats, String> {
     let recovery =
         log::recover(&path).map_err(|e| format!("cannot recover {}: {e}", path.display()))?;
     let records = recovery.records.len() as u64;
-    let reduced_before = recovery.records.iter().filter(|r| r.residue).count() as u64;
     let kept = compact::rewrite(recovery.records, &spec, salt, &sets);
-    let reduced = kept.iter().filter(|r| r.residue).count() as u64 - reduced_before;
-    let bytes_after = log::replace(&path, &kept)
-        .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
+    let bytes_after = if kept.reduced == 0 {
+        bytes_before // nothing to reduce: the log stays as it is
+    } else {
+        log::replace(&path, &kept.records)
+            .map_err(|e| format!("cannot compact {}: {e}", path.display()))?
+    };
     Ok(CompactStats {
         records,
-        reduced,
+        reduced: kept.reduced,
         bytes_before,
         bytes_after,
     })
@@ -313,7 +316,10 @@ impl Compactor {
         let sets = erasures::load(&self.erasures)
             .map_err(|e| format!("cannot read {}: {e}", self.erasures.display()))?;
         let stats = log
-            .compact(|records| Ok(compact::rewrite(records, &self.spec, self.salt, &sets)))
+            .compact(|records| {
+                let kept = compact::rewrite(records, &self.spec, self.salt, &sets);
+                Ok((kept.records, kept.reduced))
+            })
             .map_err(|e| format!("cannot compact {}: {e}", log.path().display()))?;
         if let Ok(mut m) = self.marks.lock() {
             *m = marks;

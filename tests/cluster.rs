@@ -70,18 +70,18 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
+/// `run` as process 1 of a 2-process cluster, with `extra` arguments.
+fn helper_command(hosts: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--processes", "2", "--process", "1", "--hostfile"])
+        .arg(hosts)
+        .args(extra);
+    command
+}
+
 fn helper(hosts: &Path) -> Child {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--processes",
-            "2",
-            "--process",
-            "1",
-            "--hostfile",
-            hosts.to_str().unwrap(),
-            "-q",
-        ])
+    helper_command(hosts, &["-q"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -363,18 +363,7 @@ fn a_two_process_server_gives_the_output_of_one() {
 fn a_cluster_that_never_forms_is_an_error() {
     let dir = temp_dir("alone");
     let hosts = hostfile(&dir);
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--processes",
-            "2",
-            "--process",
-            "1",
-            "--hostfile",
-            hosts.to_str().unwrap(),
-            "--connect-timeout-secs",
-            "1",
-        ])
+    let out = helper_command(&hosts, &["--connect-timeout-secs", "1"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

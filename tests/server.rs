@@ -381,13 +381,12 @@ fn the_official_segment_python_sdk_works_unchanged() {
     );
 }
 
-/// `GET /v1/views/{name}/changes`: the current rows, then each change as it happens, on one
-/// open connection. (The 60 s bounds only guard against a hang.)
-#[test]
-fn change_subscription_streams_snapshot_then_live_changes() {
-    let dir = temp_dir("subscribe");
+/// A server holding one profile (`user`), and the raw response lines of a subscription to
+/// the `profiles` view's changes, requested with the extra `headers` (each ending `\r\n`).
+fn subscribed(name: &str, user: &str, headers: &str) -> (Server, mpsc::Receiver<String>) {
+    let dir = temp_dir(name);
     let server = Server::start(&dir, None);
-    let (status, _) = server.request("POST", "/v1/identify", &[], event("s-1", 0).as_bytes());
+    let (status, _) = server.request("POST", "/v1/identify", &[], event(user, 0).as_bytes());
     assert_eq!(status, 200);
     server.wait_for_view("profiles", |lines| lines.len() == 1);
     let mut stream = TcpStream::connect(&server.addr).unwrap();
@@ -396,11 +395,18 @@ fn change_subscription_streams_snapshot_then_live_changes() {
         .unwrap();
     write!(
         stream,
-        "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\n{headers}\r\n"
     )
     .unwrap();
+    (server, lines_of(stream))
+}
+
+/// `GET /v1/views/{name}/changes`: the current rows, then each change as it happens, on one
+/// open connection. (The 60 s bounds only guard against a hang.)
+#[test]
+fn change_subscription_streams_snapshot_then_live_changes() {
+    let (server, lines) = subscribed("subscribe", "s-1", "");
     // the chunked body: JSON lines between chunk-size lines
-    let lines = lines_of(stream.try_clone().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in lines.iter().filter(|l| l.starts_with('{')) {
@@ -731,21 +737,7 @@ fn wall_clock_mode_decays_without_events() {
 /// event per line; and `/metrics` carries the ingest-to-output histogram.
 #[test]
 fn change_subscription_as_server_sent_events() {
-    let dir = temp_dir("sse");
-    let server = Server::start(&dir, None);
-    let (status, _) = server.request("POST", "/v1/identify", &[], event("e-1", 0).as_bytes());
-    assert_eq!(status, 200);
-    server.wait_for_view("profiles", |lines| lines.len() == 1);
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /v1/views/profiles/changes HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let lines = lines_of(stream.try_clone().unwrap());
+    let (server, lines) = subscribed("sse", "e-1", "Accept: text/event-stream\r\n");
     let mut head = Vec::new();
     let first_event = loop {
         let line = lines

@@ -58,57 +58,47 @@ pub fn listen(
     ctx: Arc<Ctx>,
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a: SocketAddr| a.to_string())
-        .unwrap_or_default();
-    eprintln!(
-        "throughline: listening on {addr} (data dir {})",
-        data_dir.display()
-    );
-    let server = Arc::new(server);
-    let handlers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, ctx, stop) = (Arc::clone(&server), Arc::clone(&ctx), Arc::clone(stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
-                        handle(request, &ctx);
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in handlers {
-        let _ = h.join();
-    }
-    Ok(())
+    let about = format!("data dir {}", data_dir.display());
+    serve_with(listen, &about, stop, move |request| handle(request, &ctx))
 }
 
 /// A cluster's other processes: serves HTTP on `listen` by passing each request on to
 /// `leader` (process 0) and copying its response back as it comes (streams included), until
 /// `stop` is set.
 pub fn proxy(listen: &str, leader: &str, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let leader = leader.to_string();
+    let about = format!("passing on to {leader}");
+    serve_with(listen, &about, stop, move |request| {
+        // a stream holds its connection as long as the client stays: a thread of its own
+        let leader = leader.clone();
+        std::thread::spawn(move || pass_on(request, &leader));
+    })
+}
+
+/// Listens on `listen`, says so on stderr (with `about`), and hands each request to
+/// `handle` on four threads until `stop` is set.
+fn serve_with(
+    listen: &str,
+    about: &str,
+    stop: &Arc<AtomicBool>,
+    handle: impl Fn(Request) + Send + Sync + 'static,
+) -> Result<(), String> {
     let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server
         .server_addr()
         .to_ip()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_default();
-    eprintln!("throughline: listening on {addr} (passing on to {leader})");
-    let server = Arc::new(server);
+    eprintln!("throughline: listening on {addr} ({about})");
+    let (server, handle) = (Arc::new(server), Arc::new(handle));
     let handlers: Vec<_> = (0..4)
         .map(|_| {
-            let (server, stop, leader) =
-                (Arc::clone(&server), Arc::clone(stop), leader.to_string());
+            let (server, stop, handle) =
+                (Arc::clone(&server), Arc::clone(stop), Arc::clone(&handle));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
-                        // a stream holds its connection as long as the client stays
-                        let leader = leader.clone();
-                        std::thread::spawn(move || pass_on(request, &leader));
+                        handle(request);
                     }
                 }
             })

@@ -42,8 +42,17 @@ enum Fate {
     },
 }
 
+/// A rewritten log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The records, one for each of the original's.
+    pub records: Vec<Record>,
+    /// How many of them this rewrite reduced (earlier residues not counted).
+    pub reduced: u64,
+}
+
 /// Rewrites the log's records (line numbers from 1) as described in the module docs.
-pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets) -> Vec<Record> {
+pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets) -> Rewritten {
     let mut gate = Admission::new(spec.intent.max_future_ms, salt);
     let mut erased: HashSet<u128> = HashSet::new();
     let mut fates = Vec::with_capacity(records.len());
@@ -67,7 +76,8 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
     }
     // lines from a forget not carried out yet onwards are kept as they are
     fates.resize_with(records.len(), || Fate::Keep);
-    records
+    let mut reduced = 0;
+    let records = records
         .into_iter()
         .zip(fates)
         .map(|(record, fate)| {
@@ -88,13 +98,15 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
                     }
                 }
             };
+            reduced += 1;
             Record {
                 wall_ms: record.wall_ms,
                 line: residue.encode(),
                 residue: true,
             }
         })
-        .collect()
+        .collect();
+    Rewritten { records, reduced }
 }
 
 /// Pass one over a line: its fate, and the erasure set it adds (a carried-out forget), or

@@ -325,12 +325,13 @@ impl Log {
     }
 
     /// Compacts the log while it stays open for appends: reads its durable records, passes
-    /// them to `rewrite` (which returns the records to keep in their place), writes the
+    /// them to `rewrite` (which returns the records to keep in their place and how many it
+    /// reduced; none leaves the log as it is), writes the
     /// result beside the log and has the writer swap it in, atomically (rename), after
     /// copying over whatever was appended meanwhile. Appends wait only during the swap.
     pub fn compact(
         &self,
-        rewrite: impl FnOnce(Vec<Record>) -> io::Result<Vec<Record>>,
+        rewrite: impl FnOnce(Vec<Record>) -> io::Result<(Vec<Record>, u64)>,
     ) -> io::Result<CompactStats> {
         let _one = self
             .compacting
@@ -350,10 +351,8 @@ impl Log {
             bytes_before: prefix,
             ..CompactStats::default()
         };
-        let reduced_before = records.iter().filter(|r| r.residue).count() as u64;
-        let kept = rewrite(records)?;
-        stats.reduced =
-            (kept.iter().filter(|r| r.residue).count() as u64).saturating_sub(reduced_before);
+        let kept;
+        (kept, stats.reduced) = rewrite(records)?;
         if stats.reduced == 0 {
             stats.bytes_after = prefix; // nothing to reduce: the log stays as it is
             return Ok(stats);
