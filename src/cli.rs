@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `replay`, `gen`, `serve`, `compact`.
+//! The command line: `run`, `explain`, `check`, `replay`, `gen`, `serve`, `compact`.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -9,6 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{self, Options, Sinks, Summary};
+use crate::event::identifiers;
+use crate::explain::Outcome;
+use crate::explain::render::{self, Format};
+use crate::io::source::Message;
 use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
 use crate::spec::Spec;
@@ -48,6 +52,9 @@ enum Command {
     Gen(workload::GenArgs),
     /// Run as a long-lived server: Segment-compatible HTTP ingestion, durable log, live views.
     Serve(ServeArgs),
+    /// Explain why an identifier's profile looks the way it does: identity, score, consent,
+    /// traits and views, each with the events behind it.
+    Explain(ExplainArgs),
     /// Compact a stopped server's event log (a running one: `POST /v1/compact`).
     Compact {
         /// The server's data directory.
@@ -128,6 +135,34 @@ struct RunArgs {
     cluster: ClusterArgs,
 }
 
+#[derive(Args)]
+struct ExplainArgs {
+    /// The identifier, as `type:value` (e.g. `user_id:u-1`, `email:ada@example.com`).
+    identifier: String,
+    /// Input files, read in order (`-` is stdin); stdin when absent.
+    #[arg(long = "input", short = 'i')]
+    inputs: Vec<PathBuf>,
+    /// Dataflow spec (TOML); the built-in default when absent.
+    #[arg(long)]
+    dataflow: Option<PathBuf>,
+    /// Explain the state at this clock value (epoch ms or RFC 3339): the lines before the
+    /// first event that moves the clock past it, evaluated then. Default: the final clock.
+    #[arg(long)]
+    at: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// Timely workers.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Use this wall clock (epoch ms) for the far-future rule instead of the machine's.
+    #[arg(long, hide = true)]
+    wall_clock_ms: Option<u64>,
+    /// Do not print the summary line on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
 /// Timely's cluster settings: one dataflow over several processes (see the README).
 #[derive(Args)]
 struct ClusterArgs {
@@ -172,6 +207,7 @@ pub fn main() -> i32 {
         Command::Gen(args) => workload::command(&args),
         Command::Serve(args) => serve(args),
         Command::Compact { data_dir } => compact(&data_dir),
+        Command::Explain(args) => explain(args),
     };
     match result {
         Ok(code) => code,
@@ -223,6 +259,71 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     };
     server::serve(spec, config)?;
     Ok(0)
+}
+
+/// A clock value given on the command line: epoch ms or an RFC 3339 date-time.
+pub fn parse_clock(text: &str) -> Result<u64, String> {
+    let value = match text.parse::<u64>() {
+        Ok(ms) => serde_json::Value::from(ms),
+        Err(_) => serde_json::Value::from(text),
+    };
+    crate::event::timestamp::parse(&value).map_err(|e| format!("--at: {e}"))
+}
+
+fn explain(args: ExplainArgs) -> Result<i32, String> {
+    let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
+    let ident = identifiers::parse_key(&args.identifier, &spec.identity)?;
+    let at = args.at.as_deref().map(parse_clock).transpose()?;
+    let sources = source::open(&args.inputs)?;
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let (read, _reader) = source::spawn(sources);
+    // the reader's messages, then the question, then the end
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        for message in read {
+            if matches!(message, Message::End) {
+                break;
+            }
+            if tx.send(message).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Message::Explain(ident, at, reply));
+        let _ = tx.send(Message::End);
+    });
+    let options = Options {
+        workers: args.workers,
+        wall_clock_ms: args.wall_clock_ms,
+        progress: !args.quiet && engine::stderr_is_terminal(),
+        until_ms: at,
+        ..Options::default()
+    };
+    let sinks = Sinks::new(None, DeadLetters::new(None));
+    let summary =
+        engine::run_channel(spec, rx, names, false, sinks, options).map_err(|e| e.to_string())?;
+    let (outcome, took) = answer
+        .try_recv()
+        .map_err(|_| "internal error: the engine gave no explanation".to_string())?;
+    print!("{}", render::render(&outcome, args.format));
+    io::stdout()
+        .flush()
+        .map_err(|e| format!("cannot write output: {e}"))?;
+    if !args.quiet {
+        report(&summary, false);
+        eprintln!(
+            "throughline: explained {} in {:.3} ms",
+            args.identifier,
+            took.as_secs_f64() * 1e3
+        );
+    }
+    match outcome {
+        Outcome::NotFound { identifier } => {
+            eprintln!("throughline: error: no live event carries {identifier}");
+            Ok(1)
+        }
+        _ => Ok(0),
+    }
 }
 
 fn compact(data_dir: &Path) -> Result<i32, String> {

@@ -23,10 +23,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
 use crate::dataflow::views::{self, Fact};
-use crate::dataflow::{self, EventFacts, Inputs, STEP_BITS, Time, clock_of, time};
+use crate::dataflow::{self, EventFacts, Inputs, Origin, STEP_BITS, Time, clock_of, time};
 use crate::event::admit::{Admission, Verdict};
 use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
+use crate::explain;
 use crate::history::History;
 use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Snapshot};
 use crate::io::source::{self, Batch, LineRef, Message, Source};
@@ -55,6 +56,9 @@ pub struct Options {
     /// The key of suppression hashes (a server's data directory keeps one); random when
     /// absent.
     pub salt: Option<u128>,
+    /// Stop reading at the first accepted event that would move the clock past this value
+    /// (`explain --at`: the state at T is that of every line before it, SPEC section 7).
+    pub until_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -69,6 +73,7 @@ impl Default for Options {
             salt: None,
             clock: Clock::Event,
             cluster: None,
+            until_ms: None,
         }
     }
 }
@@ -519,8 +524,10 @@ struct Driver<'w> {
     pending: VecDeque<(u64, Instant, bool)>,
     summary: Summary,
     snapshot: Option<Snapshot>,
-    /// Facts of live events, for erasure.
+    /// Facts of live events, for erasure and explanations.
     history: History,
+    /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
+    stopped: bool,
     last_progress: Instant,
 }
 
@@ -561,6 +568,7 @@ impl<'w> Driver<'w> {
             pending: VecDeque::new(),
             summary: Summary::default(),
             history: History::default(),
+            stopped: false,
             last_progress: Instant::now(),
         }
     }
@@ -619,6 +627,11 @@ impl<'w> Driver<'w> {
                 }
                 Message::Lookup(ident, reply) => {
                     let _ = reply.send(self.lookup(&ident));
+                }
+                Message::Explain(ident, at, reply) => {
+                    let started = Instant::now();
+                    let outcome = self.explain(&ident, at);
+                    let _ = reply.send((outcome, started.elapsed()));
                 }
                 Message::Failed(why) => {
                     self.publish_current()?;
@@ -690,6 +703,9 @@ impl<'w> Driver<'w> {
         let dead_before = self.sinks.dead_letters.total();
         let mut reducible = 0;
         for line in &batch.lines {
+            if self.stopped {
+                break;
+            }
             self.summary.lines += 1;
             self.note_source(line.source)?;
             if let Some(length) = line.too_long {
@@ -710,6 +726,12 @@ impl<'w> Driver<'w> {
                 }
             };
             match self.gate.admit(&event, wall) {
+                Verdict::Accepted { now } if self.options.until_ms.is_some_and(|u| now > u) => {
+                    // `--at T`: this event moves the clock past T; nothing from here on
+                    // belongs to the state at T
+                    self.stopped = true;
+                    break;
+                }
                 Verdict::Accepted { now } => {
                     self.summary.accepted += 1;
                     self.advance_clock(now);
@@ -718,7 +740,11 @@ impl<'w> Driver<'w> {
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
-                        let facts = EventFacts::of(self.next_seq, &event, self.spec, now);
+                        let origin = Origin {
+                            source: line.source,
+                            line: line.number,
+                        };
+                        let facts = EventFacts::of(self.next_seq, &event, self.spec, now, origin);
                         self.next_seq += 1;
                         self.inputs.update(&facts, 1);
                         self.history.push(facts);
@@ -887,6 +913,19 @@ impl<'w> Driver<'w> {
         };
         let facts: Vec<Fact> = answers.into_iter().map(|(_, f)| f).collect();
         Ok(Some(views::profile_json(self.spec, &profile, &facts)))
+    }
+
+    /// The explanation of the profile of `ident` at clock `at` (default: now), from the
+    /// live events that arrived by then. An erased identifier is only reported suppressed.
+    fn explain(&self, ident: &Ident, at: Option<u64>) -> explain::Outcome {
+        let identifier = ident.key(&self.spec.identity);
+        if self.gate.is_suppressed(ident) {
+            return explain::Outcome::Suppressed { identifier };
+        }
+        match at.or(self.options.until_ms).or(self.clock()) {
+            Some(at) => explain::explain(&self.history, self.spec, &self.source_names, ident, at),
+            None => explain::Outcome::NotFound { identifier },
+        }
     }
 
     fn dead(

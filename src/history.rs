@@ -1,5 +1,6 @@
 //! The facts of every live accepted event, kept so that erasure (SPEC section 6) can retract
-//! exactly what each event inserted. Erased events' facts are dropped from here at once, so
+//! exactly what each event inserted, and so that explanations can cite the events behind a
+//! profile. Erased events' facts are dropped from here at once, so
 //! no raw value of theirs stays in memory beyond the retraction itself.
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +56,15 @@ impl History {
         }
         self.live -= taken.len();
         taken
+    }
+
+    /// The live events carrying `ident`, in arrival order.
+    pub fn carrying<'a>(&'a self, ident: &Ident) -> impl Iterator<Item = &'a EventFacts> + use<'a> {
+        self.by_ident
+            .get(ident)
+            .into_iter()
+            .flatten()
+            .filter_map(|seq| self.events.get(*seq as usize)?.as_ref())
     }
 
     /// Number of live events.

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod dataflow;
 pub mod engine;
 pub mod event;
+pub mod explain;
 pub mod history;
 pub mod io;
 pub mod replay;

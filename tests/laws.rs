@@ -61,7 +61,7 @@ fn facts_of(spec: &Spec, lines: &[&str]) -> Vec<EventFacts> {
         .enumerate()
         .map(|(i, l)| {
             let e = event::parse(l.as_bytes(), spec).unwrap();
-            EventFacts::of(i as u64, &e, spec, e.timestamp_ms)
+            EventFacts::of(i as u64, &e, spec, e.timestamp_ms, Default::default())
         })
         .collect()
 }
@@ -128,7 +128,7 @@ fn retracting_a_generated_workload_returns_to_empty() {
         .split(|b| *b == b'\n')
         .filter_map(|l| event::parse(l, &spec).ok())
         .enumerate()
-        .map(|(i, e)| EventFacts::of(i as u64, &e, &spec, e.timestamp_ms))
+        .map(|(i, e)| EventFacts::of(i as u64, &e, &spec, e.timestamp_ms, Default::default()))
         .collect();
     let (first, second) = facts.split_at(facts.len() / 2);
     let batches = vec![

@@ -5,6 +5,12 @@
 use super::{ByKey, Coll, Seq};
 use crate::event::Ident;
 
+/// How consent records rank (SPEC section 5): the greatest decides, so the latest timestamp
+/// wins and, at one timestamp, a denial beats a grant.
+pub fn precedence(timestamp: u64, granted: bool) -> (u64, bool) {
+    (timestamp, !granted)
+}
+
 /// Decided consent: `(profile, (purpose, granted))` for every profile and purpose with at
 /// least one record. `records` holds `(event, (purpose, timestamp, granted))`.
 pub fn decided<'s>(
@@ -12,11 +18,10 @@ pub fn decided<'s>(
     attribution: ByKey<'s, Seq, Ident>,
 ) -> Coll<'s, (Ident, (u8, bool))> {
     records
-        // order by (timestamp, denied): the greatest is the latest, denied first on ties
         .join_core(
             attribution,
             |_seq, (purpose, t, granted), profile: &Ident| {
-                Some(((profile.clone(), *purpose), (*t, !*granted)))
+                Some(((profile.clone(), *purpose), precedence(*t, *granted)))
             },
         )
         .reduce(|_key, records, out| {

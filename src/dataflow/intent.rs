@@ -78,6 +78,14 @@ impl Decay {
     }
 }
 
+/// The earliest `first` occurrence (by index into `firsts`, ascending times) that earns a
+/// `then` occurrence at `t_b` its bonus: `t_b - within <= t_a <= t_b` (SPEC section 4).
+pub fn qualifying_first(firsts: &[u64], t_b: u64, within: u64) -> Option<usize> {
+    let from = t_b.saturating_sub(within);
+    let i = firsts.partition_point(|t_a| *t_a < from);
+    firsts.get(i).is_some_and(|t_a| *t_a <= t_b).then_some(i)
+}
+
 /// Sequence bonuses that hold (SPEC section 4): `(then_event, sequence)` such that the
 /// `then` event's profile has a `first` occurrence at `t_A` with `t_B - within <= t_A <= t_B`.
 /// `roles` holds `(event, (sequence, role, t))` with role 0 = first, 1 = then; `within[q]`
@@ -103,9 +111,7 @@ pub fn qualified_sequences<'s>(
                 if *role != 1 {
                     continue;
                 }
-                let from = t_b.saturating_sub(window);
-                let i = firsts.partition_point(|t_a| *t_a < from);
-                if firsts.get(i).is_some_and(|t_a| t_a <= t_b) {
+                if qualifying_first(&firsts, *t_b, window).is_some() {
                     out.push((*seq, 1));
                 }
             }

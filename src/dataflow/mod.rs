@@ -89,13 +89,33 @@ pub struct EventFacts {
     pub consent: Vec<(u8, bool)>,
     /// Its trait values: (key, source: 1 = traits, 0 = context.traits, JSON text).
     pub traits: Vec<(String, u8, String)>,
-    /// Its messageId, when it has traits (their order uses it).
-    pub message_id: Option<String>,
+    /// Its messageId (trait order uses it; explanations name events by it).
+    pub message_id: Option<Box<str>>,
+    /// Where it was read.
+    pub origin: Origin,
+    /// Blocklisted values it carried (explanations report them).
+    pub blocked: Box<[Ident]>,
+}
+
+/// Where an accepted event was read: its input source (by index) and line number there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Index of the source (stdin, an `--input` file, the server's log).
+    pub source: u16,
+    /// 1-based line number within it.
+    pub line: u64,
 }
 
 impl EventFacts {
-    /// The facts of an accepted event inserted when the clock is `arrival_ms`.
-    pub fn of(seq: Seq, event: &Event, spec: &Spec, arrival_ms: u64) -> EventFacts {
+    /// The facts of an accepted event read at `origin` and inserted when the clock is
+    /// `arrival_ms`.
+    pub fn of(
+        seq: Seq,
+        event: &Event,
+        spec: &Spec,
+        arrival_ms: u64,
+        origin: Origin,
+    ) -> EventFacts {
         let signals = crate::event::signals::matched(&spec.intent, event);
         let mut roles = Vec::new();
         for (q, sequence) in spec.intent.sequences.iter().enumerate() {
@@ -116,12 +136,10 @@ impl EventFacts {
             signals,
             roles,
             consent: crate::event::profile_data::consent(event, &spec.consent),
-            message_id: if traits.is_empty() {
-                None
-            } else {
-                event.message_id.clone()
-            },
+            message_id: event.message_id.as_deref().map(Box::from),
             traits,
+            origin,
+            blocked: event.blocked.clone().into_boxed_slice(),
         }
     }
 }
@@ -248,9 +266,8 @@ impl Inputs {
                 .update((facts.seq, (purpose, facts.timestamp_ms, granted)), diff);
         }
         for (key, source, json) in &facts.traits {
-            let mid = facts.message_id.clone().unwrap_or_default();
-            let order = (facts.timestamp_ms, mid, facts.seq, *source, json.clone());
-            self.traits.update((facts.seq, (key.clone(), order)), diff);
+            let record = traits::record(facts, *source, json);
+            self.traits.update((facts.seq, (key.clone(), record)), diff);
         }
     }
 

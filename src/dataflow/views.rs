@@ -112,6 +112,16 @@ pub fn profile_json(spec: &Spec, profile: &Ident, facts: &[Fact]) -> Value {
     })
 }
 
+/// Every view's row for a profile with these facts, in spec order (`None` where the profile
+/// is not in the view). The same rendering as [`rows`], for explanations.
+pub fn rows_for(spec: &Spec, facts: &[Fact]) -> Vec<Option<String>> {
+    let render = Renderer::new(spec);
+    let state = State::collect(facts.iter());
+    (0..render.views.len())
+        .map(|i| render.row(i, &state))
+        .collect()
+}
+
 /// A profile's facts, gathered.
 struct State<'a> {
     members: Vec<&'a Ident>,

@@ -153,6 +153,7 @@ mod tests {
             message_id: id.map(str::to_string),
             timestamp_ms: ts,
             idents: vec![Ident::new(0, who)],
+            blocked: Vec::new(),
             body: Default::default(),
         }
     }

@@ -49,7 +49,18 @@ impl fmt::Debug for Ident {
 /// trimmed (and lowercased where the type says so); empty and blocklisted values dropped.
 /// The result is sorted by priority and holds each identifier once.
 pub fn read(event: &Map<String, Value>, spec: &IdentitySpec) -> Vec<Ident> {
+    read_with_blocked(event, spec).0
+}
+
+/// [`read`], and beside it the blocklisted values it dropped (normalised, sorted, each once),
+/// which explanations report. Blocklist entries are placeholders such as `null`, never
+/// personal data, so keeping them reveals nothing.
+pub fn read_with_blocked(
+    event: &Map<String, Value>,
+    spec: &IdentitySpec,
+) -> (Vec<Ident>, Vec<Ident>) {
     let mut out = Vec::new();
+    let mut blocked = Vec::new();
     for (rank, kind) in spec.identifiers.iter().enumerate() {
         for path in &kind.paths {
             let raw = match json::lookup(event, path) {
@@ -60,24 +71,39 @@ pub fn read(event: &Map<String, Value>, spec: &IdentitySpec) -> Vec<Ident> {
                 },
                 None => continue,
             };
-            if let Some(value) = normalise(&raw, kind.lowercase, spec) {
-                out.push(Ident::new(rank as u8, &value));
+            match normalise(&raw, kind.lowercase, spec) {
+                Some(value) => out.push(Ident::new(rank as u8, &value)),
+                None if is_blocklisted(&raw, kind.lowercase, spec) => {
+                    blocked.push(Ident::new(rank as u8, &normalised(&raw, kind.lowercase)));
+                }
+                None => {}
             }
         }
     }
     out.sort();
     out.dedup();
-    out
+    blocked.sort();
+    blocked.dedup();
+    (out, blocked)
+}
+
+fn normalised(raw: &str, lowercase: bool) -> String {
+    let trimmed = raw.trim();
+    if lowercase {
+        trimmed.to_lowercase()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+fn is_blocklisted(raw: &str, lowercase: bool, spec: &IdentitySpec) -> bool {
+    spec.blocklist
+        .contains(&normalised(raw, lowercase).to_lowercase())
 }
 
 /// Trims (Unicode white space), optionally lowercases, and drops empty or blocklisted values.
 pub fn normalise(raw: &str, lowercase: bool, spec: &IdentitySpec) -> Option<String> {
-    let trimmed = raw.trim();
-    let value = if lowercase {
-        trimmed.to_lowercase()
-    } else {
-        trimmed.to_string()
-    };
+    let value = normalised(raw, lowercase);
     let blocked = spec.blocklist.contains(&value.to_lowercase());
     (!value.is_empty() && !blocked).then_some(value)
 }

@@ -69,6 +69,8 @@ pub struct Event {
     pub timestamp_ms: u64,
     /// Its identifiers, sorted by priority, each once; never empty.
     pub idents: Vec<Ident>,
+    /// Blocklisted values it carried (dropped from `idents`; kept for explanations).
+    pub blocked: Vec<Ident>,
     /// The whole JSON object, for the stages that read more of it.
     pub body: Map<String, Value>,
 }
@@ -192,7 +194,7 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
         None => return reject(DeadReason::MissingTimestamp, "no timestamp"),
         Some(v) => timestamp::parse(v).or_else(|e| reject(DeadReason::BadTimestamp, e))?,
     };
-    let idents = identifiers::read(&body, &spec.identity);
+    let (idents, blocked) = identifiers::read_with_blocked(&body, &spec.identity);
     if idents.is_empty() {
         return reject(DeadReason::NoIdentifier, "no usable identifier");
     }
@@ -201,6 +203,7 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
         message_id,
         timestamp_ms,
         idents,
+        blocked,
         body,
     })
 }

@@ -96,6 +96,14 @@ pub enum Message {
         crate::event::Ident,
         Sender<Result<Option<serde_json::Value>, String>>,
     ),
+    /// An explanation (`explain`, `GET /v1/profiles/.../explain`) of the profile of an
+    /// identifier at a clock value (`None`: the current clock); the answer, with the time
+    /// it took, goes back on the channel.
+    Explain(
+        crate::event::Ident,
+        Option<u64>,
+        Sender<(crate::explain::Outcome, std::time::Duration)>,
+    ),
     /// All sources are exhausted.
     End,
 }
