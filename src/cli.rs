@@ -9,10 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{self, Options, Sinks, Summary};
-use crate::event::identifiers;
+use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
-use crate::io::source::Message;
 use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
 use crate::spec::Spec;
@@ -261,37 +260,15 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// A clock value given on the command line: epoch ms or an RFC 3339 date-time.
-pub fn parse_clock(text: &str) -> Result<u64, String> {
-    let value = match text.parse::<u64>() {
-        Ok(ms) => serde_json::Value::from(ms),
-        Err(_) => serde_json::Value::from(text),
-    };
-    crate::event::timestamp::parse(&value).map_err(|e| format!("--at: {e}"))
-}
-
 fn explain(args: ExplainArgs) -> Result<i32, String> {
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
     let ident = identifiers::parse_key(&args.identifier, &spec.identity)?;
-    let at = args.at.as_deref().map(parse_clock).transpose()?;
+    let at = args
+        .at
+        .as_deref()
+        .map(|t| timestamp::parse_text(t).map_err(|e| format!("--at: {e}")))
+        .transpose()?;
     let sources = source::open(&args.inputs)?;
-    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
-    let (read, _reader) = source::spawn(sources);
-    // the reader's messages, then the question, then the end
-    let (tx, rx) = crossbeam_channel::bounded(4);
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        for message in read {
-            if matches!(message, Message::End) {
-                break;
-            }
-            if tx.send(message).is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(Message::Explain(ident, at, reply));
-        let _ = tx.send(Message::End);
-    });
     let options = Options {
         workers: args.workers,
         wall_clock_ms: args.wall_clock_ms,
@@ -300,11 +277,12 @@ fn explain(args: ExplainArgs) -> Result<i32, String> {
         ..Options::default()
     };
     let sinks = Sinks::new(None, DeadLetters::new(None));
-    let summary =
-        engine::run_channel(spec, rx, names, false, sinks, options).map_err(|e| e.to_string())?;
-    let (outcome, took) = answer
-        .try_recv()
-        .map_err(|_| "internal error: the engine gave no explanation".to_string())?;
+    let (summary, mut outcomes) =
+        engine::run_and_explain(spec, sources, sinks, options, vec![(ident, at)])
+            .map_err(|e| e.to_string())?;
+    let (outcome, took) = outcomes
+        .pop()
+        .ok_or("internal error: the engine gave no explanation")?;
     print!("{}", render::render(&outcome, args.format));
     io::stdout()
         .flush()

@@ -390,6 +390,50 @@ pub fn run(
     run_channel(spec, rx, source_names, live, sinks, options)
 }
 
+/// A question for [`run_and_explain`]: an identifier, and the clock to explain it at
+/// (`None`: the final clock).
+pub type Question = (Ident, Option<u64>);
+
+/// Runs the dataflow of `spec` over `sources` (stopping at [`Options::until_ms`], if set) and
+/// then explains the profile of each questioned identifier. Returns the summary and, per
+/// question, the explanation and the time it took.
+pub fn run_and_explain(
+    spec: Arc<Spec>,
+    sources: Vec<Source>,
+    sinks: Sinks,
+    options: Options,
+    questions: Vec<Question>,
+) -> Result<(Summary, Vec<(explain::Outcome, Duration)>), EngineError> {
+    let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let (read, _reader) = source::spawn(sources);
+    // the reader's messages, then the questions, then the end
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let (reply, answers) = crossbeam_channel::unbounded();
+    let asked = questions.len();
+    std::thread::spawn(move || {
+        for message in read {
+            if matches!(message, Message::End) {
+                break;
+            }
+            if tx.send(message).is_err() {
+                return;
+            }
+        }
+        for (ident, at) in questions {
+            let _ = tx.send(Message::Explain(ident, at, reply.clone()));
+        }
+        let _ = tx.send(Message::End);
+    });
+    let summary = run_channel(spec, rx, source_names, false, sinks, options)?;
+    let outcomes: Vec<_> = answers.try_iter().collect();
+    if outcomes.len() != asked {
+        return Err(EngineError::Internal(
+            "internal error: the engine did not answer every question".into(),
+        ));
+    }
+    Ok((summary, outcomes))
+}
+
 /// Runs the dataflow of `spec` over the batches arriving on `rx` until [`Message::End`] or
 /// until every sender is dropped. `source_names` name the batches' sources in dead letters;
 /// `live` enables publishing after a pause (see the module documentation).

@@ -1,12 +1,16 @@
 //! Fixtures: `fixtures/<name>/` holds `events.ndjson` (and optionally `dataflow.toml`) with
 //! the expected `expected.changes.ndjson`, `expected.snapshot.ndjson` and
-//! `expected.dead_letters.ndjson`. `throughline replay` runs one and diffs its outputs.
+//! `expected.dead_letters.ndjson`, and optionally expected explanations under `explain/`
+//! (see [`ExplainCase`]). `throughline replay` runs one and diffs its outputs.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::{self, Options, Sinks};
+use crate::event::identifiers;
+use crate::explain::Outcome;
+use crate::explain::render::{self, Format};
 use crate::io::sink::DeadLetters;
 use crate::io::source::Source;
 use crate::spec::Spec;
@@ -130,6 +134,119 @@ pub fn expected(dir: &Path) -> Result<Outputs, String> {
     })
 }
 
+/// One expected explanation of a fixture: `explain/<name>.json` holds the JSON form (which
+/// names the identifier and, when found, the clock `at`); `<name>.txt` and `<name>.dot`
+/// beside it, when present, hold the text and Graphviz renderings.
+#[derive(Debug, Clone)]
+pub struct ExplainCase {
+    /// The JSON file.
+    pub json: PathBuf,
+    /// The identifier explained, `type:value`.
+    pub identifier: String,
+    /// The clock explained at (`explain --at`), when the file gives one.
+    pub at: Option<u64>,
+}
+
+/// The explanations a fixture checks, sorted by file name.
+pub fn explain_cases(dir: &Path) -> Result<Vec<ExplainCase>, String> {
+    let folder = dir.join("explain");
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return Ok(Vec::new());
+    };
+    let mut cases = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", folder.display()))?
+            .path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        let identifier = value["identifier"]
+            .as_str()
+            .ok_or_else(|| format!("{}: no \"identifier\"", path.display()))?
+            .to_string();
+        cases.push(ExplainCase {
+            json: path,
+            identifier,
+            at: value["at"].as_u64(),
+        });
+    }
+    cases.sort_by(|a, b| a.json.cmp(&b.json));
+    Ok(cases)
+}
+
+/// Runs `events` through `spec` (at the fixture wall clock, stopping at `at`) and explains
+/// `identifier` at `at` (default: the final clock).
+pub fn explain_bytes(
+    spec: &Spec,
+    events: Vec<u8>,
+    identifier: &str,
+    at: Option<u64>,
+    workers: usize,
+) -> Result<Outcome, String> {
+    let ident = identifiers::parse_key(identifier, &spec.identity)?;
+    let options = Options {
+        workers,
+        wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
+        until_ms: at,
+        ..Options::default()
+    };
+    let (_, mut outcomes) = engine::run_and_explain(
+        Arc::new(spec.clone()),
+        vec![Source::bytes("events.ndjson", events)],
+        Sinks::new(None, DeadLetters::new(None)),
+        options,
+        vec![(ident, at)],
+    )
+    .map_err(|e| e.to_string())?;
+    outcomes
+        .pop()
+        .map(|(outcome, _)| outcome)
+        .ok_or_else(|| "internal error: no explanation".to_string())
+}
+
+/// Checks (or, with `bless`, rewrites) every expected explanation of a fixture; returns the
+/// differences, one line each.
+pub fn check_explanations(dir: &Path, workers: usize, bless: bool) -> Result<Vec<String>, String> {
+    let spec = fixture_spec(dir)?;
+    let path = dir.join("events.ndjson");
+    let events =
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut report = Vec::new();
+    for case in explain_cases(dir)? {
+        let outcome = explain_bytes(&spec, events.clone(), &case.identifier, case.at, workers)?;
+        for format in [Format::Json, Format::Text, Format::Dot] {
+            let file = case.json.with_extension(match format {
+                Format::Json => "json",
+                Format::Text => "txt",
+                Format::Dot => "dot",
+            });
+            if format != Format::Json && !file.exists() {
+                continue;
+            }
+            let actual = render::render(&outcome, format);
+            if bless {
+                std::fs::write(&file, &actual)
+                    .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                continue;
+            }
+            let expected = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let lines = |t: &str| t.lines().map(str::to_string).collect::<Vec<_>>();
+            let d = diff(&lines(&expected), &lines(&actual));
+            if !d.is_empty() {
+                report.push(format!("  {}:", file.display()));
+                report.extend(d.into_iter().take(40).map(|l| format!("    {l}")));
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// Lines of `expected` missing from `actual` (`-`) and lines of `actual` not expected (`+`),
 /// each with its line number; empty when they are equal.
 pub fn diff(expected: &[String], actual: &[String]) -> Vec<String> {
@@ -161,6 +278,7 @@ pub fn command(dirs: &[std::path::PathBuf], bless: bool, workers: usize) -> Resu
     for dir in dirs {
         let actual = run_fixture(dir, workers)?;
         let name = dir.display();
+        let explained = check_explanations(dir, workers, bless)?;
         if bless {
             for (file, lines) in
                 FILES
@@ -191,6 +309,7 @@ pub fn command(dirs: &[std::path::PathBuf], bless: bool, workers: usize) -> Resu
                 report.extend(d.into_iter().take(40).map(|l| format!("    {l}")));
             }
         }
+        report.extend(explained);
         if report.is_empty() {
             println!("ok {name}");
         } else {

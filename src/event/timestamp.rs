@@ -19,6 +19,15 @@ pub fn parse(value: &Value) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// A clock value as a person writes it (a command-line flag, a query parameter): epoch ms
+/// digits or an RFC 3339 date-time.
+pub fn parse_text(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(ms) => parse(&Value::from(ms)),
+        Err(_) => parse(&Value::from(text)),
+    }
+}
+
 fn parse_any(value: &Value) -> Result<u64, String> {
     match value {
         Value::String(s) => parse_rfc3339(s),

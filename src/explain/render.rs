@@ -190,7 +190,7 @@ fn text(e: &Explanation) -> String {
     if e.score.expired > 0 {
         let _ = writeln!(
             s,
-            "  ({} more occurrences weigh nothing now)",
+            "  ({} occurrences weigh nothing now)",
             e.score.expired
         );
     }

@@ -19,7 +19,9 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::engine::{self, Counters};
 use crate::event::residue::Residue;
-use crate::event::{DeadReason, MAX_LINE_BYTES, identifiers};
+use crate::event::{DeadReason, MAX_LINE_BYTES, identifiers, timestamp};
+use crate::explain::Outcome;
+use crate::explain::render::{self, Format};
 use crate::io::sink::{LiveViews, Subscription};
 use crate::io::source::Message;
 use crate::server::Compactor;
@@ -237,6 +239,9 @@ fn handle(mut request: Request, ctx: &Ctx) {
         (Method::Get, p) if p.starts_with("/v1/views/") => {
             view(request, ctx, &p["/v1/views/".len()..])
         }
+        (Method::Get, p) if p.starts_with("/v1/profiles/") && p.ends_with("/explain") => {
+            explain(request, ctx, &p["/v1/profiles/".len()..p.len() - "/explain".len()])
+        }
         (Method::Get, p) if p.starts_with("/v1/profiles/") => {
             profile(request, ctx, &p["/v1/profiles/".len()..])
         }
@@ -433,6 +438,61 @@ fn profile(request: Request, ctx: &Ctx, key: &str) {
         Ok(Ok(Some(profile))) => respond(request, 200, "application/json", profile.to_string()),
         Ok(Ok(None)) => error(request, 404, &format!("no profile has {key}")),
         Ok(Err(e)) => error(request, 503, &e),
+        Err(_) => error(request, 503, "the engine is not running"),
+    }
+}
+
+/// The value of query parameter `name`, percent-decoded.
+fn query_param(request: &Request, name: &str) -> Option<String> {
+    let query = request.url().split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// `GET /v1/profiles/{type}:{value}/explain[?at=T][&format=json|text|dot]`: why the profile
+/// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
+/// RFC 3339; see `docs/explain.md`). 404 when no live event carries the identifier.
+fn explain(request: Request, ctx: &Ctx, key: &str) {
+    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+    let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
+        Ok(i) => i,
+        Err(e) => return error(request, 400, &e),
+    };
+    let format = match query_param(&request, "format") {
+        None => Format::Json,
+        Some(name) => match Format::parse(&name) {
+            Some(f) => f,
+            None => return error(request, 400, "format must be json, text or dot"),
+        },
+    };
+    let at = match query_param(&request, "at").map(|t| timestamp::parse_text(&t)) {
+        None => None,
+        Some(Ok(at)) => Some(at),
+        Some(Err(e)) => return error(request, 400, &format!("at: {e}")),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if ctx.lookups.send(Message::Explain(ident, at, reply)).is_err() {
+        return error(request, 503, "the engine is not running");
+    }
+    match answer.recv() {
+        Ok((outcome, _)) => {
+            let status = match outcome {
+                Outcome::NotFound { .. } => 404,
+                _ => 200,
+            };
+            respond(
+                request,
+                status,
+                format.content_type(),
+                render::render(&outcome, format),
+            );
+        }
         Err(_) => error(request, 503, "the engine is not running"),
     }
 }
