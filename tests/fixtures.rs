@@ -62,3 +62,24 @@ fn every_fixture_agrees_with_the_oracle() {
         assert_eq!(oracle.dead_letters, reasons, "{}", dir.display());
     }
 }
+
+#[test]
+fn every_fixture_explains_exactly() {
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for dir in fixture_dirs() {
+        cases += replay::explain_cases(&dir).unwrap().len();
+        for workers in [1, 2] {
+            let report = replay::check_explanations(&dir, workers, false).unwrap();
+            if !report.is_empty() {
+                failures.push(format!(
+                    "{} (-w {workers}):\n{}",
+                    dir.display(),
+                    report.join("\n")
+                ));
+            }
+        }
+    }
+    assert!(cases >= 10, "expected explanations missing ({cases})");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
