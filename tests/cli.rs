@@ -221,3 +221,65 @@ fn changes_stream_while_the_input_is_open() {
     assert!(child.wait().unwrap().success());
     assert!(rx.try_recv().is_err(), "nothing more at end of input");
 }
+
+#[test]
+fn explain_reads_stdin_or_files_stops_at_a_clock_and_reports_unknown_identifiers() {
+    let events = br#"{"type":"identify","messageId":"m1","userId":"u-1","anonymousId":"a-1","timestamp":"2026-01-01T10:00:00Z"}
+{"type":"page","messageId":"m2","anonymousId":"a-1","properties":{"path":"/pricing"},"timestamp":"2026-01-01T10:01:00Z"}
+{"type":"track","messageId":"m3","userId":"u-1","event":"Signed Up","timestamp":"2026-01-01T10:02:00Z"}
+"#;
+    let (code, out, err) = run_with_stdin(&["explain", "anonymous_id:a-1"], events);
+    assert_eq!(code, 0, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["profile"], "user_id:u-1");
+    assert_eq!(e["score"]["value"], 30);
+    assert!(err.contains("explained anonymous_id:a-1 in"), "{err}");
+
+    // --at stops before the first event past it: the signup is not there yet
+    let (code, out, _) = run_with_stdin(
+        &[
+            "explain",
+            "user_id:u-1",
+            "--at",
+            "2026-01-01T10:01:30Z",
+            "-q",
+        ],
+        events,
+    );
+    assert_eq!(code, 0);
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["score"]["value"], 10, "{e}");
+    assert_eq!(e["at"], 1_767_261_690_000u64);
+
+    let dir = temp_dir("explain");
+    let file = dir.join("events.ndjson");
+    std::fs::write(&file, events).unwrap();
+    let out = bin()
+        .args(["explain", "user_id:u-1", "--format", "text", "-q", "-i"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("Score: 30") && text.contains("event m3"),
+        "{text}"
+    );
+
+    let (code, out, err) = run_with_stdin(&["explain", "user_id:nobody", "-q"], events);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"not_found\""), "{out}");
+    assert!(
+        err.contains("error: no live event carries user_id:nobody"),
+        "{err}"
+    );
+    for (args, message) in [
+        (vec!["explain", "nobody"], "is not type:value"),
+        (vec!["explain", "user_id:u-1", "--at", "soon"], "--at:"),
+        (vec!["explain", "colour:blue"], "unknown identifier type"),
+    ] {
+        let (code, _, err) = run_with_stdin(&args, events);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}

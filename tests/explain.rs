@@ -188,10 +188,18 @@ fn explanations_at_a_past_clock_agree_with_the_changes_up_to_then() {
     let times: Vec<u64> = out
         .changes
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["time"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["time"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     let mut checked = 0;
-    for t in [times[times.len() / 4], times[times.len() / 2], times[times.len() * 3 / 4]] {
+    for t in [
+        times[times.len() / 4],
+        times[times.len() / 2],
+        times[times.len() * 3 / 4],
+    ] {
         let rows = rows(&common::consolidate_upto(&out.changes, t));
         let profiles = profiles(&rows, &spec);
         let questions: Vec<(String, Option<u64>)> =
@@ -231,10 +239,15 @@ fn forgotten_identifiers_are_only_suppressed() {
 {"type":"track","messageId":"m2","userId":"u-2","anonymousId":"a-1","event":"Signed Up","timestamp":2000}
 {"type":"forget","messageId":"f1","userId":"u-1","timestamp":3000}
 "#;
-    let questions: Vec<(String, Option<u64>)> = ["user_id:u-1", "email:one@x.org", "anonymous_id:a-1", "user_id:u-2"]
-        .iter()
-        .map(|k| (k.to_string(), None))
-        .collect();
+    let questions: Vec<(String, Option<u64>)> = [
+        "user_id:u-1",
+        "email:one@x.org",
+        "anonymous_id:a-1",
+        "user_id:u-2",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), None))
+    .collect();
     let answers = explain_all(&spec, input, &questions, 1, None);
     for a in &answers[..3] {
         assert_eq!(a.as_object().unwrap().len(), 2, "{a}");
@@ -242,9 +255,6 @@ fn forgotten_identifiers_are_only_suppressed() {
     }
     // u-2's own event carried a-1, so it was retracted too: nothing of u-2 is left
     assert_eq!(answers[3]["status"], "not_found", "{}", answers[3]);
-    let text = answers
-        .iter()
-        .map(Value::to_string)
-        .collect::<String>();
+    let text = answers.iter().map(Value::to_string).collect::<String>();
     assert!(!text.contains("pro") && !text.contains("m1"), "{text}");
 }

@@ -774,3 +774,101 @@ fn change_subscription_as_server_sent_events() {
         "{metrics}"
     );
 }
+
+#[test]
+fn explain_endpoint_in_every_format_and_after_erasure() {
+    use serde_json::json;
+    let dir = temp_dir("explain");
+    let server = Server::start(&dir, None);
+    for body in [
+        json!({"type": "identify", "messageId": "x-1", "userId": "p-1", "anonymousId": "a-1",
+               "timestamp": NOW_MS, "traits": {"plan": "pro"}}),
+        json!({"type": "page", "messageId": "x-2", "anonymousId": "a-1", "timestamp": NOW_MS + 1000,
+               "properties": {"path": "/pricing"}}),
+        json!({"type": "track", "messageId": "x-3", "userId": "p-1", "event": "Consent Updated",
+               "timestamp": NOW_MS + 2000,
+               "context": {"consent": {"categoryPreferences": {"Marketing": true}}}}),
+    ] {
+        let (status, text) = server.request("POST", "/v1/ingest", &[], &line(body));
+        assert_eq!(status, 200, "{text}");
+    }
+    let body = server.wait_for_profile("anonymous_id:a-1/explain", |status, body| {
+        status == 200 && body.contains("x-3")
+    });
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["status"], "found");
+    assert_eq!(e["profile"], "user_id:p-1");
+    assert_eq!(e["at"], NOW_MS + 2000);
+    assert_eq!(e["score"]["value"], 10);
+    let c = &e["score"]["contributions"][0];
+    assert_eq!(c["name"], "pricing_view");
+    assert_eq!(c["event"]["messageId"], "x-2");
+    let marketing = &e["consent"][1];
+    assert_eq!(marketing["purpose"], "marketing");
+    assert_eq!(marketing["granted"], true);
+    assert_eq!(marketing["decided_by"]["messageId"], "x-3");
+    assert_eq!(e["traits"][0]["event"]["messageId"], "x-1");
+    let path = &e["identity"]["identifiers"][1]["path"][0];
+    assert_eq!(path["to"], "user_id:p-1");
+    assert_eq!(path["events"][0]["messageId"], "x-1");
+
+    // the state at an earlier clock: the page had not arrived
+    let (status, body) = server.request(
+        "GET",
+        &format!("/v1/profiles/user_id:p-1/explain?at={NOW_MS}"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let then: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(then["score"]["value"], 0, "{then}");
+    assert_eq!(then["consent"][1]["default"], true);
+
+    let (status, text) = server.request(
+        "GET",
+        "/v1/profiles/user_id:p-1/explain?format=text",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("user_id:p-1 belongs to profile user_id:p-1"),
+        "{text}"
+    );
+    let (status, dot) = server.request(
+        "GET",
+        "/v1/profiles/user_id:p-1/explain?format=dot&at=2026-01-01T10:00:02Z",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        dot.starts_with("graph identity {") && dot.contains("\"anonymous_id:a-1\""),
+        "{dot}"
+    );
+    for (path, code) in [
+        ("/v1/profiles/user_id:nobody/explain", 404),
+        ("/v1/profiles/user_id:p-1/explain?format=pdf", 400),
+        ("/v1/profiles/user_id:p-1/explain?at=yesterday", 400),
+        ("/v1/profiles/nosuchtype:x/explain", 400),
+    ] {
+        assert_eq!(server.request("GET", path, &[], b"").0, code, "{path}");
+    }
+
+    // erased: suppressed, and nothing else
+    let forget = json!({"type": "forget", "messageId": "x-9", "anonymousId": "a-1",
+                        "timestamp": NOW_MS + 3000});
+    assert_eq!(
+        server.request("POST", "/v1/ingest", &[], &line(forget)).0,
+        200
+    );
+    let body = server.wait_for_profile("user_id:p-1/explain", |status, body| {
+        status == 200 && body.contains("suppressed")
+    });
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        e,
+        json!({"status": "suppressed", "identifier": "user_id:p-1"})
+    );
+    server.stop();
+}

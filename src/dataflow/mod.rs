@@ -109,13 +109,7 @@ pub struct Origin {
 impl EventFacts {
     /// The facts of an accepted event read at `origin` and inserted when the clock is
     /// `arrival_ms`.
-    pub fn of(
-        seq: Seq,
-        event: &Event,
-        spec: &Spec,
-        arrival_ms: u64,
-        origin: Origin,
-    ) -> EventFacts {
+    pub fn of(seq: Seq, event: &Event, spec: &Spec, arrival_ms: u64, origin: Origin) -> EventFacts {
         let signals = crate::event::signals::matched(&spec.intent, event);
         let mut roles = Vec::new();
         for (q, sequence) in spec.intent.sequences.iter().enumerate() {

@@ -317,9 +317,8 @@ impl<'a> Graph<'a> {
         let (region, mut anchors) = self.region(&starts);
         anchors.insert(root.clone());
         let labels = self.label_from_anchors(&region, &anchors);
-        let (members, others): (BTreeMap<_, _>, BTreeMap<_, _>) = labels
-            .into_iter()
-            .partition(|(_, l)| l.label.root == root);
+        let (members, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            labels.into_iter().partition(|(_, l)| l.label.root == root);
         Resolved {
             root,
             members,

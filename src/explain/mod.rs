@@ -293,14 +293,7 @@ pub fn explain(
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
     let identity = identity(&mut graph, spec, &resolved, events.len(), &cite);
-    let views = view_decisions(
-        spec,
-        &resolved,
-        score_milli,
-        &active,
-        &consent,
-        &traits,
-    );
+    let views = view_decisions(spec, &resolved, score_milli, &active, &consent, &traits);
     Outcome::Found(Box::new(Explanation {
         identifier: key(ident),
         at,
@@ -436,8 +429,7 @@ fn identity(
         }
         for facts in graph.events(member) {
             for b in facts.blocked.iter() {
-                let entry: &mut (Vec<EventRef>, usize, u64) =
-                    blocked.entry(b.clone()).or_default();
+                let entry: &mut (Vec<EventRef>, usize, u64) = blocked.entry(b.clone()).or_default();
                 if entry.2 == facts.seq + 1 {
                     continue; // the same event, met through another member
                 }
@@ -547,7 +539,15 @@ fn score(
             if let Some(i) = qualifying_first(&times, then.timestamp_ms, sequence.within_ms) {
                 let id = num_signals + q as u16;
                 let (name, points) = (&sequence.name, sequence.points_milli);
-                occurrence(&mut out, id, "sequence", name, points, then, Some(firsts[i]));
+                occurrence(
+                    &mut out,
+                    id,
+                    "sequence",
+                    name,
+                    points,
+                    then,
+                    Some(firsts[i]),
+                );
             }
         }
     }
@@ -608,10 +608,7 @@ fn consent_decisions(
 
 /// Current traits (SPEC section 5): per key, the greatest [`traits::record`] among the
 /// profile's events.
-fn trait_values(
-    events: &[&EventFacts],
-    cite: &dyn Fn(&EventFacts) -> EventRef,
-) -> Vec<TraitValue> {
+fn trait_values(events: &[&EventFacts], cite: &dyn Fn(&EventFacts) -> EventRef) -> Vec<TraitValue> {
     let mut best: BTreeMap<&str, (traits::TraitValue, &EventFacts)> = BTreeMap::new();
     for facts in events {
         for (key, source, json) in &facts.traits {

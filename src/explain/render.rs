@@ -102,7 +102,11 @@ fn text(e: &Explanation) -> String {
     } else {
         "anonymous"
     };
-    let _ = writeln!(s, "{} belongs to profile {} ({kind})", e.identifier, e.profile);
+    let _ = writeln!(
+        s,
+        "{} belongs to profile {} ({kind})",
+        e.identifier, e.profile
+    );
     let _ = writeln!(s, "state at {} ({})", rfc3339(e.at, 0), e.at);
     let _ = writeln!(
         s,
@@ -188,11 +192,7 @@ fn text(e: &Explanation) -> String {
         );
     }
     if e.score.expired > 0 {
-        let _ = writeln!(
-            s,
-            "  ({} occurrences weigh nothing now)",
-            e.score.expired
-        );
+        let _ = writeln!(s, "  ({} occurrences weigh nothing now)", e.score.expired);
     }
     let _ = writeln!(s, "\nConsent:");
     for c in &e.consent {
@@ -273,12 +273,7 @@ fn dot(e: &Explanation) -> String {
         }
         let _ = writeln!(s, "  {} [{attrs}];", quote(&m.identifier));
     }
-    let mut outside: Vec<&str> = e
-        .identity
-        .links_out
-        .iter()
-        .map(|l| l.to.as_str())
-        .collect();
+    let mut outside: Vec<&str> = e.identity.links_out.iter().map(|l| l.to.as_str()).collect();
     outside.sort_unstable();
     outside.dedup();
     for id in outside {
@@ -309,7 +304,11 @@ fn dot(e: &Explanation) -> String {
         );
     }
     for l in &e.identity.links_out {
-        let style = if l.dropped.is_some() { "dashed" } else { "solid" };
+        let style = if l.dropped.is_some() {
+            "dashed"
+        } else {
+            "solid"
+        };
         let _ = writeln!(
             s,
             "  {} -- {} [style={style}, color=\"#999999\", label=\"{}\"];",

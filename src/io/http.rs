@@ -239,9 +239,11 @@ fn handle(mut request: Request, ctx: &Ctx) {
         (Method::Get, p) if p.starts_with("/v1/views/") => {
             view(request, ctx, &p["/v1/views/".len()..])
         }
-        (Method::Get, p) if p.starts_with("/v1/profiles/") && p.ends_with("/explain") => {
-            explain(request, ctx, &p["/v1/profiles/".len()..p.len() - "/explain".len()])
-        }
+        (Method::Get, p) if p.starts_with("/v1/profiles/") && p.ends_with("/explain") => explain(
+            request,
+            ctx,
+            &p["/v1/profiles/".len()..p.len() - "/explain".len()],
+        ),
         (Method::Get, p) if p.starts_with("/v1/profiles/") => {
             profile(request, ctx, &p["/v1/profiles/".len()..])
         }
@@ -477,7 +479,11 @@ fn explain(request: Request, ctx: &Ctx, key: &str) {
         Some(Err(e)) => return error(request, 400, &format!("at: {e}")),
     };
     let (reply, answer) = crossbeam_channel::bounded(1);
-    if ctx.lookups.send(Message::Explain(ident, at, reply)).is_err() {
+    if ctx
+        .lookups
+        .send(Message::Explain(ident, at, reply))
+        .is_err()
+    {
         return error(request, 503, "the engine is not running");
     }
     match answer.recv() {
