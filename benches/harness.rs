@@ -310,6 +310,31 @@ fn main() {
         command: format!("throughline {}", args.join(" ")),
     });
 
+    // 6: explaining one profile with the main workload as state (the heaviest, u-0, and a
+    // typical one); the engine times the explanation itself
+    for who in [0, profiles / 2] {
+        let id = format!("user_id:u-{who}");
+        let args = ["explain", &id, "--input", &main_path];
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .expect("cannot start throughline");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "throughline explain failed: {stderr}");
+        let took = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("throughline: explained {id} in ")))
+            .unwrap_or("-")
+            .to_string();
+        rows.push(Row {
+            figure: format!("explain {id}, {events} events of state"),
+            measured: took,
+            target: "(reported)",
+            command: format!("throughline {} > /dev/null", args.join(" ")),
+        });
+    }
+
     println!("| figure | measured | target | command |");
     println!("|---|---|---|---|");
     for r in rows {

@@ -188,26 +188,25 @@ impl<'a> Graph<'a> {
         let mut dist = 0u32;
         while !frontier.is_empty() {
             dist += 1;
-            let mut reached: BTreeMap<Ident, (BTreeSet<Ident>, Ident)> = BTreeMap::new();
+            // each node one step further: the roots of its neighbours in the frontier
+            let mut reached: BTreeMap<Ident, BTreeSet<Ident>> = BTreeMap::new();
             for u in &frontier {
                 let roots = tied.get(u).cloned().unwrap_or_default();
                 for n in self.edges(u) {
-                    if !region.contains(&n) || labelled.contains_key(&n) {
-                        continue;
+                    if region.contains(&n) && !labelled.contains_key(&n) {
+                        reached.entry(n).or_default().extend(roots.iter().cloned());
                     }
-                    let entry = reached
-                        .entry(n)
-                        .or_insert_with(|| (BTreeSet::new(), u.clone()));
-                    entry.0.extend(roots.iter().cloned());
                 }
             }
-            for (n, (roots, _)) in &reached {
+            for (n, roots) in &reached {
                 let roots: Vec<Ident> = roots.iter().take(MAX_CONTENDERS + 1).cloned().collect();
                 tied.insert(n.clone(), roots);
             }
-            for (n, (_, _)) in &reached {
-                let roots = &tied[n];
-                let root = roots[0].clone();
+            for n in reached.keys() {
+                let Some((root, others)) = tied.get(n).and_then(|r| r.split_first()) else {
+                    continue;
+                };
+                let root = root.clone();
                 // the least neighbour one step nearer whose own root is the same
                 let parent = frontier
                     .iter()
@@ -224,7 +223,7 @@ impl<'a> Graph<'a> {
                             root,
                         },
                         parent,
-                        contenders: roots[1..].to_vec(),
+                        contenders: others.to_vec(),
                     },
                 );
             }
