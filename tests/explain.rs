@@ -258,3 +258,32 @@ fn forgotten_identifiers_are_only_suppressed() {
     let text = answers.iter().map(Value::to_string).collect::<String>();
     assert!(!text.contains("pro") && !text.contains("m1"), "{text}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Random small event sets (many links, ties, hubs, consent and trait ties, erasures):
+    /// every profile's explanation agrees with the views, at the end and halfway.
+    #[test]
+    fn random_event_sets_explain_like_the_views(
+        lines in proptest::collection::vec(common::arb_line(), 1..40),
+        max_links in 1usize..5,
+    ) {
+        let spec = common::fast_decay_spec(max_links, "30s", "80s");
+        let input = lines.join("\n").into_bytes();
+        check_every_profile(&spec, &input);
+        // halfway through the change stream, with the input stopped there (`--at`)
+        let out = common::engine(&spec, &input, 1);
+        if let Some(line) = out.changes.get(out.changes.len() / 2) {
+            let t = serde_json::from_str::<Value>(line).unwrap()["time"].as_u64().unwrap();
+            let rows = rows(&common::consolidate_upto(&out.changes, t));
+            let profiles = profiles(&rows, &spec);
+            let questions: Vec<(String, Option<u64>)> =
+                profiles.iter().map(|(k, _)| (k.clone(), Some(t))).collect();
+            let answers = explain_all(&spec, &input, &questions, 1, Some(t));
+            for ((key, ids), e) in profiles.iter().zip(&answers) {
+                agrees(e, key, ids, &rows);
+            }
+        }
+    }
+}

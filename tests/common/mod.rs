@@ -4,6 +4,9 @@
 pub mod oracle;
 
 use std::io::{Read, Write};
+
+use proptest::prelude::*;
+use serde_json::json;
 use std::net::TcpStream;
 
 use throughline::replay::{self, Outputs};
@@ -114,4 +117,59 @@ pub fn request(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// One random event over small identifier pools, so links, ties and hubs are frequent.
+pub fn arb_line() -> impl Strategy<Value = String> {
+    let id = |prefix: &'static str, n: u8| {
+        proptest::option::weighted(0.5, (0..n).prop_map(move |i| format!("{prefix}{i}")))
+    };
+    (
+        id("u", 3),
+        id("E", 4),
+        id("d", 3),
+        id("a", 6),
+        id("a", 6),
+        0u64..6,
+        proptest::option::weighted(0.7, 0u8..12),
+        0u8..20,
+    )
+        .prop_map(|(user, email, device, anon, prev, minute, mid, shape)| {
+            if shape == 0 {
+                return "{not json".to_string();
+            }
+            let kind = ["page", "track", "track", "track", "identify"][(shape % 5) as usize];
+            let name = ["Support Chat Started", "Video Played", "Signed Up", "x"][(shape % 4) as usize];
+            let mut e = json!({"type": kind, "event": name, "properties": {"path": "/pricing"}, "timestamp": 1_767_261_600_000u64 + minute * 20_000});
+            if let Some(u) = user {
+                e["userId"] = json!(u);
+            }
+            if let Some(m) = email {
+                e["traits"] = json!({"email": format!("{m}@X.org")});
+            }
+            if let Some(d) = device {
+                e["context"] = json!({"device": {"id": d}});
+            }
+            if let Some(a) = anon {
+                e["anonymousId"] = json!(a);
+            }
+            if let Some(p) = prev {
+                e["previousId"] = json!(p);
+            }
+            if let Some(m) = mid {
+                e["messageId"] = json!(format!("m{m}"));
+            }
+            // consent records, traits and erasure, with many ties on the timestamp
+            if shape % 3 == 0 {
+                e["context"]["consent"] = json!({"categoryPreferences": {"Marketing": shape % 2 == 0, "personalization": shape > 9}});
+            }
+            if shape % 4 == 1 {
+                e["traits"]["plan"] = [json!("free"), json!("pro"), serde_json::Value::Null][(shape % 3) as usize].clone();
+                e["context"]["traits"] = json!({"plan": "ctx", "tier": shape});
+            }
+            if shape == 19 {
+                e["type"] = json!("forget");
+            }
+            e.to_string()
+        })
 }
