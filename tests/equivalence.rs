@@ -6,7 +6,6 @@
 mod common;
 
 use proptest::prelude::*;
-use serde_json::json;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::spec::Spec;
 use throughline::workload::{self, GenArgs};
