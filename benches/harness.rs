@@ -70,18 +70,23 @@ fn parse_stats(stderr: &str) -> Stats {
     stats
 }
 
-fn run(args: &[&str]) -> Stats {
+/// Runs the release binary (stdout discarded); returns its stderr.
+fn stderr_of(args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
         .stdout(Stdio::null())
         .output()
         .expect("cannot start throughline");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
         "throughline {args:?} failed: {stderr}"
     );
-    parse_stats(&stderr)
+    stderr
+}
+
+fn run(args: &[&str]) -> Stats {
+    parse_stats(&stderr_of(args))
 }
 
 fn generate(path: &Path, events: u64, profiles: u64, seed: u64, start_ms: u64) -> String {
@@ -315,14 +320,7 @@ fn main() {
     for who in [0, profiles / 2] {
         let id = format!("user_id:u-{who}");
         let args = ["explain", &id, "--input", &main_path];
-        let out = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .output()
-            .expect("cannot start throughline");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "throughline explain failed: {stderr}");
-        let took = stderr
+        let took = stderr_of(&args)
             .lines()
             .find_map(|l| l.strip_prefix(&format!("throughline: explained {id} in ")))
             .unwrap_or("-")

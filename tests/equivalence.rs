@@ -8,7 +8,6 @@ mod common;
 use proptest::prelude::*;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::spec::Spec;
-use throughline::workload::{self, GenArgs};
 
 fn check(spec: &Spec, input: &[u8], workers: usize) {
     let engine = common::engine(spec, input, workers);
@@ -27,25 +26,11 @@ fn check(spec: &Spec, input: &[u8], workers: usize) {
     }
 }
 
-fn workload(seed: u64, events: u64, profiles: u64, adversarial: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let args = GenArgs {
-        events,
-        profiles,
-        seed,
-        adversarial,
-        // before the fixture wall clock, so only the deliberate far-future lines are dead
-        start_ms: 1_767_225_600_000,
-    };
-    workload::generate(&args, &mut out).unwrap();
-    out
-}
-
 #[test]
 fn generated_workloads_agree_with_the_oracle() {
     let spec = Spec::default_spec();
     for seed in 1..=3 {
-        check(&spec, &workload(seed, 1500, 120, false), 1);
+        check(&spec, &common::workload(seed, 1500, 120, false), 1);
     }
 }
 
@@ -53,7 +38,7 @@ fn generated_workloads_agree_with_the_oracle() {
 fn decaying_workloads_agree_with_the_oracle() {
     for (seed, half_life, max_age) in [(31, "1m", "4m"), (32, "45s", "5m"), (33, "2m", "3m")] {
         let spec = common::fast_decay_spec(50, half_life, max_age);
-        check(&spec, &workload(seed, 700, 40, seed == 33), 1);
+        check(&spec, &common::workload(seed, 700, 40, seed == 33), 1);
     }
 }
 
@@ -65,7 +50,7 @@ fn adversarial_workloads_agree_with_the_oracle() {
         (12, common::spec_with_max_links(4)),
         (13, Spec::default_spec()),
     ] {
-        check(&spec, &workload(seed, 1500, 80, true), 2);
+        check(&spec, &common::workload(seed, 1500, 80, true), 2);
     }
 }
 

@@ -16,20 +16,6 @@ use throughline::io::sink::DeadLetters;
 use throughline::io::source::Source;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::spec::Spec;
-use throughline::workload::{self, GenArgs};
-
-fn workload(seed: u64, events: u64, profiles: u64, adversarial: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let args = GenArgs {
-        events,
-        profiles,
-        seed,
-        adversarial,
-        start_ms: 1_767_225_600_000,
-    };
-    workload::generate(&args, &mut out).unwrap();
-    out
-}
 
 /// Explains each `(identifier, at)` after running `input`, as JSON.
 fn explain_all(
@@ -162,28 +148,28 @@ fn check_every_profile(spec: &Spec, input: &[u8]) -> usize {
 #[test]
 fn explanations_agree_with_the_views() {
     let spec = Spec::default_spec();
-    let n = check_every_profile(&spec, &workload(81, 2000, 150, false));
+    let n = check_every_profile(&spec, &common::workload(81, 2000, 150, false));
     assert!(n > 100, "{n} profiles");
 }
 
 #[test]
 fn explanations_agree_with_the_views_on_adversarial_input() {
     let spec = common::spec_with_max_links(4);
-    check_every_profile(&spec, &workload(82, 2000, 120, true));
+    check_every_profile(&spec, &common::workload(82, 2000, 120, true));
 }
 
 #[test]
 fn explanations_agree_with_decaying_scores() {
     let spec = common::fast_decay_spec(50, "1m", "4m");
-    check_every_profile(&spec, &workload(83, 1200, 60, false));
+    check_every_profile(&spec, &common::workload(83, 1200, 60, false));
     let spec = common::fast_decay_spec(5, "45s", "5m");
-    check_every_profile(&spec, &workload(84, 1200, 60, true));
+    check_every_profile(&spec, &common::workload(84, 1200, 60, true));
 }
 
 #[test]
 fn explanations_at_a_past_clock_agree_with_the_changes_up_to_then() {
     let spec = common::fast_decay_spec(50, "1m", "4m");
-    let input = workload(85, 1200, 60, false);
+    let input = common::workload(85, 1200, 60, false);
     let out = common::engine(&spec, &input, 1);
     let times: Vec<u64> = out
         .changes
@@ -220,7 +206,7 @@ fn explanations_at_a_past_clock_agree_with_the_changes_up_to_then() {
 #[test]
 fn one_and_two_workers_explain_identically() {
     let spec = common::spec_with_max_links(4);
-    let input = workload(86, 800, 50, true);
+    let input = common::workload(86, 800, 50, true);
     let out = common::engine(&spec, &input, 1);
     let questions: Vec<(String, Option<u64>)> = profiles(&rows(&out.snapshot), &spec)
         .into_iter()

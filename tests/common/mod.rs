@@ -173,3 +173,18 @@ pub fn arb_line() -> impl Strategy<Value = String> {
             e.to_string()
         })
 }
+
+/// A generated workload (`throughline gen`) starting before the fixture wall clock, so only
+/// the deliberate far-future lines are dead.
+pub fn workload(seed: u64, events: u64, profiles: u64, adversarial: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let args = throughline::workload::GenArgs {
+        events,
+        profiles,
+        seed,
+        adversarial,
+        start_ms: 1_767_225_600_000,
+    };
+    throughline::workload::generate(&args, &mut out).unwrap();
+    out
+}
