@@ -340,6 +340,46 @@ fn a_two_process_server_gives_the_output_of_one() {
             assert!(got == expected, "view {} differs from run -w 1", view.name);
         }
     }
+    // an explanation from either process is the one `explain` gives on the same input,
+    // but for where each cited event was read (the log's records there, the file's lines
+    // here, which also count the blank lines the HTTP ingest skipped)
+    let key = snapshot
+        .lines()
+        .find(|l| l.starts_with("{\"view\":\"profiles\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["key"].clone())
+        .unwrap();
+    let key = key.as_str().unwrap();
+    let without_sources = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        strip_sources(&mut v);
+        v
+    };
+    let expected = run(&[
+        "explain",
+        key,
+        "-i",
+        input.to_str().unwrap(),
+        "--wall-clock-ms",
+        &wall,
+        "-q",
+    ])
+    .stdout;
+    let expected = without_sources(&String::from_utf8(expected).unwrap());
+    assert_eq!(expected["status"], "found");
+    for addr in [&leader.addr, &helper.addr] {
+        let (status, body) = request(
+            addr,
+            "GET",
+            &format!("/v1/profiles/{key}/explain"),
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            without_sources(&body) == expected,
+            "explanation of {key} differs"
+        );
+    }
     drop(helper);
     drop(leader);
     let changes = run(&[
@@ -356,6 +396,19 @@ fn a_two_process_server_gives_the_output_of_one() {
         consolidated(&sunk) == consolidated(&String::from_utf8(changes).unwrap()),
         "the consolidated change streams differ"
     );
+}
+
+/// Removes where every cited event was read (`source` and `line`).
+fn strip_sources(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("source");
+            map.remove("line");
+            map.values_mut().for_each(strip_sources);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_sources),
+        _ => {}
+    }
 }
 
 /// A process whose peers never start gives up after the connect timeout, with an error.
