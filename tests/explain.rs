@@ -273,3 +273,19 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn blocklisted_values_are_cited_once_per_event() {
+    let spec = Spec::default_spec();
+    let input = br#"{"type":"identify","messageId":"m1","userId":"u-1","anonymousId":"a-1","context":{"device":{"id":"null"}},"timestamp":1000}
+{"type":"page","messageId":"m2","userId":"u-1","context":{"device":{"id":"null"}},"timestamp":2000}
+{"type":"page","messageId":"m3","anonymousId":"a-1","context":{"device":{"id":"Unknown"}},"timestamp":3000}
+"#;
+    let answers = explain_all(&spec, input, &[("user_id:u-1".into(), None)], 1, None);
+    let blocked = &answers[0]["identity"]["blocklisted"];
+    // sorted by value in byte order; m1 carries both u-1 and a-1 but counts once
+    assert_eq!(blocked[0]["identifier"], "device_id:Unknown", "{blocked}");
+    assert_eq!(blocked[0]["events"][0]["messageId"], "m3");
+    assert_eq!(blocked[1]["identifier"], "device_id:null");
+    assert_eq!(blocked[1]["events_total"], 2, "{blocked}");
+}

@@ -47,18 +47,10 @@ impl fmt::Debug for Ident {
 
 /// Reads every identifier of an event: for each type, each path, a string or integer value,
 /// trimmed (and lowercased where the type says so); empty and blocklisted values dropped.
-/// The result is sorted by priority and holds each identifier once.
-pub fn read(event: &Map<String, Value>, spec: &IdentitySpec) -> Vec<Ident> {
-    read_with_blocked(event, spec).0
-}
-
-/// [`read`], and beside it the blocklisted values it dropped (normalised, sorted, each once),
-/// which explanations report. Blocklist entries are placeholders such as `null`, never
-/// personal data, so keeping them reveals nothing.
-pub fn read_with_blocked(
-    event: &Map<String, Value>,
-    spec: &IdentitySpec,
-) -> (Vec<Ident>, Vec<Ident>) {
+/// The result is sorted by priority and holds each identifier once. Beside it: the
+/// blocklisted values dropped (normalised, sorted, each once), which explanations report.
+/// Blocklist entries are placeholders such as `null`, never personal data.
+pub fn read(event: &Map<String, Value>, spec: &IdentitySpec) -> (Vec<Ident>, Vec<Ident>) {
     let mut out = Vec::new();
     let mut blocked = Vec::new();
     for (rank, kind) in spec.identifiers.iter().enumerate() {
@@ -133,6 +125,7 @@ mod tests {
         let spec = Spec::default_spec();
         let obj = v.as_object().cloned().unwrap_or_default();
         read(&obj, &spec.identity)
+            .0
             .iter()
             .map(|i| i.key(&spec.identity))
             .collect()
@@ -149,6 +142,20 @@ mod tests {
             "properties": {"email": "TEST@example.com"},
         }));
         assert_eq!(got, vec!["user_id:u1", "email:a@x.com", "anonymous_id:42"]);
+    }
+
+    #[test]
+    fn reports_the_blocklisted_values_it_dropped() {
+        let spec = Spec::default_spec();
+        let event = json!({"userId": "u1", "anonymousId": " Anonymous ", "context": {"device": {"id": "NULL"}}});
+        let (kept, blocked) = read(event.as_object().unwrap(), &spec.identity);
+        let keys =
+            |ids: &[Ident]| -> Vec<String> { ids.iter().map(|i| i.key(&spec.identity)).collect() };
+        assert_eq!(keys(&kept), vec!["user_id:u1"]);
+        assert_eq!(
+            keys(&blocked),
+            vec!["device_id:NULL", "anonymous_id:Anonymous"]
+        );
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
         None => return reject(DeadReason::MissingTimestamp, "no timestamp"),
         Some(v) => timestamp::parse(v).or_else(|e| reject(DeadReason::BadTimestamp, e))?,
     };
-    let (idents, blocked) = identifiers::read_with_blocked(&body, &spec.identity);
+    let (idents, blocked) = identifiers::read(&body, &spec.identity);
     if idents.is_empty() {
         return reject(DeadReason::NoIdentifier, "no usable identifier");
     }

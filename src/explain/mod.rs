@@ -404,6 +404,7 @@ fn identity(
     }
     let (mut edges, mut links_out) = (Vec::new(), Vec::new());
     let (mut hubs, mut blocked) = (BTreeMap::new(), BTreeMap::new());
+    let mut carrying_blocked: BTreeMap<u64, &EventFacts> = BTreeMap::new();
     for member in resolved.members.keys() {
         if let Some(reason) = graph.hub(member) {
             hubs.insert(member.clone(), reason);
@@ -427,17 +428,17 @@ fn identity(
             }
             links_out.push(link);
         }
-        for facts in graph.events(member) {
-            for b in facts.blocked.iter() {
-                let entry: &mut (Vec<EventRef>, usize, u64) = blocked.entry(b.clone()).or_default();
-                if entry.2 == facts.seq + 1 {
-                    continue; // the same event, met through another member
-                }
-                entry.2 = facts.seq + 1;
-                entry.1 += 1;
-                if entry.0.len() < MAX_CITED {
-                    entry.0.push(cite(facts));
-                }
+        for facts in graph.events(member).filter(|f| !f.blocked.is_empty()) {
+            carrying_blocked.insert(facts.seq, facts);
+        }
+    }
+    // each event once, however many of the profile's identifiers it carries
+    for facts in carrying_blocked.values() {
+        for b in facts.blocked.iter() {
+            let entry: &mut (Vec<EventRef>, usize) = blocked.entry(b.clone()).or_default();
+            entry.1 += 1;
+            if entry.0.len() < MAX_CITED {
+                entry.0.push(cite(facts));
             }
         }
     }
@@ -459,7 +460,7 @@ fn identity(
             .collect(),
         blocklisted: blocked
             .into_iter()
-            .map(|(id, (events, events_total, _))| Blocked {
+            .map(|(id, (events, events_total))| Blocked {
                 identifier: key(&id),
                 events,
                 events_total,
