@@ -13,7 +13,6 @@ mod common;
 use common::request;
 
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
-use throughline::workload::{self, GenArgs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_throughline");
 
@@ -46,17 +45,8 @@ fn hostfile(dir: &Path) -> PathBuf {
 }
 
 fn workload(dir: &Path) -> PathBuf {
-    let mut out = Vec::new();
-    let args = GenArgs {
-        events: 4000,
-        profiles: 150,
-        seed: 21,
-        adversarial: true,
-        start_ms: 1_767_225_600_000,
-    };
-    workload::generate(&args, &mut out).unwrap();
     let path = dir.join("events.ndjson");
-    std::fs::write(&path, out).unwrap();
+    std::fs::write(&path, common::workload(21, 4000, 150, true)).unwrap();
     path
 }
 
