@@ -207,13 +207,19 @@ impl<'a> Graph<'a> {
                     continue;
                 };
                 let root = root.clone();
-                // the least neighbour one step nearer whose own root is the same
-                let parent = frontier
-                    .iter()
-                    .filter(|u| tied.get(*u).and_then(|r| r.first()) == Some(&root))
-                    .filter(|u| self.nodes.get(*u).is_some_and(|x| x.neighbours.contains(n)))
-                    .min()
-                    .cloned();
+                // the least neighbour one step nearer whose own root is the same (neighbours
+                // are sorted, so the first found); read from n's side, so the cost is n's
+                // degree, not the size of the frontier
+                let parent = self.nodes.get(n).and_then(|node| {
+                    node.neighbours
+                        .iter()
+                        .find(|u| {
+                            labelled
+                                .get(*u)
+                                .is_some_and(|l| l.label.dist + 1 == dist && l.label.root == root)
+                        })
+                        .cloned()
+                });
                 labelled.insert(
                     n.clone(),
                     Labelled {
