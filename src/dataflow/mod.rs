@@ -13,6 +13,7 @@ pub mod consent;
 pub mod identity;
 pub mod intent;
 pub mod lookup;
+pub mod timer;
 pub mod traits;
 pub mod views;
 
@@ -146,8 +147,9 @@ impl EventFacts {
 /// The dataflow still applies `distinct`, so inputs fed from several places (processes)
 /// compose, and a retraction that brings a count back to zero removes the element.
 ///
-/// Weighted occurrences carry their weight as multiplicity, with every future change
-/// scheduled at its own time ([`intent::Decay::schedule`]).
+/// Weighted occurrences carry their weight as multiplicity. Of each weight schedule
+/// ([`intent::Decay::schedule`]) only the steps already due enter the dataflow; the rest wait
+/// in a [`timer::DecayTimer`] and enter at their own times as the clock reaches them.
 pub struct Inputs {
     nodes: InputSession<Time, Ident, isize>,
     pairs: InputSession<Time, (Ident, Ident), isize>,
@@ -163,6 +165,8 @@ pub struct Inputs {
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
     decay: intent::Decay,
+    /// Weight and activity steps not yet due.
+    timer: timer::DecayTimer,
     /// Points × 1000 by scored id: signals, then sequences.
     points: Vec<i64>,
     num_signals: u16,
@@ -199,21 +203,6 @@ impl<K: Hash + Eq> Presence<K> {
                 }
             }
         }
-    }
-}
-
-/// Adds `delta` to `key` at clock `ms`: now if `ms` is not in the future, else at `ms`.
-fn update_at_clock<D: differential_dataflow::ExchangeData>(
-    session: &mut InputSession<Time, D, isize>,
-    key: D,
-    ms: u64,
-    delta: isize,
-) {
-    let now = *session.time();
-    if ms <= clock_of(now) {
-        session.update(key, delta);
-    } else {
-        session.update_at(key, time(ms, 0), delta);
     }
 }
 
@@ -271,31 +260,68 @@ impl Inputs {
         self.queries.update((ident, id), diff);
     }
 
-    /// Inserts an occurrence's weight schedule and activity interval (times `diff`).
+    /// Inserts an occurrence's weight schedule and activity interval (times `diff`): what is
+    /// due now goes to the dataflow, the rest to the timer.
     fn schedule(&mut self, facts: &EventFacts, id: u16, diff: isize) {
         let points = self.points.get(id as usize).copied().unwrap_or(0);
         let schedule = self
             .decay
             .schedule(points, facts.timestamp_ms, facts.arrival_ms);
+        let seq = facts.seq;
         for &(ms, delta) in &schedule {
-            update_at_clock(
-                &mut self.weights,
-                (facts.seq, id),
-                ms,
-                delta as isize * diff,
-            );
+            self.step_at(ms, seq, id, timer::Stream::Weight, delta * diff as i64);
         }
         if let Some((from, until)) = self
             .decay
             .active(points, facts.timestamp_ms, facts.arrival_ms)
         {
-            update_at_clock(&mut self.active, (facts.seq, id), from, diff);
-            update_at_clock(&mut self.active, (facts.seq, id), until, -diff);
+            self.step_at(from, seq, id, timer::Stream::Active, diff as i64);
+            self.step_at(until, seq, id, timer::Stream::Active, -(diff as i64));
         }
     }
 
-    /// Moves every input forward to `time` (never backwards).
+    /// Adds `delta` to `(seq, id)` in `stream` at clock `ms`: now if `ms` is not in the
+    /// future, else when the clock reaches it.
+    fn step_at(&mut self, ms: u64, seq: Seq, id: u16, stream: timer::Stream, delta: i64) {
+        if ms <= clock_of(self.time()) {
+            self.session(stream).update((seq, id), delta as isize);
+        } else {
+            let step = timer::Step {
+                seq,
+                id,
+                stream,
+                delta,
+            };
+            self.timer.add(ms, step);
+        }
+    }
+
+    fn session(&mut self, stream: timer::Stream) -> &mut InputSession<Time, (Seq, u16), isize> {
+        match stream {
+            timer::Stream::Weight => &mut self.weights,
+            timer::Stream::Active => &mut self.active,
+        }
+    }
+
+    /// Number of decay steps not yet due.
+    pub fn pending_steps(&self) -> usize {
+        self.timer.len()
+    }
+
+    /// Moves every input forward to `time` (never backwards). Decay steps that fall due in
+    /// between enter the dataflow at their own times.
     pub fn advance_to(&mut self, time: Time) {
+        if clock_of(time) > clock_of(self.time()) {
+            for (ms, steps) in self.timer.take_due(clock_of(time)) {
+                for s in steps {
+                    self.session(s.stream).update_at(
+                        (s.seq, s.id),
+                        self::time(ms, 0),
+                        s.delta as isize,
+                    );
+                }
+            }
+        }
         self.nodes.advance_to(time);
         self.pairs.advance_to(time);
         self.wide.advance_to(time);
@@ -443,6 +469,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
                 half_life_ms: spec.intent.half_life_ms,
                 max_age_ms: spec.intent.max_age_ms,
             },
+            timer: timer::DecayTimer::default(),
             points: spec
                 .intent
                 .signals
