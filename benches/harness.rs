@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_throughline");
+use throughline::event::timestamp;
+
+/// The binary measured: this build's, or `THROUGHLINE_BIN` (to measure another build, e.g.
+/// a baseline, with the same harness).
+fn bin() -> String {
+    std::env::var("THROUGHLINE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_throughline").into())
+}
 
 struct Row {
     figure: String,
@@ -72,7 +78,7 @@ fn parse_stats(stderr: &str) -> Stats {
 
 /// Runs the release binary (stdout discarded); returns its stderr.
 fn stderr_of(args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .stdout(Stdio::null())
         .output()
@@ -95,7 +101,7 @@ fn generate(path: &Path, events: u64, profiles: u64, seed: u64, start_ms: u64) -
         path.display()
     );
     {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args([
                 "gen",
                 "--events",
@@ -115,39 +121,212 @@ fn generate(path: &Path, events: u64, profiles: u64, seed: u64, start_ms: u64) -
     command
 }
 
-/// Feeds `lines` to `run --stats` through a pipe at `rate` lines/s (in 1 ms ticks).
-fn paced(lines: &[&[u8]], rate: u64) -> Stats {
-    let mut child = Command::new(BIN)
-        .args(["run", "-q", "--stats"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start throughline");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let start = Instant::now();
-    let mut sent = 0usize;
-    while sent < lines.len() {
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize).min(lines.len());
-        if due > sent {
-            let mut chunk = Vec::new();
-            for l in &lines[sent..due] {
-                chunk.extend_from_slice(l);
-                chunk.push(b'\n');
-            }
-            stdin.write_all(&chunk).expect("write");
-            stdin.flush().expect("flush");
-            sent = due;
+/// The largest `timestamp` in a workload file (its final engine clock).
+fn final_clock(path: &Path) -> u64 {
+    let text = std::fs::read_to_string(path).expect("read the state");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("timestamp").and_then(|t| timestamp::parse(t).ok()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A live event for a new profile `live-{i}` at `timestamp_ms`: a signal, so its decay is
+/// scheduled like real traffic's.
+fn live_event(i: usize, timestamp_ms: u64) -> String {
+    format!(
+        r#"{{"type":"track","event":"Product Added","userId":"live-{i}","anonymousId":"live-anon-{i}","messageId":"live-{i}","properties":{{"sku":"s-{i}"}},"timestamp":{timestamp_ms}}}"#
+    )
+}
+
+/// Read-to-output latencies, in microseconds, sorted.
+struct Latencies {
+    sorted: Vec<u64>,
+    lost: usize,
+}
+
+impl Latencies {
+    fn of(mut micros: Vec<u64>, lost: usize) -> Latencies {
+        micros.sort_unstable();
+        Latencies {
+            sorted: micros,
+            lost,
         }
-        std::thread::sleep(Duration::from_micros(500));
     }
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait");
-    parse_stats(&String::from_utf8_lossy(&out.stderr))
+
+    fn quantile(&self, q: f64) -> f64 {
+        if self.sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.sorted.len() - 1) as f64 * q).round() as usize;
+        self.sorted[i] as f64 / 1e3
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} events{})",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.quantile(1.0),
+            self.sorted.len(),
+            if self.lost > 0 {
+                format!(", {} never output", self.lost)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// `throughline run` reading `state` (a file) and then live events from a pipe, with a
+/// thread timing when each live profile's first change is read from its stdout.
+struct Live {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    seen: std::sync::mpsc::Receiver<(usize, Instant)>,
+    first_seen: std::collections::HashMap<usize, Instant>,
+}
+
+impl Live {
+    fn start(state: Option<&Path>, workers: usize) -> Live {
+        let mut args = vec![
+            "run".to_string(),
+            "-q".into(),
+            "-w".into(),
+            workers.to_string(),
+        ];
+        if let Some(state) = state {
+            args.extend([
+                "-i".into(),
+                state.to_string_lossy().to_string(),
+                "-i".into(),
+                "-".into(),
+            ]);
+        }
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start throughline");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, seen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reported = std::collections::HashSet::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let at = Instant::now();
+                let Some(rest) = line.split("\"key\":\"user_id:live-").nth(1) else {
+                    continue;
+                };
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(i) = digits.parse::<usize>()
+                    && reported.insert(i)
+                    && tx.send((i, at)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Live {
+            child,
+            stdin,
+            seen,
+            first_seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Waits until live profile `i` has been output (or `timeout` passes).
+    fn wait_for(&mut self, i: usize, timeout: Duration) -> Option<Instant> {
+        let until = Instant::now() + timeout;
+        while !self.first_seen.contains_key(&i) {
+            let left = until.checked_duration_since(Instant::now())?;
+            let (j, at) = self.seen.recv_timeout(left).ok()?;
+            self.first_seen.insert(j, at);
+        }
+        self.first_seen.get(&i).copied()
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// Open-loop paced latency: `state` first, then `count` live events written at `rate`
+/// events/s whatever the output does (each new profile), in order (timestamps continuing from
+/// the state's clock at real-time pace) or late (60 s behind it). Latency is from each
+/// event's scheduled write time to the moment its first change is read from the output, so
+/// a stalled engine cannot hide behind a blocked writer.
+fn open_loop(state: &Path, clock: u64, rate: u64, count: usize, late: bool) -> Latencies {
+    let mut live = Live::start(Some(state), 2);
+    // a marker event: once it is output, the state is in
+    writeln!(live.stdin, "{}", live_event(0, clock)).expect("write");
+    live.stdin.flush().expect("flush");
+    live.wait_for(0, Duration::from_secs(600))
+        .expect("the state and marker were never output");
+    let base = if late { clock - 60_000 } else { clock + 1 };
+    let start = Instant::now();
+    let due = |i: usize| start + Duration::from_secs_f64(i as f64 / rate as f64);
+    let mut sent = 1;
+    while sent <= count {
+        let elapsed = start.elapsed().as_secs_f64();
+        let upto = ((elapsed * rate as f64) as usize + 1).min(count + 1);
+        if upto > sent {
+            let mut chunk = String::new();
+            for i in sent..upto {
+                let offset_ms = (i as u64 - 1) * 1000 / rate;
+                chunk.push_str(&live_event(i, base + offset_ms));
+                chunk.push('\n');
+            }
+            live.stdin.write_all(chunk.as_bytes()).expect("write");
+            live.stdin.flush().expect("flush");
+            sent = upto;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let mut micros = Vec::with_capacity(count);
+    let mut lost = 0;
+    for i in 1..=count {
+        match live.wait_for(i, Duration::from_secs(10)) {
+            Some(at) => micros.push(at.saturating_duration_since(due(i - 1)).as_micros() as u64),
+            None => lost += 1,
+        }
+    }
+    live.finish();
+    Latencies::of(micros, lost)
+}
+
+/// One event at a time into an empty engine: write, wait for its output, pause, repeat.
+fn one_at_a_time(count: usize, clock: u64) -> Latencies {
+    let mut live = Live::start(None, 1);
+    let mut micros = Vec::with_capacity(count);
+    let mut lost = 0;
+    for i in 0..count {
+        let written = Instant::now();
+        writeln!(live.stdin, "{}", live_event(i, clock + i as u64)).expect("write");
+        live.stdin.flush().expect("flush");
+        match live.wait_for(i, Duration::from_secs(10)) {
+            Some(at) => micros.push(at.saturating_duration_since(written).as_micros() as u64),
+            None => lost += 1,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    live.finish();
+    // the first few warm the process up (page faults, allocator)
+    Latencies::of(micros.split_off(micros.len().min(10)), lost)
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only=throughput|latency|cost|forget|explain`: one section of the table
+    let only: Option<String> =
+        std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
+    let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench");
     std::fs::create_dir_all(&dir).expect("cannot create the bench directory");
     let (events, profiles) = if quick {
@@ -161,176 +340,194 @@ fn main() {
     let gen_cmd = generate(&main_file, events, profiles, 1, start_ms);
     let main_path = main_file.to_string_lossy().to_string();
 
-    // 1 and 4: replay throughput and memory
-    for workers in [1, 2] {
-        let w = workers.to_string();
-        let args = [
-            "run",
-            "-w",
-            &w,
-            "--input",
-            &main_path,
-            "--snapshot",
-            "-o",
-            "/dev/null",
-            "-q",
-            "--stats",
-        ];
-        let stats = run(&args);
-        let (lines, seconds, ..) = stats.sources.first().copied().unwrap_or_default();
-        rows.push(Row {
-            figure: format!("replay, {events} events, {workers} worker(s)"),
-            measured: format!("{:.0} events/s", lines as f64 / seconds),
-            target: "500,000 events/s with 2 workers",
-            command: format!("{gen_cmd}; throughline {}", args.join(" ")),
-        });
-        if let Some(memory) = stats.memory {
+    if want("throughput") {
+        // 1 and 4: replay throughput and memory
+        for workers in [1, 2] {
+            let w = workers.to_string();
+            let args = [
+                "run",
+                "-w",
+                &w,
+                "--input",
+                &main_path,
+                "--snapshot",
+                "-o",
+                "/dev/null",
+                "-q",
+                "--stats",
+            ];
+            let stats = run(&args);
+            let (lines, seconds, ..) = stats.sources.first().copied().unwrap_or_default();
             rows.push(Row {
-                figure: format!("memory, {events} events, {workers} worker(s)"),
-                measured: memory,
-                target: "under 1 KiB per event of history",
-                command: format!("throughline {}", args.join(" ")),
+                figure: format!("replay, {events} events, {workers} worker(s)"),
+                measured: format!("{:.0} events/s", lines as f64 / seconds),
+                target: "500,000 events/s with 2 workers",
+                command: format!("{gen_cmd}; throughline {}", args.join(" ")),
+            });
+            if let Some(memory) = stats.memory {
+                rows.push(Row {
+                    figure: format!("memory, {events} events, {workers} worker(s)"),
+                    measured: memory,
+                    target: "under 1 KiB per event of history",
+                    command: format!("throughline {}", args.join(" ")),
+                });
+            }
+        }
+    }
+
+    if want("latency") {
+        // 2: latency under real traffic, open loop, with the state's decay pending
+        let state_file = dir.join("state200k.ndjson");
+        let state_gen = generate(&state_file, 200_000, 20_000, 5, start_ms);
+        let clock = final_clock(&state_file);
+        let seconds = if quick { 2 } else { 5 };
+        for rate in [1_000u64, 10_000] {
+            for late in [false, true] {
+                let count = (rate * seconds) as usize;
+                let latencies = open_loop(&state_file, clock, rate, count, late);
+                rows.push(Row {
+                    figure: format!(
+                        "read-to-output latency, 200k events of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
+                        if late { "60 s late" } else { "in order" }
+                    ),
+                    measured: latencies.describe(),
+                    target: if rate == 1_000 { "p99 <= 2 ms" } else { "p99 <= 5 ms" },
+                    command: format!("{state_gen}; throughline run -w 2 -i state -i - (paced by the harness)"),
+                });
+            }
+        }
+        let single = one_at_a_time(if quick { 200 } else { 1_000 }, start_ms);
+        rows.push(Row {
+            figure: "read-to-output latency, one event at a time, empty state".into(),
+            measured: single.describe(),
+            target: "p99 <= 1 ms",
+            command: "throughline run -w 1 (one event, wait for its output, 5 ms pause)".into(),
+        });
+    }
+
+    if want("cost") {
+        // 3: update cost with 10k, 100k and 1M profiles in state
+        let sizes: &[u64] = if quick {
+            &[10_000, 100_000]
+        } else {
+            &[10_000, 100_000, 1_000_000]
+        };
+        let mut costs = Vec::new();
+        for &p in sizes {
+            let state = dir.join(format!("state{p}.ndjson"));
+            let tail = dir.join(format!("tail{p}.ndjson"));
+            let state_cmd = generate(&state, 2 * p, p, 11, start_ms);
+            // 20k more events on the same people, after the state in time
+            let tail_cmd = generate(&tail, 20_000, p, 12, after(start_ms, 2 * p));
+            let (s, t) = (
+                state.to_string_lossy().to_string(),
+                tail.to_string_lossy().to_string(),
+            );
+            let args = [
+                "run",
+                "--input",
+                &s,
+                "--input",
+                &t,
+                "-o",
+                "/dev/null",
+                "-q",
+                "--stats",
+            ];
+            let stats = run(&args);
+            if let Some(&(lines, _, per_event, changes, per_change)) = stats.sources.get(1) {
+                costs.push(per_event);
+                rows.push(Row {
+                    figure: format!(
+                        "update cost with {p} profiles in state ({lines} events after {} )",
+                        2 * p
+                    ),
+                    measured: format!(
+                        "{per_event:.1} us per event, {per_change:.1} us per change ({changes} changes)"
+                    ),
+                    target: "at 1M profiles within 2x of 10k",
+                    command: format!("{state_cmd}; {tail_cmd}; throughline {}", args.join(" ")),
+                });
+            }
+        }
+        if let (Some(first), Some(last)) = (costs.first(), costs.last()) {
+            rows.push(Row {
+                figure: "update cost, largest state / 10k profiles".into(),
+                measured: format!("{:.2}x", last / first),
+                target: "at most 2x",
+                command: "the rows above".into(),
             });
         }
     }
 
-    // 2: latency at steady rates, measured inside the engine
-    let latency_file = dir.join("latency.ndjson");
-    let latency_events = if quick { 50_000 } else { 250_000 };
-    let latency_gen = generate(&latency_file, latency_events, 20_000, 5, start_ms);
-    let bytes = std::fs::read(&latency_file).expect("read");
-    let lines: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    for rate in [1_000u64, 10_000, 50_000] {
-        let n = (rate as usize * if quick { 2 } else { 5 }).min(lines.len());
-        let stats = paced(&lines[..n], rate);
-        rows.push(Row {
-            figure: format!("read-to-output latency at {rate} events/s ({n} events, pipe)"),
-            measured: stats.latency.unwrap_or_else(|| "-".into()),
-            target: "p99 under 5 ms at 10,000 events/s",
-            command: format!("{latency_gen}; paced into throughline run -q --stats"),
-        });
-    }
-
-    // 3: update cost with 10k, 100k and 1M profiles in state
-    let sizes: &[u64] = if quick {
-        &[10_000, 100_000]
-    } else {
-        &[10_000, 100_000, 1_000_000]
-    };
-    let mut costs = Vec::new();
-    for &p in sizes {
-        let state = dir.join(format!("state{p}.ndjson"));
-        let tail = dir.join(format!("tail{p}.ndjson"));
-        let state_cmd = generate(&state, 2 * p, p, 11, start_ms);
-        // 20k more events on the same people, after the state in time
-        let tail_cmd = generate(&tail, 20_000, p, 12, after(start_ms, 2 * p));
-        let (s, t) = (
-            state.to_string_lossy().to_string(),
-            tail.to_string_lossy().to_string(),
+    if want("forget") {
+        // 5: erasure with the main workload as state
+        // each forget in a file of its own, so each is timed on its own (the engine catches up
+        // at every change of input source)
+        let later = after(start_ms, events);
+        let forget_a = dir.join("forget_a.ndjson");
+        let forget_b = dir.join("forget_b.ndjson");
+        std::fs::write(
+            &forget_a,
+            format!("{{\"type\":\"forget\",\"userId\":\"u-0\",\"timestamp\":{later}}}\n"),
+        )
+        .expect("write");
+        std::fs::write(
+            &forget_b,
+            format!(
+                "{{\"type\":\"forget\",\"userId\":\"u-{}\",\"timestamp\":{}}}\n",
+                profiles / 2,
+                later + 1
+            ),
+        )
+        .expect("write");
+        let (fa, fb) = (
+            forget_a.to_string_lossy().to_string(),
+            forget_b.to_string_lossy().to_string(),
         );
         let args = [
             "run",
             "--input",
-            &s,
+            &main_path,
             "--input",
-            &t,
+            &fa,
+            "--input",
+            &fb,
             "-o",
             "/dev/null",
             "-q",
             "--stats",
         ];
         let stats = run(&args);
-        if let Some(&(lines, _, per_event, changes, per_change)) = stats.sources.get(1) {
-            costs.push(per_event);
+        rows.push(Row {
+            figure: format!(
+                "forget to last retraction, {events} events of state (u-0, u-{})",
+                profiles / 2
+            ),
+            measured: stats.forget.unwrap_or_else(|| "-".into()),
+            target: "(reported)",
+            command: format!("throughline {}", args.join(" ")),
+        });
+    }
+
+    if want("explain") {
+        // 6: explaining one profile with the main workload as state (the heaviest, u-0, and a
+        // typical one); the engine times the explanation itself
+        for who in [0, profiles / 2] {
+            let id = format!("user_id:u-{who}");
+            let args = ["explain", &id, "--input", &main_path];
+            let took = stderr_of(&args)
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("throughline: explained {id} in ")))
+                .unwrap_or("-")
+                .to_string();
             rows.push(Row {
-                figure: format!(
-                    "update cost with {p} profiles in state ({lines} events after {} )",
-                    2 * p
-                ),
-                measured: format!(
-                    "{per_event:.1} us per event, {per_change:.1} us per change ({changes} changes)"
-                ),
-                target: "at 1M profiles within 2x of 10k",
-                command: format!("{state_cmd}; {tail_cmd}; throughline {}", args.join(" ")),
+                figure: format!("explain {id}, {events} events of state"),
+                measured: took,
+                target: "(reported)",
+                command: format!("throughline {} > /dev/null", args.join(" ")),
             });
         }
-    }
-    if let (Some(first), Some(last)) = (costs.first(), costs.last()) {
-        rows.push(Row {
-            figure: "update cost, largest state / 10k profiles".into(),
-            measured: format!("{:.2}x", last / first),
-            target: "at most 2x",
-            command: "the rows above".into(),
-        });
-    }
-
-    // 5: erasure with the main workload as state
-    // each forget in a file of its own, so each is timed on its own (the engine catches up
-    // at every change of input source)
-    let later = after(start_ms, events);
-    let forget_a = dir.join("forget_a.ndjson");
-    let forget_b = dir.join("forget_b.ndjson");
-    std::fs::write(
-        &forget_a,
-        format!("{{\"type\":\"forget\",\"userId\":\"u-0\",\"timestamp\":{later}}}\n"),
-    )
-    .expect("write");
-    std::fs::write(
-        &forget_b,
-        format!(
-            "{{\"type\":\"forget\",\"userId\":\"u-{}\",\"timestamp\":{}}}\n",
-            profiles / 2,
-            later + 1
-        ),
-    )
-    .expect("write");
-    let (fa, fb) = (
-        forget_a.to_string_lossy().to_string(),
-        forget_b.to_string_lossy().to_string(),
-    );
-    let args = [
-        "run",
-        "--input",
-        &main_path,
-        "--input",
-        &fa,
-        "--input",
-        &fb,
-        "-o",
-        "/dev/null",
-        "-q",
-        "--stats",
-    ];
-    let stats = run(&args);
-    rows.push(Row {
-        figure: format!(
-            "forget to last retraction, {events} events of state (u-0, u-{})",
-            profiles / 2
-        ),
-        measured: stats.forget.unwrap_or_else(|| "-".into()),
-        target: "(reported)",
-        command: format!("throughline {}", args.join(" ")),
-    });
-
-    // 6: explaining one profile with the main workload as state (the heaviest, u-0, and a
-    // typical one); the engine times the explanation itself
-    for who in [0, profiles / 2] {
-        let id = format!("user_id:u-{who}");
-        let args = ["explain", &id, "--input", &main_path];
-        let took = stderr_of(&args)
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("throughline: explained {id} in ")))
-            .unwrap_or("-")
-            .to_string();
-        rows.push(Row {
-            figure: format!("explain {id}, {events} events of state"),
-            measured: took,
-            target: "(reported)",
-            command: format!("throughline {} > /dev/null", args.join(" ")),
-        });
     }
 
     println!("| figure | measured | target | command |");

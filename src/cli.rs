@@ -117,8 +117,9 @@ struct RunArgs {
     /// Timely workers in this process.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
-    /// On live input, publish the current time's changes after this many ms without input.
-    #[arg(long, default_value_t = 2)]
+    /// On live input, the longest (ms) a round keeps taking waiting input before it
+    /// publishes the current time's changes (a round with no more input waiting publishes at once).
+    #[arg(long, default_value_t = 1)]
     linger_ms: u64,
     /// Use this wall clock (epoch ms) for the far-future rule instead of the machine's.
     #[arg(long, hide = true)]

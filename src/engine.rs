@@ -8,10 +8,13 @@
 //! governed by worker 0's.
 //!
 //! Clock values are closed when an accepted event moves the clock past them, or at the end
-//! of input. On live input (a pipe or socket rather than a regular file), when no new line
-//! arrives for `linger`, the engine also publishes the current clock value's changes at
-//! once (low latency); an event with that same timestamp arriving after the pause then
-//! produces a second group of changes at the same time. See `docs/semantics.md`.
+//! of input. On live input (a pipe or socket rather than a regular file) the engine also
+//! publishes the current clock value as it stands at the end of every round (SPEC
+//! section 7 allows several consecutive groups per time on live input): a round takes the
+//! input that is waiting, at most `linger` of it, so a change is published within one round
+//! of its input being read, whether or not the clock moves. An event landing at an
+//! already published clock value (a late event, or one with the same timestamp) produces
+//! a further group of changes at the same time. See `docs/semantics.md`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
@@ -38,7 +41,8 @@ use crate::spec::Spec;
 pub struct Options {
     /// Timely workers in this process.
     pub workers: usize,
-    /// On live input, publish the current clock value after this long without input.
+    /// On live input, the longest a round keeps taking waiting input before it publishes
+    /// the current clock value.
     pub linger: Duration,
     /// Keep the final snapshot.
     pub snapshot: bool,
@@ -65,7 +69,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             workers: 1,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(1),
             snapshot: false,
             collect_changes: false,
             wall_clock_ms: None,
@@ -618,28 +622,25 @@ impl<'w> Driver<'w> {
     }
 
     /// Consumes the reader's messages until the end of input.
+    ///
+    /// Open loop: each round takes every batch that is waiting (up to
+    /// [`MAX_BATCHES_PER_ROUND`]), inserts it, and steps the dataflow once for all of them;
+    /// the reader never waits for the dataflow except through its bounded channel. On live
+    /// input a round stops taking input once its oldest batch was read `linger` ago, and
+    /// ends by publishing the current clock value as it stands, so late events, which never
+    /// move the clock, are published within a round instead of after a silence.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
         let wall = self.options.clock == Clock::Wall;
-        let mut last_input = Instant::now();
         let mut next_tick = Instant::now();
         let mut held: Option<Message> = None;
         loop {
             // deadlines rather than timeouts, so a stream of lookups delays neither
             let now = Instant::now();
-            let publish_at = (live && self.dirty).then(|| last_input + self.options.linger);
-            if publish_at.is_some_and(|at| now >= at) {
-                self.publish_current()?;
-            }
             if wall && now >= next_tick {
                 self.tick()?;
                 next_tick = now + WALL_TICK;
             }
-            let publish_at = (live && self.dirty).then(|| last_input + self.options.linger);
-            let deadline = match (publish_at, wall.then_some(next_tick)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let message = match (held.take(), deadline) {
+            let message = match (held.take(), wall.then_some(next_tick)) {
                 (Some(message), _) => message,
                 (None, Some(deadline)) => match rx.recv_deadline(deadline) {
                     Ok(m) => m,
@@ -648,15 +649,16 @@ impl<'w> Driver<'w> {
                 },
                 (None, None) => rx.recv().unwrap_or(Message::End),
             };
-            if matches!(message, Message::Batch(_)) {
-                last_input = Instant::now();
-            }
             match message {
                 Message::Batch(batch) => {
+                    let oldest = batch.read_at;
                     self.ingest(&batch)?;
                     // batches already waiting join this round: one dataflow round for many
                     // small batches (HTTP requests) instead of one each
                     for _ in 0..MAX_BATCHES_PER_ROUND {
+                        if live && oldest.elapsed() >= self.options.linger {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(Message::Batch(more)) => self.ingest(&more)?,
                             Ok(other) => {
@@ -666,7 +668,11 @@ impl<'w> Driver<'w> {
                             Err(_) => break,
                         }
                     }
-                    self.settle()?;
+                    if live && self.dirty {
+                        self.publish_current()?;
+                    } else {
+                        self.settle()?;
+                    }
                     self.progress();
                 }
                 Message::Lookup(ident, reply) => {
