@@ -262,8 +262,15 @@ impl Live {
 /// the state's clock at real-time pace) or late (60 s behind it). Latency is from each
 /// event's scheduled write time to the moment its first change is read from the output, so
 /// a stalled engine cannot hide behind a blocked writer.
-fn open_loop(state: &Path, clock: u64, rate: u64, count: usize, late: bool) -> Latencies {
-    let mut live = Live::start(Some(state), 2);
+fn open_loop(
+    state: &Path,
+    workers: usize,
+    clock: u64,
+    rate: u64,
+    count: usize,
+    late: bool,
+) -> Latencies {
+    let mut live = Live::start(Some(state), workers);
     // a marker event: once it is output, the state is in
     writeln!(live.stdin, "{}", live_event(0, clock)).expect("write");
     live.stdin.flush().expect("flush");
@@ -327,6 +334,10 @@ fn main() {
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    // `--latency-workers=N`: workers for the live-latency runs (default 2)
+    let workers: usize = std::env::args()
+        .find_map(|a| a.strip_prefix("--latency-workers=")?.parse().ok())
+        .unwrap_or(2);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench");
     std::fs::create_dir_all(&dir).expect("cannot create the bench directory");
     let (events, profiles) = if quick {
@@ -384,7 +395,7 @@ fn main() {
         for rate in [1_000u64, 10_000] {
             for late in [false, true] {
                 let count = (rate * seconds) as usize;
-                let latencies = open_loop(&state_file, clock, rate, count, late);
+                let latencies = open_loop(&state_file, workers, clock, rate, count, late);
                 rows.push(Row {
                     figure: format!(
                         "read-to-output latency, 200k events of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
@@ -392,7 +403,7 @@ fn main() {
                     ),
                     measured: latencies.describe(),
                     target: if rate == 1_000 { "p99 <= 2 ms" } else { "p99 <= 5 ms" },
-                    command: format!("{state_gen}; throughline run -w 2 -i state -i - (paced by the harness)"),
+                    command: format!("{state_gen}; throughline run -w {workers} -i state -i - (paced by the harness)"),
                 });
             }
         }
