@@ -794,7 +794,9 @@ impl<'w> Driver<'w> {
                             source: line.source,
                             line: line.number,
                         };
-                        let facts = EventFacts::of(self.next_seq, &event, self.spec, now, origin);
+                        let mut facts =
+                            EventFacts::of(self.next_seq, &event, self.spec, now, origin);
+                        self.inputs.intern(&mut facts.idents);
                         self.next_seq += 1;
                         self.inputs.update(&facts, 1);
                         self.history.push(facts);

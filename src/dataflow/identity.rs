@@ -12,7 +12,7 @@ use differential_dataflow::operators::iterate::Iterate;
 use serde::{Deserialize, Serialize};
 use timely::progress::Timestamp;
 
-use super::{ByKey, Coll, Seq};
+use super::{ByKey, Coll, Node, Seq};
 use crate::event::Ident;
 
 /// A node's label (SPEC section 3): `(class, distance, root)` ordered lexicographically,
@@ -54,7 +54,7 @@ impl Label {
 /// The identity graph's links: each unordered pair of distinct identifiers that occur in one
 /// event, in both directions, once. Invariant: `(a, b)` is present iff some live event
 /// carries both `a` and `b`.
-pub fn links<'s>(pairs: Coll<'s, (Ident, Ident)>) -> Coll<'s, (Ident, Ident)> {
+pub fn links<'s>(pairs: Coll<'s, (Node, Node)>) -> Coll<'s, (Node, Node)> {
     pairs.distinct()
 }
 
@@ -62,10 +62,10 @@ pub fn links<'s>(pairs: Coll<'s, (Ident, Ident)>) -> Coll<'s, (Ident, Ident)> {
 /// is dropped. `wide` holds the identifiers of events with more than `max_links + 1`
 /// identifiers, which are hubs by that event alone (so their pairs are never built).
 pub fn hubs<'s>(
-    links: Coll<'s, (Ident, Ident)>,
-    wide: Coll<'s, Ident>,
+    links: Coll<'s, (Node, Node)>,
+    wide: Coll<'s, Node>,
     max_links: usize,
-) -> Coll<'s, Ident> {
+) -> Coll<'s, Node> {
     let by_degree = links
         .map(|(a, _)| a)
         .count()
@@ -76,9 +76,9 @@ pub fn hubs<'s>(
 
 /// The edges label propagation walks: links with neither end a hub (SPEC section 3).
 pub fn edges<'s>(
-    links: Coll<'s, (Ident, Ident)>,
-    hubs: Coll<'s, Ident>,
-) -> Coll<'s, (Ident, Ident)> {
+    links: Coll<'s, (Node, Node)>,
+    hubs: Coll<'s, Node>,
+) -> Coll<'s, (Node, Node)> {
     links
         .antijoin(hubs.clone())
         .map(|(a, b)| (b, a))
@@ -90,16 +90,16 @@ pub fn edges<'s>(
 /// (SPEC section 3), as a least fixed point over `edges`. `anchor[rank]` says which
 /// identifier types are anchors.
 pub fn labels<'s, T>(
-    nodes: VecCollection<'s, T, Ident, isize>,
-    edges: VecCollection<'s, T, (Ident, Ident), isize>,
+    nodes: VecCollection<'s, T, Node, isize>,
+    edges: VecCollection<'s, T, (Node, Node), isize>,
     anchor: Vec<bool>,
-) -> VecCollection<'s, T, (Ident, Label), isize>
+) -> VecCollection<'s, T, (Node, Label), isize>
 where
     T: Timestamp + Lattice + Hash + Ord,
 {
     let initial = nodes.map(move |id| {
-        let is_anchor = anchor.get(id.rank as usize).copied().unwrap_or(false);
-        let label = Label::initial(&id, is_anchor);
+        let is_anchor = anchor.get(id.0.rank as usize).copied().unwrap_or(false);
+        let label = Label::initial(&id.0, is_anchor);
         (id, label)
     });
     let edges = edges.arrange_by_key();
@@ -117,15 +117,15 @@ where
 
 /// Profile membership: `(profile, identifier)` for every node, where the profile is the
 /// root of the node's label (the profile key of SPEC section 3).
-pub fn members<'s>(labels: Coll<'s, (Ident, Label)>) -> Coll<'s, (Ident, Ident)> {
-    labels.map(|(id, label)| (label.root, id))
+pub fn members<'s>(labels: Coll<'s, (Node, Label)>) -> Coll<'s, (Node, Node)> {
+    labels.map(|(id, label)| (Node(label.root), id))
 }
 
 /// Attribution: `(event, profile)` for every live event, the profile of the event's
 /// highest-priority identifier (SPEC section 3, last paragraph).
 pub fn attribution<'s>(
-    primary: Coll<'s, (Ident, Seq)>,
-    labels: ByKey<'s, Ident, Label>,
-) -> Coll<'s, (Seq, Ident)> {
-    primary.join_core(labels, |_id, seq, label| Some((*seq, label.root.clone())))
+    primary: Coll<'s, (Node, Seq)>,
+    labels: ByKey<'s, Node, Label>,
+) -> Coll<'s, (Seq, Node)> {
+    primary.join_core(labels, |_id, seq, label| Some((*seq, Node(label.root.clone()))))
 }

@@ -7,8 +7,7 @@
 //! releases each once the clock passes it, so a score is a plain sum and an occurrence whose
 //! weight reached zero leaves the state.
 
-use super::{ByKey, Coll, Seq};
-use crate::event::Ident;
+use super::{ByKey, Coll, Node, Seq};
 
 /// Decay parameters (SPEC section 4), in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,11 +91,11 @@ pub fn qualifying_first(firsts: &[u64], t_b: u64, within: u64) -> Option<usize> 
 /// is sequence q's window. At most one bonus per then event and sequence.
 pub fn qualified_sequences<'s>(
     roles: Coll<'s, (Seq, (u16, u8, u64))>,
-    attribution: ByKey<'s, Seq, Ident>,
+    attribution: ByKey<'s, Seq, Node>,
     within: Vec<u64>,
 ) -> Coll<'s, (Seq, u16)> {
     roles
-        .join_core(attribution, |seq, (q, role, t), profile: &Ident| {
+        .join_core(attribution, |seq, (q, role, t), profile: &Node| {
             Some(((profile.clone(), *q), (*role, *t, *seq)))
         })
         .reduce(move |(_, q), occurrences, out| {
@@ -141,10 +140,10 @@ pub fn counted<'s>(
 /// whose weights sum to zero have no record here (the views read that as 0).
 pub fn scores<'s>(
     weights: Coll<'s, (Seq, u16)>,
-    attribution: ByKey<'s, Seq, Ident>,
-) -> Coll<'s, (Ident, isize)> {
+    attribution: ByKey<'s, Seq, Node>,
+) -> Coll<'s, (Node, isize)> {
     weights
-        .join_core(attribution, |_seq, _id, profile: &Ident| {
+        .join_core(attribution, |_seq, _id, profile: &Node| {
             Some(profile.clone())
         })
         .count()
@@ -154,10 +153,10 @@ pub fn scores<'s>(
 /// least one occurrence of non-zero weight now.
 pub fn active_signals<'s>(
     active: Coll<'s, (Seq, u16)>,
-    attribution: ByKey<'s, Seq, Ident>,
-) -> Coll<'s, (Ident, u16)> {
+    attribution: ByKey<'s, Seq, Node>,
+) -> Coll<'s, (Node, u16)> {
     active
-        .join_core(attribution, |_seq, id, profile: &Ident| {
+        .join_core(attribution, |_seq, id, profile: &Node| {
             Some((profile.clone(), *id))
         })
         .distinct()

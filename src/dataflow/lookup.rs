@@ -5,21 +5,21 @@
 
 use super::identity::Label;
 use super::views::Fact;
-use super::{ByKey, Coll};
+use super::{ByKey, Coll, Node};
 use crate::event::Ident;
 
 /// `(query, (profile, fact))` for every fact of the profile of each queried identifier;
 /// `queries` holds `(identifier, query id)`. An identifier that is no node answers nothing.
 pub fn profile_facts_of<'s>(
-    queries: Coll<'s, (Ident, u64)>,
-    labels: ByKey<'s, Ident, Label>,
-    facts: ByKey<'s, Ident, Fact>,
+    queries: Coll<'s, (Node, u64)>,
+    labels: ByKey<'s, Node, Label>,
+    facts: ByKey<'s, Node, Fact>,
 ) -> Coll<'s, (u64, (Ident, Fact))> {
     queries
         .join_core(labels, |_id, query, label| {
-            Some((label.root.clone(), *query))
+            Some((Node(label.root.clone()), *query))
         })
         .join_core(facts, |profile, query, fact| {
-            Some((*query, (profile.clone(), fact.clone())))
+            Some((*query, (profile.0.clone(), fact.clone())))
         })
 }

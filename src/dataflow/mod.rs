@@ -27,6 +27,7 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
 use crate::event::{Event, Ident};
@@ -39,6 +40,26 @@ pub type Time = u64;
 pub const STEP_BITS: u32 = 20;
 /// The largest engine clock value a [`Time`] can hold (ms since 1970, in the year 2527).
 pub const MAX_CLOCK_MS: u64 = (1 << (64 - STEP_BITS)) - 1;
+
+/// An identifier as a dataflow key. Arrangements order their keys, but no stage's result
+/// depends on the order of identifier keys (the SPEC's order decides only inside values:
+/// labels, and identifier lists in rows), so keys are ordered by [`Ident::hash_cmp`], which
+/// compares the cached hashes and reads the strings only on a tie.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Node(pub Ident);
+
+impl Ord for Node {
+    fn cmp(&self, other: &Node) -> std::cmp::Ordering {
+        self.0.hash_cmp(&other.0)
+    }
+}
+
+impl PartialOrd for Node {
+    fn partial_cmp(&self, other: &Node) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// The dataflow time of step `step` at clock `ms`.
 pub fn time(ms: u64, step: u32) -> Time {
@@ -151,16 +172,16 @@ impl EventFacts {
 /// ([`intent::Decay::schedule`]) only the steps already due enter the dataflow; the rest wait
 /// in a [`timer::DecayTimer`] and enter at their own times as the clock reaches them.
 pub struct Inputs {
-    nodes: InputSession<Time, Ident, isize>,
-    pairs: InputSession<Time, (Ident, Ident), isize>,
-    wide: InputSession<Time, Ident, isize>,
-    primary: InputSession<Time, (Ident, Seq), isize>,
+    nodes: InputSession<Time, Node, isize>,
+    pairs: InputSession<Time, (Node, Node), isize>,
+    wide: InputSession<Time, Node, isize>,
+    primary: InputSession<Time, (Node, Seq), isize>,
     weights: InputSession<Time, (Seq, u16), isize>,
     active: InputSession<Time, (Seq, u16), isize>,
     roles: InputSession<Time, (Seq, (u16, u8, u64)), isize>,
     consent: InputSession<Time, (Seq, (u8, u64, bool)), isize>,
     traits: InputSession<Time, (Seq, (String, traits::TraitValue)), isize>,
-    queries: InputSession<Time, (Ident, u64), isize>,
+    queries: InputSession<Time, (Node, u64), isize>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
@@ -182,6 +203,11 @@ impl<K: Hash + Eq> Presence<K> {
         Presence {
             counts: HashMap::new(),
         }
+    }
+
+    /// The key as held, if present.
+    fn held(&self, key: &K) -> Option<&K> {
+        self.counts.get_key_value(key).map(|(k, _)| k)
     }
 
     /// Applies `diff` to `key`; returns +1 if it appeared, -1 if it disappeared.
@@ -211,13 +237,13 @@ impl Inputs {
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
             if let Some(d) = self.node_counts.update(id.clone(), diff) {
-                self.nodes.update(id.clone(), d);
+                self.nodes.update(Node(id.clone()), d);
             }
         }
         if facts.wide {
             for id in &facts.idents {
                 if let Some(d) = self.wide_counts.update(id.clone(), diff) {
-                    self.wide.update(id.clone(), d);
+                    self.wide.update(Node(id.clone()), d);
                 }
             }
         } else {
@@ -225,14 +251,15 @@ impl Inputs {
             for (i, a) in facts.idents.iter().enumerate() {
                 for b in &facts.idents[i + 1..] {
                     if let Some(d) = self.pair_counts.update((a.clone(), b.clone()), diff) {
+                        let (a, b) = (Node(a.clone()), Node(b.clone()));
                         self.pairs.update((a.clone(), b.clone()), d);
-                        self.pairs.update((b.clone(), a.clone()), d);
+                        self.pairs.update((b, a), d);
                     }
                 }
             }
         }
         if let Some(first) = facts.idents.first() {
-            self.primary.update((first.clone(), facts.seq), diff);
+            self.primary.update((Node(first.clone()), facts.seq), diff);
         }
         for &signal in &facts.signals {
             self.schedule(facts, signal, diff);
@@ -254,10 +281,21 @@ impl Inputs {
         }
     }
 
+    /// Replaces each identifier by the handle the dataflow already holds for it, if any, so
+    /// that every live copy of an identifier shares one string (less memory, and equal
+    /// identifiers compare by pointer). Call before [`Inputs::update`] inserts the facts.
+    pub fn intern(&self, idents: &mut [Ident]) {
+        for id in idents {
+            if let Some(held) = self.node_counts.held(id) {
+                *id = held.clone();
+            }
+        }
+    }
+
     /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
     /// `ident`, answered in [`Outputs::answers`] once the current time is complete.
     pub fn query(&mut self, ident: Ident, id: u64, diff: isize) {
-        self.queries.update((ident, id), diff);
+        self.queries.update((Node(ident), id), diff);
     }
 
     /// Inserts an occurrence's weight schedule and activity interval (times `diff`): what is
@@ -383,17 +421,17 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
     let within: Vec<u64> = spec.intent.sequences.iter().map(|q| q.within_ms).collect();
 
     let inputs = worker.dataflow::<Time, _, _>(|scope| {
-        let (nodes_in, nodes) = scope.new_collection::<Ident, isize>();
-        let (pairs_in, pairs) = scope.new_collection::<(Ident, Ident), isize>();
-        let (wide_in, wide) = scope.new_collection::<Ident, isize>();
-        let (primary_in, primary) = scope.new_collection::<(Ident, Seq), isize>();
+        let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
+        let (pairs_in, pairs) = scope.new_collection::<(Node, Node), isize>();
+        let (wide_in, wide) = scope.new_collection::<Node, isize>();
+        let (primary_in, primary) = scope.new_collection::<(Node, Seq), isize>();
         let (weights_in, weights) = scope.new_collection::<(Seq, u16), isize>();
         let (active_in, active) = scope.new_collection::<(Seq, u16), isize>();
         let (roles_in, roles) = scope.new_collection::<(Seq, (u16, u8, u64)), isize>();
         let (consent_in, consent_records) = scope.new_collection::<(Seq, (u8, u64, bool)), isize>();
         let (traits_in, trait_records) =
             scope.new_collection::<(Seq, (String, traits::TraitValue)), isize>();
-        let (queries_in, queries) = scope.new_collection::<(Ident, u64), isize>();
+        let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
 
         // identity (SPEC section 3)
         let links = identity::links(pairs);
@@ -446,7 +484,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             .distinct()
             .inner
             .exchange(|_| 0)
-            .inspect(move |(_, _, diff): &(Ident, Time, isize)| {
+            .inspect(move |(_, _, diff): &(Node, Time, isize)| {
                 *count.borrow_mut() += *diff as i64;
             })
             .probe_with(&probe);

@@ -2,8 +2,7 @@
 //! (timestamp, messageId with absent as "", arrival order); within one event `traits` wins
 //! over `context.traits`.
 
-use super::{ByKey, Coll, EventFacts, Seq};
-use crate::event::Ident;
+use super::{ByKey, Coll, EventFacts, Node, Seq};
 
 /// A trait record's order and value: (timestamp, messageId or "", arrival seq, source, JSON).
 pub type TraitValue = (u64, String, Seq, u8, String);
@@ -24,10 +23,10 @@ pub fn record(facts: &EventFacts, source: u8, json: &str) -> TraitValue {
 /// Current traits: `(profile, (key, JSON value))`. `records` holds `(event, (key, value))`.
 pub fn current<'s>(
     records: Coll<'s, (Seq, (String, TraitValue))>,
-    attribution: ByKey<'s, Seq, Ident>,
-) -> Coll<'s, (Ident, (String, String))> {
+    attribution: ByKey<'s, Seq, Node>,
+) -> Coll<'s, (Node, (String, String))> {
     records
-        .join_core(attribution, |_seq, (key, value), profile: &Ident| {
+        .join_core(attribution, |_seq, (key, value), profile: &Node| {
             Some(((profile.clone(), key.clone()), value.clone()))
         })
         .reduce(|_key, values, out| {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 
-use super::{ByKey, Coll, Time};
+use super::{ByKey, Coll, Node, Time};
 use crate::event::{Ident, predicate};
 use crate::spec::{Field, Spec, ViewSpec};
 
@@ -34,14 +34,14 @@ pub enum Fact {
 
 /// All facts of every profile, keyed by profile.
 pub fn profile_facts<'s>(
-    members: Coll<'s, (Ident, Ident)>,
-    scores: Coll<'s, (Ident, isize)>,
-    signals: Coll<'s, (Ident, u16)>,
-    consents: Coll<'s, (Ident, (u8, bool))>,
-    traits: Coll<'s, (Ident, (String, String))>,
-) -> Coll<'s, (Ident, Fact)> {
+    members: Coll<'s, (Node, Node)>,
+    scores: Coll<'s, (Node, isize)>,
+    signals: Coll<'s, (Node, u16)>,
+    consents: Coll<'s, (Node, (u8, bool))>,
+    traits: Coll<'s, (Node, (String, String))>,
+) -> Coll<'s, (Node, Fact)> {
     members
-        .map(|(p, id)| (p, Fact::Member(id)))
+        .map(|(p, id)| (p, Fact::Member(id.0)))
         .concat(scores.map(|(p, s)| (p, Fact::Score(s as i64))))
         .concat(signals.map(|(p, s)| (p, Fact::Signal(s))))
         .concat(consents.map(|(p, (purpose, granted))| (p, Fact::Consent(purpose, granted))))
@@ -51,10 +51,10 @@ pub fn profile_facts<'s>(
 /// Every view's rows. Invariant: `(v, p, row)` is present iff profile `p` exists, meets view
 /// `v`'s condition (purpose consent, `score_gte`, `has_signal`, trait predicates) and `row`
 /// holds exactly `v`'s fields rendered from `p`'s facts.
-pub fn rows<'s>(facts: ByKey<'s, Ident, Fact>, spec: &Spec) -> Coll<'s, ViewRow> {
+pub fn rows<'s>(facts: ByKey<'s, Node, Fact>, spec: &Spec) -> Coll<'s, ViewRow> {
     let render = Renderer::new(spec);
     facts
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Ident, (u16, String), Time, isize>, _, _>(
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Node, (u16, String), Time, isize>, _, _>(
             "views",
             move |_profile, facts, out| {
                 let state = State::collect(facts.iter().map(|(f, _)| *f));
@@ -72,7 +72,7 @@ pub fn rows<'s>(facts: ByKey<'s, Ident, Fact>, spec: &Spec) -> Coll<'s, ViewRow>
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
             },
         )
-        .as_collection(|profile, (view, row)| (*view, profile.clone(), row.clone()))
+        .as_collection(|profile, (view, row)| (*view, profile.0.clone(), row.clone()))
 }
 
 /// A profile as JSON (for `GET /v1/profiles/{type}:{value}`): its key, identifiers, score,

@@ -1,7 +1,11 @@
 //! Identifiers (SPEC section 2): reading, normalisation, blocklist.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -12,10 +16,18 @@ use crate::spec::IdentitySpec;
 /// An identifier: (type rank, normalised value). Ordered by rank, then value in byte order,
 /// which is exactly SPEC section 3's priority order. The value is shared, so cloning an
 /// identifier through the dataflow copies a pointer, not the string.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// It also carries a 32-bit hash of (rank, value), computed once: hashing an identifier
+/// (every `HashMap` keyed by one) reads only that, and [`Ident::hash_cmp`] orders by it
+/// first, so keyed data structures that need some order but not the SPEC's (the dataflow's
+/// arrangements) rarely compare strings. Comparing two handles to one shared value never
+/// reads the string either.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Ident {
     /// Index of the identifier type in the spec (lower is higher priority).
     pub rank: u8,
+    /// A hash of (rank, value) (see [`Ident::new`]).
+    hash: u32,
     /// The normalised value.
     pub value: Arc<str>,
 }
@@ -23,8 +35,10 @@ pub struct Ident {
 impl Ident {
     /// Builds an identifier.
     pub fn new(rank: u8, value: &str) -> Ident {
+        let hash = xxh3_64_with_seed(value.as_bytes(), u64::from(rank));
         Ident {
             rank,
+            hash: (hash ^ (hash >> 32)) as u32,
             value: Arc::from(value),
         }
     }
@@ -36,6 +50,46 @@ impl Ident {
             .get(self.rank as usize)
             .map_or("?", |t| t.name.as_str());
         format!("{name}:{}", self.value)
+    }
+
+    /// A total order that is cheap to evaluate: by hash, then by the SPEC order. Not the
+    /// SPEC's order; for keys whose order decides nothing.
+    pub fn hash_cmp(&self, other: &Ident) -> Ordering {
+        self.hash.cmp(&other.hash).then_with(|| self.cmp(other))
+    }
+}
+
+impl PartialEq for Ident {
+    fn eq(&self, other: &Ident) -> bool {
+        self.hash == other.hash
+            && self.rank == other.rank
+            && (Arc::ptr_eq(&self.value, &other.value) || self.value == other.value)
+    }
+}
+
+impl Eq for Ident {}
+
+impl Hash for Ident {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.hash);
+    }
+}
+
+impl Ord for Ident {
+    fn cmp(&self, other: &Ident) -> Ordering {
+        self.rank.cmp(&other.rank).then_with(|| {
+            if Arc::ptr_eq(&self.value, &other.value) {
+                Ordering::Equal
+            } else {
+                self.value.cmp(&other.value)
+            }
+        })
+    }
+}
+
+impl PartialOrd for Ident {
+    fn partial_cmp(&self, other: &Ident) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
