@@ -428,8 +428,21 @@ fn main() {
             let state = dir.join(format!("state{p}.ndjson"));
             let tail = dir.join(format!("tail{p}.ndjson"));
             let state_cmd = generate(&state, 2 * p, p, 11, start_ms);
-            // 20k more events on the same people, after the state in time
-            let tail_cmd = generate(&tail, 20_000, p, 12, after(start_ms, 2 * p));
+            // the same live workload after every state: 20k events of new profiles, every
+            // other one in order (continuing from the state's clock) and every other one
+            // 60 s late, as SDK queues deliver them
+            let clock = final_clock(&state);
+            let mut lines = String::new();
+            for i in 0..20_000u64 {
+                let t = if i % 2 == 0 { clock + 1 } else { clock - 60_000 } + i / 10;
+                lines.push_str(&live_event(i as usize, t));
+                lines.push('\n');
+            }
+            std::fs::write(&tail, lines).expect("write the tail");
+            let tail_cmd = format!(
+                "20k live events (new profiles, half in order, half 60 s late) > {}",
+                tail.display()
+            );
             let (s, t) = (
                 state.to_string_lossy().to_string(),
                 tail.to_string_lossy().to_string(),
