@@ -434,7 +434,11 @@ fn main() {
             let clock = final_clock(&state);
             let mut lines = String::new();
             for i in 0..20_000u64 {
-                let t = if i % 2 == 0 { clock + 1 } else { clock - 60_000 } + i / 10;
+                let t = if i % 2 == 0 {
+                    clock + 1
+                } else {
+                    clock - 60_000
+                } + i / 10;
                 lines.push_str(&live_event(i as usize, t));
                 lines.push('\n');
             }

@@ -767,7 +767,7 @@ impl<'w> Driver<'w> {
                 self.replay_residue(line, batch, wall)?;
                 continue;
             }
-            let event = match event::parse(batch.bytes(line), self.spec) {
+            let event = match event::parse(batch.bytes(line), self.spec, batch.wall_ms) {
                 Ok(e) => e,
                 Err(r) => {
                     self.dead(line, r.reason, r.detail)?;

@@ -60,7 +60,7 @@ fn facts_of(spec: &Spec, lines: &[&str]) -> Vec<EventFacts> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let e = event::parse(l.as_bytes(), spec).unwrap();
+            let e = event::parse(l.as_bytes(), spec, None).unwrap();
             EventFacts::of(i as u64, &e, spec, e.timestamp_ms, Default::default())
         })
         .collect()
@@ -126,7 +126,7 @@ fn retracting_a_generated_workload_returns_to_empty() {
     workload::generate(&args, &mut bytes).unwrap();
     let facts: Vec<EventFacts> = bytes
         .split(|b| *b == b'\n')
-        .filter_map(|l| event::parse(l, &spec).ok())
+        .filter_map(|l| event::parse(l, &spec, None).ok())
         .enumerate()
         .map(|(i, e)| EventFacts::of(i as u64, &e, &spec, e.timestamp_ms, Default::default()))
         .collect();

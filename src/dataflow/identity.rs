@@ -75,10 +75,7 @@ pub fn hubs<'s>(
 }
 
 /// The edges label propagation walks: links with neither end a hub (SPEC section 3).
-pub fn edges<'s>(
-    links: Coll<'s, (Node, Node)>,
-    hubs: Coll<'s, Node>,
-) -> Coll<'s, (Node, Node)> {
+pub fn edges<'s>(links: Coll<'s, (Node, Node)>, hubs: Coll<'s, Node>) -> Coll<'s, (Node, Node)> {
     links
         .antijoin(hubs.clone())
         .map(|(a, b)| (b, a))
@@ -127,5 +124,7 @@ pub fn attribution<'s>(
     primary: Coll<'s, (Node, Seq)>,
     labels: ByKey<'s, Node, Label>,
 ) -> Coll<'s, (Seq, Node)> {
-    primary.join_core(labels, |_id, seq, label| Some((*seq, Node(label.root.clone()))))
+    primary.join_core(labels, |_id, seq, label| {
+        Some((*seq, Node(label.root.clone())))
+    })
 }

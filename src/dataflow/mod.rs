@@ -25,9 +25,9 @@ use std::rc::Rc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
-use serde::{Deserialize, Serialize};
 use timely::worker::Worker;
 
 use crate::event::{Event, Ident};

@@ -151,7 +151,9 @@ fn reject<T>(reason: DeadReason, detail: impl Into<String>) -> Result<T, Rejecti
 }
 
 /// Parses and validates one line (without its `\n`; a trailing `\r` is dropped here).
-pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
+/// `received_ms` is the server's receipt time for events without `receivedAt`
+/// ([`timestamp::event_time`]); `None` for pipes and files.
+pub fn parse(line: &[u8], spec: &Spec, received_ms: Option<u64>) -> Result<Event, Rejection> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > MAX_LINE_BYTES {
         return reject(DeadReason::LineTooLong, format!("{} bytes", line.len()));
@@ -190,10 +192,7 @@ pub fn parse(line: &[u8], spec: &Spec) -> Result<Event, Rejection> {
             );
         }
     };
-    let timestamp_ms = match body.get("timestamp") {
-        None => return reject(DeadReason::MissingTimestamp, "no timestamp"),
-        Some(v) => timestamp::parse(v).or_else(|e| reject(DeadReason::BadTimestamp, e))?,
-    };
+    let timestamp_ms = timestamp::event_time(&body, received_ms)?;
     let (idents, blocked) = identifiers::read(&body, &spec.identity);
     if idents.is_empty() {
         return reject(DeadReason::NoIdentifier, "no usable identifier");
@@ -224,7 +223,9 @@ mod tests {
     use super::*;
 
     fn reason(line: &[u8]) -> Option<DeadReason> {
-        parse(line, &Spec::default_spec()).err().map(|r| r.reason)
+        parse(line, &Spec::default_spec(), None)
+            .err()
+            .map(|r| r.reason)
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod tests {
     use crate::spec::Spec;
 
     fn event(line: &str) -> Event {
-        crate::event::parse(line.as_bytes(), &Spec::default_spec()).unwrap()
+        crate::event::parse(line.as_bytes(), &Spec::default_spec(), None).unwrap()
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Event timestamps (SPEC section 1): RFC 3339 strings or integer epoch milliseconds.
+//! Event timestamps (SPEC section 1): RFC 3339 strings or integer epoch milliseconds, and
+//! the one rule that derives an event's time from its fields ([`event_time`]).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
+
+use super::{DeadReason, Rejection};
 
 use crate::dataflow::MAX_CLOCK_MS;
 use time::format_description::well_known::Rfc3339;
@@ -17,6 +20,64 @@ pub fn parse(value: &Value) -> Result<u64, String> {
         return Err(format!("{ms} ms is beyond the engine's range (year 2527)"));
     }
     Ok(ms)
+}
+
+/// An event's time in epoch ms (SPEC section 1), the one rule every path applies (`run`,
+/// `serve`, recovery, compaction, explanations):
+///
+/// - `timestamp` when present (unparseable: `bad_timestamp`);
+/// - else `originalTimestamp + (receivedAt − sentAt)`, the device clock corrected by its
+///   skew, when `sentAt` and `receivedAt` both parse; else `originalTimestamp`
+///   (unparseable: `bad_timestamp`);
+/// - else `receivedAt` (unparseable: `bad_timestamp`);
+/// - else `missing_timestamp` (also when only `sentAt` is there: nothing dates the event).
+///
+/// `received_ms` is the receipt time a server stamps on events that lack `receivedAt`
+/// (`serve` logs it with each request, so a replay derives the same time); `None` for a
+/// pipe or a file. A derived time before 1970 or beyond the engine's range is
+/// `bad_timestamp`.
+pub fn event_time(body: &Map<String, Value>, received_ms: Option<u64>) -> Result<u64, Rejection> {
+    let bad = |field: &str, why: String| Rejection {
+        reason: DeadReason::BadTimestamp,
+        detail: if field == "timestamp" {
+            why
+        } else {
+            format!("{field}: {why}")
+        },
+    };
+    if let Some(v) = body.get("timestamp") {
+        return parse(v).map_err(|e| bad("timestamp", e));
+    }
+    let received = match body.get("receivedAt") {
+        Some(v) => Some(parse(v)),
+        None => received_ms.map(Ok),
+    };
+    if let Some(v) = body.get("originalTimestamp") {
+        let original = parse(v).map_err(|e| bad("originalTimestamp", e))?;
+        let sent = body.get("sentAt").map(parse);
+        return match (sent, received) {
+            (Some(Ok(sent)), Some(Ok(received))) => {
+                let t = i128::from(original) + i128::from(received) - i128::from(sent);
+                u64::try_from(t)
+                    .ok()
+                    .filter(|t| *t <= MAX_CLOCK_MS)
+                    .ok_or_else(|| {
+                        bad(
+                            "originalTimestamp + (receivedAt - sentAt)",
+                            format!("{t} ms is before 1970 or beyond the engine's range"),
+                        )
+                    })
+            }
+            _ => Ok(original),
+        };
+    }
+    match received {
+        Some(r) => r.map_err(|e| bad("receivedAt", e)),
+        None => Err(Rejection {
+            reason: DeadReason::MissingTimestamp,
+            detail: "no timestamp, originalTimestamp or receivedAt".into(),
+        }),
+    }
 }
 
 /// A clock value as a person writes it (a command-line flag, a query parameter): epoch ms
@@ -85,6 +146,97 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn derived(v: Value, received: Option<u64>) -> Result<u64, DeadReason> {
+        event_time(v.as_object().unwrap(), received).map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn derivation_rule() {
+        use DeadReason::*;
+        // timestamp wins, even over a full set of SDK fields
+        assert_eq!(
+            derived(
+                json!({"timestamp": 5, "originalTimestamp": 9, "sentAt": 1, "receivedAt": 2}),
+                None
+            ),
+            Ok(5)
+        );
+        assert_eq!(
+            derived(json!({"timestamp": "soon", "originalTimestamp": 9}), None),
+            Err(BadTimestamp)
+        );
+        // skew corrected forwards and backwards
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 1000, "sentAt": 1500, "receivedAt": 2500}),
+                None
+            ),
+            Ok(2000)
+        );
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 5000, "sentAt": 5500, "receivedAt": 2500}),
+                None
+            ),
+            Ok(2000)
+        );
+        // sentAt without receivedAt, or an unparseable one: the device clock as is
+        assert_eq!(
+            derived(json!({"originalTimestamp": 1000, "sentAt": 1500}), None),
+            Ok(1000)
+        );
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 1000, "sentAt": "x", "receivedAt": 9}),
+                None
+            ),
+            Ok(1000)
+        );
+        // a server's receipt time stands in for a missing receivedAt
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 1000, "sentAt": 1500}),
+                Some(2500)
+            ),
+            Ok(2000)
+        );
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 1000, "sentAt": 1500, "receivedAt": 1600}),
+                Some(2500)
+            ),
+            Ok(1100)
+        );
+        // only receivedAt (or the receipt time)
+        assert_eq!(
+            derived(json!({"receivedAt": "1970-01-01T00:00:01Z"}), None),
+            Ok(1000)
+        );
+        assert_eq!(derived(json!({"sentAt": 7}), Some(42)), Ok(42));
+        // the deciding field unparseable, a result before 1970, nothing at all
+        assert_eq!(
+            derived(json!({"originalTimestamp": "x", "receivedAt": 9}), None),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            derived(json!({"originalTimestamp": null}), None),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            derived(json!({"receivedAt": "x", "sentAt": 1}), None),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            derived(
+                json!({"originalTimestamp": 100, "sentAt": 1000, "receivedAt": 500}),
+                None
+            ),
+            Err(BadTimestamp)
+        );
+        assert_eq!(derived(json!({"sentAt": 7}), None), Err(MissingTimestamp));
+        assert_eq!(derived(json!({}), None), Err(MissingTimestamp));
+    }
 
     #[test]
     fn accepted_forms() {

@@ -119,7 +119,7 @@ fn judge<'s>(
     sets: &'s ErasureSets,
 ) -> Option<(Fate, &'s [u128])> {
     let dead = |reason: DeadReason, detail: String| Fate::Reduce(Residue::Dead { reason, detail });
-    let event = match event::parse(&record.line, spec) {
+    let event = match event::parse(&record.line, spec, Some(record.wall_ms)) {
         Ok(e) => e,
         Err(r) => return Some((dead(r.reason, r.detail), &[])),
     };

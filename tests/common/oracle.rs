@@ -75,7 +75,7 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
             dead.push((number, "line_too_long".to_string()));
             continue;
         }
-        let ev = match event::parse(raw, spec) {
+        let ev = match event::parse(raw, spec, None) {
             Ok(e) => e,
             Err(r) => {
                 dead.push((number, r.reason.code().to_string()));
