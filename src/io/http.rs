@@ -248,9 +248,17 @@ fn handle(mut request: Request, ctx: &Ctx) {
             profile(request, ctx, &p["/v1/profiles/".len()..])
         }
         (Method::Post, p) if p.starts_with("/v1/") => {
-            if let Some(key) = &ctx.write_key
-                && basic_user(&request).as_deref() != Some(key.as_str())
-            {
+            let basic_ok = ctx
+                .write_key
+                .as_deref()
+                .is_none_or(|key| basic_user(&request).is_some_and(|u| key_matches(&u, key)));
+            // Segment's Node SDK sends the key as `writeKey` in the body instead (as
+            // Segment's API allows for events): checked once the body is read
+            let body_may_carry_key = matches!(
+                &p["/v1/".len()..],
+                "batch" | "track" | "identify" | "page" | "screen" | "alias" | "group"
+            );
+            if !basic_ok && !body_may_carry_key {
                 return error(request, 401, "invalid write key");
             }
             if p == "/v1/compact" {
@@ -266,7 +274,7 @@ fn handle(mut request: Request, ctx: &Ctx) {
                     Err(e) => error(request, 500, &e),
                 };
             }
-            match ingest(&mut request, ctx, &p["/v1/".len()..]) {
+            match ingest(&mut request, ctx, &p["/v1/".len()..], basic_ok) {
                 Ok(n) => respond(
                     request,
                     200,
@@ -280,9 +288,35 @@ fn handle(mut request: Request, ctx: &Ctx) {
     }
 }
 
-/// Logs the request's events durably; returns how many lines were logged.
-fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u16, String)> {
+/// Whether `given` is the write key, compared in constant time.
+fn key_matches(given: &str, key: &str) -> bool {
+    let (given, key) = (given.as_bytes(), key.as_bytes());
+    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Logs the request's events durably; returns how many lines were logged. Without
+/// `authorized` (no valid Basic credentials), the body's `writeKey` must be the key; it is
+/// never logged.
+fn ingest(
+    request: &mut Request,
+    ctx: &Ctx,
+    endpoint: &str,
+    authorized: bool,
+) -> Result<usize, (u16, String)> {
     let bad = |m: String| (400, m);
+    let check_key = |body: &mut serde_json::Map<String, Value>| {
+        let given = body.remove("writeKey");
+        if authorized {
+            return Ok(());
+        }
+        match (
+            given.as_ref().and_then(Value::as_str),
+            ctx.write_key.as_deref(),
+        ) {
+            (Some(given), Some(key)) if key_matches(given, key) => Ok(()),
+            _ => Err((401, "invalid write key".to_string())),
+        }
+    };
     let lines: Vec<Vec<u8>> = match endpoint {
         "track" | "identify" | "page" | "screen" | "alias" | "group" | "forget" => {
             let bytes = body(request, MAX_EVENT_BYTES).map_err(bad)?;
@@ -291,6 +325,7 @@ fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u1
             let Some(object) = event.as_object_mut() else {
                 return Err(bad("the body must be a JSON object".into()));
             };
+            check_key(object)?;
             if endpoint == "forget" || !object.contains_key("type") {
                 object.insert("type".into(), Value::from(endpoint));
             }
@@ -298,8 +333,13 @@ fn ingest(request: &mut Request, ctx: &Ctx, endpoint: &str) -> Result<usize, (u1
         }
         "batch" => {
             let bytes = body(request, MAX_BATCH_BYTES).map_err(bad)?;
-            let body: Value =
+            let mut body: Value =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+            if let Some(object) = body.as_object_mut() {
+                check_key(object)?;
+            } else if !authorized {
+                return Err((401, "invalid write key".into()));
+            }
             let Some(events) = body.get("batch").and_then(Value::as_array) else {
                 return Err(bad("the body must be {\"batch\": [...]}".into()));
             };
