@@ -156,6 +156,51 @@ impl Generator {
         }
     }
 
+    /// Replaces the event's `timestamp` with the fields client SDKs send (SPEC section 1):
+    /// a device clock off by up to an hour, a queueing delay and a network delay, in the
+    /// combinations SDKs produce, so that the derived time is the real time plus the network
+    /// delay when `sentAt` and `receivedAt` are both there.
+    fn sdk_time(&mut self, e: &mut Value) {
+        let Some(t) = e
+            .get("timestamp")
+            .and_then(|v| crate::event::timestamp::parse(v).ok())
+        else {
+            return;
+        };
+        if let Some(object) = e.as_object_mut() {
+            object.remove("timestamp");
+        }
+        let skew = self.below(7_200_000) as i64 - 3_600_000;
+        let queued = self.below(60_000);
+        let network = self.below(2_000);
+        let device = |ms: u64| (ms as i64 + skew).max(0) as u64;
+        let original = json!(rfc3339(device(t), 0));
+        let sent = json!(rfc3339(device(t + queued), 0));
+        let received = if self.chance(50) {
+            json!(t + queued + network)
+        } else {
+            json!(rfc3339(t + queued + network, 60))
+        };
+        match self.below(20) {
+            0..=11 => {
+                e["originalTimestamp"] = original;
+                e["sentAt"] = sent;
+                e["receivedAt"] = received;
+            }
+            12..=14 => {
+                e["originalTimestamp"] = original;
+                e["sentAt"] = sent;
+            }
+            15..=16 => e["receivedAt"] = received,
+            17..=18 => e["originalTimestamp"] = original,
+            _ => {
+                e["originalTimestamp"] = original;
+                e["sentAt"] = json!("not yet");
+                e["receivedAt"] = received;
+            }
+        }
+    }
+
     /// A person, skewed so a few are much more active than most.
     fn person(&mut self) -> u64 {
         let p = self.args.profiles;
@@ -188,6 +233,9 @@ impl Generator {
             "timestamp": self.timestamp(),
             "context": {"device": {"id": device}},
         });
+        if self.args.adversarial && self.chance(15) {
+            self.sdk_time(&mut e);
+        }
         if !self.chance(5) {
             e["messageId"] = json!(format!("m-{}-{}", self.args.seed, self.n));
         }
@@ -298,7 +346,7 @@ impl Generator {
     fn bad_line(&mut self) -> Vec<u8> {
         let ts = rfc3339(self.clock, 0);
         let who = self.person();
-        let kind = self.below(26);
+        let kind = self.below(29);
         let text = match kind {
             0 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":\"{ts}\""),
             1 => {
@@ -375,6 +423,15 @@ impl Generator {
                 )
             }
             24 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"timestamp\":null}}"),
+            // SDK time fields (SPEC section 1): an unparseable originalTimestamp, a
+            // correction that lands before 1970, and only sentAt (nothing dates the event)
+            25 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"originalTimestamp\":\"soon\",\"receivedAt\":\"{ts}\"}}"
+            ),
+            26 => format!(
+                "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"originalTimestamp\":5,\"sentAt\":\"{ts}\",\"receivedAt\":\"1970-01-01T00:00:00Z\"}}"
+            ),
+            27 => format!("{{\"type\":\"track\",\"userId\":\"u-{who}\",\"sentAt\":\"{ts}\"}}"),
             _ => format!(
                 "{{\"type\":\"track\",\"userId\":\"u-{who}\",\"messageId\":null,\"timestamp\":\"{ts}\"}}"
             ),
