@@ -310,7 +310,22 @@ pub struct Compactor {
 
 impl Compactor {
     /// Compacts the log now (`POST /v1/compact`, or in the background).
+    ///
+    /// It includes every `forget` acknowledged before it started: it first waits until the
+    /// engine has processed every record the log had handed it, so each such erasure has
+    /// been carried out and its set recorded.
     pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
+        let target = log.forwarded();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while counters.lines.load(Ordering::Acquire) < target {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the engine has not caught up with the log after 60 s ({} of {target} records processed); try again",
+                    counters.lines.load(Ordering::Acquire)
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         // taken before: whatever the engine counts meanwhile makes the next one due
         let marks = marks_of(counters);
         let sets = erasures::load(&self.erasures)

@@ -44,9 +44,28 @@ fn hostfile(dir: &Path) -> PathBuf {
     path
 }
 
+/// An adversarial workload in which every event that would be dated by `receivedAt` carries
+/// one: `serve` stamps its receipt time on events without it (SPEC section 1), which `run`
+/// cannot know, so the comparison with `run` needs none left to stamp.
 fn workload(dir: &Path) -> PathBuf {
     let path = dir.join("events.ndjson");
-    std::fs::write(&path, common::workload(21, 4000, 150, true)).unwrap();
+    let bytes = common::workload(21, 4000, 150, true);
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(mut event))
+                if !event.contains_key("timestamp") && !event.contains_key("receivedAt") =>
+            {
+                let received = 1_767_225_600_000u64 + i as u64 * 1000;
+                event.insert("receivedAt".into(), received.into());
+                out.extend(serde_json::to_vec(&event).unwrap());
+            }
+            _ => out.extend_from_slice(line),
+        }
+        out.push(b'\n');
+    }
+    out.pop();
+    std::fs::write(&path, out).unwrap();
     path
 }
 

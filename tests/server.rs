@@ -151,6 +151,139 @@ fn event(user: &str, minute: u64) -> String {
     )
 }
 
+/// A batch of 50 events for new users `full-{batch}-{i}`, each padded to about 1 KB.
+fn padded_batch(batch: usize) -> String {
+    let pad = "x".repeat(900);
+    let events: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"identify\",\"userId\":\"full-{batch}-{i}\",\"messageId\":\"full-{batch}-{i}\",\"properties\":{{\"pad\":\"{pad}\"}},\"timestamp\":{}}}",
+                1_767_261_600_000u64 + batch as u64
+            )
+        })
+        .collect();
+    format!("{{\"batch\":[{}]}}", events.join(","))
+}
+
+/// SPEC's durability promise on a real full disk (a 1 MiB tmpfs, mounted when the tests run
+/// as root; skipped otherwise): writes that fail are answered 503 with `Retry-After` and
+/// leave no partial record behind, ingestion resumes by itself once the filesystem grows, and
+/// after SIGKILL every acknowledged event, and no other, is in the views.
+#[test]
+fn a_full_disk_loses_no_acknowledged_event() {
+    let mnt = temp_dir("fulldisk");
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (the tests are not running as root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let server = Server::start(&data, None);
+    let post = |server: &Server, batch: usize| {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        let body = padded_batch(batch);
+        write!(
+            stream,
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    };
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut batch = 0;
+    while refused < 3 {
+        assert!(batch < 200, "the 1 MiB disk never filled up");
+        let response = post(&server, batch);
+        if response.starts_with("HTTP/1.1 200") {
+            acked.push(batch);
+        } else {
+            assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+            assert!(response.contains("Retry-After"), "{response}");
+            refused += 1;
+        }
+        batch += 1;
+    }
+    // the filesystem grows: ingestion resumes without a restart
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m", mnt.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    for _ in 0..5 {
+        let response = post(&server, batch);
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        acked.push(batch);
+        batch += 1;
+    }
+    let mut server = server;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let restarted = Server::start(&data, None);
+    let expected: std::collections::BTreeSet<String> = acked
+        .iter()
+        .flat_map(|b| (0..50).map(move |i| format!("user_id:full-{b}-{i}")))
+        .collect();
+    let lines = restarted.wait_for_view("profiles", |lines| lines.len() >= expected.len());
+    let keys: std::collections::BTreeSet<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap_or_else(|| panic!("not a row: {l}"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(lines.len(), keys.len(), "a profile appears twice");
+    assert_eq!(
+        keys, expected,
+        "acknowledged events lost, or refused ones applied"
+    );
+}
+
+/// Paths that once panicked a handler thread (slicing `/v1/profiles/explain`) are plain
+/// errors, and the server keeps serving.
+#[test]
+fn malformed_profile_paths_are_errors_not_panics() {
+    let dir = temp_dir("router");
+    let server = Server::start(&dir, None);
+    for path in [
+        "/v1/profiles/explain",
+        "/v1/profiles//explain",
+        "/v1/profiles/%ff%fe/explain",
+        "/v1/profiles/",
+        "/v1/profiles/user_id:%zz",
+    ] {
+        for _ in 0..6 {
+            let (status, body) = server.request("GET", path, &[], b"");
+            assert!(status == 400 || status == 404, "{path}: {status} {body}");
+        }
+    }
+    let (status, body) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
 #[test]
 fn every_acknowledged_event_survives_sigkill_exactly_once() {
     let dir = temp_dir("crash");
@@ -527,6 +660,58 @@ const NOW_MS: u64 = 1_767_261_600_000;
 
 fn line(json: serde_json::Value) -> Vec<u8> {
     json.to_string().into_bytes()
+}
+
+/// A compaction started right after a `forget` was acknowledged includes it, even while
+/// other events keep arriving: the erased values are gone after that one compaction.
+#[test]
+fn a_compaction_right_after_a_forget_under_load_includes_it() {
+    use serde_json::json;
+    let dir = temp_dir("forget-compact");
+    let server = Server::start(&dir, None);
+    let addr = server.addr.clone();
+    let post = |path: &str, body: Vec<u8>| {
+        let (status, text) = server.request("POST", path, &[], &body);
+        assert_eq!(status, 200, "{path}: {text}");
+    };
+    for round in 0..3 {
+        let secret = format!("gone-{round}-c0ffee");
+        post(
+            "/v1/identify",
+            line(
+                json!({"type": "identify", "userId": secret, "messageId": format!("s-{round}"),
+                "traits": {"email": format!("{secret}@example.com")}, "timestamp": NOW_MS}),
+            ),
+        );
+        // load: batches of other events keep arriving while the forget and compaction run
+        let load_addr = addr.clone();
+        let load = std::thread::spawn(move || {
+            for i in 0..40 {
+                let events: Vec<String> = (0..50)
+                    .map(|j| {
+                        format!(
+                            "{{\"type\":\"track\",\"userId\":\"load-{round}-{i}-{j}\",\"event\":\"Product Added\",\"timestamp\":{NOW_MS}}}"
+                        )
+                    })
+                    .collect();
+                let body = format!("{{\"batch\":[{}]}}", events.join(","));
+                let (status, _) = request(&load_addr, "POST", "/v1/batch", &[], body.as_bytes());
+                assert_eq!(status, 200);
+            }
+        });
+        post(
+            "/v1/forget",
+            line(json!({"userId": secret, "timestamp": NOW_MS + 1})),
+        );
+        let (status, body) = server.request("POST", "/v1/compact", &[], b"");
+        assert_eq!(status, 200, "{body}");
+        let left = files_containing(&dir, secret.as_bytes());
+        assert!(
+            left.is_empty(),
+            "{secret} remains in {left:?} after the compaction"
+        );
+        load.join().unwrap();
+    }
 }
 
 /// Erasure then compaction: no byte of an erased profile's raw values remains anywhere under

@@ -100,7 +100,17 @@ fn serve_with(
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
-                        handle(request);
+                        // a panicking handler drops its request, which tiny_http answers
+                        // with a 500; the thread lives on to serve the next one
+                        let handled =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                handle(request);
+                            }));
+                        if handled.is_err() {
+                            eprintln!(
+                                "throughline: error: a request handler panicked (answered 500)"
+                            );
+                        }
                     }
                 }
             })
@@ -180,12 +190,19 @@ fn respond(request: Request, status: u16, content_type: &str, body: String) {
 }
 
 fn error(request: Request, status: u16, message: &str) {
-    respond(
-        request,
-        status,
-        "application/json",
-        json!({"error": message}).to_string(),
-    );
+    let body = json!({"error": message}).to_string();
+    if status == 503 {
+        // retryable: ask clients to come back shortly
+        let mut response = Response::from_string(body).with_status_code(status);
+        for (name, value) in [("Content-Type", "application/json"), ("Retry-After", "1")] {
+            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                response = response.with_header(h);
+            }
+        }
+        let _ = request.respond(response);
+        return;
+    }
+    respond(request, status, "application/json", body);
 }
 
 fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
@@ -232,18 +249,27 @@ fn handle(mut request: Request, ctx: &Ctx) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
     match (&method, path.as_str()) {
-        (Method::Get, "/healthz") => respond(request, 200, "text/plain", "ok\n".into()),
+        (Method::Get, "/healthz") => match ctx.log.failed() {
+            None => respond(request, 200, "text/plain", "ok\n".into()),
+            Some(why) => respond(request, 503, "text/plain", format!("failed: {why}\n")),
+        },
         (Method::Get, "/metrics") => {
             respond(request, 200, "text/plain; version=0.0.4", metrics(ctx))
         }
         (Method::Get, p) if p.starts_with("/v1/views/") => {
             view(request, ctx, &p["/v1/views/".len()..])
         }
-        (Method::Get, p) if p.starts_with("/v1/profiles/") && p.ends_with("/explain") => explain(
-            request,
-            ctx,
-            &p["/v1/profiles/".len()..p.len() - "/explain".len()],
-        ),
+        (Method::Get, p)
+            if p.strip_prefix("/v1/profiles/")
+                .is_some_and(|rest| rest.ends_with("/explain")) =>
+        {
+            // "/v1/profiles/explain" overlaps prefix and suffix: an empty identifier
+            let id = p
+                .strip_prefix("/v1/profiles/")
+                .and_then(|rest| rest.strip_suffix("/explain"))
+                .unwrap_or_default();
+            explain(request, ctx, id)
+        }
         (Method::Get, p) if p.starts_with("/v1/profiles/") => {
             profile(request, ctx, &p["/v1/profiles/".len()..])
         }
@@ -385,9 +411,11 @@ fn ingest(
             }
         })
         .collect();
-    ctx.log
-        .append(records)
-        .map_err(|e| (500, format!("cannot log the events: {e}")))?;
+    ctx.log.append(records).map_err(|e| {
+        // a full disk, or a log that stopped after a failed fsync: nothing was acknowledged,
+        // and the same request succeeds later (SDKs retry a 503)
+        (503, format!("cannot log the events: {e}"))
+    })?;
     Ok(n)
 }
 

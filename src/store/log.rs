@@ -265,6 +265,10 @@ pub struct Log {
     durable: Arc<AtomicU64>,
     /// One compaction at a time.
     compacting: Mutex<()>,
+    /// Why the log stopped acknowledging appends, if it did (fail-stop).
+    failure: Arc<Mutex<Option<String>>>,
+    /// Line number of the last record forwarded to the engine (0 when not forwarding).
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Log {
@@ -283,9 +287,16 @@ impl Log {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.seek(SeekFrom::End(0))?;
         let durable = Arc::new(AtomicU64::new(len));
+        let failure = Arc::new(Mutex::new(None));
+        let forwarded = Arc::new(AtomicU64::new(
+            forward
+                .as_ref()
+                .map_or(0, |(_, next)| next.saturating_sub(1)),
+        ));
         let (tx, rx) = unbounded::<Request>();
         let writer = {
             let (path, durable) = (path.to_path_buf(), Arc::clone(&durable));
+            let (failure, forwarded) = (Arc::clone(&failure), Arc::clone(&forwarded));
             std::thread::Builder::new()
                 .name("throughline-log".into())
                 .spawn(move || {
@@ -294,6 +305,9 @@ impl Log {
                         path,
                         durable,
                         forward,
+                        failed: None,
+                        failure,
+                        forwarded,
                     }
                     .run(&rx)
                 })?
@@ -304,7 +318,21 @@ impl Log {
             path: path.to_path_buf(),
             durable,
             compacting: Mutex::new(()),
+            failure,
+            forwarded,
         })
+    }
+
+    /// The line number of the last record handed to the engine: once the engine has
+    /// processed that many lines it has seen every record acknowledged so far.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Acquire)
+    }
+
+    /// Why the log stopped acknowledging appends (a failed fsync, or a failed write it could
+    /// not cut back), if it did; the server must then be restarted.
+    pub fn failed(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     fn send(&self, request: Request) -> io::Result<()> {
@@ -415,6 +443,12 @@ struct Writer {
     path: PathBuf,
     durable: Arc<AtomicU64>,
     forward: Option<(Sender<Message>, u64)>,
+    /// Set once the log failed for good (fail-stop).
+    failed: Option<String>,
+    /// The same, shared with [`Log::failed`].
+    failure: Arc<Mutex<Option<String>>>,
+    /// Shared with [`Log::forwarded`].
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -446,10 +480,10 @@ impl Writer {
                 r.encode(&mut buf);
             }
         }
-        let result = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
+        let result = match &self.failed {
+            Some(why) => Err(io::Error::other(why.clone())),
+            None => self.write_durably(&buf),
+        };
         if result.is_ok() {
             self.durable.fetch_add(buf.len() as u64, Ordering::AcqRel);
             if let Some((to, next)) = &mut self.forward {
@@ -459,6 +493,8 @@ impl Writer {
                     }
                     *next += records.len() as u64;
                 }
+                self.forwarded
+                    .store(next.saturating_sub(1), Ordering::Release);
             }
         }
         for (_, done) in batch.drain(..) {
@@ -467,6 +503,47 @@ impl Writer {
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
+    }
+
+    /// Appends `buf` and fsyncs it. A failed write may have left part of `buf` on disk, so
+    /// the file is cut back to its last durable byte before anything else is appended (no
+    /// acknowledged record ever follows a partial one); the error is returned and the next
+    /// append tries again (a full disk: the caller answers 503 and the client retries). A
+    /// failed fsync, or a failed cut, is fail-stop, as in PostgreSQL: after it the kernel
+    /// may have dropped dirty pages, so nothing more is acknowledged until a restart
+    /// recovers from what the log really holds.
+    fn write_durably(&mut self, buf: &[u8]) -> io::Result<()> {
+        let durable = self.durable.load(Ordering::Acquire);
+        if let Err(e) = self.file.write_all(buf) {
+            if let Err(cut) = self
+                .file
+                .set_len(durable)
+                .and_then(|()| self.file.sync_data())
+            {
+                self.fail(format!(
+                    "the event log could not be cut back to its last durable byte after a failed write ({e}): {cut}"
+                ));
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.fail(format!("fsync of the event log failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops acknowledging appends for good (fail-stop), saying why on stderr and in
+    /// [`Log::failed`].
+    fn fail(&mut self, why: String) {
+        let why = format!(
+            "{why}; no more events are acknowledged: restart the server to recover from the log"
+        );
+        eprintln!("throughline: error: {why}");
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = Some(why.clone());
+        }
+        self.failed = Some(why);
     }
 
     /// Copies what was appended after `prefix` onto the compacted log, renames it over the
