@@ -33,7 +33,10 @@ pub fn run(spec: &Spec, input: &[u8], wall_ms: u64) -> Run {
 /// syntax is `timestamp::parse`'s): `timestamp`; else `originalTimestamp`, corrected by
 /// `receivedAt - sentAt` when both parse; else `receivedAt`; else missing.
 fn event_time(raw: &[u8]) -> Result<u64, &'static str> {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(raw) else {
+    // the line parsed already (at most 128 levels deep): no recursion limit needed here
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    de.disable_recursion_limit();
+    let Ok(Value::Object(body)) = serde::Deserialize::deserialize(&mut de) else {
         return Err("invalid_json");
     };
     let field = |name: &str| body.get(name);
