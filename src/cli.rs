@@ -79,6 +79,14 @@ struct ServeArgs {
     /// Required write key (HTTP Basic username); also from THROUGHLINE_WRITE_KEY.
     #[arg(long, env = "THROUGHLINE_WRITE_KEY")]
     write_key: Option<String>,
+    /// Required by every GET but `/healthz` (a Bearer token or the HTTP Basic username): views,
+    /// profiles, explanations and metrics are personal data; also from THROUGHLINE_READ_KEY.
+    #[arg(long, env = "THROUGHLINE_READ_KEY")]
+    read_key: Option<String>,
+    /// Listen on a non-loopback address without a write key and a read key (otherwise
+    /// `serve` refuses to start).
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Also write the change stream to this file (rewritten from the log at each start).
     #[arg(long)]
     sink: Option<PathBuf>,
@@ -246,11 +254,22 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         return Ok(0);
     }
     let data_dir = args.data_dir.ok_or("--data-dir is required")?;
+    if !args.allow_unauthenticated
+        && !server::is_loopback(&args.listen)
+        && (args.write_key.is_none() || args.read_key.is_none())
+    {
+        return Err(format!(
+            "refusing to serve on {} without --write-key and --read-key: anyone who can reach it could write events and read profiles (pass --allow-unauthenticated if that is intended)",
+            args.listen
+        )
+        .into());
+    }
     let config = server::ServeConfig {
         cluster,
         data_dir,
         listen: args.listen,
         write_key: args.write_key,
+        read_key: args.read_key,
         workers: args.workers,
         sink: args.sink,
         spec_text,

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub listen: String,
     /// Required HTTP Basic username, if set.
     pub write_key: Option<String>,
+    /// Required by every GET but `/healthz` (Bearer token or Basic username), if set.
+    pub read_key: Option<String>,
     /// Timely workers.
     pub workers: usize,
     /// Write the change stream to this file (rewritten from the log at each start).
@@ -40,6 +42,20 @@ pub struct ServeConfig {
     pub compact_check: Duration,
     /// This process's place in a cluster (it is process 0), if any.
     pub cluster: Option<Cluster>,
+}
+
+/// Whether `listen` (`host:port`) names a loopback address: `localhost`, `127.0.0.0/8` or
+/// `::1`.
+pub fn is_loopback(listen: &str) -> bool {
+    let host = match listen.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => listen,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -105,6 +121,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         spec: Arc::clone(&spec),
         log,
         write_key: config.write_key,
+        read_key: config.read_key,
         live,
         counters,
         lookups: tx,

@@ -28,13 +28,10 @@ impl Server {
 
     fn start_with(dir: &Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_throughline"));
-        cmd.args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+        cmd.args(["serve", "--data-dir", dir.to_str().unwrap()]);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         cmd.args(args);
         let mut child = cmd
             .stderr(Stdio::piped())
@@ -50,7 +47,12 @@ impl Server {
                 panic!("server did not start: {seen:?}");
             };
             if let Some(rest) = line.strip_prefix("throughline: listening on ") {
-                let addr = rest.split_whitespace().next().unwrap().to_string();
+                // a wildcard listener is reached through loopback
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .replace("0.0.0.0:", "127.0.0.1:");
                 return Server {
                     child,
                     addr,
@@ -260,6 +262,75 @@ fn a_full_disk_loses_no_acknowledged_event() {
         keys, expected,
         "acknowledged events lost, or refused ones applied"
     );
+}
+
+/// `--read-key`: every GET but `/healthz` needs it, as a Bearer token or the Basic username.
+#[test]
+fn reads_need_the_read_key_when_one_is_set() {
+    let dir = temp_dir("readkey");
+    let server = Server::start_with(&dir, &["--read-key", "rk-9"]);
+    let (status, _) = server.request("POST", "/v1/identify", &[], event("reader", 0).as_bytes());
+    assert_eq!(status, 200);
+    let basic = format!("Basic {}", base64_of("rk-9:"));
+    for path in [
+        "/v1/views/profiles",
+        "/v1/profiles/user_id:reader",
+        "/v1/profiles/user_id:reader/explain",
+        "/metrics",
+        "/v1/views/profiles/changes",
+    ] {
+        let (status, body) = server.request("GET", path, &[], b"");
+        assert_eq!(status, 401, "{path} without a key: {body}");
+        let (status, _) = server.request("GET", path, &[("Authorization", "Bearer rk-wrong")], b"");
+        assert_eq!(status, 401, "{path} with a wrong key");
+        if !path.ends_with("/changes") {
+            server.wait_for_profile("user_id:reader", |_, _| true);
+            let (status, body) =
+                server.request("GET", path, &[("Authorization", "Bearer rk-9")], b"");
+            assert_eq!(status, 200, "{path} with the key: {body}");
+            let (status, _) = server.request("GET", path, &[("Authorization", &basic)], b"");
+            assert_eq!(status, 200, "{path} with the key as Basic username");
+        }
+    }
+    let (status, body) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+/// `serve` refuses a non-loopback address without both keys, unless told it is intended.
+#[test]
+fn serve_refuses_to_listen_publicly_without_keys() {
+    for args in [vec![], vec!["--write-key", "w"], vec!["--read-key", "r"]] {
+        let dir = temp_dir("public");
+        let out = Command::new(env!("CARGO_BIN_EXE_throughline"))
+            .args([
+                "serve",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                "0.0.0.0:0",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("refusing to serve on 0.0.0.0:0 without --write-key and --read-key"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+    for args in [
+        vec!["--allow-unauthenticated"],
+        vec!["--write-key", "w", "--read-key", "r"],
+    ] {
+        let dir = temp_dir("public-ok");
+        let mut all = vec!["--listen", "0.0.0.0:0"];
+        all.extend(args);
+        let server = Server::start_with(&dir, &all);
+        let (status, _) = server.request("GET", "/healthz", &[], b"");
+        assert_eq!(status, 200);
+    }
 }
 
 /// Paths that once panicked a handler thread (slicing `/v1/profiles/explain`) are plain

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub log: Log,
     /// Required HTTP Basic username, if set.
     pub write_key: Option<String>,
+    /// Required by every GET but `/healthz` (Bearer token or Basic username), if set.
+    pub read_key: Option<String>,
     /// The current views and their subscribers.
     pub live: Arc<Mutex<LiveViews>>,
     /// The engine's running totals.
@@ -214,6 +216,21 @@ fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 /// The HTTP Basic username, if any.
+/// Whether a GET may read: no read key is set, or the request carries it as a Bearer token
+/// or as the Basic username (compared in constant time).
+fn may_read(request: &Request, ctx: &Ctx) -> bool {
+    let Some(key) = ctx.read_key.as_deref() else {
+        return true;
+    };
+    let bearer = header(request, "Authorization").and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    bearer.is_some_and(|b| key_matches(b, key))
+        || basic_user(request).is_some_and(|u| key_matches(&u, key))
+}
+
 fn basic_user(request: &Request) -> Option<String> {
     let value = header(request, "Authorization")?;
     let encoded = value
@@ -253,6 +270,19 @@ fn handle(mut request: Request, ctx: &Ctx) {
             None => respond(request, 200, "text/plain", "ok\n".into()),
             Some(why) => respond(request, 503, "text/plain", format!("failed: {why}\n")),
         },
+        (Method::Get, _) if !may_read(&request, ctx) => {
+            let body = json!({"error": "a read key is required (Authorization: Bearer KEY)"});
+            let mut response = Response::from_string(body.to_string()).with_status_code(401);
+            for (name, value) in [
+                ("Content-Type", "application/json"),
+                ("WWW-Authenticate", "Bearer realm=\"throughline\""),
+            ] {
+                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response = response.with_header(h);
+                }
+            }
+            let _ = request.respond(response);
+        }
         (Method::Get, "/metrics") => {
             respond(request, 200, "text/plain; version=0.0.4", metrics(ctx))
         }
