@@ -261,8 +261,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         return Err(format!(
             "refusing to serve on {} without --write-key and --read-key: anyone who can reach it could write events and read profiles (pass --allow-unauthenticated if that is intended)",
             args.listen
-        )
-        .into());
+        ));
     }
     let config = server::ServeConfig {
         cluster,
