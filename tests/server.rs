@@ -264,6 +264,39 @@ fn a_full_disk_loses_no_acknowledged_event() {
     );
 }
 
+/// The route table over the real binary: an unknown path is a 404, a known path with the
+/// wrong method a 405 naming the allowed one, always as a JSON error.
+#[test]
+fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
+    let dir = temp_dir("routes");
+    let server = Server::start(&dir, None);
+    for (method, path, status, allow) in [
+        ("GET", "/nope", 404, None),
+        ("POST", "/v1/nope", 404, None),
+        ("GET", "/v1/batch", 405, Some("POST")),
+        ("PUT", "/v1/views/profiles", 405, Some("GET")),
+        ("POST", "/healthz", 405, Some("GET")),
+        ("DELETE", "/v1/compact", 405, Some("POST")),
+    ] {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {response}"
+        );
+        if let Some(allow) = allow {
+            assert!(response.contains(&format!("Allow: {allow}")), "{response}");
+        }
+        assert!(response.contains("{\"error\":"), "{response}");
+    }
+}
+
 /// `--read-key`: every GET but `/healthz` needs it, as a Bearer token or the Basic username.
 #[test]
 fn reads_need_the_read_key_when_one_is_set() {

@@ -15,13 +15,14 @@ use std::time::Duration;
 use base64::Engine as _;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response, Server};
+use tiny_http::{Header, Request, Response, Server};
 
 use crate::engine::{self, Counters};
 use crate::event::residue::Residue;
 use crate::event::{DeadReason, MAX_LINE_BYTES, identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
+use crate::io::route::{self, Route};
 use crate::io::sink::{LiveViews, Subscription};
 use crate::io::source::Message;
 use crate::server::Compactor;
@@ -192,19 +193,26 @@ fn respond(request: Request, status: u16, content_type: &str, body: String) {
 }
 
 fn error(request: Request, status: u16, message: &str) {
+    // a 503 is retryable: ask clients to come back shortly
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", "1")]
+    } else {
+        &[]
+    };
+    answer(request, status, message, retry);
+}
+
+/// A JSON error (`{"error": message}`) with extra headers.
+fn answer(request: Request, status: u16, message: &str, headers: &[(&str, &str)]) {
     let body = json!({"error": message}).to_string();
-    if status == 503 {
-        // retryable: ask clients to come back shortly
-        let mut response = Response::from_string(body).with_status_code(status);
-        for (name, value) in [("Content-Type", "application/json"), ("Retry-After", "1")] {
-            if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response = response.with_header(h);
-            }
+    let mut response = Response::from_string(body).with_status_code(status);
+    let all = std::iter::once(&("Content-Type", "application/json")).chain(headers);
+    for (name, value) in all {
+        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response = response.with_header(h);
         }
-        let _ = request.respond(response);
-        return;
     }
-    respond(request, status, "application/json", body);
+    let _ = request.respond(response);
 }
 
 fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
@@ -264,46 +272,34 @@ fn body(request: &mut Request, limit: usize) -> Result<Vec<u8>, String> {
 
 fn handle(mut request: Request, ctx: &Ctx) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    match (&method, path.as_str()) {
-        (Method::Get, "/healthz") => match ctx.log.failed() {
+    let method = request.method().as_str().to_string();
+    let route = route::route(&method, &path);
+    if method == "GET" && route != Route::Healthz && !may_read(&request, ctx) {
+        return answer(
+            request,
+            401,
+            "a read key is required (Authorization: Bearer KEY)",
+            &[("WWW-Authenticate", "Bearer realm=\"throughline\"")],
+        );
+    }
+    match route {
+        Route::NotFound => error(request, 404, "no such endpoint"),
+        Route::MethodNotAllowed(allow) => answer(
+            request,
+            405,
+            &format!("{method} is not allowed here (allowed: {allow})"),
+            &[("Allow", allow)],
+        ),
+        Route::Healthz => match ctx.log.failed() {
             None => respond(request, 200, "text/plain", "ok\n".into()),
             Some(why) => respond(request, 503, "text/plain", format!("failed: {why}\n")),
         },
-        (Method::Get, _) if !may_read(&request, ctx) => {
-            let body = json!({"error": "a read key is required (Authorization: Bearer KEY)"});
-            let mut response = Response::from_string(body.to_string()).with_status_code(401);
-            for (name, value) in [
-                ("Content-Type", "application/json"),
-                ("WWW-Authenticate", "Bearer realm=\"throughline\""),
-            ] {
-                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                    response = response.with_header(h);
-                }
-            }
-            let _ = request.respond(response);
-        }
-        (Method::Get, "/metrics") => {
-            respond(request, 200, "text/plain; version=0.0.4", metrics(ctx))
-        }
-        (Method::Get, p) if p.starts_with("/v1/views/") => {
-            view(request, ctx, &p["/v1/views/".len()..])
-        }
-        (Method::Get, p)
-            if p.strip_prefix("/v1/profiles/")
-                .is_some_and(|rest| rest.ends_with("/explain")) =>
-        {
-            // "/v1/profiles/explain" overlaps prefix and suffix: an empty identifier
-            let id = p
-                .strip_prefix("/v1/profiles/")
-                .and_then(|rest| rest.strip_suffix("/explain"))
-                .unwrap_or_default();
-            explain(request, ctx, id)
-        }
-        (Method::Get, p) if p.starts_with("/v1/profiles/") => {
-            profile(request, ctx, &p["/v1/profiles/".len()..])
-        }
-        (Method::Post, p) if p.starts_with("/v1/") => {
+        Route::Metrics => respond(request, 200, "text/plain; version=0.0.4", metrics(ctx)),
+        Route::View(name) => view(request, ctx, name, false),
+        Route::Changes(name) => view(request, ctx, name, true),
+        Route::Explain(id) => explain(request, ctx, id),
+        Route::Profile(id) => profile(request, ctx, id),
+        Route::Compact | Route::Ingest(_) => {
             let basic_ok = ctx
                 .write_key
                 .as_deref()
@@ -311,36 +307,37 @@ fn handle(mut request: Request, ctx: &Ctx) {
             // Segment's Node SDK sends the key as `writeKey` in the body instead (as
             // Segment's API allows for events): checked once the body is read
             let body_may_carry_key = matches!(
-                &p["/v1/".len()..],
-                "batch" | "track" | "identify" | "page" | "screen" | "alias" | "group"
+                route,
+                Route::Ingest(
+                    "batch" | "track" | "identify" | "page" | "screen" | "alias" | "group"
+                )
             );
             if !basic_ok && !body_may_carry_key {
                 return error(request, 401, "invalid write key");
             }
-            if p == "/v1/compact" {
-                return match ctx.compactor.run(&ctx.log, &ctx.counters) {
-                    Ok(s) => respond(
+            if let Route::Ingest(endpoint) = route {
+                return match ingest(&mut request, ctx, endpoint, basic_ok) {
+                    Ok(n) => respond(
                         request,
                         200,
                         "application/json",
-                        json!({"success": true, "records": s.records, "reduced": s.reduced,
-                               "bytes_before": s.bytes_before, "bytes_after": s.bytes_after})
-                        .to_string(),
+                        json!({"success": true, "accepted": n}).to_string(),
                     ),
-                    Err(e) => error(request, 500, &e),
+                    Err((status, message)) => error(request, status, &message),
                 };
             }
-            match ingest(&mut request, ctx, &p["/v1/".len()..], basic_ok) {
-                Ok(n) => respond(
+            match ctx.compactor.run(&ctx.log, &ctx.counters) {
+                Ok(s) => respond(
                     request,
                     200,
                     "application/json",
-                    json!({"success": true, "accepted": n}).to_string(),
+                    json!({"success": true, "records": s.records, "reduced": s.reduced,
+                           "bytes_before": s.bytes_before, "bytes_after": s.bytes_after})
+                    .to_string(),
                 ),
-                Err((status, message)) => error(request, status, &message),
+                Err(e) => error(request, 500, &e),
             }
         }
-        _ => error(request, 404, "no such endpoint"),
     }
 }
 
@@ -449,13 +446,9 @@ fn ingest(
     Ok(n)
 }
 
-fn view(request: Request, ctx: &Ctx, name: &str) {
+fn view(request: Request, ctx: &Ctx, name: &str, subscribe: bool) {
     let sse = request.url().contains("format=sse")
         || header(&request, "Accept").is_some_and(|a| a.contains("text/event-stream"));
-    let (name, subscribe) = match name.strip_suffix("/changes") {
-        Some(view) => (view, true),
-        None => (name, false),
-    };
     if !ctx.spec.views.iter().any(|v| v.name == name) {
         return error(request, 404, &format!("no view named {name}"));
     }

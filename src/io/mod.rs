@@ -2,5 +2,6 @@
 //! snapshots and dead letters).
 
 pub mod http;
+pub mod route;
 pub mod sink;
 pub mod source;
