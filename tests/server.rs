@@ -534,7 +534,7 @@ fn write_key_json_errors_and_size_limits() {
                 big.as_bytes()
             )
             .0,
-        400
+        413
     );
     let huge = format!("{{\"batch\":[{}]}}", vec![event("k-2", 1); 8000].join(","));
     assert!(huge.len() > 500 * 1024);
@@ -547,8 +547,23 @@ fn write_key_json_errors_and_size_limits() {
                 huge.as_bytes()
             )
             .0,
-        400
+        413
     );
+    // a gzip bomb: 64 MiB of zeros in about 64 KiB, refused once 500 KB are inflated
+    let bomb = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 64 << 20]).unwrap();
+        gz.finish().unwrap()
+    };
+    assert!(bomb.len() < 256 * 1024, "{}", bomb.len());
+    let (status, text) = server.request(
+        "POST",
+        "/v1/batch",
+        &[("Authorization", &good), ("Content-Encoding", "gzip")],
+        &bomb,
+    );
+    assert_eq!(status, 413, "{text}");
     // a bad event inside a batch is a dead letter; the good ones are accepted
     let mixed = format!(
         "{{\"batch\":[{},{{\"type\":\"track\",\"userId\":\"k-3\",\"timestamp\":\"never\"}}]}}",

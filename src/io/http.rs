@@ -251,8 +251,10 @@ fn basic_user(request: &Request) -> Option<String> {
     Some(text.split(':').next().unwrap_or("").to_string())
 }
 
-/// Reads the body (gunzipped if so encoded), refusing more than `limit` bytes.
-fn body(request: &mut Request, limit: usize) -> Result<Vec<u8>, String> {
+/// Reads the body (gunzipped if so encoded), refusing more than `limit` bytes: the limit
+/// holds while reading, and after decompression, so a gzip bomb costs `limit` bytes and is a
+/// 413. A body that cannot be read (bad gzip, a broken connection) is a 400.
+fn body(request: &mut Request, limit: usize) -> Result<Vec<u8>, (u16, String)> {
     let gzip = header(request, "Content-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let mut out = Vec::new();
     let reader = request.as_reader();
@@ -263,9 +265,9 @@ fn body(request: &mut Request, limit: usize) -> Result<Vec<u8>, String> {
     } else {
         reader.take(limit as u64 + 1).read_to_end(&mut out)
     };
-    read.map_err(|e| format!("cannot read the body: {e}"))?;
+    read.map_err(|e| (400, format!("cannot read the body: {e}")))?;
     if out.len() > limit {
-        return Err(format!("body over {limit} bytes"));
+        return Err((413, format!("body over {limit} bytes")));
     }
     Ok(out)
 }
@@ -372,7 +374,7 @@ fn ingest(
     };
     let lines: Vec<Vec<u8>> = match endpoint {
         "track" | "identify" | "page" | "screen" | "alias" | "group" | "forget" => {
-            let bytes = body(request, MAX_EVENT_BYTES).map_err(bad)?;
+            let bytes = body(request, MAX_EVENT_BYTES)?;
             let mut event: Value =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
             let Some(object) = event.as_object_mut() else {
@@ -385,7 +387,7 @@ fn ingest(
             vec![serde_json::to_vec(&event).map_err(|e| bad(e.to_string()))?]
         }
         "batch" => {
-            let bytes = body(request, MAX_BATCH_BYTES).map_err(bad)?;
+            let bytes = body(request, MAX_BATCH_BYTES)?;
             let mut body: Value =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
             if let Some(object) = body.as_object_mut() {
@@ -408,7 +410,7 @@ fn ingest(
             lines
         }
         "ingest" => {
-            let bytes = body(request, MAX_INGEST_BYTES).map_err(bad)?;
+            let bytes = body(request, MAX_INGEST_BYTES)?;
             bytes
                 .split(|b| *b == b'\n')
                 .filter(|l| !crate::io::source::is_blank(l))
