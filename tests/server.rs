@@ -612,25 +612,36 @@ fn base64_of(s: &str) -> String {
 /// sets THROUGHLINE_SDK_PYTHON; without it this test says so and passes.
 #[test]
 fn the_official_segment_python_sdk_works_unchanged() {
-    let Ok(python) = std::env::var("THROUGHLINE_SDK_PYTHON") else {
-        eprintln!("skipped: THROUGHLINE_SDK_PYTHON is not set (.ci/run sets it)");
-        return;
+    sdk_check("THROUGHLINE_SDK_PYTHON", "segment_sdk_check.py");
+}
+
+/// Runs `tests/sdk/{script}` with the interpreter `.ci/run` names in the environment
+/// variable `env`, against a fresh server with the write key `sdk-key`, and asserts that it
+/// succeeds. Returns the server, its data directory and the script's stdout; `None`, saying
+/// so, when `env` is not set.
+fn sdk_check(env: &str, script: &str) -> Option<(Server, PathBuf, String)> {
+    let Ok(interpreter) = std::env::var(env) else {
+        eprintln!("skipped: {env} is not set (.ci/run sets it)");
+        return None;
     };
-    let dir = temp_dir("sdk");
+    let dir = temp_dir(script);
     let server = Server::start(&dir, Some("sdk-key"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/segment_sdk_check.py");
-    let out = Command::new(python)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = Command::new(interpreter)
         .arg(script)
         .arg(format!("http://{}", server.addr))
         .arg("sdk-key")
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some((server, dir, stdout))
 }
 
 /// Every `"timestamp":N` in an explanation (the times of the events it cites), sorted.
@@ -656,29 +667,14 @@ fn cited_times(explanation: &str) -> Vec<u64> {
 /// events are accepted and stitched; the RudderStack client runs on a device clock an hour
 /// slow, and its events are dated by that clock corrected by the skew
 /// (`originalTimestamp + receivedAt - sentAt`, the server's receipt time as `receivedAt`),
-/// so at the real time they were sent; after a restart every event has the same time. `.ci/run` installs the SDKs and sets THROUGHLINE_SDK_NODE; without it this test
-/// says so and passes.
+/// so at the real time they were sent; after a restart every event has the same time.
+/// `.ci/run` installs the SDKs and sets THROUGHLINE_SDK_NODE; without it this test says so
+/// and passes.
 #[test]
 fn the_official_node_sdks_work_unchanged_at_the_derived_time() {
-    let Ok(node) = std::env::var("THROUGHLINE_SDK_NODE") else {
-        eprintln!("skipped: THROUGHLINE_SDK_NODE is not set (.ci/run sets it)");
+    let Some((server, dir, stdout)) = sdk_check("THROUGHLINE_SDK_NODE", "node_sdk_check.js") else {
         return;
     };
-    let dir = temp_dir("node-sdk");
-    let server = Server::start(&dir, Some("sdk-key"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node_sdk_check.js");
-    let out = Command::new(node)
-        .arg(script)
-        .arg(format!("http://{}", server.addr))
-        .arg("sdk-key")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let sent: u64 = stdout
         .split("\"rudder_sent\":")
         .nth(1)
