@@ -4,8 +4,8 @@ acknowledge latency, ingest-to-output latency, and recovery time.
 
     cargo build --release
     ./target/release/throughline gen --events 200000 --profiles 10000 --seed 3 > /tmp/load.ndjson
-    python3 benches/http_ingest.py --input /tmp/load.ndjson --batch 100 --concurrency 8
-    python3 benches/http_ingest.py --input /tmp/load.ndjson --batch 10 --rate 2000   # paced
+    python3 tests/bench/http_ingest.py --input /tmp/load.ndjson --batch 100 --concurrency 8
+    python3 tests/bench/http_ingest.py --input /tmp/load.ndjson --batch 10 --rate 2000   # paced
 
 Starts its own server on a fresh data directory (--data-dir, default a temp dir), POSTs the
 file's lines to /v1/batch with --concurrency keep-alive connections (optionally paced to

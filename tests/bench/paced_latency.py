@@ -6,7 +6,7 @@ profile (so each produces exactly one change line), and measures, per event, the
 writing the line to reading its change from the engine's stdout. Prints p50/p99/max.
 
     cargo build --release
-    python3 benches/paced_latency.py --events 200 --interval-ms 20 [--state FILE] [--forget USER]
+    python3 tests/bench/paced_latency.py --events 200 --interval-ms 20 [--state FILE] [--forget USER]
 
 --state FILE first loads FILE (e.g. 1M generated events) so latency is measured with that
 much state; the paced events come after it, with later timestamps.
