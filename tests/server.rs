@@ -721,6 +721,51 @@ fn subscribed(name: &str, user: &str, headers: &str) -> (Server, mpsc::Receiver<
     (server, lines_of(stream))
 }
 
+/// SIGTERM with a subscription open, idle connections and a half-sent request: the server
+/// exits within 10 s, and a restart reaches the same views.
+#[test]
+fn sigterm_with_open_subscriptions_and_idle_connections_exits_promptly() {
+    let (server, lines) = subscribed("sigterm", "t-1", "");
+    // the subscription is streaming: its snapshot line arrives
+    lines
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .expect("the subscription sent nothing");
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let mut half = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        half,
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    let before = server.wait_for_view("profiles", |lines| lines.len() == 1);
+    assert_eq!(server.request("GET", "/healthz", &[], b"").0, 200);
+    let started = Instant::now();
+    let mut server = server;
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    loop {
+        if server.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((idle, half));
+    // the directory `subscribed` made (temp_dir would empty it)
+    let dir =
+        std::env::temp_dir().join(format!("throughline-serve-sigterm-{}", std::process::id()));
+    let restarted = Server::start(&dir, None);
+    let after = restarted.wait_for_view("profiles", |lines| lines.len() == 1);
+    assert_eq!(after, before);
+}
+
 /// `GET /v1/views/{name}/changes`: the current rows, then each change as it happens, on one
 /// open connection. (The 60 s bounds only guard against a hang.)
 #[test]
