@@ -14,7 +14,7 @@
 //! input that is waiting, at most `linger` of it, so a change is published within one round
 //! of its input being read, whether or not the clock moves. An event landing at an
 //! already published clock value (a late event, or one with the same timestamp) produces
-//! a further group of changes at the same time. See `docs/semantics.md`.
+//! a further group of changes at the same time. See `src/docs/semantics.md`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};

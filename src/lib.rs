@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod dataflow;
+pub mod docs;
 pub mod engine;
 pub mod event;
 pub mod explain;

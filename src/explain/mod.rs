@@ -6,7 +6,7 @@
 //! rendering). So it can cite each event, and the tests can check it against the views: its
 //! contributions sum to the score the views show, and its view decisions are the views'.
 //!
-//! The JSON form ([`Outcome`]) is stable and documented in `docs/explain.md`; [`render`]
+//! The JSON form ([`Outcome`]) is stable and documented in `src/docs/explain.md`; [`render`]
 //! turns it into a report for a person (`text`) or a Graphviz graph (`dot`).
 //!
 //! What an explanation shows of other profiles is limited to the identifiers and events that

@@ -11,7 +11,7 @@ use crate::workload::rfc3339;
 /// Output formats of `explain`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Stable JSON (documented in `docs/explain.md`).
+    /// Stable JSON (documented in `src/docs/explain.md`).
     Json,
     /// A readable report.
     Text,

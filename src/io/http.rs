@@ -552,7 +552,7 @@ fn query_param(request: &Request, name: &str) -> Option<String> {
 
 /// `GET /v1/profiles/{type}:{value}/explain[?at=T][&format=json|text|dot]`: why the profile
 /// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
-/// RFC 3339; see `docs/explain.md`). 404 when no live event carries the identifier.
+/// RFC 3339; see `src/docs/explain.md`). 404 when no live event carries the identifier.
 fn explain(request: Request, ctx: &Ctx, key: &str) {
     let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
     let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
