@@ -90,6 +90,10 @@ struct ServeArgs {
     /// Also write the change stream to this file (rewritten from the log at each start).
     #[arg(long)]
     sink: Option<PathBuf>,
+    /// Connections served at once; up to a quarter more are answered only on `/healthz`
+    /// (503 with Retry-After elsewhere), and further ones are closed.
+    #[arg(long, default_value_t = crate::io::transport::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// What the engine clock follows: event time, or also the wall clock (decay advances
     /// with real time even when no events arrive).
     #[arg(long, value_enum, default_value = "event")]
@@ -269,6 +273,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         listen: args.listen,
         write_key: args.write_key,
         read_key: args.read_key,
+        max_connections: args.max_connections.max(1),
         workers: args.workers,
         sink: args.sink,
         spec_text,

@@ -4,7 +4,8 @@
 //! Data flows one way: [`io`] (sources) → [`event`] (parsing, validation, admission) →
 //! [`dataflow`] stages → views → [`io`] (sinks). [`engine`] drives the timely workers;
 //! [`spec`] holds the dataflow spec model. [`server`] wires the long-lived server: [`store`]
-//! (data directory, durable log, compaction), the engine, and [`io::http`]. The semantics are those of `SPEC.md`.
+//! (data directory, durable log, compaction), the engine, and [`io::http`] (the endpoints) on
+//! [`io::transport`] (hyper: timeouts, limits, connection bound, shutdown). The semantics are those of `SPEC.md`.
 
 #![warn(missing_docs)]
 

@@ -5,5 +5,9 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
-    std::process::exit(throughline::cli::main());
+    // fail points named in `FAILPOINTS` (test builds only: elsewhere this does nothing)
+    let faults = fail::FailScenario::setup();
+    let code = throughline::cli::main();
+    faults.teardown();
+    std::process::exit(code);
 }

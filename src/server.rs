@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
-use crate::io::http::{self, Ctx};
+use crate::io::http::Ctx;
 use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::Message;
+use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
 use crate::store::data_dir::DataDir;
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     pub write_key: Option<String>,
     /// Required by every GET but `/healthz` (Bearer token or Basic username), if set.
     pub read_key: Option<String>,
+    /// Connections served at once (see [`transport`]).
+    pub max_connections: usize,
     /// Timely workers.
     pub workers: usize,
     /// Write the change stream to this file (rewritten from the log at each start).
@@ -132,12 +135,20 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             marks: Mutex::new((0, 0)),
             compactions: AtomicU64::new(0),
         },
+        stop: Arc::clone(&stop),
     });
     let background = (!config.compact_check.is_zero()).then(|| {
         let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
         std::thread::spawn(move || compact_in_background(&ctx, &stop, config.compact_check))
     });
-    http::listen(&config.listen, dir.root(), Arc::clone(&ctx), &stop)?;
+    let about = format!("data dir {}", dir.root().display());
+    transport::listen(
+        &config.listen,
+        &about,
+        config.max_connections,
+        Arc::clone(&ctx),
+        &stop,
+    )?;
     eprintln!("throughline: shutting down");
     if let Some(b) = background {
         let _ = b.join();
@@ -193,7 +204,7 @@ pub fn serve_helper(
         cluster.process,
         cluster.addresses.len()
     );
-    http::proxy(listen, leader, &stop)?;
+    transport::proxy(listen, leader, &stop)?;
     if engine.is_finished() {
         eprintln!("throughline: process 0 stopped; stopping");
         let _ = engine.join();

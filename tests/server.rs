@@ -27,7 +27,13 @@ impl Server {
     }
 
     fn start_with(dir: &Path, args: &[&str]) -> Server {
+        Server::start_env(dir, args, &[])
+    }
+
+    /// Starts the binary with `env` set (e.g. `FAILPOINTS`, the fail points to trigger).
+    fn start_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_throughline"));
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--data-dir", dir.to_str().unwrap()]);
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -222,7 +228,9 @@ fn a_full_disk_loses_no_acknowledged_event() {
             acked.push(batch);
         } else {
             assert!(response.starts_with("HTTP/1.1 503"), "{response}");
-            assert!(response.contains("Retry-After"), "{response}");
+            // header names are case-insensitive
+            let lower = response.to_ascii_lowercase();
+            assert!(lower.contains("retry-after:"), "{response}");
             refused += 1;
         }
         batch += 1;
@@ -291,7 +299,9 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
             "{method} {path}: {response}"
         );
         if let Some(allow) = allow {
-            assert!(response.contains(&format!("Allow: {allow}")), "{response}");
+            let lower = response.to_ascii_lowercase();
+            let want = format!("allow: {}", allow.to_ascii_lowercase());
+            assert!(lower.contains(&want), "{response}");
         }
         assert!(response.contains("{\"error\":"), "{response}");
     }
@@ -1288,4 +1298,326 @@ fn explain_endpoint_in_every_format_and_after_erasure() {
         json!({"status": "suppressed", "identifier": "user_id:p-1"})
     );
     server.stop();
+}
+
+/// Sends `bytes` on a fresh connection (write errors ignored: the server may hang up
+/// early), half-closes it when `close` is set, and returns the status line's code, or 0
+/// when the server closed the connection without answering.
+fn hostile(addr: &str, bytes: &[u8], close: bool) -> u16 {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = stream.write_all(bytes);
+    if close {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Clients that lie, stall and flood (issue 15): while 64 idle and 64 half-sent
+/// connections are held open and every kind of malformed request is thrown at the real
+/// binary, `/healthz` keeps answering within a second (a liveness bound, not a speed
+/// measurement), events posted meanwhile are acknowledged, each attack gets its 4xx, and
+/// afterwards every acknowledged event is in the
+/// views exactly once.
+#[test]
+fn hostile_clients_neither_starve_nor_break_the_server() {
+    let dir = temp_dir("hostile");
+    let server = Server::start(&dir, None);
+    let addr = server.addr.clone();
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let half: Vec<TcpStream> = (0..64)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            let head = if i % 2 == 0 {
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{\"batch\":["
+            } else {
+                "GET /v1/views/profiles HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            };
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let bomb = gzip(&vec![b' '; 64 << 20]);
+    let mut attacks: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "a Content-Length longer than the body",
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"batch\":[]}"
+                .to_vec(),
+            true,
+        ),
+        (
+            "a Content-Length shorter than the body",
+            b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{\"type\":\"track\"}\r\n\r\n"
+                .to_vec(),
+            true,
+        ),
+        (
+            "chunked garbage",
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n0\r\n"
+                .to_vec(),
+            true,
+        ),
+        (
+            "non-UTF-8 path",
+            b"GET /v1/profiles/user_id:\xff\xfe\x80 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            true,
+        ),
+        (
+            "non-UTF-8 percent-encoded identifier",
+            b"GET /v1/profiles/user_id:%ff%fe/explain HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            true,
+        ),
+        (
+            "bad gzip",
+            [
+                &b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 12\r\n\r\n"[..],
+                b"\x1f\x8b\x08\x00garbage!",
+            ]
+            .concat(),
+            true,
+        ),
+        (
+            "a gzip bomb (64 MiB of spaces)",
+            [
+                format!(
+                    "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                    bomb.len()
+                )
+                .as_bytes(),
+                &bomb,
+            ]
+            .concat(),
+            true,
+        ),
+        (
+            "a 2 MiB body",
+            [
+                format!(
+                    "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                    2 << 20
+                )
+                .as_bytes(),
+                &vec![b'x'; 2 << 20],
+            ]
+            .concat(),
+            true,
+        ),
+        (
+            "a 2 MiB chunked body",
+            [
+                &b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                &format!("{:x}\r\n", 2 << 20).into_bytes(),
+                &vec![b'x'; 2 << 20],
+                b"\r\n0\r\n\r\n",
+            ]
+            .concat(),
+            true,
+        ),
+    ];
+    let mut many_headers = b"GET /v1/views/profiles HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..20_000 {
+        many_headers.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many_headers.extend_from_slice(b"\r\n");
+    attacks.push(("20,000 headers", many_headers, true));
+    let long_line = format!(
+        "GET /v1/views/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    attacks.push(("a 100 KB request line", long_line.into_bytes(), true));
+
+    // the attacks, each on a thread of its own, four times over
+    let attackers: Vec<_> = (0..4)
+        .flat_map(|_| attacks.clone())
+        .map(|(what, bytes, close)| {
+            let addr = addr.clone();
+            std::thread::spawn(move || (what, hostile(&addr, &bytes, close)))
+        })
+        .collect();
+    // meanwhile: health checks and acknowledged events
+    let mut acked = Vec::new();
+    for round in 0..20 {
+        let mut health = TcpStream::connect(&addr).unwrap();
+        health
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        health
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        let read = health.read_to_string(&mut response);
+        assert!(
+            read.is_ok() && response.starts_with("HTTP/1.1 200"),
+            "round {round}: /healthz did not answer within a second: {read:?} {response:?}"
+        );
+        let users: Vec<String> = (0..10).map(|i| format!("hostile-{round}-{i}")).collect();
+        let batch = format!(
+            "{{\"batch\":[{}]}}",
+            users
+                .iter()
+                .map(|u| event(u, 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (status, body) = server.request("POST", "/v1/batch", &[], batch.as_bytes());
+        assert_eq!(status, 200, "round {round}: {body}");
+        acked.extend(users);
+    }
+    for attacker in attackers {
+        let (what, status) = attacker.join().unwrap();
+        let expected = match what {
+            "20,000 headers" => 431,
+            "a 100 KB request line" => 414,
+            "a 2 MiB body" | "a 2 MiB chunked body" | "a gzip bomb (64 MiB of spaces)" => 413,
+            // decoded lossily: an identifier no event carries
+            "non-UTF-8 percent-encoded identifier" => 404,
+            _ => 400,
+        };
+        assert_eq!(status, expected, "{what}");
+    }
+    let expected: std::collections::BTreeSet<String> =
+        acked.iter().map(|u| format!("user_id:{u}")).collect();
+    let lines = server.wait_for_view("profiles", |lines| lines.len() >= expected.len());
+    let keys: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["key"].to_string())
+        .map(|k| k.trim_matches('"').to_string())
+        .collect();
+    let unique: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+    assert_eq!(keys.len(), unique.len(), "a profile appears twice");
+    assert_eq!(unique, expected);
+    drop((idle, half));
+    let (status, _) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "the server did not survive");
+}
+
+/// The connection bound: with `--max-connections 8` held by idle clients, `/healthz` still
+/// answers 200, other requests get a 503 with `Retry-After` (SDKs retry), and once the
+/// idle clients leave, events are acknowledged again.
+#[test]
+fn connections_over_the_bound_get_healthz_and_503() {
+    let dir = temp_dir("bound");
+    let server = Server::start_with(&dir, &["--max-connections", "8"]);
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200)); // let the server accept them all
+    let (status, body) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let batch = format!("{{\"batch\":[{}]}}", event("bound", 1));
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{batch}",
+        batch.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after:"),
+        "{response}"
+    );
+    drop(idle);
+    let start = Instant::now();
+    loop {
+        let (status, body) = server.request("POST", "/v1/batch", &[], batch.as_bytes());
+        if status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{status} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.wait_for_view("profiles", |lines| lines.len() == 1);
+}
+
+/// A handler that panics (fail point `http::handle`) is answered 500, and the server lives
+/// on: the next request to the same endpoint is served.
+#[test]
+fn a_panicking_handler_is_a_500_and_the_server_lives_on() {
+    let dir = temp_dir("panic");
+    let server = Server::start_env(&dir, &[], &[("FAILPOINTS", "http::handle=2*panic")]);
+    for _ in 0..2 {
+        let (status, body) = server.request("GET", "/v1/views/profiles", &[], b"");
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    let (status, _) = server.request("GET", "/v1/views/profiles", &[], b"");
+    assert_eq!(status, 200);
+    let (status, _) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!(status, 200);
+}
+
+/// The users of a batch, and the batch.
+fn users_batch(tag: &str) -> (Vec<String>, String) {
+    let users: Vec<String> = (0..5).map(|i| format!("{tag}-{i}")).collect();
+    let events: Vec<String> = users.iter().map(|u| event(u, 1)).collect();
+    (users, format!("{{\"batch\":[{}]}}", events.join(",")))
+}
+
+/// The real binary with injected disk faults: a write that fails after part of a batch is
+/// a 503 and later batches are acknowledged; a failed fsync stops acknowledgement (503,
+/// `/healthz` 503). After SIGKILL and a restart, every acknowledged event is in the views.
+#[test]
+fn injected_write_and_fsync_faults_lose_no_acknowledged_event() {
+    for (faults, fail_stop) in [
+        ("log::write=1*off->1*return(40)", false),
+        ("log::fsync=1*off->return", true),
+    ] {
+        let dir = temp_dir(&format!("inject-{fail_stop}"));
+        let server = Server::start_env(&dir, &[], &[("FAILPOINTS", faults)]);
+        let mut acked = Vec::new();
+        for (i, tag) in ["first", "second", "third"].iter().enumerate() {
+            let (users, batch) = users_batch(tag);
+            let (status, body) = server.request("POST", "/v1/batch", &[], batch.as_bytes());
+            match (i, fail_stop) {
+                (0, _) | (2, false) => {
+                    assert_eq!(status, 200, "{faults} {tag}: {body}");
+                    acked.extend(users);
+                }
+                _ => assert_eq!(status, 503, "{faults} {tag}: {body}"),
+            }
+        }
+        let (health, body) = server.request("GET", "/healthz", &[], b"");
+        if fail_stop {
+            assert_eq!(health, 503, "{body}");
+            assert!(body.contains("fsync"), "{body}");
+        } else {
+            assert_eq!(health, 200, "{body}");
+        }
+        let mut server = server;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let restarted = Server::start(&dir, None);
+        let lines = restarted.wait_for_view("profiles", |l| l.len() >= acked.len());
+        for user in &acked {
+            let key = format!("\"key\":\"user_id:{user}\"");
+            assert_eq!(
+                lines.iter().filter(|l| l.contains(&key)).count(),
+                1,
+                "{faults}: {user} lost or doubled"
+            );
+        }
+        if !fail_stop {
+            // the refused batch was cut back, not half applied
+            assert_eq!(lines.len(), acked.len(), "{faults}: {lines:?}");
+        }
+    }
 }

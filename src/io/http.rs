@@ -1,21 +1,27 @@
 //! The server's HTTP endpoints: Segment-compatible ingestion in front of the durable log,
-//! and reads of the live views, profiles and metrics. (The wiring is in [`crate::server`].)
+//! and reads of the live views, profiles and metrics. (The wiring is in [`crate::server`];
+//! connections, timeouts and limits in [`crate::io::transport`].)
+//!
+//! Each handler is a plain function from a [`Req`] (the head and the body, already read
+//! within the route's limit) to a response. The transport runs it on a blocking thread,
+//! so a handler may wait for the log's fsync or the engine's answer, and a panic in one is
+//! a 500 while the server lives on.
 //!
 //! A request is acknowledged (200) only after its events are appended to the log and the
 //! log is fsynced; the log then forwards them to the engine in log order, so a restart that
 //! replays the log reaches exactly the state the engine had.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use crossbeam_channel::Sender;
+use bytes::Bytes;
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
-use tiny_http::{Header, Request, Response, Server};
 
 use crate::engine::{self, Counters};
 use crate::event::residue::Residue;
@@ -25,6 +31,7 @@ use crate::explain::render::{self, Format};
 use crate::io::route::{self, Route};
 use crate::io::sink::{LiveViews, Subscription};
 use crate::io::source::Message;
+use crate::io::transport::{self, Body};
 use crate::server::Compactor;
 use crate::spec::Spec;
 use crate::store::log::{Log, Record};
@@ -35,6 +42,10 @@ pub const MAX_EVENT_BYTES: usize = 32 * 1024;
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 /// Largest accepted `/v1/ingest` body (decoded).
 pub const MAX_INGEST_BYTES: usize = 64 << 20;
+/// Largest body of any other request (reads and compaction carry none).
+pub const MAX_OTHER_BYTES: usize = 64 * 1024;
+/// How long a change stream waits for a client that does not read before dropping it.
+const STREAM_STALL: Duration = Duration::from_secs(30);
 
 /// What the endpoints share.
 pub struct Ctx {
@@ -54,183 +65,100 @@ pub struct Ctx {
     pub lookups: Sender<Message>,
     /// Compaction of the log.
     pub compactor: Compactor,
+    /// Set on SIGTERM/SIGINT: change streams end.
+    pub stop: Arc<AtomicBool>,
 }
 
-/// Serves HTTP on `listen` with four handler threads until `stop` is set (SIGTERM/SIGINT).
-pub fn listen(
-    listen: &str,
-    data_dir: &Path,
-    ctx: Arc<Ctx>,
-    stop: &Arc<AtomicBool>,
-) -> Result<(), String> {
-    let about = format!("data dir {}", data_dir.display());
-    serve_with(listen, &about, stop, move |request| handle(request, &ctx))
+/// A request as the handlers see it: its head, and its body as sent (still gzipped if so
+/// encoded), read in full within [`body_limit`] of its route.
+pub struct Req {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path, without the query string (still percent-encoded).
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The request's headers.
+    pub headers: HeaderMap,
+    /// The body as received.
+    pub body: Bytes,
 }
 
-/// A cluster's other processes: serves HTTP on `listen` by passing each request on to
-/// `leader` (process 0) and copying its response back as it comes (streams included), until
-/// `stop` is set.
-pub fn proxy(listen: &str, leader: &str, stop: &Arc<AtomicBool>) -> Result<(), String> {
-    let leader = leader.to_string();
-    let about = format!("passing on to {leader}");
-    serve_with(listen, &about, stop, move |request| {
-        // a stream holds its connection as long as the client stays: a thread of its own
-        let leader = leader.clone();
-        std::thread::spawn(move || pass_on(request, &leader));
-    })
-}
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 
-/// Listens on `listen`, says so on stderr (with `about`), and hands each request to
-/// `handle` on four threads until `stop` is set.
-fn serve_with(
-    listen: &str,
-    about: &str,
-    stop: &Arc<AtomicBool>,
-    handle: impl Fn(Request) + Send + Sync + 'static,
-) -> Result<(), String> {
-    let server = Server::http(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a: SocketAddr| a.to_string())
-        .unwrap_or_default();
-    eprintln!("throughline: listening on {addr} ({about})");
-    let (server, handle) = (Arc::new(server), Arc::new(handle));
-    let handlers: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, stop, handle) =
-                (Arc::clone(&server), Arc::clone(stop), Arc::clone(&handle));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) {
-                        // a panicking handler drops its request, which tiny_http answers
-                        // with a 500; the thread lives on to serve the next one
-                        let handled =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                handle(request);
-                            }));
-                        if handled.is_err() {
-                            eprintln!(
-                                "throughline: error: a request handler panicked (answered 500)"
-                            );
-                        }
-                    }
-                }
+    /// The value of query parameter `name`, percent-decoded.
+    fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| {
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned()
             })
         })
-        .collect();
-    for h in handlers {
-        let _ = h.join();
-    }
-    Ok(())
-}
-
-/// Sends one request to `leader` and copies its raw response back to the client.
-fn pass_on(mut request: Request, leader: &str) {
-    let mut body = Vec::new();
-    if request
-        .as_reader()
-        .take(MAX_INGEST_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .is_err()
-    {
-        return error(request, 400, "cannot read the body");
-    }
-    let mut upstream = match std::net::TcpStream::connect(leader) {
-        Ok(s) => s,
-        Err(e) => {
-            return error(
-                request,
-                503,
-                &format!("process 0 ({leader}) is unreachable: {e}"),
-            );
-        }
-    };
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {leader}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        request.method(),
-        request.url(),
-        body.len()
-    );
-    for h in request.headers() {
-        let name = h.field.as_str().as_str();
-        if !["host", "connection", "content-length", "transfer-encoding"]
-            .iter()
-            .any(|skip| name.eq_ignore_ascii_case(skip))
-        {
-            head.push_str(&format!("{name}: {}\r\n", h.value.as_str()));
-        }
-    }
-    head.push_str("\r\n");
-    if upstream
-        .write_all(head.as_bytes())
-        .and_then(|()| upstream.write_all(&body))
-        .is_err()
-    {
-        return error(
-            request,
-            503,
-            &format!("process 0 ({leader}) is unreachable"),
-        );
-    }
-    // byte for byte and flushed as it comes, so a change subscription streams through
-    let mut out = request.into_writer();
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = upstream.read(&mut buf) {
-        if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-            break;
-        }
     }
 }
 
-fn respond(request: Request, status: u16, content_type: &str, body: String) {
-    let header = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).ok();
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Some(h) = header {
-        response = response.with_header(h);
+/// The most body bytes (as sent, before any gunzip) read for a request to `path` with
+/// `method`: the ingestion endpoints' limits, and [`MAX_OTHER_BYTES`] for the rest. A
+/// longer body is a 413 before it is read further.
+pub fn body_limit(method: &str, path: &str) -> usize {
+    match route::route(method, path) {
+        Route::Ingest("batch") => MAX_BATCH_BYTES,
+        Route::Ingest("ingest") => MAX_INGEST_BYTES,
+        Route::Ingest(_) => MAX_EVENT_BYTES,
+        _ => MAX_OTHER_BYTES,
     }
-    let _ = request.respond(response);
 }
 
-fn error(request: Request, status: u16, message: &str) {
-    // a 503 is retryable: ask clients to come back shortly
+/// A response with a body of `content_type`.
+fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    with_headers(status, &[("Content-Type", content_type)], body.into())
+}
+
+/// A JSON error (`{"error": message}`); a 503 asks clients to retry after a second.
+pub fn error(status: u16, message: &str) -> Response<Body> {
     let retry: &[(&str, &str)] = if status == 503 {
         &[("Retry-After", "1")]
     } else {
         &[]
     };
-    answer(request, status, message, retry);
+    answer(status, message, retry)
 }
 
 /// A JSON error (`{"error": message}`) with extra headers.
-fn answer(request: Request, status: u16, message: &str, headers: &[(&str, &str)]) {
+fn answer(status: u16, message: &str, headers: &[(&str, &str)]) -> Response<Body> {
     let body = json!({"error": message}).to_string();
-    let mut response = Response::from_string(body).with_status_code(status);
-    let all = std::iter::once(&("Content-Type", "application/json")).chain(headers);
-    for (name, value) in all {
-        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response = response.with_header(h);
+    let all: Vec<_> = std::iter::once(("Content-Type", "application/json"))
+        .chain(headers.iter().copied())
+        .collect();
+    with_headers(status, &all, body.into())
+}
+
+fn with_headers(status: u16, headers: &[(&str, &str)], body: Bytes) -> Response<Body> {
+    let mut response = Response::new(transport::full(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(n, v);
         }
     }
-    let _ = request.respond(response);
+    response
 }
 
-fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-/// The HTTP Basic username, if any.
 /// Whether a GET may read: no read key is set, or the request carries it as a Bearer token
 /// or as the Basic username (compared in constant time).
-fn may_read(request: &Request, ctx: &Ctx) -> bool {
+fn may_read(request: &Req, ctx: &Ctx) -> bool {
     let Some(key) = ctx.read_key.as_deref() else {
         return true;
     };
-    let bearer = header(request, "Authorization").and_then(|v| {
+    let bearer = request.header("Authorization").and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
             .map(str::trim)
@@ -239,8 +167,9 @@ fn may_read(request: &Request, ctx: &Ctx) -> bool {
         || basic_user(request).is_some_and(|u| key_matches(&u, key))
 }
 
-fn basic_user(request: &Request) -> Option<String> {
-    let value = header(request, "Authorization")?;
+/// The HTTP Basic username, if any.
+fn basic_user(request: &Req) -> Option<String> {
+    let value = request.header("Authorization")?;
     let encoded = value
         .strip_prefix("Basic ")
         .or_else(|| value.strip_prefix("basic "))?;
@@ -251,63 +180,62 @@ fn basic_user(request: &Request) -> Option<String> {
     Some(text.split(':').next().unwrap_or("").to_string())
 }
 
-/// Reads the body (gunzipped if so encoded), refusing more than `limit` bytes: the limit
-/// holds while reading, and after decompression, so a gzip bomb costs `limit` bytes and is a
-/// 413. A body that cannot be read (bad gzip, a broken connection) is a 400.
-fn body(request: &mut Request, limit: usize) -> Result<Vec<u8>, (u16, String)> {
-    let gzip = header(request, "Content-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+/// The body, gunzipped if so encoded, refusing more than `limit` bytes after decompression
+/// too, so a gzip bomb costs `limit` bytes and is a 413. Bad gzip is a 400.
+fn body(request: &Req, limit: usize) -> Result<Vec<u8>, (u16, String)> {
+    let gzip = request
+        .header("Content-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        if request.body.len() > limit {
+            return Err((413, format!("body over {limit} bytes")));
+        }
+        return Ok(request.body.to_vec());
+    }
     let mut out = Vec::new();
-    let reader = request.as_reader();
-    let read = if gzip {
-        flate2::read::GzDecoder::new(reader)
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-    } else {
-        reader.take(limit as u64 + 1).read_to_end(&mut out)
-    };
-    read.map_err(|e| (400, format!("cannot read the body: {e}")))?;
+    flate2::read::GzDecoder::new(&request.body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| (400, format!("cannot read the body: {e}")))?;
     if out.len() > limit {
         return Err((413, format!("body over {limit} bytes")));
     }
     Ok(out)
 }
 
-fn handle(mut request: Request, ctx: &Ctx) {
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let method = request.method().as_str().to_string();
-    let route = route::route(&method, &path);
-    if method == "GET" && route != Route::Healthz && !may_read(&request, ctx) {
+/// Answers one request.
+pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
+    // the tests make a handler panic here (`FAILPOINTS=http::handle=1*panic`)
+    fail::fail_point!("http::handle");
+    let method = request.method.as_str();
+    let route = route::route(method, &request.path);
+    if method == "GET" && route != Route::Healthz && !may_read(request, ctx) {
         return answer(
-            request,
             401,
             "a read key is required (Authorization: Bearer KEY)",
             &[("WWW-Authenticate", "Bearer realm=\"throughline\"")],
         );
     }
     match route {
-        Route::NotFound => error(request, 404, "no such endpoint"),
+        Route::NotFound => error(404, "no such endpoint"),
         Route::MethodNotAllowed(allow) => answer(
-            request,
             405,
             &format!("{method} is not allowed here (allowed: {allow})"),
             &[("Allow", allow)],
         ),
-        Route::Healthz => match ctx.log.failed() {
-            None => respond(request, 200, "text/plain", "ok\n".into()),
-            Some(why) => respond(request, 503, "text/plain", format!("failed: {why}\n")),
-        },
-        Route::Metrics => respond(request, 200, "text/plain; version=0.0.4", metrics(ctx)),
+        Route::Healthz => healthz(ctx),
+        Route::Metrics => respond(200, "text/plain; version=0.0.4", metrics(ctx)),
         Route::View(name) => view(request, ctx, name, false),
         Route::Changes(name) => view(request, ctx, name, true),
         Route::Explain(id) => explain(request, ctx, id),
-        Route::Profile(id) => profile(request, ctx, id),
+        Route::Profile(id) => profile(ctx, id),
         Route::Compact | Route::Ingest(_) => {
             let basic_ok = ctx
                 .write_key
                 .as_deref()
-                .is_none_or(|key| basic_user(&request).is_some_and(|u| key_matches(&u, key)));
+                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
             // Segment's Node SDK sends the key as `writeKey` in the body instead (as
-            // Segment's API allows for events): checked once the body is read
+            // Segment's API allows for events): checked once the body is parsed
             let body_may_carry_key = matches!(
                 route,
                 Route::Ingest(
@@ -315,31 +243,37 @@ fn handle(mut request: Request, ctx: &Ctx) {
                 )
             );
             if !basic_ok && !body_may_carry_key {
-                return error(request, 401, "invalid write key");
+                return error(401, "invalid write key");
             }
             if let Route::Ingest(endpoint) = route {
-                return match ingest(&mut request, ctx, endpoint, basic_ok) {
+                return match ingest(request, ctx, endpoint, basic_ok) {
                     Ok(n) => respond(
-                        request,
                         200,
                         "application/json",
                         json!({"success": true, "accepted": n}).to_string(),
                     ),
-                    Err((status, message)) => error(request, status, &message),
+                    Err((status, message)) => error(status, &message),
                 };
             }
             match ctx.compactor.run(&ctx.log, &ctx.counters) {
                 Ok(s) => respond(
-                    request,
                     200,
                     "application/json",
                     json!({"success": true, "records": s.records, "reduced": s.reduced,
                            "bytes_before": s.bytes_before, "bytes_after": s.bytes_after})
                     .to_string(),
                 ),
-                Err(e) => error(request, 500, &e),
+                Err(e) => error(500, &e),
             }
         }
+    }
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync.
+pub fn healthz(ctx: &Ctx) -> Response<Body> {
+    match ctx.log.failed() {
+        None => respond(200, "text/plain", "ok\n"),
+        Some(why) => respond(503, "text/plain", format!("failed: {why}\n")),
     }
 }
 
@@ -353,7 +287,7 @@ fn key_matches(given: &str, key: &str) -> bool {
 /// `authorized` (no valid Basic credentials), the body's `writeKey` must be the key; it is
 /// never logged.
 fn ingest(
-    request: &mut Request,
+    request: &Req,
     ctx: &Ctx,
     endpoint: &str,
     authorized: bool,
@@ -448,21 +382,21 @@ fn ingest(
     Ok(n)
 }
 
-fn view(request: Request, ctx: &Ctx, name: &str, subscribe: bool) {
-    let sse = request.url().contains("format=sse")
-        || header(&request, "Accept").is_some_and(|a| a.contains("text/event-stream"));
+fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Response<Body> {
+    let sse = request.query_param("format").as_deref() == Some("sse")
+        || request
+            .header("Accept")
+            .is_some_and(|a| a.contains("text/event-stream"));
     if !ctx.spec.views.iter().any(|v| v.name == name) {
-        return error(request, 404, &format!("no view named {name}"));
+        return error(404, &format!("no view named {name}"));
     }
     let Ok(mut live) = ctx.live.lock() else {
-        return error(request, 500, "views unavailable");
+        return error(500, "views unavailable");
     };
     if subscribe {
         let (snapshot, subscription) = live.subscribe(name);
         drop(live);
-        // a stream holds its connection for as long as the client stays: its own thread
-        std::thread::spawn(move || stream_changes(request, &snapshot, &subscription, sse));
-        return;
+        return stream_changes(snapshot, subscription, sse, Arc::clone(&ctx.stop));
     }
     let lines = live.snapshot.lines_of(name);
     drop(live);
@@ -470,106 +404,129 @@ fn view(request: Request, ctx: &Ctx, name: &str, subscribe: bool) {
     if !body.is_empty() {
         body.push('\n');
     }
-    respond(request, 200, "application/x-ndjson", body);
+    respond(200, "application/x-ndjson", body)
 }
 
 /// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,
-/// until the client goes away or the server stops. Chunked NDJSON (one line per chunk,
-/// flushed at once), or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`:
-/// one `data:` event per line). A subscriber that falls more than
-/// [`crate::io::sink::SUBSCRIBER_QUEUE`] changes behind is sent an error line and dropped.
-fn stream_changes(request: Request, snapshot: &[String], subscription: &Subscription, sse: bool) {
-    let mut out = request.into_writer();
+/// until the client goes away or the server stops. Chunked NDJSON (one line per chunk),
+/// or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`: one `data:` event
+/// per line). A subscriber that falls more than [`crate::io::sink::SUBSCRIBER_QUEUE`]
+/// changes behind, or does not read for [`STREAM_STALL`], is sent an error line (when it
+/// can take one) and dropped.
+fn stream_changes(
+    snapshot: Vec<String>,
+    subscription: Subscription,
+    sse: bool,
+    stop: Arc<AtomicBool>,
+) -> Response<Body> {
     let kind = if sse {
         "text/event-stream"
     } else {
         "application/x-ndjson"
     };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
-    );
-    if out.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    let mut send = |line: &str| -> std::io::Result<()> {
-        let chunk = if sse {
-            format!("data: {line}\n\n")
-        } else {
-            format!("{line}\n")
+    let (tx, body) = transport::channel_body(256);
+    // a stream lives as long as its client: a thread of its own, not one of the pool's
+    std::thread::spawn(move || {
+        let frame = |line: &str| {
+            Bytes::from(if sse {
+                format!("data: {line}\n\n")
+            } else {
+                format!("{line}\n")
+            })
         };
-        write!(out, "{:x}\r\n{chunk}\r\n", chunk.len())?;
-        out.flush()
-    };
-    if snapshot.iter().any(|l| send(l).is_err()) {
-        return;
-    }
-    while let Ok(line) = subscription.changes.recv() {
-        if send(&line).is_err() {
+        // false once the client is gone, stuck, or the server stops
+        let send = |mut chunk: Bytes| {
+            let deadline = Instant::now() + STREAM_STALL;
+            loop {
+                match tx.try_send(chunk) {
+                    Ok(()) => return true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                        if Instant::now() > deadline || stop.load(Ordering::SeqCst) {
+                            return false;
+                        }
+                        chunk = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        };
+        if !snapshot.iter().all(|l| send(frame(l))) {
             return;
         }
+        while !stop.load(Ordering::SeqCst) && !tx.is_closed() {
+            match subscription
+                .changes
+                .recv_timeout(Duration::from_millis(200))
+            {
+                Ok(line) => {
+                    if !send(frame(&line)) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if subscription.lagged() {
+            let _ = send(frame(
+                &json!({"error": "this subscriber fell behind and was dropped; subscribe again"})
+                    .to_string(),
+            ));
+        }
+    });
+    let mut response = Response::new(body);
+    for (name, value) in [("Content-Type", kind), ("Cache-Control", "no-cache")] {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(n, v);
+        }
     }
-    if subscription.lagged() {
-        let _ = send(
-            &json!({"error": "this subscriber fell behind and was dropped; subscribe again"})
-                .to_string(),
-        );
-    }
-    let _ = out.write_all(b"0\r\n\r\n");
+    response
 }
 
 /// `GET /v1/profiles/{type}:{value}`: the profile the identifier belongs to, as the engine
 /// has it after every line it has processed (404 when no event carried the identifier).
-fn profile(request: Request, ctx: &Ctx, key: &str) {
+fn profile(ctx: &Ctx, key: &str) -> Response<Body> {
     let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
     let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
         Ok(i) => i,
-        Err(e) => return error(request, 400, &e),
+        Err(e) => return error(400, &e),
     };
     let (reply, answer) = crossbeam_channel::bounded(1);
     if ctx.lookups.send(Message::Lookup(ident, reply)).is_err() {
-        return error(request, 503, "the engine is not running");
+        return error(503, "the engine is not running");
     }
     match answer.recv() {
-        Ok(Ok(Some(profile))) => respond(request, 200, "application/json", profile.to_string()),
-        Ok(Ok(None)) => error(request, 404, &format!("no profile has {key}")),
-        Ok(Err(e)) => error(request, 503, &e),
-        Err(_) => error(request, 503, "the engine is not running"),
+        Ok(Ok(Some(profile))) => respond(200, "application/json", profile.to_string()),
+        Ok(Ok(None)) => error(404, &format!("no profile has {key}")),
+        Ok(Err(e)) => error(503, &e),
+        Err(_) => error(503, "the engine is not running"),
     }
-}
-
-/// The value of query parameter `name`, percent-decoded.
-fn query_param(request: &Request, name: &str) -> Option<String> {
-    let query = request.url().split_once('?')?.1;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| {
-            percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
 }
 
 /// `GET /v1/profiles/{type}:{value}/explain[?at=T][&format=json|text|dot]`: why the profile
 /// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
-/// RFC 3339; see `src/docs/explain.md`). 404 when no live event carries the identifier.
-fn explain(request: Request, ctx: &Ctx, key: &str) {
+/// RFC 3339; see [`crate::docs::explain`]). 404 when no live event carries the identifier.
+fn explain(request: &Req, ctx: &Ctx, key: &str) -> Response<Body> {
     let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
     let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
         Ok(i) => i,
-        Err(e) => return error(request, 400, &e),
+        Err(e) => return error(400, &e),
     };
-    let format = match query_param(&request, "format") {
+    let format = match request.query_param("format") {
         None => Format::Json,
         Some(name) => match Format::parse(&name) {
             Some(f) => f,
-            None => return error(request, 400, "format must be json, text or dot"),
+            None => return error(400, "format must be json, text or dot"),
         },
     };
-    let at = match query_param(&request, "at").map(|t| timestamp::parse_text(&t)) {
+    let at = match request.query_param("at").map(|t| timestamp::parse_text(&t)) {
         None => None,
         Some(Ok(at)) => Some(at),
-        Some(Err(e)) => return error(request, 400, &format!("at: {e}")),
+        Some(Err(e)) => return error(400, &format!("at: {e}")),
     };
     let (reply, answer) = crossbeam_channel::bounded(1);
     if ctx
@@ -577,7 +534,7 @@ fn explain(request: Request, ctx: &Ctx, key: &str) {
         .send(Message::Explain(ident, at, reply))
         .is_err()
     {
-        return error(request, 503, "the engine is not running");
+        return error(503, "the engine is not running");
     }
     match answer.recv() {
         Ok((outcome, _)) => {
@@ -586,13 +543,12 @@ fn explain(request: Request, ctx: &Ctx, key: &str) {
                 _ => 200,
             };
             respond(
-                request,
                 status,
                 format.content_type(),
                 render::render(&outcome, format),
-            );
+            )
         }
-        Err(_) => error(request, 503, "the engine is not running"),
+        Err(_) => error(503, "the engine is not running"),
     }
 }
 

@@ -5,3 +5,4 @@ pub mod http;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod transport;

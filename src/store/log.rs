@@ -405,17 +405,44 @@ impl Log {
 
 /// Writes `records` as a new log at `path` (replacing it), fsynced.
 fn write_records(path: &Path, records: &[Record]) -> io::Result<()> {
-    let mut file = File::create(path)?;
+    let mut file = step("compact::create", || File::create(path))?;
     let mut buf = Vec::with_capacity(1 << 20);
     for r in records {
         r.encode(&mut buf);
         if buf.len() >= 1 << 20 {
-            file.write_all(&buf)?;
+            write_all(&mut file, &buf, "compact::write")?;
             buf.clear();
         }
     }
-    file.write_all(&buf)?;
-    file.sync_all()
+    write_all(&mut file, &buf, "compact::write")?;
+    step("compact::fsync", || file.sync_all())
+}
+
+/// `file.write_all(buf)`. With fail points on (`cargo test`), fail point `name` makes it
+/// write only part of `buf` (the argument's byte count, else half) and fail as a full disk
+/// does: the tests' fault injection at every write of the log and of compaction.
+fn write_all(file: &mut File, buf: &[u8], name: &str) -> io::Result<()> {
+    let _ = name; // used only with fail points on
+    fail::fail_point!(name, |arg: Option<String>| {
+        let n = arg.and_then(|a| a.parse().ok()).unwrap_or(buf.len() / 2);
+        let _ = file.write_all(buf.get(..n).unwrap_or(buf));
+        Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{name}: no space left on device (injected)"),
+        ))
+    });
+    file.write_all(buf)
+}
+
+/// Runs `step`. With fail points on (`cargo test`), fail point `name` makes it fail
+/// instead: the tests' fault injection at every fsync, rename and cut of the log and of
+/// compaction.
+fn step<T>(name: &str, step: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let _ = name; // used only with fail points on
+    fail::fail_point!(name, |_| Err(io::Error::other(format!(
+        "{name}: I/O error (injected)"
+    ))));
+    step()
 }
 
 /// Replaces the log at `path` (no writer open on it) with `records`, crash-safely: the new
@@ -423,8 +450,8 @@ fn write_records(path: &Path, records: &[Record]) -> io::Result<()> {
 pub fn replace(path: &Path, records: &[Record]) -> io::Result<u64> {
     let temp = compacting_path(path);
     write_records(&temp, records)?;
-    std::fs::rename(&temp, path)?;
-    sync_dir(dir_of(path))?;
+    step("compact::rename", || std::fs::rename(&temp, path))?;
+    step("compact::sync_dir", || sync_dir(dir_of(path)))?;
     Ok(std::fs::metadata(path)?.len())
 }
 
@@ -514,11 +541,10 @@ impl Writer {
     /// recovers from what the log really holds.
     fn write_durably(&mut self, buf: &[u8]) -> io::Result<()> {
         let durable = self.durable.load(Ordering::Acquire);
-        if let Err(e) = self.file.write_all(buf) {
-            if let Err(cut) = self
-                .file
-                .set_len(durable)
-                .and_then(|()| self.file.sync_data())
+        if let Err(e) = write_all(&mut self.file, buf, "log::write") {
+            let file = &self.file;
+            if let Err(cut) = step("log::cut", || file.set_len(durable))
+                .and_then(|()| step("log::fsync", || file.sync_data()))
             {
                 self.fail(format!(
                     "the event log could not be cut back to its last durable byte after a failed write ({e}): {cut}"
@@ -526,7 +552,8 @@ impl Writer {
             }
             return Err(e);
         }
-        if let Err(e) = self.file.sync_data() {
+        let file = &self.file;
+        if let Err(e) = step("log::fsync", || file.sync_data()) {
             self.fail(format!("fsync of the event log failed: {e}"));
             return Err(e);
         }
@@ -548,19 +575,36 @@ impl Writer {
 
     /// Copies what was appended after `prefix` onto the compacted log, renames it over the
     /// log and continues appending to it. Returns the new length.
+    ///
+    /// A failure before the rename leaves the old log as it was, still appended to. Once
+    /// the rename is done the path names the compacted log, so appends go there from then
+    /// on (never to the unlinked old file); a failure after it (the directory's fsync) is
+    /// fail-stop, since the rename may not be durable.
     fn swap(&mut self, prefix: u64) -> io::Result<u64> {
         let temp = compacting_path(&self.path);
-        let mut compacted = OpenOptions::new().append(true).open(&temp)?;
+        let mut compacted = step("swap::open", || OpenOptions::new().append(true).open(&temp))?;
         let mut old = File::open(&self.path)?;
         old.seek(SeekFrom::Start(prefix))?;
-        io::copy(&mut old, &mut compacted)?;
-        compacted.sync_all()?;
-        std::fs::rename(&temp, &self.path)?;
-        sync_dir(dir_of(&self.path))?;
-        let len = compacted.seek(SeekFrom::End(0))?;
+        step("swap::copy", || io::copy(&mut old, &mut compacted))?;
+        step("swap::fsync", || compacted.sync_all())?;
+        step("swap::rename", || std::fs::rename(&temp, &self.path))?;
         self.file = compacted;
-        self.durable.store(len, Ordering::Release);
-        Ok(len)
+        let settled = self
+            .file
+            .seek(SeekFrom::End(0))
+            .and_then(|len| step("swap::sync_dir", || sync_dir(dir_of(&self.path))).map(|()| len));
+        match settled {
+            Ok(len) => {
+                self.durable.store(len, Ordering::Release);
+                Ok(len)
+            }
+            Err(e) => {
+                self.fail(format!(
+                    "the compacted event log could not be made durable: {e}"
+                ));
+                Err(e)
+            }
+        }
     }
 }
 

@@ -104,7 +104,8 @@ pub fn request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    // the server may answer (a 413) and close before the whole body is sent
+    let _ = stream.write_all(body);
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response
