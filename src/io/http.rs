@@ -487,12 +487,33 @@ fn stream_changes(
     response
 }
 
+/// The identifier of a profile path (`{type}:{value}`, percent-encoded): a `%` not
+/// followed by two hex digits, bytes that are not UTF-8 once decoded, or an identifier the
+/// spec does not know are errors (400), never a lossy guess.
+fn profile_key(encoded: &str, ctx: &Ctx) -> Result<(String, crate::event::Ident), String> {
+    let bytes = encoded.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(format!("bad percent-encoding in {encoded:?}"));
+    }
+    let key = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| format!("{encoded:?} is not UTF-8 once decoded"))?
+        .into_owned();
+    let ident = identifiers::parse_key(&key, &ctx.spec.identity)?;
+    Ok((key, ident))
+}
+
 /// `GET /v1/profiles/{type}:{value}`: the profile the identifier belongs to, as the engine
 /// has it after every line it has processed (404 when no event carried the identifier).
 fn profile(ctx: &Ctx, key: &str) -> Response<Body> {
-    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
-    let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
-        Ok(i) => i,
+    let (key, ident) = match profile_key(key, ctx) {
+        Ok(pair) => pair,
         Err(e) => return error(400, &e),
     };
     let (reply, answer) = crossbeam_channel::bounded(1);
@@ -511,9 +532,8 @@ fn profile(ctx: &Ctx, key: &str) -> Response<Body> {
 /// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
 /// RFC 3339; see [`crate::docs::explain`]). 404 when no live event carries the identifier.
 fn explain(request: &Req, ctx: &Ctx, key: &str) -> Response<Body> {
-    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
-    let ident = match identifiers::parse_key(&key, &ctx.spec.identity) {
-        Ok(i) => i,
+    let (key, ident) = match profile_key(key, ctx) {
+        Ok(pair) => pair,
         Err(e) => return error(400, &e),
     };
     let format = match request.query_param("format") {
