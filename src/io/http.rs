@@ -532,7 +532,7 @@ fn profile(ctx: &Ctx, key: &str) -> Response<Body> {
 /// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
 /// RFC 3339; see [`crate::docs::explain`]). 404 when no live event carries the identifier.
 fn explain(request: &Req, ctx: &Ctx, key: &str) -> Response<Body> {
-    let (key, ident) = match profile_key(key, ctx) {
+    let (_, ident) = match profile_key(key, ctx) {
         Ok(pair) => pair,
         Err(e) => return error(400, &e),
     };
