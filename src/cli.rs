@@ -12,6 +12,8 @@ use crate::engine::{self, Options, Sinks, Summary};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
+use crate::io::kafka::{KafkaChanges, KafkaUpsert, KafkaUrl};
+use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
 use crate::spec::Spec;
@@ -114,15 +116,25 @@ struct RunArgs {
     /// Dataflow spec (TOML); the built-in default when absent.
     #[arg(long)]
     dataflow: Option<PathBuf>,
-    /// Input files, read in order (`-` is stdin); stdin when absent.
+    /// Inputs, read in order: files (`-` is stdin; stdin when absent), or Kafka topics
+    /// `kafka://HOST:PORT/TOPIC[?group=G&librdkafka.setting=value…]`.
     #[arg(long = "input", short = 'i')]
     inputs: Vec<PathBuf>,
+    /// Stop reading Kafka inputs at the end offsets they had at start, partition by
+    /// partition in partition order (a replay); without it they are read until stopped.
+    #[arg(long)]
+    until_end: bool,
     /// Write the final snapshot instead of the change stream.
     #[arg(long)]
     snapshot: bool,
-    /// Write to this file instead of stdout.
+    /// Write to this file instead of stdout, or the change stream to a Kafka topic
+    /// (`kafka://HOST:PORT/TOPIC`, one record per change keyed `VIEW/KEY`).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Also keep each view's current rows in Kafka topics `TOPIC.VIEW` (upserts keyed by
+    /// profile key, a tombstone when a row leaves): `kafka://HOST:PORT/TOPIC`.
+    #[arg(long)]
+    upsert: Option<String>,
     /// Write dead letters (NDJSON) here; otherwise they are summarised on stderr.
     #[arg(long)]
     dead_letters: Option<PathBuf>,
@@ -292,7 +304,7 @@ fn explain(args: ExplainArgs) -> Result<i32, String> {
         .as_deref()
         .map(|t| timestamp::parse_text(t).map_err(|e| format!("--at: {e}")))
         .transpose()?;
-    let sources = source::open(&args.inputs)?;
+    let sources = source::open(&args.inputs, true)?;
     let options = Options {
         workers: args.workers,
         wall_clock_ms: args.wall_clock_ms,
@@ -421,11 +433,30 @@ fn run(args: RunArgs) -> Result<i32, String> {
         }
         return Ok(0);
     }
-    let sources = source::open(&args.inputs)?;
-    let output: Box<dyn Write + Send> = match &args.output {
-        Some(p) => create(p, "output")?,
-        None => stdout,
+    let sources = source::open(&args.inputs, args.until_end)?;
+    let kafka_inputs: Vec<_> = sources.iter().filter_map(|s| s.kafka_input()).collect();
+    let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
+    let kafka_output = args
+        .output
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|p| KafkaUrl::is_kafka(p));
+    let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output) {
+        (_, Some(url)) if args.snapshot => {
+            return Err(format!(
+                "{url}: --snapshot writes a file or stdout; keep a view's rows in Kafka with --upsert"
+            ));
+        }
+        (_, Some(url)) => {
+            publishers.push(Box::new(KafkaChanges::open(&KafkaUrl::parse(url)?)?));
+            None
+        }
+        (Some(p), None) => Some(create(p, "output")?),
+        (None, None) => Some(stdout),
     };
+    if let Some(url) = &args.upsert {
+        publishers.push(Box::new(KafkaUpsert::open(&KafkaUrl::parse(url)?)?));
+    }
     let dead_letters = match &args.dead_letters {
         Some(p) => Some(create(p, "dead-letter file")?),
         None => None,
@@ -441,11 +472,12 @@ fn run(args: RunArgs) -> Result<i32, String> {
         ..Options::default()
     };
     let (changes, mut snapshot_out) = if args.snapshot {
-        (None, Some(output))
+        (None, output)
     } else {
-        (Some(output), None)
+        (output, None)
     };
-    let sinks = Sinks::new(changes, DeadLetters::new(dead_letters));
+    let mut sinks = Sinks::new(changes, DeadLetters::new(dead_letters));
+    sinks.publishers = publishers;
     let summary = engine::run(spec, sources, sinks, options).map_err(|e| e.to_string())?;
     if let (Some(out), Some(snapshot)) = (&mut snapshot_out, &summary.snapshot) {
         for line in snapshot.lines()? {
@@ -454,7 +486,20 @@ fn run(args: RunArgs) -> Result<i32, String> {
         out.flush()
             .map_err(|e| format!("cannot write output: {e}"))?;
     }
+    // the outputs are written: the group may move on past what this run read
+    for kafka in &kafka_inputs {
+        let kafka = kafka
+            .lock()
+            .map_err(|_| "the Kafka reader failed".to_string())?;
+        kafka.commit()?;
+        if !args.quiet {
+            eprintln!("throughline: {}", kafka.summary());
+        }
+    }
     if !args.quiet {
+        for line in &summary.outputs {
+            eprintln!("throughline: {line}");
+        }
         report(&summary, args.dead_letters.is_some());
     }
     if args.stats {

@@ -32,7 +32,7 @@ use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
 use crate::explain;
 use crate::history::History;
-use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Snapshot};
+use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot};
 use crate::io::source::{self, Batch, LineRef, Message, Source};
 use crate::spec::Spec;
 
@@ -166,6 +166,8 @@ pub struct Sinks {
     /// Told, durably, the salted hashes each carried-out `forget` erased, with the
     /// request's line number (the server records them for compaction).
     pub erasures: Option<ErasureSink>,
+    /// Further outputs of each published group of changes (Kafka topics).
+    pub publishers: Vec<Box<dyn Publish>>,
 }
 
 /// Receives `(line number of the forget request, salted hashes of its erasure set)`.
@@ -180,6 +182,7 @@ impl Sinks {
             live: None,
             counters: None,
             erasures: None,
+            publishers: Vec::new(),
         }
     }
 }
@@ -340,6 +343,8 @@ pub struct Summary {
     pub snapshot: Option<Snapshot>,
     /// Every change, when asked for.
     pub changes: Vec<Change>,
+    /// What each extra output ([`Sinks::publishers`]) wrote, a line each.
+    pub outputs: Vec<String>,
 }
 
 impl Summary {
@@ -389,7 +394,7 @@ pub fn run(
     options: Options,
 ) -> Result<Summary, EngineError> {
     let live = sources.iter().any(|s| s.live);
-    let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let source_names = source::names(&sources);
     let (rx, _reader) = source::spawn(sources);
     run_channel(spec, rx, source_names, live, sinks, options)
 }
@@ -408,7 +413,7 @@ pub fn run_and_explain(
     options: Options,
     questions: Vec<Question>,
 ) -> Result<(Summary, Vec<(explain::Outcome, Duration)>), EngineError> {
-    let source_names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let source_names = source::names(&sources);
     let (read, _reader) = source::spawn(sources);
     // the reader's messages, then the questions, then the end
     let (tx, rx) = crossbeam_channel::bounded(4);
@@ -498,7 +503,11 @@ pub fn run_channel(
             options.clone(),
             source_names.clone(),
         );
-        Some(driver.drive(&rx, live).map(|()| driver.finish(started)))
+        Some(
+            driver
+                .drive(&rx, live)
+                .and_then(|()| driver.finish(started)),
+        )
     })
     .map_err(EngineError::Runtime)?;
     connected.store(true, Ordering::SeqCst);
@@ -699,7 +708,13 @@ impl<'w> Driver<'w> {
     /// the dataflow has caught up with every line before it (so each source's time is the
     /// time its own lines took).
     fn note_source(&mut self, source: u16) -> Result<(), EngineError> {
-        let name = self.source_name_of(source);
+        // a Kafka topic's partitions (`…#P`) interleave: one entry for the topic
+        let mut name = self.source_name_of(source);
+        if name.starts_with("kafka://")
+            && let Some(at) = name.rfind('#')
+        {
+            name.truncate(at);
+        }
         let fresh = self.summary.sources.last().is_none_or(|s| s.name != name);
         if fresh {
             if !self.summary.sources.is_empty() {
@@ -1109,6 +1124,11 @@ impl<'w> Driver<'w> {
         if let Some(w) = &mut self.sinks.changes {
             w.flush()?;
         }
+        if !changes.is_empty() {
+            for publisher in &mut self.sinks.publishers {
+                publisher.publish(&changes)?;
+            }
+        }
         if let Some(live) = &self.sinks.live
             && !changes.is_empty()
             && let Ok(mut views) = live.lock()
@@ -1159,9 +1179,13 @@ impl<'w> Driver<'w> {
         }
     }
 
-    fn finish(&mut self, started: Instant) -> Summary {
+    fn finish(&mut self, started: Instant) -> Result<Summary, EngineError> {
         self.close_source();
         let _ = self.sinks.dead_letters.flush();
+        for publisher in &mut self.sinks.publishers {
+            let wrote = publisher.finish()?;
+            self.summary.outputs.push(wrote);
+        }
         let mut summary = std::mem::take(&mut self.summary);
         summary.dead_letters = self.sinks.dead_letters.counts().clone();
         summary.dead_letter_examples = self.sinks.dead_letters.examples().to_vec();
@@ -1169,7 +1193,7 @@ impl<'w> Driver<'w> {
         summary.clock = self.clock();
         summary.elapsed = started.elapsed();
         summary.snapshot = self.snapshot.take();
-        summary
+        Ok(summary)
     }
 }
 

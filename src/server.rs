@@ -247,6 +247,7 @@ fn start_engine(
         erasures: Some(Box::new(move |line, hashes| {
             erasure_log.record(line, hashes)
         })),
+        publishers: Vec::new(),
     };
     let options = Options {
         workers: config.workers,

@@ -2,6 +2,7 @@
 //! snapshots and dead letters).
 
 pub mod http;
+pub mod kafka;
 pub mod route;
 pub mod sink;
 pub mod source;

@@ -37,6 +37,16 @@ impl Change {
     }
 }
 
+/// An output of the change stream besides the NDJSON writer: a Kafka topic, say.
+pub trait Publish: Send {
+    /// Takes one published group: consolidated changes sorted by (time, view, key), every
+    /// time in it complete (SPEC section 7).
+    fn publish(&mut self, changes: &[Change]) -> io::Result<()>;
+    /// Waits until everything published is written; says what was written, in a line, or
+    /// why some of it could not be.
+    fn finish(&mut self) -> io::Result<String>;
+}
+
 /// The rows of every view at one time: (view, key, row) → multiplicity.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {

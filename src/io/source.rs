@@ -7,12 +7,14 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::event::MAX_LINE_BYTES;
+use crate::io::kafka::{KafkaInput, KafkaUrl};
 
 /// One line of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,10 +114,19 @@ pub enum Message {
 pub struct Source {
     /// Name used in dead letters and errors (`-` for stdin).
     pub name: String,
-    reader: Box<dyn Read + Send>,
+    input: Input,
     /// Whether data may arrive over time (a pipe, terminal or socket) rather than being all
     /// there (a regular file).
     pub live: bool,
+}
+
+/// Where a source's lines come from.
+enum Input {
+    /// Bytes split into lines.
+    Stream(Box<dyn Read + Send>),
+    /// Records of a Kafka topic, one line each (shared so the run can commit its offsets
+    /// once its outputs are written).
+    Kafka(Arc<Mutex<KafkaInput>>),
 }
 
 impl Source {
@@ -124,7 +135,7 @@ impl Source {
         Source {
             name: "-".into(),
             live: !stdin_is_regular_file(),
-            reader: Box::new(io::stdin()),
+            input: Input::Stream(Box::new(io::stdin())),
         }
     }
 
@@ -134,7 +145,7 @@ impl Source {
         let live = !file.metadata()?.is_file();
         Ok(Source {
             name: path.display().to_string(),
-            reader: Box::new(file),
+            input: Input::Stream(Box::new(file)),
             live,
         })
     }
@@ -143,7 +154,7 @@ impl Source {
     pub fn bytes(name: &str, data: Vec<u8>) -> Source {
         Source {
             name: name.into(),
-            reader: Box::new(io::Cursor::new(data)),
+            input: Input::Stream(Box::new(io::Cursor::new(data))),
             live: false,
         }
     }
@@ -152,10 +163,44 @@ impl Source {
     pub fn reader(name: &str, reader: Box<dyn Read + Send>) -> Source {
         Source {
             name: name.into(),
-            reader,
+            input: Input::Stream(reader),
             live: true,
         }
     }
+
+    /// A Kafka topic (`kafka://HOST:PORT/TOPIC?group=G`; see [`crate::io::kafka`]), read to
+    /// the end offsets found now when `until_end`, else as records arrive.
+    pub fn kafka(url: &str, until_end: bool) -> Result<Source, String> {
+        let url = KafkaUrl::parse(url)?;
+        let input = KafkaInput::open(&url, until_end)?;
+        Ok(Source {
+            name: url.name(),
+            live: input.live(),
+            input: Input::Kafka(Arc::new(Mutex::new(input))),
+        })
+    }
+
+    /// The names its lines are reported under: its own, or for a Kafka topic one per
+    /// partition (`kafka://HOST/TOPIC#P`), which take consecutive source indexes.
+    pub fn names(&self) -> Vec<String> {
+        match &self.input {
+            Input::Stream(_) => vec![self.name.clone()],
+            Input::Kafka(k) => k.lock().map(|k| k.names()).unwrap_or_default(),
+        }
+    }
+
+    /// The Kafka input, to commit its offsets and summarise it after the run.
+    pub fn kafka_input(&self) -> Option<Arc<Mutex<KafkaInput>>> {
+        match &self.input {
+            Input::Kafka(k) => Some(Arc::clone(k)),
+            Input::Stream(_) => None,
+        }
+    }
+}
+
+/// The source names of `sources`, by source index (see [`Source::names`]).
+pub fn names(sources: &[Source]) -> Vec<String> {
+    sources.iter().flat_map(Source::names).collect()
 }
 
 #[cfg(unix)]
@@ -175,8 +220,9 @@ fn stdin_is_regular_file() -> bool {
     false
 }
 
-/// Opens `--input` paths (stdin when there are none).
-pub fn open(paths: &[PathBuf]) -> Result<Vec<Source>, String> {
+/// Opens `--input` paths (stdin when there are none); a `kafka://` address is a topic,
+/// read to its end offsets when `until_end`.
+pub fn open(paths: &[PathBuf], until_end: bool) -> Result<Vec<Source>, String> {
     if paths.is_empty() {
         return Ok(vec![Source::stdin()]);
     }
@@ -185,6 +231,8 @@ pub fn open(paths: &[PathBuf]) -> Result<Vec<Source>, String> {
         .map(|p| {
             if p.as_os_str() == "-" {
                 Ok(Source::stdin())
+            } else if let Some(url) = p.to_str().filter(|u| KafkaUrl::is_kafka(u)) {
+                Source::kafka(url, until_end)
             } else {
                 Source::file(p).map_err(|e| format!("cannot open input {}: {e}", p.display()))
             }
@@ -206,13 +254,34 @@ pub fn spawn(sources: Vec<Source>) -> (Receiver<Message>, JoinHandle<()>) {
 const READ_SIZE: usize = 256 * 1024;
 
 fn read_all(sources: Vec<Source>, tx: &Sender<Message>) {
-    for (index, mut source) in sources.into_iter().enumerate() {
-        let mut splitter = Splitter::new(index as u16);
+    let mut next_index: u16 = 0;
+    for source in sources {
+        let index = next_index;
+        next_index = next_index.saturating_add(source.names().len() as u16);
+        let reader = match source.input {
+            Input::Stream(reader) => reader,
+            Input::Kafka(kafka) => {
+                let read = match kafka.lock() {
+                    Ok(mut k) => k.read(index, tx),
+                    Err(_) => Err(format!("{}: the reader failed", source.name)),
+                };
+                match read {
+                    Ok(true) => continue,
+                    Ok(false) => return, // the engine stopped
+                    Err(e) => {
+                        let _ = tx.send(Message::Failed(e));
+                        return;
+                    }
+                }
+            }
+        };
+        let mut source = (source.name, reader);
+        let mut splitter = Splitter::new(index);
         loop {
             let mut buf = std::mem::take(&mut splitter.carry);
             let filled = buf.len();
             buf.resize(filled + READ_SIZE, 0);
-            let n = match source.reader.read(&mut buf[filled..]) {
+            let n = match source.1.read(&mut buf[filled..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     buf.truncate(filled);
@@ -220,7 +289,7 @@ fn read_all(sources: Vec<Source>, tx: &Sender<Message>) {
                     continue;
                 }
                 Err(e) => {
-                    let _ = tx.send(Message::Failed(format!("cannot read {}: {e}", source.name)));
+                    let _ = tx.send(Message::Failed(format!("cannot read {}: {e}", source.0)));
                     return;
                 }
             };

@@ -1,0 +1,664 @@
+//! Kafka in and out, with librdkafka (the `rdkafka` crate, as Materialize uses it).
+//!
+//! Addresses read like the other inputs and outputs:
+//! `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?group=G&librdkafka.setting=value…]`. Every query
+//! parameter but `group` is passed to librdkafka as it is, so SASL and TLS are configured
+//! the way librdkafka documents them (`security.protocol=SASL_SSL&sasl.mechanism=PLAIN&
+//! sasl.username=…`).
+//!
+//! **Input** ([`KafkaInput`]). Each record's value is one event line (SPEC section 1; a
+//! trailing newline is dropped, a record with no value or a blank one is skipped like a
+//! blank line). Its origin, in dead letters and explanations, is the source
+//! `kafka://HOST/TOPIC#PARTITION` and the record's offset as the line number. Reading
+//! starts at the group's committed offsets (the beginning where there are none).
+//! - With `--until-end`, the end offsets are read at start and the partitions are read one
+//!   after another, in partition order, each up to its end: the same input as the
+//!   partitions' records concatenated in that order, so a replay is deterministic.
+//! - Otherwise every partition is read as records arrive, until the run is stopped. Order
+//!   is kept within a partition; across partitions it is the order records arrive in, as
+//!   in every Kafka consumer: put one person's events in one partition (key them by user)
+//!   when their order matters.
+//!
+//! `run` commits the group's offsets when it ends cleanly, after its outputs are written:
+//! a run that is killed reads again from the last commit.
+//!
+//! **Output** ([`KafkaChanges`], [`KafkaUpsert`]). The change stream to a topic: one record
+//! per change, its value the change line of SPEC section 7, its key `VIEW/KEY` (view
+//! names hold no `/`), so one profile's changes stay in order in one partition. And the
+//! upsert form: one topic per view, `TOPIC.VIEW`, keyed by the profile key, whose value is
+//! the row, or a tombstone (no value) when the row leaves the view — create those topics
+//! with `cleanup.policy=compact`. A record that cannot be written (too large, a missing
+//! topic, a broker that stays away) is counted, and the run ends with an error naming the
+//! first one: nothing is dropped silently.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::event::MAX_LINE_BYTES;
+use crate::io::sink::{Change, Publish};
+use crate::io::source::{Batch, LineRef, Message, is_blank};
+
+/// How long to wait for the broker's answer to a metadata or offsets request.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most records in one batch handed to the engine.
+const BATCH_RECORDS: usize = 4096;
+
+/// A parsed `kafka://` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaUrl {
+    /// `HOST:PORT[,HOST:PORT…]`.
+    pub brokers: String,
+    /// The topic (or, for the upsert form, the prefix of the per-view topics).
+    pub topic: String,
+    /// The consumer group (`group=`).
+    pub group: Option<String>,
+    /// Every other query parameter, for librdkafka.
+    pub settings: Vec<(String, String)>,
+}
+
+impl KafkaUrl {
+    /// Whether `text` is meant as a Kafka address.
+    pub fn is_kafka(text: &str) -> bool {
+        text.starts_with("kafka://")
+    }
+
+    /// Parses `kafka://HOST:PORT/TOPIC[?k=v&…]`.
+    pub fn parse(text: &str) -> Result<KafkaUrl, String> {
+        let bad = |why: &str| format!("{text}: {why} (expected kafka://HOST:PORT/TOPIC[?group=G])");
+        let rest = text
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("not a kafka:// address"))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (brokers, topic) = path.split_once('/').ok_or_else(|| bad("no topic"))?;
+        if brokers.is_empty() {
+            return Err(bad("no broker"));
+        }
+        let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+            return Err(bad("a topic name is 1 to 249 of [a-zA-Z0-9._-]"));
+        }
+        let mut url = KafkaUrl {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            group: None,
+            settings: Vec::new(),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("a setting without `=`"))?;
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| bad("a setting that is not UTF-8"))?
+                .into_owned();
+            if key == "group" {
+                url.group = Some(value);
+            } else {
+                url.settings.push((key.to_string(), value));
+            }
+        }
+        Ok(url)
+    }
+
+    /// The address without its settings (they may hold secrets): for names and messages.
+    pub fn name(&self) -> String {
+        format!("kafka://{}/{}", self.brokers, self.topic)
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// A one-line message for a Kafka error, with what was being done and where.
+fn explain(url: &KafkaUrl, doing: &str, e: &KafkaError) -> String {
+    let hint = match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut,
+        ) => " (is a broker running there?)",
+        Some(
+            RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed,
+        ) => " (check the sasl.*/ssl.* settings)",
+        _ => "",
+    };
+    format!("{}: cannot {doing}: {e}{hint}", url.name())
+}
+
+/// A topic's partitions as the broker sees them, or why it cannot say.
+fn partitions(consumer: &BaseConsumer, url: &KafkaUrl) -> Result<Vec<i32>, String> {
+    let metadata = consumer
+        .fetch_metadata(Some(&url.topic), BROKER_TIMEOUT)
+        .map_err(|e| explain(url, "read the topic's metadata", &e))?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == url.topic)
+        .ok_or_else(|| format!("{}: the broker did not describe the topic", url.name()))?;
+    if let Some(e) = topic.error() {
+        let code = RDKafkaErrorCode::from(e);
+        return Err(match code {
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                format!("{}: no such topic", url.name())
+            }
+            _ => format!("{}: {code}", url.name()),
+        });
+    }
+    let mut ids: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    ids.sort_unstable();
+    if ids.is_empty() {
+        return Err(format!("{}: the topic has no partitions", url.name()));
+    }
+    Ok(ids)
+}
+
+/// Counts of what a Kafka input read, for the summary and `/metrics`.
+#[derive(Debug, Default)]
+pub struct InputStats {
+    /// Records read, per partition.
+    pub read: Mutex<BTreeMap<i32, u64>>,
+    /// Consumer lag per partition at the last look (end offset − next offset).
+    pub lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+/// An opened Kafka input: the topic's partitions known, the start (and end) offsets read.
+pub struct KafkaInput {
+    url: KafkaUrl,
+    consumer: BaseConsumer,
+    /// (partition, first offset to read, end offset when reading to the end).
+    plan: Vec<(i32, i64, Option<i64>)>,
+    /// What was read.
+    pub stats: Arc<InputStats>,
+    /// The next offset of every partition read from, to commit at a clean end.
+    next: BTreeMap<i32, i64>,
+}
+
+impl KafkaInput {
+    /// Connects, finds the partitions and where to start reading each (and, with
+    /// `until_end`, where to stop): a broker that cannot be reached, a missing topic or a
+    /// refused login is an error here, before anything runs.
+    pub fn open(url: &KafkaUrl, until_end: bool) -> Result<KafkaInput, String> {
+        let group = url
+            .group
+            .clone()
+            .unwrap_or_else(|| "throughline".to_string());
+        let consumer: BaseConsumer = url
+            .config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(|e| explain(url, "configure the consumer", &e))?;
+        let ids = partitions(&consumer, url)?;
+        let mut wanted = TopicPartitionList::new();
+        for id in &ids {
+            wanted.add_partition(&url.topic, *id);
+        }
+        let committed = consumer
+            .committed_offsets(wanted, BROKER_TIMEOUT)
+            .map_err(|e| explain(url, "read the group's committed offsets", &e))?;
+        let mut plan = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (low, high) = consumer
+                .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
+                .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
+            let start = match committed.find_partition(&url.topic, id).map(|p| p.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ => low,
+            };
+            plan.push((id, start, until_end.then_some(high)));
+        }
+        Ok(KafkaInput {
+            url: url.clone(),
+            consumer,
+            plan,
+            stats: Arc::new(InputStats::default()),
+            next: BTreeMap::new(),
+        })
+    }
+
+    /// The source names of the partitions, in partition order: `kafka://HOST/TOPIC#P`.
+    pub fn names(&self) -> Vec<String> {
+        self.plan
+            .iter()
+            .map(|(id, _, _)| format!("{}#{id}", self.url.name()))
+            .collect()
+    }
+
+    /// Whether records may keep arriving (not reading to fixed end offsets).
+    pub fn live(&self) -> bool {
+        self.plan.iter().any(|(_, _, end)| end.is_none())
+    }
+
+    /// Reads the records and sends them as batches; partition `i` of the plan is source
+    /// `first_source + i`. Returns false when the engine stopped listening.
+    pub fn read(&mut self, first_source: u16, tx: &Sender<Message>) -> Result<bool, String> {
+        let source_of = |i: usize| first_source.saturating_add(i as u16);
+        if self.live() {
+            let mut all = TopicPartitionList::new();
+            for (id, start, _) in &self.plan {
+                all.add_partition_offset(&self.url.topic, *id, Offset::Offset(*start))
+                    .map_err(|e| explain(&self.url, "assign the partitions", &e))?;
+            }
+            self.consumer
+                .assign(&all)
+                .map_err(|e| explain(&self.url, "assign the partitions", &e))?;
+            let index: BTreeMap<i32, u16> = self
+                .plan
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _, _))| (*id, source_of(i)))
+                .collect();
+            return self.pump(&index, None, tx);
+        }
+        for i in 0..self.plan.len() {
+            let (id, start, end) = self.plan[i];
+            let end = end.unwrap_or(i64::MAX);
+            if start >= end {
+                continue;
+            }
+            let mut one = TopicPartitionList::new();
+            one.add_partition_offset(&self.url.topic, id, Offset::Offset(start))
+                .map_err(|e| explain(&self.url, "assign a partition", &e))?;
+            self.consumer
+                .assign(&one)
+                .map_err(|e| explain(&self.url, "assign a partition", &e))?;
+            let index = BTreeMap::from([(id, source_of(i))]);
+            if !self.pump(&index, Some(end), tx)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Polls the assigned partitions, sending a batch whenever [`BATCH_RECORDS`] are
+    /// waiting or the broker has nothing more at once; with `end`, stops once the (only)
+    /// partition reached it.
+    fn pump(
+        &mut self,
+        index: &BTreeMap<i32, u16>,
+        end: Option<i64>,
+        tx: &Sender<Message>,
+    ) -> Result<bool, String> {
+        let mut pending = Pending::default();
+        let mut last_lag_check = Instant::now();
+        loop {
+            let polled = self
+                .consumer
+                .poll(Duration::from_millis(if pending.is_empty() {
+                    100
+                } else {
+                    1
+                }));
+            let idle = polled.is_none();
+            let mut reached_end = false;
+            match polled {
+                Some(Ok(record)) => {
+                    let (id, offset) = (record.partition(), record.offset());
+                    if let Some(source) = index.get(&id) {
+                        pending.push(*source, offset, record.payload());
+                    }
+                    self.next.insert(id, offset + 1);
+                    if let Ok(mut read) = self.stats.read.lock() {
+                        *read.entry(id).or_insert(0) += 1;
+                    }
+                    reached_end = end.is_some_and(|e| offset + 1 >= e);
+                }
+                Some(Err(e)) => return Err(explain(&self.url, "read records", &e)),
+                None => {}
+            }
+            // what waits goes to the engine at once when the broker has nothing more
+            let flush = reached_end || idle || pending.len() >= BATCH_RECORDS;
+            if flush && !pending.is_empty() && tx.send(Message::Batch(pending.take())).is_err() {
+                return Ok(false);
+            }
+            if reached_end {
+                return Ok(true);
+            }
+            if last_lag_check.elapsed() > Duration::from_secs(1) {
+                self.note_lag();
+                last_lag_check = Instant::now();
+            }
+        }
+    }
+
+    /// Records each partition's lag (its end offset − the next offset to read).
+    fn note_lag(&self) {
+        let Ok(mut lag) = self.stats.lag.lock() else {
+            return;
+        };
+        for (id, start, _) in &self.plan {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&self.url.topic, *id, Duration::from_millis(200))
+            {
+                let next = self.next.get(id).copied().unwrap_or(*start);
+                lag.insert(*id, (high - next).max(0));
+            }
+        }
+    }
+
+    /// Commits the next offset of every partition read (after the run's outputs are
+    /// written), so the group's next run starts after what this one read.
+    pub fn commit(&self) -> Result<(), String> {
+        if self.next.is_empty() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (id, next) in &self.next {
+            offsets
+                .add_partition_offset(&self.url.topic, *id, Offset::Offset(*next))
+                .map_err(|e| explain(&self.url, "commit offsets", &e))?;
+        }
+        self.consumer
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|e| explain(&self.url, "commit offsets", &e))
+    }
+
+    /// One line for the run's summary: records read per partition and the lag left.
+    pub fn summary(&self) -> String {
+        self.note_lag();
+        let read = self
+            .stats
+            .read
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let lag = self.stats.lag.lock().map(|l| l.clone()).unwrap_or_default();
+        let per: Vec<String> = self
+            .plan
+            .iter()
+            .map(|(id, _, _)| {
+                format!(
+                    "#{id} read {} lag {}",
+                    read.get(id).copied().unwrap_or(0),
+                    lag.get(id).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        format!("{}: {}", self.url.name(), per.join(", "))
+    }
+}
+
+/// Records waiting to be sent to the engine as one batch.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: Vec<LineRef>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// A record's value as a line of `source` numbered by its offset.
+    fn push(&mut self, source: u16, offset: i64, value: Option<&[u8]>) {
+        let value = value.unwrap_or_default();
+        let value = value.strip_suffix(b"\n").unwrap_or(value);
+        if is_blank(value) {
+            return;
+        }
+        let number = u64::try_from(offset).unwrap_or(0);
+        let start = self.buf.len();
+        let too_long = value.len() > MAX_LINE_BYTES + 1;
+        if !too_long {
+            self.buf.extend_from_slice(value);
+        }
+        self.lines.push(LineRef {
+            source,
+            number,
+            start,
+            end: self.buf.len(),
+            too_long: too_long.then_some(value.len() as u64),
+            residue: false,
+        });
+    }
+
+    fn take(&mut self) -> Batch {
+        let taken = std::mem::take(self);
+        Batch {
+            buf: taken.buf,
+            lines: taken.lines,
+            read_at: Instant::now(),
+            wall_ms: None,
+        }
+    }
+}
+
+/// Counts deliveries; keeps the first failure.
+#[derive(Default)]
+struct Deliveries {
+    written: AtomicU64,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+#[derive(Clone, Default)]
+struct Counting(Arc<Deliveries>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, record)) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.0.first_failure.lock() {
+                    first.get_or_insert_with(|| format!("topic {}: {e}", record.topic()));
+                }
+            }
+        }
+    }
+}
+
+/// A producer that never drops a record silently: a full local queue waits, a failed
+/// delivery is counted and reported by [`Producing::finish`].
+struct Producing {
+    url: KafkaUrl,
+    producer: ThreadedProducer<Counting>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl Producing {
+    fn open(url: &KafkaUrl) -> Result<Producing, String> {
+        let context = Counting::default();
+        let deliveries = Arc::clone(&context.0);
+        let producer: ThreadedProducer<Counting> = url
+            .config()
+            .set("acks", "all")
+            // one request in flight per connection: retries cannot reorder a key's records
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "5")
+            .create_with_context(context)
+            .map_err(|e| explain(url, "configure the producer", &e))?;
+        // fail now, not at the first change, when the broker is unreachable
+        producer
+            .client()
+            .fetch_metadata(None, BROKER_TIMEOUT)
+            .map_err(|e| explain(url, "reach the broker", &e))?;
+        Ok(Producing {
+            url: url.clone(),
+            producer,
+            deliveries,
+        })
+    }
+
+    fn send(&self, topic: &str, key: &str, value: Option<&str>) -> io::Result<()> {
+        let mut record = BaseRecord::to(topic).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    self.deliveries.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = self.deliveries.first_failure.lock() {
+                        first.get_or_insert_with(|| format!("topic {topic}: {e}"));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn finish(&self, what: &str) -> io::Result<String> {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| io::Error::other(explain(&self.url, "flush", &e)))?;
+        let written = self.deliveries.written.load(Ordering::Relaxed);
+        let failed = self.deliveries.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self
+                .deliveries
+                .first_failure
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            return Err(io::Error::other(format!(
+                "{}: {failed} {what} records could not be written (first: {first})",
+                self.url.name()
+            )));
+        }
+        Ok(format!(
+            "{}: wrote {written} {what} records",
+            self.url.name()
+        ))
+    }
+}
+
+/// The change stream to a topic (see the module docs).
+pub struct KafkaChanges(Producing);
+
+impl KafkaChanges {
+    /// Connects (an unreachable broker is an error here).
+    pub fn open(url: &KafkaUrl) -> Result<KafkaChanges, String> {
+        Producing::open(url).map(KafkaChanges)
+    }
+}
+
+impl Publish for KafkaChanges {
+    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
+        for change in changes {
+            let key = format!("{}/{}", change.view, change.key);
+            self.0.send(&self.0.url.topic, &key, Some(&change.json()))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<String> {
+        self.0.finish("change")
+    }
+}
+
+/// Each view's current rows, as upserts and tombstones to `TOPIC.VIEW` (see the module
+/// docs).
+pub struct KafkaUpsert(Producing);
+
+impl KafkaUpsert {
+    /// Connects (an unreachable broker is an error here).
+    pub fn open(url: &KafkaUrl) -> Result<KafkaUpsert, String> {
+        Producing::open(url).map(KafkaUpsert)
+    }
+}
+
+impl Publish for KafkaUpsert {
+    /// `changes` are consolidated and sorted by (time, view, key): at each time a key has
+    /// at most one retraction and one insertion, and its value is the insertion's row, or
+    /// a tombstone when there is none.
+    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
+        let mut latest: BTreeMap<(u64, &str, &str), Option<&str>> = BTreeMap::new();
+        for c in changes {
+            let slot = latest
+                .entry((c.time, c.view.as_str(), c.key.as_str()))
+                .or_insert(None);
+            if c.diff > 0 {
+                *slot = Some(c.row.as_str());
+            }
+        }
+        for ((_, view, key), row) in latest {
+            let topic = format!("{}.{view}", self.0.url.topic);
+            self.0.send(&topic, key, row)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<String> {
+        self.0.finish("upsert")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_group_and_settings() {
+        let url = KafkaUrl::parse(
+            "kafka://a:9092,b:9092/events?group=g1&security.protocol=SASL_SSL&sasl.password=p%26w",
+        )
+        .unwrap();
+        assert_eq!(url.brokers, "a:9092,b:9092");
+        assert_eq!(url.topic, "events");
+        assert_eq!(url.group.as_deref(), Some("g1"));
+        assert_eq!(
+            url.settings,
+            vec![
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+                ("sasl.password".to_string(), "p&w".to_string())
+            ]
+        );
+        assert_eq!(url.name(), "kafka://a:9092,b:9092/events");
+        for bad in [
+            "kafka://",
+            "kafka://host:1",
+            "kafka://host:1/",
+            "kafka:///t",
+            "kafka://h/t?x",
+            "kafka://h/bad topic",
+            "file:///x",
+        ] {
+            assert!(KafkaUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Kafka in and out of `run`, against a real Kafka-protocol broker (tansu, started here on
+//! loopback with in-memory storage) and checked with an independent client (kafka-python,
+//! `tests/sdk/kafka_client.py`). `.ci/run` installs both and sets `THROUGHLINE_TANSU` and
+//! `THROUGHLINE_SDK_PYTHON`; without them these tests say so and pass.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use throughline::replay::FIXTURE_WALL_CLOCK_MS;
+
+struct Broker {
+    child: Child,
+    addr: String,
+    tansu: String,
+}
+
+impl Broker {
+    /// A fresh in-memory broker on a free loopback port, or `None` (saying so) when tansu
+    /// or kafka-python is not provided.
+    fn start() -> Option<Broker> {
+        let (Ok(tansu), Ok(_)) = (
+            std::env::var("THROUGHLINE_TANSU"),
+            std::env::var("THROUGHLINE_SDK_PYTHON"),
+        ) else {
+            eprintln!(
+                "skipped: THROUGHLINE_TANSU or THROUGHLINE_SDK_PYTHON is not set (.ci/run sets them)"
+            );
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {tansu}: {e}"));
+        let started = Instant::now();
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Broker { child, addr, tansu })
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(&self.tansu)
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.addr),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot create topic {name}");
+    }
+
+    fn url(&self, topic: &str) -> String {
+        format!("kafka://{}/{topic}", self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs kafka-python (`tests/sdk/kafka_client.py COMMAND BROKER TOPIC`) with `input`.
+fn client(command: &str, broker: &Broker, topic: &str, input: &[u8]) -> String {
+    let python = std::env::var("THROUGHLINE_SDK_PYTHON").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/kafka_client.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .args([command, &broker.addr, topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_client.py {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn throughline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_throughline"))
+        .args(["run", "--wall-clock-ms", &FIXTURE_WALL_CLOCK_MS.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> (String, String) {
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("throughline-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Events produced by kafka-python to a 3-partition topic (keyed by person) give, with
+/// `--until-end`, exactly the snapshot of `run` over the same records from a file in the
+/// documented order (partition by partition, each by offset), and dead letters name the
+/// record's partition and offset. A second run of the same group reads nothing new.
+#[test]
+fn a_topic_replays_like_the_same_lines_from_a_file() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("events", 3);
+    let lines = common::workload(11, 3_000, 300, true);
+    let placed = client("produce", &broker, "events", &lines);
+    // the file: the records partition by partition, each in offset order
+    let mut by_place: BTreeMap<(u32, u64), &[u8]> = BTreeMap::new();
+    let sent = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>();
+    for (line, place) in sent.iter().zip(placed.lines()) {
+        let (p, o) = place.split_once(' ').unwrap();
+        by_place.insert((p.parse().unwrap(), o.parse().unwrap()), line);
+    }
+    assert_eq!(by_place.len(), sent.len());
+    assert!(
+        by_place
+            .keys()
+            .map(|(p, _)| p)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 3,
+        "the records did not spread over the partitions"
+    );
+    let file = temp("ordered.ndjson");
+    let ordered: Vec<u8> = by_place
+        .values()
+        .flat_map(|l| l.iter().copied().chain([b'\n']))
+        .collect();
+    std::fs::write(&file, ordered).unwrap();
+    let (from_file, _) = ok(throughline(&[
+        "--snapshot",
+        "-q",
+        "-i",
+        file.to_str().unwrap(),
+    ]));
+    let dead = temp("dead.ndjson");
+    let url = format!("{}?group=replay", broker.url("events"));
+    let (from_topic, stderr) = ok(throughline(&[
+        "--snapshot",
+        "--until-end",
+        "-i",
+        &url,
+        "--dead-letters",
+        dead.to_str().unwrap(),
+    ]));
+    assert!(!from_file.is_empty());
+    assert_eq!(from_topic, from_file);
+    assert!(stderr.contains("#0 read"), "{stderr}");
+    // dead letters: the record's partition and offset
+    let dead = std::fs::read_to_string(&dead).unwrap();
+    let first: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    let source = first["source"].as_str().unwrap();
+    let (topic, partition) = source.rsplit_once('#').unwrap();
+    assert_eq!(topic, broker.url("events"));
+    let place = (partition.parse().unwrap(), first["line"].as_u64().unwrap());
+    assert!(by_place.contains_key(&place), "{first}");
+    // the group's offsets were committed: a second run has nothing to read
+    let (again, _) = ok(throughline(&["--until-end", "-q", "-i", &url]));
+    assert_eq!(again, "", "the second run read records again");
+}
+
+/// The change stream and the upsert topics, read back with kafka-python: the changes
+/// consolidated, and the latest value per key of each view's upsert topic, both equal the
+/// snapshot of the same run. Every change record is keyed `VIEW/KEY`.
+#[test]
+fn change_and_upsert_topics_hold_the_views() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let lines = common::workload(12, 2_000, 200, true);
+    let file = temp("changes-in.ndjson");
+    std::fs::write(&file, &lines).unwrap();
+    let (snapshot, _) = ok(throughline(&[
+        "--snapshot",
+        "-q",
+        "-i",
+        file.to_str().unwrap(),
+    ]));
+    let views: std::collections::BTreeSet<String> = throughline::spec::Spec::default_spec()
+        .views
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
+    broker.create_topic("changes", 3);
+    for view in &views {
+        broker.create_topic(&format!("rows.{view}"), 1);
+    }
+    let (stdout, stderr) = ok(throughline(&[
+        "-i",
+        file.to_str().unwrap(),
+        "-o",
+        &broker.url("changes"),
+        "--upsert",
+        &broker.url("rows"),
+    ]));
+    assert_eq!(stdout, "", "the change stream went to Kafka, not stdout");
+    assert!(stderr.contains("change records"), "{stderr}");
+    // the change topic, consolidated
+    let records = client("consume", &broker, "changes", b"");
+    let mut changes = Vec::new();
+    for record in records.lines() {
+        let r: serde_json::Value = serde_json::from_str(record).unwrap();
+        let change: serde_json::Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            r["key"].as_str().unwrap(),
+            format!(
+                "{}/{}",
+                change["view"].as_str().unwrap(),
+                change["key"].as_str().unwrap()
+            )
+        );
+        changes.push(r["value"].as_str().unwrap().to_string());
+    }
+    assert!(!changes.is_empty());
+    // one profile's changes keep their order: within a partition, times never go back
+    let expected: Vec<String> = snapshot.lines().map(str::to_string).collect();
+    assert_eq!(common::consolidate_upto(&changes, u64::MAX), expected);
+    // the upsert topics: latest value per key, tombstones removing
+    let mut rows = Vec::new();
+    for view in &views {
+        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for record in client("consume", &broker, &format!("rows.{view}"), b"").lines() {
+            let r: serde_json::Value = serde_json::from_str(record).unwrap();
+            latest.insert(
+                r["key"].as_str().unwrap().to_string(),
+                r["value"].as_str().map(str::to_string),
+            );
+        }
+        for (key, row) in latest {
+            if let Some(row) = row {
+                rows.push(format!(
+                    "{{\"view\":{},\"key\":{},\"row\":{row}}}",
+                    serde_json::Value::from(view.as_str()),
+                    serde_json::Value::from(key)
+                ));
+            }
+        }
+    }
+    rows.sort();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(rows, sorted);
+}
+
+/// Errors a person understands: no broker, no topic, and an upsert topic that does not
+/// exist, each a one-line error and exit status 1.
+#[test]
+fn kafka_errors_are_one_line_and_exit_1() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("kafka://{}/events", unused.local_addr().unwrap());
+    drop(unused);
+    let missing = broker.url("missing");
+    let cases = [
+        (
+            vec!["--until-end", "-i", nowhere.as_str()],
+            "is a broker running there?",
+        ),
+        (vec!["--until-end", "-i", missing.as_str()], "no such topic"),
+    ];
+    for (args, says) in cases {
+        let out = throughline(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let file = temp("errors-in.ndjson");
+    std::fs::write(&file, common::workload(13, 50, 10, false)).unwrap();
+    let out = throughline(&[
+        "-i",
+        file.to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "--upsert",
+        &broker.url("nothere"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not be written"), "{stderr}");
+}

@@ -1,0 +1,62 @@
+"""An independent Kafka client for tests/kafka.rs: kafka-python, a pure-Python
+implementation of the protocol, so Throughline's records are checked by code no one here
+wrote.
+
+    kafka_client.py produce BROKER TOPIC   < lines   # one record per line, keyed by its
+                                                      # person; prints "partition offset" per line
+    kafka_client.py consume BROKER TOPIC             # every record from the beginning, as
+                                                      # {"partition","offset","key","value"} lines
+"""
+import json
+import sys
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+
+def person(line):
+    try:
+        event = json.loads(line)
+        return str(event.get("userId") or event.get("anonymousId") or "")
+    except Exception:
+        return ""
+
+
+def produce(broker, topic):
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all", retries=5,
+                             max_in_flight_requests_per_connection=1)
+    futures = []
+    for line in sys.stdin.read().splitlines():
+        key = person(line).encode() or None
+        futures.append(producer.send(topic, key=key, value=line.encode()))
+    producer.flush()
+    for f in futures:
+        meta = f.get(timeout=30)
+        print(meta.partition, meta.offset)
+
+
+def consume(broker, topic):
+    consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
+                             group_id=None, consumer_timeout_ms=3000)
+    partitions = consumer.partitions_for_topic(topic) or set()
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    ends = consumer.end_offsets(assigned)
+    records = []
+    while any(consumer.position(tp) < ends[tp] for tp in assigned):
+        for tp, batch in consumer.poll(timeout_ms=1000).items():
+            for r in batch:
+                records.append(r)
+    records.sort(key=lambda r: (r.partition, r.offset))
+    for r in records:
+        print(json.dumps({
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key.decode() if r.key is not None else None,
+            "value": r.value.decode() if r.value is not None else None,
+        }))
+
+
+if __name__ == "__main__":
+    command, broker, topic = sys.argv[1:4]
+    {"produce": produce, "consume": consume}[command](broker, topic)
