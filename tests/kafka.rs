@@ -190,7 +190,12 @@ fn a_topic_replays_like_the_same_lines_from_a_file() {
         dead.to_str().unwrap(),
     ]));
     assert!(!from_file.is_empty());
-    assert_eq!(from_topic, from_file);
+    assert!(
+        from_topic == from_file,
+        "the topic's snapshot ({} lines) differs from the file's ({} lines)",
+        from_topic.lines().count(),
+        from_file.lines().count()
+    );
     assert!(stderr.contains("#0 read"), "{stderr}");
     // dead letters: the record's partition and offset
     let dead = std::fs::read_to_string(&dead).unwrap();
@@ -202,7 +207,7 @@ fn a_topic_replays_like_the_same_lines_from_a_file() {
     assert!(by_place.contains_key(&place), "{first}");
     // the group's offsets were committed: a second run has nothing to read
     let (again, _) = ok(throughline(&["--until-end", "-q", "-i", &url]));
-    assert_eq!(again, "", "the second run read records again");
+    assert!(again.is_empty(), "the second run read records again");
 }
 
 /// The change stream and the upsert topics, read back with kafka-python: the changes

@@ -24,8 +24,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::engine::{self, Counters};
-use crate::event::residue::Residue;
-use crate::event::{DeadReason, MAX_LINE_BYTES, identifiers, timestamp};
+use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::route::{self, Route};
@@ -357,22 +356,7 @@ fn ingest(
     let n = lines.len();
     let records = lines
         .into_iter()
-        .map(|line| {
-            let length = line.strip_suffix(b"\r").unwrap_or(&line).len();
-            if length <= MAX_LINE_BYTES {
-                return Record::line(wall_ms, line);
-            }
-            // logged as its dead letter: a record holds at most one line of the limit
-            let dead = Residue::Dead {
-                reason: DeadReason::LineTooLong,
-                detail: format!("{} bytes", line.len()),
-            };
-            Record {
-                wall_ms,
-                line: dead.encode(),
-                residue: true,
-            }
-        })
+        .map(|line| Record::received(wall_ms, line))
         .collect();
     ctx.log.append(records).map_err(|e| {
         // a full disk, or a log that stopped after a failed fsync: nothing was acknowledged,

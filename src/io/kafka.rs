@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::event::MAX_LINE_BYTES;
 use crate::io::sink::{Change, Publish};
 use crate::io::source::{Batch, LineRef, Message, is_blank};
+use crate::store::log::{Log, Origin, Record};
 
 /// How long to wait for the broker's answer to a metadata or offsets request.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -625,6 +626,243 @@ impl Publish for KafkaUpsert {
 
     fn finish(&mut self) -> io::Result<String> {
         self.0.finish("upsert")
+    }
+}
+
+/// What `serve --source` is doing, for `/healthz` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct FollowStatus {
+    /// The topic's address (without settings).
+    pub name: String,
+    /// Records logged.
+    pub logged: AtomicU64,
+    /// Errors met (each retried).
+    pub errors: AtomicU64,
+    /// The error being retried now, if any (cleared once records flow again).
+    pub failing: Mutex<Option<String>>,
+    /// Consumer lag per partition at the last look.
+    pub lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl FollowStatus {
+    fn failed(&self, why: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.failing.lock() {
+            if f.as_deref() != Some(why.as_str()) {
+                eprintln!("throughline: {why} (retrying)");
+            }
+            *f = Some(why);
+        }
+    }
+
+    fn recovered(&self) {
+        if let Ok(mut f) = self.failing.lock()
+            && f.take().is_some()
+        {
+            eprintln!("throughline: {}: reading again", self.name);
+        }
+    }
+}
+
+/// `serve --source`: follows the topic until `stop`, appending its records to `log` with
+/// their partition and offset ([`Origin`]), each batch acknowledged once fsynced. Reading
+/// resumes at `resume` (one past the last record of each partition the log holds), else
+/// at the group's committed offsets, else at the beginning; the group's offsets are
+/// committed after each logged batch (for tools that watch the group: the log, not the
+/// group, decides where to resume). A broker that is down, at start or later, is retried
+/// with a growing pause (at most 30 s) and reported in `status`; a log that refuses writes
+/// (a full disk) is retried with the same records, and one that stopped for good
+/// (fail-stop) ends the reading.
+pub fn follow(
+    url: &KafkaUrl,
+    resume: &BTreeMap<i32, i64>,
+    log: &Log,
+    status: &FollowStatus,
+    stop: &AtomicBool,
+) {
+    let mut retry = Backoff::new(stop);
+    let group = url
+        .group
+        .clone()
+        .unwrap_or_else(|| "throughline".to_string());
+    let consumer: BaseConsumer = match url
+        .config()
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => return status.failed(explain(url, "configure the consumer", &e)),
+    };
+    // where each partition starts
+    let next: BTreeMap<i32, i64> = loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match start_offsets(&consumer, url, resume) {
+            Ok(next) => break next,
+            Err(why) => retry.wait(status, why),
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    for (id, offset) in &next {
+        if let Err(e) = assignment.add_partition_offset(&url.topic, *id, Offset::Offset(*offset)) {
+            return status.failed(explain(url, "assign the partitions", &e));
+        }
+    }
+    if let Err(e) = consumer.assign(&assignment) {
+        return status.failed(explain(url, "assign the partitions", &e));
+    }
+    status.recovered();
+    let mut next = next;
+    let mut pending: Vec<Record> = Vec::new();
+    let mut last_lag = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        let polled = consumer.poll(Duration::from_millis(if pending.is_empty() {
+            100
+        } else {
+            2
+        }));
+        let idle = polled.is_none();
+        match polled {
+            Some(Ok(record)) => {
+                let origin = Origin {
+                    partition: record.partition(),
+                    offset: record.offset(),
+                };
+                let value = record.payload().unwrap_or_default();
+                let value = value.strip_suffix(b"\n").unwrap_or(value);
+                if !is_blank(value) {
+                    let mut logged =
+                        Record::received(crate::engine::wall_clock_ms(), value.to_vec());
+                    logged.origin = Some(origin);
+                    pending.push(logged);
+                }
+                next.insert(origin.partition, origin.offset + 1);
+            }
+            Some(Err(e)) => retry.wait(status, explain(url, "read records", &e)),
+            None => {}
+        }
+        if !pending.is_empty() && (idle || pending.len() >= BATCH_RECORDS) {
+            loop {
+                match log.append(pending.clone()) {
+                    Ok(()) => break,
+                    Err(_) if log.failed().is_some() => {
+                        return status.failed(format!(
+                            "{}: the log stopped; no more records are read",
+                            url.name()
+                        ));
+                    }
+                    Err(e) => {
+                        retry.wait(status, format!("{}: cannot log records: {e}", url.name()));
+                    }
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return; // not logged: read again after the restart
+                }
+            }
+            status
+                .logged
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            pending.clear();
+            status.recovered();
+            retry.reset();
+            commit_async(&consumer, url, &next);
+        }
+        if last_lag.elapsed() > Duration::from_secs(1) {
+            note_lag(&consumer, url, &next, &status.lag);
+            last_lag = Instant::now();
+        }
+    }
+}
+
+/// Each partition's first offset: `resume`, else the group's committed offset, else the
+/// earliest one kept.
+fn start_offsets(
+    consumer: &BaseConsumer,
+    url: &KafkaUrl,
+    resume: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let ids = partitions(consumer, url)?;
+    let mut wanted = TopicPartitionList::new();
+    for id in &ids {
+        wanted.add_partition(&url.topic, *id);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, BROKER_TIMEOUT)
+        .map_err(|e| explain(url, "read the group's committed offsets", &e))?;
+    let mut next = BTreeMap::new();
+    for id in ids {
+        let (low, _) = consumer
+            .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
+            .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
+        let start = match (
+            resume.get(&id),
+            committed.find_partition(&url.topic, id).map(|p| p.offset()),
+        ) {
+            (Some(logged), _) => *logged,
+            (None, Some(Offset::Offset(o))) => o,
+            _ => low,
+        };
+        next.insert(id, start.max(low));
+    }
+    Ok(next)
+}
+
+fn commit_async(consumer: &BaseConsumer, url: &KafkaUrl, next: &BTreeMap<i32, i64>) {
+    let mut offsets = TopicPartitionList::new();
+    for (id, offset) in next {
+        let _ = offsets.add_partition_offset(&url.topic, *id, Offset::Offset(*offset));
+    }
+    let _ = consumer.commit(&offsets, CommitMode::Async);
+}
+
+fn note_lag(
+    consumer: &BaseConsumer,
+    url: &KafkaUrl,
+    next: &BTreeMap<i32, i64>,
+    lag: &Mutex<BTreeMap<i32, i64>>,
+) {
+    let Ok(mut lag) = lag.lock() else {
+        return;
+    };
+    for (id, offset) in next {
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(&url.topic, *id, Duration::from_millis(200))
+        {
+            lag.insert(*id, (high - offset).max(0));
+        }
+    }
+}
+
+/// A pause that doubles at each failure in a row (from 250 ms to at most 30 s).
+struct Backoff<'a> {
+    pause: Duration,
+    stop: &'a AtomicBool,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(stop: &'a AtomicBool) -> Backoff<'a> {
+        Backoff {
+            pause: Duration::from_millis(250),
+            stop,
+        }
+    }
+
+    /// Reports `why` and sleeps the pause (waking early when stopped).
+    fn wait(&mut self, status: &FollowStatus, why: String) {
+        status.failed(why);
+        let until = Instant::now() + self.pause;
+        while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pause = (self.pause * 2).min(Duration::from_secs(30));
+    }
+
+    fn reset(&mut self) {
+        self.pause = Duration::from_millis(250);
     }
 }
 

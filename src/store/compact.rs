@@ -103,6 +103,7 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
                 wall_ms: record.wall_ms,
                 line: residue.encode(),
                 residue: true,
+                origin: record.origin,
             }
         })
         .collect();

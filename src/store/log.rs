@@ -21,7 +21,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
+use std::collections::BTreeMap;
+
 use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::event::residue::Residue;
+use crate::event::{DeadReason, MAX_LINE_BYTES};
 
 use crate::io::source::{Batch, Message};
 
@@ -30,6 +35,19 @@ pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
 
 /// Marks a residue record in the wall-clock field.
 const RESIDUE_FLAG: u64 = 1 << 63;
+/// Marks a record read from Kafka: its [`Origin`] follows the wall clock.
+const ORIGIN_FLAG: u64 = 1 << 62;
+
+/// Where a record read from a Kafka topic came from (`serve --source`). Kept in the log
+/// with the record, so a restart resumes each partition right after the last record the
+/// log holds: nothing read twice, nothing skipped, whatever the crash cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    /// The topic's partition.
+    pub partition: i32,
+    /// The record's offset in it.
+    pub offset: i64,
+}
 
 /// One logged line, or what compaction left of one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +58,8 @@ pub struct Record {
     pub line: Vec<u8>,
     /// Whether `line` is an encoded [`crate::event::residue::Residue`].
     pub residue: bool,
+    /// The Kafka record it was read from, if it was.
+    pub origin: Option<Origin>,
 }
 
 impl Record {
@@ -49,31 +69,93 @@ impl Record {
             wall_ms,
             line,
             residue: false,
+            origin: None,
+        }
+    }
+
+    /// A received line as it is logged: the line, or for one over the line limit its dead
+    /// letter (a record holds at most one line of the limit).
+    pub fn received(wall_ms: u64, line: Vec<u8>) -> Record {
+        let length = line.strip_suffix(b"\r").unwrap_or(&line).len();
+        if length <= MAX_LINE_BYTES {
+            return Record::line(wall_ms, line);
+        }
+        let dead = Residue::Dead {
+            reason: DeadReason::LineTooLong,
+            detail: format!("{} bytes", line.len()),
+        };
+        Record {
+            wall_ms,
+            line: dead.encode(),
+            residue: true,
+            origin: None,
         }
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        let mut payload = Vec::with_capacity(8 + self.line.len());
-        let wall = if self.residue {
-            self.wall_ms | RESIDUE_FLAG
-        } else {
-            self.wall_ms
-        };
+        let mut payload = Vec::with_capacity(20 + self.line.len());
+        let mut wall = self.wall_ms;
+        if self.residue {
+            wall |= RESIDUE_FLAG;
+        }
+        if self.origin.is_some() {
+            wall |= ORIGIN_FLAG;
+        }
         payload.extend_from_slice(&wall.to_le_bytes());
+        if let Some(o) = self.origin {
+            payload.extend_from_slice(&o.partition.to_le_bytes());
+            payload.extend_from_slice(&o.offset.to_le_bytes());
+        }
         payload.extend_from_slice(&self.line);
         frame(&payload, out);
     }
 
-    fn decode(payload: &[u8]) -> Record {
-        let mut wall = [0u8; 8];
-        wall.copy_from_slice(&payload[..8]);
-        let wall = u64::from_le_bytes(wall);
-        Record {
-            wall_ms: wall & !RESIDUE_FLAG,
-            line: payload[8..].to_vec(),
+    /// A record from a frame's payload (at least 8 bytes, checked by the frame reader);
+    /// `None` when an origin is flagged but cut short.
+    fn decode(payload: &[u8]) -> Option<Record> {
+        let wall = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+        let (origin, line) = if wall & ORIGIN_FLAG != 0 {
+            let partition = i32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
+            let offset = i64::from_le_bytes(payload.get(12..20)?.try_into().ok()?);
+            (Some(Origin { partition, offset }), payload.get(20..)?)
+        } else {
+            (None, payload.get(8..)?)
+        };
+        Some(Record {
+            wall_ms: wall & !(RESIDUE_FLAG | ORIGIN_FLAG),
+            line: line.to_vec(),
             residue: wall & RESIDUE_FLAG != 0,
-        }
+            origin,
+        })
     }
+}
+
+/// The records of checked frames; a frame whose checksum holds but whose record is cut
+/// short is an error (a defect, not a torn write), never skipped.
+fn decode_all(payloads: &[Vec<u8>]) -> io::Result<Vec<Record>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Record::decode(p).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("log record {} is malformed", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The next offset to read of every partition the records came from: one past the last
+/// record of each that the log holds.
+pub fn kafka_positions(records: &[Record]) -> BTreeMap<i32, i64> {
+    let mut next = BTreeMap::new();
+    for o in records.iter().filter_map(|r| r.origin) {
+        let slot = next.entry(o.partition).or_insert(0);
+        *slot = (*slot).max(o.offset + 1);
+    }
+    next
 }
 
 /// The engine's input batches for `records` (lines numbered from `first_number`): one per
@@ -188,7 +270,7 @@ pub fn recover(path: &Path) -> io::Result<Recovery> {
     }
     let (frames, truncated_bytes) = recover_frames(path, 8)?;
     Ok(Recovery {
-        records: frames.payloads.iter().map(|p| Record::decode(p)).collect(),
+        records: decode_all(&frames.payloads)?,
         truncated_bytes,
         reason: if truncated_bytes > 0 {
             frames.reason
@@ -373,7 +455,7 @@ impl Log {
                 frames.reason.unwrap_or_default()
             )));
         }
-        let records: Vec<Record> = frames.payloads.iter().map(|p| Record::decode(p)).collect();
+        let records = decode_all(&frames.payloads)?;
         let mut stats = CompactStats {
             records: records.len() as u64,
             bytes_before: prefix,

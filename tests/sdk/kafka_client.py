@@ -24,14 +24,16 @@ def person(line):
 def produce(broker, topic):
     producer = KafkaProducer(bootstrap_servers=broker, acks="all", retries=5,
                              max_in_flight_requests_per_connection=1)
-    futures = []
-    for line in sys.stdin.read().splitlines():
-        key = person(line).encode() or None
-        futures.append(producer.send(topic, key=key, value=line.encode()))
-    producer.flush()
-    for f in futures:
-        meta = f.get(timeout=30)
+    # one record per request: tansu 0.6.0 reports a partition's end offset as its last
+    # batch's base offset + 1, so batches of several records would hide records from
+    # consumers that read to the end offsets
+    for line in sys.stdin.buffer.read().split(b"\n"):
+        if not line:
+            continue
+        key = person(line).encode("utf-8", "replace") or None
+        meta = producer.send(topic, key=key, value=line).get(timeout=30)
         print(meta.partition, meta.offset)
+    producer.flush()
 
 
 def consume(broker, topic):
@@ -41,12 +43,14 @@ def consume(broker, topic):
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     consumer.seek_to_beginning(*assigned)
-    ends = consumer.end_offsets(assigned)
+    # until nothing more comes for two seconds (not to the end offsets: see produce)
     records = []
-    while any(consumer.position(tp) < ends[tp] for tp in assigned):
-        for tp, batch in consumer.poll(timeout_ms=1000).items():
-            for r in batch:
-                records.append(r)
+    idle = 0
+    while idle < 2:
+        polled = consumer.poll(timeout_ms=1000)
+        idle = 0 if polled else idle + 1
+        for tp, batch in polled.items():
+            records.extend(batch)
     records.sort(key=lambda r: (r.partition, r.offset))
     for r in records:
         print(json.dumps({
