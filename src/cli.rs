@@ -92,6 +92,11 @@ struct ServeArgs {
     /// Also write the change stream to this file (rewritten from the log at each start).
     #[arg(long)]
     sink: Option<PathBuf>,
+    /// Follow a Kafka topic into the log (`kafka://HOST:PORT/TOPIC?group=G`): each record is
+    /// an event, logged with its partition and offset, so a restart resumes exactly where
+    /// the log ends.
+    #[arg(long)]
+    source: Option<String>,
     /// Connections served at once; up to a quarter more are answered only on `/healthz`
     /// (503 with Retry-After elsewhere), and further ones are closed.
     #[arg(long, default_value_t = crate::io::transport::DEFAULT_MAX_CONNECTIONS)]
@@ -291,6 +296,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         spec_text,
         clock: args.clock,
         compact_check: Duration::from_secs(args.compact_check_secs),
+        source: args.source.as_deref().map(KafkaUrl::parse).transpose()?,
     };
     server::serve(spec, config)?;
     Ok(0)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::Ctx;
+use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::Message;
 use crate::io::transport;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     pub compact_check: Duration,
     /// This process's place in a cluster (it is process 0), if any.
     pub cluster: Option<Cluster>,
+    /// A Kafka topic to follow into the log (see [`crate::io::kafka::follow`]).
+    pub source: Option<KafkaUrl>,
 }
 
 /// Whether `listen` (`host:port`) names a loopback address: `localhost`, `127.0.0.0/8` or
@@ -110,6 +113,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             started.elapsed()
         );
     }
+    let kafka_resume = log::kafka_positions(&records);
     drop(records);
     let log = Log::open_forwarding(&log_path, Some((tx.clone(), number)))
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
@@ -136,7 +140,28 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             compactions: AtomicU64::new(0),
         },
         stop: Arc::clone(&stop),
+        kafka: config.source.as_ref().map(|url| {
+            Arc::new(FollowStatus {
+                name: url.name(),
+                ..FollowStatus::default()
+            })
+        }),
     });
+    let follower = match (&config.source, &ctx.kafka) {
+        (Some(url), Some(status)) => {
+            let (url, ctx, status, stop) = (
+                url.clone(),
+                Arc::clone(&ctx),
+                Arc::clone(status),
+                Arc::clone(&stop),
+            );
+            eprintln!("throughline: following {}", url.name());
+            Some(std::thread::spawn(move || {
+                kafka::follow(&url, &kafka_resume, &ctx.log, &status, &stop);
+            }))
+        }
+        _ => None,
+    };
     let background = (!config.compact_check.is_zero()).then(|| {
         let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
         std::thread::spawn(move || compact_in_background(&ctx, &stop, config.compact_check))
@@ -152,6 +177,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     eprintln!("throughline: shutting down");
     if let Some(b) = background {
         let _ = b.join();
+    }
+    if let Some(f) = follower {
+        let _ = f.join();
     }
     drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
     match engine.join() {

@@ -64,18 +64,7 @@ impl Broker {
     }
 
     fn create_topic(&self, name: &str, partitions: u32) {
-        let status = Command::new(&self.tansu)
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &format!("tcp://{}", self.addr),
-            ])
-            .args(["--partitions", &partitions.to_string(), name])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot create topic {name}");
+        create_topic(&self.tansu, &self.addr, name, partitions);
     }
 
     fn url(&self, topic: &str) -> String {
@@ -90,13 +79,25 @@ impl Drop for Broker {
     }
 }
 
-/// Runs kafka-python (`tests/sdk/kafka_client.py COMMAND BROKER TOPIC`) with `input`.
-fn client(command: &str, broker: &Broker, topic: &str, input: &[u8]) -> String {
+/// Creates a topic on the broker at `addr` with tansu's command line.
+fn create_topic(tansu: &str, addr: &str, name: &str, partitions: u32) {
+    let status = Command::new(tansu)
+        .args(["topic", "create", "--broker", &format!("tcp://{addr}")])
+        .args(["--partitions", &partitions.to_string(), name])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot create topic {name}");
+}
+
+/// Runs kafka-python (`tests/sdk/kafka_client.py COMMAND BROKER TOPIC`) with `input`, against
+/// the broker at `broker` (`HOST:PORT`).
+fn client(command: &str, broker: &str, topic: &str, input: &[u8]) -> String {
     let python = std::env::var("THROUGHLINE_SDK_PYTHON").unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/kafka_client.py");
     let mut child = Command::new(python)
         .arg(script)
-        .args([command, &broker.addr, topic])
+        .args([command, broker, topic])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,7 +147,7 @@ fn a_topic_replays_like_the_same_lines_from_a_file() {
     };
     broker.create_topic("events", 3);
     let lines = common::workload(11, 3_000, 300, true);
-    let placed = client("produce", &broker, "events", &lines);
+    let placed = client("produce", &broker.addr, "events", &lines);
     // the file: the records partition by partition, each in offset order
     let mut by_place: BTreeMap<(u32, u64), &[u8]> = BTreeMap::new();
     let sent = lines
@@ -247,7 +248,7 @@ fn change_and_upsert_topics_hold_the_views() {
     assert_eq!(stdout, "", "the change stream went to Kafka, not stdout");
     assert!(stderr.contains("change records"), "{stderr}");
     // the change topic, consolidated
-    let records = client("consume", &broker, "changes", b"");
+    let records = client("consume", &broker.addr, "changes", b"");
     let mut changes = Vec::new();
     for record in records.lines() {
         let r: serde_json::Value = serde_json::from_str(record).unwrap();
@@ -270,7 +271,7 @@ fn change_and_upsert_topics_hold_the_views() {
     let mut rows = Vec::new();
     for view in &views {
         let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for record in client("consume", &broker, &format!("rows.{view}"), b"").lines() {
+        for record in client("consume", &broker.addr, &format!("rows.{view}"), b"").lines() {
             let r: serde_json::Value = serde_json::from_str(record).unwrap();
             latest.insert(
                 r["key"].as_str().unwrap().to_string(),
@@ -331,4 +332,190 @@ fn kafka_errors_are_one_line_and_exit_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("could not be written"), "{stderr}");
+}
+
+/// `serve --source` on a data directory: started, and its HTTP address read from stderr.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(dir: &Path, source: &str) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_throughline"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--source", source])
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("throughline: listening on ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve did not start");
+        Serve { child, addr }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        common::request(&self.addr, "GET", path, &[], b"")
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `serve --source` SIGKILLed again and again while kafka-python writes: afterwards every
+/// produced event is applied exactly once. The events carry no `messageId` (so nothing is
+/// deduplicated) and each adds 20 points to a new profile: one applied twice would score
+/// 40, one lost would be missing. `/metrics` reports what was logged and the lag.
+#[test]
+fn serve_following_a_topic_applies_each_record_once_across_sigkills() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("live", 3);
+    let events: Vec<u8> = (0..3000)
+        .flat_map(|i| {
+            format!(
+                "{{\"type\":\"track\",\"event\":\"Signed Up\",\"userId\":\"k-{i}\",\"timestamp\":1767261600000}}\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    let dir = temp("serve-data");
+    let _ = std::fs::remove_dir_all(&dir);
+    let source = format!("{}?group=follow", broker.url("live"));
+    let mut serve = Serve::start(&dir, &source);
+    let producer = {
+        let addr = broker.addr.clone();
+        let events = events.clone();
+        std::thread::spawn(move || client("produce", &addr, "live", &events))
+    };
+    for pause in [300, 500, 200, 700, 400, 250, 600, 350] {
+        std::thread::sleep(Duration::from_millis(pause));
+        serve.kill();
+        serve = Serve::start(&dir, &source);
+    }
+    producer.join().unwrap();
+    serve.kill();
+    let serve = Serve::start(&dir, &source);
+    let started = Instant::now();
+    let rows = loop {
+        let (status, body) = serve.get("/v1/views/scores");
+        assert_eq!(status, 200, "{body}");
+        let rows: Vec<String> = body.lines().map(str::to_string).collect();
+        if rows.len() >= 3000 {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of 3000 profiles after the last restart",
+            rows.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rows.len(), 3000);
+    for row in &rows {
+        assert!(row.contains("\"score\":20,"), "applied twice? {row}");
+    }
+    // the lag is looked at every second
+    let lag_seen = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        serve
+            .get("/metrics")
+            .1
+            .contains("throughline_kafka_lag{partition=\"2\"} 0")
+    });
+    assert!(lag_seen, "{}", serve.get("/metrics").1);
+    let (status, health) = serve.get("/healthz");
+    assert_eq!((status, health.as_str()), (200, "ok\n"));
+}
+
+/// A broker that is down when `serve --source` starts: the server starts anyway, takes
+/// events over HTTP, says `degraded` in `/healthz`, and once a broker is up and the topic
+/// exists, follows it.
+#[test]
+fn serve_waits_for_a_broker_that_is_down_and_says_so() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    // a broker on a port where nothing listens yet
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = temp("serve-down");
+    let _ = std::fs::remove_dir_all(&dir);
+    let serve = Serve::start(&dir, &format!("kafka://{addr}/late"));
+    let event = "{\"type\":\"identify\",\"userId\":\"http-1\",\"timestamp\":1767261600000}";
+    let (status, body) =
+        common::request(&serve.addr, "POST", "/v1/identify", &[], event.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let (status, health) = serve.get("/healthz");
+        assert_eq!(status, 200, "{health}");
+        if health.contains("degraded") && health.contains("broker") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // now a broker comes up there, with the topic and an event
+    let url = format!("tcp://{addr}");
+    let mut late = Command::new(&broker.tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while TcpStream::connect(&addr).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    create_topic(&broker.tansu, &addr, "late", 1);
+    let event = "{\"type\":\"identify\",\"userId\":\"kafka-1\",\"timestamp\":1767261600000}\n";
+    client("produce", &addr, "late", event.as_bytes());
+    let started = Instant::now();
+    loop {
+        let (_, profiles) = serve.get("/v1/views/profiles");
+        if profiles.contains("user_id:kafka-1") && profiles.contains("user_id:http-1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the record never arrived: {profiles}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, health) = serve.get("/healthz");
+    assert_eq!(health, "ok\n");
+    let _ = late.kill();
+    let _ = late.wait();
 }

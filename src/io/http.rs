@@ -27,6 +27,7 @@ use crate::engine::{self, Counters};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
+use crate::io::kafka::FollowStatus;
 use crate::io::route::{self, Route};
 use crate::io::sink::{LiveViews, Subscription};
 use crate::io::source::Message;
@@ -66,6 +67,8 @@ pub struct Ctx {
     pub compactor: Compactor,
     /// Set on SIGTERM/SIGINT: change streams end.
     pub stop: Arc<AtomicBool>,
+    /// The Kafka topic followed into the log (`serve --source`), if any.
+    pub kafka: Option<Arc<FollowStatus>>,
 }
 
 /// A request as the handlers see it: its head, and its body as sent (still gzipped if so
@@ -268,11 +271,24 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync.
+/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync. While a
+/// followed Kafka topic cannot be read (a broker away) it stays 200, with a second line
+/// saying so: HTTP ingestion and reads still work.
 pub fn healthz(ctx: &Ctx) -> Response<Body> {
-    match ctx.log.failed() {
+    if let Some(why) = ctx.log.failed() {
+        return respond(503, "text/plain", format!("failed: {why}\n"));
+    }
+    let kafka = ctx
+        .kafka
+        .as_ref()
+        .and_then(|k| k.failing.lock().ok().and_then(|f| f.clone()));
+    match kafka {
         None => respond(200, "text/plain", "ok\n"),
-        Some(why) => respond(503, "text/plain", format!("failed: {why}\n")),
+        Some(why) => respond(
+            200,
+            "text/plain",
+            format!("ok\ndegraded: {why} (retrying)\n"),
+        ),
     }
 }
 
@@ -627,6 +643,32 @@ fn metrics(ctx: &Ctx) -> String {
         "# HELP throughline_log_bytes Event log size\n# TYPE throughline_log_bytes gauge\nthroughline_log_bytes {}\n",
         std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len())
     ));
+    if let Some(k) = &ctx.kafka {
+        for (name, help, value) in [
+            (
+                "throughline_kafka_records_logged_total",
+                "Records of the followed topic logged",
+                k.logged.load(Ordering::Relaxed),
+            ),
+            (
+                "throughline_kafka_errors_total",
+                "Errors reading the followed topic (each retried)",
+                k.errors.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out.push_str("# HELP throughline_kafka_lag Records of the followed topic not yet read, per partition\n# TYPE throughline_kafka_lag gauge\n");
+        if let Ok(lag) = k.lag.lock() {
+            for (partition, n) in lag.iter() {
+                out.push_str(&format!(
+                    "throughline_kafka_lag{{partition=\"{partition}\"}} {n}\n"
+                ));
+            }
+        }
+    }
     if let Ok(live) = ctx.live.lock() {
         for view in &ctx.spec.views {
             out.push_str(&format!(

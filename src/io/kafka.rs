@@ -645,10 +645,11 @@ pub struct FollowStatus {
 }
 
 impl FollowStatus {
+    /// Records an error; stderr hears of the first of a run of them.
     fn failed(&self, why: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut f) = self.failing.lock() {
-            if f.as_deref() != Some(why.as_str()) {
+            if f.is_none() {
                 eprintln!("throughline: {why} (retrying)");
             }
             *f = Some(why);
@@ -670,7 +671,7 @@ impl FollowStatus {
 /// at the group's committed offsets, else at the beginning; the group's offsets are
 /// committed after each logged batch (for tools that watch the group: the log, not the
 /// group, decides where to resume). A broker that is down, at start or later, is retried
-/// with a growing pause (at most 30 s) and reported in `status`; a log that refuses writes
+/// with a growing pause (at most 5 s) and reported in `status`; a log that refuses writes
 /// (a full disk) is retried with the same records, and one that stopped for good
 /// (fail-stop) ends the reading.
 pub fn follow(
@@ -717,6 +718,7 @@ pub fn follow(
     }
     status.recovered();
     let mut next = next;
+    note_lag(&consumer, url, &next, &status.lag);
     let mut pending: Vec<Record> = Vec::new();
     let mut last_lag = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -728,6 +730,7 @@ pub fn follow(
         let idle = polled.is_none();
         match polled {
             Some(Ok(record)) => {
+                status.recovered();
                 let origin = Origin {
                     partition: record.partition(),
                     offset: record.offset(),
@@ -742,7 +745,12 @@ pub fn follow(
                 }
                 next.insert(origin.partition, origin.offset + 1);
             }
-            Some(Err(e)) => retry.wait(status, explain(url, "read records", &e)),
+            // librdkafka reconnects by itself: say so, and keep polling (records may
+            // already be waiting behind the error)
+            Some(Err(e)) => {
+                status.failed(explain(url, "read records", &e));
+                std::thread::sleep(Duration::from_millis(20));
+            }
             None => {}
         }
         if !pending.is_empty() && (idle || pending.len() >= BATCH_RECORDS) {
@@ -837,7 +845,7 @@ fn note_lag(
     }
 }
 
-/// A pause that doubles at each failure in a row (from 250 ms to at most 30 s).
+/// A pause that doubles at each failure in a row (from 250 ms to at most 5 s).
 struct Backoff<'a> {
     pause: Duration,
     stop: &'a AtomicBool,
@@ -858,7 +866,7 @@ impl<'a> Backoff<'a> {
         while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.pause = (self.pause * 2).min(Duration::from_secs(30));
+        self.pause = (self.pause * 2).min(Duration::from_secs(5));
     }
 
     fn reset(&mut self) {

@@ -707,6 +707,31 @@ mod tests {
     }
 
     #[test]
+    fn kafka_origins_survive_the_log_and_give_the_resume_positions() {
+        let path = temp("origins");
+        let mut records: Vec<Record> = (0..4).map(rec).collect();
+        for (i, r) in records.iter_mut().enumerate() {
+            if i > 0 {
+                r.origin = Some(Origin {
+                    partition: (i % 2) as i32,
+                    offset: 10 * i as i64,
+                });
+            }
+        }
+        records[3].residue = true;
+        {
+            let log = Log::open(&path).unwrap();
+            log.append(records.clone()).unwrap();
+        }
+        let recovered = recover(&path).unwrap().records;
+        assert_eq!(recovered, records);
+        assert_eq!(
+            kafka_positions(&recovered),
+            BTreeMap::from([(0, 21), (1, 31)])
+        );
+    }
+
+    #[test]
     fn appends_survive_reopen() {
         let path = temp("reopen");
         {
