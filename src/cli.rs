@@ -89,9 +89,15 @@ struct ServeArgs {
     /// `serve` refuses to start).
     #[arg(long)]
     allow_unauthenticated: bool,
-    /// Also write the change stream to this file (rewritten from the log at each start).
+    /// Also write the change stream to this file (rewritten from the log at each start), or
+    /// to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per change keyed `VIEW/KEY`;
+    /// after a restart only what the topic may lack is sent again).
     #[arg(long)]
     sink: Option<PathBuf>,
+    /// Also keep each view's current rows in Kafka topics `TOPIC.VIEW` (upserts keyed by
+    /// profile key, a tombstone when a row leaves): `kafka://HOST:PORT/TOPIC`.
+    #[arg(long)]
+    upsert: Option<String>,
     /// Follow a Kafka topic into the log (`kafka://HOST:PORT/TOPIC?group=G`): each record is
     /// an event, logged with its partition and offset, so a restart resumes exactly where
     /// the log ends.
@@ -297,6 +303,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         clock: args.clock,
         compact_check: Duration::from_secs(args.compact_check_secs),
         source: args.source.as_deref().map(KafkaUrl::parse).transpose()?,
+        upsert: args.upsert.as_deref().map(KafkaUrl::parse).transpose()?,
     };
     server::serve(spec, config)?;
     Ok(0)

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::Ctx;
-use crate::io::kafka::{self, FollowStatus, KafkaUrl};
+use crate::io::kafka::{self, FollowStatus, KafkaChanges, KafkaUpsert, KafkaUrl};
+use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::Message;
 use crate::io::transport;
@@ -48,6 +49,8 @@ pub struct ServeConfig {
     pub cluster: Option<Cluster>,
     /// A Kafka topic to follow into the log (see [`crate::io::kafka::follow`]).
     pub source: Option<KafkaUrl>,
+    /// Keep each view's rows in Kafka topics `TOPIC.VIEW` (see [`crate::io::kafka`]).
+    pub upsert: Option<KafkaUrl>,
 }
 
 /// Whether `listen` (`host:port`) names a loopback address: `localhost`, `127.0.0.0/8` or
@@ -260,13 +263,31 @@ fn start_engine(
     let dead_path = dir.dead_letters();
     let dead = std::fs::File::create(&dead_path)
         .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
-    let changes: Option<Box<dyn Write + Send>> = match &config.sink {
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
+    let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
+    let kafka_sink = config
+        .sink
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|p| KafkaUrl::is_kafka(p));
+    let changes: Option<Box<dyn Write + Send>> = match (&config.sink, kafka_sink) {
+        (_, Some(url)) => {
+            let resume = dir.root().join("kafka-changes.time");
+            publishers.push(Box::new(KafkaChanges::open_resuming(
+                &KafkaUrl::parse(url)?,
+                &resume,
+            )?));
+            None
+        }
+        (Some(p), None) => Some(Box::new(std::io::BufWriter::new(
             std::fs::File::create(p)
                 .map_err(|e| format!("cannot create sink {}: {e}", p.display()))?,
         ))),
-        None => None,
+        (None, None) => None,
     };
+    if let Some(url) = &config.upsert {
+        let resume = dir.root().join("kafka-upsert.time");
+        publishers.push(Box::new(KafkaUpsert::open_resuming(url, &resume)?));
+    }
     let sinks = Sinks {
         changes,
         dead_letters: DeadLetters::new(Some(Box::new(dead))),
@@ -275,7 +296,7 @@ fn start_engine(
         erasures: Some(Box::new(move |line, hashes| {
             erasure_log.record(line, hashes)
         })),
-        publishers: Vec::new(),
+        publishers,
     };
     let options = Options {
         workers: config.workers,

@@ -27,12 +27,22 @@
 //! names hold no `/`), so one profile's changes stay in order in one partition. And the
 //! upsert form: one topic per view, `TOPIC.VIEW`, keyed by the profile key, whose value is
 //! the row, or a tombstone (no value) when the row leaves the view — create those topics
-//! with `cleanup.policy=compact`. A record that cannot be written (too large, a missing
-//! topic, a broker that stays away) is counted, and the run ends with an error naming the
-//! first one: nothing is dropped silently.
+//! with `cleanup.policy=compact`. Each engine time is written once it is complete (the
+//! clock moved past it, or the input ended), as one consolidated group, even where the
+//! engine published it in several on live input. A record that cannot be written (too
+//! large, a missing topic, a broker that stays away) is counted, and `run` ends with an
+//! error naming the first one: nothing is dropped silently.
+//!
+//! In `serve` the outputs remember in the data directory (`kafka-changes.time`,
+//! `kafka-upsert.time`) the engine time before which everything is confirmed written; the
+//! restart's replay regenerates every change at the same times and sends only those from
+//! that time on. So after a crash a change may be written twice, always as the identical
+//! record (same time, view, key, row and diff: consumers can drop the second), never
+//! lost, and the upsert topics' latest values equal the views.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +59,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::event::MAX_LINE_BYTES;
 use crate::io::sink::{Change, Publish};
 use crate::io::source::{Batch, LineRef, Message, is_blank};
+use crate::store::data_dir::write_atomically;
 use crate::store::log::{Log, Origin, Record};
 
 /// How long to wait for the broker's answer to a metadata or offsets request.
@@ -493,6 +504,40 @@ struct Producing {
     url: KafkaUrl,
     producer: ThreadedProducer<Counting>,
     deliveries: Arc<Deliveries>,
+    resume: Option<Resume>,
+}
+
+/// How far a topic written by `serve` is known to be written: every change at an engine
+/// time before `from` was delivered, so the restart's replay (which regenerates every
+/// change, at the same times) publishes again only from `from` on. Kept in a file of the
+/// data directory, advanced at most once a second after the producer confirmed every
+/// record sent so far; it stops advancing at the first record that could not be written
+/// (a restart then sends again from there).
+struct Resume {
+    path: PathBuf,
+    from: u64,
+    /// The time of the latest change sent.
+    sent_upto: Option<u64>,
+    saved: Instant,
+}
+
+impl Resume {
+    fn open(path: &Path) -> Result<Resume, String> {
+        let from = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{}: not an engine time: {text:?}", path.display()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Ok(Resume {
+            path: path.to_path_buf(),
+            from,
+            sent_upto: None,
+            saved: Instant::now(),
+        })
+    }
 }
 
 impl Producing {
@@ -516,7 +561,39 @@ impl Producing {
             url: url.clone(),
             producer,
             deliveries,
+            resume: None,
         })
+    }
+
+    /// Whether a change at `time` is to be sent (not already delivered before a restart).
+    fn wanted(&self, time: u64) -> bool {
+        self.resume.as_ref().is_none_or(|r| time >= r.from)
+    }
+
+    /// Notes that changes up to `time` were sent and, at most once a second (or when
+    /// `now`), saves how far the topic is written once the producer confirms it.
+    fn checkpoint(&mut self, time: Option<u64>, now: bool) -> io::Result<()> {
+        let Some(resume) = &mut self.resume else {
+            return Ok(());
+        };
+        if time.is_some() {
+            resume.sent_upto = time;
+        }
+        let Some(upto) = resume.sent_upto else {
+            return Ok(());
+        };
+        if upto <= resume.from || (!now && resume.saved.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        resume.saved = Instant::now();
+        if self.producer.flush(Duration::from_secs(10)).is_err()
+            || self.deliveries.failed.load(Ordering::Relaxed) > 0
+        {
+            return Ok(()); // not confirmed: the restart sends again from the last save
+        }
+        write_atomically(&resume.path, upto.to_string().as_bytes())?;
+        resume.from = upto;
+        Ok(())
     }
 
     fn send(&self, topic: &str, key: &str, value: Option<&str>) -> io::Result<()> {
@@ -542,7 +619,8 @@ impl Producing {
         }
     }
 
-    fn finish(&self, what: &str) -> io::Result<String> {
+    fn finish(&mut self, what: &str) -> io::Result<String> {
+        self.checkpoint(None, true)?;
         self.producer
             .flush(Duration::from_secs(60))
             .map_err(|e| io::Error::other(explain(&self.url, "flush", &e)))?;
@@ -568,48 +646,127 @@ impl Producing {
     }
 }
 
+/// Holds back the changes of the latest engine time until a later time is published (or
+/// the end), so a topic gets each time as one consolidated group even where the engine
+/// published it in several (live input, SPEC section 7). A change written twice across a
+/// crash is then the same record twice, which consumers can tell apart.
+#[derive(Default)]
+struct Completed {
+    pending: BTreeMap<(u64, String, String, String), isize>,
+}
+
+impl Completed {
+    /// Takes `changes`; returns every change of the times now complete (all but the
+    /// latest), consolidated and sorted by (time, view, key), and the latest time.
+    fn complete(&mut self, changes: &[Change]) -> (Vec<Change>, Option<u64>) {
+        for c in changes {
+            *self
+                .pending
+                .entry((c.time, c.view.clone(), c.key.clone(), c.row.clone()))
+                .or_insert(0) += c.diff;
+        }
+        let latest = self.pending.keys().next_back().map(|k| k.0);
+        let later = match latest {
+            Some(t) => self
+                .pending
+                .split_off(&(t, String::new(), String::new(), String::new())),
+            None => BTreeMap::new(),
+        };
+        let done = std::mem::replace(&mut self.pending, later);
+        (consolidated(done), latest)
+    }
+
+    /// Every change held back.
+    fn rest(&mut self) -> Vec<Change> {
+        consolidated(std::mem::take(&mut self.pending))
+    }
+}
+
+fn consolidated(changes: BTreeMap<(u64, String, String, String), isize>) -> Vec<Change> {
+    changes
+        .into_iter()
+        .filter(|(_, diff)| *diff != 0)
+        .map(|((time, view, key, row), diff)| Change {
+            time,
+            view,
+            key,
+            diff,
+            row,
+        })
+        .collect()
+}
+
 /// The change stream to a topic (see the module docs).
-pub struct KafkaChanges(Producing);
+pub struct KafkaChanges(Producing, Completed);
 
 impl KafkaChanges {
     /// Connects (an unreachable broker is an error here).
     pub fn open(url: &KafkaUrl) -> Result<KafkaChanges, String> {
-        Producing::open(url).map(KafkaChanges)
+        Producing::open(url).map(|p| KafkaChanges(p, Completed::default()))
+    }
+
+    /// For `serve`: as [`KafkaChanges::open`], remembering in `resume` (a file of the data
+    /// directory) how far the topic is written, so a restart does not send it all again.
+    pub fn open_resuming(url: &KafkaUrl, resume: &Path) -> Result<KafkaChanges, String> {
+        let mut producing = Producing::open(url)?;
+        producing.resume = Some(Resume::open(resume)?);
+        Ok(KafkaChanges(producing, Completed::default()))
     }
 }
 
-impl Publish for KafkaChanges {
-    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
-        for change in changes {
+impl KafkaChanges {
+    fn send(&mut self, changes: &[Change]) -> io::Result<()> {
+        for change in changes.iter().filter(|c| self.0.wanted(c.time)) {
             let key = format!("{}/{}", change.view, change.key);
             self.0.send(&self.0.url.topic, &key, Some(&change.json()))?;
         }
         Ok(())
     }
+}
+
+impl Publish for KafkaChanges {
+    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
+        let (complete, latest) = self.1.complete(changes);
+        self.send(&complete)?;
+        // every change before `latest` is sent
+        self.0.checkpoint(latest, false)
+    }
 
     fn finish(&mut self) -> io::Result<String> {
+        let rest = self.1.rest();
+        self.send(&rest)?;
+        if let Some(last) = rest.last() {
+            self.0.checkpoint(Some(last.time + 1), false)?;
+        }
         self.0.finish("change")
     }
 }
 
 /// Each view's current rows, as upserts and tombstones to `TOPIC.VIEW` (see the module
 /// docs).
-pub struct KafkaUpsert(Producing);
+pub struct KafkaUpsert(Producing, Completed);
 
 impl KafkaUpsert {
     /// Connects (an unreachable broker is an error here).
     pub fn open(url: &KafkaUrl) -> Result<KafkaUpsert, String> {
-        Producing::open(url).map(KafkaUpsert)
+        Producing::open(url).map(|p| KafkaUpsert(p, Completed::default()))
+    }
+
+    /// For `serve`: see [`KafkaChanges::open_resuming`].
+    pub fn open_resuming(url: &KafkaUrl, resume: &Path) -> Result<KafkaUpsert, String> {
+        let mut producing = Producing::open(url)?;
+        producing.resume = Some(Resume::open(resume)?);
+        Ok(KafkaUpsert(producing, Completed::default()))
     }
 }
 
-impl Publish for KafkaUpsert {
+impl KafkaUpsert {
     /// `changes` are consolidated and sorted by (time, view, key): at each time a key has
     /// at most one retraction and one insertion, and its value is the insertion's row, or
     /// a tombstone when there is none.
-    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
+    fn send(&mut self, changes: &[Change]) -> io::Result<()> {
         let mut latest: BTreeMap<(u64, &str, &str), Option<&str>> = BTreeMap::new();
-        for c in changes {
+        for c in changes.iter().filter(|c| self.0.wanted(c.time)) {
             let slot = latest
                 .entry((c.time, c.view.as_str(), c.key.as_str()))
                 .or_insert(None);
@@ -623,8 +780,21 @@ impl Publish for KafkaUpsert {
         }
         Ok(())
     }
+}
+
+impl Publish for KafkaUpsert {
+    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
+        let (complete, latest) = self.1.complete(changes);
+        self.send(&complete)?;
+        self.0.checkpoint(latest, false)
+    }
 
     fn finish(&mut self) -> io::Result<String> {
+        let rest = self.1.rest();
+        self.send(&rest)?;
+        if let Some(last) = rest.last() {
+            self.0.checkpoint(Some(last.time + 1), false)?;
+        }
         self.0.finish("upsert")
     }
 }

@@ -107,13 +107,21 @@ impl DataDir {
 
     /// Writes `name` via a temporary file and a rename, fsynced.
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let temp = self.root.join(format!("{name}.tmp"));
-        let mut f = File::create(&temp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, self.root.join(name))?;
-        sync_dir(&self.root)
+        write_atomically(&self.root.join(name), bytes)
     }
+}
+
+/// Writes `path` via a temporary file beside it and a rename, fsynced: after a crash it
+/// holds the old bytes or the new ones.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temp = path.with_file_name(name);
+    let mut f = File::create(&temp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// 128 random bits from the operating system, or (without `/dev/urandom`) from the clock
