@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::Ctx;
+use crate::io::http::KafkaOutputs;
 use crate::io::kafka::{self, FollowStatus, KafkaChanges, KafkaUpsert, KafkaUrl};
 use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, LiveViews};
@@ -96,7 +97,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
     let live = Arc::new(Mutex::new(LiveViews::default()));
     let counters = Arc::new(Counters::default());
-    let engine = start_engine(
+    let (engine, kafka_outputs) = start_engine(
         &dir,
         &config,
         &spec,
@@ -143,6 +144,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             compactions: AtomicU64::new(0),
         },
         stop: Arc::clone(&stop),
+        kafka_outputs,
         kafka: config.source.as_ref().map(|url| {
             Arc::new(FollowStatus {
                 name: url.name(),
@@ -257,13 +259,14 @@ fn start_engine(
     rx: crossbeam_channel::Receiver<Message>,
     live: &Arc<Mutex<LiveViews>>,
     counters: &Arc<Counters>,
-) -> Result<std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>, String> {
+) -> Result<(EngineThread, KafkaOutputs), String> {
     // replaying the log regenerates every dead letter and change, so both files are
     // rewritten from scratch
     let dead_path = dir.dead_letters();
     let dead = std::fs::File::create(&dead_path)
         .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
+    let mut outputs = Vec::new();
     let kafka_sink = config
         .sink
         .as_ref()
@@ -272,10 +275,10 @@ fn start_engine(
     let changes: Option<Box<dyn Write + Send>> = match (&config.sink, kafka_sink) {
         (_, Some(url)) => {
             let resume = dir.root().join("kafka-changes.time");
-            publishers.push(Box::new(KafkaChanges::open_resuming(
-                &KafkaUrl::parse(url)?,
-                &resume,
-            )?));
+            let url = KafkaUrl::parse(url)?;
+            let output = KafkaChanges::open_resuming(&url, &resume)?;
+            outputs.push((url.name(), output.deliveries()));
+            publishers.push(Box::new(output));
             None
         }
         (Some(p), None) => Some(Box::new(std::io::BufWriter::new(
@@ -286,7 +289,9 @@ fn start_engine(
     };
     if let Some(url) = &config.upsert {
         let resume = dir.root().join("kafka-upsert.time");
-        publishers.push(Box::new(KafkaUpsert::open_resuming(url, &resume)?));
+        let output = KafkaUpsert::open_resuming(url, &resume)?;
+        outputs.push((format!("{}.*", url.name()), output.deliveries()));
+        publishers.push(Box::new(output));
     }
     let sinks = Sinks {
         changes,
@@ -306,11 +311,15 @@ fn start_engine(
         ..Options::default()
     };
     let spec = Arc::clone(spec);
-    std::thread::Builder::new()
+    let engine = std::thread::Builder::new()
         .name("throughline-engine".into())
         .spawn(move || engine::run_channel(spec, rx, vec!["http".into()], true, sinks, options))
-        .map_err(|e| format!("cannot start the engine: {e}"))
+        .map_err(|e| format!("cannot start the engine: {e}"))?;
+    Ok((engine, outputs))
 }
+
+/// The engine thread of `serve`.
+type EngineThread = std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>;
 
 /// Sends the log's records to the engine; returns the next line number.
 fn replay(records: &[Record], tx: &crossbeam_channel::Sender<Message>) -> Result<u64, String> {

@@ -615,6 +615,12 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
         let (_, rows) = serve.get(&format!("/v1/views/{view}"));
         expected.extend(rows.lines().map(str::to_string));
     }
+    let (_, metrics) = serve.get("/metrics");
+    assert!(
+        metrics.contains("throughline_kafka_records_written_total{output=")
+            && metrics.contains("throughline_kafka_write_errors_total{output="),
+        "{metrics}"
+    );
     // a clean stop flushes: the records are all there
     let _ = Command::new("kill")
         .args(["-TERM", &serve.child.id().to_string()])
@@ -660,4 +666,70 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
     }
     rows.sort();
     assert_eq!(rows, expected);
+}
+
+/// The broker goes away while `serve` follows a topic: `/healthz` says `degraded`, events
+/// posted over HTTP are still acknowledged and applied, SIGTERM still stops the server
+/// promptly, and after a restart everything acknowledged is there.
+#[test]
+fn serve_survives_its_broker_going_away() {
+    let Some(mut broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("gone", 1);
+    client(
+        "produce",
+        &broker.addr,
+        "gone",
+        b"{\"type\":\"identify\",\"userId\":\"from-kafka\",\"timestamp\":1767261600000}\n",
+    );
+    let dir = temp("serve-gone");
+    let _ = std::fs::remove_dir_all(&dir);
+    let source = broker.url("gone");
+    let mut serve = Serve::start(&dir, &source);
+    let has = |serve: &Serve, user: &str| {
+        let started = Instant::now();
+        loop {
+            let (_, rows) = serve.get("/v1/views/profiles");
+            if rows.contains(&format!("user_id:{user}")) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{user} missing: {rows}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    has(&serve, "from-kafka");
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    let started = Instant::now();
+    loop {
+        let (status, health) = serve.get("/healthz");
+        assert_eq!(status, 200, "{health}");
+        if health.contains("degraded") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let event = "{\"type\":\"identify\",\"userId\":\"from-http\",\"timestamp\":1767261600000}";
+    let (status, body) =
+        common::request(&serve.addr, "POST", "/v1/identify", &[], event.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    has(&serve, "from-http");
+    let stopping = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status();
+    let _ = serve.child.wait();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "SIGTERM took {:?} with the broker away",
+        stopping.elapsed()
+    );
+    serve = Serve::start(&dir, &source);
+    has(&serve, "from-http");
+    has(&serve, "from-kafka");
 }

@@ -27,7 +27,7 @@ use crate::engine::{self, Counters};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
-use crate::io::kafka::FollowStatus;
+use crate::io::kafka::{Deliveries, FollowStatus};
 use crate::io::route::{self, Route};
 use crate::io::sink::{LiveViews, Subscription};
 use crate::io::source::Message;
@@ -69,7 +69,12 @@ pub struct Ctx {
     pub stop: Arc<AtomicBool>,
     /// The Kafka topic followed into the log (`serve --source`), if any.
     pub kafka: Option<Arc<FollowStatus>>,
+    /// The Kafka outputs (`--sink kafka://…`, `--upsert`) and what each delivered.
+    pub kafka_outputs: KafkaOutputs,
 }
+
+/// Kafka outputs by name, with their delivery counts.
+pub type KafkaOutputs = Vec<(String, Arc<Deliveries>)>;
 
 /// A request as the handlers see it: its head, and its body as sent (still gzipped if so
 /// encoded), read in full within [`body_limit`] of its route.
@@ -665,6 +670,29 @@ fn metrics(ctx: &Ctx) -> String {
             for (partition, n) in lag.iter() {
                 out.push_str(&format!(
                     "throughline_kafka_lag{{partition=\"{partition}\"}} {n}\n"
+                ));
+            }
+        }
+    }
+    if !ctx.kafka_outputs.is_empty() {
+        for (name, help, pick) in [
+            (
+                "throughline_kafka_records_written_total",
+                "Records a Kafka output had confirmed by the broker",
+                0,
+            ),
+            (
+                "throughline_kafka_write_errors_total",
+                "Records a Kafka output could not write",
+                1,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (topic, d) in &ctx.kafka_outputs {
+                let value = if pick == 0 { &d.written } else { &d.failed };
+                out.push_str(&format!(
+                    "{name}{{output=\"{topic}\"}} {}\n",
+                    value.load(Ordering::Relaxed)
                 ));
             }
         }

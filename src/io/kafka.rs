@@ -467,12 +467,15 @@ impl Pending {
     }
 }
 
-/// Counts deliveries; keeps the first failure.
-#[derive(Default)]
-struct Deliveries {
-    written: AtomicU64,
-    failed: AtomicU64,
-    first_failure: Mutex<Option<String>>,
+/// What a Kafka output delivered: for the summary and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// Records the broker confirmed.
+    pub written: AtomicU64,
+    /// Records that could not be written.
+    pub failed: AtomicU64,
+    /// The first failure.
+    pub first_failure: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -705,6 +708,11 @@ impl KafkaChanges {
         Producing::open(url).map(|p| KafkaChanges(p, Completed::default()))
     }
 
+    /// Its delivery counts (shared, live).
+    pub fn deliveries(&self) -> Arc<Deliveries> {
+        Arc::clone(&self.0.deliveries)
+    }
+
     /// For `serve`: as [`KafkaChanges::open`], remembering in `resume` (a file of the data
     /// directory) how far the topic is written, so a restart does not send it all again.
     pub fn open_resuming(url: &KafkaUrl, resume: &Path) -> Result<KafkaChanges, String> {
@@ -750,6 +758,11 @@ impl KafkaUpsert {
     /// Connects (an unreachable broker is an error here).
     pub fn open(url: &KafkaUrl) -> Result<KafkaUpsert, String> {
         Producing::open(url).map(|p| KafkaUpsert(p, Completed::default()))
+    }
+
+    /// Its delivery counts (shared, live).
+    pub fn deliveries(&self) -> Arc<Deliveries> {
+        Arc::clone(&self.0.deliveries)
     }
 
     /// For `serve`: see [`KafkaChanges::open_resuming`].
