@@ -12,7 +12,7 @@ use crate::engine::{self, Options, Sinks, Summary};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
-use crate::io::kafka::{KafkaChanges, KafkaUpsert, KafkaUrl};
+use crate::io::kafka::{Form, KafkaOutput, KafkaUrl};
 use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
@@ -461,14 +461,20 @@ fn run(args: RunArgs) -> Result<i32, String> {
             ));
         }
         (_, Some(url)) => {
-            publishers.push(Box::new(KafkaChanges::open(&KafkaUrl::parse(url)?)?));
+            publishers.push(Box::new(KafkaOutput::open(
+                &KafkaUrl::parse(url)?,
+                Form::Changes,
+            )?));
             None
         }
         (Some(p), None) => Some(create(p, "output")?),
         (None, None) => Some(stdout),
     };
     if let Some(url) = &args.upsert {
-        publishers.push(Box::new(KafkaUpsert::open(&KafkaUrl::parse(url)?)?));
+        publishers.push(Box::new(KafkaOutput::open(
+            &KafkaUrl::parse(url)?,
+            Form::Upsert,
+        )?));
     }
     let dead_letters = match &args.dead_letters {
         Some(p) => Some(create(p, "dead-letter file")?),

@@ -32,7 +32,7 @@ use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
 use crate::explain;
 use crate::history::History;
-use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot};
+use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, changes_of};
 use crate::io::source::{self, Batch, LineRef, Message, Source};
 use crate::spec::Spec;
 
@@ -1095,17 +1095,7 @@ impl<'w> Driver<'w> {
                 false
             });
         }
-        let mut changes: Vec<Change> = ready
-            .into_iter()
-            .filter(|(_, diff)| *diff != 0)
-            .map(|((time, view, key, row), diff)| Change {
-                time,
-                view,
-                key,
-                diff,
-                row,
-            })
-            .collect();
+        let mut changes = changes_of(ready);
         changes.sort();
         for change in &changes {
             if change.diff.abs() != 1 {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::Ctx;
 use crate::io::http::KafkaOutputs;
-use crate::io::kafka::{self, FollowStatus, KafkaChanges, KafkaUpsert, KafkaUrl};
+use crate::io::kafka::{self, FollowStatus, Form, KafkaOutput, KafkaUrl};
 use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, LiveViews};
 use crate::io::source::Message;
@@ -276,7 +276,7 @@ fn start_engine(
         (_, Some(url)) => {
             let resume = dir.root().join("kafka-changes.time");
             let url = KafkaUrl::parse(url)?;
-            let output = KafkaChanges::open_resuming(&url, &resume)?;
+            let output = KafkaOutput::open_resuming(&url, Form::Changes, &resume)?;
             outputs.push((url.name(), output.deliveries()));
             publishers.push(Box::new(output));
             None
@@ -289,7 +289,7 @@ fn start_engine(
     };
     if let Some(url) = &config.upsert {
         let resume = dir.root().join("kafka-upsert.time");
-        let output = KafkaUpsert::open_resuming(url, &resume)?;
+        let output = KafkaOutput::open_resuming(url, Form::Upsert, &resume)?;
         outputs.push((format!("{}.*", url.name()), output.deliveries()));
         publishers.push(Box::new(output));
     }

@@ -136,6 +136,33 @@ fn temp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The rows the upsert topics `{prefix}.{view}` hold, read with kafka-python: the latest
+/// value of each key that is not a tombstone, as snapshot lines, sorted.
+fn upsert_rows(broker: &str, prefix: &str, views: &[String]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for view in views {
+        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for record in client("consume", broker, &format!("{prefix}.{view}"), b"").lines() {
+            let r: serde_json::Value = serde_json::from_str(record).unwrap();
+            latest.insert(
+                r["key"].as_str().unwrap().to_string(),
+                r["value"].as_str().map(str::to_string),
+            );
+        }
+        for (key, row) in latest {
+            if let Some(row) = row {
+                rows.push(format!(
+                    "{{\"view\":{},\"key\":{},\"row\":{row}}}",
+                    serde_json::Value::from(view.as_str()),
+                    serde_json::Value::from(key)
+                ));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
 /// Events produced by kafka-python to a 3-partition topic (keyed by person) give, with
 /// `--until-end`, exactly the snapshot of `run` over the same records from a file in the
 /// documented order (partition by partition, each by offset), and dead letters name the
@@ -228,7 +255,7 @@ fn change_and_upsert_topics_hold_the_views() {
         "-i",
         file.to_str().unwrap(),
     ]));
-    let views: std::collections::BTreeSet<String> = throughline::spec::Spec::default_spec()
+    let views: Vec<String> = throughline::spec::Spec::default_spec()
         .views
         .iter()
         .map(|v| v.name.clone())
@@ -268,27 +295,7 @@ fn change_and_upsert_topics_hold_the_views() {
     let expected: Vec<String> = snapshot.lines().map(str::to_string).collect();
     assert_eq!(common::consolidate_upto(&changes, u64::MAX), expected);
     // the upsert topics: latest value per key, tombstones removing
-    let mut rows = Vec::new();
-    for view in &views {
-        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for record in client("consume", &broker.addr, &format!("rows.{view}"), b"").lines() {
-            let r: serde_json::Value = serde_json::from_str(record).unwrap();
-            latest.insert(
-                r["key"].as_str().unwrap().to_string(),
-                r["value"].as_str().map(str::to_string),
-            );
-        }
-        for (key, row) in latest {
-            if let Some(row) = row {
-                rows.push(format!(
-                    "{{\"view\":{},\"key\":{},\"row\":{row}}}",
-                    serde_json::Value::from(view.as_str()),
-                    serde_json::Value::from(key)
-                ));
-            }
-        }
-    }
-    rows.sort();
+    let rows = upsert_rows(&broker.addr, "rows", &views);
     let mut sorted = expected.clone();
     sorted.sort();
     assert_eq!(rows, sorted);
@@ -644,27 +651,7 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
         after - before_clean_restart < changes.len(),
         "the restart sent the whole history again ({before_clean_restart} then {after} records)"
     );
-    let mut rows = Vec::new();
-    for view in &views {
-        let mut latest: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for record in client("consume", &broker.addr, &format!("srows.{view}"), b"").lines() {
-            let r: serde_json::Value = serde_json::from_str(record).unwrap();
-            latest.insert(
-                r["key"].as_str().unwrap().to_string(),
-                r["value"].as_str().map(str::to_string),
-            );
-        }
-        for (key, row) in latest {
-            if let Some(row) = row {
-                rows.push(format!(
-                    "{{\"view\":{},\"key\":{},\"row\":{row}}}",
-                    serde_json::Value::from(view.as_str()),
-                    serde_json::Value::from(key)
-                ));
-            }
-        }
-    }
-    rows.sort();
+    let rows = upsert_rows(&broker.addr, "srows", &views);
     assert_eq!(rows, expected);
 }
 

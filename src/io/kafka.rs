@@ -22,7 +22,7 @@
 //! `run` commits the group's offsets when it ends cleanly, after its outputs are written:
 //! a run that is killed reads again from the last commit.
 //!
-//! **Output** ([`KafkaChanges`], [`KafkaUpsert`]). The change stream to a topic: one record
+//! **Output** ([`KafkaOutput`]). The change stream to a topic: one record
 //! per change, its value the change line of SPEC section 7, its key `VIEW/KEY` (view
 //! names hold no `/`), so one profile's changes stay in order in one partition. And the
 //! upsert form: one topic per view, `TOPIC.VIEW`, keyed by the profile key, whose value is
@@ -57,7 +57,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::event::MAX_LINE_BYTES;
-use crate::io::sink::{Change, Publish};
+use crate::io::sink::{Change, Publish, changes_of};
 use crate::io::source::{Batch, LineRef, Message, is_blank};
 use crate::store::data_dir::write_atomically;
 use crate::store::log::{Log, Origin, Record};
@@ -676,110 +676,71 @@ impl Completed {
             None => BTreeMap::new(),
         };
         let done = std::mem::replace(&mut self.pending, later);
-        (consolidated(done), latest)
+        (changes_of(done), latest)
     }
 
     /// Every change held back.
     fn rest(&mut self) -> Vec<Change> {
-        consolidated(std::mem::take(&mut self.pending))
+        changes_of(std::mem::take(&mut self.pending))
     }
 }
 
-fn consolidated(changes: BTreeMap<(u64, String, String, String), isize>) -> Vec<Change> {
-    changes
-        .into_iter()
-        .filter(|(_, diff)| *diff != 0)
-        .map(|((time, view, key, row), diff)| Change {
-            time,
-            view,
-            key,
-            diff,
-            row,
+/// What a Kafka output writes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The change stream to the topic, one record per change keyed `VIEW/KEY`.
+    Changes,
+    /// Each view's rows to `TOPIC.VIEW`, keyed by profile key; a tombstone when a row
+    /// leaves.
+    Upsert,
+}
+
+/// A Kafka output of the change stream, in one of its [`Form`]s.
+pub struct KafkaOutput {
+    producing: Producing,
+    completed: Completed,
+    form: Form,
+}
+
+impl KafkaOutput {
+    /// Connects (an unreachable broker is an error here).
+    pub fn open(url: &KafkaUrl, form: Form) -> Result<KafkaOutput, String> {
+        Ok(KafkaOutput {
+            producing: Producing::open(url)?,
+            completed: Completed::default(),
+            form,
         })
-        .collect()
-}
-
-/// The change stream to a topic (see the module docs).
-pub struct KafkaChanges(Producing, Completed);
-
-impl KafkaChanges {
-    /// Connects (an unreachable broker is an error here).
-    pub fn open(url: &KafkaUrl) -> Result<KafkaChanges, String> {
-        Producing::open(url).map(|p| KafkaChanges(p, Completed::default()))
     }
 
-    /// Its delivery counts (shared, live).
-    pub fn deliveries(&self) -> Arc<Deliveries> {
-        Arc::clone(&self.0.deliveries)
-    }
-
-    /// For `serve`: as [`KafkaChanges::open`], remembering in `resume` (a file of the data
+    /// For `serve`: as [`KafkaOutput::open`], remembering in `resume` (a file of the data
     /// directory) how far the topic is written, so a restart does not send it all again.
-    pub fn open_resuming(url: &KafkaUrl, resume: &Path) -> Result<KafkaChanges, String> {
-        let mut producing = Producing::open(url)?;
-        producing.resume = Some(Resume::open(resume)?);
-        Ok(KafkaChanges(producing, Completed::default()))
-    }
-}
-
-impl KafkaChanges {
-    fn send(&mut self, changes: &[Change]) -> io::Result<()> {
-        for change in changes.iter().filter(|c| self.0.wanted(c.time)) {
-            let key = format!("{}/{}", change.view, change.key);
-            self.0.send(&self.0.url.topic, &key, Some(&change.json()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Publish for KafkaChanges {
-    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
-        let (complete, latest) = self.1.complete(changes);
-        self.send(&complete)?;
-        // every change before `latest` is sent
-        self.0.checkpoint(latest, false)
-    }
-
-    fn finish(&mut self) -> io::Result<String> {
-        let rest = self.1.rest();
-        self.send(&rest)?;
-        if let Some(last) = rest.last() {
-            self.0.checkpoint(Some(last.time + 1), false)?;
-        }
-        self.0.finish("change")
-    }
-}
-
-/// Each view's current rows, as upserts and tombstones to `TOPIC.VIEW` (see the module
-/// docs).
-pub struct KafkaUpsert(Producing, Completed);
-
-impl KafkaUpsert {
-    /// Connects (an unreachable broker is an error here).
-    pub fn open(url: &KafkaUrl) -> Result<KafkaUpsert, String> {
-        Producing::open(url).map(|p| KafkaUpsert(p, Completed::default()))
+    pub fn open_resuming(url: &KafkaUrl, form: Form, resume: &Path) -> Result<KafkaOutput, String> {
+        let mut output = KafkaOutput::open(url, form)?;
+        output.producing.resume = Some(Resume::open(resume)?);
+        Ok(output)
     }
 
     /// Its delivery counts (shared, live).
     pub fn deliveries(&self) -> Arc<Deliveries> {
-        Arc::clone(&self.0.deliveries)
+        Arc::clone(&self.producing.deliveries)
     }
 
-    /// For `serve`: see [`KafkaChanges::open_resuming`].
-    pub fn open_resuming(url: &KafkaUrl, resume: &Path) -> Result<KafkaUpsert, String> {
-        let mut producing = Producing::open(url)?;
-        producing.resume = Some(Resume::open(resume)?);
-        Ok(KafkaUpsert(producing, Completed::default()))
-    }
-}
-
-impl KafkaUpsert {
-    /// `changes` are consolidated and sorted by (time, view, key): at each time a key has
-    /// at most one retraction and one insertion, and its value is the insertion's row, or
-    /// a tombstone when there is none.
+    /// Sends complete, consolidated `changes` (sorted by time, view, key), but those a
+    /// restart knows were delivered. In the upsert form a key has at most one retraction
+    /// and one insertion per time, and its value is the insertion's row, or a tombstone
+    /// when there is none.
     fn send(&mut self, changes: &[Change]) -> io::Result<()> {
+        let p = &self.producing;
+        let wanted = changes.iter().filter(|c| p.wanted(c.time));
+        if self.form == Form::Changes {
+            for change in wanted {
+                let key = format!("{}/{}", change.view, change.key);
+                p.send(&p.url.topic, &key, Some(&change.json()))?;
+            }
+            return Ok(());
+        }
         let mut latest: BTreeMap<(u64, &str, &str), Option<&str>> = BTreeMap::new();
-        for c in changes.iter().filter(|c| self.0.wanted(c.time)) {
+        for c in wanted {
             let slot = latest
                 .entry((c.time, c.view.as_str(), c.key.as_str()))
                 .or_insert(None);
@@ -788,27 +749,30 @@ impl KafkaUpsert {
             }
         }
         for ((_, view, key), row) in latest {
-            let topic = format!("{}.{view}", self.0.url.topic);
-            self.0.send(&topic, key, row)?;
+            p.send(&format!("{}.{view}", p.url.topic), key, row)?;
         }
         Ok(())
     }
 }
 
-impl Publish for KafkaUpsert {
+impl Publish for KafkaOutput {
     fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
-        let (complete, latest) = self.1.complete(changes);
+        let (complete, latest) = self.completed.complete(changes);
         self.send(&complete)?;
-        self.0.checkpoint(latest, false)
+        // every change before `latest` is sent
+        self.producing.checkpoint(latest, false)
     }
 
     fn finish(&mut self) -> io::Result<String> {
-        let rest = self.1.rest();
+        let rest = self.completed.rest();
         self.send(&rest)?;
         if let Some(last) = rest.last() {
-            self.0.checkpoint(Some(last.time + 1), false)?;
+            self.producing.checkpoint(Some(last.time + 1), false)?;
         }
-        self.0.finish("upsert")
+        self.producing.finish(match self.form {
+            Form::Changes => "change",
+            Form::Upsert => "upsert",
+        })
     }
 }
 

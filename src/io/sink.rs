@@ -37,6 +37,22 @@ impl Change {
     }
 }
 
+/// The changes of `diffs` ((time, view, key, row) → diff) whose diff is not 0, in that
+/// order: consolidation (SPEC section 7).
+pub fn changes_of(diffs: BTreeMap<(u64, String, String, String), isize>) -> Vec<Change> {
+    diffs
+        .into_iter()
+        .filter(|(_, diff)| *diff != 0)
+        .map(|((time, view, key, row), diff)| Change {
+            time,
+            view,
+            key,
+            diff,
+            row,
+        })
+        .collect()
+}
+
 /// An output of the change stream besides the NDJSON writer: a Kafka topic, say.
 pub trait Publish: Send {
     /// Takes one published group: consolidated changes sorted by (time, view, key), every
