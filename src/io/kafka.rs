@@ -64,6 +64,8 @@ use crate::store::log::{Log, Origin, Record};
 
 /// How long to wait for the broker's answer to a metadata or offsets request.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `run` retries a read error before it gives up.
+const READ_RETRY: Duration = Duration::from_secs(30);
 /// Most records in one batch handed to the engine.
 const BATCH_RECORDS: usize = 4096;
 
@@ -319,6 +321,8 @@ impl KafkaInput {
     ) -> Result<bool, String> {
         let mut pending = Pending::default();
         let mut last_lag_check = Instant::now();
+        // librdkafka reconnects by itself: an error is fatal only when it lasts
+        let mut failing_since: Option<Instant> = None;
         loop {
             let polled = self
                 .consumer
@@ -340,9 +344,22 @@ impl KafkaInput {
                         *read.entry(id).or_insert(0) += 1;
                     }
                     reached_end = end.is_some_and(|e| offset + 1 >= e);
+                    failing_since = None;
                 }
-                Some(Err(e)) => return Err(explain(&self.url, "read records", &e)),
-                None => {}
+                Some(Err(e)) => {
+                    let why = explain(&self.url, "read records", &e);
+                    match failing_since {
+                        None => {
+                            eprintln!("throughline: {why} (retrying for up to {READ_RETRY:?})");
+                            failing_since = Some(Instant::now());
+                        }
+                        Some(since) if since.elapsed() > READ_RETRY => return Err(why),
+                        Some(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+                // the end may lie past the last record consumers see (a transaction's
+                // commit marker): done when the position got there
+                None => reached_end = end.is_some_and(|e| self.position_reached(e)),
             }
             // what waits goes to the engine at once when the broker has nothing more
             let flush = reached_end || idle || pending.len() >= BATCH_RECORDS;
@@ -359,6 +376,16 @@ impl KafkaInput {
         }
     }
 
+    /// Whether the consumer's position in its (one) assigned partition is at `end` or past.
+    fn position_reached(&self, end: i64) -> bool {
+        self.consumer.position().is_ok_and(|positions| {
+            positions
+                .elements()
+                .iter()
+                .any(|p| matches!(p.offset(), Offset::Offset(o) if o >= end))
+        })
+    }
+
     /// Records each partition's lag (its end offset − the next offset to read).
     fn note_lag(&self) {
         let Ok(mut lag) = self.stats.lag.lock() else {
@@ -367,7 +394,7 @@ impl KafkaInput {
         for (id, start, _) in &self.plan {
             if let Ok((_, high)) =
                 self.consumer
-                    .fetch_watermarks(&self.url.topic, *id, Duration::from_millis(200))
+                    .fetch_watermarks(&self.url.topic, *id, Duration::from_secs(1))
             {
                 let next = self.next.get(id).copied().unwrap_or(*start);
                 lag.insert(*id, (high - next).max(0));
@@ -984,9 +1011,7 @@ fn note_lag(
         return;
     };
     for (id, offset) in next {
-        if let Ok((_, high)) =
-            consumer.fetch_watermarks(&url.topic, *id, Duration::from_millis(200))
-        {
+        if let Ok((_, high)) = consumer.fetch_watermarks(&url.topic, *id, Duration::from_secs(1)) {
             lag.insert(*id, (high - offset).max(0));
         }
     }

@@ -43,10 +43,11 @@ def consume(broker, topic):
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     consumer.seek_to_beginning(*assigned)
-    # until nothing more comes for two seconds (not to the end offsets: see produce)
+    # until nothing more comes for three seconds once records flow, or for ten before the
+    # first (not to the end offsets: see produce; a loaded machine may be slow to start)
     records = []
     idle = 0
-    while idle < 2:
+    while idle < (3 if records else 10):
         polled = consumer.poll(timeout_ms=1000)
         idle = 0 if polled else idle + 1
         for tp, batch in polled.items():
