@@ -42,6 +42,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,7 +201,9 @@ pub struct InputStats {
 /// An opened Kafka input: the topic's partitions known, the start (and end) offsets read.
 pub struct KafkaInput {
     url: KafkaUrl,
-    consumer: BaseConsumer,
+    /// Never closed: librdkafka's close waits for a broker that may be gone by then (the
+    /// offsets are committed explicitly, and the process ends).
+    consumer: ManuallyDrop<BaseConsumer>,
     /// (partition, first offset to read, end offset when reading to the end).
     plan: Vec<(i32, i64, Option<i64>)>,
     /// What was read.
@@ -249,7 +252,7 @@ impl KafkaInput {
         }
         Ok(KafkaInput {
             url: url.clone(),
-            consumer,
+            consumer: ManuallyDrop::new(consumer),
             plan,
             stats: Arc::new(InputStats::default()),
             next: BTreeMap::new(),
@@ -651,11 +654,12 @@ impl Producing {
 
     fn finish(&mut self, what: &str) -> io::Result<String> {
         self.checkpoint(None, true)?;
-        self.producer
-            .flush(Duration::from_secs(60))
-            .map_err(|e| io::Error::other(explain(&self.url, "flush", &e)))?;
+        // `run` waits for a long output to drain; a stopping server not for long
+        let patience = Duration::from_secs(if self.resume.is_some() { 10 } else { 120 });
+        let _ = self.producer.flush(patience);
+        let unconfirmed = u64::try_from(self.producer.in_flight_count()).unwrap_or(0);
         let written = self.deliveries.written.load(Ordering::Relaxed);
-        let failed = self.deliveries.failed.load(Ordering::Relaxed);
+        let failed = self.deliveries.failed.load(Ordering::Relaxed) + unconfirmed;
         if failed > 0 {
             let first = self
                 .deliveries
@@ -663,7 +667,7 @@ impl Producing {
                 .lock()
                 .ok()
                 .and_then(|f| f.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| format!("not confirmed by the broker within {patience:?}"));
             return Err(io::Error::other(format!(
                 "{}: {failed} {what} records could not be written (first: {first})",
                 self.url.name()
@@ -871,6 +875,9 @@ pub fn follow(
         Ok(c) => c,
         Err(e) => return status.failed(explain(url, "configure the consumer", &e)),
     };
+    // never closed: librdkafka's close waits for a broker that may be gone, and this runs
+    // until the server exits
+    let consumer = ManuallyDrop::new(consumer);
     // where each partition starts
     let next: BTreeMap<i32, i64> = loop {
         if stop.load(Ordering::SeqCst) {
