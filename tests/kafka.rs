@@ -38,28 +38,7 @@ impl Broker {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {tansu}: {e}"));
-        let started = Instant::now();
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "tansu did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = run_tansu(&tansu, &addr);
         Some(Broker { child, addr, tansu })
     }
 
@@ -77,6 +56,33 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts tansu with in-memory storage listening on `addr`, and waits until it does.
+fn run_tansu(tansu: &str, addr: &str) -> Child {
+    let url = format!("tcp://{addr}");
+    let child = Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {tansu}: {e}"));
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 /// Creates a topic on the broker at `addr` with tansu's command line.
@@ -494,23 +500,7 @@ fn serve_waits_for_a_broker_that_is_down_and_says_so() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // now a broker comes up there, with the topic and an event
-    let url = format!("tcp://{addr}");
-    let mut late = Command::new(&broker.tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while TcpStream::connect(&addr).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut late = run_tansu(&broker.tansu, &addr);
     create_topic(&broker.tansu, &addr, "late", 1);
     let event = "{\"type\":\"identify\",\"userId\":\"kafka-1\",\"timestamp\":1767261600000}\n";
     client("produce", &addr, "late", event.as_bytes());

@@ -231,24 +231,17 @@ impl KafkaInput {
             .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| explain(url, "configure the consumer", &e))?;
-        let ids = partitions(&consumer, url)?;
-        let mut wanted = TopicPartitionList::new();
-        for id in &ids {
-            wanted.add_partition(&url.topic, *id);
-        }
-        let committed = consumer
-            .committed_offsets(wanted, BROKER_TIMEOUT)
-            .map_err(|e| explain(url, "read the group's committed offsets", &e))?;
-        let mut plan = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (low, high) = consumer
-                .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
-                .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
-            let start = match committed.find_partition(&url.topic, id).map(|p| p.offset()) {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
+        let mut plan = Vec::new();
+        for (id, start) in start_offsets(&consumer, url, &BTreeMap::new())? {
+            let end = if until_end {
+                let (_, high) = consumer
+                    .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
+                    .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
+                Some(high)
+            } else {
+                None
             };
-            plan.push((id, start, until_end.then_some(high)));
+            plan.push((id, start, end));
         }
         Ok(KafkaInput {
             url: url.clone(),
