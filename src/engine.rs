@@ -1114,22 +1114,10 @@ impl<'w> Driver<'w> {
         if let Some(w) = &mut self.sinks.changes {
             w.flush()?;
         }
-        if !changes.is_empty() {
-            for publisher in &mut self.sinks.publishers {
-                publisher.publish(&changes)?;
-            }
-        }
-        if let Some(live) = &self.sinks.live
-            && !changes.is_empty()
-            && let Ok(mut views) = live.lock()
-        {
-            views.apply(&changes);
-        }
+        // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
+        // reader) finds it already counted in `/metrics`.
         self.count(|c| &c.changes, changes.len() as u64);
         self.changes_total += changes.len() as u64;
-        if self.options.collect_changes {
-            self.summary.changes.extend(changes);
-        }
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {
             if ms > upto_ms {
@@ -1147,6 +1135,20 @@ impl<'w> Driver<'w> {
             if let Some(c) = &self.sinks.counters {
                 c.latency.observe(u64::from(micros));
             }
+        }
+        if !changes.is_empty() {
+            for publisher in &mut self.sinks.publishers {
+                publisher.publish(&changes)?;
+            }
+        }
+        if let Some(live) = &self.sinks.live
+            && !changes.is_empty()
+            && let Ok(mut views) = live.lock()
+        {
+            views.apply(&changes);
+        }
+        if self.options.collect_changes {
+            self.summary.changes.extend(changes);
         }
         Ok(())
     }
