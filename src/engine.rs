@@ -26,7 +26,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
 use crate::dataflow::views::{self, Fact};
-use crate::dataflow::{self, EventFacts, Inputs, Origin, STEP_BITS, Time, clock_of, time};
+use crate::dataflow::{
+    self, EventFacts, Inputs, Origin, STEP_BITS, SourceNames, Time, clock_of, time,
+};
 use crate::event::admit::{Admission, Verdict};
 use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
@@ -449,7 +451,7 @@ pub fn run_and_explain(
 pub fn run_channel(
     spec: Arc<Spec>,
     rx: Receiver<Message>,
-    source_names: Vec<String>,
+    source_names: SourceNames,
     live: bool,
     sinks: Sinks,
     options: Options,
@@ -564,7 +566,7 @@ struct Driver<'w> {
     gate: Admission,
     sinks: Sinks,
     options: Options,
-    source_names: Vec<String>,
+    source_names: SourceNames,
     /// Next event sequence number.
     next_seq: u64,
     /// Last lookup (query) id used.
@@ -596,7 +598,7 @@ impl<'w> Driver<'w> {
         outputs: dataflow::Outputs,
         sinks: Sinks,
         options: Options,
-        source_names: Vec<String>,
+        source_names: SourceNames,
     ) -> Driver<'w> {
         let salt = options.salt.unwrap_or_else(|| {
             SystemTime::now()
@@ -805,9 +807,10 @@ impl<'w> Driver<'w> {
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
+                        let (source, cited_line) = line.cited();
                         let origin = Origin {
-                            source: line.source,
-                            line: line.number,
+                            source,
+                            line: cited_line,
                         };
                         let mut facts =
                             EventFacts::of(self.next_seq, &event, self.spec, now, origin);
@@ -894,7 +897,7 @@ impl<'w> Driver<'w> {
             EngineError::Input(format!(
                 "{} line {}: {e}",
                 self.source_name(line),
-                line.number
+                line.cited().1
             ))
         })?;
         match residue {
@@ -1004,22 +1007,20 @@ impl<'w> Driver<'w> {
         let source = self.source_name(line);
         self.sinks.dead_letters.push(DeadLetter {
             source,
-            line: line.number,
+            line: line.cited().1,
             reason,
             detail,
         })?;
         Ok(())
     }
 
+    /// The name of the source a line is cited under (see [`LineRef::cited`]).
     fn source_name(&self, line: &LineRef) -> String {
-        self.source_name_of(line.source)
+        self.source_name_of(line.cited().0)
     }
 
     fn source_name_of(&self, source: u16) -> String {
-        self.source_names
-            .get(source as usize)
-            .cloned()
-            .unwrap_or_default()
+        self.source_names.name(source)
     }
 
     fn clock(&self) -> Option<u64> {

@@ -465,6 +465,31 @@ fn serve_following_a_topic_applies_each_record_once_across_sigkills() {
     assert!(lag_seen, "{}", serve.get("/metrics").1);
     let (status, health) = serve.get("/healthz");
     assert_eq!((status, health.as_str()), (200, "ok\n"));
+    // dead letters and explanations cite a record by its topic, partition and offset
+    client("produce", &broker.addr, "live", b"{not json\n");
+    let dead_letters = dir.join("dead_letters.ndjson");
+    let started = Instant::now();
+    let dead = loop {
+        let text = std::fs::read_to_string(&dead_letters).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no dead letter");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let topic = broker.url("live");
+    let cited = |source: &serde_json::Value| {
+        source
+            .as_str()
+            .and_then(|s| s.strip_prefix(&format!("{topic}#")))
+            .is_some_and(|p| ["0", "1", "2"].contains(&p))
+    };
+    assert!(cited(&dead["source"]) && dead["line"].is_u64(), "{dead}");
+    let (status, explained) = serve.get("/v1/profiles/user_id:k-7/explain");
+    assert_eq!(status, 200, "{explained}");
+    let explained: serde_json::Value = serde_json::from_str(&explained).unwrap();
+    let event = &explained["score"]["contributions"][0]["event"];
+    assert!(cited(&event["source"]) && event["line"].is_u64(), "{explained}");
 }
 
 /// A broker that is down when `serve --source` starts: the server starts anyway, takes

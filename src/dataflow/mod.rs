@@ -128,6 +128,41 @@ pub struct Origin {
     pub line: u64,
 }
 
+/// The names lines are cited under in dead letters and explanations, by source index.
+#[derive(Debug, Clone, Default)]
+pub struct SourceNames {
+    names: Vec<String>,
+    /// The Kafka topic whose partition `p` is source `names.len() + p` (`serve --source`,
+    /// whose partitions are not known when the engine starts).
+    partitions: Option<String>,
+}
+
+impl SourceNames {
+    /// Sources `0..names.len()`.
+    pub fn new(names: Vec<String>) -> SourceNames {
+        SourceNames {
+            names,
+            partitions: None,
+        }
+    }
+
+    /// Also the partitions of `topic` (`kafka://HOST/TOPIC`), after the named sources.
+    pub fn with_partitions(mut self, topic: String) -> SourceNames {
+        self.partitions = Some(topic);
+        self
+    }
+
+    /// The name of source `index`: `kafka://HOST/TOPIC#P` for a partition; empty when unknown.
+    pub fn name(&self, index: u16) -> String {
+        let index = usize::from(index);
+        match (self.names.get(index), &self.partitions) {
+            (Some(name), _) => name.clone(),
+            (None, Some(topic)) => format!("{topic}#{}", index - self.names.len()),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 impl EventFacts {
     /// The facts of an accepted event read at `origin` and inserted when the clock is
     /// `arrival_ms`.

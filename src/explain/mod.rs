@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::dataflow::identity::Label;
 use crate::dataflow::intent::{Decay, qualifying_first};
 use crate::dataflow::views::{self, Fact, milli_json};
-use crate::dataflow::{EventFacts, consent, traits};
+use crate::dataflow::{EventFacts, SourceNames, consent, traits};
 use crate::event::{Ident, predicate};
 use crate::history::History;
 use crate::spec::{Predicate, PredicateTest, Spec};
@@ -78,9 +78,10 @@ pub struct EventRef {
     /// Its `messageId`, when it had one.
     #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
-    /// The input it was read from (`-` for stdin, a file, the server's log).
+    /// The input it was read from (`-` for stdin, a file, `http` for what the server took over
+    /// HTTP, `kafka://HOST/TOPIC#PARTITION` for a Kafka record).
     pub source: String,
-    /// Its line number there.
+    /// Its line number there (for a Kafka record, its offset).
     pub line: u64,
     /// Its timestamp (epoch ms).
     pub timestamp: u64,
@@ -275,7 +276,7 @@ pub struct Condition {
 pub fn explain(
     history: &History,
     spec: &Spec,
-    sources: &[String],
+    sources: &SourceNames,
     ident: &Ident,
     at: u64,
 ) -> Outcome {
@@ -306,13 +307,10 @@ pub fn explain(
     }))
 }
 
-fn event_ref(facts: &EventFacts, sources: &[String]) -> EventRef {
+fn event_ref(facts: &EventFacts, sources: &SourceNames) -> EventRef {
     EventRef {
         message_id: facts.message_id.as_deref().map(str::to_string),
-        source: sources
-            .get(facts.origin.source as usize)
-            .cloned()
-            .unwrap_or_default(),
+        source: sources.name(facts.origin.source),
         line: facts.origin.line,
         timestamp: facts.timestamp_ms,
     }

@@ -476,6 +476,7 @@ impl Pending {
             end: self.buf.len(),
             too_long: too_long.then_some(value.len() as u64),
             residue: false,
+            cited_as: None,
         });
     }
 

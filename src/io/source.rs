@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::dataflow::SourceNames;
 use crate::event::MAX_LINE_BYTES;
 use crate::io::kafka::{KafkaInput, KafkaUrl};
 
@@ -32,6 +33,17 @@ pub struct LineRef {
     /// The bytes are a compacted line's [`crate::event::residue::Residue`] (from the event
     /// log), not a line.
     pub residue: bool,
+    /// The (source, line) to cite in dead letters and explanations in place of
+    /// (`source`, `number`): a logged record that `serve` read from Kafka is cited by its
+    /// partition and offset, while `number` stays its position in the log.
+    pub cited_as: Option<(u16, u64)>,
+}
+
+impl LineRef {
+    /// The (source, line) dead letters and explanations cite.
+    pub fn cited(&self) -> (u16, u64) {
+        self.cited_as.unwrap_or((self.source, self.number))
+    }
 }
 
 /// Lines read by one `read` call, with the instant they were read.
@@ -50,16 +62,17 @@ pub struct Batch {
 
 impl Batch {
     /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`;
-    /// each line is flagged as a residue or not.
+    /// each line is flagged as a residue or not, and may say how it is cited (see
+    /// [`LineRef::cited_as`]).
     pub fn of_lines(
         source: u16,
         first_number: u64,
-        lines: &[(&[u8], bool)],
+        lines: &[(&[u8], bool, Option<(u16, u64)>)],
         wall_ms: Option<u64>,
     ) -> Batch {
-        let mut buf = Vec::with_capacity(lines.iter().map(|(l, _)| l.len()).sum());
+        let mut buf = Vec::with_capacity(lines.iter().map(|(l, _, _)| l.len()).sum());
         let mut refs = Vec::with_capacity(lines.len());
-        for (i, &(line, residue)) in lines.iter().enumerate() {
+        for (i, &(line, residue, cited_as)) in lines.iter().enumerate() {
             let start = buf.len();
             buf.extend_from_slice(line);
             refs.push(LineRef {
@@ -70,6 +83,7 @@ impl Batch {
                 too_long: (!residue && line.len() > MAX_LINE_BYTES + 1)
                     .then_some(line.len() as u64),
                 residue,
+                cited_as,
             });
         }
         Batch {
@@ -199,9 +213,10 @@ impl Source {
 }
 
 /// The source names of `sources`, by source index (see [`Source::names`]).
-pub fn names(sources: &[Source]) -> Vec<String> {
-    sources.iter().flat_map(Source::names).collect()
+pub fn names(sources: &[Source]) -> SourceNames {
+    SourceNames::new(sources.iter().flat_map(Source::names).collect())
 }
+
 
 #[cfg(unix)]
 fn stdin_is_regular_file() -> bool {
@@ -367,6 +382,7 @@ impl Splitter {
                 end: start,
                 too_long: Some(length),
                 residue: false,
+                cited_as: None,
             });
         } else if !is_blank(&buf[start..end]) {
             lines.push(LineRef {
@@ -376,6 +392,7 @@ impl Splitter {
                 end,
                 too_long: None,
                 residue: false,
+                cited_as: None,
             });
         }
     }

@@ -49,6 +49,15 @@ pub struct Origin {
     pub offset: i64,
 }
 
+impl Origin {
+    /// The (source, line) a record read from this partition and offset is cited as: source
+    /// `1 + partition` (source 0 is the server's HTTP input), line `offset`.
+    fn cited(self) -> Option<(u16, u64)> {
+        let source = u16::try_from(self.partition).ok()?.checked_add(1)?;
+        Some((source, u64::try_from(self.offset).ok()?))
+    }
+}
+
 /// One logged line, or what compaction left of one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -158,16 +167,18 @@ pub fn kafka_positions(records: &[Record]) -> BTreeMap<i32, i64> {
     next
 }
 
-/// The engine's input batches for `records` (lines numbered from `first_number`): one per
-/// run of equal receipt wall clock, at most 4096 lines each, in order.
+/// The engine's input batches for `records` (lines numbered from `first_number`, source 0):
+/// one per run of equal receipt wall clock, at most 4096 lines each, in order. A record
+/// read from Kafka is cited as line `offset` of source `1 + partition` (see
+/// [`crate::io::source::SourceNames::with_partitions`]).
 pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
     let mut number = first_number;
     let mut out = Vec::new();
     for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
         for chunk in group.chunks(4096) {
-            let lines: Vec<(&[u8], bool)> = chunk
+            let lines: Vec<(&[u8], bool, Option<(u16, u64)>)> = chunk
                 .iter()
-                .map(|r| (r.line.as_slice(), r.residue))
+                .map(|r| (r.line.as_slice(), r.residue, r.origin.and_then(Origin::cited)))
                 .collect();
             out.push(Batch::of_lines(0, number, &lines, Some(chunk[0].wall_ms)));
             number += lines.len() as u64;
