@@ -128,7 +128,7 @@ struct RunArgs {
     #[arg(long)]
     dataflow: Option<PathBuf>,
     /// Inputs, read in order: files (`-` is stdin; stdin when absent), or Kafka topics
-    /// `kafka://HOST:PORT/TOPIC[?group=G&librdkafka.setting=value…]`.
+    /// `kafka://HOST:PORT/TOPIC[?group=G&SETTING=VALUE…]`.
     #[arg(long = "input", short = 'i')]
     inputs: Vec<PathBuf>,
     /// Stop reading Kafka inputs at the end offsets they had at start, partition by

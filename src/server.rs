@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::dataflow::SourceNames;
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::http::Ctx;
 use crate::io::http::KafkaOutputs;
 use crate::io::kafka::{self, FollowStatus, Form, KafkaOutput, KafkaUrl};
 use crate::io::sink::Publish;
 use crate::io::sink::{DeadLetters, LiveViews};
-use crate::dataflow::SourceNames;
 use crate::io::source::Message;
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
@@ -222,7 +222,8 @@ pub fn serve_helper(
             .name("throughline-engine".into())
             .spawn(move || {
                 let sinks = Sinks::new(None, DeadLetters::new(None));
-                let result = engine::run_channel(spec, rx, SourceNames::default(), true, sinks, options);
+                let result =
+                    engine::run_channel(spec, rx, SourceNames::default(), true, sinks, options);
                 stop.store(true, Ordering::SeqCst); // process 0 finished: so does this one
                 result
             })
@@ -314,8 +315,12 @@ fn start_engine(
     let spec = Arc::clone(spec);
     // the log's records: source 0 is HTTP, and a record read from Kafka is cited by its
     // partition and offset (named after the topic followed now, or `kafka` when none is)
-    let names = SourceNames::new(vec!["http".into()])
-        .with_partitions(config.source.as_ref().map_or("kafka".into(), KafkaUrl::name));
+    let names = SourceNames::new(vec!["http".into()]).with_partitions(
+        config
+            .source
+            .as_ref()
+            .map_or("kafka".into(), KafkaUrl::name),
+    );
     let engine = std::thread::Builder::new()
         .name("throughline-engine".into())
         .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))

@@ -318,12 +318,22 @@ fn kafka_errors_are_one_line_and_exit_1() {
     let nowhere = format!("kafka://{}/events", unused.local_addr().unwrap());
     drop(unused);
     let missing = broker.url("missing");
+    broker.create_topic("guarded", 1);
+    // the broker refuses this login: said as such, not as an unreachable broker
+    let refused = format!(
+        "{}?security.protocol=SASL_PLAINTEXT&sasl.mechanism=SCRAM-SHA-512&sasl.username=u&sasl.password=p",
+        broker.url("guarded")
+    );
     let cases = [
         (
             vec!["--until-end", "-i", nowhere.as_str()],
             "is a broker running there?",
         ),
         (vec!["--until-end", "-i", missing.as_str()], "no such topic"),
+        (
+            vec!["--until-end", "-i", refused.as_str()],
+            "check the sasl.*/ssl.* settings",
+        ),
     ];
     for (args, says) in cases {
         let out = throughline(&args);
@@ -345,6 +355,25 @@ fn kafka_errors_are_one_line_and_exit_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("could not be written"), "{stderr}");
+    // a change too large for a record: exit 1, naming the record and the setting
+    broker.create_topic("small", 1);
+    let big = temp("big-in.ndjson");
+    let email = format!("{}@example.com", "a".repeat(2000));
+    std::fs::write(
+        &big,
+        format!(
+            "{{\"type\":\"identify\",\"userId\":\"big-1\",\"timestamp\":1767261600000,\"traits\":{{\"email\":\"{email}\"}}}}\n"
+        ),
+    )
+    .unwrap();
+    let small = format!("{}?message.max.bytes=1000", broker.url("small"));
+    let out = throughline(&["-i", big.to_str().unwrap(), "-o", &small]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("key profiles/user_id:big-1") && stderr.contains("message.max.bytes"),
+        "{stderr}"
+    );
 }
 
 /// `serve --source` on a data directory: started, and its HTTP address read from stderr.
@@ -474,7 +503,10 @@ fn serve_following_a_topic_applies_each_record_once_across_sigkills() {
         if let Some(line) = text.lines().next() {
             break serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no dead letter");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no dead letter"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let topic = broker.url("live");
@@ -489,7 +521,10 @@ fn serve_following_a_topic_applies_each_record_once_across_sigkills() {
     assert_eq!(status, 200, "{explained}");
     let explained: serde_json::Value = serde_json::from_str(&explained).unwrap();
     let event = &explained["score"]["contributions"][0]["event"];
-    assert!(cited(&event["source"]) && event["line"].is_u64(), "{explained}");
+    assert!(
+        cited(&event["source"]) && event["line"].is_u64(),
+        "{explained}"
+    );
 }
 
 /// A broker that is down when `serve --source` starts: the server starts anyway, takes

@@ -1,7 +1,7 @@
 //! Kafka in and out, with librdkafka (the `rdkafka` crate, as Materialize uses it).
 //!
 //! Addresses read like the other inputs and outputs:
-//! `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?group=G&librdkafka.setting=value…]`. Every query
+//! `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?group=G&SETTING=VALUE…]`. Every query
 //! parameter but `group` is passed to librdkafka as it is, so SASL and TLS are configured
 //! the way librdkafka documents them (`security.protocol=SASL_SSL&sasl.mechanism=PLAIN&
 //! sasl.username=…`).
@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -134,6 +134,9 @@ impl KafkaUrl {
 
     fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        // librdkafka's warnings reach [`Said`] (the default follows the `log` crate, unused
+        // here, and would silence them)
+        config.set_log_level(RDKafkaLogLevel::Warning);
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.settings {
             config.set(key, value);
@@ -142,8 +145,74 @@ impl KafkaUrl {
     }
 }
 
-/// A one-line message for a Kafka error, with what was being done and where.
-fn explain(url: &KafkaUrl, doing: &str, e: &KafkaError) -> String {
+/// What librdkafka last reported about its connections through its error callback (a
+/// refused login, a failed TLS handshake, a refused connection), kept so that a failure
+/// message can say why and not only that a request timed out.
+#[derive(Clone, Debug, Default)]
+pub struct Said(Arc<Mutex<Option<String>>>);
+
+impl Said {
+    fn note(&self, error: &KafkaError, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(if reason.is_empty() {
+                error.to_string()
+            } else {
+                reason.to_string()
+            });
+        }
+    }
+
+    /// A log line from librdkafka's own threads (served without polling, unlike errors):
+    /// warnings and worse are kept.
+    fn log(&self, level: RDKafkaLogLevel, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32)
+            && let Ok(mut last) = self.0.lock()
+        {
+            *last = Some(message.to_string());
+        }
+    }
+
+    fn last(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+/// A consumer's context: keeps what librdkafka [`Said`].
+#[derive(Clone, Default)]
+pub struct Watching(Said);
+
+impl ClientContext for Watching {
+    fn log(&self, level: RDKafkaLogLevel, _facility: &str, message: &str) {
+        self.0.log(level, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.note(&error, reason);
+    }
+}
+
+impl ConsumerContext for Watching {}
+
+/// A consumer that keeps what librdkafka said.
+type Reader = BaseConsumer<Watching>;
+
+/// What librdkafka said to `consumer` so far. Its log lines wait in the consumer's queue
+/// until a poll serves them: one is served here when no partition is assigned (so no
+/// record can be taken and lost by it).
+fn heard(consumer: &Reader) -> &Said {
+    if consumer.assignment().is_ok_and(|a| a.count() == 0) {
+        let _ = consumer.poll(Duration::ZERO);
+    }
+    &consumer.context().0
+}
+
+/// A one-line message for a Kafka error, with what was being done and where, and what
+/// librdkafka last said about the connection when that tells more than the error.
+fn explain(url: &KafkaUrl, said: &Said, doing: &str, e: &KafkaError) -> String {
+    let told = said
+        .last()
+        .filter(|why| !e.to_string().contains(why.as_str()));
+    let told = told.map_or_else(String::new, |why| format!("; librdkafka said: {why}"));
     let hint = match e.rdkafka_error_code() {
         Some(
             RDKafkaErrorCode::BrokerTransportFailure
@@ -159,14 +228,27 @@ fn explain(url: &KafkaUrl, doing: &str, e: &KafkaError) -> String {
         ) => " (check the sasl.*/ssl.* settings)",
         _ => "",
     };
-    format!("{}: cannot {doing}: {e}{hint}", url.name())
+    // a transport failure that is really a refused login or handshake: say that instead
+    let hint = match said.last() {
+        Some(why) if is_auth_failure(&why) => " (check the sasl.*/ssl.* settings)",
+        _ => hint,
+    };
+    format!("{}: cannot {doing}: {e}{told}{hint}", url.name())
+}
+
+/// Whether what librdkafka said is a failed login or TLS handshake.
+fn is_auth_failure(said: &str) -> bool {
+    let said = said.to_ascii_lowercase();
+    ["sasl", "ssl", "authentic", "handshake", "certificate"]
+        .iter()
+        .any(|w| said.contains(w))
 }
 
 /// A topic's partitions as the broker sees them, or why it cannot say.
-fn partitions(consumer: &BaseConsumer, url: &KafkaUrl) -> Result<Vec<i32>, String> {
+fn partitions(consumer: &Reader, url: &KafkaUrl) -> Result<Vec<i32>, String> {
     let metadata = consumer
         .fetch_metadata(Some(&url.topic), BROKER_TIMEOUT)
-        .map_err(|e| explain(url, "read the topic's metadata", &e))?;
+        .map_err(|e| explain(url, heard(consumer), "read the topic's metadata", &e))?;
     let topic = metadata
         .topics()
         .iter()
@@ -203,7 +285,7 @@ pub struct KafkaInput {
     url: KafkaUrl,
     /// Never closed: librdkafka's close waits for a broker that may be gone by then (the
     /// offsets are committed explicitly, and the process ends).
-    consumer: ManuallyDrop<BaseConsumer>,
+    consumer: ManuallyDrop<Reader>,
     /// (partition, first offset to read, end offset when reading to the end).
     plan: Vec<(i32, i64, Option<i64>)>,
     /// What was read.
@@ -221,7 +303,7 @@ impl KafkaInput {
             .group
             .clone()
             .unwrap_or_else(|| "throughline".to_string());
-        let consumer: BaseConsumer = url
+        let consumer: Reader = url
             .config()
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
@@ -229,14 +311,21 @@ impl KafkaInput {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false")
-            .create()
-            .map_err(|e| explain(url, "configure the consumer", &e))?;
+            .create_with_context(Watching::default())
+            .map_err(|e| explain(url, &Said::default(), "configure the consumer", &e))?;
         let mut plan = Vec::new();
         for (id, start) in start_offsets(&consumer, url, &BTreeMap::new())? {
             let end = if until_end {
                 let (_, high) = consumer
                     .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
-                    .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
+                    .map_err(|e| {
+                        explain(
+                            url,
+                            heard(&consumer),
+                            &format!("read partition {id}'s offsets"),
+                            &e,
+                        )
+                    })?;
                 Some(high)
             } else {
                 None
@@ -273,11 +362,23 @@ impl KafkaInput {
             let mut all = TopicPartitionList::new();
             for (id, start, _) in &self.plan {
                 all.add_partition_offset(&self.url.topic, *id, Offset::Offset(*start))
-                    .map_err(|e| explain(&self.url, "assign the partitions", &e))?;
+                    .map_err(|e| {
+                        explain(
+                            &self.url,
+                            heard(&self.consumer),
+                            "assign the partitions",
+                            &e,
+                        )
+                    })?;
             }
-            self.consumer
-                .assign(&all)
-                .map_err(|e| explain(&self.url, "assign the partitions", &e))?;
+            self.consumer.assign(&all).map_err(|e| {
+                explain(
+                    &self.url,
+                    heard(&self.consumer),
+                    "assign the partitions",
+                    &e,
+                )
+            })?;
             let index: BTreeMap<i32, u16> = self
                 .plan
                 .iter()
@@ -294,10 +395,10 @@ impl KafkaInput {
             }
             let mut one = TopicPartitionList::new();
             one.add_partition_offset(&self.url.topic, id, Offset::Offset(start))
-                .map_err(|e| explain(&self.url, "assign a partition", &e))?;
+                .map_err(|e| explain(&self.url, heard(&self.consumer), "assign a partition", &e))?;
             self.consumer
                 .assign(&one)
-                .map_err(|e| explain(&self.url, "assign a partition", &e))?;
+                .map_err(|e| explain(&self.url, heard(&self.consumer), "assign a partition", &e))?;
             let index = BTreeMap::from([(id, source_of(i))]);
             if !self.pump(&index, Some(end), tx)? {
                 return Ok(false);
@@ -343,7 +444,7 @@ impl KafkaInput {
                     failing_since = None;
                 }
                 Some(Err(e)) => {
-                    let why = explain(&self.url, "read records", &e);
+                    let why = explain(&self.url, heard(&self.consumer), "read records", &e);
                     match failing_since {
                         None => {
                             eprintln!("throughline: {why} (retrying for up to {READ_RETRY:?})");
@@ -408,11 +509,11 @@ impl KafkaInput {
         for (id, next) in &self.next {
             offsets
                 .add_partition_offset(&self.url.topic, *id, Offset::Offset(*next))
-                .map_err(|e| explain(&self.url, "commit offsets", &e))?;
+                .map_err(|e| explain(&self.url, heard(&self.consumer), "commit offsets", &e))?;
         }
         self.consumer
             .commit(&offsets, CommitMode::Sync)
-            .map_err(|e| explain(&self.url, "commit offsets", &e))
+            .map_err(|e| explain(&self.url, heard(&self.consumer), "commit offsets", &e))
     }
 
     /// One line for the run's summary: records read per partition and the lag left.
@@ -503,9 +604,17 @@ pub struct Deliveries {
 }
 
 #[derive(Clone, Default)]
-struct Counting(Arc<Deliveries>);
+struct Counting(Arc<Deliveries>, Said);
 
-impl ClientContext for Counting {}
+impl ClientContext for Counting {
+    fn log(&self, level: RDKafkaLogLevel, _facility: &str, message: &str) {
+        self.1.log(level, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.1.note(&error, reason);
+    }
+}
 
 impl ProducerContext for Counting {
     type DeliveryOpaque = ();
@@ -518,11 +627,28 @@ impl ProducerContext for Counting {
             Err((e, record)) => {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut first) = self.0.first_failure.lock() {
-                    first.get_or_insert_with(|| format!("topic {}: {e}", record.topic()));
+                    first.get_or_insert_with(|| {
+                        let key = record
+                            .key()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
+                        unwritten(record.topic(), &key, e)
+                    });
                 }
             }
         }
     }
+}
+
+/// Why the record to `topic` keyed `key` was not written, in one line.
+fn unwritten(topic: &str, key: &str, e: &KafkaError) -> String {
+    let hint = match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            " (raise message.max.bytes in the address, and the topic's max.message.bytes)"
+        }
+        _ => "",
+    };
+    format!("topic {topic}, key {key}: {e}{hint}")
 }
 
 /// A producer that never drops a record silently: a full local queue waits, a failed
@@ -571,6 +697,7 @@ impl Producing {
     fn open(url: &KafkaUrl) -> Result<Producing, String> {
         let context = Counting::default();
         let deliveries = Arc::clone(&context.0);
+        let said = context.1.clone();
         let producer: ThreadedProducer<Counting> = url
             .config()
             .set("acks", "all")
@@ -578,12 +705,12 @@ impl Producing {
             .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "5")
             .create_with_context(context)
-            .map_err(|e| explain(url, "configure the producer", &e))?;
+            .map_err(|e| explain(url, &said, "configure the producer", &e))?;
         // fail now, not at the first change, when the broker is unreachable
         producer
             .client()
             .fetch_metadata(None, BROKER_TIMEOUT)
-            .map_err(|e| explain(url, "reach the broker", &e))?;
+            .map_err(|e| explain(url, &said, "reach the broker", &e))?;
         Ok(Producing {
             url: url.clone(),
             producer,
@@ -638,7 +765,7 @@ impl Producing {
                 Err((e, _)) => {
                     self.deliveries.failed.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut first) = self.deliveries.first_failure.lock() {
-                        first.get_or_insert_with(|| format!("topic {topic}: {e}"));
+                        first.get_or_insert_with(|| unwritten(topic, key, &e));
                     }
                     return Ok(());
                 }
@@ -858,16 +985,18 @@ pub fn follow(
         .group
         .clone()
         .unwrap_or_else(|| "throughline".to_string());
-    let consumer: BaseConsumer = match url
+    let consumer: Reader = match url
         .config()
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(Watching::default())
     {
         Ok(c) => c,
-        Err(e) => return status.failed(explain(url, "configure the consumer", &e)),
+        Err(e) => {
+            return status.failed(explain(url, &Said::default(), "configure the consumer", &e));
+        }
     };
     // never closed: librdkafka's close waits for a broker that may be gone, and this runs
     // until the server exits
@@ -885,11 +1014,11 @@ pub fn follow(
     let mut assignment = TopicPartitionList::new();
     for (id, offset) in &next {
         if let Err(e) = assignment.add_partition_offset(&url.topic, *id, Offset::Offset(*offset)) {
-            return status.failed(explain(url, "assign the partitions", &e));
+            return status.failed(explain(url, heard(&consumer), "assign the partitions", &e));
         }
     }
     if let Err(e) = consumer.assign(&assignment) {
-        return status.failed(explain(url, "assign the partitions", &e));
+        return status.failed(explain(url, heard(&consumer), "assign the partitions", &e));
     }
     status.recovered();
     let mut next = next;
@@ -923,7 +1052,7 @@ pub fn follow(
             // librdkafka reconnects by itself: say so, and keep polling (records may
             // already be waiting behind the error)
             Some(Err(e)) => {
-                status.failed(explain(url, "read records", &e));
+                status.failed(explain(url, heard(&consumer), "read records", &e));
                 std::thread::sleep(Duration::from_millis(20));
             }
             None => {}
@@ -964,7 +1093,7 @@ pub fn follow(
 /// Each partition's first offset: `resume`, else the group's committed offset, else the
 /// earliest one kept.
 fn start_offsets(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     url: &KafkaUrl,
     resume: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, i64>, String> {
@@ -975,12 +1104,26 @@ fn start_offsets(
     }
     let committed = consumer
         .committed_offsets(wanted, BROKER_TIMEOUT)
-        .map_err(|e| explain(url, "read the group's committed offsets", &e))?;
+        .map_err(|e| {
+            explain(
+                url,
+                heard(consumer),
+                "read the group's committed offsets",
+                &e,
+            )
+        })?;
     let mut next = BTreeMap::new();
     for id in ids {
         let (low, _) = consumer
             .fetch_watermarks(&url.topic, id, BROKER_TIMEOUT)
-            .map_err(|e| explain(url, &format!("read partition {id}'s offsets"), &e))?;
+            .map_err(|e| {
+                explain(
+                    url,
+                    heard(consumer),
+                    &format!("read partition {id}'s offsets"),
+                    &e,
+                )
+            })?;
         let start = match (
             resume.get(&id),
             committed.find_partition(&url.topic, id).map(|p| p.offset()),
@@ -994,7 +1137,7 @@ fn start_offsets(
     Ok(next)
 }
 
-fn commit_async(consumer: &BaseConsumer, url: &KafkaUrl, next: &BTreeMap<i32, i64>) {
+fn commit_async(consumer: &Reader, url: &KafkaUrl, next: &BTreeMap<i32, i64>) {
     let mut offsets = TopicPartitionList::new();
     for (id, offset) in next {
         let _ = offsets.add_partition_offset(&url.topic, *id, Offset::Offset(*offset));
@@ -1003,7 +1146,7 @@ fn commit_async(consumer: &BaseConsumer, url: &KafkaUrl, next: &BTreeMap<i32, i6
 }
 
 fn note_lag(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     url: &KafkaUrl,
     next: &BTreeMap<i32, i64>,
     lag: &Mutex<BTreeMap<i32, i64>>,

@@ -217,7 +217,6 @@ pub fn names(sources: &[Source]) -> SourceNames {
     SourceNames::new(sources.iter().flat_map(Source::names).collect())
 }
 
-
 #[cfg(unix)]
 fn stdin_is_regular_file() -> bool {
     use std::os::fd::AsFd;

@@ -178,7 +178,13 @@ pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
         for chunk in group.chunks(4096) {
             let lines: Vec<(&[u8], bool, Option<(u16, u64)>)> = chunk
                 .iter()
-                .map(|r| (r.line.as_slice(), r.residue, r.origin.and_then(Origin::cited)))
+                .map(|r| {
+                    (
+                        r.line.as_slice(),
+                        r.residue,
+                        r.origin.and_then(Origin::cited),
+                    )
+                })
                 .collect();
             out.push(Batch::of_lines(0, number, &lines, Some(chunk[0].wall_ms)));
             number += lines.len() as u64;
