@@ -48,7 +48,7 @@ fn replay(spec: &Spec, records: &[Record]) -> Replayed {
     let summary = engine::run_channel(
         Arc::new(spec.clone()),
         rx,
-        vec!["http".into()],
+        throughline::dataflow::SourceNames::new(vec!["http".into()]),
         false,
         sinks,
         options,

@@ -606,12 +606,6 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
     let start = || Serve::start_with(&dir, &["--sink", &sink, "--upsert", &upsert]);
     let lines = common::workload(14, 900, 90, false);
     let chunks: Vec<&[u8]> = lines.chunks(lines.len() / 3 + 1).collect();
-    let mut serve = start();
-    let post = |serve: &Serve, chunk: &[u8]| {
-        // whole lines only: a chunk boundary may cut one, so each chunk is sent as lines
-        let (status, body) = common::request(&serve.addr, "POST", "/v1/ingest", &[], chunk);
-        assert_eq!(status, 200, "{body}");
-    };
     let whole: Vec<Vec<u8>> = {
         let mut parts = vec![Vec::new(); chunks.len()];
         let all: Vec<&[u8]> = lines
@@ -625,48 +619,44 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
         }
         parts
     };
-    let wait_for_rows = |serve: &Serve, n: usize| {
+    // posts the next part (whole lines) and waits until the engine has read every line
+    // posted so far
+    let mut sent = 0;
+    let mut post_next = |serve: &Serve, part: usize| {
+        let (status, body) = common::request(&serve.addr, "POST", "/v1/ingest", &[], &whole[part]);
+        assert_eq!(status, 200, "{body}");
+        sent += whole[part]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
         let started = Instant::now();
         loop {
             let (_, metrics) = serve.get("/metrics");
-            if metrics.contains(&format!("throughline_lines_total {n}\n")) {
+            if metrics.contains(&format!("throughline_lines_total {sent}\n")) {
                 return;
             }
             assert!(started.elapsed() < Duration::from_secs(60), "{metrics}");
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    post(&serve, &whole[0]);
-    let sent = whole[0]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
-    wait_for_rows(&serve, sent);
+    let stop_cleanly = |serve: &mut Serve| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &serve.child.id().to_string()])
+            .status();
+        let _ = serve.child.wait();
+    };
+    let mut serve = start();
+    post_next(&serve, 0);
     serve.kill(); // SIGKILL
     serve = start();
-    post(&serve, &whole[1]);
-    let sent = sent
-        + whole[1]
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
-    wait_for_rows(&serve, sent);
+    post_next(&serve, 1);
     std::thread::sleep(Duration::from_millis(1500)); // a checkpoint is saved
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
-        .status();
-    let _ = serve.child.wait();
+    stop_cleanly(&mut serve);
     let before_clean_restart = client("consume", &broker.addr, "schanges", b"")
         .lines()
         .count();
     serve = start();
-    post(&serve, &whole[2]);
-    let sent = sent
-        + whole[2]
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count();
-    wait_for_rows(&serve, sent);
+    post_next(&serve, 2);
     let mut expected = Vec::new();
     for view in &views {
         let (_, rows) = serve.get(&format!("/v1/views/{view}"));
@@ -679,10 +669,7 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
         "{metrics}"
     );
     // a clean stop flushes: the records are all there
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
-        .status();
-    let _ = serve.child.wait();
+    stop_cleanly(&mut serve);
     let records = client("consume", &broker.addr, "schanges", b"");
     let distinct: std::collections::BTreeSet<String> = records
         .lines()

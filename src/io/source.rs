@@ -36,12 +36,15 @@ pub struct LineRef {
     /// The (source, line) to cite in dead letters and explanations in place of
     /// (`source`, `number`): a logged record that `serve` read from Kafka is cited by its
     /// partition and offset, while `number` stays its position in the log.
-    pub cited_as: Option<(u16, u64)>,
+    pub cited_as: Option<Citation>,
 }
+
+/// A (source index, line number) pair as dead letters and explanations cite it.
+pub type Citation = (u16, u64);
 
 impl LineRef {
     /// The (source, line) dead letters and explanations cite.
-    pub fn cited(&self) -> (u16, u64) {
+    pub fn cited(&self) -> Citation {
         self.cited_as.unwrap_or((self.source, self.number))
     }
 }
@@ -67,7 +70,7 @@ impl Batch {
     pub fn of_lines(
         source: u16,
         first_number: u64,
-        lines: &[(&[u8], bool, Option<(u16, u64)>)],
+        lines: &[(&[u8], bool, Option<Citation>)],
         wall_ms: Option<u64>,
     ) -> Batch {
         let mut buf = Vec::with_capacity(lines.iter().map(|(l, _, _)| l.len()).sum());

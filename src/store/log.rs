@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use crate::event::residue::Residue;
 use crate::event::{DeadReason, MAX_LINE_BYTES};
 
-use crate::io::source::{Batch, Message};
+use crate::io::source::{Batch, Citation, Message};
 
 /// Largest payload a record may hold (a line of 1 MiB plus the wall clock, with room).
 pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
@@ -52,7 +52,7 @@ pub struct Origin {
 impl Origin {
     /// The (source, line) a record read from this partition and offset is cited as: source
     /// `1 + partition` (source 0 is the server's HTTP input), line `offset`.
-    fn cited(self) -> Option<(u16, u64)> {
+    fn cited(self) -> Option<Citation> {
         let source = u16::try_from(self.partition).ok()?.checked_add(1)?;
         Some((source, u64::try_from(self.offset).ok()?))
     }
@@ -176,7 +176,7 @@ pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
     let mut out = Vec::new();
     for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
         for chunk in group.chunks(4096) {
-            let lines: Vec<(&[u8], bool, Option<(u16, u64)>)> = chunk
+            let lines: Vec<(&[u8], bool, Option<Citation>)> = chunk
                 .iter()
                 .map(|r| {
                     (
@@ -721,6 +721,33 @@ mod tests {
 
     fn rec(i: u64) -> Record {
         Record::line(1000 + i, format!("{{\"n\":{i}}}").into_bytes())
+    }
+
+    /// A logged Kafka record is cited by partition and offset, named after the topic; its
+    /// line number (its identity for erasure and compaction) stays its place in the log.
+    #[test]
+    fn a_logged_kafka_record_is_cited_by_partition_and_offset() {
+        let mut records: Vec<Record> = (0..3).map(|_| rec(0)).collect();
+        records[1].origin = Some(Origin {
+            partition: 2,
+            offset: 41,
+        });
+        let batch = &batches(&records, 7)[0];
+        let names = crate::dataflow::SourceNames::new(vec!["http".into()])
+            .with_partitions("kafka://b:9092/events".into());
+        let cited: Vec<(String, u64, u64)> = batch
+            .lines
+            .iter()
+            .map(|l| (names.name(l.cited().0), l.cited().1, l.number))
+            .collect();
+        assert_eq!(
+            cited,
+            [
+                ("http".to_string(), 7, 7),
+                ("kafka://b:9092/events#2".to_string(), 41, 8),
+                ("http".to_string(), 9, 9)
+            ]
+        );
     }
 
     #[test]
