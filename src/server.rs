@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataflow::SourceNames;
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
+use crate::io::console::{self, StatsHistory};
 use crate::io::http::Ctx;
 use crate::io::http::KafkaOutputs;
 use crate::io::kafka::{self, FollowStatus, Form, KafkaOutput, KafkaUrl};
@@ -143,6 +144,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             erasures: dir.erasures(),
             marks: Mutex::new((0, 0)),
             compactions: AtomicU64::new(0),
+            last: Mutex::new(None),
         },
         stop: Arc::clone(&stop),
         kafka_outputs,
@@ -152,6 +154,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
                 ..FollowStatus::default()
             })
         }),
+        stats: StatsHistory::default(),
     });
     let follower = match (&config.source, &ctx.kafka) {
         (Some(url), Some(status)) => {
@@ -172,6 +175,10 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
         std::thread::spawn(move || compact_in_background(&ctx, &stop, config.compact_check))
     });
+    let sampler = {
+        let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
+        std::thread::spawn(move || sample_stats(&ctx, &stop))
+    };
     let about = format!("data dir {}", dir.root().display());
     transport::listen(
         &config.listen,
@@ -187,6 +194,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     if let Some(f) = follower {
         let _ = f.join();
     }
+    let _ = sampler.join();
     drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
     match engine.join() {
         Ok(Ok(summary)) => {
@@ -403,6 +411,8 @@ pub struct Compactor {
     /// ([`Counters::erasures`], [`Counters::reducible`]) as of the last compaction.
     marks: Mutex<(u64, u64)>,
     compactions: AtomicU64,
+    /// The last compaction since the start: when (epoch ms) and what it did.
+    last: Mutex<Option<(u64, CompactStats)>>,
 }
 
 impl Compactor {
@@ -437,7 +447,15 @@ impl Compactor {
             *m = marks;
         }
         self.compactions.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((engine::wall_clock_ms(), stats.clone()));
+        }
         Ok(stats)
+    }
+
+    /// The last compaction since the start: when (epoch ms) and what it did.
+    pub fn last(&self) -> Option<(u64, CompactStats)> {
+        self.last.lock().ok().and_then(|l| l.clone())
     }
 
     /// Whether the log needs compacting: a forget was carried out since the last compaction
@@ -464,6 +482,18 @@ fn marks_of(c: &Counters) -> (u64, u64) {
         c.erasures.load(Ordering::Relaxed),
         c.reducible.load(Ordering::Relaxed),
     )
+}
+
+/// Samples the engine's counters for the console until the server stops.
+fn sample_stats(ctx: &Ctx, stop: &AtomicBool) {
+    let mut last: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if last.is_none_or(|l| l.elapsed() >= console::SAMPLE_EVERY) {
+            last = Some(Instant::now());
+            ctx.stats.sample(&ctx.counters);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn compact_in_background(ctx: &Ctx, stop: &AtomicBool, every: Duration) {

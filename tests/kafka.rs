@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::Serve;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 
 struct Broker {
@@ -374,59 +375,6 @@ fn kafka_errors_are_one_line_and_exit_1() {
         stderr.contains("key profiles/user_id:big-1") && stderr.contains("message.max.bytes"),
         "{stderr}"
     );
-}
-
-/// `serve --source` on a data directory: started, and its HTTP address read from stderr.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start(dir: &Path, source: &str) -> Serve {
-        Serve::start_with(dir, &["--source", source])
-    }
-
-    fn start_with(dir: &Path, args: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_throughline"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("throughline: listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("serve did not start");
-        Serve { child, addr }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        common::request(&self.addr, "GET", path, &[], b"")
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `serve --source` SIGKILLed again and again while kafka-python writes: afterwards every

@@ -203,6 +203,9 @@ pub struct Contribution {
     pub weight: Value,
     /// When its weight next changes, and to what.
     pub next_change: Option<NextChange>,
+    /// Its weight over time, from its arrival until it reaches zero: every change, past and
+    /// to come (the decay schedule of SPEC section 4), for charts.
+    pub curve: Vec<NextChange>,
 }
 
 /// A future weight change.
@@ -501,14 +504,19 @@ fn score(
         }
         total += weight;
         active.push(id);
-        let next_change = decay
-            .schedule(points_milli, facts.timestamp_ms, facts.arrival_ms)
-            .into_iter()
-            .find(|(time, _)| *time > at)
-            .map(|(time, _)| NextChange {
-                at: time,
-                weight: points(decay.weight(points_milli, facts.timestamp_ms, time)),
-            });
+        let schedule = decay.schedule(points_milli, facts.timestamp_ms, facts.arrival_ms);
+        let mut sum = 0;
+        let curve: Vec<NextChange> = schedule
+            .iter()
+            .map(|&(time, delta)| {
+                sum += delta;
+                NextChange {
+                    at: time,
+                    weight: points(sum),
+                }
+            })
+            .collect();
+        let next_change = curve.iter().find(|c| c.at > at).cloned();
         out.contributions.push(Contribution {
             kind,
             name: name.to_string(),
@@ -518,6 +526,7 @@ fn score(
             halvings: at.saturating_sub(facts.timestamp_ms) / decay.half_life_ms.max(1),
             weight: points(weight),
             next_change,
+            curve,
         });
     };
     let num_signals = intent.signals.len() as u16;

@@ -27,6 +27,7 @@ use crate::engine::{self, Counters};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
+use crate::io::console::{self, StatsHistory};
 use crate::io::kafka::{Deliveries, FollowStatus};
 use crate::io::route::{self, Route};
 use crate::io::sink::{LiveViews, Subscription};
@@ -71,6 +72,8 @@ pub struct Ctx {
     pub kafka: Option<Arc<FollowStatus>>,
     /// The Kafka outputs (`--sink kafka://…`, `--upsert`) and what each delivered.
     pub kafka_outputs: KafkaOutputs,
+    /// The last minutes of the engine's counters, for the console.
+    pub stats: StatsHistory,
 }
 
 /// Kafka outputs by name, with their delivery counts.
@@ -217,10 +220,16 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
     let method = request.method.as_str();
     let route = route::route(method, &request.path);
     if method == "GET" && route != Route::Healthz && !may_read(request, ctx) {
+        // a browser asks its user for Basic credentials (the key as the username) and then
+        // sends them with the console's own requests; API clients use a Bearer token
+        let challenge = match route {
+            Route::Console(_) => "Basic realm=\"throughline\", charset=\"UTF-8\"",
+            _ => "Bearer realm=\"throughline\"",
+        };
         return answer(
             401,
-            "a read key is required (Authorization: Bearer KEY)",
-            &[("WWW-Authenticate", "Bearer realm=\"throughline\"")],
+            "a read key is required (Authorization: Bearer KEY, or Basic with the key as the username)",
+            &[("WWW-Authenticate", challenge)],
         );
     }
     match route {
@@ -231,6 +240,36 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             &[("Allow", allow)],
         ),
         Route::Healthz => healthz(ctx),
+        Route::Console(path) => match console::asset(path) {
+            Some((kind, body)) => with_headers(
+                200,
+                &[
+                    ("Content-Type", kind),
+                    ("Cache-Control", "no-cache"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("X-Frame-Options", "DENY"),
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                    ),
+                ],
+                Bytes::from_static(body.as_bytes()),
+            ),
+            None => error(404, "no such console page"),
+        },
+        Route::Stats => respond(
+            200,
+            "application/json",
+            console::stats(
+                &ctx.spec,
+                &ctx.live,
+                &ctx.counters,
+                &ctx.stats,
+                std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
+                ctx.compactor.last(),
+            )
+            .to_string(),
+        ),
         Route::Metrics => respond(200, "text/plain; version=0.0.4", metrics(ctx)),
         Route::View(name) => view(request, ctx, name, false),
         Route::Changes(name) => view(request, ctx, name, true),

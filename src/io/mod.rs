@@ -1,6 +1,7 @@
 //! Sources (the reader thread that splits input into lines) and sinks (the change stream,
 //! snapshots and dead letters).
 
+pub mod console;
 pub mod http;
 pub mod kafka;
 pub mod route;

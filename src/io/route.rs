@@ -21,6 +21,10 @@ pub enum Route<'a> {
     Explain(&'a str),
     /// `POST /v1/compact`
     Compact,
+    /// `GET /` and `GET /console/…`: the console's pages (see [`crate::io::console`]).
+    Console(&'a str),
+    /// `GET /v1/stats`: what the console's overview shows.
+    Stats,
     /// `POST /v1/{endpoint}`: one of [`INGEST`].
     Ingest(&'a str),
     /// No such path: 404.
@@ -49,7 +53,12 @@ fn resource(path: &str) -> Option<(Route<'_>, &'static str)> {
         "/healthz" => return Some((Route::Healthz, "GET")),
         "/metrics" => return Some((Route::Metrics, "GET")),
         "/v1/compact" => return Some((Route::Compact, "POST")),
+        "/v1/stats" => return Some((Route::Stats, "GET")),
+        "/" | "/console" => return Some((Route::Console(path), "GET")),
         _ => {}
+    }
+    if path.starts_with("/console/") {
+        return Some((Route::Console(path), "GET"));
     }
     if let Some(endpoint) = path.strip_prefix("/v1/")
         && INGEST.contains(&endpoint)
@@ -111,6 +120,13 @@ mod tests {
             Route::Profile("/explain")
         );
         assert_eq!(route("GET", "/v1/profiles/"), Route::NotFound);
+        assert_eq!(route("GET", "/"), Route::Console("/"));
+        assert_eq!(
+            route("GET", "/console/app.js"),
+            Route::Console("/console/app.js")
+        );
+        assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET"));
+        assert_eq!(route("GET", "/v1/stats"), Route::Stats);
         assert_eq!(
             route("DELETE", "/v1/compact"),
             Route::MethodNotAllowed("POST")
@@ -149,7 +165,7 @@ mod tests {
             prop_assert_eq!(first, route(&method, &path));
             match first {
                 Route::MethodNotAllowed(allow) => prop_assert!(allow == "GET" || allow == "POST"),
-                Route::View(s) | Route::Changes(s) | Route::Profile(s) | Route::Explain(s) | Route::Ingest(s) => {
+                Route::View(s) | Route::Changes(s) | Route::Profile(s) | Route::Explain(s) | Route::Ingest(s) | Route::Console(s) => {
                     prop_assert!(!s.is_empty());
                     prop_assert!(path.contains(s));
                 }

@@ -67,6 +67,8 @@ pub trait Publish: Send {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     rows: BTreeMap<(String, String, String), isize>,
+    /// Rows per view, kept with `rows` (so counting costs nothing).
+    counts: BTreeMap<String, usize>,
 }
 
 impl Snapshot {
@@ -74,9 +76,17 @@ impl Snapshot {
     pub fn apply(&mut self, change: &Change) {
         let entry = (change.view.clone(), change.key.clone(), change.row.clone());
         let count = self.rows.entry(entry.clone()).or_insert(0);
+        let was = *count;
         *count += change.diff;
-        if *count == 0 {
+        let now = *count;
+        if now == 0 {
             self.rows.remove(&entry);
+        }
+        let rows = self.counts.entry(change.view.clone()).or_insert(0);
+        match (was != 0, now != 0) {
+            (false, true) => *rows += 1,
+            (true, false) => *rows = rows.saturating_sub(1),
+            _ => {}
         }
     }
 
@@ -120,7 +130,7 @@ impl Snapshot {
 
     /// Number of rows of one view.
     pub fn count_of(&self, view: &str) -> usize {
-        self.rows.keys().filter(|(v, _, _)| v == view).count()
+        self.counts.get(view).copied().unwrap_or(0)
     }
 
     /// Number of rows.

@@ -4,6 +4,9 @@
 pub mod oracle;
 
 use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
@@ -84,6 +87,71 @@ pub fn consolidate_upto(changes: &[String], t: u64) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `throughline serve` on a data directory: started on a free loopback port, its HTTP
+/// address read from stderr; killed when dropped.
+pub struct Serve {
+    /// The process.
+    pub child: Child,
+    /// `HOST:PORT`.
+    pub addr: String,
+}
+
+impl Serve {
+    /// `serve --source SOURCE` (a Kafka topic).
+    pub fn start(dir: &Path, source: &str) -> Serve {
+        Serve::start_with(dir, &["--source", source])
+    }
+
+    /// `serve` with `args`.
+    pub fn start_with(dir: &Path, args: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_throughline"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("throughline: listening on ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serve did not start");
+        Serve { child, addr }
+    }
+
+    /// `GET path`: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        request(&self.addr, "GET", path, &[], b"")
+    }
+
+    /// `POST path` with `body`: (status, body).
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
+        request(&self.addr, "POST", path, &[], body)
+    }
+
+    /// SIGKILL.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One HTTP/1.1 request (`Connection: close`): (status, body).
