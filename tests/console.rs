@@ -311,6 +311,16 @@ fn the_console_shows_views_customers_and_erasure_live() {
         "the new row took {took:?} (the issue asks for a second)"
     );
     browser.screenshot(&screenshots().join("view.png"));
+    // the filter box narrows the rows
+    browser.eval(
+        "const f = document.getElementById('filter'); f.value = 'bob'; \
+         f.dispatchEvent(new Event('input')); true",
+    );
+    browser.wait_for(
+        "the filter",
+        "document.querySelectorAll('#rows tr[data-key]').length === 1 && \
+         !!document.querySelector('tr[data-key=\"user_id:u-bob\"]')",
+    );
 
     // a customer, found by email through the search box
     browser.eval(
@@ -389,6 +399,28 @@ fn the_console_shows_views_customers_and_erasure_live() {
     browser.wait_for(
         "Bob's row to leave",
         "!document.querySelector('tr[data-key=\"user_id:u-bob\"]:not(.removed)')",
+    );
+
+    // a profile of many identifiers: a layer past the limit is summarised, not drawn
+    let many: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"type": "page", "userId": "u-many", "anonymousId": format!("many-{i:02}"),
+                   "messageId": format!("many-{i}"), "timestamp": t + 5000 + i})
+        })
+        .collect();
+    post(&serve, "batch", json!({ "batch": many }));
+    browser.open(&format!("{base}/#/profile/user_id%3Au-many"));
+    browser.wait_for(
+        "the large graph",
+        "!!document.querySelector('#identity-graph g.summary')",
+    );
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#identity-graph g.node').length"),
+        json!(13)
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('#identity-graph g.summary text').textContent"),
+        json!("+18 more: 18 anonymous_id")
     );
 
     // erasure from the profile page, with the write key

@@ -320,6 +320,9 @@ fn reads_need_the_read_key_when_one_is_set() {
         "/v1/profiles/user_id:reader",
         "/v1/profiles/user_id:reader/explain",
         "/metrics",
+        "/v1/stats",
+        "/",
+        "/console/app.js",
         "/v1/views/profiles/changes",
     ] {
         let (status, body) = server.request("GET", path, &[], b"");
@@ -337,6 +340,29 @@ fn reads_need_the_read_key_when_one_is_set() {
     }
     let (status, body) = server.request("GET", "/healthz", &[], b"");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // the console asks a browser for Basic credentials (the API asks for a Bearer token)
+    let challenge = |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("www-authenticate: ").map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert!(
+        challenge("/").starts_with("basic realm="),
+        "{}",
+        challenge("/")
+    );
+    assert!(challenge("/v1/views/profiles").starts_with("bearer realm="));
 }
 
 /// `serve` refuses a non-loopback address without both keys, unless told it is intended.

@@ -9,8 +9,9 @@
 const main = document.getElementById("main");
 const statusLine = document.getElementById("status");
 const SVG = "http://www.w3.org/2000/svg";
-// the identity graph draws at most this many identifiers per layer (src/io/console MAX_DRAWN)
-const MAX_DRAWN = 40;
+// the identity graph draws at most this many identifiers per layer (the server says how many:
+// `max_drawn` in /v1/stats, from src/io/console MAX_DRAWN)
+const maxDrawn = () => (stats && stats.max_drawn) || 12;
 // the live table shows at most this many rows (the filter narrows them)
 const MAX_ROWS = 500;
 const PALETTE = ["#2f5bd3", "#1f8a4c", "#b7791f", "#8e44ad", "#c2362b", "#138d90", "#7f8c8d"];
@@ -417,6 +418,7 @@ function graphLegend(byType) {
 // label path (the explanation's `path`); a layer of more than MAX_DRAWN identifiers shows the
 // first ones (those on label paths first) and a summary of the rest by type.
 function identityGraph(x) {
+  const MAX_DRAWN = maxDrawn();
   const members = x.identity.identifiers;
   const hubs = new Set(x.identity.hubs.map((h) => h.identifier));
   const pathEdges = new Set();
@@ -429,7 +431,7 @@ function identityGraph(x) {
   const onPath = (id) => [...pathEdges].some((k) => k.split("\u0000").includes(id));
   const drawn = new Map(); // identifier -> [x, y]
   const summaries = [];
-  const w = Math.max(640, Math.min(MAX_DRAWN, Math.max(...layers.map((l) => (l || []).length), 1)) * 150 + 200);
+  const w = Math.max(640, (Math.min(MAX_DRAWN, Math.max(...layers.map((l) => (l || []).length), 1)) + 1) * 150 + 200);
   const layerY = (i) => 40 + i * 110;
   layers.forEach((ids, i) => {
     if (!ids) return;

@@ -38,9 +38,9 @@ use crate::store::log::CompactStats;
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How many samples are kept: ten minutes.
 const SAMPLES_KEPT: usize = 300;
-/// Identifiers drawn per layer of the identity graph before the rest are summarised (the
-/// page applies it; documented here with the rest of the console's rules).
-pub const MAX_DRAWN: usize = 40;
+/// Identifiers drawn per layer of the identity graph before the rest are summarised (sent
+/// to the page as `max_drawn` in [`stats`]).
+pub const MAX_DRAWN: usize = 12;
 
 /// An asset of the console: its content type and bytes, by request path.
 pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
@@ -211,6 +211,7 @@ pub fn stats(
             "bytes_after": s.bytes_after,
         })),
         "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
+        "max_drawn": MAX_DRAWN,
         "series": history.series(counters.latency.bounds_us),
     })
 }
