@@ -5,7 +5,7 @@
 //! output capture that the engine writes to the sinks.
 //!
 //! Time is the engine clock in epoch ms refined by a step counter, packed in a `u64` as
-//! `ms << STEP_BITS | step` (see [`time`]), so the engine can complete part of one clock
+//! `ms << STEP_BITS | step` (see [`time()`]), so the engine can complete part of one clock
 //! value (for low latency on live input) and still report consolidated changes per
 //! millisecond.
 

@@ -170,7 +170,7 @@ pub fn kafka_positions(records: &[Record]) -> BTreeMap<i32, i64> {
 /// The engine's input batches for `records` (lines numbered from `first_number`, source 0):
 /// one per run of equal receipt wall clock, at most 4096 lines each, in order. A record
 /// read from Kafka is cited as line `offset` of source `1 + partition` (see
-/// [`crate::io::source::SourceNames::with_partitions`]).
+/// [`crate::dataflow::SourceNames::with_partitions`]).
 pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
     let mut number = first_number;
     let mut out = Vec::new();

@@ -241,9 +241,10 @@ function viewPage(name) {
     schedule();
   }
 
+  // redraws at most ten times a second, however fast changes arrive
   function schedule() {
     dirty = true;
-    if (frame === null) frame = requestAnimationFrame(render);
+    if (frame === null) frame = setTimeout(render, 100);
   }
 
   function render() {
@@ -278,7 +279,7 @@ function viewPage(name) {
   source.onopen = () => { state.textContent = "live"; };
   source.onmessage = (event) => apply(event.data);
   source.onerror = () => { state.textContent = "reconnecting…"; rows.clear(); };
-  return () => source.close();
+  return () => { source.close(); clearTimeout(frame); };
 }
 
 // ---- a customer --------------------------------------------------------------------------
