@@ -359,26 +359,20 @@ impl KafkaInput {
     pub fn read(&mut self, first_source: u16, tx: &Sender<Message>) -> Result<bool, String> {
         let source_of = |i: usize| first_source.saturating_add(i as u16);
         if self.live() {
-            let mut all = TopicPartitionList::new();
-            for (id, start, _) in &self.plan {
-                all.add_partition_offset(&self.url.topic, *id, Offset::Offset(*start))
-                    .map_err(|e| {
-                        explain(
-                            &self.url,
-                            heard(&self.consumer),
-                            "assign the partitions",
-                            &e,
-                        )
-                    })?;
-            }
-            self.consumer.assign(&all).map_err(|e| {
+            let unassigned = |e: KafkaError| {
                 explain(
                     &self.url,
                     heard(&self.consumer),
                     "assign the partitions",
                     &e,
                 )
-            })?;
+            };
+            let mut all = TopicPartitionList::new();
+            for (id, start, _) in &self.plan {
+                all.add_partition_offset(&self.url.topic, *id, Offset::Offset(*start))
+                    .map_err(unassigned)?;
+            }
+            self.consumer.assign(&all).map_err(unassigned)?;
             let index: BTreeMap<i32, u16> = self
                 .plan
                 .iter()
