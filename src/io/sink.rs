@@ -82,11 +82,18 @@ impl Snapshot {
         if now == 0 {
             self.rows.remove(&entry);
         }
-        let rows = self.counts.entry(change.view.clone()).or_insert(0);
-        match (was != 0, now != 0) {
-            (false, true) => *rows += 1,
-            (true, false) => *rows = rows.saturating_sub(1),
-            _ => {}
+        let step: isize = match (was != 0, now != 0) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => return,
+        };
+        // no allocation but for a view's first row
+        match self.counts.get_mut(&change.view) {
+            Some(rows) => *rows = rows.saturating_add_signed(step),
+            None => {
+                self.counts
+                    .insert(change.view.clone(), usize::from(step > 0));
+            }
         }
     }
 
