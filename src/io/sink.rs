@@ -309,3 +309,37 @@ impl DeadLetters {
         &self.examples
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(view: &str, key: &str, diff: isize, row: &str) -> Change {
+        Change {
+            time: 1,
+            view: view.into(),
+            key: key.into(),
+            diff,
+            row: row.into(),
+        }
+    }
+
+    /// The per-view count follows the rows through inserts, updates and removals.
+    #[test]
+    fn row_counts_follow_the_rows() {
+        let mut s = Snapshot::default();
+        s.apply(&change("a", "k1", 1, "{}"));
+        s.apply(&change("a", "k2", 1, "{}"));
+        s.apply(&change("b", "k1", 1, "{}"));
+        // an update: the new row before the old one leaves, as consolidated order may have it
+        s.apply(&change("a", "k1", 1, "{\"x\":1}"));
+        s.apply(&change("a", "k1", -1, "{}"));
+        assert_eq!(
+            (s.count_of("a"), s.count_of("b"), s.count_of("c")),
+            (2, 1, 0)
+        );
+        s.apply(&change("a", "k2", -1, "{}"));
+        s.apply(&change("b", "k1", -1, "{}"));
+        assert_eq!((s.count_of("a"), s.count_of("b"), s.len()), (1, 0, 1));
+    }
+}
