@@ -449,11 +449,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let sources = source::open(&args.inputs, args.until_end)?;
     let kafka_inputs: Vec<_> = sources.iter().filter_map(|s| s.kafka_input()).collect();
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
-    let kafka_output = args
-        .output
-        .as_ref()
-        .and_then(|p| p.to_str())
-        .filter(|p| KafkaUrl::is_kafka(p));
+    let kafka_output = KafkaUrl::in_path(args.output.as_deref());
     let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output) {
         (_, Some(url)) if args.snapshot => {
             return Err(format!(

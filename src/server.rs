@@ -277,11 +277,7 @@ fn start_engine(
         .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
     let mut outputs = Vec::new();
-    let kafka_sink = config
-        .sink
-        .as_ref()
-        .and_then(|p| p.to_str())
-        .filter(|p| KafkaUrl::is_kafka(p));
+    let kafka_sink = KafkaUrl::in_path(config.sink.as_deref());
     let changes: Option<Box<dyn Write + Send>> = match (&config.sink, kafka_sink) {
         (_, Some(url)) => {
             let resume = dir.root().join("kafka-changes.time");

@@ -89,6 +89,12 @@ impl KafkaUrl {
         text.starts_with("kafka://")
     }
 
+    /// An output option (`-o`, `--sink`) as a Kafka address, when it is one.
+    pub fn in_path(path: Option<&Path>) -> Option<&str> {
+        path.and_then(|p| p.to_str())
+            .filter(|p| KafkaUrl::is_kafka(p))
+    }
+
     /// Parses `kafka://HOST:PORT/TOPIC[?k=v&…]`.
     pub fn parse(text: &str) -> Result<KafkaUrl, String> {
         let bad = |why: &str| format!("{text}: {why} (expected kafka://HOST:PORT/TOPIC[?group=G])");
