@@ -9,6 +9,7 @@ use std::hash::Hash;
 use differential_dataflow::VecCollection;
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::iterate::Iterate;
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use serde::{Deserialize, Serialize};
 use timely::progress::Timestamp;
 
@@ -55,7 +56,7 @@ impl Label {
 /// event, in both directions, once. Invariant: `(a, b)` is present iff some live event
 /// carries both `a` and `b`.
 pub fn links<'s>(pairs: Coll<'s, (Node, Node)>) -> Coll<'s, (Node, Node)> {
-    pairs.distinct()
+    pairs.distinct_total()
 }
 
 /// Hubs: identifiers with more than `max_links` distinct neighbours, counted before any edge
@@ -68,10 +69,10 @@ pub fn hubs<'s>(
 ) -> Coll<'s, Node> {
     let by_degree = links
         .map(|(a, _)| a)
-        .count()
+        .count_total()
         .filter(move |(_, degree)| *degree as usize > max_links)
         .map(|(a, _)| a);
-    by_degree.concat(wide).distinct()
+    by_degree.concat(wide).distinct_total()
 }
 
 /// The edges label propagation walks: links with neither end a hub (SPEC section 3).

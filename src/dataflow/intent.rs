@@ -7,6 +7,8 @@
 //! releases each once the clock passes it, so a score is a plain sum and an occurrence whose
 //! weight reached zero leaves the state.
 
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
+
 use super::{ByKey, Coll, Node, Seq};
 
 /// Decay parameters (SPEC section 4), in ms.
@@ -146,7 +148,7 @@ pub fn scores<'s>(
         .join_core(attribution, |_seq, _id, profile: &Node| {
             Some(profile.clone())
         })
-        .count()
+        .count_total()
 }
 
 /// Active signals (SPEC section 7): `(profile, id)` for every signal or sequence with at
@@ -159,7 +161,7 @@ pub fn active_signals<'s>(
         .join_core(attribution, |_seq, id, profile: &Node| {
             Some((profile.clone(), *id))
         })
-        .distinct()
+        .distinct_total()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::rc::Rc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::ThresholdTotal;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
@@ -472,7 +473,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let links = identity::links(pairs);
         let hubs = identity::hubs(links.clone(), wide, max_links);
         let edges = identity::edges(links, hubs);
-        let labels = identity::labels(nodes.distinct(), edges, anchors);
+        let labels = identity::labels(nodes.distinct_total(), edges, anchors);
         let members = identity::members(labels.clone());
         // arranged once, shared by every stage that joins with them
         let labels_by_node = labels.arrange_by_key();
@@ -516,7 +517,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let count = Rc::clone(&profiles);
         members
             .map(|(profile, _)| profile)
-            .distinct()
+            .distinct_total()
             .inner
             .exchange(|_| 0)
             .inspect(move |(_, _, diff): &(Node, Time, isize)| {
