@@ -33,12 +33,7 @@ impl Broker {
             );
             return None;
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = free_loopback_addr();
         let child = run_tansu(&tansu, &addr);
         Some(Broker { child, addr, tansu })
     }
@@ -50,6 +45,16 @@ impl Broker {
     fn url(&self, topic: &str) -> String {
         format!("kafka://{}/{topic}", self.addr)
     }
+}
+
+/// `127.0.0.1:PORT` for a port nothing listens on (yet).
+fn free_loopback_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 impl Drop for Broker {
@@ -315,9 +320,7 @@ fn kafka_errors_are_one_line_and_exit_1() {
     let Some(broker) = Broker::start() else {
         return;
     };
-    let unused = TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("kafka://{}/events", unused.local_addr().unwrap());
-    drop(unused);
+    let nowhere = format!("kafka://{}/events", free_loopback_addr());
     let missing = broker.url("missing");
     broker.create_topic("guarded", 1);
     // the broker refuses this login: said as such, not as an unreachable broker
@@ -484,12 +487,7 @@ fn serve_waits_for_a_broker_that_is_down_and_says_so() {
         return;
     };
     // a broker on a port where nothing listens yet
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_loopback_addr();
     let dir = temp("serve-down");
     let _ = std::fs::remove_dir_all(&dir);
     let serve = Serve::start(&dir, &format!("kafka://{addr}/late"));
