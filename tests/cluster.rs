@@ -202,42 +202,9 @@ fn a_dead_process_stops_the_cluster_with_an_error() {
     assert!(stderr.contains("throughline: error"), "{stderr}");
 }
 
-/// A started `serve` process and the address it listens on.
-struct Serving {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> Serving {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("throughline: listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server did not start");
-    Serving { child, addr }
+/// A started `serve` process (args as given) and the address it listens on.
+fn serve(args: &[&str]) -> common::Serve {
+    common::Serve::spawn(args)
 }
 
 /// Sums a change stream's diffs per (time, view, key, row): the stream consolidated.

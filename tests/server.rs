@@ -99,6 +99,21 @@ impl Server {
 }
 
 impl Server {
+    /// One request (`Connection: close`) with `headers` (each ending in CRLF) and `body`:
+    /// the whole response as sent, head included.
+    fn raw(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    }
+
     /// Stops the server with SIGTERM (a clean shutdown) and waits for it.
     fn stop(mut self) {
         let _ = Command::new("kill")
@@ -205,19 +220,8 @@ fn a_full_disk_loses_no_acknowledged_event() {
     let _unmount = Unmount(mnt.clone());
     let data = mnt.join("data");
     let server = Server::start(&data, None);
-    let post = |server: &Server, batch: usize| {
-        let mut stream = TcpStream::connect(&server.addr).unwrap();
-        let body = padded_batch(batch);
-        write!(
-            stream,
-            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
-    };
+    let post =
+        |server: &Server, batch: usize| server.raw("POST", "/v1/batch", "", &padded_batch(batch));
     let mut acked = Vec::new();
     let mut refused = 0;
     let mut batch = 0;
@@ -286,14 +290,7 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         ("POST", "/healthz", 405, Some("GET")),
         ("DELETE", "/v1/compact", 405, Some("POST")),
     ] {
-        let mut stream = TcpStream::connect(&server.addr).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
+        let response = server.raw(method, path, "", "");
         assert!(
             response.starts_with(&format!("HTTP/1.1 {status}")),
             "{method} {path}: {response}"
@@ -342,16 +339,8 @@ fn reads_need_the_read_key_when_one_is_set() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     // the console asks a browser for Basic credentials (the API asks for a Bearer token)
     let challenge = |path: &str| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
+        server
+            .raw("GET", path, "", "")
             .to_ascii_lowercase()
             .lines()
             .find_map(|l| l.strip_prefix("www-authenticate: ").map(str::to_string))

@@ -104,12 +104,18 @@ impl Serve {
         Serve::start_with(dir, &["--source", source])
     }
 
-    /// `serve` with `args`.
+    /// `serve --data-dir DIR` with `args`.
     pub fn start_with(dir: &Path, args: &[&str]) -> Serve {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", dir.to_str().unwrap()]);
+        Serve::spawn(&all)
+    }
+
+    /// `serve` with exactly `args` (and a free loopback port).
+    pub fn spawn(args: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_throughline"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .args(["--data-dir", dir.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
