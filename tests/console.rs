@@ -425,7 +425,11 @@ fn the_console_shows_views_customers_and_erasure_live() {
 
     // erasure from the profile page, with the write key
     browser.open(&format!("{base}/#/profile/user_id%3Au-ada"));
-    browser.wait_for("the erase button", "!!document.getElementById('erase')");
+    browser.wait_for(
+        "Ada's page with its erase button",
+        "document.querySelector('h1')?.textContent === 'Customer user_id:u-ada' && \
+         !!document.getElementById('erase')",
+    );
     browser.eval(&format!(
         "window.confirm = () => true; \
          document.getElementById('write-key').value = '{WRITE_KEY}'; \

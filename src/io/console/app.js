@@ -18,6 +18,7 @@ const PALETTE = ["#2f5bd3", "#1f8a4c", "#b7791f", "#8e44ad", "#c2362b", "#138d90
 
 let stats = null; // the last /v1/stats answer
 let leave = () => {}; // what the current page does when another opens
+let generation = 0; // counts page opens: a page whose answer arrives late draws nothing
 
 // ---- small helpers -------------------------------------------------------------------
 
@@ -285,9 +286,11 @@ function viewPage(name) {
 // ---- a customer --------------------------------------------------------------------------
 
 async function profilePage(identifier) {
+  const opened = generation;
   main.replaceChildren(el("h1", { text: identifier }), el("p", { class: "quiet", text: "Loading…" }));
   if (!stats) await refreshStats().catch(() => {});
   const { status, body } = await getJSON(`/v1/profiles/${encodeURIComponent(identifier)}/explain`);
+  if (opened !== generation) return; // another page opened meanwhile
   if (status === 404) {
     main.replaceChildren(el("h1", { text: identifier }),
       el("p", { id: "not-found", text: `No profile holds ${identifier} now` +
@@ -549,6 +552,7 @@ function erasure(x) {
 // ---- routing -----------------------------------------------------------------------------
 
 function route() {
+  generation += 1;
   leave();
   leave = () => {};
   const hash = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
