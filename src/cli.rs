@@ -152,7 +152,7 @@ struct RunArgs {
     /// Timely workers in this process.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
-    /// On live input, the longest (ms) a round keeps taking waiting input before it
+    /// On live input, the longest (ms) a round spends taking waiting input before it
     /// publishes the current time's changes (a round with no more input waiting publishes at once).
     #[arg(long, default_value_t = 1)]
     linger_ms: u64,

@@ -11,7 +11,7 @@
 //! of input. On live input (a pipe or socket rather than a regular file) the engine also
 //! publishes the current clock value as it stands at the end of every round (SPEC
 //! section 7 allows several consecutive groups per time on live input): a round takes the
-//! input that is waiting, at most `linger` of it, so a change is published within one round
+//! input that is waiting, for at most `linger`, so a change is published within one round
 //! of its input being read, whether or not the clock moves. An event landing at an
 //! already published clock value (a late event, or one with the same timestamp) produces
 //! a further group of changes at the same time. See `src/docs/semantics.md`.
@@ -43,7 +43,7 @@ use crate::spec::Spec;
 pub struct Options {
     /// Timely workers in this process.
     pub workers: usize,
-    /// On live input, the longest a round keeps taking waiting input before it publishes
+    /// On live input, the longest a round spends taking waiting input before it publishes
     /// the current clock value.
     pub linger: Duration,
     /// Keep the final snapshot.
@@ -637,7 +637,7 @@ impl<'w> Driver<'w> {
     /// Open loop: each round takes every batch that is waiting (up to
     /// [`MAX_BATCHES_PER_ROUND`]), inserts it, and steps the dataflow once for all of them;
     /// the reader never waits for the dataflow except through its bounded channel. On live
-    /// input a round stops taking input once its oldest batch was read `linger` ago, and
+    /// input a round stops taking waiting input once it has spent `linger` taking it, and
     /// ends by publishing the current clock value as it stands, so late events, which never
     /// move the clock, are published within a round instead of after a silence.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
@@ -662,12 +662,14 @@ impl<'w> Driver<'w> {
             };
             match message {
                 Message::Batch(batch) => {
-                    let oldest = batch.read_at;
+                    // Batches already waiting join this round: one dataflow round for many
+                    // small batches instead of one each. The bound is the time spent taking
+                    // them, not their age: under a backlog every waiting batch is old, and
+                    // rounds of one batch each would never catch up.
+                    let taking = Instant::now();
                     self.ingest(&batch)?;
-                    // batches already waiting join this round: one dataflow round for many
-                    // small batches (HTTP requests) instead of one each
                     for _ in 0..MAX_BATCHES_PER_ROUND {
-                        if live && oldest.elapsed() >= self.options.linger {
+                        if live && taking.elapsed() >= self.options.linger {
                             break;
                         }
                         match rx.try_recv() {
