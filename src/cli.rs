@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, Options, Sinks, Summary};
 use crate::event::{identifiers, timestamp};
@@ -21,6 +21,45 @@ use crate::{replay, server, workload};
 
 /// Real-time identity resolution, intent scores and consent-filtered views from
 /// Segment-spec NDJSON events.
+/// `serve --clock`: what the engine clock follows ([`engine::Clock`]).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ClockArg {
+    /// The largest accepted event timestamp.
+    Event,
+    /// Also the wall clock: decay advances with real time even when no events arrive.
+    Wall,
+}
+
+impl From<ClockArg> for engine::Clock {
+    fn from(arg: ClockArg) -> engine::Clock {
+        match arg {
+            ClockArg::Event => engine::Clock::Event,
+            ClockArg::Wall => engine::Clock::Wall,
+        }
+    }
+}
+
+/// `explain --format` ([`Format`]).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    /// Stable JSON (documented in `src/docs/explain.md`).
+    Json,
+    /// A readable report.
+    Text,
+    /// The identity graph for Graphviz.
+    Dot,
+}
+
+impl From<FormatArg> for Format {
+    fn from(arg: FormatArg) -> Format {
+        match arg {
+            FormatArg::Json => Format::Json,
+            FormatArg::Text => Format::Text,
+            FormatArg::Dot => Format::Dot,
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "throughline", version, about)]
 struct Cli {
@@ -110,7 +149,7 @@ struct ServeArgs {
     /// What the engine clock follows: event time, or also the wall clock (decay advances
     /// with real time even when no events arrive).
     #[arg(long, value_enum, default_value = "event")]
-    clock: engine::Clock,
+    clock: ClockArg,
     /// Seconds between checks whether the log needs a background compaction (0: never).
     #[arg(long, default_value_t = 30)]
     compact_check_secs: u64,
@@ -186,7 +225,7 @@ struct ExplainArgs {
     at: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
-    format: Format,
+    format: FormatArg,
     /// Timely workers.
     #[arg(short = 'w', long, default_value_t = 1)]
     workers: usize,
@@ -300,7 +339,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         workers: args.workers,
         sink: args.sink,
         spec_text,
-        clock: args.clock,
+        clock: args.clock.into(),
         compact_check: Duration::from_secs(args.compact_check_secs),
         source: args.source.as_deref().map(KafkaUrl::parse).transpose()?,
         upsert: args.upsert.as_deref().map(KafkaUrl::parse).transpose()?,
@@ -332,7 +371,7 @@ fn explain(args: ExplainArgs) -> Result<i32, String> {
     let (outcome, took) = outcomes
         .pop()
         .ok_or("internal error: the engine gave no explanation")?;
-    print!("{}", render::render(&outcome, args.format));
+    print!("{}", render::render(&outcome, args.format.into()));
     io::stdout()
         .flush()
         .map_err(|e| format!("cannot write output: {e}"))?;

@@ -140,7 +140,7 @@ impl Cluster {
 }
 
 /// What the engine clock follows (SPEC section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clock {
     /// The largest accepted event timestamp.
     #[default]

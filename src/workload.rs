@@ -14,6 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::event::timestamp::rfc3339;
+
 /// Arguments of `throughline gen`.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
@@ -440,47 +442,12 @@ impl Generator {
     }
 }
 
-/// An RFC 3339 timestamp with milliseconds and the given offset in minutes.
-pub fn rfc3339(ms: u64, offset_minutes: i32) -> String {
-    let local = ms as i64 + i64::from(offset_minutes) * 60_000;
-    let days = local.div_euclid(86_400_000);
-    let rem = local.rem_euclid(86_400_000);
-    let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
-    let offset = if offset_minutes == 0 {
-        "Z".to_string()
-    } else {
-        let sign = if offset_minutes < 0 { '-' } else { '+' };
-        let a = offset_minutes.abs();
-        format!("{sign}{:02}:{:02}", a / 60, a % 60)
-    };
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}{offset}")
-}
-
 fn rfc3339_nanos(ms: u64) -> String {
     let base = rfc3339(ms, 0);
     format!("{}987654Z", &base[..base.len() - 1])
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

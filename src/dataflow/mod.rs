@@ -39,8 +39,9 @@ pub use views::ViewRow;
 pub type Time = u64;
 /// Bits of a [`Time`] that count steps within one millisecond.
 pub const STEP_BITS: u32 = 20;
-/// The largest engine clock value a [`Time`] can hold (ms since 1970, in the year 2527).
-pub const MAX_CLOCK_MS: u64 = (1 << (64 - STEP_BITS)) - 1;
+pub use crate::event::timestamp::MAX_CLOCK_MS;
+// every clock value up to MAX_CLOCK_MS, and every step, fits in a `Time`
+const _: () = assert!(MAX_CLOCK_MS == (1 << (64 - STEP_BITS)) - 1);
 
 /// An identifier as a dataflow key. Arrangements order their keys, but no stage's result
 /// depends on the order of identifier keys (the SPEC's order decides only inside values:

@@ -6,8 +6,11 @@ use time::OffsetDateTime;
 
 use super::{DeadReason, Rejection};
 
-use crate::dataflow::MAX_CLOCK_MS;
 use time::format_description::well_known::Rfc3339;
+
+/// The largest clock value (epoch ms, in the year 2527) the engine represents: the dataflow
+/// packs a clock value and a step counter in 64 bits (`dataflow::Time`).
+pub const MAX_CLOCK_MS: u64 = (1 << 44) - 1;
 
 /// The event time in epoch ms, or why the value is not a usable timestamp.
 ///
@@ -140,6 +143,41 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// An RFC 3339 timestamp with milliseconds and the given offset in minutes.
+pub fn rfc3339(ms: u64, offset_minutes: i32) -> String {
+    let local = ms as i64 + i64::from(offset_minutes) * 60_000;
+    let days = local.div_euclid(86_400_000);
+    let rem = local.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    let offset = if offset_minutes == 0 {
+        "Z".to_string()
+    } else {
+        let sign = if offset_minutes < 0 { '-' } else { '+' };
+        let a = offset_minutes.abs();
+        format!("{sign}{:02}:{:02}", a / 60, a % 60)
+    };
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}{offset}")
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 #[cfg(test)]

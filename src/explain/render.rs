@@ -6,10 +6,10 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::{EventRef, Explanation, Link, Outcome};
-use crate::workload::rfc3339;
+use crate::event::timestamp::rfc3339;
 
 /// Output formats of `explain`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// Stable JSON (documented in `src/docs/explain.md`).
     Json,
