@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::output::Publish;
+use crate::engine::output::{DeadLetters, EXAMPLES};
 use crate::engine::{self, Options, Sinks, Summary};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::kafka::{Form, KafkaOutput, KafkaUrl};
-use crate::io::sink::Publish;
-use crate::io::sink::{DeadLetters, EXAMPLES};
 use crate::io::source;
 use crate::spec::Spec;
 use crate::{replay, server, workload};
@@ -366,7 +366,7 @@ fn explain(args: ExplainArgs) -> Result<i32, String> {
     };
     let sinks = Sinks::new(None, DeadLetters::new(None));
     let (summary, mut outcomes) =
-        engine::run_and_explain(spec, sources, sinks, options, vec![(ident, at)])
+        source::run_and_explain(spec, sources, sinks, options, vec![(ident, at)])
             .map_err(|e| e.to_string())?;
     let (outcome, took) = outcomes
         .pop()
@@ -474,7 +474,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
             ..Options::default()
         };
         let sinks = Sinks::new(None, DeadLetters::new(None));
-        let summary = engine::run(spec, Vec::new(), sinks, options).map_err(|e| e.to_string())?;
+        let summary = source::run(spec, Vec::new(), sinks, options).map_err(|e| e.to_string())?;
         if !args.quiet {
             eprintln!(
                 "throughline: process {} of {}: done in {:.3} s",
@@ -532,7 +532,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     };
     let mut sinks = Sinks::new(changes, DeadLetters::new(dead_letters));
     sinks.publishers = publishers;
-    let summary = engine::run(spec, sources, sinks, options).map_err(|e| e.to_string())?;
+    let summary = source::run(spec, sources, sinks, options).map_err(|e| e.to_string())?;
     if let (Some(out), Some(snapshot)) = (&mut snapshot_out, &summary.snapshot) {
         for line in snapshot.lines()? {
             writeln!(out, "{line}").map_err(|e| format!("cannot write output: {e}"))?;

@@ -1,11 +1,26 @@
 //! Throughline: identity-resolved profiles, intent scores and consent-filtered views,
 //! maintained incrementally on differential dataflow from Segment-spec NDJSON events.
+//! The semantics are those of `SPEC.md`.
 //!
-//! Data flows one way: [`io`] (sources) → [`event`] (parsing, validation, admission) →
-//! [`dataflow`] stages → views → [`io`] (sinks). [`engine`] drives the timely workers;
-//! [`spec`] holds the dataflow spec model. [`server`] wires the long-lived server: [`store`]
-//! (data directory, durable log, compaction), the engine, and [`io::http`] (the endpoints) on
-//! [`io::transport`] (hyper: timeouts, limits, connection bound, shutdown). The semantics are those of `SPEC.md`.
+//! # Module graph
+//!
+//! Modules depend only on modules before them in this order (`tests/layout.rs` checks it):
+//!
+//! 1. [`spec`]: the dataflow spec model and its checks.
+//! 2. [`event`]: parsing, validation and admission of one line (SPEC section 1), identifiers,
+//!    timestamps, signals, consent and traits of one event.
+//! 3. [`dataflow`]: the differential stages (SPEC sections 3 to 7).
+//! 4. [`history`]: every accepted event, kept for erasure and explanations.
+//! 5. [`explain`]: why a profile is what it is, from the history.
+//! 6. [`engine`]: drives the timely workers; defines what it takes in
+//!    ([`engine::input`]: batches and requests) and what it puts out ([`engine::output`]:
+//!    the change stream, snapshots, dead letters, subscriptions).
+//! 7. [`store`]: the server's data directory, durable log, erasure sets and compaction.
+//! 8. [`io`]: the outside world: files and pipes, Kafka, HTTP, the console.
+//! 9. [`server`]: wires the long-lived server.
+//! 10. [`replay`], [`workload`] and [`cli`]: the commands.
+//!
+//! [`docs`] holds documents only.
 
 #![warn(missing_docs)]
 

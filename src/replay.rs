@@ -7,12 +7,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::engine::{self, Options, Sinks};
+use crate::engine::output::DeadLetters;
+use crate::engine::{Options, Sinks};
 use crate::event::identifiers;
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
-use crate::io::sink::DeadLetters;
-use crate::io::source::Source;
+use crate::io::source::{self, Source};
 use crate::spec::Spec;
 
 /// The wall clock fixtures run at (2026-06-01T00:00:00Z), so the far-future rule gives the
@@ -80,7 +80,7 @@ pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs
         wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
         ..Options::default()
     };
-    let summary = engine::run(
+    let summary = source::run(
         Arc::new(spec.clone()),
         vec![Source::bytes("events.ndjson", events)],
         sinks,
@@ -195,7 +195,7 @@ pub fn explain_bytes(
         until_ms: at,
         ..Options::default()
     };
-    let (_, mut outcomes) = engine::run_and_explain(
+    let (_, mut outcomes) = source::run_and_explain(
         Arc::new(spec.clone()),
         vec![Source::bytes("events.ndjson", events)],
         Sinks::new(None, DeadLetters::new(None)),

@@ -6,22 +6,23 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::dataflow::SourceNames;
+use crate::engine::input::Message;
+use crate::engine::output::Publish;
+use crate::engine::output::{DeadLetters, LiveViews};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::console::{self, StatsHistory};
 use crate::io::http::Ctx;
 use crate::io::http::KafkaOutputs;
 use crate::io::kafka::{self, FollowStatus, Form, KafkaOutput, KafkaUrl};
-use crate::io::sink::Publish;
-use crate::io::sink::{DeadLetters, LiveViews};
-use crate::io::source::Message;
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
+use crate::store::compactor::Compactor;
 use crate::store::data_dir::DataDir;
 use crate::store::erasures::{self, ErasureLog};
 use crate::store::log::{self, CompactStats, Log, Record};
@@ -138,14 +139,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         live,
         counters,
         lookups: tx,
-        compactor: Compactor {
-            spec,
-            salt,
-            erasures: dir.erasures(),
-            marks: Mutex::new((0, 0)),
-            compactions: AtomicU64::new(0),
-            last: Mutex::new(None),
-        },
+        compactor: Compactor::new(spec, salt, dir.erasures()),
         stop: Arc::clone(&stop),
         kafka_outputs,
         kafka: config.source.as_ref().map(|url| {
@@ -397,87 +391,6 @@ pub fn compact_stopped(data_dir: &Path) -> Result<CompactStats, String> {
         bytes_before,
         bytes_after,
     })
-}
-
-/// Compaction of the running server's log.
-pub struct Compactor {
-    spec: Arc<Spec>,
-    salt: u128,
-    erasures: PathBuf,
-    /// ([`Counters::erasures`], [`Counters::reducible`]) as of the last compaction.
-    marks: Mutex<(u64, u64)>,
-    compactions: AtomicU64,
-    /// The last compaction since the start: when (epoch ms) and what it did.
-    last: Mutex<Option<(u64, CompactStats)>>,
-}
-
-impl Compactor {
-    /// Compacts the log now (`POST /v1/compact`, or in the background).
-    ///
-    /// It includes every `forget` acknowledged before it started: it first waits until the
-    /// engine has processed every record the log had handed it, so each such erasure has
-    /// been carried out and its set recorded.
-    pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
-        let target = log.forwarded();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while counters.lines.load(Ordering::Acquire) < target {
-            if std::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "the engine has not caught up with the log after 60 s ({} of {target} records processed); try again",
-                    counters.lines.load(Ordering::Acquire)
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        // taken before: whatever the engine counts meanwhile makes the next one due
-        let marks = marks_of(counters);
-        let sets = erasures::load(&self.erasures)
-            .map_err(|e| format!("cannot read {}: {e}", self.erasures.display()))?;
-        let stats = log
-            .compact(|records| {
-                let kept = compact::rewrite(records, &self.spec, self.salt, &sets);
-                Ok((kept.records, kept.reduced))
-            })
-            .map_err(|e| format!("cannot compact {}: {e}", log.path().display()))?;
-        if let Ok(mut m) = self.marks.lock() {
-            *m = marks;
-        }
-        self.compactions.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((engine::wall_clock_ms(), stats.clone()));
-        }
-        Ok(stats)
-    }
-
-    /// The last compaction since the start: when (epoch ms) and what it did.
-    pub fn last(&self) -> Option<(u64, CompactStats)> {
-        self.last.lock().ok().and_then(|l| l.clone())
-    }
-
-    /// Whether the log needs compacting: a forget was carried out since the last compaction
-    /// (its erased values must leave the disk), or at least 10,000 received lines, and a
-    /// quarter of all, have been found reducible (duplicates, dead letters, suppressed)
-    /// since. Lines replayed from residues count for neither: they are compacted already.
-    fn due(&self, counters: &Counters) -> bool {
-        let Ok(marks) = self.marks.lock().map(|m| *m) else {
-            return false;
-        };
-        let (erasures, reducible) = marks_of(counters);
-        let dead = reducible.saturating_sub(marks.1);
-        erasures > marks.0 || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
-    }
-
-    /// Compactions done since the start.
-    pub fn count(&self) -> u64 {
-        self.compactions.load(Ordering::Relaxed)
-    }
-}
-
-fn marks_of(c: &Counters) -> (u64, u64) {
-    (
-        c.erasures.load(Ordering::Relaxed),
-        c.reducible.load(Ordering::Relaxed),
-    )
 }
 
 /// Samples the engine's counters for the console until the server stops.

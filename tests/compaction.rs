@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use throughline::engine::input::Message;
+use throughline::engine::output::DeadLetters;
 use throughline::engine::{self, Options, Sinks, Summary};
-use throughline::io::sink::DeadLetters;
-use throughline::io::source::Message;
 use throughline::replay::{FIXTURE_WALL_CLOCK_MS, SharedBuffer};
 use throughline::spec::Spec;
 use throughline::store::compact;

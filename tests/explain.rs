@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use throughline::engine::{self, Options, Sinks};
+use throughline::engine::output::DeadLetters;
+use throughline::engine::{Options, Sinks};
 use throughline::event::identifiers;
-use throughline::io::sink::DeadLetters;
-use throughline::io::source::Source;
+use throughline::io::source::{self, Source};
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::spec::Spec;
 
@@ -35,7 +35,7 @@ fn explain_all(
         until_ms,
         ..Options::default()
     };
-    let (_, outcomes) = engine::run_and_explain(
+    let (_, outcomes) = source::run_and_explain(
         Arc::new(spec.clone()),
         vec![Source::bytes("events.ndjson", input.to_vec())],
         Sinks::new(None, DeadLetters::new(None)),

@@ -1,5 +1,5 @@
 //! The server's HTTP endpoints: Segment-compatible ingestion in front of the durable log,
-//! and reads of the live views, profiles and metrics. (The wiring is in [`crate::server`];
+//! and reads of the live views, profiles and metrics. (The wiring is in `server`;
 //! connections, timeouts and limits in [`crate::io::transport`].)
 //!
 //! Each handler is a plain function from a [`Req`] (the head and the body, already read
@@ -23,6 +23,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::engine::input::Message;
+use crate::engine::output::{LiveViews, Subscription};
 use crate::engine::{self, Counters};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
@@ -30,11 +32,9 @@ use crate::explain::render::{self, Format};
 use crate::io::console::{self, StatsHistory};
 use crate::io::kafka::{Deliveries, FollowStatus};
 use crate::io::route::{self, Route};
-use crate::io::sink::{LiveViews, Subscription};
-use crate::io::source::Message;
 use crate::io::transport::{self, Body};
-use crate::server::Compactor;
 use crate::spec::Spec;
+use crate::store::compactor::Compactor;
 use crate::store::log::{Log, Record};
 
 /// Largest accepted single event (decoded body), as Segment's API.
@@ -454,7 +454,7 @@ fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Response<Body>
 /// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,
 /// until the client goes away or the server stops. Chunked NDJSON (one line per chunk),
 /// or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`: one `data:` event
-/// per line). A subscriber that falls more than [`crate::io::sink::SUBSCRIBER_QUEUE`]
+/// per line). A subscriber that falls more than [`crate::engine::output::SUBSCRIBER_QUEUE`]
 /// changes behind, or does not read for [`STREAM_STALL`], is sent an error line (when it
 /// can take one) and dropped.
 fn stream_changes(

@@ -57,9 +57,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::engine::input::{Batch, LineRef, Message};
+use crate::engine::output::{Change, Publish, changes_of};
 use crate::event::MAX_LINE_BYTES;
-use crate::io::sink::{Change, Publish, changes_of};
-use crate::io::source::{Batch, LineRef, Message, is_blank};
+use crate::io::source::is_blank;
 use crate::store::data_dir::write_atomically;
 use crate::store::log::{Log, Origin, Record};
 

@@ -1,10 +1,11 @@
-//! Sources (the reader thread that splits input into lines) and sinks (the change stream,
-//! snapshots and dead letters).
+//! The outside world: files and pipes (`source`: the reader thread that splits input into
+//! lines for the engine), Kafka topics in and out (`kafka`), the HTTP endpoints (`http`,
+//! `route`, `transport`) and the console (`console`). The formats they carry are the
+//! engine's ([`crate::engine::input`], [`crate::engine::output`]).
 
 pub mod console;
 pub mod http;
 pub mod kafka;
 pub mod route;
-pub mod sink;
 pub mod source;
 pub mod transport;

@@ -9,122 +9,74 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::dataflow::SourceNames;
+use crate::engine::input::{Batch, LineRef, Message};
+use crate::engine::{self, EngineError, Options, Sinks, Summary};
+use crate::event::Ident;
 use crate::event::MAX_LINE_BYTES;
+use crate::explain;
 use crate::io::kafka::{KafkaInput, KafkaUrl};
+use crate::spec::Spec;
 
-/// One line of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LineRef {
-    /// Index of the source the line came from.
-    pub source: u16,
-    /// 1-based line number within its source.
-    pub number: u64,
-    /// Byte range of the line in the batch buffer (without `\n`).
-    pub start: usize,
-    /// End of the range.
-    pub end: usize,
-    /// `Some(length)` for a line longer than the limit, whose bytes were skipped.
-    pub too_long: Option<u64>,
-    /// The bytes are a compacted line's [`crate::event::residue::Residue`] (from the event
-    /// log), not a line.
-    pub residue: bool,
-    /// The (source, line) to cite in dead letters and explanations in place of
-    /// (`source`, `number`): a logged record that `serve` read from Kafka is cited by its
-    /// partition and offset, while `number` stays its position in the log.
-    pub cited_as: Option<Citation>,
+/// Runs the dataflow of `spec` over `sources` until they end.
+pub fn run(
+    spec: Arc<Spec>,
+    sources: Vec<Source>,
+    sinks: Sinks,
+    options: Options,
+) -> Result<Summary, EngineError> {
+    let live = sources.iter().any(|s| s.live);
+    let source_names = names(&sources);
+    let (rx, _reader) = spawn(sources);
+    engine::run_channel(spec, rx, source_names, live, sinks, options)
 }
 
-/// A (source index, line number) pair as dead letters and explanations cite it.
-pub type Citation = (u16, u64);
+/// A question for [`run_and_explain`]: an identifier, and the clock to explain it at
+/// (`None`: the final clock).
+pub type Question = (Ident, Option<u64>);
 
-impl LineRef {
-    /// The (source, line) dead letters and explanations cite.
-    pub fn cited(&self) -> Citation {
-        self.cited_as.unwrap_or((self.source, self.number))
-    }
-}
-
-/// Lines read by one `read` call, with the instant they were read.
-#[derive(Debug)]
-pub struct Batch {
-    /// The bytes the lines point into.
-    pub buf: Vec<u8>,
-    /// The complete, non-blank lines.
-    pub lines: Vec<LineRef>,
-    /// When these bytes were read.
-    pub read_at: Instant,
-    /// The wall clock to judge these lines by (a replayed log's receipt time); `None` means
-    /// the machine's clock now.
-    pub wall_ms: Option<u64>,
-}
-
-impl Batch {
-    /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`;
-    /// each line is flagged as a residue or not, and may say how it is cited (see
-    /// [`LineRef::cited_as`]).
-    pub fn of_lines(
-        source: u16,
-        first_number: u64,
-        lines: &[(&[u8], bool, Option<Citation>)],
-        wall_ms: Option<u64>,
-    ) -> Batch {
-        let mut buf = Vec::with_capacity(lines.iter().map(|(l, _, _)| l.len()).sum());
-        let mut refs = Vec::with_capacity(lines.len());
-        for (i, &(line, residue, cited_as)) in lines.iter().enumerate() {
-            let start = buf.len();
-            buf.extend_from_slice(line);
-            refs.push(LineRef {
-                source,
-                number: first_number + i as u64,
-                start,
-                end: buf.len(),
-                too_long: (!residue && line.len() > MAX_LINE_BYTES + 1)
-                    .then_some(line.len() as u64),
-                residue,
-                cited_as,
-            });
+/// Runs the dataflow of `spec` over `sources` (stopping at [`Options::until_ms`], if set) and
+/// then explains the profile of each questioned identifier. Returns the summary and, per
+/// question, the explanation and the time it took.
+pub fn run_and_explain(
+    spec: Arc<Spec>,
+    sources: Vec<Source>,
+    sinks: Sinks,
+    options: Options,
+    questions: Vec<Question>,
+) -> Result<(Summary, Vec<(explain::Outcome, Duration)>), EngineError> {
+    let source_names = names(&sources);
+    let (read, _reader) = spawn(sources);
+    // the reader's messages, then the questions, then the end
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    let (reply, answers) = crossbeam_channel::unbounded();
+    let asked = questions.len();
+    std::thread::spawn(move || {
+        for message in read {
+            if matches!(message, Message::End) {
+                break;
+            }
+            if tx.send(message).is_err() {
+                return;
+            }
         }
-        Batch {
-            buf,
-            lines: refs,
-            read_at: Instant::now(),
-            wall_ms,
+        for (ident, at) in questions {
+            let _ = tx.send(Message::Explain(ident, at, reply.clone()));
         }
+        let _ = tx.send(Message::End);
+    });
+    let summary = engine::run_channel(spec, rx, source_names, false, sinks, options)?;
+    let outcomes: Vec<_> = answers.try_iter().collect();
+    if outcomes.len() != asked {
+        return Err(EngineError::Internal(
+            "internal error: the engine did not answer every question".into(),
+        ));
     }
-
-    /// The bytes of a line.
-    pub fn bytes(&self, line: &LineRef) -> &[u8] {
-        &self.buf[line.start..line.end]
-    }
-}
-
-/// What the reader thread sends.
-#[derive(Debug)]
-pub enum Message {
-    /// More lines.
-    Batch(Batch),
-    /// A read failed: the message says which source and why.
-    Failed(String),
-    /// A profile lookup (`GET /v1/profiles/...`): the answer goes back on the channel.
-    Lookup(
-        crate::event::Ident,
-        Sender<Result<Option<serde_json::Value>, String>>,
-    ),
-    /// An explanation (`explain`, `GET /v1/profiles/.../explain`) of the profile of an
-    /// identifier at a clock value (`None`: the current clock); the answer, with the time
-    /// it took, goes back on the channel.
-    Explain(
-        crate::event::Ident,
-        Option<u64>,
-        Sender<(crate::explain::Outcome, std::time::Duration)>,
-    ),
-    /// All sources are exhausted.
-    End,
+    Ok((summary, outcomes))
 }
 
 /// An opened input.

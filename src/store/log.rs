@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use crate::event::residue::Residue;
 use crate::event::{DeadReason, MAX_LINE_BYTES};
 
-use crate::io::source::{Batch, Citation, Message};
+use crate::engine::input::{Batch, Citation, Message};
 
 /// Largest payload a record may hold (a line of 1 MiB plus the wall clock, with room).
 pub const MAX_PAYLOAD: usize = (1 << 20) + 64;

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::engine::output::LiveViews;
 use crate::engine::{Counters, wall_clock_ms};
-use crate::io::sink::LiveViews;
 use crate::spec::Spec;
 use crate::store::log::CompactStats;
 

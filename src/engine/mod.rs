@@ -16,6 +16,9 @@
 //! already published clock value (a late event, or one with the same timestamp) produces
 //! a further group of changes at the same time. See `src/docs/semantics.md`.
 
+pub mod input;
+pub mod output;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,9 +37,9 @@ use crate::event::residue::Residue;
 use crate::event::{self, DeadReason, Event, Ident, Kind};
 use crate::explain;
 use crate::history::History;
-use crate::io::sink::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, changes_of};
-use crate::io::source::{self, Batch, LineRef, Message, Source};
 use crate::spec::Spec;
+use input::{Batch, LineRef, Message};
+use output::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, changes_of};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -386,63 +389,6 @@ impl Summary {
             latency
         )
     }
-}
-
-/// Runs the dataflow of `spec` over `sources` until they end.
-pub fn run(
-    spec: Arc<Spec>,
-    sources: Vec<Source>,
-    sinks: Sinks,
-    options: Options,
-) -> Result<Summary, EngineError> {
-    let live = sources.iter().any(|s| s.live);
-    let source_names = source::names(&sources);
-    let (rx, _reader) = source::spawn(sources);
-    run_channel(spec, rx, source_names, live, sinks, options)
-}
-
-/// A question for [`run_and_explain`]: an identifier, and the clock to explain it at
-/// (`None`: the final clock).
-pub type Question = (Ident, Option<u64>);
-
-/// Runs the dataflow of `spec` over `sources` (stopping at [`Options::until_ms`], if set) and
-/// then explains the profile of each questioned identifier. Returns the summary and, per
-/// question, the explanation and the time it took.
-pub fn run_and_explain(
-    spec: Arc<Spec>,
-    sources: Vec<Source>,
-    sinks: Sinks,
-    options: Options,
-    questions: Vec<Question>,
-) -> Result<(Summary, Vec<(explain::Outcome, Duration)>), EngineError> {
-    let source_names = source::names(&sources);
-    let (read, _reader) = source::spawn(sources);
-    // the reader's messages, then the questions, then the end
-    let (tx, rx) = crossbeam_channel::bounded(4);
-    let (reply, answers) = crossbeam_channel::unbounded();
-    let asked = questions.len();
-    std::thread::spawn(move || {
-        for message in read {
-            if matches!(message, Message::End) {
-                break;
-            }
-            if tx.send(message).is_err() {
-                return;
-            }
-        }
-        for (ident, at) in questions {
-            let _ = tx.send(Message::Explain(ident, at, reply.clone()));
-        }
-        let _ = tx.send(Message::End);
-    });
-    let summary = run_channel(spec, rx, source_names, false, sinks, options)?;
-    let outcomes: Vec<_> = answers.try_iter().collect();
-    if outcomes.len() != asked {
-        return Err(EngineError::Internal(
-            "internal error: the engine did not answer every question".into(),
-        ));
-    }
-    Ok((summary, outcomes))
 }
 
 /// Runs the dataflow of `spec` over the batches arriving on `rx` until [`Message::End`] or
@@ -887,7 +833,7 @@ impl<'w> Driver<'w> {
         Ok(())
     }
 
-    /// Replays what compaction left of a line (see [`crate::store::compact`]): the same
+    /// Replays what compaction left of a line (see `store::compact`): the same
     /// admission bookkeeping as the original line, and no event.
     fn replay_residue(
         &mut self,

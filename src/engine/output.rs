@@ -1,4 +1,5 @@
-//! Sinks: the change stream and snapshot formats of SPEC section 7, and dead letters.
+//! What the engine puts out: the change stream and snapshot formats of SPEC section 7, live
+//! subscriptions, and dead letters.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

@@ -1,0 +1,119 @@
+//! What the engine takes in: batches of lines read from a source, and the other messages
+//! (lookups, explanations, the end) that share their channel. The readers (`io::source`,
+//! `io::kafka`), the server and the event log all speak this protocol; the engine defines it.
+
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use crate::event::MAX_LINE_BYTES;
+
+/// One line of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRef {
+    /// Index of the source the line came from.
+    pub source: u16,
+    /// 1-based line number within its source.
+    pub number: u64,
+    /// Byte range of the line in the batch buffer (without `\n`).
+    pub start: usize,
+    /// End of the range.
+    pub end: usize,
+    /// `Some(length)` for a line longer than the limit, whose bytes were skipped.
+    pub too_long: Option<u64>,
+    /// The bytes are a compacted line's [`crate::event::residue::Residue`] (from the event
+    /// log), not a line.
+    pub residue: bool,
+    /// The (source, line) to cite in dead letters and explanations in place of
+    /// (`source`, `number`): a logged record that `serve` read from Kafka is cited by its
+    /// partition and offset, while `number` stays its position in the log.
+    pub cited_as: Option<Citation>,
+}
+
+/// A (source index, line number) pair as dead letters and explanations cite it.
+pub type Citation = (u16, u64);
+
+impl LineRef {
+    /// The (source, line) dead letters and explanations cite.
+    pub fn cited(&self) -> Citation {
+        self.cited_as.unwrap_or((self.source, self.number))
+    }
+}
+
+/// Lines read by one `read` call, with the instant they were read.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bytes the lines point into.
+    pub buf: Vec<u8>,
+    /// The complete, non-blank lines.
+    pub lines: Vec<LineRef>,
+    /// When these bytes were read.
+    pub read_at: Instant,
+    /// The wall clock to judge these lines by (a replayed log's receipt time); `None` means
+    /// the machine's clock now.
+    pub wall_ms: Option<u64>,
+}
+
+impl Batch {
+    /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`;
+    /// each line is flagged as a residue or not, and may say how it is cited (see
+    /// [`LineRef::cited_as`]).
+    pub fn of_lines(
+        source: u16,
+        first_number: u64,
+        lines: &[(&[u8], bool, Option<Citation>)],
+        wall_ms: Option<u64>,
+    ) -> Batch {
+        let mut buf = Vec::with_capacity(lines.iter().map(|(l, _, _)| l.len()).sum());
+        let mut refs = Vec::with_capacity(lines.len());
+        for (i, &(line, residue, cited_as)) in lines.iter().enumerate() {
+            let start = buf.len();
+            buf.extend_from_slice(line);
+            refs.push(LineRef {
+                source,
+                number: first_number + i as u64,
+                start,
+                end: buf.len(),
+                too_long: (!residue && line.len() > MAX_LINE_BYTES + 1)
+                    .then_some(line.len() as u64),
+                residue,
+                cited_as,
+            });
+        }
+        Batch {
+            buf,
+            lines: refs,
+            read_at: Instant::now(),
+            wall_ms,
+        }
+    }
+
+    /// The bytes of a line.
+    pub fn bytes(&self, line: &LineRef) -> &[u8] {
+        &self.buf[line.start..line.end]
+    }
+}
+
+/// What the engine receives: from the reader thread, the server and the event log.
+#[derive(Debug)]
+pub enum Message {
+    /// More lines.
+    Batch(Batch),
+    /// A read failed: the message says which source and why.
+    Failed(String),
+    /// A profile lookup (`GET /v1/profiles/...`): the answer goes back on the channel.
+    Lookup(
+        crate::event::Ident,
+        Sender<Result<Option<serde_json::Value>, String>>,
+    ),
+    /// An explanation (`explain`, `GET /v1/profiles/.../explain`) of the profile of an
+    /// identifier at a clock value (`None`: the current clock); the answer, with the time
+    /// it took, goes back on the channel.
+    Explain(
+        crate::event::Ident,
+        Option<u64>,
+        Sender<(crate::explain::Outcome, std::time::Duration)>,
+    ),
+    /// All sources are exhausted.
+    End,
+}
