@@ -229,10 +229,30 @@ impl Spec {
         ctx.compile(raw)
     }
 
-    /// Index of a signal or sequence name among all scored names, if any.
+    /// Whether a signal or sequence has this name.
     pub fn scored_name_exists(&self, name: &str) -> bool {
-        self.intent.signals.iter().any(|s| s.name == name)
-            || self.intent.sequences.iter().any(|s| s.name == name)
+        self.intent.scored_id(name).is_some()
+    }
+}
+
+impl IntentSpec {
+    /// The scored ids (SPEC section 4): signals by declaration order, then sequences, as
+    /// `(name, points × 1000)`. Id `num_signals + q` is sequence `q`'s bonus. Every table
+    /// of scored names or points (the dataflow's weights, view rows, explanations) is this.
+    pub fn scored(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.signals
+            .iter()
+            .map(|s| (s.name.as_str(), s.points_milli))
+            .chain(
+                self.sequences
+                    .iter()
+                    .map(|q| (q.name.as_str(), q.points_milli)),
+            )
+    }
+
+    /// The id of a signal or sequence name.
+    pub fn scored_id(&self, name: &str) -> Option<u16> {
+        self.scored().position(|(n, _)| n == name).map(|i| i as u16)
     }
 }
 

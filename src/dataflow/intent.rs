@@ -21,6 +21,14 @@ pub struct Decay {
 }
 
 impl Decay {
+    /// The decay parameters of a spec.
+    pub fn of(intent: &crate::spec::IntentSpec) -> Decay {
+        Decay {
+            half_life_ms: intent.half_life_ms,
+            max_age_ms: intent.max_age_ms,
+        }
+    }
+
     /// The weight at `now` of an occurrence at `t` worth `points_milli`:
     /// `floor(points_milli / 2^k)` with `k = floor((now - t) / half_life)` while
     /// `0 <= now - t < max_age`, else 0. `floor` is an arithmetic shift.

@@ -540,18 +540,9 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             node_counts: Presence::new(),
             pair_counts: Presence::new(),
             wide_counts: Presence::new(),
-            decay: intent::Decay {
-                half_life_ms: spec.intent.half_life_ms,
-                max_age_ms: spec.intent.max_age_ms,
-            },
+            decay: intent::Decay::of(&spec.intent),
             timer: timer::DecayTimer::default(),
-            points: spec
-                .intent
-                .signals
-                .iter()
-                .map(|s| s.points_milli)
-                .chain(spec.intent.sequences.iter().map(|q| q.points_milli))
-                .collect(),
+            points: spec.intent.scored().map(|(_, points)| points).collect(),
             num_signals,
         }
     });

@@ -171,10 +171,8 @@ impl Renderer {
     fn new(spec: &Spec) -> Renderer {
         let scored_names = spec
             .intent
-            .signals
-            .iter()
-            .map(|s| s.name.clone())
-            .chain(spec.intent.sequences.iter().map(|s| s.name.clone()))
+            .scored()
+            .map(|(name, _)| name.to_string())
             .collect();
         Renderer {
             views: spec.views.clone(),

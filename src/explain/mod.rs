@@ -480,10 +480,7 @@ fn score(
     cite: &dyn Fn(&EventFacts) -> EventRef,
 ) -> (Score, i64, Vec<u16>) {
     let intent = &spec.intent;
-    let decay = Decay {
-        half_life_ms: intent.half_life_ms,
-        max_age_ms: intent.max_age_ms,
-    };
+    let decay = Decay::of(intent);
     let mut out = Score {
         value: Value::Null,
         contributions: Vec::new(),
@@ -677,14 +674,6 @@ fn view_decisions(
                 .collect(),
         ),
     );
-    let scored_name = |name: &str| {
-        spec.intent
-            .signals
-            .iter()
-            .map(|s| &s.name)
-            .chain(spec.intent.sequences.iter().map(|q| &q.name))
-            .position(|n| n == name)
-    };
     spec.views
         .iter()
         .zip(rows)
@@ -707,7 +696,10 @@ fn view_decisions(
                 });
             }
             if let Some(name) = &view.has_signal {
-                let on = scored_name(name).is_some_and(|i| active.contains(&(i as u16)));
+                let on = spec
+                    .intent
+                    .scored_id(name)
+                    .is_some_and(|i| active.contains(&i));
                 conditions.push(Condition {
                     condition: format!("has_signal {name}"),
                     value: Value::from(on),
