@@ -52,15 +52,9 @@ impl Label {
     }
 }
 
-/// The identity graph's links: each unordered pair of distinct identifiers that occur in one
-/// event, in both directions, once. Invariant: `(a, b)` is present iff some live event
-/// carries both `a` and `b`.
-pub fn links<'s>(pairs: Coll<'s, (Node, Node)>) -> Coll<'s, (Node, Node)> {
-    pairs.distinct_total()
-}
-
 /// Hubs: identifiers with more than `max_links` distinct neighbours, counted before any edge
-/// is dropped. `wide` holds the identifiers of events with more than `max_links + 1`
+/// is dropped. `links` holds each unordered pair of distinct identifiers that occur in one
+/// live event, in both directions, once (as [`super::Inputs`] feeds it). `wide` holds the identifiers of events with more than `max_links + 1`
 /// identifiers, which are hubs by that event alone (so their pairs are never built).
 pub fn hubs<'s>(
     links: Coll<'s, (Node, Node)>,

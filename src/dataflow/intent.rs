@@ -9,6 +9,7 @@
 
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 
+use super::timer::Stream;
 use super::{ByKey, Coll, Node, Seq};
 
 /// Decay parameters (SPEC section 4), in ms.
@@ -129,46 +130,51 @@ pub fn qualified_sequences<'s>(
 }
 
 /// The occurrences that count (SPEC section 4): every signal occurrence, and a sequence
-/// bonus only where it is qualified. Sequence ids are `num_signals + q`. Multiplicities are
-/// carried through unchanged (weights, or +1 activity markers).
+/// bonus only where it is qualified. Sequence ids are `num_signals + q`. Holds
+/// `(event, (id, stream))`; multiplicities are carried through unchanged (weights, or +1
+/// activity markers).
 pub fn counted<'s>(
-    occurrences: Coll<'s, (Seq, u16)>,
+    occurrences: Coll<'s, (Seq, (u16, Stream))>,
     qualified: Coll<'s, (Seq, u16)>,
     num_signals: u16,
-) -> Coll<'s, (Seq, u16)> {
-    let signals = occurrences.clone().filter(move |(_, id)| *id < num_signals);
+) -> Coll<'s, (Seq, (u16, Stream))> {
+    let signals = occurrences
+        .clone()
+        .filter(move |(_, (id, _))| *id < num_signals);
     let bonuses = occurrences
-        .filter(move |(_, id)| *id >= num_signals)
-        .map(|occurrence| (occurrence, ()))
+        .filter(move |(_, (id, _))| *id >= num_signals)
+        .map(|(seq, (id, stream))| ((seq, id), stream))
         .semijoin(qualified.map(move |(seq, q)| (seq, q + num_signals)))
-        .map(|(occurrence, ())| occurrence);
+        .map(|((seq, id), stream)| (seq, (id, stream)));
     signals.concat(bonuses)
+}
+
+/// Counted occurrences with the profile of their event: `(profile, (id, stream))`.
+pub fn attributed<'s>(
+    counted: Coll<'s, (Seq, (u16, Stream))>,
+    attribution: ByKey<'s, Seq, Node>,
+) -> Coll<'s, (Node, (u16, Stream))> {
+    counted.join_core(attribution, |_seq, occurrence, profile: &Node| {
+        Some((profile.clone(), *occurrence))
+    })
 }
 
 /// Scores (SPEC section 4): per profile, the sum of the current weights (carried as
 /// multiplicities) of its events' counted occurrences, in thousandths of a point. Profiles
 /// whose weights sum to zero have no record here (the views read that as 0).
-pub fn scores<'s>(
-    weights: Coll<'s, (Seq, u16)>,
-    attribution: ByKey<'s, Seq, Node>,
-) -> Coll<'s, (Node, isize)> {
-    weights
-        .join_core(attribution, |_seq, _id, profile: &Node| {
-            Some(profile.clone())
-        })
+pub fn scores<'s>(attributed: Coll<'s, (Node, (u16, Stream))>) -> Coll<'s, (Node, isize)> {
+    attributed
+        .filter(|(_, (_, stream))| *stream == Stream::Weight)
+        .map(|(profile, _)| profile)
         .count_total()
 }
 
 /// Active signals (SPEC section 7): `(profile, id)` for every signal or sequence with at
 /// least one occurrence of non-zero weight now.
-pub fn active_signals<'s>(
-    active: Coll<'s, (Seq, u16)>,
-    attribution: ByKey<'s, Seq, Node>,
-) -> Coll<'s, (Node, u16)> {
-    active
-        .join_core(attribution, |_seq, id, profile: &Node| {
-            Some((profile.clone(), *id))
-        })
+pub fn active_signals<'s>(attributed: Coll<'s, (Node, (u16, Stream))>) -> Coll<'s, (Node, u16)> {
+    attributed
+        .filter(|(_, (_, stream))| *stream == Stream::Active)
+        .map(|(profile, (id, _))| (profile, id))
         .distinct_total()
 }
 

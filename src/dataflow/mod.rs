@@ -12,6 +12,7 @@
 pub mod consent;
 pub mod identity;
 pub mod intent;
+pub mod latest;
 pub mod lookup;
 pub mod timer;
 pub mod traits;
@@ -201,9 +202,10 @@ impl EventFacts {
 ///
 /// Nodes, links and wide marks are sets in the SPEC but arrive as multisets (every event
 /// repeats its identifiers). A local count per element forwards only the transitions between
-/// absent and present, so the dataflow sees each element once instead of once per event.
-/// The dataflow still applies `distinct`, so inputs fed from several places (processes)
-/// compose, and a retraction that brings a count back to zero removes the element.
+/// absent and present, so the dataflow sees each element once instead of once per event,
+/// and a retraction that brings a count back to zero removes the element. One worker in the
+/// whole cluster (worker 0 of process 0) feeds the inputs, so these collections are sets as
+/// they enter and the dataflow needs no `distinct` (nor its arrangement) to make them so.
 ///
 /// Weighted occurrences carry their weight as multiplicity. Of each weight schedule
 /// ([`intent::Decay::schedule`]) only the steps already due enter the dataflow; the rest wait
@@ -213,11 +215,11 @@ pub struct Inputs {
     pairs: InputSession<Time, (Node, Node), isize>,
     wide: InputSession<Time, Node, isize>,
     primary: InputSession<Time, (Node, Seq), isize>,
-    weights: InputSession<Time, (Seq, u16), isize>,
-    active: InputSession<Time, (Seq, u16), isize>,
+    /// Weights and activity markers of occurrences: `(event, (scored id, stream))`.
+    occurrences: InputSession<Time, (Seq, (u16, timer::Stream)), isize>,
     roles: InputSession<Time, (Seq, (u16, u8, u64)), isize>,
-    consent: InputSession<Time, (Seq, (u8, u64, bool)), isize>,
-    traits: InputSession<Time, (Seq, (String, traits::TraitValue)), isize>,
+    /// Consent and trait records, by what they decide (see [`latest`]).
+    records: InputSession<Time, (Seq, (latest::Slot, latest::Rank)), isize>,
     queries: InputSession<Time, (Node, u64), isize>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
@@ -309,12 +311,14 @@ impl Inputs {
             }
         }
         for &(purpose, granted) in &facts.consent {
-            self.consent
-                .update((facts.seq, (purpose, facts.timestamp_ms, granted)), diff);
+            let rank = consent::precedence(facts.timestamp_ms, granted);
+            let record = (latest::Slot::Consent(purpose), latest::Rank::Consent(rank));
+            self.records.update((facts.seq, record), diff);
         }
         for (key, source, json) in &facts.traits {
-            let record = traits::record(facts, *source, json);
-            self.traits.update((facts.seq, (key.clone(), record)), diff);
+            let rank = latest::Rank::Trait(traits::record(facts, *source, json));
+            let record = (latest::Slot::Trait(key.clone()), rank);
+            self.records.update((facts.seq, record), diff);
         }
     }
 
@@ -359,7 +363,7 @@ impl Inputs {
     /// future, else when the clock reaches it.
     fn step_at(&mut self, ms: u64, seq: Seq, id: u16, stream: timer::Stream, delta: i64) {
         if ms <= clock_of(self.time()) {
-            self.session(stream).update((seq, id), delta as isize);
+            self.occurrences.update((seq, (id, stream)), delta as isize);
         } else {
             let step = timer::Step {
                 seq,
@@ -368,13 +372,6 @@ impl Inputs {
                 delta,
             };
             self.timer.add(ms, step);
-        }
-    }
-
-    fn session(&mut self, stream: timer::Stream) -> &mut InputSession<Time, (Seq, u16), isize> {
-        match stream {
-            timer::Stream::Weight => &mut self.weights,
-            timer::Stream::Active => &mut self.active,
         }
     }
 
@@ -389,8 +386,8 @@ impl Inputs {
         if clock_of(time) > clock_of(self.time()) {
             for (ms, steps) in self.timer.take_due(clock_of(time)) {
                 for s in steps {
-                    self.session(s.stream).update_at(
-                        (s.seq, s.id),
+                    self.occurrences.update_at(
+                        (s.seq, (s.id, s.stream)),
                         self::time(ms, 0),
                         s.delta as isize,
                     );
@@ -401,11 +398,9 @@ impl Inputs {
         self.pairs.advance_to(time);
         self.wide.advance_to(time);
         self.primary.advance_to(time);
-        self.weights.advance_to(time);
-        self.active.advance_to(time);
+        self.occurrences.advance_to(time);
         self.roles.advance_to(time);
-        self.consent.advance_to(time);
-        self.traits.advance_to(time);
+        self.records.advance_to(time);
         self.queries.advance_to(time);
     }
 
@@ -415,11 +410,9 @@ impl Inputs {
         self.pairs.flush();
         self.wide.flush();
         self.primary.flush();
-        self.weights.flush();
-        self.active.flush();
+        self.occurrences.flush();
         self.roles.flush();
-        self.consent.flush();
-        self.traits.flush();
+        self.records.flush();
         self.queries.flush();
     }
 
@@ -462,19 +455,19 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         let (pairs_in, pairs) = scope.new_collection::<(Node, Node), isize>();
         let (wide_in, wide) = scope.new_collection::<Node, isize>();
         let (primary_in, primary) = scope.new_collection::<(Node, Seq), isize>();
-        let (weights_in, weights) = scope.new_collection::<(Seq, u16), isize>();
-        let (active_in, active) = scope.new_collection::<(Seq, u16), isize>();
+        let (occurrences_in, occurrences) =
+            scope.new_collection::<(Seq, (u16, timer::Stream)), isize>();
         let (roles_in, roles) = scope.new_collection::<(Seq, (u16, u8, u64)), isize>();
-        let (consent_in, consent_records) = scope.new_collection::<(Seq, (u8, u64, bool)), isize>();
-        let (traits_in, trait_records) =
-            scope.new_collection::<(Seq, (String, traits::TraitValue)), isize>();
+        let (records_in, records) =
+            scope.new_collection::<(Seq, (latest::Slot, latest::Rank)), isize>();
         let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
 
         // identity (SPEC section 3)
-        let links = identity::links(pairs);
+        // `nodes` and `links` enter as sets (see `Inputs`)
+        let links = pairs;
         let hubs = identity::hubs(links.clone(), wide, max_links);
         let edges = identity::edges(links, hubs);
-        let labels = identity::labels(nodes.distinct_total(), edges, anchors);
+        let labels = identity::labels(nodes, edges, anchors);
         let members = identity::members(labels.clone());
         // arranged once, shared by every stage that joins with them
         let labels_by_node = labels.arrange_by_key();
@@ -482,17 +475,16 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
 
         // intent (SPEC section 4)
         let qualified = intent::qualified_sequences(roles, attribution.clone(), within);
-        let weights = intent::counted(weights, qualified.clone(), num_signals);
-        let active = intent::counted(active, qualified, num_signals);
-        let scores = intent::scores(weights, attribution.clone());
-        let signals = intent::active_signals(active, attribution.clone());
+        let counted = intent::counted(occurrences, qualified, num_signals);
+        let attributed = intent::attributed(counted, attribution.clone());
+        let scores = intent::scores(attributed.clone());
+        let signals = intent::active_signals(attributed);
 
         // views (SPEC sections 5 and 7)
         // consent and traits (SPEC section 5)
-        let consents = consent::decided(consent_records, attribution.clone());
-        let traits = traits::current(trait_records, attribution);
-        let facts = views::profile_facts(members.clone(), scores, signals, consents, traits)
-            .arrange_by_key();
+        let decided = latest::decided(records, attribution);
+        let facts =
+            views::profile_facts(members.clone(), scores, signals, decided).arrange_by_key();
 
         // profile lookups (erasure, SPEC section 6; GET /v1/profiles)
         let found = lookup::profile_facts_of(queries, labels_by_node, facts.clone());
@@ -531,11 +523,9 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
             pairs: pairs_in,
             wide: wide_in,
             primary: primary_in,
-            weights: weights_in,
-            active: active_in,
+            occurrences: occurrences_in,
             roles: roles_in,
-            consent: consent_in,
-            traits: traits_in,
+            records: records_in,
             queries: queries_in,
             node_counts: Presence::new(),
             pair_counts: Presence::new(),

@@ -17,12 +17,15 @@ use std::collections::BTreeMap;
 
 use super::Seq;
 
-/// Which input a pending step feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which of an occurrence's two updates a step is: both travel in one input collection,
+/// `(event, (scored id, stream))`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Stream {
-    /// The weight carried as multiplicity (`weights`).
+    /// The weight, carried as multiplicity (scores sum it).
     Weight,
-    /// The +1/-1 activity marker (`active`).
+    /// The +1/-1 activity marker (active signals).
     Active,
 }
 

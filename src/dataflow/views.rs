@@ -32,20 +32,19 @@ pub enum Fact {
     Trait(String, String),
 }
 
-/// All facts of every profile, keyed by profile.
+/// All facts of every profile, keyed by profile: its members, score, active signals, and
+/// the decided consent and traits.
 pub fn profile_facts<'s>(
     members: Coll<'s, (Node, Node)>,
     scores: Coll<'s, (Node, isize)>,
     signals: Coll<'s, (Node, u16)>,
-    consents: Coll<'s, (Node, (u8, bool))>,
-    traits: Coll<'s, (Node, (String, String))>,
+    decided: Coll<'s, (Node, Fact)>,
 ) -> Coll<'s, (Node, Fact)> {
     members
         .map(|(p, id)| (p, Fact::Member(id.0)))
         .concat(scores.map(|(p, s)| (p, Fact::Score(s as i64))))
         .concat(signals.map(|(p, s)| (p, Fact::Signal(s))))
-        .concat(consents.map(|(p, (purpose, granted))| (p, Fact::Consent(purpose, granted))))
-        .concat(traits.map(|(p, (k, v))| (p, Fact::Trait(k, v))))
+        .concat(decided)
 }
 
 /// Every view's rows. Invariant: `(v, p, row)` is present iff profile `p` exists, meets view
