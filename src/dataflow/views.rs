@@ -121,6 +121,29 @@ pub fn rows_for(spec: &Spec, facts: &[Fact]) -> Vec<Option<String>> {
         .collect()
 }
 
+/// One condition of a view (SPEC sections 5 and 7); the view's spec holds its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// The consent of the view's purpose (by index) is granted.
+    Consent(usize),
+    /// The score (× 1000) is at least this.
+    ScoreAtLeast(i64),
+    /// The view's `has_signal` has non-zero weight now.
+    HasSignal,
+    /// The view's trait predicate of this index holds.
+    Predicate(usize),
+}
+
+/// Every view's conditions on a profile with these facts, in spec order, each with whether
+/// it holds: the evaluation [`rows`] applies, for explanations.
+pub fn conditions_for(spec: &Spec, facts: &[Fact]) -> Vec<Vec<(Condition, bool)>> {
+    let render = Renderer::new(spec);
+    let state = State::collect(facts.iter());
+    (0..render.views.len())
+        .map(|i| render.conditions(i, &state).collect())
+        .collect()
+}
+
 /// A profile's facts, gathered.
 struct State<'a> {
     members: Vec<&'a Ident>,
@@ -192,31 +215,47 @@ impl Renderer {
         }
     }
 
-    fn row(&self, index: usize, state: &State) -> Option<String> {
+    /// View `index`'s conditions on a profile, in the spec's order, each with whether it
+    /// holds. Evaluated lazily: a renderer that stops at the first failure pays for no more.
+    fn conditions<'r>(
+        &'r self,
+        index: usize,
+        state: &'r State,
+    ) -> impl Iterator<Item = (Condition, bool)> + 'r {
         let view = &self.views[index];
-        if view.purpose.is_some_and(|p| !self.granted(state, p)) {
-            return None;
-        }
-        if view
+        let consent = view
+            .purpose
+            .map(|p| (Condition::Consent(p), self.granted(state, p)));
+        let score = view
             .score_gte_milli
-            .is_some_and(|min| state.score_milli < min)
-        {
-            return None;
-        }
-        if let Some(name) = &view.has_signal
-            && !state
+            .map(|min| (Condition::ScoreAtLeast(min), state.score_milli >= min));
+        let signal = view.has_signal.as_deref().map(move |name| {
+            let on = state
                 .signals
                 .iter()
-                .any(|s| self.scored_names.get(*s as usize) == Some(name))
-        {
-            return None;
-        }
+                .any(|s| self.scored_names.get(*s as usize).map(String::as_str) == Some(name));
+            (Condition::HasSignal, on)
+        });
+        let mut root = Map::new();
         if !view.predicates.is_empty() {
-            let mut root = Map::new();
             root.insert("traits".into(), Value::Object(state.traits.clone()));
-            if !predicate::all_hold(&view.predicates, &root) {
-                return None;
-            }
+        }
+        let predicates = view
+            .predicates
+            .iter()
+            .enumerate()
+            .map(move |(i, p)| (Condition::Predicate(i), predicate::holds(p, &root)));
+        consent
+            .into_iter()
+            .chain(score)
+            .chain(signal)
+            .chain(predicates)
+    }
+
+    fn row(&self, index: usize, state: &State) -> Option<String> {
+        let view = &self.views[index];
+        if !self.conditions(index, state).all(|(_, holds)| holds) {
+            return None;
         }
         let names = &self.field_names[index];
         let mut row = String::from("{");

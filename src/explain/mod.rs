@@ -24,7 +24,7 @@ use crate::dataflow::identity::Label;
 use crate::dataflow::intent::{Decay, qualifying_first};
 use crate::dataflow::views::{self, Fact, milli_json};
 use crate::dataflow::{EventFacts, SourceNames, consent, traits};
-use crate::event::{Ident, predicate};
+use crate::event::Ident;
 use crate::history::History;
 use crate::spec::{Predicate, PredicateTest, Spec};
 pub use graph::HubReason;
@@ -664,6 +664,7 @@ fn view_decisions(
             .map(|t| Fact::Trait(t.key.clone(), t.value.to_string())),
     );
     let rows = views::rows_for(spec, &facts);
+    let checked = views::conditions_for(spec, &facts);
     let mut root = serde_json::Map::new();
     root.insert(
         "traits".into(),
@@ -677,44 +678,39 @@ fn view_decisions(
     spec.views
         .iter()
         .zip(rows)
-        .map(|(view, row)| {
-            let mut conditions = Vec::new();
-            if let Some(p) = view.purpose
-                && let Some(decision) = consent.get(p)
-            {
-                conditions.push(Condition {
-                    condition: format!("consent for {} is granted", decision.purpose),
-                    value: Value::from(decision.granted),
-                    holds: decision.granted,
-                });
-            }
-            if let Some(min) = view.score_gte_milli {
-                conditions.push(Condition {
-                    condition: format!("score >= {}", milli_json(min)),
-                    value: points(score_milli),
-                    holds: score_milli >= min,
-                });
-            }
-            if let Some(name) = &view.has_signal {
-                let on = spec
-                    .intent
-                    .scored_id(name)
-                    .is_some_and(|i| active.contains(&i));
-                conditions.push(Condition {
-                    condition: format!("has_signal {name}"),
-                    value: Value::from(on),
-                    holds: on,
-                });
-            }
-            for p in &view.predicates {
-                conditions.push(Condition {
-                    condition: describe(p),
-                    value: crate::event::json::lookup(&root, &p.path)
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    holds: predicate::holds(p, &root),
-                });
-            }
+        .zip(checked)
+        .map(|((view, row), checked)| {
+            let conditions = checked
+                .into_iter()
+                .filter_map(|(condition, holds)| {
+                    let (condition, value) = match condition {
+                        views::Condition::Consent(p) => {
+                            let decision = consent.get(p)?;
+                            let text = format!("consent for {} is granted", decision.purpose);
+                            (text, Value::from(decision.granted))
+                        }
+                        views::Condition::ScoreAtLeast(min) => {
+                            (format!("score >= {}", milli_json(min)), points(score_milli))
+                        }
+                        views::Condition::HasSignal => {
+                            let name = view.has_signal.as_deref().unwrap_or_default();
+                            (format!("has_signal {name}"), Value::from(holds))
+                        }
+                        views::Condition::Predicate(i) => {
+                            let p = view.predicates.get(i)?;
+                            let value = crate::event::json::lookup(&root, &p.path)
+                                .cloned()
+                                .unwrap_or(Value::Null);
+                            (describe(p), value)
+                        }
+                    };
+                    Some(Condition {
+                        condition,
+                        value,
+                        holds,
+                    })
+                })
+                .collect();
             ViewDecision {
                 view: view.name.clone(),
                 is_in: row.is_some(),
