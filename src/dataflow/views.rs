@@ -236,15 +236,16 @@ impl Renderer {
                 .any(|s| self.scored_names.get(*s as usize).map(String::as_str) == Some(name));
             (Condition::HasSignal, on)
         });
-        let mut root = Map::new();
-        if !view.predicates.is_empty() {
-            root.insert("traits".into(), Value::Object(state.traits.clone()));
-        }
-        let predicates = view
-            .predicates
-            .iter()
-            .enumerate()
-            .map(move |(i, p)| (Condition::Predicate(i), predicate::holds(p, &root)));
+        // built at the first predicate, if the evaluation gets that far
+        let mut root: Option<Map<String, Value>> = None;
+        let predicates = view.predicates.iter().enumerate().map(move |(i, p)| {
+            let root = root.get_or_insert_with(|| {
+                let mut root = Map::new();
+                root.insert("traits".into(), Value::Object(state.traits.clone()));
+                root
+            });
+            (Condition::Predicate(i), predicate::holds(p, root))
+        });
         consent
             .into_iter()
             .chain(score)
