@@ -32,9 +32,8 @@ use crate::dataflow::views::{self, Fact};
 use crate::dataflow::{
     self, EventFacts, Inputs, Origin, STEP_BITS, SourceNames, Time, clock_of, time,
 };
-use crate::event::admit::{Admission, Verdict};
-use crate::event::residue::Residue;
-use crate::event::{self, DeadReason, Event, Ident, Kind};
+use crate::event::admit::{Admission, Line};
+use crate::event::{DeadReason, Event, Ident, Kind};
 use crate::explain;
 use crate::history::History;
 use crate::spec::Spec;
@@ -728,26 +727,24 @@ impl<'w> Driver<'w> {
                 reducible += 1;
                 continue;
             }
-            if line.residue {
-                self.replay_residue(line, batch, wall)?;
-                continue;
-            }
-            let event = match event::parse(batch.bytes(line), self.spec, batch.wall_ms) {
-                Ok(e) => e,
-                Err(r) => {
-                    self.dead(line, r.reason, r.detail)?;
-                    reducible += 1;
-                    continue;
-                }
-            };
-            match self.gate.admit(&event, wall) {
-                Verdict::Accepted { now } if self.options.until_ms.is_some_and(|u| now > u) => {
+            // a compacted line is counted as the line it stands for, but is not reducible
+            // again: it is compacted already
+            let fresh = u64::from(!line.residue);
+            let classified = self.gate.classify(
+                self.spec,
+                batch.bytes(line),
+                line.residue,
+                batch.wall_ms,
+                wall,
+            );
+            match classified {
+                Line::Accepted { now, .. } if self.options.until_ms.is_some_and(|u| now > u) => {
                     // `--at T`: this event moves the clock past T; nothing from here on
                     // belongs to the state at T
                     self.stopped = true;
                     break;
                 }
-                Verdict::Accepted { now } => {
+                Line::Accepted { event, now } => {
                     self.summary.accepted += 1;
                     self.advance_clock(now);
                     self.pending
@@ -755,31 +752,32 @@ impl<'w> Driver<'w> {
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
-                        let (source, cited_line) = line.cited();
-                        let origin = Origin {
-                            source,
-                            line: cited_line,
-                        };
-                        let mut facts =
-                            EventFacts::of(self.next_seq, &event, self.spec, now, origin);
-                        self.inputs.intern(&mut facts.idents);
-                        self.next_seq += 1;
-                        self.inputs.update(&facts, 1);
-                        self.history.push(facts);
-                        self.dirty = true;
+                        self.insert(&event, now, line);
                     }
                 }
-                Verdict::Duplicate => {
+                Line::Replayed { now, erasure } => {
+                    self.summary.accepted += 1;
+                    self.summary.forgets += u64::from(erasure.is_some());
+                    self.advance_clock(now);
+                }
+                Line::Duplicate => {
                     self.summary.duplicates += 1;
-                    reducible += 1;
+                    reducible += fresh;
                 }
-                Verdict::Dead(r) => {
-                    self.dead(line, r.reason, r.detail)?;
-                    reducible += 1;
+                Line::Dead { reason, detail } => {
+                    self.dead(line, reason, detail)?;
+                    reducible += fresh;
                 }
-                Verdict::Suppressed => {
+                Line::Suppressed => {
                     self.summary.suppressed += 1;
-                    reducible += 1;
+                    reducible += fresh;
+                }
+                Line::Unreadable(e) => {
+                    return Err(EngineError::Input(format!(
+                        "{} line {}: {e}",
+                        self.source_name(line),
+                        line.cited().1
+                    )));
                 }
             }
         }
@@ -833,48 +831,19 @@ impl<'w> Driver<'w> {
         Ok(())
     }
 
-    /// Replays what compaction left of a line (see `store::compact`): the same
-    /// admission bookkeeping as the original line, and no event.
-    fn replay_residue(
-        &mut self,
-        line: &LineRef,
-        batch: &Batch,
-        wall: u64,
-    ) -> Result<(), EngineError> {
-        let residue = Residue::decode(batch.bytes(line)).map_err(|e| {
-            EngineError::Input(format!(
-                "{} line {}: {e}",
-                self.source_name(line),
-                line.cited().1
-            ))
-        })?;
-        match residue {
-            Residue::Accepted {
-                timestamp_ms,
-                message_id,
-            } => {
-                self.summary.accepted += 1;
-                let now = self.gate.accept(timestamp_ms, message_id, wall);
-                self.advance_clock(now);
-            }
-            Residue::Erasure {
-                timestamp_ms,
-                message_id,
-                suppressed,
-            } => {
-                self.summary.accepted += 1;
-                self.summary.forgets += 1;
-                let now = self.gate.accept(timestamp_ms, message_id, wall);
-                self.advance_clock(now);
-                for h in suppressed {
-                    self.gate.suppress_hash(h);
-                }
-            }
-            Residue::Duplicate => self.summary.duplicates += 1,
-            Residue::Suppressed => self.summary.suppressed += 1,
-            Residue::Dead { reason, detail } => self.dead(line, reason, detail)?,
-        }
-        Ok(())
+    /// Inserts an accepted event at clock `now`, and keeps it in the history.
+    fn insert(&mut self, event: &Event, now: u64, line: &LineRef) {
+        let (source, cited_line) = line.cited();
+        let origin = Origin {
+            source,
+            line: cited_line,
+        };
+        let mut facts = EventFacts::of(self.next_seq, event, self.spec, now, origin);
+        self.inputs.intern(&mut facts.idents);
+        self.next_seq += 1;
+        self.inputs.update(&facts, 1);
+        self.history.push(facts);
+        self.dirty = true;
     }
 
     /// Completes everything inserted so far at clock `now` (a new step within it).

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::residue::message_id_hash;
+use super::residue::{Residue, message_id_hash};
 use super::{DeadReason, Event, Ident, Rejection};
+use crate::spec::Spec;
 
 /// What happens to a parsed event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,41 @@ pub enum Verdict {
     Dead(Rejection),
     /// It carries an erased identifier (SPEC section 6).
     Suppressed,
+}
+
+/// What admission makes of one line of input or of the event log: the one classification
+/// (SPEC sections 1 and 6) that the engine and log compaction both apply, so that a
+/// compacted log replays to the state, clock and counters the original reaches.
+#[derive(Debug)]
+pub enum Line {
+    /// An accepted event (a `forget` too); the clock is now `now`.
+    Accepted {
+        /// The event.
+        event: Event,
+        /// The engine clock once it was applied.
+        now: u64,
+    },
+    /// A compacted line that stood for an accepted event (`erasure: None`) or a carried-out
+    /// erasure (its suppressed hashes), replayed into the gate; the clock is now `now`.
+    Replayed {
+        /// The engine clock once it was applied.
+        now: u64,
+        /// The erasure's suppressed hashes, for an erasure.
+        erasure: Option<Vec<u128>>,
+    },
+    /// A duplicate (or a compacted line that stood for one).
+    Duplicate,
+    /// Suppressed by an erasure (or a compacted line that stood for such an event).
+    Suppressed,
+    /// A dead letter (or a compacted line that stood for one).
+    Dead {
+        /// Why.
+        reason: DeadReason,
+        /// The detail a dead letter reports.
+        detail: String,
+    },
+    /// A compacted line whose residue cannot be read.
+    Unreadable(String),
 }
 
 /// Deduplication set, suppression list and clock.
@@ -62,6 +98,72 @@ impl Admission {
     /// The engine clock: the largest accepted timestamp so far.
     pub fn clock(&self) -> Option<u64> {
         self.clock
+    }
+
+    /// Classifies one line: parses and admits it, or, for a compacted line (`residue`),
+    /// replays what compaction left of it. `event_wall_ms` is the line's receipt time for
+    /// the timestamp rules (`None`: now), `wall_ms` the wall clock for the far-future rule.
+    /// Lines too long to read are the caller's: they never reach here.
+    pub fn classify(
+        &mut self,
+        spec: &Spec,
+        bytes: &[u8],
+        residue: bool,
+        event_wall_ms: Option<u64>,
+        wall_ms: u64,
+    ) -> Line {
+        if residue {
+            return self.replay(bytes, wall_ms);
+        }
+        let event = match super::parse(bytes, spec, event_wall_ms) {
+            Ok(event) => event,
+            Err(r) => {
+                return Line::Dead {
+                    reason: r.reason,
+                    detail: r.detail,
+                };
+            }
+        };
+        match self.admit(&event, wall_ms) {
+            Verdict::Accepted { now } => Line::Accepted { event, now },
+            Verdict::Duplicate => Line::Duplicate,
+            Verdict::Suppressed => Line::Suppressed,
+            Verdict::Dead(r) => Line::Dead {
+                reason: r.reason,
+                detail: r.detail,
+            },
+        }
+    }
+
+    /// Replays a compacted line: the same bookkeeping as the line it stands for.
+    fn replay(&mut self, bytes: &[u8], wall_ms: u64) -> Line {
+        match Residue::decode(bytes) {
+            Ok(Residue::Accepted {
+                timestamp_ms,
+                message_id,
+            }) => Line::Replayed {
+                now: self.accept(timestamp_ms, message_id, wall_ms),
+                erasure: None,
+            },
+            Ok(Residue::Erasure {
+                timestamp_ms,
+                message_id,
+                suppressed,
+            }) => {
+                let now = self.accept(timestamp_ms, message_id, wall_ms);
+                for h in &suppressed {
+                    self.suppress_hash(*h);
+                }
+                Line::Replayed {
+                    now,
+                    erasure: Some(suppressed),
+                }
+            }
+            Ok(Residue::Duplicate) => Line::Duplicate,
+            Ok(Residue::Suppressed) => Line::Suppressed,
+            Ok(Residue::Dead { reason, detail }) => Line::Dead { reason, detail },
+            Err(e) => Line::Unreadable(e.to_string()),
+        }
     }
 
     /// Applies deduplication, the far-future rule and suppression (in that order), and on

@@ -22,9 +22,9 @@
 
 use std::collections::HashSet;
 
-use crate::event::admit::{Admission, Verdict};
+use crate::event::Kind;
+use crate::event::admit::{Admission, Line};
 use crate::event::residue::{Residue, message_id_hash};
-use crate::event::{self, DeadReason, Kind};
 use crate::spec::Spec;
 
 use super::erasures::ErasureSets;
@@ -58,19 +58,43 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
     let mut fates = Vec::with_capacity(records.len());
     for (index, record) in records.iter().enumerate() {
         let number = index as u64 + 1;
-        let fate = if record.residue {
-            replay_residue(&mut gate, &mut erased, record)
-        } else {
-            match judge(&mut gate, spec, record, number, sets) {
-                Some((fate, set)) => {
-                    for h in set {
-                        gate.suppress_hash(*h);
-                        erased.insert(*h);
-                    }
-                    fate
-                }
-                None => break, // a forget not carried out yet
+        let line = gate.classify(
+            spec,
+            &record.line,
+            record.residue,
+            Some(record.wall_ms),
+            record.wall_ms,
+        );
+        let fate = match line {
+            // an earlier compaction's residue: replayed into the gate, kept as it is
+            Line::Replayed { erasure, .. } => {
+                erased.extend(erasure.unwrap_or_default());
+                Fate::Keep
             }
+            _ if record.residue => Fate::Keep,
+            Line::Accepted { event, .. } if event.kind == Kind::Forget => {
+                let Some(set) = sets.get(&number) else {
+                    break; // a forget not carried out yet
+                };
+                for h in set {
+                    gate.suppress_hash(*h);
+                    erased.insert(*h);
+                }
+                Fate::Reduce(Residue::Erasure {
+                    timestamp_ms: event.timestamp_ms,
+                    message_id: event.message_id.as_deref().map(message_id_hash),
+                    suppressed: set.clone(),
+                })
+            }
+            Line::Accepted { event, .. } => Fate::Accepted {
+                timestamp_ms: event.timestamp_ms,
+                message_id: event.message_id.as_deref().map(message_id_hash),
+                idents: event.idents.iter().map(|i| gate.salted(i)).collect(),
+            },
+            Line::Duplicate => Fate::Reduce(Residue::Duplicate),
+            Line::Suppressed => Fate::Reduce(Residue::Suppressed),
+            Line::Dead { reason, detail } => Fate::Reduce(Residue::Dead { reason, detail }),
+            Line::Unreadable(_) => Fate::Keep,
         };
         fates.push(fate);
     }
@@ -108,69 +132,4 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
         })
         .collect();
     Rewritten { records, reduced }
-}
-
-/// Pass one over a line: its fate, and the erasure set it adds (a carried-out forget), or
-/// `None` for a forget whose set is not recorded.
-fn judge<'s>(
-    gate: &mut Admission,
-    spec: &Spec,
-    record: &Record,
-    number: u64,
-    sets: &'s ErasureSets,
-) -> Option<(Fate, &'s [u128])> {
-    let dead = |reason: DeadReason, detail: String| Fate::Reduce(Residue::Dead { reason, detail });
-    let event = match event::parse(&record.line, spec, Some(record.wall_ms)) {
-        Ok(e) => e,
-        Err(r) => return Some((dead(r.reason, r.detail), &[])),
-    };
-    let message_id = event.message_id.as_deref().map(message_id_hash);
-    match gate.admit(&event, record.wall_ms) {
-        Verdict::Duplicate => Some((Fate::Reduce(Residue::Duplicate), &[])),
-        Verdict::Suppressed => Some((Fate::Reduce(Residue::Suppressed), &[])),
-        Verdict::Dead(r) => Some((dead(r.reason, r.detail), &[])),
-        Verdict::Accepted { .. } if event.kind == Kind::Forget => {
-            let set = sets.get(&number)?;
-            let residue = Residue::Erasure {
-                timestamp_ms: event.timestamp_ms,
-                message_id,
-                suppressed: set.clone(),
-            };
-            Some((Fate::Reduce(residue), set.as_slice()))
-        }
-        Verdict::Accepted { .. } => Some((
-            Fate::Accepted {
-                timestamp_ms: event.timestamp_ms,
-                message_id,
-                idents: event.idents.iter().map(|i| gate.salted(i)).collect(),
-            },
-            &[],
-        )),
-    }
-}
-
-/// Pass one over a line an earlier compaction reduced: replays it into the gate; kept as is.
-fn replay_residue(gate: &mut Admission, erased: &mut HashSet<u128>, record: &Record) -> Fate {
-    match Residue::decode(&record.line) {
-        Ok(Residue::Accepted {
-            timestamp_ms,
-            message_id,
-        }) => {
-            gate.accept(timestamp_ms, message_id, record.wall_ms);
-        }
-        Ok(Residue::Erasure {
-            timestamp_ms,
-            message_id,
-            suppressed,
-        }) => {
-            gate.accept(timestamp_ms, message_id, record.wall_ms);
-            for h in suppressed {
-                gate.suppress_hash(h);
-                erased.insert(h);
-            }
-        }
-        // counted only, or unreadable (the engine reports it; kept as it is)
-        Ok(Residue::Duplicate | Residue::Suppressed | Residue::Dead { .. }) | Err(_) => {}
-    }
-    Fate::Keep
 }
