@@ -1,0 +1,149 @@
+//! Admission of each line of a batch (SPEC sections 1 and 6 through
+//! [`crate::event::admit::Admission::classify`]) and the insertion of accepted events.
+
+use super::*;
+
+impl Driver<'_> {
+    /// Parses, admits and inserts every line of a batch.
+    pub(super) fn ingest(&mut self, batch: &Batch) -> Result<(), EngineError> {
+        let wall = batch
+            .wall_ms
+            .or(self.options.wall_clock_ms)
+            .unwrap_or_else(wall_clock_ms);
+        let before = (
+            self.summary.lines,
+            self.summary.accepted,
+            self.summary.duplicates,
+            self.summary.suppressed,
+            self.summary.forgets,
+        );
+        let dead_before = self.sinks.dead_letters.total();
+        let mut reducible = 0;
+        for line in &batch.lines {
+            if self.stopped {
+                break;
+            }
+            self.summary.lines += 1;
+            self.note_source(line.source)?;
+            if let Some(length) = line.too_long {
+                self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
+                reducible += 1;
+                continue;
+            }
+            // a compacted line is counted as the line it stands for, but is not reducible
+            // again: it is compacted already
+            let fresh = u64::from(!line.residue);
+            let classified = self.gate.classify(
+                self.spec,
+                batch.bytes(line),
+                line.residue,
+                batch.wall_ms,
+                wall,
+            );
+            match classified {
+                Line::Accepted { now, .. } if self.options.until_ms.is_some_and(|u| now > u) => {
+                    // `--at T`: this event moves the clock past T; nothing from here on
+                    // belongs to the state at T
+                    self.stopped = true;
+                    break;
+                }
+                Line::Accepted { event, now } => {
+                    self.summary.accepted += 1;
+                    self.advance_clock(now);
+                    self.pending
+                        .push_back((now, batch.read_at, event.kind == Kind::Forget));
+                    if event.kind == Kind::Forget {
+                        self.forget(&event, now, line.number)?;
+                    } else {
+                        self.insert(&event, now, line);
+                    }
+                }
+                Line::Replayed { now, erasure } => {
+                    self.summary.accepted += 1;
+                    self.summary.forgets += u64::from(erasure.is_some());
+                    self.advance_clock(now);
+                }
+                Line::Duplicate => {
+                    self.summary.duplicates += 1;
+                    reducible += fresh;
+                }
+                Line::Dead { reason, detail } => {
+                    self.dead(line, reason, detail)?;
+                    reducible += fresh;
+                }
+                Line::Suppressed => {
+                    self.summary.suppressed += 1;
+                    reducible += fresh;
+                }
+                Line::Unreadable(e) => {
+                    return Err(EngineError::Input(format!(
+                        "{} line {}: {e}",
+                        self.source_name(line),
+                        line.cited().1
+                    )));
+                }
+            }
+        }
+        self.count(|c| &c.lines, self.summary.lines - before.0);
+        self.count(|c| &c.accepted, self.summary.accepted - before.1);
+        self.count(|c| &c.duplicates, self.summary.duplicates - before.2);
+        self.count(|c| &c.suppressed, self.summary.suppressed - before.3);
+        self.count(|c| &c.forgets, self.summary.forgets - before.4);
+        self.count(|c| &c.reducible, reducible);
+        self.count(
+            |c| &c.dead_letters,
+            self.sinks.dead_letters.total() - dead_before,
+        );
+        Ok(())
+    }
+
+    /// Inserts an accepted event at clock `now`, and keeps it in the history.
+    pub(super) fn insert(&mut self, event: &Event, now: u64, line: &LineRef) {
+        let (source, cited_line) = line.cited();
+        let origin = Origin {
+            source,
+            line: cited_line,
+        };
+        let mut facts = EventFacts::of(self.next_seq, event, self.spec, now, origin);
+        self.inputs.intern(&mut facts.idents);
+        self.next_seq += 1;
+        self.inputs.update(&facts, 1);
+        self.history.push(facts);
+        self.dirty = true;
+    }
+
+    pub(super) fn dead(
+        &mut self,
+        line: &LineRef,
+        reason: DeadReason,
+        detail: String,
+    ) -> Result<(), EngineError> {
+        let source = self.source_name(line);
+        self.sinks.dead_letters.push(DeadLetter {
+            source,
+            line: line.cited().1,
+            reason,
+            detail,
+        })?;
+        Ok(())
+    }
+
+    /// Wall-clock mode: moves the clock to the wall clock and publishes what that completes
+    /// (decay steps that fell due).
+    pub(super) fn tick(&mut self) -> Result<(), EngineError> {
+        let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
+        if let Some(now) = self.gate.tick(wall) {
+            self.advance_clock(now);
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the inputs to the (possibly new) clock value `now`.
+    pub(super) fn advance_clock(&mut self, now: u64) {
+        if time(now, 0) > self.inputs.time() {
+            self.inputs.advance_to(time(now, 0));
+            self.step = 0;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Erasure and profile queries (SPEC section 6). A `forget` request, step by step:
+//!
+//! 1. `Driver::forget` asks the dataflow for the profile of each identifier of the request
+//!    (a lookup query, [`crate::dataflow::lookup::profile_facts_of`]), completing the
+//!    current time so the answer reflects every line processed so far;
+//! 2. S is the request's identifiers and every member of those profiles;
+//! 3. S is suppressed in the admission gate as salted hashes
+//!    ([`crate::event::admit::Admission::suppress`]), so later events carrying one are
+//!    dropped, and the hashes are recorded (`Sinks::erasures`: the server's erasures file,
+//!    which log compaction, `store::compact`, reads to drop the erased values from disk);
+//! 4. every live event carrying an identifier of S is taken out of the history
+//!    ([`crate::history::History::take_carrying`]) and retracted from the dataflow, exactly
+//!    the negation of its insertion.
+//!
+//! Lookups (`GET /v1/profiles/...`) and explanations use the same queries and history.
+
+use super::*;
+
+impl Driver<'_> {
+    /// Erasure (SPEC section 6): S is the request's identifiers and every identifier of the
+    /// profiles they belong to now (everything processed so far, this clock value included);
+    /// every live event carrying one is retracted as if it had never arrived, and S is
+    /// suppressed (as salted hashes) so later events carrying one are dropped.
+    pub(super) fn forget(
+        &mut self,
+        request: &Event,
+        now: u64,
+        line: u64,
+    ) -> Result<(), EngineError> {
+        self.summary.forgets += 1;
+        self.count(|c| &c.erasures, 1);
+        self.next_query += 1;
+        let query = self.next_query;
+        for id in &request.idents {
+            self.inputs.query(id.clone(), query, 1);
+        }
+        self.barrier(now)?;
+        let mut erased: HashSet<Ident> = request.idents.iter().cloned().collect();
+        erased.extend(
+            self.answers(query)
+                .into_iter()
+                .filter_map(|(_, fact)| match fact {
+                    Fact::Member(id) => Some(id),
+                    _ => None,
+                }),
+        );
+        for id in &request.idents {
+            self.inputs.query(id.clone(), query, -1);
+        }
+        let mut hashes: Vec<u128> = erased.iter().map(|id| self.gate.suppress(id)).collect();
+        hashes.sort_unstable();
+        if let Some(record) = &mut self.sinks.erasures {
+            record(line, &hashes)?;
+        }
+        for facts in self.history.take_carrying(&erased) {
+            self.inputs.update(&facts, -1);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The (profile, fact) answers to lookup `query` (they must be complete).
+    pub(super) fn answers(&mut self, query: u64) -> Vec<(Ident, Fact)> {
+        let mut net: BTreeMap<(Ident, Fact), isize> = BTreeMap::new();
+        self.outputs
+            .answers
+            .borrow_mut()
+            .retain(|((q, answer), _, diff)| {
+                if *q == query {
+                    *net.entry(answer.clone()).or_insert(0) += diff;
+                    false
+                } else {
+                    *q > query // older queries' withdrawals are of no interest
+                }
+            });
+        net.into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(answer, _)| answer)
+            .collect()
+    }
+
+    /// `GET /v1/profiles/{type}:{value}`: the profile `ident` belongs to, as JSON, reflecting
+    /// every line the engine has processed; `None` when no event carried `ident`.
+    pub(super) fn lookup(&mut self, ident: &Ident) -> Result<Option<serde_json::Value>, String> {
+        let Some(now) = self.clock() else {
+            return Ok(None);
+        };
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Err("too many lookups at one clock value; retry shortly".into());
+        }
+        self.next_query += 1;
+        let query = self.next_query;
+        self.inputs.query(ident.clone(), query, 1);
+        self.barrier(now).map_err(|e| e.to_string())?;
+        let answers = self.answers(query);
+        self.inputs.query(ident.clone(), query, -1);
+        let Some(profile) = answers.first().map(|(p, _)| p.clone()) else {
+            return Ok(None);
+        };
+        let facts: Vec<Fact> = answers.into_iter().map(|(_, f)| f).collect();
+        Ok(Some(views::profile_json(self.spec, &profile, &facts)))
+    }
+
+    /// The explanation of the profile of `ident` at clock `at` (default: now), from the
+    /// live events that arrived by then. An erased identifier is only reported suppressed.
+    pub(super) fn explain(&self, ident: &Ident, at: Option<u64>) -> explain::Outcome {
+        let identifier = ident.key(&self.spec.identity);
+        if self.gate.is_suppressed(ident) {
+            return explain::Outcome::Suppressed { identifier };
+        }
+        match at.or(self.options.until_ms).or(self.clock()) {
+            Some(at) => explain::explain(&self.history, self.spec, &self.source_names, ident, at),
+            None => explain::Outcome::NotFound { identifier },
+        }
+    }
+}

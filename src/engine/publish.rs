@@ -1,0 +1,139 @@
+//! Publishing (SPEC section 7): completing times in the dataflow and writing the changes of
+//! every completed clock value, consolidated and sorted, to every sink.
+
+use super::*;
+
+impl Driver<'_> {
+    /// Completes everything inserted so far at clock `now` (a new step within it).
+    pub(super) fn barrier(&mut self, now: u64) -> Result<(), EngineError> {
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Err(EngineError::Input(format!(
+                "more than {} forget requests or pauses at one clock value ({now})",
+                (1u32 << STEP_BITS) - 1
+            )));
+        }
+        self.step += 1;
+        self.inputs.advance_to(time(now, self.step));
+        self.complete(time(now, self.step));
+        Ok(())
+    }
+
+    /// Steps the dataflow until every time before `until` is complete.
+    pub(super) fn complete(&mut self, until: Time) {
+        self.inputs.flush();
+        while self.outputs.probe.less_than(&until) {
+            self.worker.step();
+        }
+    }
+
+    /// After a batch: completes and publishes every clock value before the current one.
+    pub(super) fn settle(&mut self) -> Result<(), EngineError> {
+        let Some(clock) = self.clock() else {
+            return Ok(());
+        };
+        self.complete(self.inputs.time());
+        if clock > 0 {
+            self.emit(clock - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Completes and publishes the current clock value as it stands (end of input, or a
+    /// pause on live input).
+    pub(super) fn publish_current(&mut self) -> Result<(), EngineError> {
+        let Some(clock) = self.clock() else {
+            return Ok(());
+        };
+        if self.step + 1 >= (1 << STEP_BITS) {
+            return Ok(()); // published when the clock moves on
+        }
+        self.barrier(clock)?;
+        self.emit(clock)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Writes the captured changes at clock values `<= upto_ms`, consolidated per time and
+    /// sorted by (time, view, key) (SPEC section 7). Their times must be complete.
+    pub(super) fn emit(&mut self, upto_ms: u64) -> Result<(), EngineError> {
+        let mut ready: BTreeMap<(u64, String, String, String), isize> = BTreeMap::new();
+        {
+            let mut captured = self.outputs.changes.borrow_mut();
+            let spec = self.spec;
+            captured.retain(|((view, key, row), t, diff)| {
+                if clock_of(*t) > upto_ms {
+                    return true;
+                }
+                let name = spec
+                    .views
+                    .get(*view as usize)
+                    .map_or("?", |v| v.name.as_str());
+                *ready
+                    .entry((
+                        clock_of(*t),
+                        name.to_string(),
+                        key.key(&spec.identity),
+                        row.clone(),
+                    ))
+                    .or_insert(0) += diff;
+                false
+            });
+        }
+        let mut changes = changes_of(ready);
+        changes.sort();
+        for change in &changes {
+            if change.diff.abs() != 1 {
+                return Err(EngineError::Internal(format!(
+                    "internal error: change with diff {} for {} in view {}",
+                    change.diff, change.key, change.view
+                )));
+            }
+            if let Some(w) = &mut self.sinks.changes {
+                writeln!(w, "{}", change.json())?;
+            }
+            if let Some(s) = &mut self.snapshot {
+                s.apply(change);
+            }
+        }
+        if let Some(w) = &mut self.sinks.changes {
+            w.flush()?;
+        }
+        // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
+        // reader) finds it already counted in `/metrics`.
+        self.count(|c| &c.changes, changes.len() as u64);
+        self.changes_total += changes.len() as u64;
+        let now = Instant::now();
+        while let Some(&(ms, read_at, forget)) = self.pending.front() {
+            if ms > upto_ms {
+                break;
+            }
+            self.pending.pop_front();
+            let micros = now
+                .duration_since(read_at)
+                .as_micros()
+                .min(u32::MAX as u128) as u32;
+            self.summary.latency.record(micros);
+            if forget {
+                self.summary.forget_latency.record(micros);
+            }
+            if let Some(c) = &self.sinks.counters {
+                c.latency.observe(u64::from(micros));
+            }
+        }
+        if !changes.is_empty() {
+            for publisher in &mut self.sinks.publishers {
+                publisher.publish(&changes)?;
+            }
+        }
+        if let Some(live) = &self.sinks.live
+            && !changes.is_empty()
+            && let Ok(mut views) = live.lock()
+        {
+            views.apply(&changes);
+        }
+        if self.options.collect_changes {
+            self.summary.changes.extend(changes);
+        }
+        Ok(())
+    }
+}

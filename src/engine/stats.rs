@@ -1,0 +1,270 @@
+//! Statistics: the running totals other threads read (`/metrics`, the console), the
+//! latency histogram, and the run's summary with its per-source figures.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::output::{Change, DeadLetter, Snapshot};
+use super::{Driver, EngineError};
+use crate::event::DeadReason;
+
+/// Running totals, readable from other threads (e.g. for `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Non-blank lines read.
+    pub lines: AtomicU64,
+    /// Accepted events.
+    pub accepted: AtomicU64,
+    /// Duplicates dropped.
+    pub duplicates: AtomicU64,
+    /// Dead letters.
+    pub dead_letters: AtomicU64,
+    /// Suppressed events.
+    pub suppressed: AtomicU64,
+    /// Published clock values' changes written.
+    pub changes: AtomicU64,
+    /// Forget requests carried out.
+    pub forgets: AtomicU64,
+    /// Forget requests carried out from received lines (not replayed from a compacted
+    /// log): each makes the log due for compaction.
+    pub erasures: AtomicU64,
+    /// Received lines (not compacted ones) that compaction would reduce: duplicates, dead
+    /// letters, suppressed events.
+    pub reducible: AtomicU64,
+    /// Ingest-to-output latency of accepted events.
+    pub latency: Histogram,
+}
+
+/// A latency histogram with fixed buckets, updated without locks.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, in microseconds.
+    pub bounds_us: &'static [u64],
+    /// Observations per bucket (not cumulative); the last is beyond every bound.
+    pub counts: Vec<AtomicU64>,
+    /// Sum of observations, in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        const BOUNDS: &[u64] = &[
+            250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+            1_000_000, 2_500_000, 10_000_000,
+        ];
+        Histogram {
+            bounds_us: BOUNDS,
+            counts: (0..=BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, micros: u64) {
+        let bucket = self.bounds_us.partition_point(|&b| b < micros);
+        if let Some(c) = self.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// Read-to-publish latency samples, in microseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Latency {
+    samples: Vec<u32>,
+}
+
+impl Latency {
+    /// Adds one sample.
+    pub(super) fn record(&mut self, micros: u32) {
+        self.samples.push(micros);
+    }
+    /// The q-quantile (0..=1) in microseconds, if any sample was taken.
+    pub fn quantile(&self, q: f64) -> Option<u32> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut sorted = self.samples.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        Some(sorted[index])
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether no sample was taken.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// One input source's share of a run.
+#[derive(Debug, Default, Clone)]
+pub struct SourceStats {
+    /// Its name.
+    pub name: String,
+    /// Non-blank lines read from it.
+    pub lines: u64,
+    /// Seconds from its first line to the next source's first line (or the end of input).
+    pub seconds: f64,
+    /// Changes published meanwhile.
+    pub changes: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Non-blank lines read.
+    pub lines: u64,
+    /// Accepted events (forget requests included).
+    pub accepted: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Dead letters, by reason.
+    pub dead_letters: BTreeMap<DeadReason, u64>,
+    /// The first few dead letters, when they were not written to a file.
+    pub dead_letter_examples: Vec<DeadLetter>,
+    /// Events dropped for carrying an erased identifier.
+    pub suppressed: u64,
+    /// Forget requests accepted.
+    pub forgets: u64,
+    /// Profiles at the final clock.
+    pub profiles: i64,
+    /// The final engine clock (epoch ms).
+    pub clock: Option<u64>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Read-to-publish latency of accepted events.
+    pub latency: Latency,
+    /// Read-to-publish latency of forget requests (their last retraction is published then).
+    pub forget_latency: Latency,
+    /// Per input source, in order: (name, lines, seconds from its first line to the next
+    /// source's first line or the end, changes published meanwhile).
+    pub sources: Vec<SourceStats>,
+    /// The final snapshot, when asked for.
+    pub snapshot: Option<Snapshot>,
+    /// Every change, when asked for.
+    pub changes: Vec<Change>,
+    /// What each extra output ([`super::Sinks::publishers`]) wrote, a line each.
+    pub outputs: Vec<String>,
+}
+
+impl Summary {
+    /// Total dead letters.
+    pub fn dead_letter_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// The one-line summary printed on stderr.
+    pub fn line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.lines as f64 / secs
+        } else {
+            0.0
+        };
+        let latency = match (self.latency.quantile(0.5), self.latency.quantile(0.99)) {
+            (Some(p50), Some(p99)) => format!(
+                ", latency p50 {:.2} ms p99 {:.2} ms",
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "throughline: {} lines, {} accepted, {} duplicates, {} dead letters, {} suppressed, {} profiles, clock {}, {:.3} s, {:.0} events/s{}",
+            self.lines,
+            self.accepted,
+            self.duplicates,
+            self.dead_letter_total(),
+            self.suppressed,
+            self.profiles,
+            self.clock
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            secs,
+            rate,
+            latency
+        )
+    }
+}
+
+impl Driver<'_> {
+    /// Per-source statistics: opens the entry of `source` when its first line arrives, once
+    /// the dataflow has caught up with every line before it (so each source's time is the
+    /// time its own lines took).
+    pub(super) fn note_source(&mut self, source: u16) -> Result<(), EngineError> {
+        // a Kafka topic's partitions (`…#P`) interleave: one entry for the topic
+        let mut name = self.source_name_of(source);
+        if name.starts_with("kafka://")
+            && let Some(at) = name.rfind('#')
+        {
+            name.truncate(at);
+        }
+        let fresh = self.summary.sources.last().is_none_or(|s| s.name != name);
+        if fresh {
+            if !self.summary.sources.is_empty() {
+                self.settle()?;
+            }
+            self.close_source();
+            self.source_started = Instant::now();
+            self.source_changes_at = self.changes_total;
+            self.summary.sources.push(SourceStats {
+                name,
+                ..SourceStats::default()
+            });
+        }
+        if let Some(s) = self.summary.sources.last_mut() {
+            s.lines += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn close_source(&mut self) {
+        if let Some(s) = self.summary.sources.last_mut() {
+            s.seconds = self.source_started.elapsed().as_secs_f64();
+            s.changes = self.changes_total - self.source_changes_at;
+        }
+    }
+
+    pub(super) fn count(&self, which: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        if let Some(c) = &self.sinks.counters {
+            which(c).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn progress(&mut self) {
+        if self.options.progress && self.last_progress.elapsed() >= Duration::from_secs(2) {
+            self.last_progress = Instant::now();
+            eprintln!(
+                "throughline: progress: {} lines, {} accepted, {} dead letters",
+                self.summary.lines,
+                self.summary.accepted,
+                self.sinks.dead_letters.total()
+            );
+        }
+    }
+
+    pub(super) fn finish(&mut self, started: Instant) -> Result<Summary, EngineError> {
+        self.close_source();
+        let _ = self.sinks.dead_letters.flush();
+        for publisher in &mut self.sinks.publishers {
+            let wrote = publisher.finish()?;
+            self.summary.outputs.push(wrote);
+        }
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.dead_letters = self.sinks.dead_letters.counts().clone();
+        summary.dead_letter_examples = self.sinks.dead_letters.examples().to_vec();
+        summary.profiles = *self.outputs.profiles.borrow();
+        summary.clock = self.clock();
+        summary.elapsed = started.elapsed();
+        summary.snapshot = self.snapshot.take();
+        Ok(summary)
+    }
+}
