@@ -74,41 +74,58 @@ pub fn rows<'s>(facts: ByKey<'s, Node, Fact>, spec: &Spec) -> Coll<'s, ViewRow> 
         .as_collection(|profile, (view, row)| (*view, profile.0.clone(), row.clone()))
 }
 
-/// A profile as JSON (for `GET /v1/profiles/{type}:{value}`): its key, identifiers, score,
-/// active signals, consent per purpose (defaults filled in), traits, and the views it is in.
-pub fn profile_json(spec: &Spec, profile: &Ident, facts: &[Fact]) -> Value {
+/// What a profile is, from its facts (SPEC sections 3 to 5 and 7), for lookups: its
+/// identifiers in the SPEC's order, score, active signals and sequences by name (sorted),
+/// consent per purpose (defaults filled in), traits, and the views it is in.
+#[derive(Debug, Clone)]
+pub struct ProfileSummary<'s> {
+    /// Its identifiers, in (type, value) order.
+    pub identifiers: Vec<Ident>,
+    /// The score in thousandths of a point.
+    pub score_milli: i64,
+    /// Names of the signals and sequences with non-zero weight now, sorted.
+    pub signals: Vec<&'s str>,
+    /// Consent per purpose, in the spec's order.
+    pub consent: Vec<(&'s str, bool)>,
+    /// Current traits.
+    pub traits: Map<String, Value>,
+    /// Names of the views the profile is in, in the spec's order.
+    pub views: Vec<&'s str>,
+}
+
+/// The summary of a profile with these facts.
+pub fn summary<'s>(spec: &'s Spec, facts: &[Fact]) -> ProfileSummary<'s> {
     let render = Renderer::new(spec);
     let state = State::collect(facts.iter());
-    let mut members: Vec<&Ident> = state.members.clone();
-    members.sort();
+    let mut identifiers: Vec<Ident> = state.members.iter().map(|m| (*m).clone()).collect();
+    identifiers.sort();
+    let scored: Vec<&str> = spec.intent.scored().map(|(name, _)| name).collect();
     let mut signals: Vec<&str> = state
         .signals
         .iter()
-        .filter_map(|s| render.scored_names.get(*s as usize).map(String::as_str))
+        .filter_map(|s| scored.get(*s as usize).copied())
         .collect();
     signals.sort_unstable();
     signals.dedup();
-    let consent: Map<String, Value> = spec
+    let consent = spec
         .consent
         .purposes
         .iter()
         .enumerate()
-        .map(|(i, (name, _))| (name.clone(), Value::from(render.granted(&state, i))))
+        .map(|(i, (name, _))| (name.as_str(), render.granted(&state, i)))
         .collect();
-    let views: Vec<&str> = (0..render.views.len())
+    let views = (0..render.views.len())
         .filter(|&i| render.row(i, &state).is_some())
-        .map(|i| render.views[i].name.as_str())
+        .filter_map(|i| spec.views.get(i).map(|v| v.name.as_str()))
         .collect();
-    let score: Value = serde_json::from_str(&milli_json(state.score_milli)).unwrap_or(Value::Null);
-    serde_json::json!({
-        "profile": profile.key(&spec.identity),
-        "identifiers": members.iter().map(|m| m.key(&spec.identity)).collect::<Vec<_>>(),
-        "score": score,
-        "signals": signals,
-        "consent": consent,
-        "traits": Value::Object(state.traits.clone()),
-        "views": views,
-    })
+    ProfileSummary {
+        identifiers,
+        score_milli: state.score_milli,
+        signals,
+        consent,
+        traits: state.traits,
+        views,
+    }
 }
 
 /// Every view's row for a profile with these facts, in spec order (`None` where the profile

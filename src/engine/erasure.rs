@@ -98,7 +98,7 @@ impl Driver<'_> {
             return Ok(None);
         };
         let facts: Vec<Fact> = answers.into_iter().map(|(_, f)| f).collect();
-        Ok(Some(views::profile_json(self.spec, &profile, &facts)))
+        Ok(Some(output::profile_json(self.spec, &profile, &facts)))
     }
 
     /// The explanation of the profile of `ident` at clock `at` (default: now), from the

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
-use crate::dataflow::views::{self, Fact};
+use crate::dataflow::views::Fact;
 use crate::dataflow::{
     self, EventFacts, Inputs, Origin, STEP_BITS, SourceNames, Time, clock_of, time,
 };

@@ -6,8 +6,10 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::dataflow::views::json_string;
+use crate::dataflow::views::{self, Fact, json_string, milli_json};
 use crate::event::DeadReason;
+use crate::event::Ident;
+use crate::spec::Spec;
 
 /// One change of the stream (SPEC section 7).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -309,6 +311,32 @@ impl DeadLetters {
     pub fn examples(&self) -> &[DeadLetter] {
         &self.examples
     }
+}
+
+/// A profile as JSON, the answer to `GET /v1/profiles/{type}:{value}`: its key,
+/// identifiers, score, active signals, consent per purpose, traits, and the views it is in.
+pub fn profile_json(spec: &Spec, profile: &Ident, facts: &[Fact]) -> serde_json::Value {
+    let summary = views::summary(spec, facts);
+    let score: serde_json::Value =
+        serde_json::from_str(&milli_json(summary.score_milli)).unwrap_or_default();
+    let consent: serde_json::Map<String, serde_json::Value> = summary
+        .consent
+        .iter()
+        .map(|(name, granted)| (name.to_string(), serde_json::Value::from(*granted)))
+        .collect();
+    serde_json::json!({
+        "profile": profile.key(&spec.identity),
+        "identifiers": summary
+            .identifiers
+            .iter()
+            .map(|m| m.key(&spec.identity))
+            .collect::<Vec<_>>(),
+        "score": score,
+        "signals": summary.signals,
+        "consent": consent,
+        "traits": serde_json::Value::Object(summary.traits),
+        "views": summary.views,
+    })
 }
 
 #[cfg(test)]
