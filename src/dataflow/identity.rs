@@ -40,16 +40,37 @@ impl Label {
 
     /// The label proposed to a neighbour: anchors' labels grow one step, others pass unchanged.
     pub fn across_edge(&self) -> Label {
-        Label {
-            class: self.class,
-            dist: if self.class == 0 {
-                self.dist.saturating_add(1)
-            } else {
-                0
-            },
-            root: self.root.clone(),
+        if self.class == 0 {
+            Label::anchored(self.root.clone(), self.dist.saturating_add(1))
+        } else {
+            Label {
+                class: 1,
+                dist: 0,
+                root: self.root.clone(),
+            }
         }
     }
+
+    /// The label of anchor `root` after `dist` steps across edges.
+    pub fn anchored(root: Ident, dist: u32) -> Label {
+        Label {
+            class: 0,
+            dist,
+            root,
+        }
+    }
+}
+
+/// The hub rule (SPEC section 3): an identifier with more than `max_links` distinct
+/// neighbours is a hub.
+pub fn is_hub(neighbours: usize, max_links: usize) -> bool {
+    neighbours > max_links
+}
+
+/// An event with more than `max_links + 1` identifiers gives each of them more than
+/// `max_links` neighbours: all are hubs by that event alone (SPEC section 3).
+pub fn is_wide(identifiers: usize, max_links: usize) -> bool {
+    is_hub(identifiers.saturating_sub(1), max_links)
 }
 
 /// Hubs: identifiers with more than `max_links` distinct neighbours, counted before any edge
@@ -64,7 +85,7 @@ pub fn hubs<'s>(
     let by_degree = links
         .map(|(a, _)| a)
         .count_total()
-        .filter(move |(_, degree)| *degree as usize > max_links)
+        .filter(move |(_, degree)| is_hub(*degree as usize, max_links))
         .map(|(a, _)| a);
     by_degree.concat(wide).distinct_total()
 }

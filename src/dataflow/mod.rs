@@ -184,7 +184,7 @@ impl EventFacts {
         EventFacts {
             seq,
             idents: event.idents.clone(),
-            wide: event.idents.len() > spec.identity.max_links + 1,
+            wide: identity::is_wide(event.idents.len(), spec.identity.max_links),
             timestamp_ms: event.timestamp_ms,
             arrival_ms,
             signals,

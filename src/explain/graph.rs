@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::dataflow::EventFacts;
-use crate::dataflow::identity::Label;
+use crate::dataflow::identity::{Label, is_hub};
 use crate::event::Ident;
 use crate::history::History;
 use crate::spec::Spec;
@@ -113,7 +113,7 @@ impl<'a> Graph<'a> {
                 }
                 node.neighbours
                     .extend(facts.idents.iter().filter(|n| *n != id).cloned());
-                if node.neighbours.len() > max_links {
+                if is_hub(node.neighbours.len(), max_links) {
                     node.hub = Some(HubReason::Neighbours(node.neighbours.len()));
                     break;
                 }
@@ -223,11 +223,7 @@ impl<'a> Graph<'a> {
                 labelled.insert(
                     n.clone(),
                     Labelled {
-                        label: Label {
-                            class: 0,
-                            dist,
-                            root,
-                        },
+                        label: Label::anchored(root, dist),
                         parent,
                         contenders: others.to_vec(),
                     },
