@@ -1,0 +1,349 @@
+//! The server's HTTP endpoints: Segment-compatible ingestion in front of the durable log,
+//! and reads of the live views, profiles and metrics. (The wiring is in `server`;
+//! connections, timeouts and limits in [`crate::io::transport`].)
+//!
+//! Each handler is a plain function from a [`Req`] (the head and the body, already read
+//! within the route's limit) to a response. The transport runs it on a blocking thread,
+//! so a handler may wait for the log's fsync or the engine's answer, and a panic in one is
+//! a 500 while the server lives on.
+//!
+//! A request is acknowledged (200) only after its events are appended to the log and the
+//! log is fsynced; the log then forwards them to the engine in log order, so a restart that
+//! replays the log reaches exactly the state the engine had.
+
+mod ingest;
+mod reads;
+
+use ingest::ingest;
+use reads::{explain, metrics, profile, view};
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::engine::input::Message;
+use crate::engine::output::{LiveViews, Subscription};
+use crate::engine::{self, Counters};
+use crate::event::{identifiers, timestamp};
+use crate::explain::Outcome;
+use crate::explain::render::{self, Format};
+use crate::io::console::{self, StatsHistory};
+use crate::io::kafka::{Deliveries, FollowStatus};
+use crate::io::route::{self, Route};
+use crate::io::transport::{self, Body};
+use crate::spec::Spec;
+use crate::store::compactor::Compactor;
+use crate::store::log::{Log, Record};
+
+/// Largest accepted single event (decoded body), as Segment's API.
+pub const MAX_EVENT_BYTES: usize = 32 * 1024;
+/// Largest accepted `/v1/batch` body (decoded), as Segment's API.
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+/// Largest accepted `/v1/ingest` body (decoded).
+pub const MAX_INGEST_BYTES: usize = 64 << 20;
+/// Largest body of any other request (reads and compaction carry none).
+pub const MAX_OTHER_BYTES: usize = 64 * 1024;
+/// How long a change stream waits for a client that does not read before dropping it.
+const STREAM_STALL: Duration = Duration::from_secs(30);
+
+/// What the endpoints share.
+pub struct Ctx {
+    /// The running dataflow spec.
+    pub spec: Arc<Spec>,
+    /// The event log (appends are acknowledged once fsynced).
+    pub log: Log,
+    /// Required HTTP Basic username, if set.
+    pub write_key: Option<String>,
+    /// Required by every GET but `/healthz` (Bearer token or Basic username), if set.
+    pub read_key: Option<String>,
+    /// The current views and their subscribers.
+    pub live: Arc<Mutex<LiveViews>>,
+    /// The engine's running totals.
+    pub counters: Arc<Counters>,
+    /// The engine's input channel, for profile lookups.
+    pub lookups: Sender<Message>,
+    /// Compaction of the log.
+    pub compactor: Compactor,
+    /// Set on SIGTERM/SIGINT: change streams end.
+    pub stop: Arc<AtomicBool>,
+    /// The Kafka topic followed into the log (`serve --source`), if any.
+    pub kafka: Option<Arc<FollowStatus>>,
+    /// The Kafka outputs (`--sink kafka://…`, `--upsert`) and what each delivered.
+    pub kafka_outputs: KafkaOutputs,
+    /// The last minutes of the engine's counters, for the console.
+    pub stats: StatsHistory,
+}
+
+/// Kafka outputs by name, with their delivery counts.
+pub type KafkaOutputs = Vec<(String, Arc<Deliveries>)>;
+
+/// A request as the handlers see it: its head, and its body as sent (still gzipped if so
+/// encoded), read in full within [`body_limit`] of its route.
+pub struct Req {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path, without the query string (still percent-encoded).
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The request's headers.
+    pub headers: HeaderMap,
+    /// The body as received.
+    pub body: Bytes,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The value of query parameter `name`, percent-decoded.
+    fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| {
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+}
+
+/// The most body bytes (as sent, before any gunzip) read for a request to `path` with
+/// `method`: the ingestion endpoints' limits, and [`MAX_OTHER_BYTES`] for the rest. A
+/// longer body is a 413 before it is read further.
+pub fn body_limit(method: &str, path: &str) -> usize {
+    match route::route(method, path) {
+        Route::Ingest("batch") => MAX_BATCH_BYTES,
+        Route::Ingest("ingest") => MAX_INGEST_BYTES,
+        Route::Ingest(_) => MAX_EVENT_BYTES,
+        _ => MAX_OTHER_BYTES,
+    }
+}
+
+/// A response with a body of `content_type`.
+fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    with_headers(status, &[("Content-Type", content_type)], body.into())
+}
+
+/// A JSON error (`{"error": message}`); a 503 asks clients to retry after a second.
+pub fn error(status: u16, message: &str) -> Response<Body> {
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", "1")]
+    } else {
+        &[]
+    };
+    answer(status, message, retry)
+}
+
+/// A JSON error (`{"error": message}`) with extra headers.
+fn answer(status: u16, message: &str, headers: &[(&str, &str)]) -> Response<Body> {
+    let body = json!({"error": message}).to_string();
+    let all: Vec<_> = std::iter::once(("Content-Type", "application/json"))
+        .chain(headers.iter().copied())
+        .collect();
+    with_headers(status, &all, body.into())
+}
+
+fn with_headers(status: u16, headers: &[(&str, &str)], body: Bytes) -> Response<Body> {
+    let mut response = Response::new(transport::full(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response
+}
+
+/// Whether a GET may read: no read key is set, or the request carries it as a Bearer token
+/// or as the Basic username (compared in constant time).
+fn may_read(request: &Req, ctx: &Ctx) -> bool {
+    let Some(key) = ctx.read_key.as_deref() else {
+        return true;
+    };
+    let bearer = request.header("Authorization").and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    bearer.is_some_and(|b| key_matches(b, key))
+        || basic_user(request).is_some_and(|u| key_matches(&u, key))
+}
+
+/// The HTTP Basic username, if any.
+fn basic_user(request: &Req) -> Option<String> {
+    let value = request.header("Authorization")?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split(':').next().unwrap_or("").to_string())
+}
+
+/// The body, gunzipped if so encoded, refusing more than `limit` bytes after decompression
+/// too, so a gzip bomb costs `limit` bytes and is a 413. Bad gzip is a 400.
+fn body(request: &Req, limit: usize) -> Result<Vec<u8>, (u16, String)> {
+    let gzip = request
+        .header("Content-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        if request.body.len() > limit {
+            return Err((413, format!("body over {limit} bytes")));
+        }
+        return Ok(request.body.to_vec());
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&request.body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| (400, format!("cannot read the body: {e}")))?;
+    if out.len() > limit {
+        return Err((413, format!("body over {limit} bytes")));
+    }
+    Ok(out)
+}
+
+/// Answers one request.
+pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
+    // the tests make a handler panic here (`FAILPOINTS=http::handle=1*panic`)
+    fail::fail_point!("http::handle");
+    let method = request.method.as_str();
+    let route = route::route(method, &request.path);
+    if method == "GET" && route != Route::Healthz && !may_read(request, ctx) {
+        // a browser asks its user for Basic credentials (the key as the username) and then
+        // sends them with the console's own requests; API clients use a Bearer token
+        let challenge = match route {
+            Route::Console(_) => "Basic realm=\"throughline\", charset=\"UTF-8\"",
+            _ => "Bearer realm=\"throughline\"",
+        };
+        return answer(
+            401,
+            "a read key is required (Authorization: Bearer KEY, or Basic with the key as the username)",
+            &[("WWW-Authenticate", challenge)],
+        );
+    }
+    match route {
+        Route::NotFound => error(404, "no such endpoint"),
+        Route::MethodNotAllowed(allow) => answer(
+            405,
+            &format!("{method} is not allowed here (allowed: {allow})"),
+            &[("Allow", allow)],
+        ),
+        Route::Healthz => healthz(ctx),
+        Route::Console(path) => match console::asset(path) {
+            Some((kind, body)) => with_headers(
+                200,
+                &[
+                    ("Content-Type", kind),
+                    ("Cache-Control", "no-cache"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("X-Frame-Options", "DENY"),
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                    ),
+                ],
+                Bytes::from_static(body.as_bytes()),
+            ),
+            None => error(404, "no such console page"),
+        },
+        Route::Stats => respond(
+            200,
+            "application/json",
+            console::stats(
+                &ctx.spec,
+                &ctx.live,
+                &ctx.counters,
+                &ctx.stats,
+                std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
+                ctx.compactor.last(),
+            )
+            .to_string(),
+        ),
+        Route::Metrics => respond(200, "text/plain; version=0.0.4", metrics(ctx)),
+        Route::View(name) => view(request, ctx, name, false),
+        Route::Changes(name) => view(request, ctx, name, true),
+        Route::Explain(id) => explain(request, ctx, id),
+        Route::Profile(id) => profile(ctx, id),
+        Route::Compact | Route::Ingest(_) => {
+            let basic_ok = ctx
+                .write_key
+                .as_deref()
+                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
+            // Segment's Node SDK sends the key as `writeKey` in the body instead (as
+            // Segment's API allows for events): checked once the body is parsed
+            let body_may_carry_key = matches!(
+                route,
+                Route::Ingest(
+                    "batch" | "track" | "identify" | "page" | "screen" | "alias" | "group"
+                )
+            );
+            if !basic_ok && !body_may_carry_key {
+                return error(401, "invalid write key");
+            }
+            if let Route::Ingest(endpoint) = route {
+                return match ingest(request, ctx, endpoint, basic_ok) {
+                    Ok(n) => respond(
+                        200,
+                        "application/json",
+                        json!({"success": true, "accepted": n}).to_string(),
+                    ),
+                    Err((status, message)) => error(status, &message),
+                };
+            }
+            match ctx.compactor.run(&ctx.log, &ctx.counters) {
+                Ok(s) => respond(
+                    200,
+                    "application/json",
+                    json!({"success": true, "records": s.records, "reduced": s.reduced,
+                           "bytes_before": s.bytes_before, "bytes_after": s.bytes_after})
+                    .to_string(),
+                ),
+                Err(e) => error(500, &e),
+            }
+        }
+    }
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync. While a
+/// followed Kafka topic cannot be read (a broker away) it stays 200, with a second line
+/// saying so: HTTP ingestion and reads still work.
+pub fn healthz(ctx: &Ctx) -> Response<Body> {
+    if let Some(why) = ctx.log.failed() {
+        return respond(503, "text/plain", format!("failed: {why}\n"));
+    }
+    let kafka = ctx
+        .kafka
+        .as_ref()
+        .and_then(|k| k.failing.lock().ok().and_then(|f| f.clone()));
+    match kafka {
+        None => respond(200, "text/plain", "ok\n"),
+        Some(why) => respond(
+            200,
+            "text/plain",
+            format!("ok\ndegraded: {why} (retrying)\n"),
+        ),
+    }
+}
+
+/// Whether `given` is the write key, compared in constant time.
+fn key_matches(given: &str, key: &str) -> bool {
+    let (given, key) = (given.as_bytes(), key.as_bytes());
+    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}

@@ -1,0 +1,329 @@
+//! Reads: the live views (`GET /v1/views/{name}`, and `/changes` as server-sent events),
+//! profiles and their explanations, and `/metrics`.
+
+use super::*;
+
+pub(super) fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Response<Body> {
+    let sse = request.query_param("format").as_deref() == Some("sse")
+        || request
+            .header("Accept")
+            .is_some_and(|a| a.contains("text/event-stream"));
+    if !ctx.spec.views.iter().any(|v| v.name == name) {
+        return error(404, &format!("no view named {name}"));
+    }
+    let Ok(mut live) = ctx.live.lock() else {
+        return error(500, "views unavailable");
+    };
+    if subscribe {
+        let (snapshot, subscription) = live.subscribe(name);
+        drop(live);
+        return stream_changes(snapshot, subscription, sse, Arc::clone(&ctx.stop));
+    }
+    let lines = live.snapshot.lines_of(name);
+    drop(live);
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    respond(200, "application/x-ndjson", body)
+}
+
+/// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,
+/// until the client goes away or the server stops. Chunked NDJSON (one line per chunk),
+/// or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`: one `data:` event
+/// per line). A subscriber that falls more than [`crate::engine::output::SUBSCRIBER_QUEUE`]
+/// changes behind, or does not read for [`STREAM_STALL`], is sent an error line (when it
+/// can take one) and dropped.
+pub(super) fn stream_changes(
+    snapshot: Vec<String>,
+    subscription: Subscription,
+    sse: bool,
+    stop: Arc<AtomicBool>,
+) -> Response<Body> {
+    let kind = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let (tx, body) = transport::channel_body(256);
+    // a stream lives as long as its client: a thread of its own, not one of the pool's
+    std::thread::spawn(move || {
+        let frame = |line: &str| {
+            Bytes::from(if sse {
+                format!("data: {line}\n\n")
+            } else {
+                format!("{line}\n")
+            })
+        };
+        // false once the client is gone, stuck, or the server stops
+        let send = |mut chunk: Bytes| {
+            let deadline = Instant::now() + STREAM_STALL;
+            loop {
+                match tx.try_send(chunk) {
+                    Ok(()) => return true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                        if Instant::now() > deadline || stop.load(Ordering::SeqCst) {
+                            return false;
+                        }
+                        chunk = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        };
+        if !snapshot.iter().all(|l| send(frame(l))) {
+            return;
+        }
+        while !stop.load(Ordering::SeqCst) && !tx.is_closed() {
+            match subscription
+                .changes
+                .recv_timeout(Duration::from_millis(200))
+            {
+                Ok(line) => {
+                    if !send(frame(&line)) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if subscription.lagged() {
+            let _ = send(frame(
+                &json!({"error": "this subscriber fell behind and was dropped; subscribe again"})
+                    .to_string(),
+            ));
+        }
+    });
+    let mut response = Response::new(body);
+    for (name, value) in [("Content-Type", kind), ("Cache-Control", "no-cache")] {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response
+}
+
+/// The identifier of a profile path (`{type}:{value}`, percent-encoded): a `%` not
+/// followed by two hex digits, bytes that are not UTF-8 once decoded, or an identifier the
+/// spec does not know are errors (400), never a lossy guess.
+pub(super) fn profile_key(
+    encoded: &str,
+    ctx: &Ctx,
+) -> Result<(String, crate::event::Ident), String> {
+    let bytes = encoded.as_bytes();
+    let well_formed = bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(format!("bad percent-encoding in {encoded:?}"));
+    }
+    let key = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| format!("{encoded:?} is not UTF-8 once decoded"))?
+        .into_owned();
+    let ident = identifiers::parse_key(&key, &ctx.spec.identity)?;
+    Ok((key, ident))
+}
+
+/// `GET /v1/profiles/{type}:{value}`: the profile the identifier belongs to, as the engine
+/// has it after every line it has processed (404 when no event carried the identifier).
+pub(super) fn profile(ctx: &Ctx, key: &str) -> Response<Body> {
+    let (key, ident) = match profile_key(key, ctx) {
+        Ok(pair) => pair,
+        Err(e) => return error(400, &e),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if ctx.lookups.send(Message::Lookup(ident, reply)).is_err() {
+        return error(503, "the engine is not running");
+    }
+    match answer.recv() {
+        Ok(Ok(Some(profile))) => respond(200, "application/json", profile.to_string()),
+        Ok(Ok(None)) => error(404, &format!("no profile has {key}")),
+        Ok(Err(e)) => error(503, &e),
+        Err(_) => error(503, "the engine is not running"),
+    }
+}
+
+/// `GET /v1/profiles/{type}:{value}/explain[?at=T][&format=json|text|dot]`: why the profile
+/// of the identifier looks the way it does, at the current clock or at `at` (epoch ms or
+/// RFC 3339; see [`crate::docs::explain`]). 404 when no live event carries the identifier.
+pub(super) fn explain(request: &Req, ctx: &Ctx, key: &str) -> Response<Body> {
+    let (_, ident) = match profile_key(key, ctx) {
+        Ok(pair) => pair,
+        Err(e) => return error(400, &e),
+    };
+    let format = match request.query_param("format") {
+        None => Format::Json,
+        Some(name) => match Format::parse(&name) {
+            Some(f) => f,
+            None => return error(400, "format must be json, text or dot"),
+        },
+    };
+    let at = match request.query_param("at").map(|t| timestamp::parse_text(&t)) {
+        None => None,
+        Some(Ok(at)) => Some(at),
+        Some(Err(e)) => return error(400, &format!("at: {e}")),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    if ctx
+        .lookups
+        .send(Message::Explain(ident, at, reply))
+        .is_err()
+    {
+        return error(503, "the engine is not running");
+    }
+    match answer.recv() {
+        Ok((outcome, _)) => {
+            let status = match outcome {
+                Outcome::NotFound { .. } => 404,
+                _ => 200,
+            };
+            respond(
+                status,
+                format.content_type(),
+                render::render(&outcome, format),
+            )
+        }
+        Err(_) => error(503, "the engine is not running"),
+    }
+}
+
+pub(super) fn metrics(ctx: &Ctx) -> String {
+    let c = &ctx.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    for (name, help, value) in [
+        ("throughline_lines_total", "Lines received", get(&c.lines)),
+        (
+            "throughline_events_accepted_total",
+            "Events accepted",
+            get(&c.accepted),
+        ),
+        (
+            "throughline_duplicates_total",
+            "Duplicates dropped",
+            get(&c.duplicates),
+        ),
+        (
+            "throughline_dead_letters_total",
+            "Dead letters",
+            get(&c.dead_letters),
+        ),
+        (
+            "throughline_suppressed_total",
+            "Events dropped for an erased identifier",
+            get(&c.suppressed),
+        ),
+        (
+            "throughline_changes_total",
+            "View changes published",
+            get(&c.changes),
+        ),
+        (
+            "throughline_forgets_total",
+            "Forget requests carried out",
+            get(&c.forgets),
+        ),
+        (
+            "throughline_compactions_total",
+            "Log compactions since start",
+            ctx.compactor.count(),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out.push_str(
+        "# HELP throughline_view_rows Rows per view\n# TYPE throughline_view_rows gauge\n",
+    );
+    let name = "throughline_ingest_to_output_seconds";
+    out.push_str(&format!(
+        "# HELP {name} From an event's request to the publication of its changes\n# TYPE {name} histogram\n"
+    ));
+    let mut cumulative = 0;
+    for (i, count) in c.latency.counts.iter().enumerate() {
+        cumulative += get(count);
+        let le = c
+            .latency
+            .bounds_us
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| (*b as f64 / 1e6).to_string());
+        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {cumulative}\n"));
+    }
+    out.push_str(&format!(
+        "{name}_sum {}\n{name}_count {cumulative}\n",
+        get(&c.latency.sum_us) as f64 / 1e6
+    ));
+    out.push_str(&format!(
+        "# HELP throughline_log_bytes Event log size\n# TYPE throughline_log_bytes gauge\nthroughline_log_bytes {}\n",
+        std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len())
+    ));
+    if let Some(k) = &ctx.kafka {
+        for (name, help, value) in [
+            (
+                "throughline_kafka_records_logged_total",
+                "Records of the followed topic logged",
+                k.logged.load(Ordering::Relaxed),
+            ),
+            (
+                "throughline_kafka_errors_total",
+                "Errors reading the followed topic (each retried)",
+                k.errors.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out.push_str("# HELP throughline_kafka_lag Records of the followed topic not yet read, per partition\n# TYPE throughline_kafka_lag gauge\n");
+        if let Ok(lag) = k.lag.lock() {
+            for (partition, n) in lag.iter() {
+                out.push_str(&format!(
+                    "throughline_kafka_lag{{partition=\"{partition}\"}} {n}\n"
+                ));
+            }
+        }
+    }
+    if !ctx.kafka_outputs.is_empty() {
+        for (name, help, pick) in [
+            (
+                "throughline_kafka_records_written_total",
+                "Records a Kafka output had confirmed by the broker",
+                0,
+            ),
+            (
+                "throughline_kafka_write_errors_total",
+                "Records a Kafka output could not write",
+                1,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (topic, d) in &ctx.kafka_outputs {
+                let value = if pick == 0 { &d.written } else { &d.failed };
+                out.push_str(&format!(
+                    "{name}{{output=\"{topic}\"}} {}\n",
+                    value.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    }
+    if let Ok(live) = ctx.live.lock() {
+        for view in &ctx.spec.views {
+            out.push_str(&format!(
+                "throughline_view_rows{{view=\"{}\"}} {}\n",
+                view.name,
+                live.snapshot.count_of(&view.name)
+            ));
+        }
+    }
+    out
+}
