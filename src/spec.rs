@@ -156,6 +156,8 @@ pub struct ViewSpec {
     pub score_gte_milli: Option<i64>,
     /// Name of a signal or sequence that must currently add weight.
     pub has_signal: Option<String>,
+    /// Its scored id ([`IntentSpec::scored_id`]), resolved when the spec is checked.
+    pub has_signal_id: Option<u16>,
     /// Trait predicates (paths start with `traits.`).
     pub predicates: Vec<Predicate>,
     /// Output fields, in declaration order.
@@ -789,6 +791,10 @@ impl Ctx<'_> {
             purpose,
             internal: raw.internal,
             score_gte_milli,
+            has_signal_id: raw
+                .has_signal
+                .as_ref()
+                .and_then(|s| spec.intent.scored_id(s.get_ref())),
             has_signal: raw.has_signal.map(|s| s.into_inner()),
             predicates,
             fields,

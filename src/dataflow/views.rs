@@ -246,13 +246,9 @@ impl Renderer {
         let score = view
             .score_gte_milli
             .map(|min| (Condition::ScoreAtLeast(min), state.score_milli >= min));
-        let signal = view.has_signal.as_deref().map(move |name| {
-            let on = state
-                .signals
-                .iter()
-                .any(|s| self.scored_names.get(*s as usize).map(String::as_str) == Some(name));
-            (Condition::HasSignal, on)
-        });
+        let signal = view
+            .has_signal_id
+            .map(|id| (Condition::HasSignal, state.signals.contains(&id)));
         // built at the first predicate, if the evaluation gets that far
         let mut root: Option<Map<String, Value>> = None;
         let predicates = view.predicates.iter().enumerate().map(move |(i, p)| {
