@@ -231,11 +231,6 @@ impl Spec {
         })?;
         ctx.compile(raw)
     }
-
-    /// Whether a signal or sequence has this name.
-    pub fn scored_name_exists(&self, name: &str) -> bool {
-        self.intent.scored_id(name).is_some()
-    }
 }
 
 impl IntentSpec {
