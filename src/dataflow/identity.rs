@@ -4,15 +4,10 @@
 //! Every stage is a pure function of its input collections, so retracting events at the
 //! input un-merges exactly what they merged.
 
-use std::hash::Hash;
-
-use differential_dataflow::VecCollection;
-use differential_dataflow::lattice::Lattice;
-use differential_dataflow::operators::iterate::Iterate;
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use serde::{Deserialize, Serialize};
-use timely::progress::Timestamp;
 
+use super::labels::{GraphChange, maintained};
 use super::{ByKey, Coll, Node, Seq};
 use crate::event::Ident;
 
@@ -100,32 +95,17 @@ pub fn edges<'s>(links: Coll<'s, (Node, Node)>, hubs: Coll<'s, Node>) -> Coll<'s
 }
 
 /// Every node's label: the least of its initial label and its neighbours' propagated labels
-/// (SPEC section 3), as a least fixed point over `edges`. `anchor[rank]` says which
-/// identifier types are anchors.
-pub fn labels<'s, T>(
-    nodes: VecCollection<'s, T, Node, isize>,
-    edges: VecCollection<'s, T, (Node, Node), isize>,
+/// (SPEC section 3), the least fixed point over `edges`, maintained by
+/// [`super::labels::maintained`]. `anchor[rank]` says which identifier types are anchors.
+pub fn labels<'s>(
+    nodes: Coll<'s, Node>,
+    edges: Coll<'s, (Node, Node)>,
     anchor: Vec<bool>,
-) -> VecCollection<'s, T, (Node, Label), isize>
-where
-    T: Timestamp + Lattice + Hash + Ord,
-{
-    let initial = nodes.map(move |id| {
-        let is_anchor = anchor.get(id.0.rank as usize).copied().unwrap_or(false);
-        let label = Label::initial(&id.0, is_anchor);
-        (id, label)
-    });
-    let edges = edges.arrange_by_key();
-    initial.clone().iterate(|scope, inner| {
-        let edges = edges.enter(scope);
-        let initial = initial.enter(scope);
-        inner
-            .join_core(edges, |_node, label, neighbour| {
-                Some((neighbour.clone(), label.across_edge()))
-            })
-            .concat(initial)
-            .reduce(|_node, candidates, best| best.push((candidates[0].0.clone(), 1)))
-    })
+) -> Coll<'s, (Node, Label)> {
+    let changes = nodes
+        .map(GraphChange::Node)
+        .concat(edges.map(|(a, b)| GraphChange::Edge(a, b)));
+    maintained(changes, anchor)
 }
 
 /// Profile membership: `(profile, identifier)` for every node, where the profile is the

@@ -12,6 +12,7 @@
 pub mod consent;
 pub mod identity;
 pub mod intent;
+pub mod labels;
 pub mod latest;
 pub mod lookup;
 pub mod timer;
