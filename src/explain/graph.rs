@@ -8,10 +8,12 @@
 //! through non-anchor nodes, and the anchors next to them. The walk never leaves that region,
 //! however large the connected component is.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::dataflow::EventFacts;
 use crate::dataflow::identity::{Label, is_hub};
+use crate::dataflow::labels::least_fixed_point;
 use crate::event::Ident;
 use crate::history::History;
 use crate::spec::Spec;
@@ -55,6 +57,9 @@ pub struct Labelled {
     /// [`MAX_CONTENDERS`].
     pub contenders: Vec<Ident>,
 }
+
+/// Labels being settled, each with the neighbour it was taken from.
+type Settled = BTreeMap<Ident, (Label, Option<Ident>)>;
 
 /// The profile an identifier belongs to, with the labels of its members and of their
 /// neighbours outside it.
@@ -162,117 +167,126 @@ impl<'a> Graph<'a> {
         (region, anchors)
     }
 
-    /// Labels of a region and its anchors: a breadth-first search from every anchor at
-    /// once, one distance at a time, where each node takes the least root among its
-    /// neighbours one step nearer (SPEC section 3's least label).
+    /// Labels of `members` (a region and the anchors next to it) by the dataflow's own
+    /// function, [`least_fixed_point`], with the neighbour each label was taken from, and
+    /// the edges among `members`.
+    fn settle(&mut self, members: &BTreeSet<Ident>) -> (Settled, HashMap<Ident, Vec<Ident>>) {
+        let mut edges: HashMap<Ident, Vec<Ident>> = HashMap::new();
+        for m in members {
+            let mut out = self.edges(m);
+            out.retain(|n| members.contains(n));
+            edges.insert(m.clone(), out);
+        }
+        let settled: RefCell<Settled> = RefCell::new(
+            members
+                .iter()
+                .map(|m| (m.clone(), (Label::initial(m, self.is_anchor(m)), None)))
+                .collect(),
+        );
+        least_fixed_point(
+            members.iter().cloned(),
+            |n| settled.borrow().get(n).map(|(label, _)| label.clone()),
+            |n, label, from| {
+                settled
+                    .borrow_mut()
+                    .insert(n.clone(), (label, Some(from.clone())));
+            },
+            |n, out| out.extend(edges.get(n).into_iter().flatten().cloned()),
+        );
+        (settled.into_inner(), edges)
+    }
+
+    /// Labels of a region and its anchors, each with the neighbour one step nearer the
+    /// anchor it took its label from (the least such neighbour) and the other anchors at the
+    /// same distance, which lost on (rank, value).
     fn label_from_anchors(
         &mut self,
         region: &BTreeSet<Ident>,
         anchors: &BTreeSet<Ident>,
     ) -> BTreeMap<Ident, Labelled> {
-        let mut labelled: BTreeMap<Ident, Labelled> = BTreeMap::new();
-        // every anchor at the nearest distance, smallest first (the first is the root)
+        let members: BTreeSet<Ident> = region.union(anchors).cloned().collect();
+        let (settled, edges) = self.settle(&members);
+        // every anchor at the nearest distance, smallest first, nearest nodes first
+        let mut by_distance: Vec<(&Ident, &(Label, Option<Ident>))> = settled
+            .iter()
+            .filter(|(_, (label, _))| label.class == 0)
+            .collect();
+        by_distance.sort_by_key(|(_, (label, _))| label.dist);
         let mut tied: HashMap<Ident, Vec<Ident>> = HashMap::new();
-        for a in anchors {
-            labelled.insert(
-                a.clone(),
-                Labelled {
-                    label: Label::initial(a, true),
-                    parent: None,
-                    contenders: Vec::new(),
-                },
-            );
-            tied.insert(a.clone(), vec![a.clone()]);
-        }
-        let mut frontier: Vec<Ident> = anchors.iter().cloned().collect();
-        let mut dist = 0u32;
-        while !frontier.is_empty() {
-            dist += 1;
-            // each node one step further: the roots of its neighbours in the frontier
-            let mut reached: BTreeMap<Ident, BTreeSet<Ident>> = BTreeMap::new();
-            for u in &frontier {
-                let roots = tied.get(u).cloned().unwrap_or_default();
-                for n in self.edges(u) {
-                    if region.contains(&n) && !labelled.contains_key(&n) {
-                        reached.entry(n).or_default().extend(roots.iter().cloned());
-                    }
-                }
-            }
-            for (n, roots) in &reached {
-                let roots: Vec<Ident> = roots.iter().take(MAX_CONTENDERS + 1).cloned().collect();
-                tied.insert(n.clone(), roots);
-            }
-            for n in reached.keys() {
-                let Some((root, others)) = tied.get(n).and_then(|r| r.split_first()) else {
-                    continue;
-                };
-                let root = root.clone();
-                // the least neighbour one step nearer whose own root is the same (neighbours
-                // are sorted, so the first found); read from n's side, so the cost is n's
-                // degree, not the size of the frontier
-                let parent = self.nodes.get(n).and_then(|node| {
-                    node.neighbours
-                        .iter()
-                        .find(|u| {
-                            labelled
-                                .get(*u)
-                                .is_some_and(|l| l.label.dist + 1 == dist && l.label.root == root)
-                        })
-                        .cloned()
+        for (n, (label, _)) in by_distance {
+            let roots: Vec<Ident> = if label.dist == 0 {
+                vec![n.clone()]
+            } else {
+                let nearer = edges.get(n).into_iter().flatten().filter(|u| {
+                    settled
+                        .get(*u)
+                        .is_some_and(|(l, _)| l.class == 0 && l.dist + 1 == label.dist)
                 });
-                labelled.insert(
-                    n.clone(),
-                    Labelled {
-                        label: Label::anchored(root, dist),
-                        parent,
-                        contenders: others.to_vec(),
-                    },
-                );
-            }
-            frontier = reached.into_keys().collect();
+                let roots: BTreeSet<&Ident> = nearer
+                    .flat_map(|u| tied.get(u).into_iter().flatten())
+                    .collect();
+                roots
+                    .into_iter()
+                    .take(MAX_CONTENDERS + 1)
+                    .cloned()
+                    .collect()
+            };
+            tied.insert(n.clone(), roots);
         }
-        labelled
+        settled
+            .into_iter()
+            .map(|(n, (label, parent))| {
+                let contenders = tied
+                    .get(&n)
+                    .map(|roots| {
+                        roots
+                            .iter()
+                            .filter(|r| **r != label.root)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let labelled = Labelled {
+                    label,
+                    parent,
+                    contenders,
+                };
+                (n, labelled)
+            })
+            .collect()
     }
 
-    /// The labels of an anchorless region: every node is `(1, 0, least)`; parents lead
+    /// The labels of an anchorless region (every node's is `(1, 0, least)`), with parents
     /// along a shortest path to the least identifier.
     fn label_anonymous(&mut self, region: &BTreeSet<Ident>) -> BTreeMap<Ident, Labelled> {
-        let mut labelled = BTreeMap::new();
-        let Some(least) = region.first().cloned() else {
-            return labelled;
-        };
-        let label = Label::initial(&least, false);
-        labelled.insert(
-            least.clone(),
-            Labelled {
-                label: label.clone(),
-                parent: None,
-                contenders: Vec::new(),
-            },
-        );
-        let mut frontier = vec![least];
+        let (settled, edges) = self.settle(region);
+        let mut parents: HashMap<Ident, Ident> = HashMap::new();
+        let mut frontier: Vec<Ident> = region.first().cloned().into_iter().collect();
+        let mut seen: BTreeSet<Ident> = frontier.iter().cloned().collect();
         while !frontier.is_empty() {
             let mut next: BTreeMap<Ident, Ident> = BTreeMap::new();
             for u in &frontier {
-                for n in self.edges(u) {
-                    if region.contains(&n) && !labelled.contains_key(&n) {
-                        next.entry(n).or_insert_with(|| u.clone());
+                for n in edges.get(u).into_iter().flatten() {
+                    if !seen.contains(n) {
+                        next.entry(n.clone()).or_insert_with(|| u.clone());
                     }
                 }
             }
-            for (n, parent) in &next {
-                labelled.insert(
-                    n.clone(),
-                    Labelled {
-                        label: label.clone(),
-                        parent: Some(parent.clone()),
-                        contenders: Vec::new(),
-                    },
-                );
-            }
-            frontier = next.into_keys().collect();
+            seen.extend(next.keys().cloned());
+            frontier = next.keys().cloned().collect();
+            parents.extend(next);
         }
-        labelled
+        settled
+            .into_iter()
+            .map(|(n, (label, _))| {
+                let labelled = Labelled {
+                    label,
+                    parent: parents.remove(&n),
+                    contenders: Vec::new(),
+                };
+                (n, labelled)
+            })
+            .collect()
     }
 
     /// The profile `id` belongs to (it must be a node).
