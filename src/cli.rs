@@ -615,8 +615,8 @@ fn stats_lines(summary: &Summary) -> Vec<String> {
         out.push(format!(
             "peak RSS {:.1} MB: {} bytes per accepted event ({}), {} bytes per profile ({})",
             peak as f64 / 1e6,
-            per(summary.accepted as i64),
-            summary.accepted,
+            per(summary.tally.accepted as i64),
+            summary.tally.accepted,
             per(summary.profiles),
             summary.profiles
         ));

@@ -84,11 +84,11 @@ fn log_of(seed: u64, events: u64) -> Vec<Record> {
 
 fn counts(s: &Summary) -> (u64, u64, u64, u64, u64, BTreeMap<String, u64>, Option<u64>) {
     (
-        s.lines,
-        s.accepted,
-        s.duplicates,
-        s.suppressed,
-        s.forgets,
+        s.tally.lines,
+        s.tally.accepted,
+        s.tally.duplicates,
+        s.tally.suppressed,
+        s.tally.forgets,
         s.dead_letters
             .iter()
             .map(|(r, n)| (r.code().to_string(), *n))
@@ -121,10 +121,10 @@ fn a_compacted_log_replays_to_the_same_state() {
         let log = log_of(seed, 3000);
         let original = replay(&spec, &log);
         assert!(
-            original.summary.forgets > 0,
+            original.summary.tally.forgets > 0,
             "the workload erases something"
         );
-        assert!(original.summary.duplicates > 0 && !original.dead_letters.is_empty());
+        assert!(original.summary.tally.duplicates > 0 && !original.dead_letters.is_empty());
 
         let rewritten = compact::rewrite(log.clone(), &spec, SALT, &original.sets);
         let compacted = rewritten.records;
@@ -135,7 +135,7 @@ fn a_compacted_log_replays_to_the_same_state() {
             compacted.iter().filter(|r| r.residue).count() as u64
         );
         assert!(
-            reduced >= original.summary.duplicates + original.summary.forgets,
+            reduced >= original.summary.tally.duplicates + original.summary.tally.forgets,
             "seed {seed}: only {reduced} records reduced"
         );
         let bytes = |rs: &[Record]| rs.iter().map(|r| r.line.len()).sum::<usize>();

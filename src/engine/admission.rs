@@ -10,24 +10,15 @@ impl Driver<'_> {
             .wall_ms
             .or(self.options.wall_clock_ms)
             .unwrap_or_else(wall_clock_ms);
-        let before = (
-            self.summary.lines,
-            self.summary.accepted,
-            self.summary.duplicates,
-            self.summary.suppressed,
-            self.summary.forgets,
-        );
-        let dead_before = self.sinks.dead_letters.total();
-        let mut reducible = 0;
         for line in &batch.lines {
             if self.stopped {
                 break;
             }
-            self.summary.lines += 1;
+            self.summary.tally.lines += 1;
             self.note_source(line.source)?;
             if let Some(length) = line.too_long {
                 self.dead(line, DeadReason::LineTooLong, format!("{length} bytes"))?;
-                reducible += 1;
+                self.summary.tally.reducible += 1;
                 continue;
             }
             // a compacted line is counted as the line it stands for, but is not reducible
@@ -48,7 +39,7 @@ impl Driver<'_> {
                     break;
                 }
                 Line::Accepted { event, now } => {
-                    self.summary.accepted += 1;
+                    self.summary.tally.accepted += 1;
                     self.advance_clock(now);
                     self.pending
                         .push_back((now, batch.read_at, event.kind == Kind::Forget));
@@ -59,21 +50,21 @@ impl Driver<'_> {
                     }
                 }
                 Line::Replayed { now, erasure } => {
-                    self.summary.accepted += 1;
-                    self.summary.forgets += u64::from(erasure.is_some());
+                    self.summary.tally.accepted += 1;
+                    self.summary.tally.forgets += u64::from(erasure.is_some());
                     self.advance_clock(now);
                 }
                 Line::Duplicate => {
-                    self.summary.duplicates += 1;
-                    reducible += fresh;
+                    self.summary.tally.duplicates += 1;
+                    self.summary.tally.reducible += fresh;
                 }
                 Line::Dead { reason, detail } => {
                     self.dead(line, reason, detail)?;
-                    reducible += fresh;
+                    self.summary.tally.reducible += fresh;
                 }
                 Line::Suppressed => {
-                    self.summary.suppressed += 1;
-                    reducible += fresh;
+                    self.summary.tally.suppressed += 1;
+                    self.summary.tally.reducible += fresh;
                 }
                 Line::Unreadable(e) => {
                     return Err(EngineError::Input(format!(
@@ -84,16 +75,7 @@ impl Driver<'_> {
                 }
             }
         }
-        self.count(|c| &c.lines, self.summary.lines - before.0);
-        self.count(|c| &c.accepted, self.summary.accepted - before.1);
-        self.count(|c| &c.duplicates, self.summary.duplicates - before.2);
-        self.count(|c| &c.suppressed, self.summary.suppressed - before.3);
-        self.count(|c| &c.forgets, self.summary.forgets - before.4);
-        self.count(|c| &c.reducible, reducible);
-        self.count(
-            |c| &c.dead_letters,
-            self.sinks.dead_letters.total() - dead_before,
-        );
+        self.mirror();
         Ok(())
     }
 
@@ -119,6 +101,7 @@ impl Driver<'_> {
         detail: String,
     ) -> Result<(), EngineError> {
         let source = self.source_name(line);
+        self.summary.tally.dead_letters += 1;
         self.sinks.dead_letters.push(DeadLetter {
             source,
             line: line.cited().1,

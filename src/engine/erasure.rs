@@ -27,8 +27,8 @@ impl Driver<'_> {
         now: u64,
         line: u64,
     ) -> Result<(), EngineError> {
-        self.summary.forgets += 1;
-        self.count(|c| &c.erasures, 1);
+        self.summary.tally.forgets += 1;
+        self.summary.tally.erasures += 1;
         self.next_query += 1;
         let query = self.next_query;
         for id in &request.idents {

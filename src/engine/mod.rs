@@ -23,7 +23,7 @@ pub mod output;
 mod publish;
 mod stats;
 
-pub use stats::{Counters, Histogram, Latency, SourceStats, Summary};
+pub use stats::{Counters, Histogram, Latency, SourceStats, Summary, Tally};
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
@@ -340,8 +340,7 @@ struct Driver<'w> {
     next_seq: u64,
     /// Last lookup (query) id used.
     next_query: u64,
-    /// Changes published so far, and when the current source began (for [`SourceStats`]).
-    changes_total: u64,
+    /// Changes published when the current source began, and when (for [`SourceStats`]).
     source_changes_at: u64,
     source_started: Instant,
     /// Current step within the clock's millisecond.
@@ -388,7 +387,6 @@ impl<'w> Driver<'w> {
             source_names,
             next_seq: 0,
             next_query: 0,
-            changes_total: 0,
             source_changes_at: 0,
             source_started: Instant::now(),
             step: 0,

@@ -100,8 +100,8 @@ impl Driver<'_> {
         }
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
-        self.count(|c| &c.changes, changes.len() as u64);
-        self.changes_total += changes.len() as u64;
+        self.summary.tally.changes += changes.len() as u64;
+        self.mirror();
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {
             if ms > upto_ms {

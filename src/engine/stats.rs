@@ -1,5 +1,6 @@
-//! Statistics: the running totals other threads read (`/metrics`, the console), the
-//! latency histogram, and the run's summary with its per-source figures.
+//! Statistics: the driver's one [`Tally`], the copy of it other threads read
+//! ([`Counters`], for `/metrics` and the console), the latency histogram, and the run's
+//! [`Summary`] with its per-source figures.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,9 @@ use super::output::{Change, DeadLetter, Snapshot};
 use super::{Driver, EngineError};
 use crate::event::DeadReason;
 
-/// Running totals, readable from other threads (e.g. for `/metrics`).
+/// The running totals as other threads read them (e.g. for `/metrics`): the driver's
+/// [`Tally`], mirrored after every batch and every publication ([`Counters::mirror`]), and
+/// the latency histogram.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Non-blank lines read.
@@ -34,6 +37,50 @@ pub struct Counters {
     pub reducible: AtomicU64,
     /// Ingest-to-output latency of accepted events.
     pub latency: Histogram,
+}
+
+impl Counters {
+    /// Takes the values of `tally`, the driver's one count (the latency histogram is
+    /// observed separately).
+    pub fn mirror(&self, tally: &Tally) {
+        let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+        set(&self.accepted, tally.accepted);
+        set(&self.duplicates, tally.duplicates);
+        set(&self.dead_letters, tally.dead_letters);
+        set(&self.suppressed, tally.suppressed);
+        set(&self.changes, tally.changes);
+        set(&self.forgets, tally.forgets);
+        set(&self.erasures, tally.erasures);
+        set(&self.reducible, tally.reducible);
+        // last, with release: whoever sees `lines` reach a value sees the rest as of then
+        self.lines.store(tally.lines, Ordering::Release);
+    }
+}
+
+/// What the engine has counted: the one tally, kept by the driver. A run's [`Summary`]
+/// carries it; a server's [`Counters`] mirror it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Non-blank lines read.
+    pub lines: u64,
+    /// Accepted events (forget requests included).
+    pub accepted: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Events dropped for carrying an erased identifier.
+    pub suppressed: u64,
+    /// Forget requests accepted (received or replayed from a compacted log).
+    pub forgets: u64,
+    /// Forget requests carried out from received lines (not replayed from a compacted
+    /// log): each makes the log due for compaction.
+    pub erasures: u64,
+    /// Received lines (not compacted ones) that compaction would reduce: duplicates, dead
+    /// letters, suppressed events.
+    pub reducible: u64,
+    /// Changes published.
+    pub changes: u64,
 }
 
 /// A latency histogram with fixed buckets, updated without locks.
@@ -121,20 +168,12 @@ pub struct SourceStats {
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct Summary {
-    /// Non-blank lines read.
-    pub lines: u64,
-    /// Accepted events (forget requests included).
-    pub accepted: u64,
-    /// Duplicates dropped.
-    pub duplicates: u64,
-    /// Dead letters, by reason.
+    /// What was counted.
+    pub tally: Tally,
+    /// Dead letters, by reason (they add up to `tally.dead_letters`).
     pub dead_letters: BTreeMap<DeadReason, u64>,
     /// The first few dead letters, when they were not written to a file.
     pub dead_letter_examples: Vec<DeadLetter>,
-    /// Events dropped for carrying an erased identifier.
-    pub suppressed: u64,
-    /// Forget requests accepted.
-    pub forgets: u64,
     /// Profiles at the final clock.
     pub profiles: i64,
     /// The final engine clock (epoch ms).
@@ -159,14 +198,14 @@ pub struct Summary {
 impl Summary {
     /// Total dead letters.
     pub fn dead_letter_total(&self) -> u64 {
-        self.dead_letters.values().sum()
+        self.tally.dead_letters
     }
 
     /// The one-line summary printed on stderr.
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         let rate = if secs > 0.0 {
-            self.lines as f64 / secs
+            self.tally.lines as f64 / secs
         } else {
             0.0
         };
@@ -180,11 +219,11 @@ impl Summary {
         };
         format!(
             "throughline: {} lines, {} accepted, {} duplicates, {} dead letters, {} suppressed, {} profiles, clock {}, {:.3} s, {:.0} events/s{}",
-            self.lines,
-            self.accepted,
-            self.duplicates,
-            self.dead_letter_total(),
-            self.suppressed,
+            self.tally.lines,
+            self.tally.accepted,
+            self.tally.duplicates,
+            self.tally.dead_letters,
+            self.tally.suppressed,
             self.profiles,
             self.clock
                 .map_or_else(|| "-".to_string(), |c| c.to_string()),
@@ -214,7 +253,7 @@ impl Driver<'_> {
             }
             self.close_source();
             self.source_started = Instant::now();
-            self.source_changes_at = self.changes_total;
+            self.source_changes_at = self.summary.tally.changes;
             self.summary.sources.push(SourceStats {
                 name,
                 ..SourceStats::default()
@@ -229,13 +268,15 @@ impl Driver<'_> {
     pub(super) fn close_source(&mut self) {
         if let Some(s) = self.summary.sources.last_mut() {
             s.seconds = self.source_started.elapsed().as_secs_f64();
-            s.changes = self.changes_total - self.source_changes_at;
+            s.changes = self.summary.tally.changes - self.source_changes_at;
         }
     }
 
-    pub(super) fn count(&self, which: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+    /// Shows the tally to the server's readers ([`Counters`]): after every batch, and
+    /// before anyone can see the changes it counts.
+    pub(super) fn mirror(&self) {
         if let Some(c) = &self.sinks.counters {
-            which(c).fetch_add(n, Ordering::Relaxed);
+            c.mirror(&self.summary.tally);
         }
     }
 
@@ -244,9 +285,9 @@ impl Driver<'_> {
             self.last_progress = Instant::now();
             eprintln!(
                 "throughline: progress: {} lines, {} accepted, {} dead letters",
-                self.summary.lines,
-                self.summary.accepted,
-                self.sinks.dead_letters.total()
+                self.summary.tally.lines,
+                self.summary.tally.accepted,
+                self.summary.tally.dead_letters
             );
         }
     }
