@@ -6,7 +6,8 @@
 //! Labels only cross non-anchor nodes (an anchor always keeps its own label), so the labels
 //! of a profile's members depend only on its *region*: the non-anchor nodes connected to it
 //! through non-anchor nodes, and the anchors next to them. The walk never leaves that region,
-//! however large the connected component is.
+//! however large the connected component is, and labels it with the function the dataflow
+//! maintains labels with ([`least_fixed_point`]), so the two cannot disagree on a label.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,7 +1,7 @@
 //! The benchmark harness: `cargo bench --bench harness` (add `-- --quick` for a smaller,
 //! faster pass). Generates the workloads, runs the release binary with `run --stats` (the
 //! engine measures itself) and prints one table: each figure, its target, and the command
-//! that produced it. See `src/docs/performance.md` for the figures and what bounds them.
+//! that produced it. See `tests/bench/performance.md` for the figures and what bounds them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
