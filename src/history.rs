@@ -3,7 +3,7 @@
 //! profile. Erased events' facts are dropped from here at once, so
 //! no raw value of theirs stays in memory beyond the retraction itself.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::dataflow::{EventFacts, Seq};
 use crate::event::Ident;
@@ -11,20 +11,32 @@ use crate::event::Ident;
 /// Live events' facts, in arrival order, indexed by identifier.
 #[derive(Default)]
 pub struct History {
-    events: Vec<Option<EventFacts>>,
-    /// Live events carrying each identifier.
-    by_ident: HashMap<Ident, Vec<Seq>>,
+    /// Events by `seq`, in chunks of [`CHUNK`]: growing never copies the events held.
+    events: Vec<Vec<Option<EventFacts>>>,
+    /// Live events carrying each identifier (a map that grows without stalls).
+    by_ident: griddle::HashMap<Ident, Vec<Seq>>,
+    /// Events pushed.
+    pushed: usize,
     live: usize,
 }
+
+/// Events per chunk of the history.
+const CHUNK: usize = 1 << 14;
 
 impl History {
     /// Records an inserted event (its `seq` must be the next index).
     pub fn push(&mut self, facts: EventFacts) {
-        debug_assert_eq!(facts.seq as usize, self.events.len());
+        debug_assert_eq!(facts.seq as usize, self.pushed);
         for id in &facts.idents {
             self.by_ident.entry(id.clone()).or_default().push(facts.seq);
         }
-        self.events.push(Some(facts));
+        if self.events.last().is_none_or(|chunk| chunk.len() == CHUNK) {
+            self.events.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.events.last_mut() {
+            chunk.push(Some(facts));
+        }
+        self.pushed += 1;
         self.live += 1;
     }
 
@@ -40,7 +52,7 @@ impl History {
         seqs.dedup();
         let mut taken = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let Some(facts) = self.events.get_mut(seq as usize).and_then(Option::take) else {
+            let Some(facts) = self.slot_mut(seq).and_then(Option::take) else {
                 continue;
             };
             // unlink the event from its other identifiers' entries
@@ -64,7 +76,17 @@ impl History {
             .get(ident)
             .into_iter()
             .flatten()
-            .filter_map(|seq| self.events.get(*seq as usize)?.as_ref())
+            .filter_map(|seq| self.slot(*seq)?.as_ref())
+    }
+
+    fn slot(&self, seq: Seq) -> Option<&Option<EventFacts>> {
+        let seq = usize::try_from(seq).ok()?;
+        self.events.get(seq / CHUNK)?.get(seq % CHUNK)
+    }
+
+    fn slot_mut(&mut self, seq: Seq) -> Option<&mut Option<EventFacts>> {
+        let seq = usize::try_from(seq).ok()?;
+        self.events.get_mut(seq / CHUNK)?.get_mut(seq % CHUNK)
     }
 
     /// Number of live events.

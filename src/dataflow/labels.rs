@@ -102,7 +102,8 @@ impl Vertex {
 /// The identity graph and its labels, updated one dataflow time at a time.
 pub struct Graph {
     anchor: Vec<bool>,
-    vertices: HashMap<Node, Vertex>,
+    /// Grows without stalls (see `griddle` in Cargo.toml).
+    vertices: griddle::HashMap<Node, Vertex>,
 }
 
 impl Graph {
@@ -110,7 +111,7 @@ impl Graph {
     pub fn new(anchor: Vec<bool>) -> Graph {
         Graph {
             anchor,
-            vertices: HashMap::new(),
+            vertices: griddle::HashMap::new(),
         }
     }
 

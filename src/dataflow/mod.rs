@@ -20,8 +20,8 @@ pub mod traits;
 pub mod views;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+
+use griddle::hash_map::Entry;
 use std::hash::Hash;
 use std::rc::Rc;
 
@@ -235,13 +235,14 @@ pub struct Inputs {
 
 /// Counts of a multiset, reporting when an element appears or disappears.
 struct Presence<K> {
-    counts: HashMap<K, u32>,
+    /// Grows without stalls (see `griddle` in Cargo.toml).
+    counts: griddle::HashMap<K, u32>,
 }
 
 impl<K: Hash + Eq> Presence<K> {
     fn new() -> Self {
         Presence {
-            counts: HashMap::new(),
+            counts: griddle::HashMap::new(),
         }
     }
 

@@ -65,7 +65,7 @@ pub enum Line {
 pub struct Admission {
     max_future_ms: u64,
     /// xxh3-128 hashes of accepted messageIds (16 bytes each; a collision is ~2^-100 at 1e9 ids).
-    seen: HashSet<u128>,
+    seen: griddle::HashSet<u128>,
     /// Salted hashes of erased identifiers; never raw values.
     suppressed: HashSet<u128>,
     salt: u128,
@@ -79,7 +79,7 @@ impl Admission {
     pub fn new(max_future_ms: u64, salt: u128) -> Admission {
         Admission {
             max_future_ms,
-            seen: HashSet::new(),
+            seen: griddle::HashSet::new(),
             suppressed: HashSet::new(),
             salt,
             clock: None,
