@@ -1,60 +1,13 @@
-//! Identity resolution (SPEC section 3): the identity graph, hubs, anchored label
-//! propagation, profiles and the event → profile attribution.
+//! Identity resolution (SPEC section 3): the identity graph, hubs, labels (the rule and its
+//! maintenance live in [`super::labels`]), profiles and the event → profile attribution.
 //!
 //! Every stage is a pure function of its input collections, so retracting events at the
 //! input un-merges exactly what they merged.
 
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
-use serde::{Deserialize, Serialize};
 
-use super::labels::{GraphChange, maintained};
+use super::labels::{GraphChange, Label, maintained};
 use super::{ByKey, Coll, Node, Seq};
-use crate::event::Ident;
-
-/// A node's label (SPEC section 3): `(class, distance, root)` ordered lexicographically,
-/// where `root` is the anchor (class 0) or the least identifier (class 1) it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Label {
-    /// 0 for an anchor's label, 1 for an anonymous one.
-    pub class: u8,
-    /// Edges from the anchor (always 0 for class 1).
-    pub dist: u32,
-    /// The identifier that names the profile.
-    pub root: Ident,
-}
-
-impl Label {
-    /// The initial label of a node: `(0, 0, rank, value)` for an anchor, else `(1, 0, rank, value)`.
-    pub fn initial(ident: &Ident, anchor: bool) -> Label {
-        Label {
-            class: if anchor { 0 } else { 1 },
-            dist: 0,
-            root: ident.clone(),
-        }
-    }
-
-    /// The label proposed to a neighbour: anchors' labels grow one step, others pass unchanged.
-    pub fn across_edge(&self) -> Label {
-        if self.class == 0 {
-            Label::anchored(self.root.clone(), self.dist.saturating_add(1))
-        } else {
-            Label {
-                class: 1,
-                dist: 0,
-                root: self.root.clone(),
-            }
-        }
-    }
-
-    /// The label of anchor `root` after `dist` steps across edges.
-    pub fn anchored(root: Ident, dist: u32) -> Label {
-        Label {
-            class: 0,
-            dist,
-            root,
-        }
-    }
-}
 
 /// The hub rule (SPEC section 3): an identifier with more than `max_links` distinct
 /// neighbours is a hub.

@@ -1,4 +1,5 @@
-//! Node labels of the identity graph (SPEC section 3), maintained by one operator.
+//! Node labels of the identity graph (SPEC section 3): the [`Label`] and its step across
+//! an edge, the least fixed point they define, and the operator that maintains it.
 //!
 //! SPEC section 3 defines every node's label as the least of its own initial label and its
 //! neighbours' labels stepped across the edge ([`Label::initial`], [`Label::across_edge`]):
@@ -33,8 +34,53 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use super::identity::Label;
 use super::{Coll, Node, Time};
+use crate::event::Ident;
+
+/// A node's label (SPEC section 3): `(class, distance, root)` ordered lexicographically,
+/// where `root` is the anchor (class 0) or the least identifier (class 1) it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Label {
+    /// 0 for an anchor's label, 1 for an anonymous one.
+    pub class: u8,
+    /// Edges from the anchor (always 0 for class 1).
+    pub dist: u32,
+    /// The identifier that names the profile.
+    pub root: Ident,
+}
+
+impl Label {
+    /// The initial label of a node: `(0, 0, rank, value)` for an anchor, else `(1, 0, rank, value)`.
+    pub fn initial(ident: &Ident, anchor: bool) -> Label {
+        Label {
+            class: if anchor { 0 } else { 1 },
+            dist: 0,
+            root: ident.clone(),
+        }
+    }
+
+    /// The label proposed to a neighbour: anchors' labels grow one step, others pass unchanged.
+    pub fn across_edge(&self) -> Label {
+        if self.class == 0 {
+            Label::anchored(self.root.clone(), self.dist.saturating_add(1))
+        } else {
+            Label {
+                class: 1,
+                dist: 0,
+                root: self.root.clone(),
+            }
+        }
+    }
+
+    /// The label of anchor `root` after `dist` steps across edges.
+    pub fn anchored(root: Ident, dist: u32) -> Label {
+        Label {
+            class: 0,
+            dist,
+            root,
+        }
+    }
+}
 
 /// One update of the identity graph: a node, or one direction of an edge (edges arrive in
 /// both directions).
@@ -296,7 +342,6 @@ pub fn maintained<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Ident;
     use proptest::prelude::*;
 
     /// Labels by the SPEC's definition, iterated naively to the fixed point.

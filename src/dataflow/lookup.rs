@@ -3,7 +3,7 @@
 //! itself happens at the input: the engine negates every stored event carrying one of them);
 //! `GET /v1/profiles/{type}:{value}` asks for everything.
 
-use super::identity::Label;
+use super::labels::Label;
 use super::views::Fact;
 use super::{ByKey, Coll, Node};
 use crate::event::Ident;

@@ -1,7 +1,7 @@
 //! The dataflow: one module per maintained collection, wired together by [`build`].
 //!
 //! Data flows one way: input sessions (fed by the engine from accepted events) →
-//! [`identity`] (links, hubs, labels, profiles, attribution) → [`views`] (rows) → the
+//! [`identity`] (links, hubs, [`labels`], profiles, attribution) → [`views`] (rows) → the
 //! output capture that the engine writes to the sinks.
 //!
 //! Time is the engine clock in epoch ms refined by a step counter, packed in a `u64` as

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::dataflow::identity::Label;
 use crate::dataflow::intent::{Decay, qualifying_first};
+use crate::dataflow::labels::Label;
 use crate::dataflow::views::{self, Fact, milli_json};
 use crate::dataflow::{EventFacts, SourceNames, consent, traits};
 use crate::event::Ident;
