@@ -38,26 +38,20 @@ pub fn hubs<'s>(
     by_degree.concat(wide).distinct_total()
 }
 
-/// The edges label propagation walks: links with neither end a hub (SPEC section 3).
-pub fn edges<'s>(links: Coll<'s, (Node, Node)>, hubs: Coll<'s, Node>) -> Coll<'s, (Node, Node)> {
-    links
-        .antijoin(hubs.clone())
-        .map(|(a, b)| (b, a))
-        .antijoin(hubs)
-        .map(|(b, a)| (a, b))
-}
-
 /// Every node's label: the least of its initial label and its neighbours' propagated labels
-/// (SPEC section 3), the least fixed point over `edges`, maintained by
-/// [`super::labels::maintained`]. `anchor[rank]` says which identifier types are anchors.
+/// (SPEC section 3), the least fixed point over the links with neither end a hub,
+/// maintained by [`super::labels::maintained`] (which drops a hub's edges itself, so no
+/// stage materialises the edges). `anchor[rank]` says which identifier types are anchors.
 pub fn labels<'s>(
     nodes: Coll<'s, Node>,
-    edges: Coll<'s, (Node, Node)>,
+    links: Coll<'s, (Node, Node)>,
+    hubs: Coll<'s, Node>,
     anchor: Vec<bool>,
 ) -> Coll<'s, (Node, Label)> {
     let changes = nodes
         .map(GraphChange::Node)
-        .concat(edges.map(|(a, b)| GraphChange::Edge(a, b)));
+        .concat(links.map(|(a, b)| GraphChange::Link(a, b)))
+        .concat(hubs.map(GraphChange::Hub));
     maintained(changes, anchor)
 }
 

@@ -82,14 +82,21 @@ impl Label {
     }
 }
 
-/// One update of the identity graph: a node, or one direction of an edge (edges arrive in
-/// both directions).
+/// One update of the identity graph: a node, one direction of a link (links arrive in both
+/// directions), or a hub.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum GraphChange {
     /// A node of the graph (an identifier of a live event).
     Node(Node),
-    /// An edge from the first node to the second.
-    Edge(Node, Node),
+    /// A link from the first node to the second: an edge unless either end is a hub.
+    Link(Node, Node),
+    /// A hub (SPEC section 3): it keeps its node and loses every edge.
+    Hub(Node),
+}
+
+/// SPEC section 3: a link is an edge when neither end is a hub.
+pub fn is_edge(a_is_hub: bool, b_is_hub: bool) -> bool {
+    !a_is_hub && !b_is_hub
 }
 
 /// Relaxes labels across edges until no node is offered a smaller one, from `seeds` (nodes
@@ -129,19 +136,24 @@ pub fn least_fixed_point<K, L, R, N>(
     }
 }
 
-/// A node's state: how many times it is present as a node, its edges (with counts) and
-/// its current label (`None` when it is no longer in the graph).
+/// A node's state: how many times it is present as a node and as a hub, its links (with
+/// counts) and its current label (`None` when it is no longer in the graph).
 #[derive(Default)]
 struct Vertex {
     count: isize,
-    edges: Vec<(Node, isize)>,
+    hub: isize,
+    links: Vec<(Node, isize)>,
     label: Option<Label>,
 }
 
 impl Vertex {
-    /// In the graph: a node, or the end of an edge.
+    /// In the graph: a node, or the end of a link.
     fn live(&self) -> bool {
-        self.count > 0 || !self.edges.is_empty()
+        self.count > 0 || !self.links.is_empty()
+    }
+
+    fn is_hub(&self) -> bool {
+        self.hub > 0
     }
 }
 
@@ -172,6 +184,20 @@ impl Graph {
         Label::initial(&node.0, self.is_anchor(node))
     }
 
+    /// The nodes `node` has an edge to ([`is_edge`]).
+    fn edges(&self, node: &Node, out: &mut Vec<Node>) {
+        let Some(v) = self.vertices.get(node) else {
+            return;
+        };
+        let hub = |n: &Node| self.vertices.get(n).is_some_and(Vertex::is_hub);
+        out.extend(
+            v.links
+                .iter()
+                .filter(|(n, _)| is_edge(v.is_hub(), hub(n)))
+                .map(|(n, _)| n.clone()),
+        );
+    }
+
     /// Applies one time's changes and returns the changes of `(node, label)` they cause.
     pub fn apply(&mut self, mut changes: Vec<(GraphChange, isize)>) -> Vec<((Node, Label), isize)> {
         consolidate(&mut changes);
@@ -184,18 +210,27 @@ impl Graph {
                     self.vertices.entry(n.clone()).or_default().count += diff;
                     dirty.push(n);
                 }
-                GraphChange::Edge(a, b) => {
-                    let edges = &mut self.vertices.entry(a.clone()).or_default().edges;
-                    match edges.iter().position(|(n, _)| *n == b) {
+                GraphChange::Link(a, b) => {
+                    let links = &mut self.vertices.entry(a.clone()).or_default().links;
+                    match links.iter().position(|(n, _)| *n == b) {
                         Some(i) => {
-                            edges[i].1 += diff;
-                            if edges[i].1 == 0 {
-                                edges.swap_remove(i);
+                            links[i].1 += diff;
+                            if links[i].1 == 0 {
+                                links.swap_remove(i);
                             }
                         }
-                        None => edges.push((b, diff)),
+                        None => links.push((b, diff)),
                     }
                     dirty.push(a);
+                }
+                GraphChange::Hub(n) => {
+                    // becoming a hub removes edges, ceasing to be one adds them: either
+                    // way the regions around it and its neighbours are relabelled
+                    shrank = true;
+                    let v = self.vertices.entry(n.clone()).or_default();
+                    v.hub += diff;
+                    dirty.extend(v.links.iter().map(|(m, _)| m.clone()));
+                    dirty.push(n);
                 }
             }
         }
@@ -228,7 +263,11 @@ impl Graph {
                     out.push(((n.clone(), new), 1));
                 }
             }
-            if self.vertices.get(&n).is_some_and(|v| !v.live()) {
+            if self
+                .vertices
+                .get(&n)
+                .is_some_and(|v| !v.live() && !v.is_hub())
+            {
                 self.vertices.remove(&n);
             }
         }
@@ -253,10 +292,10 @@ impl Graph {
             let Some(v) = self.vertices.get(&n) else {
                 continue;
             };
-            if !v.live() || !region.insert(n) {
+            if !v.live() || !region.insert(n.clone()) {
                 continue;
             }
-            stack.extend(v.edges.iter().map(|(m, _)| m.clone()));
+            self.edges(&n, &mut stack);
         }
         for n in &region {
             let initial = self.initial(n);
@@ -271,21 +310,17 @@ impl Graph {
     /// Relaxes labels from `seeds` to the least fixed point, noting each relabelled node's
     /// label before this time in `before`.
     fn relax(&mut self, seeds: Vec<Node>, before: &mut HashMap<Node, Option<Label>>) {
-        let vertices = std::cell::RefCell::new(&mut self.vertices);
+        let graph = std::cell::RefCell::new(self);
         least_fixed_point(
             seeds,
-            |n| vertices.borrow().get(n).and_then(|v| v.label.clone()),
+            |n| graph.borrow().vertices.get(n).and_then(|v| v.label.clone()),
             |n, label, _from| {
-                if let Some(v) = vertices.borrow_mut().get_mut(n) {
+                if let Some(v) = graph.borrow_mut().vertices.get_mut(n) {
                     before.entry(n.clone()).or_insert_with(|| v.label.clone());
                     v.label = Some(label);
                 }
             },
-            |n, out| {
-                if let Some(v) = vertices.borrow().get(n) {
-                    out.extend(v.edges.iter().map(|(m, _)| m.clone()));
-                }
-            },
+            |n, out| graph.borrow().edges(n, out),
         );
     }
 }
@@ -344,10 +379,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Labels by the SPEC's definition, iterated naively to the fixed point.
+    /// Labels by the SPEC's definition, iterated naively to the fixed point over the links
+    /// with neither end a hub.
     fn from_scratch(
         nodes: &HashSet<Node>,
-        edges: &HashSet<(Node, Node)>,
+        links: &HashSet<(Node, Node)>,
+        hubs: &HashSet<Node>,
         anchor: &[bool],
     ) -> BTreeMap<Node, Label> {
         let mut labels: BTreeMap<Node, Label> = nodes
@@ -356,7 +393,10 @@ mod tests {
             .collect();
         loop {
             let mut changed = false;
-            for (a, b) in edges {
+            for (a, b) in links {
+                if hubs.contains(a) || hubs.contains(b) {
+                    continue;
+                }
                 let offer = labels[a].across_edge();
                 if offer < labels[b] {
                     labels.insert(b.clone(), offer);
@@ -374,20 +414,81 @@ mod tests {
         Node(Ident::new(i % 3, &format!("v{}", 9 - i / 3)))
     }
 
+    /// The model the operator is fed by: sets of nodes, links (both ways) and hubs.
+    #[derive(Default)]
+    struct Model {
+        nodes: HashSet<Node>,
+        links: HashSet<(Node, Node)>,
+        hubs: HashSet<Node>,
+    }
+
+    impl Model {
+        /// Applies one random operation; returns the changes to feed.
+        fn step(&mut self, op: u8, a: Node, b: Node) -> Vec<(GraphChange, isize)> {
+            let mut changes = Vec::new();
+            match op % 3 {
+                0 => {
+                    for n in [&a, &b] {
+                        if self.nodes.insert(n.clone()) {
+                            changes.push((GraphChange::Node(n.clone()), 1));
+                        }
+                    }
+                    if a != b && self.links.insert((a.clone(), b.clone())) {
+                        self.links.insert((b.clone(), a.clone()));
+                        changes.push((GraphChange::Link(a.clone(), b.clone()), 1));
+                        changes.push((GraphChange::Link(b, a), 1));
+                    }
+                }
+                1 => {
+                    // retract `a` with all its links and its hub mark
+                    if self.nodes.remove(&a) {
+                        changes.push((GraphChange::Node(a.clone()), -1));
+                        let gone: Vec<_> = self
+                            .links
+                            .iter()
+                            .filter(|(x, _)| *x == a)
+                            .cloned()
+                            .collect();
+                        for (x, y) in gone {
+                            self.links.remove(&(x.clone(), y.clone()));
+                            self.links.remove(&(y.clone(), x.clone()));
+                            changes.push((GraphChange::Link(x.clone(), y.clone()), -1));
+                            changes.push((GraphChange::Link(y, x), -1));
+                        }
+                        if self.hubs.remove(&a) {
+                            changes.push((GraphChange::Hub(a), -1));
+                        }
+                    }
+                }
+                _ => {
+                    // toggle whether a node is a hub
+                    if self.hubs.remove(&a) {
+                        changes.push((GraphChange::Hub(a), -1));
+                    } else if self.nodes.contains(&a) {
+                        self.hubs.insert(a.clone());
+                        changes.push((GraphChange::Hub(a), 1));
+                    }
+                }
+            }
+            changes
+        }
+    }
+
     proptest! {
-        /// Applying random batches of insertions and retractions keeps exactly the labels a
-        /// computation from scratch gives, and retracting everything leaves no label.
+        /// Applying random batches of insertions, retractions and hub changes keeps exactly
+        /// the labels a computation from scratch gives, and retracting everything leaves no
+        /// label and no state.
         #[test]
         fn incremental_labels_equal_labels_from_scratch(
             batches in prop::collection::vec(
-                prop::collection::vec((0u8..12, 0u8..12, any::<bool>()), 1..6), 1..25)
+                prop::collection::vec((0u8..12, 0u8..12, 0u8..6), 1..6), 1..25)
         ) {
             let anchor = vec![true, false, false];
             let mut graph = Graph::new(anchor.clone());
-            let (mut nodes, mut edges) = (HashSet::new(), HashSet::new());
+            let mut model = Model::default();
             let mut out: BTreeMap<(Node, Label), isize> = BTreeMap::new();
             let step = |graph: &mut Graph, changes: Vec<(GraphChange, isize)>,
-                            out: &mut BTreeMap<(Node, Label), isize>| {
+                        out: &mut BTreeMap<(Node, Label), isize>| {
                 for (d, r) in graph.apply(changes) {
                     *out.entry(d).or_default() += r;
                 }
@@ -395,46 +496,28 @@ mod tests {
             };
             for batch in batches {
                 let mut changes = Vec::new();
-                for (a, b, insert) in batch {
-                    let (a, b) = (node(a), node(b));
-                    // nodes are a set; an edge's ends are nodes
-                    if insert {
-                        for n in [&a, &b] {
-                            if nodes.insert(n.clone()) {
-                                changes.push((GraphChange::Node(n.clone()), 1));
-                            }
-                        }
-                        if a != b && edges.insert((a.clone(), b.clone())) {
-                            edges.insert((b.clone(), a.clone()));
-                            changes.push((GraphChange::Edge(a.clone(), b.clone()), 1));
-                            changes.push((GraphChange::Edge(b, a), 1));
-                        }
-                    } else {
-                        // retract `a` with all its edges
-                        if nodes.remove(&a) {
-                            changes.push((GraphChange::Node(a.clone()), -1));
-                            for (x, y) in edges.iter().filter(|(x, _)| *x == a).cloned().collect::<Vec<_>>() {
-                                edges.remove(&(x.clone(), y.clone()));
-                                edges.remove(&(y.clone(), x.clone()));
-                                changes.push((GraphChange::Edge(x.clone(), y.clone()), -1));
-                                changes.push((GraphChange::Edge(y, x), -1));
-                            }
-                        }
-                    }
+                for (a, b, op) in batch {
+                    // inserting is likelier than retracting or changing a hub
+                    let op = if op < 4 { 0 } else { op - 3 };
+                    changes.extend(model.step(op, node(a), node(b)));
                 }
                 step(&mut graph, changes, &mut out);
-                let expected: BTreeMap<(Node, Label), isize> = from_scratch(&nodes, &edges, &anchor)
-                    .into_iter()
-                    .map(|(n, l)| ((n, l), 1))
-                    .collect();
+                let expected: BTreeMap<(Node, Label), isize> =
+                    from_scratch(&model.nodes, &model.links, &model.hubs, &anchor)
+                        .into_iter()
+                        .map(|(n, l)| ((n, l), 1))
+                        .collect();
                 prop_assert_eq!(&out, &expected);
             }
             let mut changes = Vec::new();
-            for (a, b) in &edges {
-                changes.push((GraphChange::Edge(a.clone(), b.clone()), -1));
+            for (a, b) in &model.links {
+                changes.push((GraphChange::Link(a.clone(), b.clone()), -1));
             }
-            for n in &nodes {
+            for n in &model.nodes {
                 changes.push((GraphChange::Node(n.clone()), -1));
+            }
+            for n in &model.hubs {
+                changes.push((GraphChange::Hub(n.clone()), -1));
             }
             step(&mut graph, changes, &mut out);
             prop_assert!(out.is_empty());

@@ -468,8 +468,7 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         // `nodes` and `links` enter as sets (see `Inputs`)
         let links = pairs;
         let hubs = identity::hubs(links.clone(), wide, max_links);
-        let edges = identity::edges(links, hubs);
-        let labels = identity::labels(nodes, edges, anchors);
+        let labels = identity::labels(nodes, links, hubs, anchors);
         let members = identity::members(labels.clone());
         // arranged once, shared by every stage that joins with them
         let labels_by_node = labels.arrange_by_key();
