@@ -82,16 +82,38 @@ impl Label {
     }
 }
 
+/// The hub rule (SPEC section 3): an identifier with more than `max_links` distinct
+/// neighbours is a hub.
+pub fn is_hub(neighbours: usize, max_links: usize) -> bool {
+    neighbours > max_links
+}
+
+/// An event with more than `max_links + 1` identifiers gives each of them more than
+/// `max_links` neighbours: all are hubs by that event alone (SPEC section 3).
+pub fn is_wide(identifiers: usize, max_links: usize) -> bool {
+    is_hub(identifiers.saturating_sub(1), max_links)
+}
+
+/// What decides the graph's labels besides its nodes and links: which identifier types are
+/// anchors (`anchor[rank]`) and the hub threshold.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// Whether each identifier type (by rank) is an anchor.
+    pub anchor: Vec<bool>,
+    /// An identifier with more neighbours than this is a hub.
+    pub max_links: usize,
+}
+
 /// One update of the identity graph: a node, one direction of a link (links arrive in both
-/// directions), or a hub.
+/// directions), or the mark of an identifier of a wide event.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum GraphChange {
     /// A node of the graph (an identifier of a live event).
     Node(Node),
     /// A link from the first node to the second: an edge unless either end is a hub.
     Link(Node, Node),
-    /// A hub (SPEC section 3): it keeps its node and loses every edge.
-    Hub(Node),
+    /// An identifier of an event with too many identifiers ([`is_wide`]): a hub.
+    Wide(Node),
 }
 
 /// SPEC section 3: a link is an edge when neither end is a hub.
@@ -136,12 +158,13 @@ pub fn least_fixed_point<K, L, R, N>(
     }
 }
 
-/// A node's state: how many times it is present as a node and as a hub, its links (with
-/// counts) and its current label (`None` when it is no longer in the graph).
+/// A node's state: how many times it is present as a node and marked wide, its links (with
+/// counts; their number is its degree) and its current label (`None` when it is no longer
+/// in the graph).
 #[derive(Default)]
 struct Vertex {
     count: isize,
-    hub: isize,
+    wide: isize,
     links: Vec<(Node, isize)>,
     label: Option<Label>,
 }
@@ -152,29 +175,31 @@ impl Vertex {
         self.count > 0 || !self.links.is_empty()
     }
 
-    fn is_hub(&self) -> bool {
-        self.hub > 0
+    /// SPEC section 3's hub rule: marked wide, or more than `max_links` neighbours.
+    fn is_hub(&self, max_links: usize) -> bool {
+        self.wide > 0 || is_hub(self.links.len(), max_links)
     }
 }
 
 /// The identity graph and its labels, updated one dataflow time at a time.
 pub struct Graph {
-    anchor: Vec<bool>,
+    rules: Rules,
     /// Grows without stalls (see `griddle` in Cargo.toml).
     vertices: griddle::HashMap<Node, Vertex>,
 }
 
 impl Graph {
-    /// An empty graph; `anchor[rank]` says which identifier types are anchors.
-    pub fn new(anchor: Vec<bool>) -> Graph {
+    /// An empty graph under `rules`.
+    pub fn new(rules: Rules) -> Graph {
         Graph {
-            anchor,
+            rules,
             vertices: griddle::HashMap::new(),
         }
     }
 
     fn is_anchor(&self, node: &Node) -> bool {
-        self.anchor
+        self.rules
+            .anchor
             .get(node.0.rank as usize)
             .copied()
             .unwrap_or(false)
@@ -189,11 +214,12 @@ impl Graph {
         let Some(v) = self.vertices.get(node) else {
             return;
         };
-        let hub = |n: &Node| self.vertices.get(n).is_some_and(Vertex::is_hub);
+        let max = self.rules.max_links;
+        let hub = |n: &Node| self.vertices.get(n).is_some_and(|v| v.is_hub(max));
         out.extend(
             v.links
                 .iter()
-                .filter(|(n, _)| is_edge(v.is_hub(), hub(n)))
+                .filter(|(n, _)| is_edge(v.is_hub(max), hub(n)))
                 .map(|(n, _)| n.clone()),
         );
     }
@@ -201,10 +227,20 @@ impl Graph {
     /// Applies one time's changes and returns the changes of `(node, label)` they cause.
     pub fn apply(&mut self, mut changes: Vec<(GraphChange, isize)>) -> Vec<((Node, Label), isize)> {
         consolidate(&mut changes);
+        let max = self.rules.max_links;
         let mut dirty = Vec::with_capacity(changes.len());
         let mut shrank = false;
+        // whether each vertex changed was a hub before this time
+        let mut was_hub: HashMap<Node, bool> = HashMap::new();
         for (change, diff) in changes {
             shrank |= diff < 0;
+            let key = match &change {
+                GraphChange::Node(n) | GraphChange::Link(n, _) | GraphChange::Wide(n) => n,
+            };
+            if !was_hub.contains_key(key) {
+                let hub = self.vertices.get(key).is_some_and(|v| v.is_hub(max));
+                was_hub.insert(key.clone(), hub);
+            }
             match change {
                 GraphChange::Node(n) => {
                     self.vertices.entry(n.clone()).or_default().count += diff;
@@ -223,15 +259,22 @@ impl Graph {
                     }
                     dirty.push(a);
                 }
-                GraphChange::Hub(n) => {
-                    // becoming a hub removes edges, ceasing to be one adds them: either
-                    // way the regions around it and its neighbours are relabelled
-                    shrank = true;
-                    let v = self.vertices.entry(n.clone()).or_default();
-                    v.hub += diff;
-                    dirty.extend(v.links.iter().map(|(m, _)| m.clone()));
+                GraphChange::Wide(n) => {
+                    self.vertices.entry(n.clone()).or_default().wide += diff;
                     dirty.push(n);
                 }
+            }
+        }
+        for (n, was) in was_hub {
+            let Some(v) = self.vertices.get(&n) else {
+                continue;
+            };
+            if v.is_hub(max) != was {
+                // becoming a hub removes its edges, ceasing to be one adds them: either
+                // way the regions around it and its neighbours are relabelled
+                shrank = true;
+                dirty.extend(v.links.iter().map(|(m, _)| m.clone()));
+                dirty.push(n);
             }
         }
         // labels before this time, of every node relabelled
@@ -266,7 +309,7 @@ impl Graph {
             if self
                 .vertices
                 .get(&n)
-                .is_some_and(|v| !v.live() && !v.is_hub())
+                .is_some_and(|v| !v.live() && v.wide == 0)
             {
                 self.vertices.remove(&n);
             }
@@ -327,10 +370,7 @@ impl Graph {
 
 /// Every node's label (SPEC section 3): the least fixed point of the labelling over the
 /// graph of `changes`, as a collection that changes at the times the graph does.
-pub fn maintained<'s>(
-    changes: Coll<'s, GraphChange>,
-    anchor: Vec<bool>,
-) -> Coll<'s, (Node, Label)> {
+pub fn maintained<'s>(changes: Coll<'s, GraphChange>, rules: Rules) -> Coll<'s, (Node, Label)> {
     let worker = changes.inner.scope().peers().saturating_sub(1) as u64;
     changes
         .inner
@@ -338,7 +378,7 @@ pub fn maintained<'s>(
             Exchange::new(move |_: &(GraphChange, Time, isize)| worker),
             "Labels",
             move |_, _| {
-                let mut graph = Graph::new(anchor);
+                let mut graph = Graph::new(rules);
                 let mut pending: BTreeMap<Time, Vec<(GraphChange, isize)>> = BTreeMap::new();
                 let mut held: Option<Capability<Time>> = None;
                 move |(input, frontier), output| {
@@ -380,13 +420,15 @@ mod tests {
     use proptest::prelude::*;
 
     /// Labels by the SPEC's definition, iterated naively to the fixed point over the links
-    /// with neither end a hub.
-    fn from_scratch(
-        nodes: &HashSet<Node>,
-        links: &HashSet<(Node, Node)>,
-        hubs: &HashSet<Node>,
-        anchor: &[bool],
-    ) -> BTreeMap<Node, Label> {
+    /// with neither end a hub (marked wide, or more than `max_links` neighbours).
+    fn from_scratch(model: &Model, rules: &Rules) -> BTreeMap<Node, Label> {
+        let Model { nodes, links, wide } = model;
+        let degree = |n: &Node| links.iter().filter(|(a, _)| a == n).count();
+        let hubs: HashSet<&Node> = nodes
+            .iter()
+            .filter(|n| wide.contains(*n) || degree(n) > rules.max_links)
+            .collect();
+        let anchor = &rules.anchor;
         let mut labels: BTreeMap<Node, Label> = nodes
             .iter()
             .map(|n| (n.clone(), Label::initial(&n.0, anchor[n.0.rank as usize])))
@@ -414,12 +456,12 @@ mod tests {
         Node(Ident::new(i % 3, &format!("v{}", 9 - i / 3)))
     }
 
-    /// The model the operator is fed by: sets of nodes, links (both ways) and hubs.
+    /// The model the operator is fed by: sets of nodes, links (both ways) and wide marks.
     #[derive(Default)]
     struct Model {
         nodes: HashSet<Node>,
         links: HashSet<(Node, Node)>,
-        hubs: HashSet<Node>,
+        wide: HashSet<Node>,
     }
 
     impl Model {
@@ -455,18 +497,18 @@ mod tests {
                             changes.push((GraphChange::Link(x.clone(), y.clone()), -1));
                             changes.push((GraphChange::Link(y, x), -1));
                         }
-                        if self.hubs.remove(&a) {
-                            changes.push((GraphChange::Hub(a), -1));
+                        if self.wide.remove(&a) {
+                            changes.push((GraphChange::Wide(a), -1));
                         }
                     }
                 }
                 _ => {
-                    // toggle whether a node is a hub
-                    if self.hubs.remove(&a) {
-                        changes.push((GraphChange::Hub(a), -1));
+                    // toggle whether a node is marked wide
+                    if self.wide.remove(&a) {
+                        changes.push((GraphChange::Wide(a), -1));
                     } else if self.nodes.contains(&a) {
-                        self.hubs.insert(a.clone());
-                        changes.push((GraphChange::Hub(a), 1));
+                        self.wide.insert(a.clone());
+                        changes.push((GraphChange::Wide(a), 1));
                     }
                 }
             }
@@ -475,16 +517,16 @@ mod tests {
     }
 
     proptest! {
-        /// Applying random batches of insertions, retractions and hub changes keeps exactly
-        /// the labels a computation from scratch gives, and retracting everything leaves no
-        /// label and no state.
+        /// Applying random batches of insertions, retractions and wide marks (with hubs by
+        /// degree as links come and go) keeps exactly the labels a computation from scratch
+        /// gives, and retracting everything leaves no label and no state.
         #[test]
         fn incremental_labels_equal_labels_from_scratch(
             batches in prop::collection::vec(
                 prop::collection::vec((0u8..12, 0u8..12, 0u8..6), 1..6), 1..25)
         ) {
-            let anchor = vec![true, false, false];
-            let mut graph = Graph::new(anchor.clone());
+            let rules = Rules { anchor: vec![true, false, false], max_links: 3 };
+            let mut graph = Graph::new(rules.clone());
             let mut model = Model::default();
             let mut out: BTreeMap<(Node, Label), isize> = BTreeMap::new();
             let step = |graph: &mut Graph, changes: Vec<(GraphChange, isize)>,
@@ -503,7 +545,7 @@ mod tests {
                 }
                 step(&mut graph, changes, &mut out);
                 let expected: BTreeMap<(Node, Label), isize> =
-                    from_scratch(&model.nodes, &model.links, &model.hubs, &anchor)
+                    from_scratch(&model, &rules)
                         .into_iter()
                         .map(|(n, l)| ((n, l), 1))
                         .collect();
@@ -516,8 +558,8 @@ mod tests {
             for n in &model.nodes {
                 changes.push((GraphChange::Node(n.clone()), -1));
             }
-            for n in &model.hubs {
-                changes.push((GraphChange::Hub(n.clone()), -1));
+            for n in &model.wide {
+                changes.push((GraphChange::Wide(n.clone()), -1));
             }
             step(&mut graph, changes, &mut out);
             prop_assert!(out.is_empty());

@@ -1,7 +1,7 @@
 //! The dataflow: one module per maintained collection, wired together by [`build`].
 //!
 //! Data flows one way: input sessions (fed by the engine from accepted events) →
-//! [`identity`] (links, hubs, [`labels`], profiles, attribution) → [`views`] (rows) → the
+//! [`identity`] ([`labels`] of the links, profiles, attribution) → [`views`] (rows) → the
 //! output capture that the engine writes to the sinks.
 //!
 //! Time is the engine clock in epoch ms refined by a step counter, packed in a `u64` as
@@ -185,7 +185,7 @@ impl EventFacts {
         EventFacts {
             seq,
             idents: event.idents.clone(),
-            wide: identity::is_wide(event.idents.len(), spec.identity.max_links),
+            wide: labels::is_wide(event.idents.len(), spec.identity.max_links),
             timestamp_ms: event.timestamp_ms,
             arrival_ms,
             signals,
@@ -467,8 +467,11 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         // identity (SPEC section 3)
         // `nodes` and `links` enter as sets (see `Inputs`)
         let links = pairs;
-        let hubs = identity::hubs(links.clone(), wide, max_links);
-        let labels = identity::labels(nodes, links, hubs, anchors);
+        let rules = labels::Rules {
+            anchor: anchors,
+            max_links,
+        };
+        let labels = identity::labels(nodes, links, wide, rules);
         let members = identity::members(labels.clone());
         // arranged once, shared by every stage that joins with them
         let labels_by_node = labels.arrange_by_key();

@@ -13,8 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::dataflow::EventFacts;
-use crate::dataflow::identity::is_hub;
-use crate::dataflow::labels::{Label, least_fixed_point};
+use crate::dataflow::labels::{Label, is_hub, least_fixed_point};
 use crate::event::Ident;
 use crate::history::History;
 use crate::spec::Spec;
