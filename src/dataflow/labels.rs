@@ -125,7 +125,8 @@ pub fn is_edge(a_is_hub: bool, b_is_hub: bool) -> bool {
 /// whose label may now be offered to a neighbour). `label` reads and `relabel` lowers a
 /// node's label; `neighbours` lists the nodes a node has an edge to. Labels must start at
 /// or above the fixed point (initial labels, or a fixed point of a graph with fewer edges).
-/// Returns each relabelled node with the neighbour whose offer it took last.
+/// `relabel` also gets the neighbour whose offer was taken: the last call for a node names
+/// the least neighbour (by `K`'s order) that offers its final label.
 pub fn least_fixed_point<K, L, R, N>(
     seeds: impl IntoIterator<Item = K>,
     mut label: L,
