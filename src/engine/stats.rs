@@ -250,6 +250,7 @@ impl Driver<'_> {
         if fresh {
             if !self.summary.sources.is_empty() {
                 self.settle()?;
+                self.merge_pending()?;
             }
             self.close_source();
             self.source_started = Instant::now();
