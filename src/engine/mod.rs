@@ -160,7 +160,6 @@ pub enum Clock {
 /// At most this many waiting batches are ingested before the dataflow catches up.
 const MAX_BATCHES_PER_ROUND: usize = 256;
 
-/// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
 /// Updates an arrangement merges per scheduling while it merges what a source left pending.
 const MERGE_EFFORT: usize = 100_000;
 /// The worker configuration entry holding the flag that lets arrangements merge.
@@ -169,6 +168,7 @@ const MERGING: &str = "throughline/merging";
 /// keep itself scheduled forever.
 const MERGE_LIMIT: Duration = Duration::from_secs(60);
 
+/// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
 const WALL_TICK: Duration = Duration::from_millis(250);
 
 /// Where a run's outputs go.
@@ -362,7 +362,8 @@ struct Driver<'w> {
     next_seq: u64,
     /// Last lookup (query) id used.
     next_query: u64,
-    /// Changes published when the current source began, and when (for [`SourceStats`]).
+    /// Changes published when the current source began, and the instant it began (for
+    /// [`SourceStats`]).
     source_changes_at: u64,
     source_started: Instant,
     /// Current step within the clock's millisecond.
