@@ -4,13 +4,16 @@
 use super::*;
 
 impl Driver<'_> {
-    /// Parses, admits and inserts every line of a batch.
-    pub(super) fn ingest(&mut self, batch: &Batch) -> Result<(), EngineError> {
+    /// Parses (unless it was parsed ahead, [`Batch::parse_ahead`]), admits and inserts every
+    /// line of a batch.
+    pub(super) fn ingest(&mut self, batch: &mut Batch) -> Result<(), EngineError> {
         let wall = batch
             .wall_ms
             .or(self.options.wall_clock_ms)
             .unwrap_or_else(wall_clock_ms);
+        let mut ahead = std::mem::take(&mut batch.ahead).into_iter();
         for line in &batch.lines {
+            let parsed = ahead.next().flatten();
             if self.stopped {
                 break;
             }
@@ -24,13 +27,17 @@ impl Driver<'_> {
             // a compacted line is counted as the line it stands for, but is not reducible
             // again: it is compacted already
             let fresh = u64::from(!line.residue);
-            let classified = self.gate.classify(
-                self.spec,
-                batch.bytes(line),
-                line.residue,
-                batch.wall_ms,
-                wall,
-            );
+            let (classified, facts) = match parsed {
+                Some(Ok((event, facts))) => (self.gate.classify_parsed(Ok(event), wall), facts),
+                Some(Err(rejection)) => (self.gate.classify_parsed(Err(rejection), wall), None),
+                None => {
+                    let bytes = batch.bytes(line);
+                    let classified =
+                        self.gate
+                            .classify(self.spec, bytes, line.residue, batch.wall_ms, wall);
+                    (classified, None)
+                }
+            };
             match classified {
                 Line::Accepted { now, .. } if self.options.until_ms.is_some_and(|u| now > u) => {
                     // `--at T`: this event moves the clock past T; nothing from here on
@@ -46,7 +53,10 @@ impl Driver<'_> {
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
-                        self.insert(&event, now, line);
+                        let facts = facts.unwrap_or_else(|| {
+                            EventFacts::of(0, &event, self.spec, now, Origin::default())
+                        });
+                        self.insert(facts, now, line);
                     }
                 }
                 Line::Replayed { now, erasure } => {
@@ -79,14 +89,16 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Inserts an accepted event at clock `now`, and keeps it in the history.
-    pub(super) fn insert(&mut self, event: &Event, now: u64, line: &LineRef) {
+    /// Inserts an accepted event's facts (made by [`EventFacts::of`]) at clock `now`, with
+    /// the next sequence number, and keeps them in the history.
+    pub(super) fn insert(&mut self, mut facts: EventFacts, now: u64, line: &LineRef) {
         let (source, cited_line) = line.cited();
-        let origin = Origin {
+        facts.seq = self.next_seq;
+        facts.arrival_ms = now;
+        facts.origin = Origin {
             source,
             line: cited_line,
         };
-        let mut facts = EventFacts::of(self.next_seq, event, self.spec, now, origin);
         self.inputs.intern(&mut facts.idents);
         self.next_seq += 1;
         self.inputs.update(&facts, 1);

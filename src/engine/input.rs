@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::event::MAX_LINE_BYTES;
+use crate::dataflow::{EventFacts, Origin};
+use crate::event::{Event, Kind, MAX_LINE_BYTES, Rejection};
+use crate::spec::Spec;
 
 /// One line of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,16 @@ pub struct Batch {
     /// The wall clock to judge these lines by (a replayed log's receipt time); `None` means
     /// the machine's clock now.
     pub wall_ms: Option<u64>,
+    /// The lines parsed ahead of admission, one per line ([`Batch::parse_ahead`]); empty
+    /// when they were not, and the engine parses them as it admits them.
+    pub ahead: Vec<Ahead>,
 }
+
+/// A line parsed ahead of admission: `None` for a line that is not parsed (a compacted
+/// line, an over-long one, or one already taken); otherwise the event with its facts
+/// (`None` for a `forget`, which has none; sequence number, arrival and origin still to
+/// be set), or why it is a dead letter.
+pub type Ahead = Option<Result<(Event, Option<EventFacts>), Rejection>>;
 
 impl Batch {
     /// A batch of whole lines (no `\n`), numbered from `first_number`, from source `source`;
@@ -85,7 +96,28 @@ impl Batch {
             lines: refs,
             read_at: Instant::now(),
             wall_ms,
+            ahead: Vec::new(),
         }
+    }
+
+    /// Parses every line and derives its facts ([`crate::event::parse`],
+    /// [`EventFacts::of`]): all of admission that does not depend on what came before, done
+    /// on the thread that calls this rather than on the dataflow worker that admits the
+    /// lines. The events' JSON bodies are dropped here once their facts are taken.
+    pub fn parse_ahead(&mut self, spec: &Spec) {
+        let ahead = self.lines.iter().map(|line| {
+            if line.residue || line.too_long.is_some() {
+                return None;
+            }
+            let parsed = crate::event::parse(self.bytes(line), spec, self.wall_ms);
+            Some(parsed.map(|mut event| {
+                let facts = (event.kind != Kind::Forget)
+                    .then(|| EventFacts::of(0, &event, spec, 0, Origin::default()));
+                event.body = serde_json::Map::new();
+                (event, facts)
+            }))
+        });
+        self.ahead = ahead.collect();
     }
 
     /// The bytes of a line.

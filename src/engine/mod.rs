@@ -160,6 +160,9 @@ pub enum Clock {
 /// At most this many waiting batches are ingested before the dataflow catches up.
 const MAX_BATCHES_PER_ROUND: usize = 256;
 
+/// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]).
+const PARSED_AHEAD: usize = 4;
+
 /// Updates an arrangement merges per scheduling while it merges what a source left pending.
 const MERGE_EFFORT: usize = 100_000;
 /// The worker configuration entry holding the flag that lets arrangements merge.
@@ -222,6 +225,28 @@ pub enum EngineError {
     Internal(String),
 }
 
+/// Parses the batches on `rx` ahead of the dataflow worker ([`Batch::parse_ahead`]), on a
+/// thread of its own, and passes every message on in order. Parsing is most of admission's
+/// cost and needs nothing from the lines before, so worker 0, which alone admits, only
+/// applies the stateful rules; the other messages pass through unchanged.
+fn parse_ahead(rx: Receiver<Message>, spec: Arc<Spec>) -> Result<Receiver<Message>, EngineError> {
+    let (tx, parsed) = crossbeam_channel::bounded(PARSED_AHEAD);
+    std::thread::Builder::new()
+        .name("throughline-parse".into())
+        .spawn(move || {
+            for mut message in rx {
+                if let Message::Batch(batch) = &mut message {
+                    batch.parse_ahead(&spec);
+                }
+                if tx.send(message).is_err() {
+                    break; // the engine stopped
+                }
+            }
+        })
+        .map_err(|e| EngineError::Internal(format!("cannot start the parsing thread: {e}")))?;
+    Ok(parsed)
+}
+
 /// Runs the dataflow of `spec` over the batches arriving on `rx` until [`Message::End`] or
 /// until every sender is dropped. `source_names` name the batches' sources in dead letters;
 /// `live` enables publishing after a pause (see the module documentation).
@@ -235,6 +260,7 @@ pub fn run_channel(
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let workers = options.workers.max(1);
+    let rx = parse_ahead(rx, Arc::clone(&spec))?;
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
     let leads = options.cluster.as_ref().is_none_or(|c| c.process == 0);
     let mut config = match &options.cluster {
@@ -459,19 +485,19 @@ impl<'w> Driver<'w> {
                 (None, None) => rx.recv().unwrap_or(Message::End),
             };
             match message {
-                Message::Batch(batch) => {
+                Message::Batch(mut batch) => {
                     // Batches already waiting join this round: one dataflow round for many
                     // small batches instead of one each. The bound is the time spent taking
                     // them, not their age: under a backlog every waiting batch is old, and
                     // rounds of one batch each would never catch up.
                     let taking = Instant::now();
-                    self.ingest(&batch)?;
+                    self.ingest(&mut batch)?;
                     for _ in 0..MAX_BATCHES_PER_ROUND {
                         if live && taking.elapsed() >= self.options.linger {
                             break;
                         }
                         match rx.try_recv() {
-                            Ok(Message::Batch(more)) => self.ingest(&more)?,
+                            Ok(Message::Batch(mut more)) => self.ingest(&mut more)?,
                             Ok(other) => {
                                 held = Some(other);
                                 break;

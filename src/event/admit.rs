@@ -115,7 +115,13 @@ impl Admission {
         if residue {
             return self.replay(bytes, wall_ms);
         }
-        let event = match super::parse(bytes, spec, event_wall_ms) {
+        self.classify_parsed(super::parse(bytes, spec, event_wall_ms), wall_ms)
+    }
+
+    /// [`Admission::classify`] of a line already parsed by [`super::parse`] (the engine
+    /// parses ahead, off the dataflow worker).
+    pub fn classify_parsed(&mut self, parsed: Result<Event, Rejection>, wall_ms: u64) -> Line {
+        let event = match parsed {
             Ok(event) => event,
             Err(r) => {
                 return Line::Dead {

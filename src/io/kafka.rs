@@ -589,6 +589,7 @@ impl Pending {
             lines: taken.lines,
             read_at: Instant::now(),
             wall_ms: None,
+            ahead: Vec::new(),
         }
     }
 }

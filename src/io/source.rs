@@ -318,6 +318,7 @@ impl Splitter {
             lines,
             read_at,
             wall_ms: None,
+            ahead: Vec::new(),
         }
     }
 
