@@ -44,7 +44,7 @@ use crate::explain;
 use crate::history::History;
 use crate::spec::Spec;
 use input::{Batch, LineRef, Message};
-use output::{DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, changes_of};
+use output::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, consolidated};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]

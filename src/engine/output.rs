@@ -1,7 +1,7 @@
 //! What the engine puts out: the change stream and snapshot formats of SPEC section 7, live
 //! subscriptions, and dead letters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,35 @@ pub fn changes_of(diffs: BTreeMap<(u64, String, String, String), isize>) -> Vec<
         .collect()
 }
 
+/// The same consolidation as [`changes_of`] for changes not yet consolidated: those with
+/// equal (time, view, key, row) summed, those summing to 0 dropped, in that order.
+pub fn consolidated(mut changes: Vec<Change>) -> Vec<Change> {
+    changes.sort_unstable_by(|a, b| {
+        (a.time, &a.view, &a.key, &a.row).cmp(&(b.time, &b.view, &b.key, &b.row))
+    });
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for change in changes {
+        match out.last_mut() {
+            Some(last)
+                if (last.time, &last.view, &last.key, &last.row)
+                    == (change.time, &change.view, &change.key, &change.row) =>
+            {
+                last.diff += change.diff;
+            }
+            _ => {
+                if out.last().is_some_and(|last| last.diff == 0) {
+                    out.pop();
+                }
+                out.push(change);
+            }
+        }
+    }
+    if out.last().is_some_and(|last| last.diff == 0) {
+        out.pop();
+    }
+    out
+}
+
 /// An output of the change stream besides the NDJSON writer: a Kafka topic, say.
 pub trait Publish: Send {
     /// Takes one published group: consolidated changes sorted by (time, view, key), every
@@ -78,17 +107,22 @@ impl Snapshot {
     /// Applies a change.
     pub fn apply(&mut self, change: &Change) {
         let entry = (change.view.clone(), change.key.clone(), change.row.clone());
-        let count = self.rows.entry(entry.clone()).or_insert(0);
-        let was = *count;
-        *count += change.diff;
-        let now = *count;
-        if now == 0 {
-            self.rows.remove(&entry);
-        }
-        let step: isize = match (was != 0, now != 0) {
-            (false, true) => 1,
-            (true, false) => -1,
-            _ => return,
+        let step: isize = match self.rows.entry(entry) {
+            btree_map::Entry::Vacant(slot) => {
+                if change.diff == 0 {
+                    return;
+                }
+                slot.insert(change.diff);
+                1
+            }
+            btree_map::Entry::Occupied(mut slot) => {
+                *slot.get_mut() += change.diff;
+                if *slot.get() != 0 {
+                    return;
+                }
+                slot.remove();
+                -1
+            }
         };
         // no allocation but for a view's first row
         match self.counts.get_mut(&change.view) {

@@ -56,30 +56,31 @@ impl Driver<'_> {
     /// Writes the captured changes at clock values `<= upto_ms`, consolidated per time and
     /// sorted by (time, view, key) (SPEC section 7). Their times must be complete.
     pub(super) fn emit(&mut self, upto_ms: u64) -> Result<(), EngineError> {
-        let mut ready: BTreeMap<(u64, String, String, String), isize> = BTreeMap::new();
+        let mut ready = Vec::new();
         {
             let mut captured = self.outputs.changes.borrow_mut();
             let spec = self.spec;
-            captured.retain(|((view, key, row), t, diff)| {
-                if clock_of(*t) > upto_ms {
-                    return true;
+            let mut later = Vec::new();
+            for ((view, key, row), t, diff) in captured.drain(..) {
+                if clock_of(t) > upto_ms {
+                    later.push(((view, key, row), t, diff));
+                    continue;
                 }
                 let name = spec
                     .views
-                    .get(*view as usize)
+                    .get(view as usize)
                     .map_or("?", |v| v.name.as_str());
-                *ready
-                    .entry((
-                        clock_of(*t),
-                        name.to_string(),
-                        key.key(&spec.identity),
-                        row.clone(),
-                    ))
-                    .or_insert(0) += diff;
-                false
-            });
+                ready.push(Change {
+                    time: clock_of(t),
+                    view: name.to_string(),
+                    key: key.key(&spec.identity),
+                    diff,
+                    row,
+                });
+            }
+            *captured = later;
         }
-        let mut changes = changes_of(ready);
+        let mut changes = consolidated(ready);
         changes.sort();
         for change in &changes {
             if change.diff.abs() != 1 {
