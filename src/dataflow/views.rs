@@ -123,7 +123,7 @@ pub fn summary<'s>(spec: &'s Spec, facts: &[Fact]) -> ProfileSummary<'s> {
         score_milli: state.score_milli,
         signals,
         consent,
-        traits: state.traits,
+        traits: state.trait_map(None),
         views,
     }
 }
@@ -167,7 +167,8 @@ struct State<'a> {
     score_milli: i64,
     signals: Vec<u16>,
     consent: Vec<(u8, bool)>,
-    traits: Map<String, Value>,
+    /// (key, JSON text) of each trait, parsed only where a view reads it.
+    traits: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> State<'a> {
@@ -177,7 +178,7 @@ impl<'a> State<'a> {
             score_milli: 0,
             signals: Vec::new(),
             consent: Vec::new(),
-            traits: Map::new(),
+            traits: Vec::new(),
         };
         for fact in facts {
             match fact {
@@ -185,14 +186,22 @@ impl<'a> State<'a> {
                 Fact::Score(s) => state.score_milli = *s,
                 Fact::Signal(s) => state.signals.push(*s),
                 Fact::Consent(p, g) => state.consent.push((*p, *g)),
-                Fact::Trait(k, v) => {
-                    state
-                        .traits
-                        .insert(k.clone(), serde_json::from_str(v).unwrap_or(Value::Null));
-                }
+                Fact::Trait(k, v) => state.traits.push((k, v)),
             }
         }
         state
+    }
+
+    /// The traits as a JSON object: those named in `keys`, or all of them (`None`).
+    fn trait_map(&self, keys: Option<&[String]>) -> Map<String, Value> {
+        self.traits
+            .iter()
+            .filter(|(k, _)| keys.is_none_or(|keys| keys.iter().any(|key| key == k)))
+            .map(|(k, v)| {
+                let value = serde_json::from_str(v).unwrap_or(Value::Null);
+                (k.to_string(), value)
+            })
+            .collect()
     }
 }
 
@@ -204,6 +213,8 @@ struct Renderer {
     scored_names: Vec<String>,
     /// Purpose defaults by index.
     defaults: Vec<bool>,
+    /// By view: the trait keys its predicates and fields read (`None`: it may read any).
+    trait_keys: Vec<Option<Vec<String>>>,
 }
 
 impl Renderer {
@@ -222,6 +233,7 @@ impl Renderer {
                 .collect(),
             scored_names,
             defaults: spec.consent.purposes.iter().map(|(_, d)| *d).collect(),
+            trait_keys: spec.views.iter().map(trait_keys).collect(),
         }
     }
 
@@ -254,7 +266,8 @@ impl Renderer {
         let predicates = view.predicates.iter().enumerate().map(move |(i, p)| {
             let root = root.get_or_insert_with(|| {
                 let mut root = Map::new();
-                root.insert("traits".into(), Value::Object(state.traits.clone()));
+                let traits = state.trait_map(self.trait_keys[index].as_deref());
+                root.insert("traits".into(), Value::Object(traits));
                 root
             });
             (Condition::Predicate(i), predicate::holds(p, root))
@@ -292,7 +305,8 @@ impl Renderer {
                     row.push_str(&Value::from(names).to_string());
                 }
                 Field::Trait(_, path) => {
-                    let value = crate::event::json::lookup(&state.traits, path)
+                    let traits = state.trait_map(Some(&path[..path.len().min(1)]));
+                    let value = crate::event::json::lookup(&traits, path)
                         .cloned()
                         .unwrap_or(Value::Null);
                     row.push_str(&value.to_string());
@@ -312,6 +326,26 @@ impl Renderer {
         row.push('}');
         Some(row)
     }
+}
+
+/// The trait keys a view reads: the first segment of each trait field's path and the second
+/// of each predicate's `traits.…` path. `None` where a predicate reads the whole `traits`
+/// object (the path `traits` itself).
+fn trait_keys(view: &ViewSpec) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    for field in &view.fields {
+        if let Field::Trait(_, path) = field {
+            keys.extend(path.first().cloned());
+        }
+    }
+    for predicate in &view.predicates {
+        match predicate.path.as_slice() {
+            [root] if root == "traits" => return None,
+            [root, key, ..] if root == "traits" => keys.push(key.clone()),
+            _ => {} // outside `traits`: absent from the root
+        }
+    }
+    Some(keys)
 }
 
 /// Thousandths as a JSON number with up to 3 decimals: 62500 → `62.5`, -125 → `-0.125`.
