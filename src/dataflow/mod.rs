@@ -29,8 +29,11 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::ThresholdTotal;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
 use timely::worker::Worker;
 
 use crate::event::{Event, Ident};
@@ -440,6 +443,27 @@ pub struct Outputs {
     pub probe: ProbeHandle<Time>,
 }
 
+/// Moves every update of `collection` to worker 0's `sink`; `probe` passes a time once the
+/// sink holds every update at it.
+fn capture<D: differential_dataflow::ExchangeData>(
+    collection: Coll<'_, D>,
+    sink: Captured<D>,
+    probe: &ProbeHandle<Time>,
+) {
+    collection
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &(D, Time, isize)| 0),
+            "Capture",
+            move |_, _| {
+                move |input, _output| {
+                    input.for_each(|_, data| sink.borrow_mut().append(data));
+                }
+            },
+        )
+        .probe_with(probe);
+}
+
 /// Builds the dataflow for `spec` on this worker. Every worker must call it.
 pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
     let probe = ProbeHandle::new();
@@ -492,25 +516,10 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
 
         // profile lookups (erasure, SPEC section 6; GET /v1/profiles)
         let found = lookup::profile_facts_of(queries, labels_by_node, facts.clone());
-        let answered = Rc::clone(&answers);
-        found
-            .inner
-            .exchange(|_| 0)
-            .inspect(
-                move |(answer, time, diff): &((u64, (Ident, views::Fact)), Time, isize)| {
-                    answered.borrow_mut().push((answer.clone(), *time, *diff));
-                },
-            )
-            .probe_with(&probe);
+        capture(found, Rc::clone(&answers), &probe);
         let rows = views::rows(facts, spec);
 
-        let sink = Rc::clone(&changes);
-        rows.inner
-            .exchange(|_| 0)
-            .inspect(move |(row, time, diff): &(ViewRow, Time, isize)| {
-                sink.borrow_mut().push((row.clone(), *time, *diff));
-            })
-            .probe_with(&probe);
+        capture(rows, Rc::clone(&changes), &probe);
         let count = Rc::clone(&profiles);
         members
             .map(|(profile, _)| profile)

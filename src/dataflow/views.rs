@@ -302,7 +302,7 @@ impl Renderer {
                         .collect();
                     names.sort_unstable();
                     names.dedup();
-                    row.push_str(&Value::from(names).to_string());
+                    push_json_strings(&mut row, names);
                 }
                 Field::Trait(_, path) => {
                     let traits = state.trait_map(Some(&path[..path.len().min(1)]));
@@ -319,7 +319,7 @@ impl Renderer {
                         .filter(|id| id.rank as usize == *rank)
                         .map(|id| &*id.value)
                         .collect();
-                    row.push_str(&Value::from(values).to_string());
+                    push_json_strings(&mut row, values);
                 }
             }
         }
@@ -363,7 +363,20 @@ pub fn milli_json(milli: i64) -> String {
 
 /// A string as a JSON string literal.
 pub fn json_string(s: &str) -> String {
-    Value::from(s).to_string()
+    // serialising a `&str` cannot fail
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// Appends strings as a JSON array (compact, as `serde_json` writes one).
+fn push_json_strings(out: &mut String, items: Vec<&str>) {
+    out.push('[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&json_string(item));
+    }
+    out.push(']');
 }
 
 #[cfg(test)]
