@@ -1,11 +1,11 @@
 //! The engine: runs the dataflow on timely workers and drives it from the input.
 //!
-//! Worker 0 owns the input side: it receives line batches from the reader thread, parses
-//! and admits each line (SPEC section 1), inserts accepted events at the engine clock, steps
-//! the dataflow until the inserted times are complete, and writes the changes of every
-//! completed clock value, consolidated and sorted (SPEC section 7). Other workers only run
-//! their share of the dataflow; their input sessions are closed at once, so progress is
-//! governed by worker 0's.
+//! Worker 0 owns the input side: it receives line batches from the reader thread, already
+//! parsed by a thread of their own ([`input::Batch::parse_ahead`]), admits each line (SPEC
+//! section 1), inserts accepted events at the engine clock, steps the dataflow until the
+//! inserted times are complete, and writes the changes of every completed clock value,
+//! consolidated and sorted (SPEC section 7). Other workers only run their share of the
+//! dataflow; their input sessions are closed at once, so progress is governed by worker 0's.
 //!
 //! Clock values are closed when an accepted event moves the clock past them, or at the end
 //! of input. On live input (a pipe or socket rather than a regular file) the engine also
@@ -236,7 +236,13 @@ fn parse_ahead(rx: Receiver<Message>, spec: Arc<Spec>) -> Result<Receiver<Messag
         .spawn(move || {
             for mut message in rx {
                 if let Message::Batch(batch) = &mut message {
-                    batch.parse_ahead(&spec);
+                    // a defect here must stop the run, not end it as if the input had ended
+                    let parse = std::panic::AssertUnwindSafe(|| batch.parse_ahead(&spec));
+                    if std::panic::catch_unwind(parse).is_err() {
+                        let why = "internal error: parsing a batch of lines panicked";
+                        let _ = tx.send(Message::Failed(why.into()));
+                        break;
+                    }
                 }
                 if tx.send(message).is_err() {
                     break; // the engine stopped
