@@ -381,7 +381,36 @@ fn push_json_strings(out: &mut String, items: Vec<&str>) {
 
 #[cfg(test)]
 mod tests {
-    use super::milli_json;
+    use super::*;
+    use crate::spec::{Predicate, PredicateTest};
+
+    /// A view parses the trait keys its fields and predicates name, and all of them for a
+    /// predicate on `traits` itself; rendering gives the same row either way.
+    #[test]
+    fn a_view_reads_only_the_traits_it_names() {
+        let spec = Spec::default_spec();
+        let Some(index) = spec.views.iter().position(|v| v.name == "personalization") else {
+            panic!("the default spec has a personalization view");
+        };
+        let mut view = spec.views[index].clone();
+        assert_eq!(trait_keys(&view), Some(vec!["plan".into(), "plan".into()]));
+        let facts = [
+            Fact::Member(Ident::new(0, "u1")),
+            Fact::Consent(2, true),
+            Fact::Trait("name".into(), "\"Ada\"".into()),
+            Fact::Trait("plan".into(), "{\"tier\":\"pro\"}".into()),
+        ];
+        let narrowed = rows_for(&spec, &facts)[index].clone();
+        view.predicates.push(Predicate {
+            path: vec!["traits".into()],
+            test: PredicateTest::Exists(true),
+        });
+        assert_eq!(trait_keys(&view), None);
+        let mut whole = spec.clone();
+        whole.views[index] = view;
+        assert_eq!(rows_for(&whole, &facts)[index], narrowed);
+        assert!(narrowed.is_some_and(|row| row.contains(r#""tier":"pro""#)));
+    }
 
     #[test]
     fn milli_formatting() {

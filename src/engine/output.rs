@@ -405,4 +405,34 @@ mod tests {
         s.apply(&change("b", "k1", -1, "{}"));
         assert_eq!((s.count_of("a"), s.count_of("b"), s.len()), (1, 0, 1));
     }
+
+    proptest::proptest! {
+        /// Consolidating a `Vec` (publishing) and a `BTreeMap` (Kafka's pending changes)
+        /// give the same changes in the same order, none with a zero diff.
+        #[test]
+        fn consolidation_of_a_vec_equals_that_of_a_map(
+            updates in proptest::collection::vec(
+                (0u64..3, 0usize..2, 0usize..3, -2isize..3, 0usize..3), 0..40),
+        ) {
+            let names = ["a", "b", "c"];
+            let changes: Vec<Change> = updates
+                .iter()
+                .map(|&(time, view, key, diff, row)| Change {
+                    time,
+                    view: names[view].into(),
+                    key: names[key].into(),
+                    diff,
+                    row: names[row].into(),
+                })
+                .collect();
+            let mut map = BTreeMap::new();
+            for c in &changes {
+                *map.entry((c.time, c.view.clone(), c.key.clone(), c.row.clone()))
+                    .or_insert(0) += c.diff;
+            }
+            let consolidated = consolidated(changes);
+            proptest::prop_assert!(consolidated.iter().all(|c| c.diff != 0));
+            proptest::prop_assert_eq!(consolidated, changes_of(map));
+        }
+    }
 }
