@@ -85,7 +85,6 @@ impl Driver<'_> {
                 }
             }
         }
-        self.mirror();
         Ok(())
     }
 

@@ -516,6 +516,7 @@ impl<'w> Driver<'w> {
                     } else {
                         self.settle()?;
                     }
+                    self.mirror();
                     self.progress();
                 }
                 Message::Lookup(ident, reply) => {
@@ -528,10 +529,12 @@ impl<'w> Driver<'w> {
                 }
                 Message::Failed(why) => {
                     self.publish_current()?;
+                    self.mirror();
                     return Err(EngineError::Input(why));
                 }
                 Message::End => {
                     self.publish_current()?;
+                    self.mirror();
                     return Ok(());
                 }
             }

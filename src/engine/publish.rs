@@ -102,7 +102,7 @@ impl Driver<'_> {
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
         self.summary.tally.changes += changes.len() as u64;
-        self.mirror();
+        self.mirror_counts();
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {
             if ms > upto_ms {

@@ -11,8 +11,10 @@ use super::{Driver, EngineError};
 use crate::event::DeadReason;
 
 /// The running totals as other threads read them (e.g. for `/metrics`): the driver's
-/// [`Tally`], mirrored after every batch and every publication ([`Counters::mirror`]), and
-/// the latency histogram.
+/// [`Tally`], mirrored at the end of every round and before every publication
+/// ([`Counters::mirror`], [`Counters::mirror_counts`]), and the latency histogram. On live
+/// input a round ends by publishing its changes, so once `lines` reaches a value, the
+/// views hold every change of those lines.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Non-blank lines read.
@@ -41,8 +43,16 @@ pub struct Counters {
 
 impl Counters {
     /// Takes the values of `tally`, the driver's one count (the latency histogram is
-    /// observed separately).
+    /// observed separately), `lines` last.
     pub fn mirror(&self, tally: &Tally) {
+        self.mirror_counts(tally);
+        // last, with release: whoever sees `lines` reach a value sees the rest as of then
+        self.lines.store(tally.lines, Ordering::Release);
+    }
+
+    /// Takes the values of `tally` but `lines`: the engine shows its counts before it
+    /// publishes the changes they count, and the lines read only once those are published.
+    pub fn mirror_counts(&self, tally: &Tally) {
         let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
         set(&self.accepted, tally.accepted);
         set(&self.duplicates, tally.duplicates);
@@ -52,8 +62,6 @@ impl Counters {
         set(&self.forgets, tally.forgets);
         set(&self.erasures, tally.erasures);
         set(&self.reducible, tally.reducible);
-        // last, with release: whoever sees `lines` reach a value sees the rest as of then
-        self.lines.store(tally.lines, Ordering::Release);
     }
 }
 
@@ -273,11 +281,20 @@ impl Driver<'_> {
         }
     }
 
-    /// Shows the tally to the server's readers ([`Counters`]): after every batch, and
-    /// before anyone can see the changes it counts.
+    /// Shows the tally to the server's readers ([`Counters`]) at the end of every round,
+    /// once its changes are published (on live input; a replay publishes a clock value once
+    /// the clock moves past it): whoever sees `lines` reach a value finds every change of
+    /// those lines in the views.
     pub(super) fn mirror(&self) {
         if let Some(c) = &self.sinks.counters {
             c.mirror(&self.summary.tally);
+        }
+    }
+
+    /// Shows the tally but `lines`, before anyone can see the changes it counts.
+    pub(super) fn mirror_counts(&self) {
+        if let Some(c) = &self.sinks.counters {
+            c.mirror_counts(&self.summary.tally);
         }
     }
 
