@@ -1,7 +1,7 @@
 //! What the engine puts out: the change stream and snapshot formats of SPEC section 7, live
 //! subscriptions, and dead letters.
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,9 +56,25 @@ pub fn changes_of(diffs: BTreeMap<(u64, String, String, String), isize>) -> Vec<
         .collect()
 }
 
+/// The changes of `changes`, consolidated and in the change stream's order (SPEC section 7):
+/// those with equal (time, view, key, row) summed, those summing to 0 dropped, sorted by
+/// (time, view, key) and within that by diff (a retraction before an insertion), then row:
+/// the order of [`Change`]'s fields.
+pub fn consolidated(changes: Vec<Change>) -> Vec<Change> {
+    let mut out = consolidated_by_row(changes);
+    // sorted by (time, view, key, row) already: only the few changes of one (time, view,
+    // key) move, retractions first
+    for group in out.chunk_by_mut(|a, b| (a.time, &a.view, &a.key) == (b.time, &b.view, &b.key)) {
+        if group.len() > 1 {
+            group.sort_unstable();
+        }
+    }
+    out
+}
+
 /// The same consolidation as [`changes_of`] for changes not yet consolidated: those with
 /// equal (time, view, key, row) summed, those summing to 0 dropped, in that order.
-pub fn consolidated(mut changes: Vec<Change>) -> Vec<Change> {
+fn consolidated_by_row(mut changes: Vec<Change>) -> Vec<Change> {
     changes.sort_unstable_by(|a, b| {
         (a.time, &a.view, &a.key, &a.row).cmp(&(b.time, &b.view, &b.key, &b.row))
     });
@@ -95,41 +111,54 @@ pub trait Publish: Send {
     fn finish(&mut self) -> io::Result<String>;
 }
 
-/// The rows of every view at one time: (view, key, row) → multiplicity.
+/// The rows of every view at one time: view → (key, row) → multiplicity.
+///
+/// Hash maps, not ordered ones: the engine applies every published change here (about
+/// two per event on a replay with decay), and finding a row by hash costs one probe where an
+/// ordered map of strings compares the view, key and row at every level. Lines come out
+/// sorted ([`Snapshot::lines`], [`Snapshot::lines_of`]), which is the only place order
+/// matters. The per-view maps grow without stalls (`griddle`), as a live server applies
+/// changes to its views between requests.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    rows: BTreeMap<(String, String, String), isize>,
-    /// Rows per view, kept with `rows` (so counting costs nothing).
-    counts: BTreeMap<String, usize>,
+    views: BTreeMap<String, griddle::HashMap<(String, String), isize>>,
 }
 
 impl Snapshot {
     /// Applies a change.
     pub fn apply(&mut self, change: &Change) {
-        let entry = (change.view.clone(), change.key.clone(), change.row.clone());
-        let step: isize = match self.rows.entry(entry) {
-            btree_map::Entry::Vacant(slot) => {
-                if change.diff == 0 {
-                    return;
-                }
-                slot.insert(change.diff);
-                1
-            }
-            btree_map::Entry::Occupied(mut slot) => {
-                *slot.get_mut() += change.diff;
-                if *slot.get() != 0 {
-                    return;
-                }
-                slot.remove();
-                -1
-            }
+        let rows = match self.views.get_mut(&change.view) {
+            Some(rows) => rows,
+            None => self.views.entry(change.view.clone()).or_default(),
         };
-        // no allocation but for a view's first row
-        match self.counts.get_mut(&change.view) {
-            Some(rows) => *rows = rows.saturating_add_signed(step),
-            None => {
-                self.counts
-                    .insert(change.view.clone(), usize::from(step > 0));
+        Self::add(rows, (change.key.clone(), change.row.clone()), change.diff);
+    }
+
+    /// Applies a change it may keep the strings of (no copy of the key or row).
+    pub fn apply_owned(&mut self, change: Change) {
+        let rows = match self.views.get_mut(&change.view) {
+            Some(rows) => rows,
+            None => self.views.entry(change.view).or_default(),
+        };
+        Self::add(rows, (change.key, change.row), change.diff);
+    }
+
+    fn add(
+        rows: &mut griddle::HashMap<(String, String), isize>,
+        row: (String, String),
+        diff: isize,
+    ) {
+        match rows.entry(row) {
+            griddle::hash_map::Entry::Vacant(slot) => {
+                if diff != 0 {
+                    slot.insert(diff);
+                }
+            }
+            griddle::hash_map::Entry::Occupied(mut slot) => {
+                *slot.get_mut() += diff;
+                if *slot.get() == 0 {
+                    slot.remove();
+                }
             }
         }
     }
@@ -137,55 +166,65 @@ impl Snapshot {
     /// The snapshot lines, sorted by view then key. A row whose multiplicity is not 1 would
     /// be an engine defect; it is reported rather than hidden.
     pub fn lines(&self) -> Result<Vec<String>, String> {
-        let mut out = Vec::with_capacity(self.rows.len());
-        let mut previous: Option<(&str, &str)> = None;
-        for ((view, key, row), count) in &self.rows {
-            if *count != 1 || previous == Some((view, key)) {
-                return Err(format!(
-                    "internal error: view {view} holds key {key} {count} times"
-                ));
+        let mut out = Vec::with_capacity(self.len());
+        for (view, rows) in &self.views {
+            let mut sorted: Vec<(&(String, String), &isize)> = rows.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut previous: Option<&str> = None;
+            for ((key, row), count) in sorted {
+                if *count != 1 || previous == Some(key) {
+                    return Err(format!(
+                        "internal error: view {view} holds key {key} {count} times"
+                    ));
+                }
+                previous = Some(key);
+                out.push(line(view, key, row));
             }
-            previous = Some((view, key));
-            out.push(format!(
-                "{{\"view\":{},\"key\":{},\"row\":{}}}",
-                json_string(view),
-                json_string(key),
-                row
-            ));
         }
         Ok(out)
     }
 
     /// One view's snapshot lines, sorted by key.
     pub fn lines_of(&self, view: &str) -> Vec<String> {
-        self.rows
+        let Some(rows) = self.views.get(view) else {
+            return Vec::new();
+        };
+        let mut sorted: Vec<&(String, String)> = rows
             .iter()
-            .filter(|((v, _, _), n)| v == view && **n > 0)
-            .map(|((v, key, row), _)| {
-                format!(
-                    "{{\"view\":{},\"key\":{},\"row\":{}}}",
-                    json_string(v),
-                    json_string(key),
-                    row
-                )
-            })
+            .filter(|(_, n)| **n > 0)
+            .map(|(row, _)| row)
+            .collect();
+        sorted.sort_unstable();
+        sorted
+            .into_iter()
+            .map(|(key, row)| line(view, key, row))
             .collect()
     }
 
     /// Number of rows of one view.
     pub fn count_of(&self, view: &str) -> usize {
-        self.counts.get(view).copied().unwrap_or(0)
+        self.views.get(view).map_or(0, |rows| rows.len())
     }
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.views.values().map(|rows| rows.len()).sum()
     }
 
     /// Whether no view has a row.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
+}
+
+/// A snapshot line (SPEC section 7).
+fn line(view: &str, key: &str, row: &str) -> String {
+    format!(
+        "{{\"view\":{},\"key\":{},\"row\":{}}}",
+        json_string(view),
+        json_string(key),
+        row
+    )
 }
 
 /// The views while running: the current rows and the live change subscribers, kept under
@@ -408,7 +447,8 @@ mod tests {
 
     proptest::proptest! {
         /// Consolidating a `Vec` (publishing) and a `BTreeMap` (Kafka's pending changes)
-        /// give the same changes in the same order, none with a zero diff.
+        /// give the same changes in the same order, none with a zero diff; publishing's
+        /// order is then that of a full sort.
         #[test]
         fn consolidation_of_a_vec_equals_that_of_a_map(
             updates in proptest::collection::vec(
@@ -430,9 +470,13 @@ mod tests {
                 *map.entry((c.time, c.view.clone(), c.key.clone(), c.row.clone()))
                     .or_insert(0) += c.diff;
             }
-            let consolidated = consolidated(changes);
-            proptest::prop_assert!(consolidated.iter().all(|c| c.diff != 0));
-            proptest::prop_assert_eq!(consolidated, changes_of(map));
+            let by_row = consolidated_by_row(changes.clone());
+            proptest::prop_assert!(by_row.iter().all(|c| c.diff != 0));
+            let mut sorted = changes_of(map);
+            proptest::prop_assert_eq!(by_row, sorted.clone());
+            // the stream's order is that of `Change`'s fields
+            sorted.sort();
+            proptest::prop_assert_eq!(consolidated(changes), sorted);
         }
     }
 }

@@ -80,8 +80,7 @@ impl Driver<'_> {
             }
             *captured = later;
         }
-        let mut changes = consolidated(ready);
-        changes.sort();
+        let changes = consolidated(ready);
         for change in &changes {
             if change.diff.abs() != 1 {
                 return Err(EngineError::Internal(format!(
@@ -91,9 +90,6 @@ impl Driver<'_> {
             }
             if let Some(w) = &mut self.sinks.changes {
                 writeln!(w, "{}", change.json())?;
-            }
-            if let Some(s) = &mut self.snapshot {
-                s.apply(change);
             }
         }
         if let Some(w) = &mut self.sinks.changes {
@@ -132,8 +128,14 @@ impl Driver<'_> {
         {
             views.apply(&changes);
         }
-        if self.options.collect_changes {
-            self.summary.changes.extend(changes);
+        match (&mut self.snapshot, self.options.collect_changes) {
+            (Some(snapshot), false) => changes.into_iter().for_each(|c| snapshot.apply_owned(c)),
+            (Some(snapshot), true) => {
+                changes.iter().for_each(|c| snapshot.apply(c));
+                self.summary.changes.extend(changes);
+            }
+            (None, true) => self.summary.changes.extend(changes),
+            (None, false) => {}
         }
         Ok(())
     }
