@@ -203,6 +203,9 @@ struct RunArgs {
     quiet: bool,
     /// Print measurements on stderr at the end: per input source lines/s and cost per
     /// change, read-to-output latency p50/p99/p99.9/max, forget latency, peak memory.
+    /// With `--snapshot` the changes counted are the dataflow's row changes (no change
+    /// stream is made): a clock value with several steps (a `forget`) may count a change
+    /// that a later step undid.
     #[arg(long)]
     stats: bool,
     #[command(flatten)]

@@ -98,6 +98,29 @@ pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs
     })
 }
 
+/// Runs the engine in memory on `events` at the fixture wall clock, keeping only the final
+/// snapshot (no change stream: the workers sum their rows themselves, as `run --snapshot`
+/// does), and returns its lines.
+pub fn snapshot_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Vec<String>, String> {
+    let options = Options {
+        workers,
+        snapshot: true,
+        wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
+        ..Options::default()
+    };
+    let summary = source::run(
+        Arc::new(spec.clone()),
+        vec![Source::bytes("events.ndjson", events)],
+        Sinks::new(None, DeadLetters::new(None)),
+        options,
+    )
+    .map_err(|e| e.to_string())?;
+    match &summary.snapshot {
+        Some(s) => s.lines(),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// The spec a fixture runs with: its own `dataflow.toml`, or the default.
 pub fn fixture_spec(dir: &Path) -> Result<Spec, String> {
     let custom = dir.join("dataflow.toml");

@@ -14,6 +14,10 @@ fn check(spec: &Spec, input: &[u8], workers: usize) {
     let oracle = common::oracle::run(spec, input, FIXTURE_WALL_CLOCK_MS);
     assert_eq!(engine.changes, oracle.changes, "change streams differ");
     assert_eq!(engine.snapshot, oracle.snapshot, "snapshots differ");
+    // the same snapshot when it is all that is kept (the workers sum their rows)
+    let alone = throughline::replay::snapshot_bytes(spec, input.to_vec(), workers)
+        .unwrap_or_else(|e| panic!("engine failed: {e}"));
+    assert_eq!(alone, oracle.snapshot, "snapshots kept alone differ");
     let dead = common::dead_letter_reasons(&engine.dead_letters);
     assert_eq!(dead, oracle.dead_letters, "dead letters differ");
     // the consolidation law, at every time the oracle closed

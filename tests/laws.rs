@@ -22,7 +22,7 @@ fn states_after(
     let spec = spec.clone();
     let batches = batches.to_vec();
     timely::execute_directly(move |worker| {
-        let (mut inputs, outputs): (Inputs, Outputs) = dataflow::build(worker, &spec);
+        let (mut inputs, outputs): (Inputs, Outputs) = dataflow::build(worker, &spec, None);
         let state: Rc<RefCell<BTreeMap<(String, String), isize>>> = Rc::default();
         let mut states = Vec::new();
         for (i, batch) in batches.iter().enumerate() {

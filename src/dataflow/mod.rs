@@ -24,13 +24,15 @@ use std::cell::RefCell;
 use griddle::hash_map::Entry;
 use std::hash::Hash;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::ThresholdTotal;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
@@ -421,6 +423,19 @@ impl Inputs {
         self.queries.flush();
     }
 
+    /// Closes every input: the dataflow completes once every worker has drained it.
+    pub fn close(&mut self) {
+        // dropping a session closes its input
+        self.nodes = InputSession::new();
+        self.pairs = InputSession::new();
+        self.wide = InputSession::new();
+        self.primary = InputSession::new();
+        self.occurrences = InputSession::new();
+        self.roles = InputSession::new();
+        self.records = InputSession::new();
+        self.queries = InputSession::new();
+    }
+
     /// The current input time.
     pub fn time(&self) -> Time {
         *self.nodes.time()
@@ -464,8 +479,75 @@ fn capture<D: differential_dataflow::ExchangeData>(
         .probe_with(probe);
 }
 
-/// Builds the dataflow for `spec` on this worker. Every worker must call it.
-pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
+/// The rows of the views a worker holds at the end of a run: (view, profile, row) →
+/// multiplicity (see [`RowsOnly`]).
+pub type Rows = griddle::HashMap<(u16, Node, String), isize>;
+
+/// Where the view rows go when only the final rows are wanted (`run --snapshot`, nothing
+/// else reading the changes): each worker sums the row changes of its own profiles where
+/// they are made, instead of moving every change to worker 0 to be consolidated, sorted
+/// and applied there, and hands its rows over once the dataflow is complete.
+#[derive(Clone, Default)]
+pub struct RowsOnly {
+    /// Every worker's rows, once the dataflow is complete (one entry per worker).
+    pub done: Arc<Mutex<Vec<Rows>>>,
+    /// Row changes made so far, all workers together (each non-zero update at a dataflow
+    /// time counts once).
+    pub changes: Arc<AtomicU64>,
+}
+
+/// Sums `rows` into a map of this worker's own (no exchange), counted in `sink.changes`;
+/// hands the map to `sink.done` once no more changes can come. `probe` passes a time once
+/// every change at it is summed.
+fn sum_rows(rows: Coll<'_, ViewRow>, sink: RowsOnly, probe: &ProbeHandle<Time>) {
+    let mut held = Some(Rows::new());
+    rows.inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            "SumRows",
+            move |capability, _| {
+                drop(capability); // the output is empty: it must hold nothing back
+                move |(input, frontier), _output| {
+                    input.for_each(|_, data| {
+                        let Some(sum) = held.as_mut() else { return };
+                        sink.changes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        for ((view, key, row), _, diff) in data.drain(..) {
+                            add_row(sum, (view, Node(key), row), diff);
+                        }
+                    });
+                    if frontier.is_empty()
+                        && let Some(sum) = held.take()
+                        && let Ok(mut done) = sink.done.lock()
+                    {
+                        done.push(sum);
+                    }
+                }
+            },
+        )
+        .probe_with(probe);
+}
+
+/// Adds `diff` to a row's multiplicity, dropping it at zero.
+fn add_row(rows: &mut Rows, row: (u16, Node, String), diff: isize) {
+    match rows.entry(row) {
+        Entry::Vacant(slot) => {
+            if diff != 0 {
+                slot.insert(diff);
+            }
+        }
+        Entry::Occupied(mut slot) => {
+            *slot.get_mut() += diff;
+            if *slot.get() == 0 {
+                slot.remove();
+            }
+        }
+    }
+}
+
+/// Builds the dataflow for `spec` on this worker. Every worker must call it. With
+/// `rows_only`, the view rows are summed per worker ([`RowsOnly`]) instead of captured
+/// as changes at worker 0 ([`Outputs::changes`] stays empty).
+pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (Inputs, Outputs) {
     let probe = ProbeHandle::new();
     let changes = Rc::new(RefCell::new(Vec::new()));
     let profiles = Rc::new(RefCell::new(0i64));
@@ -519,7 +601,10 @@ pub fn build(worker: &mut Worker, spec: &Spec) -> (Inputs, Outputs) {
         capture(found, Rc::clone(&answers), &probe);
         let rows = views::rows(facts, spec);
 
-        capture(rows, Rc::clone(&changes), &probe);
+        match rows_only {
+            Some(sink) => sum_rows(rows, sink, &probe),
+            None => capture(rows, Rc::clone(&changes), &probe),
+        }
         let count = Rc::clone(&profiles);
         members
             .map(|(profile, _)| profile)

@@ -36,7 +36,7 @@ use timely::worker::Worker;
 
 use crate::dataflow::views::Fact;
 use crate::dataflow::{
-    self, EventFacts, Inputs, Origin, STEP_BITS, SourceNames, Time, clock_of, time,
+    self, EventFacts, Inputs, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
 };
 use crate::event::admit::{Admission, Line};
 use crate::event::{DeadReason, Event, Ident, Kind};
@@ -171,6 +171,10 @@ const MERGING: &str = "throughline/merging";
 /// keep itself scheduled forever.
 const MERGE_LIMIT: Duration = Duration::from_secs(60);
 
+/// The longest the workers may take to hand over their rows once the inputs are closed
+/// (see [`RowsOnly`]): a bound, should a worker never see its input end.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(60);
+
 /// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
 const WALL_TICK: Duration = Duration::from_millis(250);
 
@@ -267,6 +271,14 @@ pub fn run_channel(
     let started = Instant::now();
     let workers = options.workers.max(1);
     let rx = parse_ahead(rx, Arc::clone(&spec))?;
+    // only the final rows are wanted: every worker sums its own (see `RowsOnly`)
+    let rows_only = (options.snapshot
+        && !options.collect_changes
+        && options.cluster.is_none()
+        && sinks.changes.is_none()
+        && sinks.live.is_none()
+        && sinks.publishers.is_empty())
+    .then(RowsOnly::default);
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
     let leads = options.cluster.as_ref().is_none_or(|c| c.process == 0);
     let mut config = match &options.cluster {
@@ -303,7 +315,7 @@ pub fn run_channel(
         watch_connection(c, Arc::clone(&connected));
     }
     let guards = timely::execute(config, move |worker| {
-        let (inputs, outputs) = dataflow::build(worker, &spec);
+        let (inputs, outputs) = dataflow::build(worker, &spec, rows_only.clone());
         if worker.index() != 0 {
             // a follower: timely steps it until the dataflow completes, which happens once
             // worker 0 (process 0) closes its inputs, in this process or another
@@ -328,6 +340,7 @@ pub fn run_channel(
             options.clone(),
             source_names.clone(),
         );
+        driver.rows_only = rows_only.clone();
         Some(
             driver
                 .drive(&rx, live)
@@ -413,6 +426,8 @@ struct Driver<'w> {
     last_progress: Instant,
     /// Set while arrangements merge what a finished source left pending.
     merging: Arc<AtomicBool>,
+    /// The workers sum the view rows themselves (only the final snapshot is wanted).
+    rows_only: Option<RowsOnly>,
 }
 
 impl<'w> Driver<'w> {
@@ -459,6 +474,7 @@ impl<'w> Driver<'w> {
             stopped: false,
             last_progress: Instant::now(),
             merging,
+            rows_only: None,
         }
     }
 

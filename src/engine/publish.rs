@@ -98,6 +98,10 @@ impl Driver<'_> {
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
         self.summary.tally.changes += changes.len() as u64;
+        if let Some(rows) = &self.rows_only {
+            // no change reaches worker 0: the workers count theirs
+            self.summary.tally.changes = rows.changes.load(std::sync::atomic::Ordering::Relaxed);
+        }
         self.mirror_counts();
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {
@@ -138,5 +142,47 @@ impl Driver<'_> {
             (None, false) => {}
         }
         Ok(())
+    }
+
+    /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
+    /// steps the dataflow until every worker of the process has handed its rows over.
+    pub(super) fn gather_rows(&mut self, rows: &RowsOnly) -> Result<Snapshot, EngineError> {
+        self.inputs.close();
+        let workers = self.options.workers.max(1);
+        let started = Instant::now();
+        loop {
+            let handed = rows.done.lock().map(|done| done.len()).unwrap_or(0);
+            if handed >= workers {
+                break;
+            }
+            if started.elapsed() > HANDOVER_LIMIT {
+                return Err(EngineError::Internal(format!(
+                    "internal error: {handed} of {workers} workers handed over their rows"
+                )));
+            }
+            self.worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        let mut snapshot = Snapshot::default();
+        let done = std::mem::take(
+            &mut *rows
+                .done
+                .lock()
+                .map_err(|_| EngineError::Internal("internal error: a worker panicked".into()))?,
+        );
+        let spec = self.spec;
+        for ((view, profile, row), diff) in done.into_iter().flatten() {
+            let name = spec
+                .views
+                .get(view as usize)
+                .map_or("?", |v| v.name.as_str());
+            snapshot.apply_owned(Change {
+                time: 0,
+                view: name.to_string(),
+                key: profile.0.key(&spec.identity),
+                diff,
+                row,
+            });
+        }
+        Ok(snapshot)
     }
 }

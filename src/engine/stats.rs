@@ -87,7 +87,10 @@ pub struct Tally {
     /// Received lines (not compacted ones) that compaction would reduce: duplicates, dead
     /// letters, suppressed events.
     pub reducible: u64,
-    /// Changes published.
+    /// Changes published. When only the final snapshot is kept ([`crate::dataflow::RowsOnly`])
+    /// no change is published: this counts the dataflow's row changes instead, which are
+    /// the same except where one clock value had several steps (a `forget`, a pause) and a
+    /// later step undid a change of an earlier one.
     pub changes: u64,
 }
 
@@ -323,7 +326,10 @@ impl Driver<'_> {
         summary.profiles = *self.outputs.profiles.borrow();
         summary.clock = self.clock();
         summary.elapsed = started.elapsed();
-        summary.snapshot = self.snapshot.take();
+        summary.snapshot = match &self.rows_only {
+            Some(rows) => Some(self.gather_rows(&rows.clone())?),
+            None => self.snapshot.take(),
+        };
         Ok(summary)
     }
 }
