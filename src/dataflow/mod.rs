@@ -251,9 +251,23 @@ impl<K: Hash + Eq> Presence<K> {
         }
     }
 
-    /// The key as held, if present.
-    fn held(&self, key: &K) -> Option<&K> {
-        self.counts.get_key_value(key).map(|(k, _)| k)
+    /// Counts one more `key` and replaces it by the copy held, if any (so every live copy
+    /// shares the held one's string); returns whether it appeared. One lookup for both.
+    fn add_shared(&mut self, key: &mut K) -> bool
+    where
+        K: Clone,
+    {
+        match self.counts.entry(key.clone()) {
+            Entry::Occupied(mut slot) => {
+                *slot.get_mut() += 1;
+                *key = slot.key().clone();
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(1);
+                true
+            }
+        }
     }
 
     /// Applies `diff` to `key`; returns +1 if it appeared, -1 if it disappeared.
@@ -279,6 +293,18 @@ impl<K: Hash + Eq> Presence<K> {
 }
 
 impl Inputs {
+    /// Inserts a new event's facts at the current time, replacing each identifier by the
+    /// handle the dataflow already holds for it, if any: every live copy of an identifier
+    /// shares one string (less memory, and equal identifiers compare by pointer).
+    pub fn insert(&mut self, facts: &mut EventFacts) {
+        for id in &mut facts.idents {
+            if self.node_counts.add_shared(id) {
+                self.nodes.update(Node(id.clone()), 1);
+            }
+        }
+        self.update_edges_and_records(facts, 1);
+    }
+
     /// Inserts (`diff = 1`) or retracts (`diff = -1`) an event's facts at the current time.
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
@@ -286,6 +312,11 @@ impl Inputs {
                 self.nodes.update(Node(id.clone()), d);
             }
         }
+        self.update_edges_and_records(facts, diff);
+    }
+
+    /// [`Inputs::update`] but for the nodes.
+    fn update_edges_and_records(&mut self, facts: &EventFacts, diff: isize) {
         if facts.wide {
             for id in &facts.idents {
                 if let Some(d) = self.wide_counts.update(id.clone(), diff) {
@@ -326,17 +357,6 @@ impl Inputs {
             let rank = latest::Rank::Trait(traits::record(facts, *source, json));
             let record = (latest::Slot::Trait(key.clone()), rank);
             self.records.update((facts.seq, record), diff);
-        }
-    }
-
-    /// Replaces each identifier by the handle the dataflow already holds for it, if any, so
-    /// that every live copy of an identifier shares one string (less memory, and equal
-    /// identifiers compare by pointer). Call before [`Inputs::update`] inserts the facts.
-    pub fn intern(&self, idents: &mut [Ident]) {
-        for id in idents {
-            if let Some(held) = self.node_counts.held(id) {
-                *id = held.clone();
-            }
         }
     }
 

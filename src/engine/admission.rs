@@ -98,9 +98,8 @@ impl Driver<'_> {
             source,
             line: cited_line,
         };
-        self.inputs.intern(&mut facts.idents);
         self.next_seq += 1;
-        self.inputs.update(&facts, 1);
+        self.inputs.insert(&mut facts);
         self.history.push(facts);
         self.dirty = true;
     }
