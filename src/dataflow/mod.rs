@@ -532,7 +532,7 @@ fn sum_rows(rows: Coll<'_, ViewRow>, sink: RowsOnly, probe: &ProbeHandle<Time>) 
                         let Some(sum) = held.as_mut() else { return };
                         sink.changes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         for ((view, key, row), _, diff) in data.drain(..) {
-                            add_row(sum, (view, Node(key), row), diff);
+                            add_count(sum, (view, Node(key), row), diff);
                         }
                     });
                     if frontier.is_empty()
@@ -547,9 +547,10 @@ fn sum_rows(rows: Coll<'_, ViewRow>, sink: RowsOnly, probe: &ProbeHandle<Time>) 
         .probe_with(probe);
 }
 
-/// Adds `diff` to a row's multiplicity, dropping it at zero.
-fn add_row(rows: &mut Rows, row: (u16, Node, String), diff: isize) {
-    match rows.entry(row) {
+/// Adds `diff` to `key`'s multiplicity in `counts`, dropping it at zero: a multiset kept as
+/// a map (the rows of [`RowsOnly`], and the engine's snapshot).
+pub fn add_count<K: Hash + Eq>(counts: &mut griddle::HashMap<K, isize>, key: K, diff: isize) {
+    match counts.entry(key) {
         Entry::Vacant(slot) => {
             if diff != 0 {
                 slot.insert(diff);

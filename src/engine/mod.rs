@@ -6,6 +6,9 @@
 //! inserted times are complete, and writes the changes of every completed clock value,
 //! consolidated and sorted (SPEC section 7). Other workers only run their share of the
 //! dataflow; their input sessions are closed at once, so progress is governed by worker 0's.
+//! When nothing but the final snapshot is wanted (`run --snapshot`, one process), no change
+//! travels to worker 0: every worker sums the rows of its own profiles
+//! ([`crate::dataflow::RowsOnly`]) and hands them over at the end.
 //!
 //! Clock values are closed when an accepted event moves the clock past them, or at the end
 //! of input. On live input (a pipe or socket rather than a regular file) the engine also

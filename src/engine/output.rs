@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::dataflow::add_count;
 use crate::dataflow::views::{self, Fact, json_string, milli_json};
 use crate::event::DeadReason;
 use crate::event::Ident;
@@ -127,11 +128,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Applies a change.
     pub fn apply(&mut self, change: &Change) {
-        let rows = match self.views.get_mut(&change.view) {
-            Some(rows) => rows,
-            None => self.views.entry(change.view.clone()).or_default(),
-        };
-        Self::add(rows, (change.key.clone(), change.row.clone()), change.diff);
+        self.apply_owned(change.clone());
     }
 
     /// Applies a change it may keep the strings of (no copy of the key or row).
@@ -140,27 +137,7 @@ impl Snapshot {
             Some(rows) => rows,
             None => self.views.entry(change.view).or_default(),
         };
-        Self::add(rows, (change.key, change.row), change.diff);
-    }
-
-    fn add(
-        rows: &mut griddle::HashMap<(String, String), isize>,
-        row: (String, String),
-        diff: isize,
-    ) {
-        match rows.entry(row) {
-            griddle::hash_map::Entry::Vacant(slot) => {
-                if diff != 0 {
-                    slot.insert(diff);
-                }
-            }
-            griddle::hash_map::Entry::Occupied(mut slot) => {
-                *slot.get_mut() += diff;
-                if *slot.get() == 0 {
-                    slot.remove();
-                }
-            }
-        }
+        add_count(rows, (change.key, change.row), change.diff);
     }
 
     /// The snapshot lines, sorted by view then key. A row whose multiplicity is not 1 would
