@@ -74,23 +74,7 @@ pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs
         Some(Box::new(changes.clone())),
         DeadLetters::new(Some(Box::new(dead.clone()))),
     );
-    let options = Options {
-        workers,
-        snapshot: true,
-        wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
-        ..Options::default()
-    };
-    let summary = source::run(
-        Arc::new(spec.clone()),
-        vec![Source::bytes("events.ndjson", events)],
-        sinks,
-        options,
-    )
-    .map_err(|e| e.to_string())?;
-    let snapshot = match &summary.snapshot {
-        Some(s) => s.lines()?,
-        None => Vec::new(),
-    };
+    let snapshot = snapshot_of(spec, events, workers, sinks)?;
     Ok(Outputs {
         changes: changes.lines(),
         snapshot,
@@ -102,6 +86,21 @@ pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs
 /// snapshot (no change stream: the workers sum their rows themselves, as `run --snapshot`
 /// does), and returns its lines.
 pub fn snapshot_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Vec<String>, String> {
+    snapshot_of(
+        spec,
+        events,
+        workers,
+        Sinks::new(None, DeadLetters::new(None)),
+    )
+}
+
+/// The final snapshot's lines of a run over `events` at the fixture wall clock.
+fn snapshot_of(
+    spec: &Spec,
+    events: Vec<u8>,
+    workers: usize,
+    sinks: Sinks,
+) -> Result<Vec<String>, String> {
     let options = Options {
         workers,
         snapshot: true,
@@ -111,7 +110,7 @@ pub fn snapshot_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Ve
     let summary = source::run(
         Arc::new(spec.clone()),
         vec![Source::bytes("events.ndjson", events)],
-        Sinks::new(None, DeadLetters::new(None)),
+        sinks,
         options,
     )
     .map_err(|e| e.to_string())?;
