@@ -315,7 +315,8 @@ impl Inputs {
         self.update_edges_and_records(facts, diff);
     }
 
-    /// [`Inputs::update`] but for the nodes.
+    /// What [`Inputs::update`] and [`Inputs::insert`] do besides the nodes: links or wide
+    /// marks, the primary identifier, occurrences, sequence roles and records.
     fn update_edges_and_records(&mut self, facts: &EventFacts, diff: isize) {
         if facts.wide {
             for id in &facts.idents {
