@@ -1,11 +1,13 @@
 //! Identity resolution (SPEC section 3): labels (the graph's rules, hubs included, and their
-//! maintenance live in [`super::labels`]), profiles and the event → profile attribution.
+//! maintenance live in [`super::labels`]) and profiles. An event belongs to the profile of
+//! its highest-priority identifier: the per-event inputs are keyed by that identifier and
+//! joined with the labels ([`super::Inputs`]).
 //!
 //! Every stage is a pure function of its input collections, so retracting events at the
 //! input un-merges exactly what they merged.
 
 use super::labels::{GraphChange, Label, Rules, maintained};
-use super::{ByKey, Coll, Node, Seq};
+use super::{Coll, Node};
 
 /// Every node's label: the least of its initial label and its neighbours' propagated labels
 /// (SPEC section 3), the least fixed point over the links with neither end a hub,
@@ -32,15 +34,4 @@ pub fn labels<'s>(
 /// root of the node's label (the profile key of SPEC section 3).
 pub fn members<'s>(labels: Coll<'s, (Node, Label)>) -> Coll<'s, (Node, Node)> {
     labels.map(|(id, label)| (Node(label.root), id))
-}
-
-/// Attribution: `(event, profile)` for every live event, the profile of the event's
-/// highest-priority identifier (SPEC section 3, last paragraph).
-pub fn attribution<'s>(
-    primary: Coll<'s, (Node, Seq)>,
-    labels: ByKey<'s, Node, Label>,
-) -> Coll<'s, (Seq, Node)> {
-    primary.join_core(labels, |_id, seq, label| {
-        Some((*seq, Node(label.root.clone())))
-    })
 }

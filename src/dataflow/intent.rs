@@ -9,6 +9,7 @@
 
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 
+use super::labels::Label;
 use super::timer::Stream;
 use super::{ByKey, Coll, Node, Seq};
 
@@ -96,18 +97,27 @@ pub fn qualifying_first(firsts: &[u64], t_b: u64, within: u64) -> Option<usize> 
     firsts.get(i).is_some_and(|t_a| *t_a <= t_b).then_some(i)
 }
 
+/// A sequence role of an event, keyed by its primary identifier:
+/// `(primary, (sequence, role, t, event))`, role 0 = first, 1 = then.
+pub type Role = (Node, (u16, u8, u64, Seq));
+
+/// A sequence bonus's weight or activity step, by event and sequence id:
+/// `((event, id), (primary, stream))`.
+pub type Bonus = ((Seq, u16), (Node, Stream));
+
 /// Sequence bonuses that hold (SPEC section 4): `(then_event, sequence)` such that the
 /// `then` event's profile has a `first` occurrence at `t_A` with `t_B - within <= t_A <= t_B`.
-/// `roles` holds `(event, (sequence, role, t))` with role 0 = first, 1 = then; `within[q]`
-/// is sequence q's window. At most one bonus per then event and sequence.
+/// `roles` holds `(primary, (sequence, role, t, event))` with role 0 = first, 1 = then,
+/// keyed by the event's primary identifier, whose label names the event's profile;
+/// `within[q]` is sequence q's window. At most one bonus per then event and sequence.
 pub fn qualified_sequences<'s>(
-    roles: Coll<'s, (Seq, (u16, u8, u64))>,
-    attribution: ByKey<'s, Seq, Node>,
+    roles: Coll<'s, Role>,
+    labels: ByKey<'s, Node, Label>,
     within: Vec<u64>,
 ) -> Coll<'s, (Seq, u16)> {
     roles
-        .join_core(attribution, |seq, (q, role, t), profile: &Node| {
-            Some(((profile.clone(), *q), (*role, *t, *seq)))
+        .join_core(labels, |_primary, (q, role, t, seq), label| {
+            Some(((Node(label.root.clone()), *q), (*role, *t, *seq)))
         })
         .reduce(move |(_, q), occurrences, out| {
             let window = within.get(*q as usize).copied().unwrap_or(0);
@@ -130,32 +140,29 @@ pub fn qualified_sequences<'s>(
 }
 
 /// The occurrences that count (SPEC section 4): every signal occurrence, and a sequence
-/// bonus only where it is qualified. Sequence ids are `num_signals + q`. Holds
-/// `(event, (id, stream))`; multiplicities are carried through unchanged (weights, or +1
-/// activity markers).
+/// bonus only where it is qualified (sequence ids are `num_signals + q`, as in both
+/// inputs). Holds `(primary, (id, stream))`, keyed by the event's primary identifier;
+/// multiplicities are carried through unchanged (weights, or +1 activity markers).
 pub fn counted<'s>(
-    occurrences: Coll<'s, (Seq, (u16, Stream))>,
+    signals: Coll<'s, (Node, (u16, Stream))>,
+    bonuses: Coll<'s, Bonus>,
     qualified: Coll<'s, (Seq, u16)>,
     num_signals: u16,
-) -> Coll<'s, (Seq, (u16, Stream))> {
-    let signals = occurrences
-        .clone()
-        .filter(move |(_, (id, _))| *id < num_signals);
-    let bonuses = occurrences
-        .filter(move |(_, (id, _))| *id >= num_signals)
-        .map(|(seq, (id, stream))| ((seq, id), stream))
+) -> Coll<'s, (Node, (u16, Stream))> {
+    let held = bonuses
         .semijoin(qualified.map(move |(seq, q)| (seq, q + num_signals)))
-        .map(|((seq, id), stream)| (seq, (id, stream)));
-    signals.concat(bonuses)
+        .map(|((_, id), (primary, stream))| (primary, (id, stream)));
+    signals.concat(held)
 }
 
-/// Counted occurrences with the profile of their event: `(profile, (id, stream))`.
+/// Counted occurrences with the profile of their event (the label of its primary
+/// identifier): `(profile, (id, stream))`.
 pub fn attributed<'s>(
-    counted: Coll<'s, (Seq, (u16, Stream))>,
-    attribution: ByKey<'s, Seq, Node>,
+    counted: Coll<'s, (Node, (u16, Stream))>,
+    labels: ByKey<'s, Node, Label>,
 ) -> Coll<'s, (Node, (u16, Stream))> {
-    counted.join_core(attribution, |_seq, occurrence, profile: &Node| {
-        Some((profile.clone(), *occurrence))
+    counted.join_core(labels, |_primary, occurrence, label| {
+        Some((Node(label.root.clone()), *occurrence))
     })
 }
 

@@ -1,13 +1,14 @@
 //! The record that decides each of a profile's consent purposes and traits (SPEC section
 //! 5): both are "the greatest record among the profile's events", so one join with the
-//! attribution and one reduce maintain both. How records rank is each rule's own:
-//! [`super::consent::precedence`] and [`super::traits::record`].
+//! labels (by the event's primary identifier) and one reduce maintain both. How records
+//! rank is each rule's own: [`super::consent::precedence`] and [`super::traits::record`].
 
 use serde::{Deserialize, Serialize};
 
+use super::labels::Label;
 use super::traits::TraitValue;
 use super::views::Fact;
-use super::{ByKey, Coll, Node, Seq};
+use super::{ByKey, Coll, Node};
 
 /// What a record decides: a consent purpose (by index) or a trait key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -30,14 +31,15 @@ pub enum Rank {
 
 /// Decided consent and current traits: `(profile, Fact::Consent)` for every purpose with at
 /// least one record among the profile's events, and `(profile, Fact::Trait)` for every trait
-/// key, each from the greatest record. `records` holds `(event, (slot, rank))`.
+/// key, each from the greatest record. `records` holds `(primary, (slot, rank))`, keyed by
+/// the event's primary identifier, whose label names the event's profile.
 pub fn decided<'s>(
-    records: Coll<'s, (Seq, (Slot, Rank))>,
-    attribution: ByKey<'s, Seq, Node>,
+    records: Coll<'s, (Node, (Slot, Rank))>,
+    labels: ByKey<'s, Node, Label>,
 ) -> Coll<'s, (Node, Fact)> {
     records
-        .join_core(attribution, |_seq, (slot, rank), profile: &Node| {
-            Some(((profile.clone(), slot.clone()), rank.clone()))
+        .join_core(labels, |_primary, (slot, rank), label| {
+            Some(((Node(label.root.clone()), slot.clone()), rank.clone()))
         })
         .reduce(|(_, slot), ranks, out| {
             let fact = match (slot, ranks.last()) {

@@ -1,8 +1,9 @@
 //! The dataflow: one module per maintained collection, wired together by [`build`].
 //!
 //! Data flows one way: input sessions (fed by the engine from accepted events) →
-//! [`identity`] ([`labels`] of the links, profiles, attribution) → [`views`] (rows) → the
-//! output capture that the engine writes to the sinks.
+//! [`identity`] ([`labels`] of the links, profiles; every per-event input is keyed by the
+//! event's primary identifier, whose label is its profile) → [`intent`], [`latest`] →
+//! [`views`] (rows) → the output capture that the engine writes to the sinks.
 //!
 //! Time is the engine clock in epoch ms refined by a step counter, packed in a `u64` as
 //! `ms << STEP_BITS | step` (see [`time()`]), so the engine can complete part of one clock
@@ -213,6 +214,11 @@ impl EventFacts {
 /// whole cluster (worker 0 of process 0) feeds the inputs, so these collections are sets as
 /// they enter and the dataflow needs no `distinct` (nor its arrangement) to make them so.
 ///
+/// An event belongs to the profile of its highest-priority identifier (SPEC section 3), so
+/// its occurrences, sequence roles and records are keyed by that identifier and joined with
+/// the labels directly; a signal's occurrences need no event at all, and those of one
+/// identifier sum into one update.
+///
 /// Weighted occurrences carry their weight as multiplicity. Of each weight schedule
 /// ([`intent::Decay::schedule`]) only the steps already due enter the dataflow; the rest wait
 /// in a [`timer::DecayTimer`] and enter at their own times as the clock reaches them.
@@ -220,12 +226,17 @@ pub struct Inputs {
     nodes: InputSession<Time, Node, isize>,
     pairs: InputSession<Time, (Node, Node), isize>,
     wide: InputSession<Time, Node, isize>,
-    primary: InputSession<Time, (Node, Seq), isize>,
-    /// Weights and activity markers of occurrences: `(event, (scored id, stream))`.
-    occurrences: InputSession<Time, (Seq, (u16, timer::Stream)), isize>,
-    roles: InputSession<Time, (Seq, (u16, u8, u64)), isize>,
-    /// Consent and trait records, by what they decide (see [`latest`]).
-    records: InputSession<Time, (Seq, (latest::Slot, latest::Rank)), isize>,
+    /// Weights and activity markers of signal occurrences, by the event's primary
+    /// identifier: `(primary, (signal id, stream))`.
+    signals: InputSession<Time, (Node, (u16, timer::Stream)), isize>,
+    /// The same for sequence bonuses, by event and sequence id (whether a bonus counts
+    /// depends on the event): `((event, id), (primary, stream))`.
+    bonuses: InputSession<Time, intent::Bonus, isize>,
+    /// Sequence roles by primary identifier: `(primary, (sequence, role, time, event))`.
+    roles: InputSession<Time, intent::Role, isize>,
+    /// Consent and trait records, by primary identifier and what they decide (see
+    /// [`latest`]).
+    records: InputSession<Time, (Node, (latest::Slot, latest::Rank)), isize>,
     queries: InputSession<Time, (Node, u64), isize>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
@@ -336,28 +347,31 @@ impl Inputs {
                 }
             }
         }
-        if let Some(first) = facts.idents.first() {
-            self.primary.update((Node(first.clone()), facts.seq), diff);
-        }
+        // every per-event fact is keyed by the event's primary identifier, which the
+        // labels attribute to a profile (SPEC section 3, last paragraph)
+        let Some(first) = facts.idents.first() else {
+            return;
+        };
+        let primary = Node(first.clone());
         for &signal in &facts.signals {
-            self.schedule(facts, signal, diff);
+            self.schedule(facts, &primary, signal, diff);
         }
         for &(q, role) in &facts.roles {
-            self.roles
-                .update((facts.seq, (q, role, facts.timestamp_ms)), diff);
+            let role_of = (q, role, facts.timestamp_ms, facts.seq);
+            self.roles.update((primary.clone(), role_of), diff);
             if role == 1 {
-                self.schedule(facts, self.num_signals + q, diff);
+                self.schedule(facts, &primary, self.num_signals + q, diff);
             }
         }
         for &(purpose, granted) in &facts.consent {
             let rank = consent::precedence(facts.timestamp_ms, granted);
             let record = (latest::Slot::Consent(purpose), latest::Rank::Consent(rank));
-            self.records.update((facts.seq, record), diff);
+            self.records.update((primary.clone(), record), diff);
         }
         for (key, source, json) in &facts.traits {
             let rank = latest::Rank::Trait(traits::record(facts, *source, json));
             let record = (latest::Slot::Trait(key.clone()), rank);
-            self.records.update((facts.seq, record), diff);
+            self.records.update((primary.clone(), record), diff);
         }
     }
 
@@ -369,37 +383,51 @@ impl Inputs {
 
     /// Inserts an occurrence's weight schedule and activity interval (times `diff`): what is
     /// due now goes to the dataflow, the rest to the timer.
-    fn schedule(&mut self, facts: &EventFacts, id: u16, diff: isize) {
+    fn schedule(&mut self, facts: &EventFacts, primary: &Node, id: u16, diff: isize) {
         let points = self.points.get(id as usize).copied().unwrap_or(0);
         let schedule = self
             .decay
             .schedule(points, facts.timestamp_ms, facts.arrival_ms);
-        let seq = facts.seq;
+        let step = |stream, delta| timer::Step {
+            seq: facts.seq,
+            primary: primary.clone(),
+            id,
+            stream,
+            delta,
+        };
         for &(ms, delta) in &schedule {
-            self.step_at(ms, seq, id, timer::Stream::Weight, delta * diff as i64);
+            self.step_at(ms, step(timer::Stream::Weight, delta * diff as i64));
         }
         if let Some((from, until)) = self
             .decay
             .active(points, facts.timestamp_ms, facts.arrival_ms)
         {
-            self.step_at(from, seq, id, timer::Stream::Active, diff as i64);
-            self.step_at(until, seq, id, timer::Stream::Active, -(diff as i64));
+            self.step_at(from, step(timer::Stream::Active, diff as i64));
+            self.step_at(until, step(timer::Stream::Active, -(diff as i64)));
         }
     }
 
-    /// Adds `delta` to `(seq, id)` in `stream` at clock `ms`: now if `ms` is not in the
-    /// future, else when the clock reaches it.
-    fn step_at(&mut self, ms: u64, seq: Seq, id: u16, stream: timer::Stream, delta: i64) {
+    /// Applies `step` at clock `ms`: now if `ms` is not in the future, else when the clock
+    /// reaches it.
+    fn step_at(&mut self, ms: u64, step: timer::Step) {
         if ms <= clock_of(self.time()) {
-            self.occurrences.update((seq, (id, stream)), delta as isize);
+            let now = self.time();
+            self.occur(step, now);
         } else {
-            let step = timer::Step {
-                seq,
-                id,
-                stream,
-                delta,
-            };
             self.timer.add(ms, step);
+        }
+    }
+
+    /// Sends a step to the dataflow at `time`: a signal's by the event's primary identifier,
+    /// a sequence bonus's by event (whether it counts depends on the event).
+    fn occur(&mut self, step: timer::Step, time: Time) {
+        let delta = step.delta as isize;
+        if step.id < self.num_signals {
+            let key = (step.primary, (step.id, step.stream));
+            self.signals.update_at(key, time, delta);
+        } else {
+            let key = ((step.seq, step.id), (step.primary, step.stream));
+            self.bonuses.update_at(key, time, delta);
         }
     }
 
@@ -413,20 +441,16 @@ impl Inputs {
     pub fn advance_to(&mut self, time: Time) {
         if clock_of(time) > clock_of(self.time()) {
             for (ms, steps) in self.timer.take_due(clock_of(time)) {
-                for s in steps {
-                    self.occurrences.update_at(
-                        (s.seq, (s.id, s.stream)),
-                        self::time(ms, 0),
-                        s.delta as isize,
-                    );
+                for step in steps {
+                    self.occur(step, self::time(ms, 0));
                 }
             }
         }
         self.nodes.advance_to(time);
         self.pairs.advance_to(time);
         self.wide.advance_to(time);
-        self.primary.advance_to(time);
-        self.occurrences.advance_to(time);
+        self.signals.advance_to(time);
+        self.bonuses.advance_to(time);
         self.roles.advance_to(time);
         self.records.advance_to(time);
         self.queries.advance_to(time);
@@ -437,8 +461,8 @@ impl Inputs {
         self.nodes.flush();
         self.pairs.flush();
         self.wide.flush();
-        self.primary.flush();
-        self.occurrences.flush();
+        self.signals.flush();
+        self.bonuses.flush();
         self.roles.flush();
         self.records.flush();
         self.queries.flush();
@@ -450,8 +474,8 @@ impl Inputs {
         self.nodes = InputSession::new();
         self.pairs = InputSession::new();
         self.wide = InputSession::new();
-        self.primary = InputSession::new();
-        self.occurrences = InputSession::new();
+        self.signals = InputSession::new();
+        self.bonuses = InputSession::new();
         self.roles = InputSession::new();
         self.records = InputSession::new();
         self.queries = InputSession::new();
@@ -584,12 +608,11 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
         let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
         let (pairs_in, pairs) = scope.new_collection::<(Node, Node), isize>();
         let (wide_in, wide) = scope.new_collection::<Node, isize>();
-        let (primary_in, primary) = scope.new_collection::<(Node, Seq), isize>();
-        let (occurrences_in, occurrences) =
-            scope.new_collection::<(Seq, (u16, timer::Stream)), isize>();
-        let (roles_in, roles) = scope.new_collection::<(Seq, (u16, u8, u64)), isize>();
+        let (signals_in, signals) = scope.new_collection::<(Node, (u16, timer::Stream)), isize>();
+        let (bonuses_in, bonuses) = scope.new_collection::<intent::Bonus, isize>();
+        let (roles_in, roles) = scope.new_collection::<intent::Role, isize>();
         let (records_in, records) =
-            scope.new_collection::<(Seq, (latest::Slot, latest::Rank)), isize>();
+            scope.new_collection::<(Node, (latest::Slot, latest::Rank)), isize>();
         let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
 
         // identity (SPEC section 3)
@@ -603,18 +626,17 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
         let members = identity::members(labels.clone());
         // arranged once, shared by every stage that joins with them
         let labels_by_node = labels.arrange_by_key();
-        let attribution = identity::attribution(primary, labels_by_node.clone()).arrange_by_key();
 
         // intent (SPEC section 4)
-        let qualified = intent::qualified_sequences(roles, attribution.clone(), within);
-        let counted = intent::counted(occurrences, qualified, num_signals);
-        let attributed = intent::attributed(counted, attribution.clone());
+        let qualified = intent::qualified_sequences(roles, labels_by_node.clone(), within);
+        let counted = intent::counted(signals, bonuses, qualified, num_signals);
+        let attributed = intent::attributed(counted, labels_by_node.clone());
         let scores = intent::scores(attributed.clone());
         let signals = intent::active_signals(attributed);
 
         // views (SPEC sections 5 and 7)
         // consent and traits (SPEC section 5)
-        let decided = latest::decided(records, attribution);
+        let decided = latest::decided(records, labels_by_node.clone());
         let facts =
             views::profile_facts(members.clone(), scores, signals, decided).arrange_by_key();
 
@@ -642,8 +664,8 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
             nodes: nodes_in,
             pairs: pairs_in,
             wide: wide_in,
-            primary: primary_in,
-            occurrences: occurrences_in,
+            signals: signals_in,
+            bonuses: bonuses_in,
             roles: roles_in,
             records: records_in,
             queries: queries_in,

@@ -15,10 +15,10 @@
 
 use std::collections::BTreeMap;
 
-use super::Seq;
+use super::{Node, Seq};
 
-/// Which of an occurrence's two updates a step is: both travel in one input collection,
-/// `(event, (scored id, stream))`.
+/// Which of an occurrence's two updates a step is: both travel in one input collection
+/// (one for signals, one for sequence bonuses, see [`super::Inputs`]).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -30,10 +30,13 @@ pub enum Stream {
 }
 
 /// One pending update: `(event, scored id)` in `stream`, changed by `delta`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     /// The event.
     pub seq: Seq,
+    /// The event's primary identifier (its updates are keyed by it, see
+    /// [`super::Inputs`]).
+    pub primary: Node,
     /// The signal or sequence id.
     pub id: u16,
     /// Which input it feeds.
@@ -110,6 +113,7 @@ mod tests {
     fn step(seq: Seq, delta: i64) -> Step {
         Step {
             seq,
+            primary: Node(crate::event::Ident::new(0, "u")),
             id: 0,
             stream: Stream::Weight,
             delta,
