@@ -7,8 +7,6 @@
 //! releases each once the clock passes it, so a score is a plain sum and an occurrence whose
 //! weight reached zero leaves the state.
 
-use differential_dataflow::operators::{CountTotal, ThresholdTotal};
-
 use super::labels::Label;
 use super::timer::Stream;
 use super::{ByKey, Coll, Node, Seq};
@@ -164,25 +162,6 @@ pub fn attributed<'s>(
     counted.join_core(labels, |_primary, occurrence, label| {
         Some((Node(label.root.clone()), *occurrence))
     })
-}
-
-/// Scores (SPEC section 4): per profile, the sum of the current weights (carried as
-/// multiplicities) of its events' counted occurrences, in thousandths of a point. Profiles
-/// whose weights sum to zero have no record here (the views read that as 0).
-pub fn scores<'s>(attributed: Coll<'s, (Node, (u16, Stream))>) -> Coll<'s, (Node, isize)> {
-    attributed
-        .filter(|(_, (_, stream))| *stream == Stream::Weight)
-        .map(|(profile, _)| profile)
-        .count_total()
-}
-
-/// Active signals (SPEC section 7): `(profile, id)` for every signal or sequence with at
-/// least one occurrence of non-zero weight now.
-pub fn active_signals<'s>(attributed: Coll<'s, (Node, (u16, Stream))>) -> Coll<'s, (Node, u16)> {
-    attributed
-        .filter(|(_, (_, stream))| *stream == Stream::Active)
-        .map(|(profile, (id, _))| (profile, id))
-        .distinct_total()
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The record that decides each of a profile's consent purposes and traits (SPEC section
 //! 5): both are "the greatest record among the profile's events", so one join with the
-//! labels (by the event's primary identifier) and one reduce maintain both. How records
-//! rank is each rule's own: [`super::consent::precedence`] and [`super::traits::record`].
+//! labels (by the event's primary identifier) attributes the records to profiles, and
+//! [`decide`] reads a slot's greatest record, which [`super::profiles`] keeps per profile.
+//! How records rank is each rule's own: [`super::consent::precedence`] and
+//! [`super::traits::record`].
 
 use serde::{Deserialize, Serialize};
 
@@ -29,29 +31,46 @@ pub enum Rank {
     Trait(TraitValue),
 }
 
-/// Decided consent and current traits: `(profile, Fact::Consent)` for every purpose with at
-/// least one record among the profile's events, and `(profile, Fact::Trait)` for every trait
-/// key, each from the greatest record. `records` holds `(primary, (slot, rank))`, keyed by
-/// the event's primary identifier, whose label names the event's profile.
-pub fn decided<'s>(
+/// Consent and trait records with the profile of their event (the label of its primary
+/// identifier): `(profile, (slot, rank))`. `records` holds `(primary, (slot, rank))`, keyed
+/// by the event's primary identifier.
+pub fn attributed<'s>(
     records: Coll<'s, (Node, (Slot, Rank))>,
     labels: ByKey<'s, Node, Label>,
-) -> Coll<'s, (Node, Fact)> {
-    records
-        .join_core(labels, |_primary, (slot, rank), label| {
-            Some(((Node(label.root.clone()), slot.clone()), rank.clone()))
-        })
-        .reduce(|(_, slot), ranks, out| {
-            let fact = match (slot, ranks.last()) {
-                (Slot::Consent(purpose), Some((Rank::Consent((_, denied)), _))) => {
-                    Fact::Consent(*purpose, !*denied)
-                }
-                (Slot::Trait(key), Some((Rank::Trait((_, _, _, _, json)), _))) => {
-                    Fact::Trait(key.clone(), json.clone())
-                }
-                _ => return,
-            };
-            out.push((fact, 1));
-        })
-        .map(|((profile, _), fact)| (profile, fact))
+) -> Coll<'s, (Node, (Slot, Rank))> {
+    records.join_core(labels, |_primary, record, label| {
+        Some((Node(label.root.clone()), record.clone()))
+    })
+}
+
+/// What a slot's greatest record decides: the consent of a purpose, or a trait's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// The purpose (by index) is granted or not.
+    Consent(u8, bool),
+    /// A trait key and its value's JSON text.
+    Trait(&'a str, &'a str),
+}
+
+impl Decision<'_> {
+    /// The decision as a profile fact.
+    pub fn fact(&self) -> Fact {
+        match *self {
+            Decision::Consent(purpose, granted) => Fact::Consent(purpose, granted),
+            Decision::Trait(key, json) => Fact::Trait(key.to_string(), json.to_string()),
+        }
+    }
+}
+
+/// SPEC section 5: a profile's consent for a purpose, and each of its traits, is what the
+/// greatest record of its slot says (records rank by [`super::consent::precedence`] and
+/// [`super::traits::record`]). `None` for a record of the other kind than its slot.
+pub fn decide<'a>(slot: &'a Slot, greatest: &'a Rank) -> Option<Decision<'a>> {
+    match (slot, greatest) {
+        (Slot::Consent(purpose), Rank::Consent((_, denied))) => {
+            Some(Decision::Consent(*purpose, !*denied))
+        }
+        (Slot::Trait(key), Rank::Trait((_, _, _, _, json))) => Some(Decision::Trait(key, json)),
+        _ => None,
+    }
 }

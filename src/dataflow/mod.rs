@@ -16,6 +16,7 @@ pub mod intent;
 pub mod labels;
 pub mod latest;
 pub mod lookup;
+pub mod profiles;
 pub mod timer;
 pub mod traits;
 pub mod views;
@@ -630,20 +631,25 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
         // intent (SPEC section 4)
         let qualified = intent::qualified_sequences(roles, labels_by_node.clone(), within);
         let counted = intent::counted(signals, bonuses, qualified, num_signals);
-        let attributed = intent::attributed(counted, labels_by_node.clone());
-        let scores = intent::scores(attributed.clone());
-        let signals = intent::active_signals(attributed);
-
-        // views (SPEC sections 5 and 7)
+        let occurrences = intent::attributed(counted, labels_by_node.clone());
         // consent and traits (SPEC section 5)
-        let decided = latest::decided(records, labels_by_node.clone());
-        let facts =
-            views::profile_facts(members.clone(), scores, signals, decided).arrange_by_key();
+        let records = latest::attributed(records, labels_by_node.clone());
 
-        // profile lookups (erasure, SPEC section 6; GET /v1/profiles)
-        let found = lookup::profile_facts_of(queries, labels_by_node, facts.clone());
+        // profiles and views (SPEC sections 4, 5 and 7), and profile lookups (erasure,
+        // SPEC section 6; GET /v1/profiles)
+        let parts = members
+            .clone()
+            .map(|(profile, id)| (profile, profiles::Part::Member(id.0)))
+            .concat(
+                occurrences.map(|(p, (id, stream))| (p, profiles::Part::Occurrence(id, stream))),
+            )
+            .concat(
+                records
+                    .map(|(p, (slot, rank))| (p, profiles::Part::Record(Box::new((slot, rank))))),
+            );
+        let queries = lookup::profiles_of(queries, labels_by_node);
+        let (rows, found) = profiles::rows_and_answers(parts, queries, spec);
         capture(found, Rc::clone(&answers), &probe);
-        let rows = views::rows(facts, spec);
 
         match rows_only {
             Some(sink) => sum_rows(rows, sink, &probe),

@@ -1,6 +1,6 @@
 //! Profile traits (SPEC section 5): per profile and key, the value from the event greatest by
 //! (timestamp, messageId with absent as "", arrival order); within one event `traits` wins
-//! over `context.traits`. [`super::latest::decided`] maintains the greatest [`record`].
+//! over `context.traits`. The greatest [`record`] decides ([`super::latest::decide`]).
 
 use super::{EventFacts, Seq};
 

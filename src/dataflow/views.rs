@@ -1,16 +1,13 @@
 //! Views (SPEC sections 5 and 7): one row per profile that meets a view's condition, holding
 //! only the view's declared fields (data minimisation: nothing else reaches the output).
 //!
-//! Everything known about a profile arrives as [`Fact`]s keyed by profile; one reduce per
-//! profile renders every view's row from them, so a change to any fact (a merge, a decay
-//! step, a consent record) updates every affected view in the same time.
+//! Everything known about a profile is a set of [`Fact`]s; [`super::profiles`] keeps them
+//! per profile and renders every view's row from them here, so a change to any fact (a
+//! merge, a decay step, a consent record) updates every affected view in the same time.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-
-use super::{ByKey, Coll, Node, Time};
 use crate::event::{Ident, predicate};
 use crate::spec::{Field, Spec, ViewSpec};
 
@@ -30,48 +27,6 @@ pub enum Fact {
     Consent(u8, bool),
     /// A trait: key and JSON value text.
     Trait(String, String),
-}
-
-/// All facts of every profile, keyed by profile: its members, score, active signals, and
-/// the decided consent and traits.
-pub fn profile_facts<'s>(
-    members: Coll<'s, (Node, Node)>,
-    scores: Coll<'s, (Node, isize)>,
-    signals: Coll<'s, (Node, u16)>,
-    decided: Coll<'s, (Node, Fact)>,
-) -> Coll<'s, (Node, Fact)> {
-    members
-        .map(|(p, id)| (p, Fact::Member(id.0)))
-        .concat(scores.map(|(p, s)| (p, Fact::Score(s as i64))))
-        .concat(signals.map(|(p, s)| (p, Fact::Signal(s))))
-        .concat(decided)
-}
-
-/// Every view's rows. Invariant: `(v, p, row)` is present iff profile `p` exists, meets view
-/// `v`'s condition (purpose consent, `score_gte`, `has_signal`, trait predicates) and `row`
-/// holds exactly `v`'s fields rendered from `p`'s facts.
-pub fn rows<'s>(facts: ByKey<'s, Node, Fact>, spec: &Spec) -> Coll<'s, ViewRow> {
-    let render = Renderer::new(spec);
-    facts
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<Node, (u16, String), Time, isize>, _, _>(
-            "views",
-            move |_profile, facts, out| {
-                let state = State::collect(facts.iter().map(|(f, _)| *f));
-                if state.members.is_empty() {
-                    return;
-                }
-                for index in 0..render.views.len() {
-                    if let Some(row) = render.row(index, &state) {
-                        out.push(((index as u16, row), 1));
-                    }
-                }
-            },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
-            },
-        )
-        .as_collection(|profile, (view, row)| (*view, profile.0.clone(), row.clone()))
 }
 
 /// What a profile is, from its facts (SPEC sections 3 to 5 and 7), for lookups: its
@@ -129,7 +84,7 @@ pub fn summary<'s>(spec: &'s Spec, facts: &[Fact]) -> ProfileSummary<'s> {
 }
 
 /// Every view's row for a profile with these facts, in spec order (`None` where the profile
-/// is not in the view). The same rendering as [`rows`], for explanations.
+/// is not in the view). The same rendering as [`super::profiles`], for explanations.
 pub fn rows_for(spec: &Spec, facts: &[Fact]) -> Vec<Option<String>> {
     let render = Renderer::new(spec);
     let state = State::collect(facts.iter());
@@ -152,7 +107,7 @@ pub enum Condition {
 }
 
 /// Every view's conditions on a profile with these facts, in spec order, each with whether
-/// it holds: the evaluation [`rows`] applies, for explanations.
+/// it holds: the evaluation [`super::profiles`] applies, for explanations.
 pub fn conditions_for(spec: &Spec, facts: &[Fact]) -> Vec<Vec<(Condition, bool)>> {
     let render = Renderer::new(spec);
     let state = State::collect(facts.iter());
@@ -162,13 +117,14 @@ pub fn conditions_for(spec: &Spec, facts: &[Fact]) -> Vec<Vec<(Condition, bool)>
 }
 
 /// A profile's facts, gathered.
-struct State<'a> {
-    members: Vec<&'a Ident>,
-    score_milli: i64,
-    signals: Vec<u16>,
-    consent: Vec<(u8, bool)>,
-    /// (key, JSON text) of each trait, parsed only where a view reads it.
-    traits: Vec<(&'a str, &'a str)>,
+pub(super) struct State<'a> {
+    /// Its identifiers, in (type, value) order.
+    pub(super) members: Vec<&'a Ident>,
+    pub(super) score_milli: i64,
+    pub(super) signals: Vec<u16>,
+    pub(super) consent: Vec<(u8, bool)>,
+    /// (key, JSON text) of each trait, ascending by key, parsed only where a view reads it.
+    pub(super) traits: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> State<'a> {
@@ -205,9 +161,9 @@ impl<'a> State<'a> {
     }
 }
 
-/// What rendering needs from the spec, owned by the reduce closure.
-struct Renderer {
-    views: Vec<ViewSpec>,
+/// What rendering needs from the spec, owned by the operator that renders.
+pub(super) struct Renderer {
+    pub(super) views: Vec<ViewSpec>,
     field_names: Vec<Vec<String>>,
     /// Signal and sequence names by id.
     scored_names: Vec<String>,
@@ -218,7 +174,7 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn new(spec: &Spec) -> Renderer {
+    pub(super) fn new(spec: &Spec) -> Renderer {
         let scored_names = spec
             .intent
             .scored()
@@ -279,7 +235,8 @@ impl Renderer {
             .chain(predicates)
     }
 
-    fn row(&self, index: usize, state: &State) -> Option<String> {
+    /// View `index`'s row for a profile, if it is in the view.
+    pub(super) fn row(&self, index: usize, state: &State) -> Option<String> {
         let view = &self.views[index];
         if !self.conditions(index, state).all(|(_, holds)| holds) {
             return None;

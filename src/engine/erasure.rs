@@ -1,8 +1,8 @@
 //! Erasure and profile queries (SPEC section 6). A `forget` request, step by step:
 //!
 //! 1. `Driver::forget` asks the dataflow for the profile of each identifier of the request
-//!    (a lookup query, [`crate::dataflow::lookup::profile_facts_of`]), completing the
-//!    current time so the answer reflects every line processed so far;
+//!    (a lookup query, [`crate::dataflow::lookup::profiles_of`], answered by
+//!    [`crate::dataflow::profiles`]), completing the current time so the answer reflects every line processed so far;
 //! 2. S is the request's identifiers and every member of those profiles;
 //! 3. S is suppressed in the admission gate as salted hashes
 //!    ([`crate::event::admit::Admission::suppress`]), so later events carrying one are

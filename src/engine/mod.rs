@@ -160,8 +160,11 @@ pub enum Clock {
     Wall,
 }
 
-/// At most this many waiting batches are ingested before the dataflow catches up.
-const MAX_BATCHES_PER_ROUND: usize = 256;
+/// At most this many waiting batches are ingested before the dataflow catches up. A round
+/// holds its updates in the dataflow until it completes: 16 batches (about 16k lines of a
+/// replay) cost as little per event as 256 and hold a tenth of the updates at once (see
+/// `tests/bench/performance.md`, step 20).
+const MAX_BATCHES_PER_ROUND: usize = 16;
 
 /// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]).
 const PARSED_AHEAD: usize = 4;

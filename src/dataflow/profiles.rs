@@ -1,0 +1,308 @@
+//! Every profile's facts and view rows, maintained by one operator per worker (SPEC sections
+//! 4, 5 and 7): the score, the active signals, the decided consent and traits, the rows of
+//! every view, and the answers to lookups.
+//!
+//! Everything attributed to a profile arrives in one collection of [`Part`]s keyed by
+//! profile: its members, its counted occurrences (weights and activity markers as
+//! multiplicities) and its consent and trait records. The operator holds each profile's
+//! parts in a map and, at every completed time at which a profile's parts changed, renders
+//! the profile's rows ([`super::views`]) and emits the difference from the rows it held.
+//! Time is totally ordered, so applying each completed time's updates in time order gives
+//! exactly the collections that `count_total` (scores), `distinct_total` (active signals),
+//! a `reduce` per slot (the greatest record) and a `reduce` per profile (the rows) would
+//! maintain, with no arrangement of the facts or the rows, no replay of their histories,
+//! and one operator instead of eight. The same holds for the rows Materialize computes:
+//! its `reduce` of a totally ordered collection is a map from key to accumulated value.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use differential_dataflow::{AsCollection, Hashable};
+
+use super::latest::{self, Decision, Rank, Slot};
+use super::timer::Stream;
+use super::views::{Fact, Renderer, State, ViewRow};
+use super::{Coll, Node, Time};
+use crate::event::Ident;
+use crate::spec::Spec;
+
+/// One thing attributed to a profile, with a multiplicity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    /// An identifier of the profile (SPEC section 3).
+    Member(Ident),
+    /// A counted occurrence of a signal or sequence (by id): its weight (the multiplicity of
+    /// a [`Stream::Weight`] part) or its activity marker (SPEC section 4).
+    Occurrence(u16, Stream),
+    /// A consent or trait record and its rank (SPEC section 5).
+    Record(Box<(Slot, Rank)>),
+}
+
+/// What is known of one profile: its parts, accumulated, and the rows rendered from them.
+#[derive(Default)]
+struct Profile {
+    /// Identifiers with their counts, in the SPEC's (type, value) order.
+    members: Vec<(Ident, isize)>,
+    /// Sum of the current weights of the counted occurrences, in thousandths of a point.
+    score_milli: i64,
+    /// Activity markers summed per signal or sequence id, ascending by id.
+    active: Vec<(u16, isize)>,
+    /// Records per slot, with their counts.
+    records: BTreeMap<Slot, BTreeMap<Rank, isize>>,
+    /// The rows held: (view, row), ascending by view.
+    rows: Vec<(u16, String)>,
+}
+
+/// Adds `diff` to `key`'s count in a sorted vector of counts, dropping it at zero; returns
+/// whether `key` appeared or disappeared.
+fn add_sorted<K: Ord>(counts: &mut Vec<(K, isize)>, key: K, diff: isize) -> bool {
+    match counts.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) => {
+            let Some((_, count)) = counts.get_mut(i) else {
+                return false;
+            };
+            *count += diff;
+            if *count == 0 {
+                counts.remove(i);
+                return true;
+            }
+            false
+        }
+        Err(i) if diff != 0 => {
+            counts.insert(i, (key, diff));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+impl Profile {
+    /// Accumulates one part; returns whether a fact of the profile changed (a member, the
+    /// score, an active signal, or a slot's greatest record), so that only then are its
+    /// rows rendered again.
+    fn apply(&mut self, part: Part, diff: isize) -> bool {
+        match part {
+            Part::Member(id) => add_sorted(&mut self.members, id, diff),
+            // scores (SPEC section 4): the sum of the weights, carried as multiplicities
+            Part::Occurrence(_, Stream::Weight) => {
+                self.score_milli += diff as i64;
+                diff != 0
+            }
+            // active signals (SPEC section 7): a non-zero sum of activity markers
+            Part::Occurrence(id, Stream::Active) => add_sorted(&mut self.active, id, diff),
+            Part::Record(record) => {
+                let (slot, rank) = *record;
+                let ranks = self.records.entry(slot.clone()).or_default();
+                // only a record at or above the greatest can change which one is greatest
+                let changed = ranks
+                    .last_key_value()
+                    .is_none_or(|(greatest, _)| rank >= *greatest);
+                let count = ranks.entry(rank.clone()).or_insert(0);
+                *count += diff;
+                if *count == 0 {
+                    ranks.remove(&rank);
+                }
+                if ranks.is_empty() {
+                    self.records.remove(&slot);
+                }
+                changed
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty()
+            && self.score_milli == 0
+            && self.active.is_empty()
+            && self.records.is_empty()
+    }
+
+    /// The decided consent and traits: each slot's greatest record ([`latest::decide`]).
+    fn decided(&self) -> impl Iterator<Item = Decision<'_>> + '_ {
+        self.records.iter().filter_map(|(slot, ranks)| {
+            let (rank, _) = ranks.last_key_value()?;
+            latest::decide(slot, rank)
+        })
+    }
+
+    /// The profile's facts, as [`Fact`]s in the order a lookup reads them.
+    fn facts(&self) -> Vec<Fact> {
+        let mut facts: Vec<Fact> = self
+            .members
+            .iter()
+            .map(|(id, _)| Fact::Member(id.clone()))
+            .collect();
+        if self.score_milli != 0 {
+            facts.push(Fact::Score(self.score_milli));
+        }
+        facts.extend(self.active.iter().map(|(id, _)| Fact::Signal(*id)));
+        facts.extend(self.decided().map(|d| d.fact()));
+        facts
+    }
+
+    /// Every view's row for the profile now, ascending by view (none without members).
+    fn render(&self, render: &Renderer) -> Vec<(u16, String)> {
+        if self.members.is_empty() {
+            return Vec::new();
+        }
+        let mut state = State {
+            members: self.members.iter().map(|(id, _)| id).collect(),
+            score_milli: self.score_milli,
+            signals: self.active.iter().map(|(id, _)| *id).collect(),
+            consent: Vec::new(),
+            traits: Vec::new(),
+        };
+        for decision in self.decided() {
+            match decision {
+                Decision::Consent(purpose, granted) => state.consent.push((purpose, granted)),
+                Decision::Trait(key, json) => state.traits.push((key, json)),
+            }
+        }
+        (0..render.views.len())
+            .filter_map(|index| Some((index as u16, render.row(index, &state)?)))
+            .collect()
+    }
+}
+
+/// An answer to a lookup: `(query, (profile, fact))`.
+pub type Answer = (u64, (Ident, Fact));
+
+/// The updates of one time, waiting for it to complete.
+#[derive(Default)]
+struct Pending {
+    parts: Vec<(Node, Part, isize)>,
+    queries: Vec<(Node, u64)>,
+}
+
+/// Every view's rows, and the answers to lookups. Invariant: `(v, p, row)` is present at a
+/// time iff profile `p` has members then, meets view `v`'s condition (purpose consent,
+/// `score_gte`, `has_signal`, trait predicates) and `row` holds exactly `v`'s fields
+/// rendered from `p`'s facts ([`super::views`]); a lookup `(profile, query)` asked at time
+/// `t` is answered at `t` with `(query, (profile, fact))` for every fact of the profile at
+/// `t` (its withdrawal answers nothing: the engine reads an answer once).
+pub fn rows_and_answers<'s>(
+    parts: Coll<'s, (Node, Part)>,
+    queries: Coll<'s, (Node, u64)>,
+    spec: &Spec,
+) -> (Coll<'s, ViewRow>, Coll<'s, Answer>) {
+    let render = Renderer::new(spec);
+    let mut builder = OperatorBuilder::new("Profiles".to_string(), parts.inner.scope());
+    // both inputs are partitioned by profile, so a profile's parts and lookups meet
+    let part_owner = |((profile, _), _, _): &((Node, Part), Time, isize)| profile.hashed();
+    let query_owner = |((profile, _), _, _): &((Node, u64), Time, isize)| profile.hashed();
+    let mut parts_in = builder.new_input(parts.inner, Exchange::new(part_owner));
+    let mut queries_in = builder.new_input(queries.inner, Exchange::new(query_owner));
+    let (rows_out, rows) = builder.new_output();
+    let (answers_out, answers) = builder.new_output();
+    let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(rows_out);
+    let mut answers_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(answers_out);
+
+    builder.build(move |capabilities| {
+        // held at the least time an input may still bring, dropped when both are done
+        let mut held: Option<Vec<Capability<Time>>> = Some(capabilities);
+        let mut profiles: griddle::HashMap<Node, Profile> = griddle::HashMap::new();
+        let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
+        move |frontiers| {
+            parts_in.for_each(|_, data| {
+                for ((profile, part), time, diff) in data.drain(..) {
+                    let at = pending.entry(time).or_default();
+                    at.parts.push((profile, part, diff));
+                }
+            });
+            queries_in.for_each(|_, data| {
+                for ((profile, query), time, diff) in data.drain(..) {
+                    if diff > 0 {
+                        pending
+                            .entry(time)
+                            .or_default()
+                            .queries
+                            .push((profile, query));
+                    }
+                }
+            });
+            let frontier = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
+            let Some(caps) = held.as_mut() else { return };
+            let (mut rows_session, mut answers_session) =
+                (rows_out.activate(), answers_out.activate());
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.is_some_and(|f| f <= time) {
+                    break;
+                }
+                let Pending { parts, queries } = entry.remove();
+                let mut touched: Vec<Node> = Vec::new();
+                for (profile, part, diff) in parts {
+                    let state = match profiles.get_mut(&profile) {
+                        Some(state) => state,
+                        None => profiles.entry(profile.clone()).or_default(),
+                    };
+                    // a profile can only become empty by a change of its facts
+                    if state.apply(part, diff) {
+                        touched.push(profile);
+                    }
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                if let [rows_cap, answers_cap] = caps.as_slice() {
+                    let cap = rows_cap.delayed(&time);
+                    let mut session = rows_session.session(&cap);
+                    for profile in touched {
+                        let Some(state) = profiles.get_mut(&profile) else {
+                            continue;
+                        };
+                        let rows = state.render(&render);
+                        for (view, row, diff) in changes(&state.rows, &rows) {
+                            session.give(((view, profile.0.clone(), row), time, diff));
+                        }
+                        state.rows = rows;
+                        if state.is_empty() {
+                            profiles.remove(&profile);
+                        }
+                    }
+                    drop(session);
+                    let cap = answers_cap.delayed(&time);
+                    let mut session = answers_session.session(&cap);
+                    for (profile, query) in queries {
+                        let Some(state) = profiles.get(&profile) else {
+                            continue;
+                        };
+                        for fact in state.facts() {
+                            session.give(((query, (profile.0.clone(), fact)), time, 1));
+                        }
+                    }
+                }
+            }
+            match frontier {
+                Some(f) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
+                None => held = None,
+            }
+        }
+    });
+    (rows.as_collection(), answers.as_collection())
+}
+
+/// The row changes from `old` rows to `new` (both ascending by view, one row per view):
+/// `(view, row, -1)` for each row that went, `(view, row, 1)` for each that came.
+fn changes(old: &[(u16, String)], new: &[(u16, String)]) -> Vec<(u16, String, isize)> {
+    let mut out = Vec::new();
+    for (view, row) in old {
+        if !new.iter().any(|(v, r)| v == view && r == row) {
+            out.push((*view, row.clone(), -1));
+        }
+    }
+    for (view, row) in new {
+        if !old.iter().any(|(v, r)| v == view && r == row) {
+            out.push((*view, row.clone(), 1));
+        }
+    }
+    out
+}
