@@ -177,7 +177,10 @@ pub type Answer = (u64, (Ident, Fact));
 #[derive(Default)]
 struct Pending {
     parts: Vec<(Node, Part, isize)>,
-    queries: Vec<(Node, u64)>,
+    /// Lookups with their multiplicities: the labels join can bring a lookup for a
+    /// profile and its withdrawal at the same time (the identifier moved to another
+    /// profile at that time), so only a positive sum is a lookup.
+    queries: Vec<((Node, u64), isize)>,
 }
 
 /// Every view's rows, and the answers to lookups. Invariant: `(v, p, row)` is present at a
@@ -217,13 +220,8 @@ pub fn rows_and_answers<'s>(
             });
             queries_in.for_each(|_, data| {
                 for ((profile, query), time, diff) in data.drain(..) {
-                    if diff > 0 {
-                        pending
-                            .entry(time)
-                            .or_default()
-                            .queries
-                            .push((profile, query));
-                    }
+                    let at = pending.entry(time).or_default();
+                    at.queries.push(((profile, query), diff));
                 }
             });
             let frontier = frontiers
@@ -238,7 +236,8 @@ pub fn rows_and_answers<'s>(
                 if frontier.is_some_and(|f| f <= time) {
                     break;
                 }
-                let Pending { parts, queries } = entry.remove();
+                let Pending { parts, mut queries } = entry.remove();
+                differential_dataflow::consolidation::consolidate(&mut queries);
                 let mut touched: Vec<Node> = Vec::new();
                 for (profile, part, diff) in parts {
                     let state = match profiles.get_mut(&profile) {
@@ -271,7 +270,10 @@ pub fn rows_and_answers<'s>(
                     drop(session);
                     let cap = answers_cap.delayed(&time);
                     let mut session = answers_session.session(&cap);
-                    for (profile, query) in queries {
+                    for ((profile, query), count) in queries {
+                        if count <= 0 {
+                            continue;
+                        }
                         let Some(state) = profiles.get(&profile) else {
                             continue;
                         };
