@@ -7,7 +7,8 @@
 //! multiplicities) and its consent and trait records. The operator holds each profile's
 //! parts in a map and, at every completed time at which a profile's parts changed, renders
 //! the profile's rows ([`super::views`]) and emits the difference from the rows it held.
-//! Time is totally ordered, so applying each completed time's updates in time order gives
+//! Updates wait until their time completes and are then applied sorted by profile and time
+//! (`apply_completed`), so a round visits each profile once. Time is totally ordered, so applying each completed time's updates in time order gives
 //! exactly the collections that `count_total` (scores), `distinct_total` (active signals),
 //! a `reduce` per slot (the greatest record) and a `reduce` per profile (the rows) would
 //! maintain, with no arrangement of the facts or the rows, no replay of their histories,
@@ -173,14 +174,16 @@ impl Profile {
 /// An answer to a lookup: `(query, (profile, fact))`.
 pub type Answer = (u64, (Ident, Fact));
 
-/// The updates of one time, waiting for it to complete.
-#[derive(Default)]
-struct Pending {
-    parts: Vec<(Node, Part, isize)>,
-    /// Lookups with their multiplicities: the labels join can bring a lookup for a
-    /// profile and its withdrawal at the same time (the identifier moved to another
-    /// profile at that time), so only a positive sum is a lookup.
-    queries: Vec<((Node, u64), isize)>,
+/// Updates of a collection: `(data, time, diff)`.
+type Updates<D> = Vec<(D, Time, isize)>;
+
+/// An update waiting for its time to complete: a part, or a lookup (`Query`), with its
+/// multiplicity. The labels join can bring a lookup for a profile and its withdrawal at the
+/// same time (the identifier moved to another profile at that time), so only a positive
+/// sum at a time is a lookup.
+enum Item {
+    Part(Part, isize),
+    Query(u64, isize),
 }
 
 /// Every view's rows, and the answers to lookups. Invariant: `(v, p, row)` is present at a
@@ -210,78 +213,40 @@ pub fn rows_and_answers<'s>(
         // held at the least time an input may still bring, dropped when both are done
         let mut held: Option<Vec<Capability<Time>>> = Some(capabilities);
         let mut profiles: griddle::HashMap<Node, Profile> = griddle::HashMap::new();
-        let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
+        let mut pending: Vec<(Node, Time, Item)> = Vec::new();
         move |frontiers| {
             parts_in.for_each(|_, data| {
-                for ((profile, part), time, diff) in data.drain(..) {
-                    let at = pending.entry(time).or_default();
-                    at.parts.push((profile, part, diff));
-                }
+                let parts = data.drain(..);
+                pending.extend(parts.map(|((p, part), t, diff)| (p, t, Item::Part(part, diff))));
             });
             queries_in.for_each(|_, data| {
-                for ((profile, query), time, diff) in data.drain(..) {
-                    let at = pending.entry(time).or_default();
-                    at.queries.push(((profile, query), diff));
-                }
+                let queries = data.drain(..);
+                pending.extend(queries.map(|((p, q), t, diff)| (p, t, Item::Query(q, diff))));
             });
             let frontier = frontiers
                 .iter()
                 .filter_map(|f| f.frontier().first().copied())
                 .min();
             let Some(caps) = held.as_mut() else { return };
-            let (mut rows_session, mut answers_session) =
-                (rows_out.activate(), answers_out.activate());
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                if frontier.is_some_and(|f| f <= time) {
-                    break;
+            let ready = match frontier {
+                Some(f) if pending.iter().any(|(_, t, _)| *t >= f) => {
+                    let (ready, later) = pending.drain(..).partition(|(_, t, _)| *t < f);
+                    pending = later;
+                    ready
                 }
-                let Pending { parts, mut queries } = entry.remove();
-                differential_dataflow::consolidation::consolidate(&mut queries);
-                let mut touched: Vec<Node> = Vec::new();
-                for (profile, part, diff) in parts {
-                    let state = match profiles.get_mut(&profile) {
-                        Some(state) => state,
-                        None => profiles.entry(profile.clone()).or_default(),
-                    };
-                    // a profile can only become empty by a change of its facts
-                    if state.apply(part, diff) {
-                        touched.push(profile);
-                    }
-                }
-                touched.sort_unstable();
-                touched.dedup();
-                if let [rows_cap, answers_cap] = caps.as_slice() {
-                    let cap = rows_cap.delayed(&time);
-                    let mut session = rows_session.session(&cap);
-                    for profile in touched {
-                        let Some(state) = profiles.get_mut(&profile) else {
-                            continue;
-                        };
-                        let rows = state.render(&render);
-                        for (view, row, diff) in changes(&state.rows, &rows) {
-                            session.give(((view, profile.0.clone(), row), time, diff));
-                        }
-                        state.rows = rows;
-                        if state.is_empty() {
-                            profiles.remove(&profile);
-                        }
-                    }
-                    drop(session);
-                    let cap = answers_cap.delayed(&time);
-                    let mut session = answers_session.session(&cap);
-                    for ((profile, query), count) in queries {
-                        if count <= 0 {
-                            continue;
-                        }
-                        let Some(state) = profiles.get(&profile) else {
-                            continue;
-                        };
-                        for fact in state.facts() {
-                            session.give(((query, (profile.0.clone(), fact)), time, 1));
-                        }
-                    }
-                }
+                _ => std::mem::take(&mut pending),
+            };
+            if let ([rows_cap, answers_cap], false) = (caps.as_slice(), ready.is_empty()) {
+                // every ready time is at or after the held capabilities
+                let (rows, answers) = apply_completed(ready, &mut profiles, &render);
+                rows_out
+                    .activate()
+                    .session(rows_cap)
+                    .give_iterator(rows.into_iter());
+                let mut answers_session = answers_out.activate();
+                answers_session
+                    .session(answers_cap)
+                    .give_iterator(answers.into_iter());
             }
             match frontier {
                 Some(f) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
@@ -290,6 +255,58 @@ pub fn rows_and_answers<'s>(
         }
     });
     (rows.as_collection(), answers.as_collection())
+}
+
+/// Applies the updates of completed times to the profiles they name, each profile's in time
+/// order: after a time's parts, the profile's rows are rendered again if a fact changed (the
+/// difference is emitted at that time), then its lookups at that time are answered. Sorting
+/// by profile visits each profile once per round, as a `reduce` over an arrangement would.
+fn apply_completed(
+    mut ready: Vec<(Node, Time, Item)>,
+    profiles: &mut griddle::HashMap<Node, Profile>,
+    render: &Renderer,
+) -> (Updates<ViewRow>, Updates<Answer>) {
+    let (mut rows, mut answers) = (Vec::new(), Vec::new());
+    ready.sort_by(|(p1, t1, i1), (p2, t2, i2)| {
+        let queries_last = matches!(i1, Item::Query(..)).cmp(&matches!(i2, Item::Query(..)));
+        p1.cmp(p2).then(t1.cmp(t2)).then(queries_last)
+    });
+    let mut updates = ready.into_iter().peekable();
+    while let Some((profile, _, _)) = updates.peek() {
+        let profile = profile.clone();
+        let state = match profiles.get_mut(&profile) {
+            Some(state) => state,
+            None => profiles.entry(profile.clone()).or_default(),
+        };
+        while let Some(&(_, time, _)) = updates.peek().filter(|(p, _, _)| *p == profile) {
+            let (mut changed, mut queries) = (false, Vec::new());
+            while let Some((_, _, item)) = updates.next_if(|(p, t, _)| *t == time && *p == profile)
+            {
+                match item {
+                    // a profile can only become empty by a change of its facts
+                    Item::Part(part, diff) => changed |= state.apply(part, diff),
+                    Item::Query(query, diff) => queries.push((query, diff)),
+                }
+            }
+            if changed {
+                let now = state.render(render);
+                for (view, row, diff) in changes(&state.rows, &now) {
+                    rows.push(((view, profile.0.clone(), row), time, diff));
+                }
+                state.rows = now;
+            }
+            differential_dataflow::consolidation::consolidate(&mut queries);
+            for (query, _) in queries.into_iter().filter(|(_, count)| *count > 0) {
+                for fact in state.facts() {
+                    answers.push(((query, (profile.0.clone(), fact)), time, 1));
+                }
+            }
+        }
+        if state.is_empty() {
+            profiles.remove(&profile);
+        }
+    }
+    (rows, answers)
 }
 
 /// The row changes from `old` rows to `new` (both ascending by view, one row per view):
@@ -307,4 +324,75 @@ fn changes(old: &[(u16, String)], new: &[(u16, String)]) -> Vec<(u16, String, is
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A part drawn from a small universe, so that insertions and retractions meet.
+    fn part(kind: u8, n: u8) -> Part {
+        match kind % 5 {
+            0 => Part::Member(Ident::new(n % 3, &format!("id-{}", n % 4))),
+            1 => Part::Occurrence(u16::from(n % 3), Stream::Weight),
+            2 => Part::Occurrence(u16::from(n % 3), Stream::Active),
+            3 => Part::Record(Box::new((
+                Slot::Consent(n % 2),
+                Rank::Consent((u64::from(n % 4), n.is_multiple_of(3))),
+            ))),
+            _ => Part::Record(Box::new((
+                Slot::Trait(format!("k{}", n % 2)),
+                Rank::Trait((u64::from(n % 4), String::new(), 0, 1, format!("\"v{n}\""))),
+            ))),
+        }
+    }
+
+    /// The facts of a multiset of parts by the rules [`Profile`] applies incrementally:
+    /// members and active signals with a non-zero count, the score as the sum of weights,
+    /// each slot's greatest record with a non-zero count.
+    fn from_scratch(counts: &BTreeMap<Part, isize>) -> Vec<Fact> {
+        let mut profile = Profile::default();
+        for (part, count) in counts.iter().filter(|(_, c)| **c != 0) {
+            profile.apply(part.clone(), *count);
+        }
+        profile.facts()
+    }
+
+    proptest! {
+        /// After any sequence of parts (each later retracted or not), the profile's facts are
+        /// those of the accumulated parts, and `apply` said so whenever they changed.
+        #[test]
+        fn facts_follow_the_accumulated_parts(
+            steps in proptest::collection::vec((0u8..5, 0u8..8, prop_oneof![Just(1isize), Just(-1), Just(2)]), 1..60)
+        ) {
+            let mut profile = Profile::default();
+            let mut counts: BTreeMap<Part, isize> = BTreeMap::new();
+            for (kind, n, diff) in steps {
+                let part = part(kind, n);
+                // weights are multiplicities and may go negative; the rest never do
+                let count = counts.entry(part.clone()).or_insert(0);
+                if *count + diff < 0 && !matches!(part, Part::Occurrence(_, Stream::Weight)) {
+                    continue;
+                }
+                *count += diff;
+                let before = profile.facts();
+                let changed = profile.apply(part, diff);
+                let after = profile.facts();
+                prop_assert_eq!(&after, &from_scratch(&counts));
+                prop_assert!(changed || before == after, "a change of facts went unreported");
+            }
+        }
+    }
+
+    #[test]
+    fn changes_are_the_difference_of_two_row_sets() {
+        let old = vec![(0, "a".to_string()), (1, "b".to_string())];
+        let new = vec![(1, "b".to_string()), (2, "c".to_string())];
+        assert_eq!(
+            changes(&old, &new),
+            vec![(0, "a".to_string(), -1), (2, "c".to_string(), 1)]
+        );
+        assert!(changes(&new, &new).is_empty());
+    }
 }
