@@ -164,7 +164,7 @@ pub enum Clock {
 /// holds its updates in the dataflow until it completes: 16 batches (about 16k lines of a
 /// replay) cost as little per event as 256 and hold a tenth of the updates at once (see
 /// `tests/bench/performance.md`, step 20).
-const MAX_BATCHES_PER_ROUND: usize = 16;
+const MAX_BATCHES_PER_ROUND: usize = 32;
 
 /// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]).
 const PARSED_AHEAD: usize = 4;
