@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::operators::ThresholdTotal;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -638,7 +637,6 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
         // profiles and views (SPEC sections 4, 5 and 7), and profile lookups (erasure,
         // SPEC section 6; GET /v1/profiles)
         let parts = members
-            .clone()
             .map(|(profile, id)| (profile, profiles::Part::Member(id.0)))
             .concat(
                 occurrences.map(|(p, (id, stream))| (p, profiles::Part::Occurrence(id, stream))),
@@ -648,20 +646,19 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
                     .map(|(p, (slot, rank))| (p, profiles::Part::Record(Box::new((slot, rank))))),
             );
         let queries = lookup::profiles_of(queries, labels_by_node);
-        let (rows, found) = profiles::rows_and_answers(parts, queries, spec);
-        capture(found, Rc::clone(&answers), &probe);
+        let maintained = profiles::rows_and_answers(parts, queries, spec);
+        capture(maintained.answers, Rc::clone(&answers), &probe);
 
         match rows_only {
-            Some(sink) => sum_rows(rows, sink, &probe),
-            None => capture(rows, Rc::clone(&changes), &probe),
+            Some(sink) => sum_rows(maintained.rows, sink, &probe),
+            None => capture(maintained.rows, Rc::clone(&changes), &probe),
         }
         let count = Rc::clone(&profiles);
-        members
-            .map(|(profile, _)| profile)
-            .distinct_total()
+        maintained
+            .profiles
             .inner
             .exchange(|_| 0)
-            .inspect(move |(_, _, diff): &(Node, Time, isize)| {
+            .inspect(move |(_, _, diff): &((), Time, isize)| {
                 *count.borrow_mut() += *diff as i64;
             })
             .probe_with(&probe);

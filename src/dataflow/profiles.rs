@@ -1,6 +1,6 @@
 //! Every profile's facts and view rows, maintained by one operator per worker (SPEC sections
 //! 4, 5 and 7): the score, the active signals, the decided consent and traits, the rows of
-//! every view, and the answers to lookups.
+//! every view, the answers to lookups, and the number of profiles.
 //!
 //! Everything attributed to a profile arrives in one collection of [`Part`]s keyed by
 //! profile: its members, its counted occurrences (weights and activity markers as
@@ -196,7 +196,7 @@ pub fn rows_and_answers<'s>(
     parts: Coll<'s, (Node, Part)>,
     queries: Coll<'s, (Node, u64)>,
     spec: &Spec,
-) -> (Coll<'s, ViewRow>, Coll<'s, Answer>) {
+) -> Maintained<'s> {
     let render = Renderer::new(spec);
     let mut builder = OperatorBuilder::new("Profiles".to_string(), parts.inner.scope());
     // both inputs are partitioned by profile, so a profile's parts and lookups meet
@@ -206,8 +206,10 @@ pub fn rows_and_answers<'s>(
     let mut queries_in = builder.new_input(queries.inner, Exchange::new(query_owner));
     let (rows_out, rows) = builder.new_output();
     let (answers_out, answers) = builder.new_output();
+    let (counts_out, counts) = builder.new_output();
     let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(rows_out);
     let mut answers_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(answers_out);
+    let mut counts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<_>>>::from(counts_out);
 
     builder.build(move |capabilities| {
         // held at the least time an input may still bring, dropped when both are done
@@ -236,17 +238,23 @@ pub fn rows_and_answers<'s>(
                 }
                 _ => std::mem::take(&mut pending),
             };
-            if let ([rows_cap, answers_cap], false) = (caps.as_slice(), ready.is_empty()) {
+            if let ([rows_cap, answers_cap, counts_cap], false) =
+                (caps.as_slice(), ready.is_empty())
+            {
                 // every ready time is at or after the held capabilities
-                let (rows, answers) = apply_completed(ready, &mut profiles, &render);
-                rows_out
-                    .activate()
+                let out = apply_completed(ready, &mut profiles, &render);
+                let mut session = rows_out.activate();
+                session
                     .session(rows_cap)
-                    .give_iterator(rows.into_iter());
-                let mut answers_session = answers_out.activate();
-                answers_session
+                    .give_iterator(out.rows.into_iter());
+                let mut session = answers_out.activate();
+                session
                     .session(answers_cap)
-                    .give_iterator(answers.into_iter());
+                    .give_iterator(out.answers.into_iter());
+                let mut session = counts_out.activate();
+                session
+                    .session(counts_cap)
+                    .give_iterator(out.counts.into_iter());
             }
             match frontier {
                 Some(f) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
@@ -254,7 +262,29 @@ pub fn rows_and_answers<'s>(
             }
         }
     });
-    (rows.as_collection(), answers.as_collection())
+    Maintained {
+        rows: rows.as_collection(),
+        answers: answers.as_collection(),
+        profiles: counts.as_collection(),
+    }
+}
+
+/// What [`rows_and_answers`] maintains.
+pub struct Maintained<'s> {
+    /// Every view's rows: `(view, profile, row)`.
+    pub rows: Coll<'s, ViewRow>,
+    /// Answers to lookups, each at the time it was asked.
+    pub answers: Coll<'s, Answer>,
+    /// One `()` per profile with members (SPEC section 3), on the worker that owns it.
+    pub profiles: Coll<'s, ()>,
+}
+
+/// What [`apply_completed`] emits.
+#[derive(Default)]
+struct Emitted {
+    rows: Updates<ViewRow>,
+    answers: Updates<Answer>,
+    counts: Updates<()>,
 }
 
 /// Applies the updates of completed times to the profiles they name, each profile's in time
@@ -265,8 +295,8 @@ fn apply_completed(
     mut ready: Vec<(Node, Time, Item)>,
     profiles: &mut griddle::HashMap<Node, Profile>,
     render: &Renderer,
-) -> (Updates<ViewRow>, Updates<Answer>) {
-    let (mut rows, mut answers) = (Vec::new(), Vec::new());
+) -> Emitted {
+    let mut out = Emitted::default();
     ready.sort_by(|(p1, t1, i1), (p2, t2, i2)| {
         let queries_last = matches!(i1, Item::Query(..)).cmp(&matches!(i2, Item::Query(..)));
         p1.cmp(p2).then(t1.cmp(t2)).then(queries_last)
@@ -280,6 +310,7 @@ fn apply_completed(
         };
         while let Some(&(_, time, _)) = updates.peek().filter(|(p, _, _)| *p == profile) {
             let (mut changed, mut queries) = (false, Vec::new());
+            let existed = !state.members.is_empty();
             while let Some((_, _, item)) = updates.next_if(|(p, t, _)| *t == time && *p == profile)
             {
                 match item {
@@ -291,14 +322,20 @@ fn apply_completed(
             if changed {
                 let now = state.render(render);
                 for (view, row, diff) in changes(&state.rows, &now) {
-                    rows.push(((view, profile.0.clone(), row), time, diff));
+                    out.rows.push(((view, profile.0.clone(), row), time, diff));
                 }
                 state.rows = now;
+                match (existed, state.members.is_empty()) {
+                    (false, false) => out.counts.push(((), time, 1)),
+                    (true, true) => out.counts.push(((), time, -1)),
+                    _ => {}
+                }
             }
             differential_dataflow::consolidation::consolidate(&mut queries);
             for (query, _) in queries.into_iter().filter(|(_, count)| *count > 0) {
                 for fact in state.facts() {
-                    answers.push(((query, (profile.0.clone(), fact)), time, 1));
+                    out.answers
+                        .push(((query, (profile.0.clone(), fact)), time, 1));
                 }
             }
         }
@@ -306,7 +343,7 @@ fn apply_completed(
             profiles.remove(&profile);
         }
     }
-    (rows, answers)
+    out
 }
 
 /// The row changes from `old` rows to `new` (both ascending by view, one row per view):
