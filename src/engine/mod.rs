@@ -161,8 +161,9 @@ pub enum Clock {
 }
 
 /// At most this many waiting batches are ingested before the dataflow catches up. A round
-/// holds its updates in the dataflow until it completes: 16 batches (about 16k lines of a
-/// replay) cost as little per event as 256 and hold a tenth of the updates at once (see
+/// holds its updates in the dataflow until it completes, so larger rounds cost less per
+/// event (fewer, larger batches to merge) but hold more at once: 32 batches (about 32k
+/// lines of a replay) peak as low as 8 or 16 at less CPU (see
 /// `tests/bench/performance.md`, step 20).
 const MAX_BATCHES_PER_ROUND: usize = 32;
 
