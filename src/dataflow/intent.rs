@@ -74,17 +74,38 @@ impl Decay {
 
     /// When an occurrence has non-zero weight: `[from, until)` in clock ms, if ever.
     pub fn active(&self, points_milli: i64, t: u64, arrival: u64) -> Option<(u64, u64)> {
-        let schedule = self.schedule(points_milli, t, arrival);
-        let (first, _) = *schedule.first()?;
-        let mut sum = 0;
-        for (time, delta) in &schedule {
-            sum += delta;
-            if sum == 0 {
-                return Some((first, *time));
-            }
-        }
-        None // unreachable: a schedule always ends at zero
+        active_of(&self.schedule(points_milli, t, arrival))
     }
+
+    /// Every update an occurrence makes, ascending by time: its weight changes
+    /// ([`Decay::schedule`], as [`Stream::Weight`]) and its activity marker (+1 from the
+    /// first, -1 at the time its weight is back at zero, as [`Stream::Active`]).
+    pub fn steps(&self, points_milli: i64, t: u64, arrival: u64) -> Vec<(u64, Stream, i64)> {
+        let schedule = self.schedule(points_milli, t, arrival);
+        let active = active_of(&schedule);
+        let mut steps: Vec<(u64, Stream, i64)> = schedule
+            .into_iter()
+            .map(|(ms, delta)| (ms, Stream::Weight, delta))
+            .collect();
+        if let Some((from, until)) = active {
+            steps.extend([(from, Stream::Active, 1), (until, Stream::Active, -1)]);
+            steps.sort_by_key(|(ms, _, _)| *ms);
+        }
+        steps
+    }
+}
+
+/// The interval in which a schedule's prefix sum (the weight) is non-zero.
+fn active_of(schedule: &[(u64, i64)]) -> Option<(u64, u64)> {
+    let (first, _) = *schedule.first()?;
+    let mut sum = 0;
+    for (time, delta) in schedule {
+        sum += delta;
+        if sum == 0 {
+            return Some((first, *time));
+        }
+    }
+    None // unreachable: a schedule always ends at zero
 }
 
 /// The earliest `first` occurrence (by index into `firsts`, ascending times) that earns a

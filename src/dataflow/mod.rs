@@ -381,58 +381,62 @@ impl Inputs {
         self.queries.update((Node(ident), id), diff);
     }
 
-    /// Inserts an occurrence's weight schedule and activity interval (times `diff`): what is
-    /// due now goes to the dataflow, the rest to the timer.
+    /// Inserts an occurrence's weight schedule and activity interval (times `diff`): the
+    /// steps due now go to the dataflow at the current time, the occurrence to the timer
+    /// under its next step.
     fn schedule(&mut self, facts: &EventFacts, primary: &Node, id: u16, diff: isize) {
-        let points = self.points.get(id as usize).copied().unwrap_or(0);
-        let schedule = self
-            .decay
-            .schedule(points, facts.timestamp_ms, facts.arrival_ms);
-        let step = |stream, delta| timer::Step {
-            seq: facts.seq,
+        let occurrence = timer::Occurrence {
             primary: primary.clone(),
-            id,
-            stream,
-            delta,
+            t: facts.timestamp_ms,
+            arrival: facts.arrival_ms,
+            mult: diff as i64,
         };
-        for &(ms, delta) in &schedule {
-            self.step_at(ms, step(timer::Stream::Weight, delta * diff as i64));
+        let (now, time) = (clock_of(self.time()), self.time());
+        let steps = self.steps(id, &occurrence);
+        for &(_, stream, delta) in steps.iter().take_while(|(ms, _, _)| *ms <= now) {
+            self.occur(
+                facts.seq,
+                id,
+                primary,
+                stream,
+                delta * occurrence.mult,
+                time,
+            );
         }
-        if let Some((from, until)) = self
-            .decay
-            .active(points, facts.timestamp_ms, facts.arrival_ms)
-        {
-            self.step_at(from, step(timer::Stream::Active, diff as i64));
-            self.step_at(until, step(timer::Stream::Active, -(diff as i64)));
+        if let Some(&(next, _, _)) = steps.iter().find(|(ms, _, _)| *ms > now) {
+            self.timer.add(next, facts.seq, id, occurrence);
         }
     }
 
-    /// Applies `step` at clock `ms`: now if `ms` is not in the future, else when the clock
-    /// reaches it.
-    fn step_at(&mut self, ms: u64, step: timer::Step) {
-        if ms <= clock_of(self.time()) {
-            let now = self.time();
-            self.occur(step, now);
-        } else {
-            self.timer.add(ms, step);
-        }
+    /// The steps of `occurrence` of scored id `id` ([`intent::Decay::steps`]).
+    fn steps(&self, id: u16, occurrence: &timer::Occurrence) -> Vec<(u64, timer::Stream, i64)> {
+        let points = self.points.get(id as usize).copied().unwrap_or(0);
+        self.decay.steps(points, occurrence.t, occurrence.arrival)
     }
 
     /// Sends a step to the dataflow at `time`: a signal's by the event's primary identifier,
     /// a sequence bonus's by event (whether it counts depends on the event).
-    fn occur(&mut self, step: timer::Step, time: Time) {
-        let delta = step.delta as isize;
-        if step.id < self.num_signals {
-            let key = (step.primary, (step.id, step.stream));
-            self.signals.update_at(key, time, delta);
+    fn occur(
+        &mut self,
+        seq: Seq,
+        id: u16,
+        primary: &Node,
+        stream: timer::Stream,
+        delta: i64,
+        time: Time,
+    ) {
+        let delta = delta as isize;
+        if id < self.num_signals {
+            self.signals
+                .update_at((primary.clone(), (id, stream)), time, delta);
         } else {
-            let key = ((step.seq, step.id), (step.primary, step.stream));
+            let key = ((seq, id), (primary.clone(), stream));
             self.bonuses.update_at(key, time, delta);
         }
     }
 
-    /// Number of decay steps not yet due.
-    pub fn pending_steps(&self) -> usize {
+    /// Number of occurrences with decay steps not yet due.
+    pub fn pending_occurrences(&self) -> usize {
         self.timer.len()
     }
 
@@ -440,9 +444,15 @@ impl Inputs {
     /// between enter the dataflow at their own times.
     pub fn advance_to(&mut self, time: Time) {
         if clock_of(time) > clock_of(self.time()) {
-            for (ms, steps) in self.timer.take_due(clock_of(time)) {
-                for step in steps {
-                    self.occur(step, self::time(ms, 0));
+            // in due order; an occurrence's next step may fall due in the same advance
+            while let Some(((ms, seq, id), occurrence)) = self.timer.pop_due(clock_of(time)) {
+                let steps = self.steps(id, &occurrence);
+                for &(_, stream, delta) in steps.iter().filter(|(at, _, _)| *at == ms) {
+                    let (primary, delta) = (&occurrence.primary, delta * occurrence.mult);
+                    self.occur(seq, id, primary, stream, delta, self::time(ms, 0));
+                }
+                if let Some(&(next, _, _)) = steps.iter().find(|(at, _, _)| *at > ms) {
+                    self.timer.add(next, seq, id, occurrence);
                 }
             }
         }

@@ -6,14 +6,17 @@
 //! outstanding update at each frontier advance (differential-dataflow issue #460): the cost
 //! of every round then grows with the whole pending schedule. Materialize met the same
 //! problem with temporal filters and buckets future updates by time. Here the input layer
-//! keeps them in a [`DecayTimer`] keyed by due time and inserts each step at its own time
-//! when the clock reaches it, so the dataflow sees exactly the updates it saw before, at the
-//! same times, and a round costs only what is due.
+//! keeps each occurrence in a [`DecayTimer`] under the due time of its next step and inserts
+//! each step at its own time when the clock reaches it, so the dataflow sees exactly the
+//! updates it saw before, at the same times, and a round costs only what is due. An
+//! occurrence is one entry, not one per step: its steps are computed again from its
+//! timestamp and arrival when one falls due.
 //!
-//! A retraction adds the negated steps, which cancel the pending ones in place, so a
-//! retracted event's future steps leave the timer at once.
+//! A retraction files the negated occurrence under the same next step, which cancels the
+//! pending one in place, so a retracted event's future steps leave the timer at once.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use super::{Node, Seq};
 
@@ -29,80 +32,72 @@ pub enum Stream {
     Active,
 }
 
-/// One pending update: `(event, scored id)` in `stream`, changed by `delta`.
+/// An occurrence (of a signal or sequence bonus, by event and scored id) whose schedule
+/// still has steps to come: what the schedule is computed from
+/// ([`super::intent::Decay::steps`]), and its multiplicity.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    /// The event.
-    pub seq: Seq,
+pub struct Occurrence {
     /// The event's primary identifier (its updates are keyed by it, see
     /// [`super::Inputs`]).
     pub primary: Node,
-    /// The signal or sequence id.
-    pub id: u16,
-    /// Which input it feeds.
-    pub stream: Stream,
-    /// The change.
-    pub delta: i64,
+    /// The event's timestamp.
+    pub t: u64,
+    /// The clock when the event was inserted.
+    pub arrival: u64,
+    /// +1 for an insertion; a retraction's -1 cancels it.
+    pub mult: i64,
 }
 
-/// Pending steps by due clock value (epoch ms). Invariant: no bucket is empty and no step
-/// has a zero delta; at most one step per `(seq, id, stream)` in a bucket.
+/// Occurrences with steps not yet due, each once, under the due time of its next step:
+/// `(due ms, event, scored id)`. When the clock reaches an entry, the engine sends that
+/// step and files the occurrence again under its following step, so an occurrence costs
+/// one entry however many steps its schedule has. Invariant: no entry has a zero
+/// multiplicity; at most one entry per `(event, scored id)`.
 #[derive(Debug, Default)]
 pub struct DecayTimer {
-    due: BTreeMap<u64, Vec<Step>>,
-    len: usize,
+    due: BTreeMap<(u64, Seq, u16), Occurrence>,
 }
 
 impl DecayTimer {
-    /// Adds `step` at clock `ms`, cancelling against a pending step of the same key there.
-    pub fn add(&mut self, ms: u64, step: Step) {
-        if step.delta == 0 {
-            return;
-        }
-        let bucket = self.due.entry(ms).or_default();
-        let same = |s: &Step| s.seq == step.seq && s.id == step.id && s.stream == step.stream;
-        match bucket.iter().position(same) {
-            Some(i) => {
-                bucket[i].delta += step.delta;
-                if bucket[i].delta == 0 {
-                    bucket.swap_remove(i);
-                    self.len -= 1;
-                    if bucket.is_empty() {
-                        self.due.remove(&ms);
-                    }
+    /// Files `occurrence` of `(seq, id)` under its next step at clock `ms`, cancelling
+    /// against an entry of the same occurrence there (a retraction of a pending insertion).
+    pub fn add(&mut self, ms: u64, seq: Seq, id: u16, occurrence: Occurrence) {
+        match self.due.entry((ms, seq, id)) {
+            Entry::Vacant(slot) => {
+                if occurrence.mult != 0 {
+                    slot.insert(occurrence);
                 }
             }
-            None => {
-                bucket.push(step);
-                self.len += 1;
+            Entry::Occupied(mut slot) => {
+                slot.get_mut().mult += occurrence.mult;
+                if slot.get().mult == 0 {
+                    slot.remove();
+                }
             }
         }
     }
 
-    /// Removes and returns every step due at or before `ms`, by due time, ascending.
-    pub fn take_due(&mut self, ms: u64) -> BTreeMap<u64, Vec<Step>> {
-        let later = match ms.checked_add(1) {
-            Some(next) => self.due.split_off(&next),
-            None => BTreeMap::new(),
-        };
-        let due = std::mem::replace(&mut self.due, later);
-        self.len -= due.values().map(Vec::len).sum::<usize>();
-        due
+    /// Removes and returns the earliest entry due at or before `ms`:
+    /// `((due ms, event, scored id), occurrence)`.
+    pub fn pop_due(&mut self, ms: u64) -> Option<((u64, Seq, u16), Occurrence)> {
+        let first = self.due.first_entry()?;
+        let (due, _, _) = *first.key();
+        (due <= ms).then(|| first.remove_entry())
     }
 
-    /// The earliest due time, if any step is pending.
+    /// The earliest due time, if anything is pending.
     pub fn next_due(&self) -> Option<u64> {
-        self.due.keys().next().copied()
+        self.due.keys().next().map(|(ms, _, _)| *ms)
     }
 
-    /// Number of pending steps.
+    /// Number of pending occurrences.
     pub fn len(&self) -> usize {
-        self.len
+        self.due.len()
     }
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.due.is_empty()
     }
 }
 
@@ -110,45 +105,43 @@ impl DecayTimer {
 mod tests {
     use super::*;
 
-    fn step(seq: Seq, delta: i64) -> Step {
-        Step {
-            seq,
+    fn occurrence(mult: i64) -> Occurrence {
+        Occurrence {
             primary: Node(crate::event::Ident::new(0, "u")),
-            id: 0,
-            stream: Stream::Weight,
-            delta,
+            t: 0,
+            arrival: 0,
+            mult,
         }
     }
 
     #[test]
     fn retraction_cancels_in_place() {
         let mut timer = DecayTimer::default();
-        timer.add(10, step(1, -500));
-        timer.add(20, step(1, -500));
-        timer.add(10, step(2, 7));
-        timer.add(10, step(1, 500));
-        timer.add(20, step(1, 500));
-        assert_eq!(timer.len(), 1);
+        timer.add(10, 1, 0, occurrence(-1));
+        timer.add(10, 2, 0, occurrence(1));
+        timer.add(10, 1, 0, occurrence(1));
+        timer.add(20, 1, 1, occurrence(1));
+        assert_eq!(timer.len(), 2);
         assert_eq!(timer.next_due(), Some(10));
-        let due = timer.take_due(15);
-        assert_eq!(
-            due.into_iter().collect::<Vec<_>>(),
-            vec![(10, vec![step(2, 7)])]
-        );
+        assert_eq!(timer.pop_due(15), Some(((10, 2, 0), occurrence(1))));
+        assert_eq!(timer.pop_due(15), None);
+        assert_eq!(timer.next_due(), Some(20));
+        assert_eq!(timer.pop_due(20), Some(((20, 1, 1), occurrence(1))));
         assert!(timer.is_empty());
         assert_eq!(timer.next_due(), None);
     }
 
     #[test]
-    fn takes_only_what_is_due() {
+    fn pops_only_what_is_due_in_time_order() {
         let mut timer = DecayTimer::default();
         for ms in [5, 1, 9, 3] {
-            timer.add(ms, step(ms, 1));
+            timer.add(ms, ms, 0, occurrence(1));
         }
-        let due: Vec<u64> = timer.take_due(4).into_keys().collect();
+        let mut due = Vec::new();
+        while let Some(((ms, _, _), _)) = timer.pop_due(4) {
+            due.push(ms);
+        }
         assert_eq!(due, vec![1, 3]);
         assert_eq!(timer.len(), 2);
-        assert_eq!(timer.take_due(u64::MAX).len(), 2);
-        assert!(timer.is_empty());
     }
 }
