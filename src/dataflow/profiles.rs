@@ -15,8 +15,6 @@
 //! and one operator instead of eight. The same holds for the rows Materialize computes:
 //! its `reduce` of a totally ordered collection is a map from key to accumulated value.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -54,8 +52,9 @@ struct Profile {
     score_milli: i64,
     /// Activity markers summed per signal or sequence id, ascending by id.
     active: Vec<(u16, isize)>,
-    /// Records per slot, with their counts.
-    records: BTreeMap<Slot, BTreeMap<Rank, isize>>,
+    /// Records per slot, with their counts: ascending by slot, each slot's ascending by
+    /// rank (sorted vectors: a map node per slot would cost hundreds of bytes per profile).
+    records: Vec<(Slot, Vec<(Rank, isize)>)>,
     /// The rows held: (view, row), ascending by view.
     rows: Vec<(u16, String)>,
 }
@@ -99,18 +98,21 @@ impl Profile {
             Part::Occurrence(id, Stream::Active) => add_sorted(&mut self.active, id, diff),
             Part::Record(record) => {
                 let (slot, rank) = *record;
-                let ranks = self.records.entry(slot.clone()).or_default();
+                let at = match self.records.binary_search_by(|(s, _)| s.cmp(&slot)) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        self.records.insert(at, (slot, Vec::new()));
+                        at
+                    }
+                };
+                let Some((_, ranks)) = self.records.get_mut(at) else {
+                    return false;
+                };
                 // only a record at or above the greatest can change which one is greatest
-                let changed = ranks
-                    .last_key_value()
-                    .is_none_or(|(greatest, _)| rank >= *greatest);
-                let count = ranks.entry(rank.clone()).or_insert(0);
-                *count += diff;
-                if *count == 0 {
-                    ranks.remove(&rank);
-                }
+                let changed = ranks.last().is_none_or(|(greatest, _)| rank >= *greatest);
+                add_sorted(ranks, rank, diff);
                 if ranks.is_empty() {
-                    self.records.remove(&slot);
+                    self.records.remove(at);
                 }
                 changed
             }
@@ -127,7 +129,7 @@ impl Profile {
     /// The decided consent and traits: each slot's greatest record ([`latest::decide`]).
     fn decided(&self) -> impl Iterator<Item = Decision<'_>> + '_ {
         self.records.iter().filter_map(|(slot, ranks)| {
-            let (rank, _) = ranks.last_key_value()?;
+            let (rank, _) = ranks.last()?;
             latest::decide(slot, rank)
         })
     }
@@ -367,6 +369,7 @@ fn changes(old: &[(u16, String)], new: &[(u16, String)]) -> Vec<(u16, String, is
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// A part drawn from a small universe, so that insertions and retractions meet.
     fn part(kind: u8, n: u8) -> Part {
