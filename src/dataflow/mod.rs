@@ -101,7 +101,7 @@ pub type Coll<'s, D> = VecCollection<'s, Time, D, isize>;
 /// What one accepted event contributes to the dataflow. A pure function of the event and
 /// the clock when it arrived, so retracting an event is exactly the negation of inserting it
 /// (scheduled decay included).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventFacts {
     /// Arrival order of the event.
     pub seq: Seq,
@@ -130,7 +130,7 @@ pub struct EventFacts {
 }
 
 /// Where an accepted event was read: its input source (by index) and line number there.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// Index of the source (stdin, an `--input` file, the server's log).
     pub source: u16,

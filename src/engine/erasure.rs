@@ -52,7 +52,8 @@ impl Driver<'_> {
         if let Some(record) = &mut self.sinks.erasures {
             record(line, &hashes)?;
         }
-        for facts in self.history.take_carrying(&erased) {
+        let taken = self.history.take_carrying(&erased);
+        for facts in taken.map_err(EngineError::Internal)? {
             self.inputs.update(&facts, -1);
         }
         self.dirty = true;

@@ -84,7 +84,7 @@ impl<'a> Graph<'a> {
     }
 
     /// The live events (as of `at`) carrying `id`, in arrival order.
-    pub fn events(&self, id: &Ident) -> impl Iterator<Item = &'a EventFacts> + use<'a> {
+    pub fn events(&self, id: &Ident) -> impl Iterator<Item = EventFacts> + use<'a> {
         let at = self.at;
         self.history
             .carrying(id)

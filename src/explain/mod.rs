@@ -292,7 +292,8 @@ pub fn explain(
     }
     let resolved = graph.resolve(ident);
     let cite = |f: &EventFacts| event_ref(f, sources);
-    let events = profile_events(&graph, &resolved);
+    let owned = profile_events(&graph, &resolved);
+    let events: Vec<&EventFacts> = owned.iter().collect();
     let (score, score_milli, active) = score(spec, &events, at, &cite);
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
@@ -325,8 +326,8 @@ fn points(milli: i64) -> Value {
 
 /// The profile's events (SPEC section 3: by their highest-priority identifier), in arrival
 /// order.
-fn profile_events<'a>(graph: &Graph<'a>, resolved: &Resolved) -> Vec<&'a EventFacts> {
-    let mut events: Vec<&EventFacts> = resolved
+fn profile_events(graph: &Graph, resolved: &Resolved) -> Vec<EventFacts> {
+    let mut events: Vec<EventFacts> = resolved
         .members
         .keys()
         .flat_map(|m| graph.events(m).filter(move |f| f.idents.first() == Some(m)))
@@ -347,7 +348,7 @@ fn link(
     for facts in graph.events(a).filter(|f| f.idents.contains(b)) {
         total += 1;
         if cited.len() < MAX_CITED {
-            cited.push(cite(facts));
+            cited.push(cite(&facts));
         }
     }
     (cited, total)
@@ -405,7 +406,7 @@ fn identity(
     }
     let (mut edges, mut links_out) = (Vec::new(), Vec::new());
     let (mut hubs, mut blocked) = (BTreeMap::new(), BTreeMap::new());
-    let mut carrying_blocked: BTreeMap<u64, &EventFacts> = BTreeMap::new();
+    let mut carrying_blocked: BTreeMap<u64, EventFacts> = BTreeMap::new();
     for member in resolved.members.keys() {
         if let Some(reason) = graph.hub(member) {
             hubs.insert(member.clone(), reason);
