@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use crate::dataflow::EventFacts;
 use crate::dataflow::labels::{Label, is_hub, least_fixed_point};
@@ -43,6 +44,9 @@ pub struct Graph<'a> {
     spec: &'a Spec,
     at: u64,
     nodes: HashMap<Ident, Node>,
+    /// The live events carrying each identifier read so far, decoded once (the history
+    /// holds them encoded).
+    events: RefCell<HashMap<Ident, Rc<[EventFacts]>>>,
 }
 
 /// A labelled node of the region walked.
@@ -80,20 +84,30 @@ impl<'a> Graph<'a> {
             spec,
             at,
             nodes: HashMap::new(),
+            events: RefCell::new(HashMap::new()),
         }
     }
 
     /// The live events (as of `at`) carrying `id`, in arrival order.
-    pub fn events(&self, id: &Ident) -> impl Iterator<Item = EventFacts> + use<'a> {
+    pub fn events(&self, id: &Ident) -> Rc<[EventFacts]> {
+        if let Some(events) = self.events.borrow().get(id) {
+            return Rc::clone(events);
+        }
         let at = self.at;
-        self.history
+        let events: Rc<[EventFacts]> = self
+            .history
             .carrying(id)
             .filter(move |facts| facts.arrival_ms <= at)
+            .collect();
+        self.events
+            .borrow_mut()
+            .insert(id.clone(), Rc::clone(&events));
+        events
     }
 
     /// Whether any live event carries `id` (it is a node).
     pub fn is_node(&self, id: &Ident) -> bool {
-        self.events(id).next().is_some()
+        !self.events(id).is_empty()
     }
 
     fn is_anchor(&self, id: &Ident) -> bool {
@@ -111,7 +125,7 @@ impl<'a> Graph<'a> {
                 neighbours: BTreeSet::new(),
                 hub: None,
             };
-            for facts in self.events(id) {
+            for facts in self.events(id).iter() {
                 if facts.wide {
                     node.hub = Some(HubReason::WideEvent);
                     break;

@@ -330,7 +330,11 @@ fn profile_events(graph: &Graph, resolved: &Resolved) -> Vec<EventFacts> {
     let mut events: Vec<EventFacts> = resolved
         .members
         .keys()
-        .flat_map(|m| graph.events(m).filter(move |f| f.idents.first() == Some(m)))
+        .flat_map(|m| {
+            let events = graph.events(m);
+            let own = events.iter().filter(|f| f.idents.first() == Some(m));
+            own.cloned().collect::<Vec<_>>()
+        })
         .collect();
     events.sort_by_key(|f| f.seq);
     events
@@ -345,10 +349,10 @@ fn link(
 ) -> (Vec<EventRef>, usize) {
     let mut total = 0;
     let mut cited = Vec::new();
-    for facts in graph.events(a).filter(|f| f.idents.contains(b)) {
+    for facts in graph.events(a).iter().filter(|f| f.idents.contains(b)) {
         total += 1;
         if cited.len() < MAX_CITED {
-            cited.push(cite(&facts));
+            cited.push(cite(facts));
         }
     }
     (cited, total)
@@ -430,8 +434,12 @@ fn identity(
             }
             links_out.push(link);
         }
-        for facts in graph.events(member).filter(|f| !f.blocked.is_empty()) {
-            carrying_blocked.insert(facts.seq, facts);
+        for facts in graph
+            .events(member)
+            .iter()
+            .filter(|f| !f.blocked.is_empty())
+        {
+            carrying_blocked.insert(facts.seq, facts.clone());
         }
     }
     // each event once, however many of the profile's identifiers it carries
