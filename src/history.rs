@@ -125,3 +125,46 @@ fn decode(bytes: &[u8]) -> Result<EventFacts, String> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::Origin;
+
+    fn facts(seq: Seq, ids: &[&str]) -> EventFacts {
+        EventFacts {
+            seq,
+            idents: ids.iter().map(|v| Ident::new(0, v)).collect(),
+            wide: false,
+            timestamp_ms: 1_767_225_600_000 + seq,
+            arrival_ms: 1_767_225_600_500 + seq,
+            signals: vec![1, 3],
+            roles: vec![(0, 1)],
+            consent: vec![(2, false)],
+            traits: vec![("plan".into(), 1, "\"pro\"".into())],
+            message_id: Some(format!("m-{seq}").into()),
+            origin: Origin {
+                source: 1,
+                line: seq + 1,
+            },
+            blocked: vec![Ident::new(1, "blocked")].into_boxed_slice(),
+        }
+    }
+
+    /// What goes in encoded comes out equal, by identifier and when erased.
+    #[test]
+    fn events_come_back_as_they_went_in() {
+        let mut history = History::default();
+        let events = [facts(0, &["a", "b"]), facts(1, &["b"]), facts(2, &["c"])];
+        for event in events.iter().cloned() {
+            history.push(event);
+        }
+        let carrying_b: Vec<EventFacts> = history.carrying(&Ident::new(0, "b")).collect();
+        assert_eq!(carrying_b, events[..2].to_vec());
+        let erased: HashSet<Ident> = [Ident::new(0, "a")].into_iter().collect();
+        assert_eq!(history.take_carrying(&erased), Ok(vec![events[0].clone()]));
+        assert_eq!(history.len(), 2);
+        let carrying_b: Vec<EventFacts> = history.carrying(&Ident::new(0, "b")).collect();
+        assert_eq!(carrying_b, vec![events[1].clone()]);
+    }
+}

@@ -247,6 +247,53 @@ mod tests {
         }
     }
 
+    /// `steps` replays to the weight and the activity at every time, and firing them one due
+    /// time at a time through a [`super::super::timer::DecayTimer`] (as the engine does:
+    /// send the step due, file the occurrence under its next) sends each step exactly once.
+    #[test]
+    fn steps_fired_one_due_time_at_a_time_are_the_schedule() {
+        use super::super::timer::{DecayTimer, Occurrence};
+        for points in [10_000, 2_500, 1, 3, 0, -1, -2_500, 7_777] {
+            for arrival in [1000u64, 1001, 1099, 1100, 1250, 1399, 1400] {
+                let steps = D.steps(points, 1000, arrival);
+                for now in arrival..arrival + 600 {
+                    let sum = |stream| -> i64 {
+                        let due = steps.iter().filter(|(ms, s, _)| *ms <= now && *s == stream);
+                        due.map(|(_, _, d)| d).sum()
+                    };
+                    assert_eq!(sum(Stream::Weight), D.weight(points, 1000, now));
+                    assert_eq!(
+                        sum(Stream::Active),
+                        i64::from(D.weight(points, 1000, now) != 0)
+                    );
+                }
+                let mut timer = DecayTimer::default();
+                let occurrence = Occurrence {
+                    primary: Node(crate::event::Ident::new(0, "u")),
+                    t: 1000,
+                    arrival,
+                    mult: 1,
+                };
+                let mut fired: Vec<(u64, Stream, i64)> = Vec::new();
+                fired.extend(steps.iter().filter(|(ms, _, _)| *ms <= arrival));
+                if let Some(&(next, _, _)) = steps.iter().find(|(ms, _, _)| *ms > arrival) {
+                    timer.add(next, 7, 0, occurrence);
+                }
+                for clock in arrival + 1..arrival + 600 {
+                    while let Some(((ms, seq, id), occurrence)) = timer.pop_due(clock) {
+                        let again = D.steps(points, occurrence.t, occurrence.arrival);
+                        fired.extend(again.iter().filter(|(at, _, _)| *at == ms));
+                        if let Some(&(next, _, _)) = again.iter().find(|(at, _, _)| *at > ms) {
+                            timer.add(next, seq, id, occurrence);
+                        }
+                    }
+                }
+                assert_eq!(fired, steps, "points {points} arrival {arrival}");
+                assert!(timer.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn tiny_half_life_does_not_loop() {
         let d = Decay {
