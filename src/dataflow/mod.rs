@@ -26,14 +26,14 @@ use std::cell::RefCell;
 use griddle::hash_map::Entry;
 use std::hash::Hash;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
@@ -539,9 +539,10 @@ fn capture<D: differential_dataflow::ExchangeData>(
 pub type Rows = griddle::HashMap<(u16, Node, String), isize>;
 
 /// Where the view rows go when only the final rows are wanted (`run --snapshot`, nothing
-/// else reading the changes): each worker sums the row changes of its own profiles where
-/// they are made, instead of moving every change to worker 0 to be consolidated, sorted
-/// and applied there, and hands its rows over once the dataflow is complete.
+/// else reading the changes): each worker's profiles operator ([`profiles`]) emits no row
+/// changes, only counts them, and hands over the rows it holds once the dataflow is
+/// complete, instead of moving every change to worker 0 to be consolidated, sorted and
+/// applied there.
 #[derive(Clone, Default)]
 pub struct RowsOnly {
     /// Every worker's rows, once the dataflow is complete (one entry per worker).
@@ -549,37 +550,6 @@ pub struct RowsOnly {
     /// Row changes made so far, all workers together (each non-zero update at a dataflow
     /// time counts once).
     pub changes: Arc<AtomicU64>,
-}
-
-/// Sums `rows` into a map of this worker's own (no exchange), counted in `sink.changes`;
-/// hands the map to `sink.done` once no more changes can come. `probe` passes a time once
-/// every change at it is summed.
-fn sum_rows(rows: Coll<'_, ViewRow>, sink: RowsOnly, probe: &ProbeHandle<Time>) {
-    let mut held = Some(Rows::new());
-    rows.inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Pipeline,
-            "SumRows",
-            move |capability, _| {
-                drop(capability); // the output is empty: it must hold nothing back
-                move |(input, frontier), _output| {
-                    input.for_each(|_, data| {
-                        let Some(sum) = held.as_mut() else { return };
-                        sink.changes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        for ((view, key, row), _, diff) in data.drain(..) {
-                            add_count(sum, (view, Node(key), row), diff);
-                        }
-                    });
-                    if frontier.is_empty()
-                        && let Some(sum) = held.take()
-                        && let Ok(mut done) = sink.done.lock()
-                    {
-                        done.push(sum);
-                    }
-                }
-            },
-        )
-        .probe_with(probe);
 }
 
 /// Adds `diff` to `key`'s multiplicity in `counts`, dropping it at zero: a multiset kept as
@@ -656,12 +626,11 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
                     .map(|(p, (slot, rank))| (p, profiles::Part::Record(Box::new((slot, rank))))),
             );
         let queries = lookup::profiles_of(queries, labels_by_node);
-        let maintained = profiles::rows_and_answers(parts, queries, spec);
+        let only = rows_only.is_some();
+        let maintained = profiles::rows_and_answers(parts, queries, spec, rows_only);
         capture(maintained.answers, Rc::clone(&answers), &probe);
-
-        match rows_only {
-            Some(sink) => sum_rows(maintained.rows, sink, &probe),
-            None => capture(maintained.rows, Rc::clone(&changes), &probe),
+        if !only {
+            capture(maintained.rows, Rc::clone(&changes), &probe);
         }
         let count = Rc::clone(&profiles);
         maintained

@@ -15,6 +15,8 @@
 //! and one operator instead of eight. The same holds for the rows Materialize computes:
 //! its `reduce` of a totally ordered collection is a map from key to accumulated value.
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -27,7 +29,7 @@ use differential_dataflow::{AsCollection, Hashable};
 use super::latest::{self, Decision, Rank, Slot};
 use super::timer::Stream;
 use super::views::{Fact, Renderer, State, ViewRow};
-use super::{Coll, Node, Time};
+use super::{Coll, Node, Rows, RowsOnly, Time, add_count};
 use crate::event::Ident;
 use crate::spec::Spec;
 
@@ -198,6 +200,7 @@ pub fn rows_and_answers<'s>(
     parts: Coll<'s, (Node, Part)>,
     queries: Coll<'s, (Node, u64)>,
     spec: &Spec,
+    rows_only: Option<RowsOnly>,
 ) -> Maintained<'s> {
     let render = Renderer::new(spec);
     let mut builder = OperatorBuilder::new("Profiles".to_string(), parts.inner.scope());
@@ -244,7 +247,7 @@ pub fn rows_and_answers<'s>(
                 (caps.as_slice(), ready.is_empty())
             {
                 // every ready time is at or after the held capabilities
-                let out = apply_completed(ready, &mut profiles, &render);
+                let out = apply_completed(ready, &mut profiles, &render, rows_only.as_ref());
                 let mut session = rows_out.activate();
                 session
                     .session(rows_cap)
@@ -260,7 +263,12 @@ pub fn rows_and_answers<'s>(
             }
             match frontier {
                 Some(f) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
-                None => held = None,
+                None => {
+                    held = None;
+                    if let Some(sink) = &rows_only {
+                        hand_over(&mut profiles, sink);
+                    }
+                }
             }
         }
     });
@@ -293,10 +301,12 @@ struct Emitted {
 /// order: after a time's parts, the profile's rows are rendered again if a fact changed (the
 /// difference is emitted at that time), then its lookups at that time are answered. Sorting
 /// by profile visits each profile once per round, as a `reduce` over an arrangement would.
+/// With `rows_only`, row changes are counted there instead of emitted.
 fn apply_completed(
     mut ready: Vec<(Node, Time, Item)>,
     profiles: &mut griddle::HashMap<Node, Profile>,
     render: &Renderer,
+    rows_only: Option<&RowsOnly>,
 ) -> Emitted {
     let mut out = Emitted::default();
     ready.sort_by(|(p1, t1, i1), (p2, t2, i2)| {
@@ -323,8 +333,17 @@ fn apply_completed(
             }
             if changed {
                 let now = state.render(render);
-                for (view, row, diff) in changes(&state.rows, &now) {
-                    out.rows.push(((view, profile.0.clone(), row), time, diff));
+                match rows_only {
+                    Some(sink) => {
+                        let n = changes(&state.rows, &now).count();
+                        sink.changes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    None => {
+                        for (view, row, diff) in changes(&state.rows, &now) {
+                            out.rows
+                                .push(((view, profile.0.clone(), row.clone()), time, diff));
+                        }
+                    }
                 }
                 state.rows = now;
                 match (existed, state.members.is_empty()) {
@@ -350,19 +369,32 @@ fn apply_completed(
 
 /// The row changes from `old` rows to `new` (both ascending by view, one row per view):
 /// `(view, row, -1)` for each row that went, `(view, row, 1)` for each that came.
-fn changes(old: &[(u16, String)], new: &[(u16, String)]) -> Vec<(u16, String, isize)> {
-    let mut out = Vec::new();
-    for (view, row) in old {
-        if !new.iter().any(|(v, r)| v == view && r == row) {
-            out.push((*view, row.clone(), -1));
+fn changes<'a>(
+    old: &'a [(u16, String)],
+    new: &'a [(u16, String)],
+) -> impl Iterator<Item = (u16, &'a String, isize)> + 'a {
+    let went = old
+        .iter()
+        .filter(|r| !new.contains(r))
+        .map(|(v, row)| (*v, row, -1));
+    let came = new
+        .iter()
+        .filter(|r| !old.contains(r))
+        .map(|(v, row)| (*v, row, 1));
+    went.chain(came)
+}
+
+/// Hands every row this worker holds to `sink` (`run --snapshot`, once the input is done).
+fn hand_over(profiles: &mut griddle::HashMap<Node, Profile>, sink: &RowsOnly) {
+    let mut rows = Rows::new();
+    for (profile, state) in profiles.iter_mut() {
+        for (view, row) in std::mem::take(&mut state.rows) {
+            add_count(&mut rows, (view, profile.clone(), row), 1);
         }
     }
-    for (view, row) in new {
-        if !old.iter().any(|(v, r)| v == view && r == row) {
-            out.push((*view, row.clone(), 1));
-        }
+    if let Ok(mut done) = sink.done.lock() {
+        done.push(rows);
     }
-    out
 }
 
 #[cfg(test)]
@@ -429,10 +461,11 @@ mod tests {
     fn changes_are_the_difference_of_two_row_sets() {
         let old = vec![(0, "a".to_string()), (1, "b".to_string())];
         let new = vec![(1, "b".to_string()), (2, "c".to_string())];
+        let (a, c) = ("a".to_string(), "c".to_string());
         assert_eq!(
-            changes(&old, &new),
-            vec![(0, "a".to_string(), -1), (2, "c".to_string(), 1)]
+            changes(&old, &new).collect::<Vec<_>>(),
+            vec![(0, &a, -1), (2, &c, 1)]
         );
-        assert!(changes(&new, &new).is_empty());
+        assert_eq!(changes(&new, &new).count(), 0);
     }
 }
