@@ -571,8 +571,8 @@ pub fn add_count<K: Hash + Eq>(counts: &mut griddle::HashMap<K, isize>, key: K, 
 }
 
 /// Builds the dataflow for `spec` on this worker. Every worker must call it. With
-/// `rows_only`, the view rows are summed per worker ([`RowsOnly`]) instead of captured
-/// as changes at worker 0 ([`Outputs::changes`] stays empty).
+/// `rows_only`, each worker hands over the view rows it holds at the end ([`RowsOnly`])
+/// instead of capturing their changes at worker 0 ([`Outputs::changes`] stays empty).
 pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (Inputs, Outputs) {
     let probe = ProbeHandle::new();
     let changes = Rc::new(RefCell::new(Vec::new()));

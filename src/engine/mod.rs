@@ -7,8 +7,8 @@
 //! consolidated and sorted (SPEC section 7). Other workers only run their share of the
 //! dataflow; their input sessions are closed at once, so progress is governed by worker 0's.
 //! When nothing but the final snapshot is wanted (`run --snapshot`, one process), no change
-//! travels to worker 0: every worker sums the rows of its own profiles
-//! ([`crate::dataflow::RowsOnly`]) and hands them over at the end.
+//! travels to worker 0: every worker hands over the rows its profiles hold at the end
+//! ([`crate::dataflow::RowsOnly`]).
 //!
 //! Clock values are closed when an accepted event moves the clock past them, or at the end
 //! of input. On live input (a pipe or socket rather than a regular file) the engine also
@@ -278,7 +278,7 @@ pub fn run_channel(
     let started = Instant::now();
     let workers = options.workers.max(1);
     let rx = parse_ahead(rx, Arc::clone(&spec))?;
-    // only the final rows are wanted: every worker sums its own (see `RowsOnly`)
+    // only the final rows are wanted: every worker hands over its own (see `RowsOnly`)
     let rows_only = (options.snapshot
         && !options.collect_changes
         && options.cluster.is_none()
