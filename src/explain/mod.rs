@@ -16,6 +16,7 @@ mod graph;
 pub mod render;
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -292,8 +293,13 @@ pub fn explain(
     }
     let resolved = graph.resolve(ident);
     let cite = |f: &EventFacts| event_ref(f, sources);
-    let owned = profile_events(&graph, &resolved);
-    let events: Vec<&EventFacts> = owned.iter().collect();
+    // each member's events, decoded once and held for the explanation (no copies)
+    let carrying: Vec<(&Ident, Rc<[EventFacts]>)> = resolved
+        .members
+        .keys()
+        .map(|m| (m, graph.events(m)))
+        .collect();
+    let events = profile_events(&carrying);
     let (score, score_milli, active) = score(spec, &events, at, &cite);
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
@@ -325,16 +331,11 @@ fn points(milli: i64) -> Value {
 }
 
 /// The profile's events (SPEC section 3: by their highest-priority identifier), in arrival
-/// order.
-fn profile_events(graph: &Graph, resolved: &Resolved) -> Vec<EventFacts> {
-    let mut events: Vec<EventFacts> = resolved
-        .members
-        .keys()
-        .flat_map(|m| {
-            let events = graph.events(m);
-            let own = events.iter().filter(|f| f.idents.first() == Some(m));
-            own.cloned().collect::<Vec<_>>()
-        })
+/// order, from the events carrying each member.
+fn profile_events<'e>(carrying: &'e [(&Ident, Rc<[EventFacts]>)]) -> Vec<&'e EventFacts> {
+    let mut events: Vec<&EventFacts> = carrying
+        .iter()
+        .flat_map(|(m, events)| events.iter().filter(|f| f.idents.first() == Some(*m)))
         .collect();
     events.sort_by_key(|f| f.seq);
     events
