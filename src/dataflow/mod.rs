@@ -391,20 +391,30 @@ impl Inputs {
             arrival: facts.arrival_ms,
             mult: diff as i64,
         };
-        let (now, time) = (clock_of(self.time()), self.time());
+        let now = self.time();
+        self.release(facts.seq, id, occurrence, 0..=clock_of(now), Some(now));
+    }
+
+    /// Sends the steps of `occurrence` due in `due` (clock ms) to the dataflow, at `at` or
+    /// else each at its own time, and files the occurrence in the timer under its first
+    /// step after `due`, if any. Insertion, retraction and the timer's firing all go
+    /// through here, so a retraction's entry meets the insertion's under the same step.
+    fn release(
+        &mut self,
+        seq: Seq,
+        id: u16,
+        occurrence: timer::Occurrence,
+        due: std::ops::RangeInclusive<u64>,
+        at: Option<Time>,
+    ) {
         let steps = self.steps(id, &occurrence);
-        for &(_, stream, delta) in steps.iter().take_while(|(ms, _, _)| *ms <= now) {
-            self.occur(
-                facts.seq,
-                id,
-                primary,
-                stream,
-                delta * occurrence.mult,
-                time,
-            );
+        for &(ms, stream, delta) in steps.iter().filter(|(ms, _, _)| due.contains(ms)) {
+            let time = at.unwrap_or(self::time(ms, 0));
+            let (primary, delta) = (&occurrence.primary, delta * occurrence.mult);
+            self.occur(seq, id, primary, stream, delta, time);
         }
-        if let Some(&(next, _, _)) = steps.iter().find(|(ms, _, _)| *ms > now) {
-            self.timer.add(next, facts.seq, id, occurrence);
+        if let Some(&(next, _, _)) = steps.iter().find(|(ms, _, _)| ms > due.end()) {
+            self.timer.add(next, seq, id, occurrence);
         }
     }
 
@@ -435,25 +445,13 @@ impl Inputs {
         }
     }
 
-    /// Number of occurrences with decay steps not yet due.
-    pub fn pending_occurrences(&self) -> usize {
-        self.timer.len()
-    }
-
     /// Moves every input forward to `time` (never backwards). Decay steps that fall due in
     /// between enter the dataflow at their own times.
     pub fn advance_to(&mut self, time: Time) {
         if clock_of(time) > clock_of(self.time()) {
             // in due order; an occurrence's next step may fall due in the same advance
             while let Some(((ms, seq, id), occurrence)) = self.timer.pop_due(clock_of(time)) {
-                let steps = self.steps(id, &occurrence);
-                for &(_, stream, delta) in steps.iter().filter(|(at, _, _)| *at == ms) {
-                    let (primary, delta) = (&occurrence.primary, delta * occurrence.mult);
-                    self.occur(seq, id, primary, stream, delta, self::time(ms, 0));
-                }
-                if let Some(&(next, _, _)) = steps.iter().find(|(at, _, _)| *at > ms) {
-                    self.timer.add(next, seq, id, occurrence);
-                }
+                self.release(seq, id, occurrence, ms..=ms, None);
             }
         }
         self.nodes.advance_to(time);

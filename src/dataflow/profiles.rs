@@ -190,6 +190,49 @@ enum Item {
     Query(u64, isize),
 }
 
+/// Updates waiting for their times to complete, with the least and greatest of those times,
+/// so that an invocation with nothing complete touches none of them.
+#[derive(Default)]
+struct Waiting {
+    updates: Vec<(Node, Time, Item)>,
+    /// `(least, greatest)` time among `updates`, if any.
+    span: Option<(Time, Time)>,
+}
+
+impl Waiting {
+    fn extend(&mut self, more: impl Iterator<Item = (Node, Time, Item)>) {
+        for update in more {
+            self.span = widen(self.span, update.1);
+            self.updates.push(update);
+        }
+    }
+
+    /// Removes and returns the updates at times before `frontier` (all of them once the
+    /// inputs are done: `None`).
+    fn take_before(&mut self, frontier: Option<Time>) -> Vec<(Node, Time, Item)> {
+        match (frontier, self.span) {
+            (_, None) => Vec::new(),
+            (Some(f), Some((least, _))) if least >= f => Vec::new(),
+            (Some(f), Some((_, greatest))) if greatest >= f => {
+                let (ready, later): (Vec<_>, Vec<_>) =
+                    self.updates.drain(..).partition(|(_, t, _)| *t < f);
+                self.updates = later;
+                self.span = self.updates.iter().fold(None, |span, u| widen(span, u.1));
+                ready
+            }
+            _ => {
+                self.span = None;
+                std::mem::take(&mut self.updates)
+            }
+        }
+    }
+}
+
+/// `span` widened to include `t`.
+fn widen(span: Option<(Time, Time)>, t: Time) -> Option<(Time, Time)> {
+    Some(span.map_or((t, t), |(least, greatest)| (least.min(t), greatest.max(t))))
+}
+
 /// Every view's rows, and the answers to lookups. Invariant: `(v, p, row)` is present at a
 /// time iff profile `p` has members then, meets view `v`'s condition (purpose consent,
 /// `score_gte`, `has_signal`, trait predicates) and `row` holds exactly `v`'s fields
@@ -220,7 +263,7 @@ pub fn rows_and_answers<'s>(
         // held at the least time an input may still bring, dropped when both are done
         let mut held: Option<Vec<Capability<Time>>> = Some(capabilities);
         let mut profiles: griddle::HashMap<Node, Profile> = griddle::HashMap::new();
-        let mut pending: Vec<(Node, Time, Item)> = Vec::new();
+        let mut pending = Waiting::default();
         move |frontiers| {
             parts_in.for_each(|_, data| {
                 let parts = data.drain(..);
@@ -235,14 +278,7 @@ pub fn rows_and_answers<'s>(
                 .filter_map(|f| f.frontier().first().copied())
                 .min();
             let Some(caps) = held.as_mut() else { return };
-            let ready = match frontier {
-                Some(f) if pending.iter().any(|(_, t, _)| *t >= f) => {
-                    let (ready, later) = pending.drain(..).partition(|(_, t, _)| *t < f);
-                    pending = later;
-                    ready
-                }
-                _ => std::mem::take(&mut pending),
-            };
+            let ready = pending.take_before(frontier);
             if let ([rows_cap, answers_cap, counts_cap], false) =
                 (caps.as_slice(), ready.is_empty())
             {
