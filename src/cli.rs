@@ -203,9 +203,8 @@ struct RunArgs {
     quiet: bool,
     /// Print measurements on stderr at the end: per input source lines/s and cost per
     /// change, read-to-output latency p50/p99/p99.9/max, forget latency, peak memory.
-    /// With `--snapshot` the changes counted are the dataflow's row changes (no change
-    /// stream is made): a clock value with several steps (a `forget`) may count a change
-    /// that a later step undid.
+    /// With `--snapshot` no change is published (the rows are made once, at the end), so
+    /// none is counted.
     #[arg(long)]
     stats: bool,
     #[command(flatten)]
@@ -578,15 +577,21 @@ fn stats_lines(summary: &Summary) -> Vec<String> {
                 format!("{:.2} us", s.seconds * 1e6 / n as f64)
             }
         };
+        let changes = match s.changes {
+            Some(n) => format!("{n} changes ({} per change)", per(n)),
+            None => "final rows only (--snapshot: no changes published)".to_string(),
+        };
         out.push(format!(
-            "source {}: {} lines in {:.3} s ({:.0} events/s, {} per event), {} changes ({} per change)",
+            "source {}: {} lines in {:.3} s ({:.0} events/s, {} per event), {changes}",
             s.name,
             s.lines,
             s.seconds,
-            if s.seconds > 0.0 { s.lines as f64 / s.seconds } else { 0.0 },
+            if s.seconds > 0.0 {
+                s.lines as f64 / s.seconds
+            } else {
+                0.0
+            },
             per(s.lines),
-            s.changes,
-            per(s.changes)
         ));
     }
     let ms = |q: Option<u32>| {

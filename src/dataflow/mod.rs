@@ -23,10 +23,10 @@ pub mod views;
 
 use std::cell::RefCell;
 
-use griddle::hash_map::Entry;
+use griddle::hash_map::{Entry, RawEntryMut};
+use std::hash::BuildHasher;
 use std::hash::Hash;
 use std::rc::Rc;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
@@ -263,33 +263,38 @@ impl<K: Hash + Eq> Presence<K> {
     }
 
     /// Counts one more `key` and replaces it by the copy held, if any (so every live copy
-    /// shares the held one's string); returns whether it appeared. One lookup for both.
+    /// shares the held one's string); returns whether it appeared.
     fn add_shared(&mut self, key: &mut K) -> bool
     where
         K: Clone,
     {
-        match self.counts.entry(key.clone()) {
-            Entry::Occupied(mut slot) => {
-                *slot.get_mut() += 1;
-                *key = slot.key().clone();
-                false
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(1);
-                true
-            }
+        if let Some((held, count)) = self.counts.get_key_value_mut(key) {
+            *count += 1;
+            *key = held.clone();
+            return false;
         }
+        self.counts.insert(key.clone(), 1);
+        true
     }
 
-    /// Applies `diff` to `key`; returns +1 if it appeared, -1 if it disappeared.
-    fn update(&mut self, key: K, diff: isize) -> Option<isize> {
-        match self.counts.entry(key) {
-            Entry::Vacant(slot) if diff > 0 => {
-                slot.insert(diff as u32);
+    /// Applies `diff` to the key `probe` stands for (it hashes as the key does, and `is`
+    /// recognises the key); returns +1 if it appeared, -1 if it disappeared. The key is made
+    /// (`key`) only when it appears: a count that moves copies nothing.
+    fn update<Q: Hash>(
+        &mut self,
+        probe: Q,
+        is: impl Fn(&K) -> bool,
+        key: impl FnOnce() -> K,
+        diff: isize,
+    ) -> Option<isize> {
+        let hash = self.counts.hasher().hash_one(probe);
+        match self.counts.raw_entry_mut().from_hash(hash, is) {
+            RawEntryMut::Vacant(slot) if diff > 0 => {
+                slot.insert_hashed_nocheck(hash, key(), diff as u32);
                 Some(1)
             }
-            Entry::Vacant(_) => None,
-            Entry::Occupied(mut slot) => {
+            RawEntryMut::Vacant(_) => None,
+            RawEntryMut::Occupied(mut slot) => {
                 let next = *slot.get() as isize + diff;
                 if next <= 0 {
                     slot.remove();
@@ -300,6 +305,13 @@ impl<K: Hash + Eq> Presence<K> {
                 }
             }
         }
+    }
+}
+
+impl Presence<Ident> {
+    /// [`Presence::update`] of one identifier.
+    fn update_one(&mut self, id: &Ident, diff: isize) -> Option<isize> {
+        self.update(id, |k| k == id, || id.clone(), diff)
     }
 }
 
@@ -319,7 +331,7 @@ impl Inputs {
     /// Inserts (`diff = 1`) or retracts (`diff = -1`) an event's facts at the current time.
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
-            if let Some(d) = self.node_counts.update(id.clone(), diff) {
+            if let Some(d) = self.node_counts.update_one(id, diff) {
                 self.nodes.update(Node(id.clone()), d);
             }
         }
@@ -331,7 +343,7 @@ impl Inputs {
     fn update_edges_and_records(&mut self, facts: &EventFacts, diff: isize) {
         if facts.wide {
             for id in &facts.idents {
-                if let Some(d) = self.wide_counts.update(id.clone(), diff) {
+                if let Some(d) = self.wide_counts.update_one(id, diff) {
                     self.wide.update(Node(id.clone()), d);
                 }
             }
@@ -339,7 +351,10 @@ impl Inputs {
             // idents are sorted and distinct: each unordered pair once, sent both ways
             for (i, a) in facts.idents.iter().enumerate() {
                 for b in &facts.idents[i + 1..] {
-                    if let Some(d) = self.pair_counts.update((a.clone(), b.clone()), diff) {
+                    // hashes as the pair `(a, b)` does (a reference hashes as its referent)
+                    let is = |(x, y): &(Ident, Ident)| x == a && y == b;
+                    let pair = || (a.clone(), b.clone());
+                    if let Some(d) = self.pair_counts.update((a, b), is, pair, diff) {
                         let (a, b) = (Node(a.clone()), Node(b.clone()));
                         self.pairs.update((a.clone(), b.clone()), d);
                         self.pairs.update((b, a), d);
@@ -537,17 +552,17 @@ fn capture<D: differential_dataflow::ExchangeData>(
 pub type Rows = griddle::HashMap<(u16, Node, String), isize>;
 
 /// Where the view rows go when only the final rows are wanted (`run --snapshot`, nothing
-/// else reading the changes): each worker's profiles operator ([`profiles`]) emits no row
-/// changes, only counts them, and hands over the rows it holds once the dataflow is
-/// complete, instead of moving every change to worker 0 to be consolidated, sorted and
-/// applied there.
+/// else reading the changes): each worker's profiles operator ([`profiles`]) renders no
+/// rows while the input runs and emits no row changes; once the dataflow is complete it
+/// renders every profile it holds once and hands the rows over, instead of rendering each
+/// profile at every time its facts change and moving every change to worker 0 to be
+/// consolidated, sorted and applied there. A view's rows are a function of the profile's
+/// facts at the time (SPEC section 7), so the rows rendered from the final facts are the
+/// final rows.
 #[derive(Clone, Default)]
 pub struct RowsOnly {
     /// Every worker's rows, once the dataflow is complete (one entry per worker).
     pub done: Arc<Mutex<Vec<Rows>>>,
-    /// Row changes made so far, all workers together (each non-zero update at a dataflow
-    /// time counts once).
-    pub changes: Arc<AtomicU64>,
 }
 
 /// Adds `diff` to `key`'s multiplicity in `counts`, dropping it at zero: a multiset kept as

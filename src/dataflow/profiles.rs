@@ -8,14 +8,15 @@
 //! parts in a map and, at every completed time at which a profile's parts changed, renders
 //! the profile's rows ([`super::views`]) and emits the difference from the rows it held.
 //! Updates wait until their time completes and are then applied sorted by profile and time
-//! (`apply_completed`), so a round visits each profile once. Time is totally ordered, so applying each completed time's updates in time order gives
+//! (`apply_completed`), so a round visits each profile once. When only the final rows are
+//! wanted ([`super::RowsOnly`]) nothing is rendered until the input is done, and then each
+//! profile once. Time is totally ordered, so applying each completed time's updates in
+//! time order gives
 //! exactly the collections that `count_total` (scores), `distinct_total` (active signals),
 //! a `reduce` per slot (the greatest record) and a `reduce` per profile (the rows) would
 //! maintain, with no arrangement of the facts or the rows, no replay of their histories,
 //! and one operator instead of eight. The same holds for the rows Materialize computes:
 //! its `reduce` of a totally ordered collection is a map from key to accumulated value.
-
-use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -283,7 +284,7 @@ pub fn rows_and_answers<'s>(
                 (caps.as_slice(), ready.is_empty())
             {
                 // every ready time is at or after the held capabilities
-                let out = apply_completed(ready, &mut profiles, &render, rows_only.as_ref());
+                let out = apply_completed(ready, &mut profiles, &render, rows_only.is_some());
                 let mut session = rows_out.activate();
                 session
                     .session(rows_cap)
@@ -302,7 +303,7 @@ pub fn rows_and_answers<'s>(
                 None => {
                     held = None;
                     if let Some(sink) = &rows_only {
-                        hand_over(&mut profiles, sink);
+                        hand_over(&profiles, &render, sink);
                     }
                 }
             }
@@ -337,12 +338,12 @@ struct Emitted {
 /// order: after a time's parts, the profile's rows are rendered again if a fact changed (the
 /// difference is emitted at that time), then its lookups at that time are answered. Sorting
 /// by profile visits each profile once per round, as a `reduce` over an arrangement would.
-/// With `rows_only`, row changes are counted there instead of emitted.
+/// With `rows_only` no row is rendered here ([`hand_over`] renders the final ones).
 fn apply_completed(
     mut ready: Vec<(Node, Time, Item)>,
     profiles: &mut griddle::HashMap<Node, Profile>,
     render: &Renderer,
-    rows_only: Option<&RowsOnly>,
+    rows_only: bool,
 ) -> Emitted {
     let mut out = Emitted::default();
     ready.sort_by(|(p1, t1, i1), (p2, t2, i2)| {
@@ -368,20 +369,14 @@ fn apply_completed(
                 }
             }
             if changed {
-                let now = state.render(render);
-                match rows_only {
-                    Some(sink) => {
-                        let n = changes(&state.rows, &now).count();
-                        sink.changes.fetch_add(n as u64, Ordering::Relaxed);
+                if !rows_only {
+                    let now = state.render(render);
+                    for (view, row, diff) in changes(&state.rows, &now) {
+                        out.rows
+                            .push(((view, profile.0.clone(), row.clone()), time, diff));
                     }
-                    None => {
-                        for (view, row, diff) in changes(&state.rows, &now) {
-                            out.rows
-                                .push(((view, profile.0.clone(), row.clone()), time, diff));
-                        }
-                    }
+                    state.rows = now;
                 }
-                state.rows = now;
                 match (existed, state.members.is_empty()) {
                     (false, false) => out.counts.push(((), time, 1)),
                     (true, true) => out.counts.push(((), time, -1)),
@@ -420,11 +415,12 @@ fn changes<'a>(
     went.chain(came)
 }
 
-/// Hands every row this worker holds to `sink` (`run --snapshot`, once the input is done).
-fn hand_over(profiles: &mut griddle::HashMap<Node, Profile>, sink: &RowsOnly) {
+/// Renders every profile this worker holds and hands the rows to `sink` (`run --snapshot`,
+/// once the input is done: the rows of the final facts are the final rows).
+fn hand_over(profiles: &griddle::HashMap<Node, Profile>, render: &Renderer, sink: &RowsOnly) {
     let mut rows = Rows::new();
-    for (profile, state) in profiles.iter_mut() {
-        for (view, row) in std::mem::take(&mut state.rows) {
+    for (profile, state) in profiles.iter() {
+        for (view, row) in state.render(render) {
             add_count(&mut rows, (view, profile.clone(), row), 1);
         }
     }

@@ -435,6 +435,9 @@ struct Driver<'w> {
     merging: Arc<AtomicBool>,
     /// The workers sum the view rows themselves (only the final snapshot is wanted).
     rows_only: Option<RowsOnly>,
+    /// Replay: the input time at the end of the round the dataflow is still working on
+    /// while the next is taken ([`Driver::settle_behind`]).
+    in_flight: Option<Time>,
 }
 
 impl<'w> Driver<'w> {
@@ -482,6 +485,7 @@ impl<'w> Driver<'w> {
             last_progress: Instant::now(),
             merging,
             rows_only: None,
+            in_flight: None,
         }
     }
 
@@ -511,7 +515,16 @@ impl<'w> Driver<'w> {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => Message::End,
                 },
-                (None, None) => rx.recv().unwrap_or(Message::End),
+                (None, None) => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => {
+                        // nothing waiting: finish the round in flight before waiting
+                        if self.in_flight.take().is_some() {
+                            self.settle()?;
+                        }
+                        rx.recv().unwrap_or(Message::End)
+                    }
+                },
             };
             match message {
                 Message::Batch(mut batch) => {
@@ -526,7 +539,13 @@ impl<'w> Driver<'w> {
                             break;
                         }
                         match rx.try_recv() {
-                            Ok(Message::Batch(mut more)) => self.ingest(&mut more)?,
+                            Ok(Message::Batch(mut more)) => {
+                                if !live {
+                                    // the round in flight moves on while this one is taken
+                                    self.worker.step();
+                                }
+                                self.ingest(&mut more)?
+                            }
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -534,7 +553,9 @@ impl<'w> Driver<'w> {
                             Err(_) => break,
                         }
                     }
-                    if live && self.dirty {
+                    if !live {
+                        self.settle_behind()?;
+                    } else if self.dirty {
                         self.publish_current()?;
                     } else {
                         self.settle()?;

@@ -38,6 +38,26 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Replay, after a round: hands the round to the dataflow, then completes and publishes
+    /// the round before it. Worker 0 alone takes input, so while it takes the next round
+    /// (stepping the dataflow between batches) the other workers finish this one instead of
+    /// waiting for it; only every clock value before the previous round's end is published.
+    pub(super) fn settle_behind(&mut self) -> Result<(), EngineError> {
+        if self.clock().is_none() {
+            return Ok(());
+        }
+        match self.in_flight.replace(self.inputs.time()) {
+            Some(previous) => {
+                self.complete(previous);
+                if clock_of(previous) > 0 {
+                    self.emit(clock_of(previous) - 1)?;
+                }
+            }
+            None => self.inputs.flush(),
+        }
+        Ok(())
+    }
+
     /// Completes and publishes the current clock value as it stands (end of input, or a
     /// pause on live input).
     pub(super) fn publish_current(&mut self) -> Result<(), EngineError> {
@@ -98,10 +118,6 @@ impl Driver<'_> {
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
         self.summary.tally.changes += changes.len() as u64;
-        if let Some(rows) = &self.rows_only {
-            // no change reaches worker 0: the workers count theirs
-            self.summary.tally.changes = rows.changes.load(std::sync::atomic::Ordering::Relaxed);
-        }
         self.mirror_counts();
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {

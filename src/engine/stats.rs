@@ -87,10 +87,8 @@ pub struct Tally {
     /// Received lines (not compacted ones) that compaction would reduce: duplicates, dead
     /// letters, suppressed events.
     pub reducible: u64,
-    /// Changes published. When only the final snapshot is kept ([`crate::dataflow::RowsOnly`])
-    /// no change is published: this counts the dataflow's row changes instead, which are
-    /// the same except where one clock value had several steps (a `forget`, a pause) and a
-    /// later step undid a change of an earlier one.
+    /// Changes published (none when only the final snapshot is kept,
+    /// [`crate::dataflow::RowsOnly`]).
     pub changes: u64,
 }
 
@@ -172,8 +170,9 @@ pub struct SourceStats {
     pub lines: u64,
     /// Seconds from its first line to the next source's first line (or the end of input).
     pub seconds: f64,
-    /// Changes published meanwhile.
-    pub changes: u64,
+    /// Changes published meanwhile; `None` when the run publishes none (`run --snapshot`
+    /// keeps only the final rows, [`crate::dataflow::RowsOnly`]).
+    pub changes: Option<u64>,
 }
 
 /// What a run did.
@@ -280,7 +279,10 @@ impl Driver<'_> {
     pub(super) fn close_source(&mut self) {
         if let Some(s) = self.summary.sources.last_mut() {
             s.seconds = self.source_started.elapsed().as_secs_f64();
-            s.changes = self.summary.tally.changes - self.source_changes_at;
+            s.changes = self
+                .rows_only
+                .is_none()
+                .then(|| self.summary.tally.changes - self.source_changes_at);
         }
     }
 
