@@ -6,6 +6,14 @@
 //! Each event's facts are held encoded (`bincode`, variable-length integers) in one
 //! allocation, about a third of what the decoded [`EventFacts`] with its vectors and
 //! strings takes; they are decoded only when read (an erasure, an explanation).
+//!
+//! The index from identifiers to their events is built when something first reads it: an
+//! insertion only appends `(identifier hash, seq)` pairs to a log, and a read files the
+//! log into the index. A replay with no erasure and no explanation never builds it, and the
+//! worker that inserts every event pays a few bytes per identifier instead of a hash-map
+//! probe. The index is keyed by the identifier's 32-bit hash ([`Ident::short_hash`]), so
+//! it holds no identifier's value; a key may stand for several identifiers, and every read
+//! keeps only the events that really carry the one asked for.
 
 use std::collections::HashSet;
 
@@ -20,8 +28,12 @@ pub struct History {
     /// Encoded events by `seq`, in chunks of [`CHUNK`]: growing never copies the events
     /// held.
     events: Vec<Vec<Option<Box<[u8]>>>>,
-    /// Live events carrying each identifier (a map that grows without stalls).
-    by_ident: griddle::HashMap<Ident, Vec<Seq>>,
+    /// Live events carrying an identifier with each hash, ascending (a map that grows
+    /// without stalls), as of the last [`History::catch_up`]; it may also list events that
+    /// are no longer live (see [`History::take_carrying`]).
+    by_hash: griddle::HashMap<u32, Vec<Seq>>,
+    /// `(identifier hash, seq)` for every identifier of the events pushed since.
+    unindexed: Vec<(u32, Seq)>,
     /// Events pushed.
     pushed: usize,
     live: usize,
@@ -34,9 +46,9 @@ impl History {
     /// Records an inserted event (its `seq` must be the next index).
     pub fn push(&mut self, facts: EventFacts) {
         debug_assert_eq!(facts.seq as usize, self.pushed);
-        for id in &facts.idents {
-            self.by_ident.entry(id.clone()).or_default().push(facts.seq);
-        }
+        let seq = facts.seq;
+        self.unindexed
+            .extend(facts.idents.iter().map(|id| (id.short_hash(), seq)));
         if self.events.last().is_none_or(|chunk| chunk.len() == CHUNK) {
             self.events.push(Vec::with_capacity(CHUNK));
         }
@@ -47,44 +59,67 @@ impl History {
         self.live += 1;
     }
 
+    /// Files the events pushed since the last call in the index. Reads call it first; call
+    /// it before lending the history out for reading ([`History::carrying`]), which
+    /// otherwise scans the events not yet filed.
+    pub fn catch_up(&mut self) {
+        for (hash, seq) in self.unindexed.drain(..) {
+            self.by_hash.entry(hash).or_default().push(seq);
+        }
+        self.unindexed.shrink_to_fit();
+    }
+
     /// Removes and returns every live event carrying an identifier in `erased`, in arrival
     /// order, and forgets those identifiers.
     pub fn take_carrying(&mut self, erased: &HashSet<Ident>) -> Result<Vec<EventFacts>, String> {
+        self.catch_up();
         let mut seqs: Vec<Seq> = erased
             .iter()
-            .filter_map(|id| self.by_ident.remove(id))
+            .filter_map(|id| self.by_hash.get(&id.short_hash()))
             .flatten()
+            .copied()
             .collect();
         seqs.sort_unstable();
         seqs.dedup();
-        let mut taken = Vec::with_capacity(seqs.len());
+        let (mut taken, mut taken_seqs, mut touched) = (Vec::new(), Vec::new(), HashSet::new());
         for seq in seqs {
-            let Some(facts) = self.slot_mut(seq).and_then(Option::take) else {
+            let Some(slot) = self.slot_mut(seq) else {
                 continue;
             };
-            let facts = decode(&facts)?;
-            // unlink the event from its other identifiers' entries
-            for id in facts.idents.iter().filter(|id| !erased.contains(*id)) {
-                if let Some(list) = self.by_ident.get_mut(id) {
-                    list.retain(|s| *s != seq);
-                    if list.is_empty() {
-                        self.by_ident.remove(id);
-                    }
+            let Some(bytes) = slot.as_ref() else {
+                continue; // taken by an earlier erasure
+            };
+            let facts = decode(bytes)?;
+            if !facts.idents.iter().any(|id| erased.contains(id)) {
+                continue; // another identifier with the same hash
+            }
+            *slot = None;
+            touched.extend(facts.idents.iter().map(Ident::short_hash));
+            taken_seqs.push(seq);
+            taken.push(facts);
+        }
+        // unlink the taken events from every identifier they carried, each list once
+        for hash in touched {
+            if let Some(list) = self.by_hash.get_mut(&hash) {
+                list.retain(|s| taken_seqs.binary_search(s).is_err());
+                if list.is_empty() {
+                    self.by_hash.remove(&hash);
                 }
             }
-            taken.push(facts);
         }
         self.live -= taken.len();
         Ok(taken)
     }
 
     /// The live events carrying `ident`, in arrival order.
-    pub fn carrying<'a>(&'a self, ident: &Ident) -> impl Iterator<Item = EventFacts> + use<'a> {
-        self.by_ident
-            .get(ident)
-            .into_iter()
-            .flatten()
-            .filter_map(|seq| decode(self.slot(*seq)?.as_ref()?).ok())
+    pub fn carrying<'a>(&'a self, ident: &'a Ident) -> impl Iterator<Item = EventFacts> + use<'a> {
+        let hash = ident.short_hash();
+        let filed = self.by_hash.get(&hash).into_iter().flatten().copied();
+        let unfiled = self.unindexed.iter().filter(move |(h, _)| *h == hash);
+        filed
+            .chain(unfiled.map(|(_, seq)| *seq))
+            .filter_map(|seq| decode(self.slot(seq)?.as_ref()?).ok())
+            .filter(move |facts| facts.idents.contains(ident))
     }
 
     fn slot(&self, seq: Seq) -> Option<&Option<Box<[u8]>>> {
@@ -166,5 +201,48 @@ mod tests {
         assert_eq!(history.len(), 2);
         let carrying_b: Vec<EventFacts> = history.carrying(&Ident::new(0, "b")).collect();
         assert_eq!(carrying_b, vec![events[1].clone()]);
+    }
+
+    /// Two identifiers whose 32-bit hashes are equal share an index key: reading or
+    /// erasing one never reaches the other's events, filed in the index or not yet.
+    #[test]
+    fn identifiers_with_one_hash_stay_apart() {
+        let mut first_with: std::collections::HashMap<u32, String> = Default::default();
+        let (x, y) = (0..1_000_000)
+            .map(|i| format!("u-{i}"))
+            .find_map(|v| {
+                let hash = Ident::new(0, &v).short_hash();
+                first_with
+                    .insert(hash, v.clone())
+                    .map(|earlier| (earlier, v))
+            })
+            .expect("a 32-bit collision among a million values");
+        let (ix, iy) = (Ident::new(0, &x), Ident::new(0, &y));
+        assert_eq!(ix.short_hash(), iy.short_hash());
+        for filed in [false, true] {
+            let mut history = History::default();
+            let events = [
+                facts(0, &[&x]),
+                facts(1, &[&y]),
+                facts(2, &[&x, "z"]),
+                facts(3, &[&y]),
+            ];
+            for event in events.iter().cloned() {
+                history.push(event);
+            }
+            if filed {
+                history.catch_up();
+            }
+            let of_y: Vec<EventFacts> = history.carrying(&iy).collect();
+            assert_eq!(of_y, vec![events[1].clone(), events[3].clone()]);
+            let erased: HashSet<Ident> = [ix.clone()].into_iter().collect();
+            let taken = history.take_carrying(&erased);
+            assert_eq!(taken, Ok(vec![events[0].clone(), events[2].clone()]));
+            assert_eq!(history.carrying(&ix).count(), 0);
+            assert_eq!(history.carrying(&Ident::new(0, "z")).count(), 0);
+            let of_y: Vec<EventFacts> = history.carrying(&iy).collect();
+            assert_eq!(of_y, vec![events[1].clone(), events[3].clone()]);
+            assert_eq!(history.len(), 2);
+        }
     }
 }

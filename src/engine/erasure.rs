@@ -104,13 +104,16 @@ impl Driver<'_> {
 
     /// The explanation of the profile of `ident` at clock `at` (default: now), from the
     /// live events that arrived by then. An erased identifier is only reported suppressed.
-    pub(super) fn explain(&self, ident: &Ident, at: Option<u64>) -> explain::Outcome {
+    pub(super) fn explain(&mut self, ident: &Ident, at: Option<u64>) -> explain::Outcome {
         let identifier = ident.key(&self.spec.identity);
         if self.gate.is_suppressed(ident) {
             return explain::Outcome::Suppressed { identifier };
         }
         match at.or(self.options.until_ms).or(self.clock()) {
-            Some(at) => explain::explain(&self.history, self.spec, &self.source_names, ident, at),
+            Some(at) => {
+                self.history.catch_up();
+                explain::explain(&self.history, self.spec, &self.source_names, ident, at)
+            }
             None => explain::Outcome::NotFound { identifier },
         }
     }

@@ -52,6 +52,12 @@ impl Ident {
         format!("{name}:{}", self.value)
     }
 
+    /// The 32-bit hash of (rank, value) the identifier carries: equal identifiers have equal
+    /// hashes, unequal ones usually not.
+    pub fn short_hash(&self) -> u32 {
+        self.hash
+    }
+
     /// A total order that is cheap to evaluate: by hash, then by the SPEC order. Not the
     /// SPEC's order; for keys whose order decides nothing.
     pub fn hash_cmp(&self, other: &Ident) -> Ordering {
