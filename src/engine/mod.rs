@@ -438,6 +438,8 @@ struct Driver<'w> {
     /// Replay: the input time at the end of the round the dataflow is still working on
     /// while the next is taken ([`Driver::settle_behind`]).
     in_flight: Option<Time>,
+    /// The input is live (see [`Driver::drive`]).
+    live: bool,
 }
 
 impl<'w> Driver<'w> {
@@ -486,6 +488,7 @@ impl<'w> Driver<'w> {
             merging,
             rows_only: None,
             in_flight: None,
+            live: false,
         }
     }
 
@@ -498,6 +501,7 @@ impl<'w> Driver<'w> {
     /// ends by publishing the current clock value as it stands, so late events, which never
     /// move the clock, are published within a round instead of after a silence.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
+        self.live = live;
         let wall = self.options.clock == Clock::Wall;
         let mut next_tick = Instant::now();
         let mut held: Option<Message> = None;

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The longest worker 0 sleeps between steps while a live round completes; it wakes sooner
+/// when another worker sends it anything (see [`Driver::complete`]).
+const LIVE_PARK: Duration = Duration::from_millis(1);
+
 impl Driver<'_> {
     /// Completes everything inserted so far at clock `now` (a new step within it).
     pub(super) fn barrier(&mut self, now: u64) -> Result<(), EngineError> {
@@ -19,10 +23,20 @@ impl Driver<'_> {
     }
 
     /// Steps the dataflow until every time before `until` is complete.
+    ///
+    /// On live input worker 0 sleeps between steps while the other workers have its round's
+    /// work, and wakes when they send it something: a round is one event or a few, and a
+    /// worker 0 polling for it would hold one of the machine's cores away from the workers
+    /// (and the writers) it waits for. A replay keeps polling: its rounds are large and
+    /// worker 0 has its own share of them.
     pub(super) fn complete(&mut self, until: Time) {
         self.inputs.flush();
         while self.outputs.probe.less_than(&until) {
-            self.worker.step();
+            if self.live {
+                self.worker.step_or_park(Some(LIVE_PARK));
+            } else {
+                self.worker.step();
+            }
         }
     }
 
