@@ -66,7 +66,9 @@ impl History {
         for (hash, seq) in self.unindexed.drain(..) {
             self.by_hash.entry(hash).or_default().push(seq);
         }
-        self.unindexed.shrink_to_fit();
+        if self.unindexed.capacity() > 1 << 16 {
+            self.unindexed = Vec::new(); // after a replay's backlog, give its memory back
+        }
     }
 
     /// Removes and returns every live event carrying an identifier in `erased`, in arrival

@@ -435,9 +435,6 @@ struct Driver<'w> {
     merging: Arc<AtomicBool>,
     /// The workers sum the view rows themselves (only the final snapshot is wanted).
     rows_only: Option<RowsOnly>,
-    /// Replay: the input time at the end of the round the dataflow is still working on
-    /// while the next is taken ([`Driver::settle_behind`]).
-    in_flight: Option<Time>,
     /// The input is live (see [`Driver::drive`]).
     live: bool,
 }
@@ -487,7 +484,6 @@ impl<'w> Driver<'w> {
             last_progress: Instant::now(),
             merging,
             rows_only: None,
-            in_flight: None,
             live: false,
         }
     }
@@ -519,16 +515,7 @@ impl<'w> Driver<'w> {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => Message::End,
                 },
-                (None, None) => match rx.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => {
-                        // nothing waiting: finish the round in flight before waiting
-                        if self.in_flight.take().is_some() {
-                            self.settle()?;
-                        }
-                        rx.recv().unwrap_or(Message::End)
-                    }
-                },
+                (None, None) => rx.recv().unwrap_or(Message::End),
             };
             match message {
                 Message::Batch(mut batch) => {
@@ -543,13 +530,7 @@ impl<'w> Driver<'w> {
                             break;
                         }
                         match rx.try_recv() {
-                            Ok(Message::Batch(mut more)) => {
-                                if !live {
-                                    // the round in flight moves on while this one is taken
-                                    self.worker.step();
-                                }
-                                self.ingest(&mut more)?
-                            }
+                            Ok(Message::Batch(mut more)) => self.ingest(&mut more)?,
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -557,10 +538,12 @@ impl<'w> Driver<'w> {
                             Err(_) => break,
                         }
                     }
-                    if !live {
-                        self.settle_behind()?;
-                    } else if self.dirty {
+                    if live && self.dirty {
                         self.publish_current()?;
+                        // keep the history's index current, so that an erasure or an
+                        // explanation on a live engine never waits for it (a replay files
+                        // it only when something first reads it)
+                        self.history.catch_up();
                     } else {
                         self.settle()?;
                     }

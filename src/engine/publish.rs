@@ -52,26 +52,6 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Replay, after a round: hands the round to the dataflow, then completes and publishes
-    /// the round before it. Worker 0 alone takes input, so while it takes the next round
-    /// (stepping the dataflow between batches) the other workers finish this one instead of
-    /// waiting for it; only every clock value before the previous round's end is published.
-    pub(super) fn settle_behind(&mut self) -> Result<(), EngineError> {
-        if self.clock().is_none() {
-            return Ok(());
-        }
-        match self.in_flight.replace(self.inputs.time()) {
-            Some(previous) => {
-                self.complete(previous);
-                if clock_of(previous) > 0 {
-                    self.emit(clock_of(previous) - 1)?;
-                }
-            }
-            None => self.inputs.flush(),
-        }
-        Ok(())
-    }
-
     /// Completes and publishes the current clock value as it stands (end of input, or a
     /// pause on live input).
     pub(super) fn publish_current(&mut self) -> Result<(), EngineError> {
