@@ -11,11 +11,10 @@
 //! (`apply_completed`), so a round visits each profile once. When only the final rows are
 //! wanted ([`super::RowsOnly`]) nothing is rendered until the input is done, and then each
 //! profile once. Time is totally ordered, so applying each completed time's updates in
-//! time order gives
-//! exactly the collections that `count_total` (scores), `distinct_total` (active signals),
-//! a `reduce` per slot (the greatest record) and a `reduce` per profile (the rows) would
-//! maintain, with no arrangement of the facts or the rows, no replay of their histories,
-//! and one operator instead of eight. The same holds for the rows Materialize computes:
+//! time order gives exactly the collections that `count_total` (scores), `distinct_total`
+//! (active signals), a `reduce` per slot (the greatest record) and a `reduce` per profile
+//! (the rows) would maintain, with no arrangement of the facts or the rows, no replay of
+//! their histories, and one operator instead of eight. The same holds for the rows Materialize computes:
 //! its `reduce` of a totally ordered collection is a map from key to accumulated value.
 
 use serde::{Deserialize, Serialize};
