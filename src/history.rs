@@ -29,8 +29,7 @@ pub struct History {
     /// held.
     events: Vec<Vec<Option<Box<[u8]>>>>,
     /// Live events carrying an identifier with each hash, ascending (a map that grows
-    /// without stalls), as of the last [`History::catch_up`]; it may also list events that
-    /// are no longer live (see [`History::take_carrying`]).
+    /// without stalls), as of the last [`History::catch_up`].
     by_hash: griddle::HashMap<u32, Vec<Seq>>,
     /// `(identifier hash, seq)` for every identifier of the events pushed since.
     unindexed: Vec<(u32, Seq)>,

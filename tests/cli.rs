@@ -283,3 +283,28 @@ fn explain_reads_stdin_or_files_stops_at_a_clock_and_reports_unknown_identifiers
         assert!(err.contains(message), "{args:?}: {err}");
     }
 }
+
+/// `--stats` reports the changes a run published; a `--snapshot` run publishes none (its
+/// rows are made once, at the end) and says so rather than printing a count.
+#[test]
+fn stats_count_published_changes_and_say_when_there_are_none() {
+    let events = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/consent/events.ndjson"
+    ))
+    .unwrap();
+    let (code, stdout, stderr) = run_with_stdin(&["run", "-q", "--stats"], &events);
+    assert_eq!(code, 0, "{stderr}");
+    let published = stdout.lines().count();
+    assert!(
+        stderr.contains(&format!("{published} changes (")),
+        "the change stream had {published} lines: {stderr}"
+    );
+    let (code, _, stderr) = run_with_stdin(&["run", "-q", "--stats", "--snapshot"], &events);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("final rows only (--snapshot: no changes published)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" changes ("), "{stderr}");
+}

@@ -433,7 +433,8 @@ struct Driver<'w> {
     last_progress: Instant,
     /// Set while arrangements merge what a finished source left pending.
     merging: Arc<AtomicBool>,
-    /// The workers sum the view rows themselves (only the final snapshot is wanted).
+    /// Every worker renders and hands over its own final rows (only the final snapshot is
+    /// wanted).
     rows_only: Option<RowsOnly>,
     /// The input is live (see [`Driver::drive`]).
     live: bool,
