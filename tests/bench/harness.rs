@@ -281,8 +281,10 @@ fn open_loop(
     let due = |i: usize| start + Duration::from_secs_f64(i as f64 / rate as f64);
     let mut sent = 1;
     while sent <= count {
+        // event `i` is due at `due(i - 1)`: every event due by now is written (`upto` is
+        // one past the last of them)
         let elapsed = start.elapsed().as_secs_f64();
-        let upto = ((elapsed * rate as f64) as usize + 1).min(count + 1);
+        let upto = ((elapsed * rate as f64) as usize + 2).min(count + 1);
         if upto > sent {
             let mut chunk = String::new();
             for i in sent..upto {
