@@ -14,6 +14,12 @@
 //! probe. The index is keyed by the identifier's 32-bit hash ([`Ident::short_hash`]), so
 //! it holds no identifier's value; a key may stand for several identifiers, and every read
 //! keeps only the events that really carry the one asked for.
+//!
+//! A large backlog (a replay's, read by its first erasure or explanation) is filed as one
+//! sorted run of `(hash, seq)` pairs, radix-sorted and searched by bisection, rather than
+//! pair by pair into the hash map: about a tenth of the time for millions of pairs. A run
+//! is merged with a later backlog only when that backlog is at least as long, so filing
+//! stays linear in the pairs filed; smaller backlogs (a live round's) go to the map.
 
 use std::collections::HashSet;
 
@@ -28,9 +34,12 @@ pub struct History {
     /// Encoded events by `seq`, in chunks of [`CHUNK`]: growing never copies the events
     /// held.
     events: Vec<Vec<Option<Box<[u8]>>>>,
-    /// Live events carrying an identifier with each hash, ascending (a map that grows
-    /// without stalls), as of the last [`History::catch_up`].
+    /// Events carrying an identifier with each hash, ascending (a map that grows without
+    /// stalls), filed by [`History::catch_up`] from small backlogs.
     by_hash: griddle::HashMap<u32, Vec<Seq>>,
+    /// `(hash, seq)` filed from large backlogs, sorted by hash and then seq. Erasure
+    /// leaves its pairs here; they lead to emptied slots, which every read skips.
+    run: Vec<(u32, Seq)>,
     /// `(identifier hash, seq)` for every identifier of the events pushed since.
     unindexed: Vec<(u32, Seq)>,
     /// Events pushed.
@@ -40,6 +49,9 @@ pub struct History {
 
 /// Events per chunk of the history.
 const CHUNK: usize = 1 << 14;
+
+/// Above this many unfiled pairs, [`History::catch_up`] files them as a sorted run.
+const BULK: usize = 1 << 12;
 
 impl History {
     /// Records an inserted event (its `seq` must be the next index).
@@ -62,12 +74,33 @@ impl History {
     /// it before lending the history out for reading ([`History::carrying`]), which
     /// otherwise scans the events not yet filed.
     pub fn catch_up(&mut self) {
-        for (hash, seq) in self.unindexed.drain(..) {
-            self.by_hash.entry(hash).or_default().push(seq);
+        if self.unindexed.len() <= BULK || self.unindexed.len() < self.run.len() {
+            for (hash, seq) in self.unindexed.drain(..) {
+                self.by_hash.entry(hash).or_default().push(seq);
+            }
+            if self.unindexed.capacity() > 1 << 16 {
+                self.unindexed = Vec::new(); // after a large backlog, give its memory back
+            }
+            return;
         }
-        if self.unindexed.capacity() > 1 << 16 {
-            self.unindexed = Vec::new(); // after a replay's backlog, give its memory back
+        let backlog = std::mem::take(&mut self.unindexed);
+        if self.run.is_empty() {
+            self.run = backlog;
+        } else {
+            self.run.extend(backlog);
         }
+        // stable: within a hash, the run's pairs (older) stay before the backlog's, and
+        // both are in seq order already
+        radsort::sort_by_key(&mut self.run, |&(hash, _)| hash);
+    }
+
+    /// The seqs filed for `hash` (the run's, then the map's; not ordered between the two).
+    fn filed(&self, hash: u32) -> impl Iterator<Item = Seq> + use<'_> {
+        let start = self.run.partition_point(|&(h, _)| h < hash);
+        let in_run = self.run.get(start..).unwrap_or_default();
+        let in_run = in_run.iter().take_while(move |&&(h, _)| h == hash);
+        let in_map = self.by_hash.get(&hash).into_iter().flatten();
+        in_run.map(|&(_, seq)| seq).chain(in_map.copied())
     }
 
     /// Removes and returns every live event carrying an identifier in `erased`, in arrival
@@ -76,9 +109,7 @@ impl History {
         self.catch_up();
         let mut seqs: Vec<Seq> = erased
             .iter()
-            .filter_map(|id| self.by_hash.get(&id.short_hash()))
-            .flatten()
-            .copied()
+            .flat_map(|id| self.filed(id.short_hash()))
             .collect();
         seqs.sort_unstable();
         seqs.dedup();
@@ -115,10 +146,12 @@ impl History {
     /// The live events carrying `ident`, in arrival order.
     pub fn carrying<'a>(&'a self, ident: &'a Ident) -> impl Iterator<Item = EventFacts> + use<'a> {
         let hash = ident.short_hash();
-        let filed = self.by_hash.get(&hash).into_iter().flatten().copied();
         let unfiled = self.unindexed.iter().filter(move |(h, _)| *h == hash);
-        filed
-            .chain(unfiled.map(|(_, seq)| *seq))
+        let mut seqs: Vec<Seq> = self.filed(hash).collect();
+        seqs.extend(unfiled.map(|&(_, seq)| seq));
+        seqs.sort_unstable();
+        seqs.dedup(); // an event may carry two identifiers with one hash
+        seqs.into_iter()
             .filter_map(|seq| decode(self.slot(seq)?.as_ref()?).ok())
             .filter(move |facts| facts.idents.contains(ident))
     }
@@ -245,5 +278,57 @@ mod tests {
             assert_eq!(of_y, vec![events[1].clone(), events[3].clone()]);
             assert_eq!(history.len(), 2);
         }
+        // one event carrying both: read once for each
+        let mut history = History::default();
+        history.push(facts(0, &[&x, &y]));
+        for filed in [false, true] {
+            if filed {
+                history.catch_up();
+            }
+            assert_eq!(history.carrying(&ix).count(), 1);
+            assert_eq!(history.carrying(&iy).count(), 1);
+        }
+    }
+
+    /// Backlogs filed as sorted runs (large), into the map (small, or smaller than the run)
+    /// and merged runs all read back in arrival order, before and after an erasure.
+    #[test]
+    fn runs_and_the_map_read_back_in_arrival_order() {
+        let mut history = History::default();
+        let mut all = Vec::new();
+        let key = |i: u64| format!("k{}", i % 7);
+        // 10,000 pairs (a run), 100 (the map), 6,000 (the map: shorter than the run),
+        // 16,000 (merged with the run), and 10 left unfiled
+        for batch in [5_000, 50, 3_000, 8_000, 5] {
+            for _ in 0..batch {
+                let seq = all.len() as Seq;
+                let event = facts(seq, &[&key(seq), &format!("e{seq}")]);
+                all.push(event.clone());
+                history.push(event);
+            }
+            if batch > 5 {
+                history.catch_up();
+            }
+        }
+        let expect = |all: &[EventFacts], k: &str, gone: &str| -> Vec<EventFacts> {
+            let (k, gone) = (Ident::new(0, k), Ident::new(0, gone));
+            let live = all.iter().filter(|e| !e.idents.contains(&gone));
+            live.filter(|e| e.idents.contains(&k)).cloned().collect()
+        };
+        for k in 0..7 {
+            let k = format!("k{k}");
+            let read: Vec<EventFacts> = history.carrying(&Ident::new(0, &k)).collect();
+            assert_eq!(read, expect(&all, &k, "none"), "{k}");
+        }
+        let erased: HashSet<Ident> = [Ident::new(0, "k3")].into_iter().collect();
+        let taken = history.take_carrying(&erased);
+        assert_eq!(taken, Ok(expect(&all, "k3", "none")));
+        for k in 0..7 {
+            let k = format!("k{k}");
+            let read: Vec<EventFacts> = history.carrying(&Ident::new(0, &k)).collect();
+            assert_eq!(read, expect(&all, &k, "k3"), "{k} after erasing k3");
+        }
+        assert_eq!(history.carrying(&Ident::new(0, "e3")).count(), 0);
+        assert_eq!(history.carrying(&Ident::new(0, "e4")).count(), 1);
     }
 }
