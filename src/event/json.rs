@@ -88,6 +88,9 @@ mod tests {
         assert!(parse(&nested(129)).is_err());
         // brackets inside strings do not count
         assert!(parse(&format!("{{\"a\":\"{}\"}}", "[".repeat(500))).is_ok());
+        // many brackets side by side are shallow (past the count that skips the scan)
+        assert!(parse(&format!("[{}]", vec!["[]"; 300].join(","))).is_ok());
+        assert!(parse(&format!("[{},{}]", vec!["[]"; 300].join(","), nested(128))).is_err());
     }
 
     #[test]
