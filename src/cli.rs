@@ -14,7 +14,9 @@ use crate::engine::{self, Options, Sinks, Summary};
 use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
-use crate::io::kafka::{Form, KafkaOutput, KafkaUrl};
+use crate::io::kafka::KafkaUrl;
+use crate::io::sink::Sink;
+use crate::io::sink::kafka::{Form, KafkaDestination};
 use crate::io::source;
 use crate::spec::Spec;
 use crate::{replay, server, workload};
@@ -128,11 +130,17 @@ struct ServeArgs {
     /// `serve` refuses to start).
     #[arg(long)]
     allow_unauthenticated: bool,
-    /// Also write the change stream to this file (rewritten from the log at each start), or
-    /// to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per change keyed `VIEW/KEY`;
-    /// after a restart only what the topic may lack is sent again).
+    /// Also write the change stream to this file (appended; after a crash it holds every
+    /// change exactly once), or to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per
+    /// change keyed `VIEW/KEY`; after a crash, what the topic may lack is sent again as
+    /// identical records).
     #[arg(long)]
     sink: Option<PathBuf>,
+    /// Changes a sink may hold undelivered (its destination slow or away) before the server
+    /// stops taking input (HTTP 503 with Retry-After; a followed topic is not read); the
+    /// views go on meanwhile.
+    #[arg(long, default_value_t = crate::io::sink::DEFAULT_BACKLOG)]
+    sink_backlog: u64,
     /// Also keep each view's current rows in Kafka topics `TOPIC.VIEW` (upserts keyed by
     /// profile key, a tombstone when a row leaves): `kafka://HOST:PORT/TOPIC`.
     #[arg(long)]
@@ -340,6 +348,7 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         max_connections: args.max_connections.max(1),
         workers: args.workers,
         sink: args.sink,
+        sink_backlog: args.sink_backlog.max(1),
         spec_text,
         clock: args.clock.into(),
         compact_check: Duration::from_secs(args.compact_check_secs),
@@ -348,6 +357,24 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     };
     server::serve(spec, config)?;
     Ok(0)
+}
+
+/// A Kafka sink of `run`: it waits up to two minutes at the end for the broker to confirm
+/// everything, and fails the run if some record could not be written.
+fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
+    let url = KafkaUrl::parse(url)?;
+    let destination = KafkaDestination::open(&url, form)?;
+    let name = match form {
+        Form::Changes => url.name(),
+        Form::Upsert => format!("{}.*", url.name()),
+    };
+    Ok(Box::new(Sink::start(
+        Box::new(destination),
+        name,
+        None,
+        u64::MAX,
+        Duration::from_secs(120),
+    )?))
 }
 
 fn explain(args: ExplainArgs) -> Result<i32, String> {
@@ -498,20 +525,14 @@ fn run(args: RunArgs) -> Result<i32, String> {
             ));
         }
         (_, Some(url)) => {
-            publishers.push(Box::new(KafkaOutput::open(
-                &KafkaUrl::parse(url)?,
-                Form::Changes,
-            )?));
+            publishers.push(kafka_sink(url, Form::Changes)?);
             None
         }
         (Some(p), None) => Some(create(p, "output")?),
         (None, None) => Some(stdout),
     };
     if let Some(url) = &args.upsert {
-        publishers.push(Box::new(KafkaOutput::open(
-            &KafkaUrl::parse(url)?,
-            Form::Upsert,
-        )?));
+        publishers.push(kafka_sink(url, Form::Upsert)?);
     }
     let dead_letters = match &args.dead_letters {
         Some(p) => Some(create(p, "dead-letter file")?),

@@ -4,7 +4,7 @@
 //! background thread compacts the log when a `forget` was carried out or enough of it is
 //! dead; `POST /v1/compact` and `throughline compact` do so on demand.
 
-use std::io::Write;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use crate::dataflow::SourceNames;
 use crate::engine::input::Message;
-use crate::engine::output::Publish;
-use crate::engine::output::{DeadLetters, LiveViews};
+use crate::engine::output::{DeadLetters, LiveViews, Publish};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::console::{self, StatsHistory};
 use crate::io::http::Ctx;
-use crate::io::http::KafkaOutputs;
-use crate::io::kafka::{self, FollowStatus, Form, KafkaOutput, KafkaUrl};
+use crate::io::kafka::{self, FollowStatus, KafkaUrl};
+use crate::io::sink::file::FileDestination;
+use crate::io::sink::kafka::{Form, KafkaDestination};
+use crate::io::sink::state::{self, SinkState};
+use crate::io::sink::{self, Destination, Sink, SinkStatus};
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
@@ -41,8 +43,10 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Timely workers.
     pub workers: usize,
-    /// Write the change stream to this file (rewritten from the log at each start).
+    /// Write the change stream to this file, or a Kafka topic (see [`crate::io::sink`]).
     pub sink: Option<PathBuf>,
+    /// Changes a sink may hold undelivered before the server stops taking input.
+    pub sink_backlog: u64,
     /// The dataflow spec's text (kept in the data directory for compaction).
     pub spec_text: String,
     /// What the engine clock follows.
@@ -87,20 +91,25 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     }
     let (erasure_log, sets) = ErasureLog::open(&dir.erasures())
         .map_err(|e| format!("cannot open {}: {e}", dir.erasures().display()))?;
-    let records = if dir.stored_spec()?.is_none_or(|s| s == config.spec_text) {
-        compact_at_start(&log_path, recovery.records, &spec, salt, &sets)?
+    let mut states = sink_states(&dir, &config)?;
+    // what the sinks have confirmed decides which erasures compaction may reduce, and where
+    // the replay must end groups so that they get again exactly what they may lack
+    let confirmed = states.iter().map(|(_, s)| s.confirmed).min().unwrap_or(u64::MAX);
+    let cuts = sink::replay_cuts(states.iter().map(|(_, s)| s));
+    let (records, deferred) = if dir.stored_spec()?.is_none_or(|s| s == config.spec_text) {
+        compact_at_start(&log_path, recovery.records, &spec, salt, &sets, confirmed)?
     } else {
         eprintln!(
             "throughline: the dataflow spec differs from the last run's: start-up compaction skipped"
         );
-        recovery.records
+        (recovery.records, None)
     };
     dir.store_spec(&config.spec_text)?;
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
     let live = Arc::new(Mutex::new(LiveViews::default()));
     let counters = Arc::new(Counters::default());
-    let (engine, kafka_outputs) = start_engine(
+    let (engine, sinks) = start_engine(
         &dir,
         &config,
         &spec,
@@ -109,10 +118,11 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         rx,
         &live,
         &counters,
+        &mut states,
     )?;
 
     let started = Instant::now();
-    let number = replay(&records, &tx)?;
+    let number = replay(&records, &tx, &cuts)?;
     if !records.is_empty() {
         eprintln!(
             "throughline: replayed {} logged records in {:?}",
@@ -139,9 +149,15 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         live,
         counters,
         lookups: tx,
-        compactor: Compactor::new(spec, salt, dir.erasures()),
+        compactor: Compactor::new(
+            spec,
+            salt,
+            dir.erasures(),
+            Box::new(confirmed_by(sinks.clone())),
+            deferred,
+        ),
         stop: Arc::clone(&stop),
-        kafka_outputs,
+        sinks,
         kafka: config.source.as_ref().map(|url| {
             Arc::new(FollowStatus {
                 name: url.name(),
@@ -160,7 +176,8 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             );
             eprintln!("throughline: following {}", url.name());
             Some(std::thread::spawn(move || {
-                kafka::follow(&url, &kafka_resume, &ctx.log, &status, &stop);
+                let paused = || ctx.sinks.iter().any(|s| s.full());
+                kafka::follow(&url, &kafka_resume, &ctx.log, &status, &stop, &paused);
             }))
         }
         _ => None,
@@ -252,7 +269,41 @@ pub fn serve_helper(
     Ok(())
 }
 
-/// Starts the engine thread, with its sinks in the data directory.
+/// The saved state of each sink `serve` is configured with: `--sink` (a Kafka topic or a
+/// file) as `changes`, `--upsert` as `upsert`.
+fn sink_states(dir: &DataDir, config: &ServeConfig) -> Result<Vec<(String, SinkState)>, String> {
+    let mut states = Vec::new();
+    if let Some(path) = &config.sink {
+        let name = match KafkaUrl::in_path(Some(path)) {
+            Some(url) => KafkaUrl::parse(url)?.name(),
+            None => path.display().to_string(),
+        };
+        states.push((name.clone(), SinkState::load(dir.root(), "changes", &name)?));
+    }
+    if let Some(url) = &config.upsert {
+        let name = format!("{}.*", url.name());
+        states.push((name.clone(), SinkState::load(dir.root(), "upsert", &name)?));
+    }
+    Ok(states)
+}
+
+/// The least position every sink has confirmed (`u64::MAX` without sinks).
+fn confirmed_by(sinks: Vec<Arc<SinkStatus>>) -> impl Fn() -> u64 + Send + Sync {
+    move || {
+        sinks
+            .iter()
+            .map(|s| s.confirmed.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// How long a stopping server waits for its sinks' destinations (what they have not
+/// confirmed by then is sent again after the restart).
+const SINK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts the engine thread, with its sinks (their `states`, taken) and dead letters in the
+/// data directory.
 #[allow(clippy::too_many_arguments)]
 fn start_engine(
     dir: &DataDir,
@@ -263,38 +314,36 @@ fn start_engine(
     rx: crossbeam_channel::Receiver<Message>,
     live: &Arc<Mutex<LiveViews>>,
     counters: &Arc<Counters>,
-) -> Result<(EngineThread, KafkaOutputs), String> {
-    // replaying the log regenerates every dead letter and change, so both files are
-    // rewritten from scratch
+    states: &mut Vec<(String, SinkState)>,
+) -> Result<(EngineThread, Vec<Arc<SinkStatus>>), String> {
+    // replaying the log regenerates every dead letter, so the file is rewritten from
+    // scratch
     let dead_path = dir.dead_letters();
     let dead = std::fs::File::create(&dead_path)
         .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
-    let mut outputs = Vec::new();
-    let kafka_sink = KafkaUrl::in_path(config.sink.as_deref());
-    let changes: Option<Box<dyn Write + Send>> = match (&config.sink, kafka_sink) {
-        (_, Some(url)) => {
-            let resume = dir.root().join("kafka-changes.time");
-            let url = KafkaUrl::parse(url)?;
-            let output = KafkaOutput::open_resuming(&url, Form::Changes, &resume)?;
-            outputs.push((url.name(), output.deliveries()));
-            publishers.push(Box::new(output));
-            None
-        }
-        (Some(p), None) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .map_err(|e| format!("cannot create sink {}: {e}", p.display()))?,
-        ))),
-        (None, None) => None,
-    };
-    if let Some(url) = &config.upsert {
-        let resume = dir.root().join("kafka-upsert.time");
-        let output = KafkaOutput::open_resuming(url, Form::Upsert, &resume)?;
-        outputs.push((format!("{}.*", url.name()), output.deliveries()));
-        publishers.push(Box::new(output));
+    let mut statuses = Vec::new();
+    for (name, mut state) in states.drain(..) {
+        let destination: Box<dyn Destination> = if name.ends_with(".*") {
+            let url = config.upsert.as_ref().ok_or("internal error: no --upsert")?;
+            Box::new(KafkaDestination::open(url, Form::Upsert)?.resumable())
+        } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
+            Box::new(KafkaDestination::open(&KafkaUrl::parse(url)?, Form::Changes)?.resumable())
+        } else {
+            Box::new(FileDestination::open(Path::new(&name), &mut state)?)
+        };
+        let sink = Sink::start(
+            destination,
+            name,
+            Some(state),
+            config.sink_backlog,
+            SINK_PATIENCE,
+        )?;
+        statuses.push(sink.status());
+        publishers.push(Box::new(sink));
     }
     let sinks = Sinks {
-        changes,
+        changes: None,
         dead_letters: DeadLetters::new(Some(Box::new(dead))),
         live: Some(Arc::clone(live)),
         counters: Some(Arc::clone(counters)),
@@ -323,30 +372,42 @@ fn start_engine(
         .name("throughline-engine".into())
         .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
         .map_err(|e| format!("cannot start the engine: {e}"))?;
-    Ok((engine, outputs))
+    Ok((engine, statuses))
 }
 
 /// The engine thread of `serve`.
 type EngineThread = std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>;
 
-/// Sends the log's records to the engine; returns the next line number.
-fn replay(records: &[Record], tx: &crossbeam_channel::Sender<Message>) -> Result<u64, String> {
-    for batch in log::batches(records, 1) {
+/// Sends the log's records to the engine, ending published groups at `cuts` (see
+/// [`sink::replay_cuts`]); returns the next line number.
+fn replay(
+    records: &[Record],
+    tx: &crossbeam_channel::Sender<Message>,
+    cuts: &BTreeSet<u64>,
+) -> Result<u64, String> {
+    for batch in log::batches_cut(records, 1, cuts) {
         tx.send(Message::Batch(batch))
             .map_err(|_| "the engine stopped during replay".to_string())?;
     }
     Ok(records.len() as u64 + 1)
 }
 
-/// Start-up compaction: rewrites the recovered log when that reduces anything.
+/// Start-up compaction: rewrites the recovered log when that reduces anything; returns the
+/// records and the line of an erasure kept until the sinks confirm it (`confirmed`).
 fn compact_at_start(
     path: &Path,
     records: Vec<Record>,
     spec: &Spec,
     salt: u128,
     sets: &erasures::ErasureSets,
-) -> Result<Vec<Record>, String> {
-    let kept = compact::rewrite(records, spec, salt, sets);
+    confirmed: u64,
+) -> Result<(Vec<Record>, Option<u64>), String> {
+    let kept = compact::rewrite(records, spec, salt, sets, confirmed);
+    if let Some(line) = kept.deferred {
+        eprintln!(
+            "throughline: compaction keeps the erasure at log line {line} and what follows until every sink has confirmed its retractions"
+        );
+    }
     if kept.reduced > 0 {
         let bytes = log::replace(path, &kept.records)
             .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
@@ -355,7 +416,7 @@ fn compact_at_start(
             kept.reduced
         );
     }
-    Ok(kept.records)
+    Ok((kept.records, kept.deferred))
 }
 
 /// `throughline compact`: compacts a stopped server's log with the spec it last ran with.
@@ -378,7 +439,14 @@ pub fn compact_stopped(data_dir: &Path) -> Result<CompactStats, String> {
     let recovery =
         log::recover(&path).map_err(|e| format!("cannot recover {}: {e}", path.display()))?;
     let records = recovery.records.len() as u64;
-    let kept = compact::rewrite(recovery.records, &spec, salt, &sets);
+    // the sinks saved in the directory may still owe an erasure's retractions
+    let confirmed = state::saved_confirmed(dir.root())?;
+    let kept = compact::rewrite(recovery.records, &spec, salt, &sets, confirmed);
+    if let Some(line) = kept.deferred {
+        eprintln!(
+            "throughline: the erasure at log line {line} is kept until every sink of the data directory has confirmed its retractions (start the server with its sinks, or remove the sink-*.position files of sinks that are gone)"
+        );
+    }
     let bytes_after = if kept.reduced == 0 {
         bytes_before // nothing to reduce: the log stays as it is
     } else {

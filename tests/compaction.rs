@@ -126,7 +126,7 @@ fn a_compacted_log_replays_to_the_same_state() {
         );
         assert!(original.summary.tally.duplicates > 0 && !original.dead_letters.is_empty());
 
-        let rewritten = compact::rewrite(log.clone(), &spec, SALT, &original.sets);
+        let rewritten = compact::rewrite(log.clone(), &spec, SALT, &original.sets, u64::MAX);
         let compacted = rewritten.records;
         assert_eq!(compacted.len(), log.len(), "one record per line");
         let reduced = rewritten.reduced;
@@ -143,7 +143,7 @@ fn a_compacted_log_replays_to_the_same_state() {
         let replayed = replay(&spec, &compacted);
         assert_same(&original, &replayed, &format!("seed {seed}"));
 
-        let again = compact::rewrite(compacted.clone(), &spec, SALT, &replayed.sets);
+        let again = compact::rewrite(compacted.clone(), &spec, SALT, &replayed.sets, u64::MAX);
         assert_eq!(again.reduced, 0, "seed {seed}: nothing more to reduce");
         assert_eq!(
             again.records, compacted,
@@ -154,7 +154,7 @@ fn a_compacted_log_replays_to_the_same_state() {
         let last = *original.sets.keys().max().unwrap();
         let mut partial_sets = original.sets.clone();
         partial_sets.remove(&last);
-        let partial = compact::rewrite(log.clone(), &spec, SALT, &partial_sets).records;
+        let partial = compact::rewrite(log.clone(), &spec, SALT, &partial_sets, u64::MAX).records;
         assert_eq!(partial[last as usize - 1..], log[last as usize - 1..]);
         assert_same(&original, &replay(&spec, &partial), "partial compaction");
     }

@@ -610,8 +610,9 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
     }
     let (_, metrics) = serve.get("/metrics");
     assert!(
-        metrics.contains("throughline_kafka_records_written_total{output=")
-            && metrics.contains("throughline_kafka_write_errors_total{output="),
+        metrics.contains("throughline_sink_delivered_total{sink=")
+            && metrics.contains("throughline_sink_errors_total{sink=")
+            && metrics.contains("throughline_sink_backlog{sink="),
         "{metrics}"
     );
     // a clean stop flushes: the records are all there

@@ -57,6 +57,27 @@ pub struct Batch {
     /// The lines parsed ahead of admission, one per line ([`Batch::parse_ahead`]); empty
     /// when they were not, and the engine parses them as it admits them.
     pub ahead: Vec<Ahead>,
+    /// Whether a published group may, must or must not end after this batch.
+    pub boundary: Boundary,
+}
+
+/// Where the engine may end a published group of changes (see [`crate::engine::output::Publish`]).
+///
+/// Live, the engine ends a group at the end of every round. A server that restarts replays
+/// its log and must reproduce, exactly, the groups a sink had sent but not yet seen
+/// confirmed (so that what the sink sends again is the identical records): the replay marks
+/// the batches that end such groups [`Boundary::Cut`] and those in between
+/// [`Boundary::Hold`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Boundary {
+    /// Wherever the engine's rounds end (live input, and most of a replay).
+    #[default]
+    Any,
+    /// No group ends after this batch.
+    Hold,
+    /// A group ends right after this batch: the round ends here and publishes the current
+    /// clock value.
+    Cut,
 }
 
 /// A line parsed ahead of admission: `None` for a line that is not parsed (a compacted
@@ -97,6 +118,7 @@ impl Batch {
             read_at: Instant::now(),
             wall_ms,
             ahead: Vec::new(),
+            boundary: Boundary::Any,
         }
     }
 

@@ -46,7 +46,7 @@ use crate::event::{DeadReason, Event, Ident, Kind};
 use crate::explain;
 use crate::history::History;
 use crate::spec::Spec;
-use input::{Batch, LineRef, Message};
+use input::{Batch, Boundary, LineRef, Message};
 use output::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, consolidated};
 
 /// How a run behaves.
@@ -525,13 +525,19 @@ impl<'w> Driver<'w> {
                     // them, not their age: under a backlog every waiting batch is old, and
                     // rounds of one batch each would never catch up.
                     let taking = Instant::now();
+                    let mut boundary = batch.boundary;
                     self.ingest(&mut batch)?;
                     for _ in 0..MAX_BATCHES_PER_ROUND {
-                        if live && taking.elapsed() >= self.options.linger {
+                        if boundary == Boundary::Cut
+                            || (live && taking.elapsed() >= self.options.linger)
+                        {
                             break;
                         }
                         match rx.try_recv() {
-                            Ok(Message::Batch(mut more)) => self.ingest(&mut more)?,
+                            Ok(Message::Batch(mut more)) => {
+                                boundary = more.boundary;
+                                self.ingest(&mut more)?;
+                            }
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -539,14 +545,18 @@ impl<'w> Driver<'w> {
                             Err(_) => break,
                         }
                     }
-                    if live && self.dirty {
-                        self.publish_current()?;
-                        // keep the history's index current, so that an erasure or an
-                        // explanation on a live engine never waits for it (a replay files
-                        // it only when something first reads it)
-                        self.history.catch_up();
-                    } else {
-                        self.settle()?;
+                    match boundary {
+                        // a replay reproducing the groups a sink sent: none ends here
+                        Boundary::Hold => {}
+                        Boundary::Cut => self.publish_current()?,
+                        Boundary::Any if live && self.dirty => {
+                            self.publish_current()?;
+                            // keep the history's index current, so that an erasure or an
+                            // explanation on a live engine never waits for it (a replay
+                            // files it only when something first reads it)
+                            self.history.catch_up();
+                        }
+                        Boundary::Any => self.settle()?,
                     }
                     self.mirror();
                     self.progress();

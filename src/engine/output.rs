@@ -102,11 +102,18 @@ fn consolidated_by_row(mut changes: Vec<Change>) -> Vec<Change> {
     out
 }
 
-/// An output of the change stream besides the NDJSON writer: a Kafka topic, say.
+/// An output of the change stream besides the NDJSON writer: a sink (a Kafka topic, a
+/// file the server keeps), see [`crate::io::sink`].
 pub trait Publish: Send {
-    /// Takes one published group: consolidated changes sorted by (time, view, key), every
-    /// time in it complete (SPEC section 7).
-    fn publish(&mut self, changes: &[Change]) -> io::Result<()>;
+    /// Takes one published group: consolidated changes sorted by (time, view, key) (SPEC
+    /// section 7; on live input the latest time may come in several groups), and the
+    /// group's *position*: the number of input lines the engine had taken in when it
+    /// published it (in `serve`, the log line number of the last record it reflects).
+    /// Every publication is passed on, empty ones too, so a sink always knows how far the
+    /// input is published. Positions never go back, and the groups are a pure function of
+    /// the input and of the positions at which they end ([`crate::engine::input::Boundary`]).
+    /// It must not block: delivery happens elsewhere.
+    fn publish(&mut self, changes: &[Change], position: u64) -> io::Result<()>;
     /// Waits until everything published is written; says what was written, in a line, or
     /// why some of it could not be.
     fn finish(&mut self) -> io::Result<String>;

@@ -131,10 +131,10 @@ impl Driver<'_> {
                 c.latency.observe(u64::from(micros));
             }
         }
-        if !changes.is_empty() {
-            for publisher in &mut self.sinks.publishers {
-                publisher.publish(&changes)?;
-            }
+        // every publication, empty or not, tells the sinks how far the input is published
+        let position = self.summary.tally.lines;
+        for publisher in &mut self.sinks.publishers {
+            publisher.publish(&changes, position)?;
         }
         if let Some(live) = &self.sinks.live
             && !changes.is_empty()

@@ -1,4 +1,4 @@
-//! Kafka in and out, with librdkafka (the `rdkafka` crate, as Materialize uses it).
+//! Kafka in, with librdkafka (the `rdkafka` crate, as Materialize uses it).
 //!
 //! Addresses read like the other inputs and outputs:
 //! `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?group=G&SETTING=VALUE…]`. Every query
@@ -22,28 +22,12 @@
 //! `run` commits the group's offsets when it ends cleanly, after its outputs are written:
 //! a run that is killed reads again from the last commit.
 //!
-//! **Output** ([`KafkaOutput`]). The change stream to a topic: one record
-//! per change, its value the change line of SPEC section 7, its key `VIEW/KEY` (view
-//! names hold no `/`), so one profile's changes stay in order in one partition. And the
-//! upsert form: one topic per view, `TOPIC.VIEW`, keyed by the profile key, whose value is
-//! the row, or a tombstone (no value) when the row leaves the view — create those topics
-//! with `cleanup.policy=compact`. Each engine time is written once it is complete (the
-//! clock moved past it, or the input ended), as one consolidated group, even where the
-//! engine published it in several on live input. A record that cannot be written (too
-//! large, a missing topic, a broker that stays away) is counted, and `run` ends with an
-//! error naming the first one: nothing is dropped silently.
-//!
-//! In `serve` the outputs remember in the data directory (`kafka-changes.time`,
-//! `kafka-upsert.time`) the engine time before which everything is confirmed written; the
-//! restart's replay regenerates every change at the same times and sends only those from
-//! that time on. So after a crash a change may be written twice, always as the identical
-//! record (same time, view, key, row and diff: consumers can drop the second), never
-//! lost, and the upsert topics' latest values equal the views.
+//! **Output**: the change topic and the upsert topics are sinks, in
+//! [`crate::io::sink::kafka`].
 
 use std::collections::BTreeMap;
-use std::io;
 use std::mem::ManuallyDrop;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,19 +37,16 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engine::input::{Batch, LineRef, Message};
-use crate::engine::output::{Change, Publish, changes_of};
 use crate::event::MAX_LINE_BYTES;
 use crate::io::source::is_blank;
-use crate::store::data_dir::write_atomically;
 use crate::store::log::{Log, Origin, Record};
 
 /// How long to wait for the broker's answer to a metadata or offsets request.
-const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `run` retries a read error before it gives up.
 const READ_RETRY: Duration = Duration::from_secs(30);
 /// Most records in one batch handed to the engine.
@@ -139,7 +120,7 @@ impl KafkaUrl {
         format!("kafka://{}/{}", self.brokers, self.topic)
     }
 
-    fn config(&self) -> ClientConfig {
+    pub(crate) fn config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         // librdkafka's warnings reach [`Said`] (the default follows the `log` crate, unused
         // here, and would silence them)
@@ -159,7 +140,7 @@ impl KafkaUrl {
 pub struct Said(Arc<Mutex<Option<String>>>);
 
 impl Said {
-    fn note(&self, error: &KafkaError, reason: &str) {
+    pub(crate) fn note(&self, error: &KafkaError, reason: &str) {
         if let Ok(mut last) = self.0.lock() {
             *last = Some(if reason.is_empty() {
                 error.to_string()
@@ -171,7 +152,7 @@ impl Said {
 
     /// A log line from librdkafka's own threads (served without polling, unlike errors):
     /// warnings and worse are kept.
-    fn log(&self, level: RDKafkaLogLevel, message: &str) {
+    pub(crate) fn log(&self, level: RDKafkaLogLevel, message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32)
             && let Ok(mut last) = self.0.lock()
         {
@@ -215,7 +196,7 @@ fn heard(consumer: &Reader) -> &Said {
 
 /// A one-line message for a Kafka error, with what was being done and where, and what
 /// librdkafka last said about the connection when that tells more than the error.
-fn explain(url: &KafkaUrl, said: &Said, doing: &str, e: &KafkaError) -> String {
+pub(crate) fn explain(url: &KafkaUrl, said: &Said, doing: &str, e: &KafkaError) -> String {
     let told = said
         .last()
         .filter(|why| !e.to_string().contains(why.as_str()));
@@ -590,343 +571,8 @@ impl Pending {
             read_at: Instant::now(),
             wall_ms: None,
             ahead: Vec::new(),
+            boundary: crate::engine::input::Boundary::Any,
         }
-    }
-}
-
-/// What a Kafka output delivered: for the summary and `/metrics`.
-#[derive(Debug, Default)]
-pub struct Deliveries {
-    /// Records the broker confirmed.
-    pub written: AtomicU64,
-    /// Records that could not be written.
-    pub failed: AtomicU64,
-    /// The first failure.
-    pub first_failure: Mutex<Option<String>>,
-}
-
-#[derive(Clone, Default)]
-struct Counting(Arc<Deliveries>, Said);
-
-impl ClientContext for Counting {
-    fn log(&self, level: RDKafkaLogLevel, _facility: &str, message: &str) {
-        self.1.log(level, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.1.note(&error, reason);
-    }
-}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.0.written.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, record)) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = self.0.first_failure.lock() {
-                    first.get_or_insert_with(|| {
-                        let key = record
-                            .key()
-                            .map(String::from_utf8_lossy)
-                            .unwrap_or_default();
-                        unwritten(record.topic(), &key, e)
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// Why the record to `topic` keyed `key` was not written, in one line.
-fn unwritten(topic: &str, key: &str, e: &KafkaError) -> String {
-    let hint = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            " (raise message.max.bytes in the address, and the topic's max.message.bytes)"
-        }
-        _ => "",
-    };
-    format!("topic {topic}, key {key}: {e}{hint}")
-}
-
-/// A producer that never drops a record silently: a full local queue waits, a failed
-/// delivery is counted and reported by [`Producing::finish`].
-struct Producing {
-    url: KafkaUrl,
-    producer: ThreadedProducer<Counting>,
-    deliveries: Arc<Deliveries>,
-    resume: Option<Resume>,
-}
-
-/// How far a topic written by `serve` is known to be written: every change at an engine
-/// time before `from` was delivered, so the restart's replay (which regenerates every
-/// change, at the same times) publishes again only from `from` on. Kept in a file of the
-/// data directory, advanced at most once a second after the producer confirmed every
-/// record sent so far; it stops advancing at the first record that could not be written
-/// (a restart then sends again from there).
-struct Resume {
-    path: PathBuf,
-    from: u64,
-    /// The time of the latest change sent.
-    sent_upto: Option<u64>,
-    saved: Instant,
-}
-
-impl Resume {
-    fn open(path: &Path) -> Result<Resume, String> {
-        let from = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| format!("{}: not an engine time: {text:?}", path.display()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        Ok(Resume {
-            path: path.to_path_buf(),
-            from,
-            sent_upto: None,
-            saved: Instant::now(),
-        })
-    }
-}
-
-impl Producing {
-    fn open(url: &KafkaUrl) -> Result<Producing, String> {
-        let context = Counting::default();
-        let deliveries = Arc::clone(&context.0);
-        let said = context.1.clone();
-        let producer: ThreadedProducer<Counting> = url
-            .config()
-            .set("acks", "all")
-            // one request in flight per connection: retries cannot reorder a key's records
-            .set("max.in.flight.requests.per.connection", "1")
-            .set("linger.ms", "5")
-            .create_with_context(context)
-            .map_err(|e| explain(url, &said, "configure the producer", &e))?;
-        // fail now, not at the first change, when the broker is unreachable
-        producer
-            .client()
-            .fetch_metadata(None, BROKER_TIMEOUT)
-            .map_err(|e| explain(url, &said, "reach the broker", &e))?;
-        Ok(Producing {
-            url: url.clone(),
-            producer,
-            deliveries,
-            resume: None,
-        })
-    }
-
-    /// Whether a change at `time` is to be sent (not already delivered before a restart).
-    fn wanted(&self, time: u64) -> bool {
-        self.resume.as_ref().is_none_or(|r| time >= r.from)
-    }
-
-    /// Notes that changes up to `time` were sent and, at most once a second (or when
-    /// `now`), saves how far the topic is written once the producer confirms it.
-    fn checkpoint(&mut self, time: Option<u64>, now: bool) -> io::Result<()> {
-        let Some(resume) = &mut self.resume else {
-            return Ok(());
-        };
-        if time.is_some() {
-            resume.sent_upto = time;
-        }
-        let Some(upto) = resume.sent_upto else {
-            return Ok(());
-        };
-        if upto <= resume.from || (!now && resume.saved.elapsed() < Duration::from_secs(1)) {
-            return Ok(());
-        }
-        resume.saved = Instant::now();
-        if self.producer.flush(Duration::from_secs(10)).is_err()
-            || self.deliveries.failed.load(Ordering::Relaxed) > 0
-        {
-            return Ok(()); // not confirmed: the restart sends again from the last save
-        }
-        write_atomically(&resume.path, upto.to_string().as_bytes())?;
-        resume.from = upto;
-        Ok(())
-    }
-
-    fn send(&self, topic: &str, key: &str, value: Option<&str>) -> io::Result<()> {
-        let mut record = BaseRecord::to(topic).key(key);
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    self.deliveries.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut first) = self.deliveries.first_failure.lock() {
-                        first.get_or_insert_with(|| unwritten(topic, key, &e));
-                    }
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn finish(&mut self, what: &str) -> io::Result<String> {
-        self.checkpoint(None, true)?;
-        // `run` waits for a long output to drain; a stopping server not for long
-        let patience = Duration::from_secs(if self.resume.is_some() { 10 } else { 120 });
-        let _ = self.producer.flush(patience);
-        let unconfirmed = u64::try_from(self.producer.in_flight_count()).unwrap_or(0);
-        let written = self.deliveries.written.load(Ordering::Relaxed);
-        let failed = self.deliveries.failed.load(Ordering::Relaxed) + unconfirmed;
-        if failed > 0 {
-            let first = self
-                .deliveries
-                .first_failure
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_else(|| format!("not confirmed by the broker within {patience:?}"));
-            return Err(io::Error::other(format!(
-                "{}: {failed} {what} records could not be written (first: {first})",
-                self.url.name()
-            )));
-        }
-        Ok(format!(
-            "{}: wrote {written} {what} records",
-            self.url.name()
-        ))
-    }
-}
-
-/// Holds back the changes of the latest engine time until a later time is published (or
-/// the end), so a topic gets each time as one consolidated group even where the engine
-/// published it in several (live input, SPEC section 7). A change written twice across a
-/// crash is then the same record twice, which consumers can tell apart.
-#[derive(Default)]
-struct Completed {
-    pending: BTreeMap<(u64, String, String, String), isize>,
-}
-
-impl Completed {
-    /// Takes `changes`; returns every change of the times now complete (all but the
-    /// latest), consolidated and sorted by (time, view, key), and the latest time.
-    fn complete(&mut self, changes: &[Change]) -> (Vec<Change>, Option<u64>) {
-        for c in changes {
-            *self
-                .pending
-                .entry((c.time, c.view.clone(), c.key.clone(), c.row.clone()))
-                .or_insert(0) += c.diff;
-        }
-        let latest = self.pending.keys().next_back().map(|k| k.0);
-        let later = match latest {
-            Some(t) => self
-                .pending
-                .split_off(&(t, String::new(), String::new(), String::new())),
-            None => BTreeMap::new(),
-        };
-        let done = std::mem::replace(&mut self.pending, later);
-        (changes_of(done), latest)
-    }
-
-    /// Every change held back.
-    fn rest(&mut self) -> Vec<Change> {
-        changes_of(std::mem::take(&mut self.pending))
-    }
-}
-
-/// What a Kafka output writes (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
-    /// The change stream to the topic, one record per change keyed `VIEW/KEY`.
-    Changes,
-    /// Each view's rows to `TOPIC.VIEW`, keyed by profile key; a tombstone when a row
-    /// leaves.
-    Upsert,
-}
-
-/// A Kafka output of the change stream, in one of its [`Form`]s.
-pub struct KafkaOutput {
-    producing: Producing,
-    completed: Completed,
-    form: Form,
-}
-
-impl KafkaOutput {
-    /// Connects (an unreachable broker is an error here).
-    pub fn open(url: &KafkaUrl, form: Form) -> Result<KafkaOutput, String> {
-        Ok(KafkaOutput {
-            producing: Producing::open(url)?,
-            completed: Completed::default(),
-            form,
-        })
-    }
-
-    /// For `serve`: as [`KafkaOutput::open`], remembering in `resume` (a file of the data
-    /// directory) how far the topic is written, so a restart does not send it all again.
-    pub fn open_resuming(url: &KafkaUrl, form: Form, resume: &Path) -> Result<KafkaOutput, String> {
-        let mut output = KafkaOutput::open(url, form)?;
-        output.producing.resume = Some(Resume::open(resume)?);
-        Ok(output)
-    }
-
-    /// Its delivery counts (shared, live).
-    pub fn deliveries(&self) -> Arc<Deliveries> {
-        Arc::clone(&self.producing.deliveries)
-    }
-
-    /// Sends complete, consolidated `changes` (sorted by time, view, key), but those a
-    /// restart knows were delivered. In the upsert form a key has at most one retraction
-    /// and one insertion per time, and its value is the insertion's row, or a tombstone
-    /// when there is none.
-    fn send(&mut self, changes: &[Change]) -> io::Result<()> {
-        let p = &self.producing;
-        let wanted = changes.iter().filter(|c| p.wanted(c.time));
-        if self.form == Form::Changes {
-            for change in wanted {
-                let key = format!("{}/{}", change.view, change.key);
-                p.send(&p.url.topic, &key, Some(&change.json()))?;
-            }
-            return Ok(());
-        }
-        let mut latest: BTreeMap<(u64, &str, &str), Option<&str>> = BTreeMap::new();
-        for c in wanted {
-            let slot = latest
-                .entry((c.time, c.view.as_str(), c.key.as_str()))
-                .or_insert(None);
-            if c.diff > 0 {
-                *slot = Some(c.row.as_str());
-            }
-        }
-        for ((_, view, key), row) in latest {
-            p.send(&format!("{}.{view}", p.url.topic), key, row)?;
-        }
-        Ok(())
-    }
-}
-
-impl Publish for KafkaOutput {
-    fn publish(&mut self, changes: &[Change]) -> io::Result<()> {
-        let (complete, latest) = self.completed.complete(changes);
-        self.send(&complete)?;
-        // every change before `latest` is sent
-        self.producing.checkpoint(latest, false)
-    }
-
-    fn finish(&mut self) -> io::Result<String> {
-        let rest = self.completed.rest();
-        self.send(&rest)?;
-        if let Some(last) = rest.last() {
-            self.producing.checkpoint(Some(last.time + 1), false)?;
-        }
-        self.producing.finish(match self.form {
-            Form::Changes => "change",
-            Form::Upsert => "upsert",
-        })
     }
 }
 
@@ -974,13 +620,15 @@ impl FollowStatus {
 /// group, decides where to resume). A broker that is down, at start or later, is retried
 /// with a growing pause (at most 5 s) and reported in `status`; a log that refuses writes
 /// (a full disk) is retried with the same records, and one that stopped for good
-/// (fail-stop) ends the reading.
+/// (fail-stop) ends the reading. While `paused()` holds (a sink has all it may buffer),
+/// no record is read.
 pub fn follow(
     url: &KafkaUrl,
     resume: &BTreeMap<i32, i64>,
     log: &Log,
     status: &FollowStatus,
     stop: &AtomicBool,
+    paused: &dyn Fn() -> bool,
 ) {
     let mut retry = Backoff::new(stop);
     let group = url
@@ -1028,6 +676,10 @@ pub fn follow(
     let mut pending: Vec<Record> = Vec::new();
     let mut last_lag = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if pending.is_empty() && paused() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let polled = consumer.poll(Duration::from_millis(if pending.is_empty() {
             100
         } else {

@@ -319,6 +319,7 @@ impl Splitter {
             read_at,
             wall_ms: None,
             ahead: Vec::new(),
+            boundary: crate::engine::input::Boundary::Any,
         }
     }
 

@@ -18,7 +18,12 @@
 //! | any other accepted event                          | kept as received                 |
 //!
 //! A `forget` the engine has not carried out yet (no erasure set recorded) ends the rewrite:
-//! it and every line after it are kept as they are, for a later compaction.
+//! it and every line after it are kept as they are, for a later compaction. So does a
+//! `forget` the sinks have not all confirmed yet (its line is past `confirmed`, the least
+//! position every sink has confirmed: see [`crate::io::sink`]): a crash may still make the
+//! replay regenerate the retractions those sinks owe, which needs the erased events. Its
+//! values leave the disk at the first compaction after the sinks confirm
+//! ([`Rewritten::deferred`] says which line waits).
 
 use std::collections::HashSet;
 
@@ -49,13 +54,24 @@ pub struct Rewritten {
     pub records: Vec<Record>,
     /// How many of them this rewrite reduced (earlier residues not counted).
     pub reduced: u64,
+    /// The line of the first carried-out `forget` kept as it is because some sink has not
+    /// confirmed its retractions yet, if any.
+    pub deferred: Option<u64>,
 }
 
-/// Rewrites the log's records (line numbers from 1) as described in the module docs.
-pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets) -> Rewritten {
+/// Rewrites the log's records (line numbers from 1) as described in the module docs;
+/// `confirmed` is the least position every sink has confirmed (`u64::MAX` without sinks).
+pub fn rewrite(
+    records: Vec<Record>,
+    spec: &Spec,
+    salt: u128,
+    sets: &ErasureSets,
+    confirmed: u64,
+) -> Rewritten {
     let mut gate = Admission::new(spec.intent.max_future_ms, salt);
     let mut erased: HashSet<u128> = HashSet::new();
     let mut fates = Vec::with_capacity(records.len());
+    let mut deferred = None;
     for (index, record) in records.iter().enumerate() {
         let number = index as u64 + 1;
         let line = gate.classify(
@@ -76,6 +92,10 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
                 let Some(set) = sets.get(&number) else {
                     break; // a forget not carried out yet
                 };
+                if number > confirmed {
+                    deferred = Some(number); // the sinks still owe its retractions
+                    break;
+                }
                 for h in set {
                     gate.suppress_hash(*h);
                     erased.insert(*h);
@@ -131,5 +151,9 @@ pub fn rewrite(records: Vec<Record>, spec: &Spec, salt: u128, sets: &ErasureSets
             }
         })
         .collect();
-    Rewritten { records, reduced }
+    Rewritten {
+        records,
+        reduced,
+        deferred,
+    }
 }

@@ -11,11 +11,19 @@ use super::log::{CompactStats, Log};
 use crate::engine::{self, Counters};
 use crate::spec::Spec;
 
+/// The least position every sink has confirmed (`u64::MAX` without sinks): see
+/// [`super::compact::rewrite`].
+pub type Confirmed = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// Compaction of the running server's log.
 pub struct Compactor {
     spec: Arc<Spec>,
     salt: u128,
     erasures: PathBuf,
+    confirmed: Confirmed,
+    /// The line of a carried-out `forget` the last compaction kept because the sinks had
+    /// not confirmed it yet: compaction is due again once they have.
+    deferred: Mutex<Option<u64>>,
     /// ([`Counters::erasures`], [`Counters::reducible`]) as of the last compaction.
     marks: Mutex<(u64, u64)>,
     compactions: AtomicU64,
@@ -25,12 +33,21 @@ pub struct Compactor {
 
 impl Compactor {
     /// Compacts with `spec` and the data directory's `salt`, reading the erasure sets from
-    /// the file `erasures`.
-    pub fn new(spec: Arc<Spec>, salt: u128, erasures: PathBuf) -> Compactor {
+    /// the file `erasures`, and reducing the events of an erasure only once `confirmed`
+    /// has passed it; `deferred` is what the start-up compaction deferred.
+    pub fn new(
+        spec: Arc<Spec>,
+        salt: u128,
+        erasures: PathBuf,
+        confirmed: Confirmed,
+        deferred: Option<u64>,
+    ) -> Compactor {
         Compactor {
             spec,
             salt,
             erasures,
+            confirmed,
+            deferred: Mutex::new(deferred),
             marks: Mutex::new((0, 0)),
             compactions: AtomicU64::new(0),
             last: Mutex::new(None),
@@ -58,12 +75,18 @@ impl Compactor {
         let marks = marks_of(counters);
         let sets = erasures::load(&self.erasures)
             .map_err(|e| format!("cannot read {}: {e}", self.erasures.display()))?;
+        let confirmed = (self.confirmed)();
+        let mut deferred = None;
         let stats = log
             .compact(|records| {
-                let kept = compact::rewrite(records, &self.spec, self.salt, &sets);
+                let kept = compact::rewrite(records, &self.spec, self.salt, &sets, confirmed);
+                deferred = kept.deferred;
                 Ok((kept.records, kept.reduced))
             })
             .map_err(|e| format!("cannot compact {}: {e}", log.path().display()))?;
+        if let Ok(mut d) = self.deferred.lock() {
+            *d = deferred;
+        }
         if let Ok(mut m) = self.marks.lock() {
             *m = marks;
         }
@@ -83,13 +106,25 @@ impl Compactor {
     /// (its erased values must leave the disk), or at least 10,000 received lines, and a
     /// quarter of all, have been found reducible (duplicates, dead letters, suppressed)
     /// since. Lines replayed from residues count for neither: they are compacted already.
+    /// Also once the sinks have confirmed an erasure an earlier compaction had to keep.
     pub fn due(&self, counters: &Counters) -> bool {
         let Ok(marks) = self.marks.lock().map(|m| *m) else {
             return false;
         };
+        if self
+            .deferred()
+            .is_some_and(|line| (self.confirmed)() >= line)
+        {
+            return true;
+        }
         let (erasures, reducible) = marks_of(counters);
         let dead = reducible.saturating_sub(marks.1);
         erasures > marks.0 || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
+    }
+
+    /// The line of the erasure the last compaction kept until the sinks confirm it.
+    pub fn deferred(&self) -> Option<u64> {
+        self.deferred.lock().ok().and_then(|d| *d)
     }
 
     /// Compactions done since the start.

@@ -21,14 +21,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::event::residue::Residue;
 use crate::event::{DeadReason, MAX_LINE_BYTES};
 
-use crate::engine::input::{Batch, Citation, Message};
+use crate::engine::input::{Batch, Boundary, Citation, Message};
 
 /// Largest payload a record may hold (a line of 1 MiB plus the wall clock, with room).
 pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
@@ -172,23 +172,52 @@ pub fn kafka_positions(records: &[Record]) -> BTreeMap<i32, i64> {
 /// read from Kafka is cited as line `offset` of source `1 + partition` (see
 /// [`crate::dataflow::SourceNames::with_partitions`]).
 pub fn batches(records: &[Record], first_number: u64) -> Vec<Batch> {
-    let mut number = first_number;
+    batches_cut(records, first_number, &BTreeSet::new())
+}
+
+/// As [`batches`], for a replay that must end published groups exactly at the line
+/// numbers `cuts` and nowhere between the first and the last of them (the groups sinks sent
+/// and have not seen confirmed: see [`crate::engine::input::Boundary`]). A batch also ends
+/// at every cut; one ending at a cut is [`Boundary::Cut`], one ending between the first
+/// and the last cut [`Boundary::Hold`].
+pub fn batches_cut(records: &[Record], first_number: u64, cuts: &BTreeSet<u64>) -> Vec<Batch> {
+    let (first_cut, last_cut) = match (cuts.first(), cuts.last()) {
+        (Some(first), Some(last)) => (*first, *last),
+        _ => (u64::MAX, 0),
+    };
     let mut out = Vec::new();
-    for group in records.chunk_by(|a, b| a.wall_ms == b.wall_ms) {
-        for chunk in group.chunks(4096) {
-            let lines: Vec<(&[u8], bool, Option<Citation>)> = chunk
-                .iter()
-                .map(|r| {
-                    (
-                        r.line.as_slice(),
-                        r.residue,
-                        r.origin.and_then(Origin::cited),
-                    )
-                })
-                .collect();
-            out.push(Batch::of_lines(0, number, &lines, Some(chunk[0].wall_ms)));
-            number += lines.len() as u64;
+    let mut start = 0;
+    while start < records.len() {
+        let number = first_number + start as u64;
+        let mut end = start + 1;
+        while end < records.len()
+            && end - start < 4096
+            && records[end].wall_ms == records[start].wall_ms
+            && !cuts.contains(&(first_number + end as u64 - 1))
+        {
+            end += 1;
         }
+        let lines: Vec<(&[u8], bool, Option<Citation>)> = records[start..end]
+            .iter()
+            .map(|r| {
+                (
+                    r.line.as_slice(),
+                    r.residue,
+                    r.origin.and_then(Origin::cited),
+                )
+            })
+            .collect();
+        let mut batch = Batch::of_lines(0, number, &lines, Some(records[start].wall_ms));
+        let last = first_number + end as u64 - 1;
+        batch.boundary = if cuts.contains(&last) {
+            Boundary::Cut
+        } else if (first_cut..last_cut).contains(&last) {
+            Boundary::Hold
+        } else {
+            Boundary::Any
+        };
+        out.push(batch);
+        start = end;
     }
     out
 }

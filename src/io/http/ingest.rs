@@ -73,6 +73,18 @@ pub(super) fn ingest(
         }
         _ => return Err((404, format!("no such endpoint /v1/{endpoint}"))),
     };
+    // a sink that cannot deliver holds at most its bound: past it, input waits (SDKs retry a
+    // 503) while the views go on
+    if let Some(full) = ctx.sinks.iter().find(|s| s.full()) {
+        return Err((
+            503,
+            format!(
+                "sink {} holds {} undelivered changes (its bound): retry later",
+                full.name,
+                full.backlog()
+            ),
+        ));
+    }
     let wall_ms = engine::wall_clock_ms();
     let n = lines.len();
     let records = lines

@@ -36,7 +36,8 @@ use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::console::{self, StatsHistory};
-use crate::io::kafka::{Deliveries, FollowStatus};
+use crate::io::kafka::FollowStatus;
+use crate::io::sink::SinkStatus;
 use crate::io::route::{self, Route};
 use crate::io::transport::{self, Body};
 use crate::spec::Spec;
@@ -76,14 +77,11 @@ pub struct Ctx {
     pub stop: Arc<AtomicBool>,
     /// The Kafka topic followed into the log (`serve --source`), if any.
     pub kafka: Option<Arc<FollowStatus>>,
-    /// The Kafka outputs (`--sink kafka://…`, `--upsert`) and what each delivered.
-    pub kafka_outputs: KafkaOutputs,
+    /// The sinks (`--sink`, `--upsert`): what each delivered and owes.
+    pub sinks: Vec<Arc<SinkStatus>>,
     /// The last minutes of the engine's counters, for the console.
     pub stats: StatsHistory,
 }
-
-/// Kafka outputs by name, with their delivery counts.
-pub type KafkaOutputs = Vec<(String, Arc<Deliveries>)>;
 
 /// A request as the handlers see it: its head, and its body as sent (still gzipped if so
 /// encoded), read in full within [`body_limit`] of its route.
@@ -322,24 +320,25 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
 }
 
 /// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync. While a
-/// followed Kafka topic cannot be read (a broker away) it stays 200, with a second line
-/// saying so: HTTP ingestion and reads still work.
+/// followed Kafka topic cannot be read (a broker away), or a sink does not deliver, it stays
+/// 200 with a line per problem (`degraded: …`): ingestion and reads still work (ingestion
+/// until a sink's backlog is full).
 pub fn healthz(ctx: &Ctx) -> Response<Body> {
     if let Some(why) = ctx.log.failed() {
         return respond(503, "text/plain", format!("failed: {why}\n"));
     }
-    let kafka = ctx
+    let mut body = "ok\n".to_string();
+    if let Some(why) = ctx
         .kafka
         .as_ref()
-        .and_then(|k| k.failing.lock().ok().and_then(|f| f.clone()));
-    match kafka {
-        None => respond(200, "text/plain", "ok\n"),
-        Some(why) => respond(
-            200,
-            "text/plain",
-            format!("ok\ndegraded: {why} (retrying)\n"),
-        ),
+        .and_then(|k| k.failing.lock().ok().and_then(|f| f.clone()))
+    {
+        body.push_str(&format!("degraded: {why} (retrying)\n"));
     }
+    for problem in ctx.sinks.iter().filter_map(|s| s.problem()) {
+        body.push_str(&format!("degraded: {problem}\n"));
+    }
+    respond(200, "text/plain", body)
 }
 
 /// Whether `given` is the write key, compared in constant time.

@@ -293,26 +293,42 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
             }
         }
     }
-    if !ctx.kafka_outputs.is_empty() {
-        for (name, help, pick) in [
+    if !ctx.sinks.is_empty() {
+        for (name, kind, help, pick) in [
             (
-                "throughline_kafka_records_written_total",
-                "Records a Kafka output had confirmed by the broker",
+                "throughline_sink_delivered_total",
+                "counter",
+                "Records (or lines) a sink's destination confirmed",
                 0,
             ),
             (
-                "throughline_kafka_write_errors_total",
-                "Records a Kafka output could not write",
+                "throughline_sink_errors_total",
+                "counter",
+                "Failed attempts to deliver (each retried) and records refused",
                 1,
             ),
+            (
+                "throughline_sink_backlog",
+                "gauge",
+                "Changes a sink has not yet seen confirmed",
+                2,
+            ),
+            (
+                "throughline_sink_confirmed_position",
+                "gauge",
+                "Log line up to which a sink's destination confirmed everything",
+                3,
+            ),
         ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-            for (topic, d) in &ctx.kafka_outputs {
-                let value = if pick == 0 { &d.written } else { &d.failed };
-                out.push_str(&format!(
-                    "{name}{{output=\"{topic}\"}} {}\n",
-                    value.load(Ordering::Relaxed)
-                ));
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for sink in &ctx.sinks {
+                let value = match pick {
+                    0 => sink.delivered.load(Ordering::Relaxed),
+                    1 => sink.errors.load(Ordering::Relaxed) + sink.refused.load(Ordering::Relaxed),
+                    2 => sink.backlog(),
+                    _ => sink.confirmed.load(Ordering::Relaxed),
+                };
+                out.push_str(&format!("{name}{{sink=\"{}\"}} {value}\n", sink.name));
             }
         }
     }
