@@ -94,7 +94,11 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let mut states = sink_states(&dir, &config)?;
     // what the sinks have confirmed decides which erasures compaction may reduce, and where
     // the replay must end groups so that they get again exactly what they may lack
-    let confirmed = states.iter().map(|(_, s)| s.confirmed).min().unwrap_or(u64::MAX);
+    let confirmed = states
+        .iter()
+        .map(|(_, s)| s.confirmed)
+        .min()
+        .unwrap_or(u64::MAX);
     let cuts = sink::replay_cuts(states.iter().map(|(_, s)| s));
     let (records, deferred) = if dir.stored_spec()?.is_none_or(|s| s == config.spec_text) {
         compact_at_start(&log_path, recovery.records, &spec, salt, &sets, confirmed)?
@@ -325,7 +329,10 @@ fn start_engine(
     let mut statuses = Vec::new();
     for (name, mut state) in states.drain(..) {
         let destination: Box<dyn Destination> = if name.ends_with(".*") {
-            let url = config.upsert.as_ref().ok_or("internal error: no --upsert")?;
+            let url = config
+                .upsert
+                .as_ref()
+                .ok_or("internal error: no --upsert")?;
             Box::new(KafkaDestination::open(url, Form::Upsert)?.resumable())
         } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
             Box::new(KafkaDestination::open(&KafkaUrl::parse(url)?, Form::Changes)?.resumable())

@@ -11,6 +11,10 @@ use super::log::{CompactStats, Log};
 use crate::engine::{self, Counters};
 use crate::spec::Spec;
 
+/// How long a compaction waits for the sinks to confirm everything the engine published
+/// before it starts (a sink that does not deliver keeps its erasures for later).
+const SINK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The least position every sink has confirmed (`u64::MAX` without sinks): see
 /// [`super::compact::rewrite`].
 pub type Confirmed = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -58,7 +62,8 @@ impl Compactor {
     ///
     /// It includes every `forget` acknowledged before it started: it first waits until the
     /// engine has processed every record the log had handed it, so each such erasure has
-    /// been carried out and its set recorded.
+    /// been carried out and its set recorded, then (up to 10 s) until every sink has
+    /// confirmed it.
     pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
         let target = log.forwarded();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -70,6 +75,12 @@ impl Compactor {
                 ));
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // the sinks get a while to confirm what the engine published: an erasure they have
+        // not confirmed is kept for a later compaction (see `compact::rewrite`)
+        let deadline = std::time::Instant::now() + SINK_WAIT;
+        while (self.confirmed)() < target && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         // taken before: whatever the engine counts meanwhile makes the next one due
         let marks = marks_of(counters);

@@ -113,9 +113,22 @@ impl Serve {
 
     /// `serve` with exactly `args` (and a free loopback port).
     pub fn spawn(args: &[&str]) -> Serve {
+        Serve::spawn_env(args, &[])
+    }
+
+    /// `serve --data-dir DIR` with `args` and the environment `env` (e.g. `FAILPOINTS`).
+    pub fn start_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", dir.to_str().unwrap()]);
+        Serve::spawn_env(&all, env)
+    }
+
+    /// `serve` with exactly `args` and the environment `env`.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_throughline"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -168,7 +181,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_request(addr, method, path, headers, body)
+        .unwrap_or_else(|| panic!("cannot connect to {addr}"))
+}
+
+/// [`request`], or `None` when nothing listens at `addr` (a server being restarted).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -177,7 +202,7 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes()).ok()?;
     // the server may answer (a 413) and close before the whole body is sent
     let _ = stream.write_all(body);
     let mut response = String::new();
@@ -196,7 +221,7 @@ pub fn request(
     } else {
         body.to_string()
     };
-    (status, body)
+    Some((status, body))
 }
 
 /// The payload of a chunked HTTP/1.1 body.

@@ -5,7 +5,8 @@ wrote.
     kafka_client.py produce BROKER TOPIC   < lines   # one record per line, keyed by its
                                                       # person; prints "partition offset" per line
     kafka_client.py consume BROKER TOPIC             # every record from the beginning, as
-                                                      # {"partition","offset","key","value"} lines
+                                                      # {"partition","offset","key","value",
+                                                      # "headers"} lines
 """
 import json
 import sys
@@ -59,6 +60,7 @@ def consume(broker, topic):
             "offset": r.offset,
             "key": r.key.decode() if r.key is not None else None,
             "value": r.value.decode() if r.value is not None else None,
+            "headers": {k: v.decode() for k, v in (r.headers or [])},
         }))
 
 

@@ -47,9 +47,9 @@ impl FileDestination {
                 path.display(),
                 state.extra
             );
-            state
-                .confirm(0, 0)
-                .map_err(|e| format!("cannot reset the position of sink {}: {e}", path.display()))?;
+            state.confirm(0, 0).map_err(|e| {
+                format!("cannot reset the position of sink {}: {e}", path.display())
+            })?;
         }
         file.set_len(state.extra)
             .and_then(|()| file.sync_all())

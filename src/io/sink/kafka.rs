@@ -16,6 +16,12 @@
 //! librdkafka's queue, retried, for as long as the broker is away (`message.timeout.ms=0`);
 //! a record the broker refuses for good (too large, a missing topic) is counted and named,
 //! and is never confirmed.
+//!
+//! Every record carries two headers, `throughline-position` (its group's position) and
+//! `throughline-index` (its place in the group). A record sent again after a crash is
+//! identical, headers included; a consumer that must apply each change once drops a
+//! second (position, index). (The change itself may repeat legitimately: on live input a
+//! row can leave and come back within one engine time, in two groups.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -41,6 +47,13 @@ pub enum Form {
     /// leaves.
     Upsert,
 }
+
+/// The header holding a record's group position ([`Group::position`]): with
+/// [`INDEX_HEADER`], it names the record exactly, so a consumer that must not apply a
+/// record sent again after a crash drops a second (position, index).
+pub const POSITION_HEADER: &str = "throughline-position";
+/// The header holding a record's place in its group (from 0).
+pub const INDEX_HEADER: &str = "throughline-index";
 
 /// The most records waiting in librdkafka's queue; past it, the sink's own queue holds
 /// the changes (and counts them in its backlog).
@@ -259,8 +272,20 @@ impl KafkaDestination {
             });
             tracker.pop_confirmed(); // an empty group only moves the position
         }
-        for (topic, key, value) in &records {
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(seq)).key(key.as_str());
+        for (index, (topic, key, value)) in records.iter().enumerate() {
+            let (position, index) = (group.position.to_string(), index.to_string());
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: POSITION_HEADER,
+                    value: Some(&position),
+                })
+                .insert(Header {
+                    key: INDEX_HEADER,
+                    value: Some(&index),
+                });
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(seq))
+                .key(key.as_str())
+                .headers(headers);
             if let Some(v) = value {
                 record = record.payload(v.as_str());
             }
@@ -325,7 +350,10 @@ impl Destination for KafkaDestination {
     fn finish(&mut self, patience: Duration) -> Result<String, String> {
         let _ = self.producer.flush(patience);
         let Ok(tracker) = self.tracker.lock() else {
-            return Err(format!("{}: the sink's records are unknown", self.url.name()));
+            return Err(format!(
+                "{}: the sink's records are unknown",
+                self.url.name()
+            ));
         };
         let what = self.what();
         if let Some(first) = &tracker.refused {
@@ -366,7 +394,9 @@ mod tests {
     #[test]
     fn groups_confirm_in_order_and_a_refusal_stops_them() {
         let mut t = Tracker::default();
-        for (seq, (position, remaining)) in [(10, 2), (11, 0), (14, 1), (20, 1)].into_iter().enumerate() {
+        for (seq, (position, remaining)) in
+            [(10, 2), (11, 0), (14, 1), (20, 1)].into_iter().enumerate()
+        {
             t.groups.push_back(Sent {
                 seq: seq as u64,
                 position,

@@ -396,7 +396,8 @@ impl Driver {
                     "{}: {} changes could not be written: {}",
                     self.status.name,
                     self.status.backlog(),
-                    why.as_deref().unwrap_or("the destination did not take them")
+                    why.as_deref()
+                        .unwrap_or("the destination did not take them")
                 ));
             }
         }

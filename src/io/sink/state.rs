@@ -229,7 +229,9 @@ mod tests {
             state.record_sent(&[p]).unwrap();
         }
         state.confirm(REWRITE_AFTER as u64 + 5, 0).unwrap();
-        let len = std::fs::metadata(dir.join("sink-upsert.sent")).unwrap().len();
+        let len = std::fs::metadata(dir.join("sink-upsert.sent"))
+            .unwrap()
+            .len();
         assert_eq!(len, 5 * 16);
         let again = SinkState::load(&dir, "upsert", "x").unwrap();
         assert_eq!(again.sent.len(), 5);
