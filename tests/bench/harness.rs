@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use throughline::event::timestamp;
 
+mod sink;
+
 /// The binary measured: this build's, or `THROUGHLINE_BIN` (to measure another build, e.g.
 /// a baseline, with the same harness).
 fn bin() -> String {
@@ -332,7 +334,7 @@ fn one_at_a_time(count: usize, clock: u64) -> Latencies {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|sink`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -558,6 +560,14 @@ fn main() {
                 command: format!("throughline {} > /dev/null", args.join(" ")),
             });
         }
+    }
+
+    // the Kafka sink's latency, and the views while its broker is stopped (needs tansu:
+    // only with `--only=sink`, or in the full table when THROUGHLINE_TANSU is set)
+    if only.as_deref() == Some("sink")
+        || (only.is_none() && std::env::var_os("THROUGHLINE_TANSU").is_some())
+    {
+        rows.extend(sink::rows(&dir, quick, start_ms));
     }
 
     println!("| figure | measured | target | command |");
