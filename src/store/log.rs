@@ -779,6 +779,36 @@ mod tests {
         );
     }
 
+    /// Batches end at every cut; those ending at a cut are `Cut`, those ending between the
+    /// first and the last cut `Hold`, the others `Any`; every line is in one batch, in order.
+    #[test]
+    fn a_replay_ends_batches_at_the_cuts() {
+        let records: Vec<Record> = (0..12).map(|i| rec(i / 5)).collect();
+        let cuts = BTreeSet::from([4, 7, 9]);
+        let batches = batches_cut(&records, 1, &cuts);
+        let shape: Vec<(u64, u64, Boundary)> = batches
+            .iter()
+            .map(|b| {
+                let first = b.lines.first().unwrap().number;
+                (first, b.lines.last().unwrap().number, b.boundary)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1, 4, Boundary::Cut),
+                (5, 5, Boundary::Hold), // a new receipt time starts at line 6
+                (6, 7, Boundary::Cut),
+                (8, 9, Boundary::Cut),
+                (10, 10, Boundary::Any),
+                (11, 12, Boundary::Any),
+            ]
+        );
+        assert!(batches_cut(&records, 1, &BTreeSet::new())
+            .iter()
+            .all(|b| b.boundary == Boundary::Any));
+    }
+
     #[test]
     fn kafka_origins_survive_the_log_and_give_the_resume_positions() {
         let path = temp("origins");
