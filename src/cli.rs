@@ -15,8 +15,8 @@ use crate::event::{identifiers, timestamp};
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::kafka::KafkaUrl;
-use crate::io::sink::Sink;
 use crate::io::sink::kafka::{Form, KafkaDestination};
+use crate::io::sink::{self, Sink, WhenFull};
 use crate::io::source;
 use crate::spec::Spec;
 use crate::{replay, server, workload};
@@ -359,8 +359,9 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// A Kafka sink of `run`: it waits up to two minutes at the end for the broker to confirm
-/// everything, and fails the run if some record could not be written.
+/// A Kafka sink of `run`: the engine waits while it holds a million undelivered changes,
+/// and at the end up to two minutes for the broker to confirm everything; the run fails if
+/// some record could not be written.
 fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
     let url = KafkaUrl::parse(url)?;
     let destination = KafkaDestination::open(&url, form)?;
@@ -372,7 +373,7 @@ fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
         Box::new(destination),
         name,
         None,
-        u64::MAX,
+        (sink::DEFAULT_BACKLOG, WhenFull::Wait),
         Duration::from_secs(120),
     )?))
 }

@@ -20,7 +20,7 @@ use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::file::FileDestination;
 use crate::io::sink::kafka::{Form, KafkaDestination};
 use crate::io::sink::state::{self, SinkState};
-use crate::io::sink::{self, Destination, Sink, SinkStatus};
+use crate::io::sink::{self, Destination, Sink, SinkStatus, WhenFull};
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
@@ -343,7 +343,7 @@ fn start_engine(
             destination,
             name,
             Some(state),
-            config.sink_backlog,
+            (config.sink_backlog, WhenFull::Report),
             SINK_PATIENCE,
         )?;
         statuses.push(sink.status());

@@ -96,12 +96,13 @@ proptest! {
     }
 }
 
-/// The file sink of `serve` across the worst moment: it cannot write (a full disk) while
-/// ada is identified and forgotten, and the server is SIGKILLed before it could. The views
-/// move on meanwhile and `/healthz` says the sink is not delivering. After the restart
-/// the file holds every change exactly once and consolidates to the views, ada included
-/// only as an insertion and its retraction; a compaction after that removes her from the
-/// log. A clean restart appends to the file, never rewrites it.
+/// The file sink of `serve` across the worst moment: ada's row is written and confirmed,
+/// then the file cannot be written (a full disk) while bob arrives and ada is forgotten, and
+/// the server is SIGKILLed before it could write her retraction. The views move on
+/// meanwhile and `/healthz` says the sink is not delivering. After the restart the file
+/// holds every change exactly once and consolidates to the views, ada's `+1` followed by
+/// her `-1`; a compaction after that removes her from the log. A clean restart appends to
+/// the file, never rewrites it.
 #[test]
 fn an_erasure_reaches_a_file_sink_that_could_not_write_before_a_crash() {
     let dir = std::env::temp_dir().join(format!("throughline-sinks-{}", std::process::id()));
@@ -121,10 +122,30 @@ fn an_erasure_reaches_a_file_sink_that_could_not_write_before_a_crash() {
             "{{\"type\":\"identify\",\"userId\":\"{user}\",\"timestamp\":{ms},\"traits\":{{\"email\":\"{user}@example.com\"}}}}"
         )
     };
-    let serve = Serve::start_env(&data, &args, &[("FAILPOINTS", "sink::file::write=return")]);
-    for body in [identify("ada", t0), identify("bob", t0 + 5000)] {
-        assert_eq!(serve.post("/v1/identify", body.as_bytes()).0, 200);
+    let waiting = |what: &str, started: Instant| {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // the first write succeeds, every later one fails
+    let faults = [("FAILPOINTS", "sink::file::write=1*off->return")];
+    let serve = Serve::start_env(&data, &args, &faults);
+    assert_eq!(
+        serve.post("/v1/identify", identify("ada", t0).as_bytes()).0,
+        200
+    );
+    let started = Instant::now();
+    while !serve.get("/metrics").1.contains(&format!(
+        "throughline_sink_confirmed_position{{sink=\"{}\"}} 1\n",
+        file.display()
+    )) {
+        waiting("ada's row is never confirmed", started);
     }
+    assert_eq!(
+        serve
+            .post("/v1/identify", identify("bob", t0 + 5000).as_bytes())
+            .0,
+        200
+    );
     let forget = format!("{{\"userId\":\"ada\",\"timestamp\":{}}}", t0 + 1000);
     assert_eq!(serve.post("/v1/forget", forget.as_bytes()).0, 200);
     let started = Instant::now();
@@ -134,13 +155,13 @@ fn an_erasure_reaches_a_file_sink_that_could_not_write_before_a_crash() {
         if !rows.contains("ada") && rows.contains("bob") && health.contains("degraded: sink") {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{rows}\n{health}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        waiting(&format!("{rows}\n{health}"), started);
     }
-    assert_eq!(std::fs::read(&file).unwrap_or_default(), b"");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("user_id:ada") && !written.contains("\"diff\":-1"),
+        "{written}"
+    );
     serve.kill();
     let serve = Serve::start_with(&data, &args);
     assert_eq!(

@@ -804,9 +804,11 @@ mod tests {
                 (11, 12, Boundary::Any),
             ]
         );
-        assert!(batches_cut(&records, 1, &BTreeSet::new())
-            .iter()
-            .all(|b| b.boundary == Boundary::Any));
+        assert!(
+            batches_cut(&records, 1, &BTreeSet::new())
+                .iter()
+                .all(|b| b.boundary == Boundary::Any)
+        );
     }
 
     #[test]

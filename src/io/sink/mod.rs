@@ -237,6 +237,17 @@ impl Queue {
     }
 }
 
+/// What the engine's end of a sink does when the sink holds its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Nothing: the server stops taking input instead ([`SinkStatus::full`]), and the views
+    /// go on (`serve`).
+    Report,
+    /// [`Publish::publish`] waits until the sink has room: a replay (`run`) has no views to
+    /// keep live, and its memory stays bounded.
+    Wait,
+}
+
 /// A sink: the engine's end ([`Publish`]) of a destination driven by a thread of its own.
 pub struct Sink {
     queue: Arc<Queue>,
@@ -244,17 +255,19 @@ pub struct Sink {
     thread: Option<JoinHandle<Result<String, String>>>,
     /// Groups up to this position were confirmed before a restart: not sent again.
     skip_upto: u64,
+    when_full: WhenFull,
 }
 
 impl Sink {
     /// Starts the thread that drives `destination`. With `state` (`serve`), groups up to
     /// its confirmed position are skipped and the position is kept up to date; `bound`
-    /// is [`SinkStatus::bound`]; `patience`, how long the end waits for the destination.
+    /// is [`SinkStatus::bound`], and `when_full` what publishing does past it; `patience`,
+    /// how long the end waits for the destination.
     pub fn start(
         destination: Box<dyn Destination>,
         name: String,
         state: Option<SinkState>,
-        bound: u64,
+        (bound, when_full): (u64, WhenFull),
         patience: Duration,
     ) -> Result<Sink, String> {
         let skip_upto = state.as_ref().map_or(0, |s| s.confirmed);
@@ -281,6 +294,7 @@ impl Sink {
             status,
             thread: Some(thread),
             skip_upto,
+            when_full,
         })
     }
 
@@ -294,6 +308,12 @@ impl Publish for Sink {
     fn publish(&mut self, changes: &[Change], position: u64) -> io::Result<()> {
         if position <= self.skip_upto {
             return Ok(()); // confirmed before the restart
+        }
+        while self.when_full == WhenFull::Wait
+            && self.status.full()
+            && self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
         self.status
             .queued
