@@ -92,6 +92,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (erasure_log, sets) = ErasureLog::open(&dir.erasures())
         .map_err(|e| format!("cannot open {}: {e}", dir.erasures().display()))?;
     let mut states = sink_states(&dir, &config)?;
+    for (_, state) in &mut states {
+        state.within(recovery.records.len() as u64)?;
+    }
     // what the sinks have confirmed decides which erasures compaction may reduce, and where
     // the replay must end groups so that they get again exactly what they may lack
     let confirmed = states

@@ -119,6 +119,24 @@ impl SinkState {
         Ok(state)
     }
 
+    /// Keeps the state within a log of `logged` records. A sink cannot have confirmed more
+    /// than the log holds (the engine sees only fsynced records), unless the directory was
+    /// restored from an older copy: then its later lines would take positions the sink
+    /// believes delivered, so it starts afresh (said on stderr) and gets the whole history.
+    pub fn within(&mut self, logged: u64) -> Result<(), String> {
+        if self.confirmed > logged || self.sent.last().is_some_and(|p| *p > logged) {
+            eprintln!(
+                "throughline: sink {}: its saved position ({}) is past the log's {logged} records: it gets the whole history again",
+                self.destination, self.confirmed
+            );
+            self.sent.clear();
+            self.sent_entries = usize::MAX; // the next confirm rewrites the sent file
+            self.confirm(0, 0)
+                .map_err(|e| format!("cannot reset {}: {e}", self.position_path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Durably records that groups at `positions` (ascending) are about to be sent.
     pub fn record_sent(&mut self, positions: &[u64]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(positions.len() * 16);
@@ -147,7 +165,7 @@ impl SinkState {
         write_atomically(&self.position_path, text.as_bytes())?;
         (self.confirmed, self.extra) = (position, extra);
         self.sent.retain(|p| *p > position);
-        if self.sent_entries > self.sent.len() + REWRITE_AFTER {
+        if self.sent_entries > self.sent.len().saturating_add(REWRITE_AFTER) {
             let mut buf = Vec::with_capacity(self.sent.len() * 16);
             for p in &self.sent {
                 frame(&p.to_le_bytes(), &mut buf);
@@ -218,6 +236,21 @@ mod tests {
         let other = SinkState::load(&dir, "changes", "kafka://b/other").unwrap();
         assert_eq!((other.confirmed, other.sent.len()), (0, 0));
         assert!(!sent.exists());
+    }
+
+    /// A state past the end of the log (a directory restored from an older copy) starts
+    /// afresh, its sent positions gone from the file too.
+    #[test]
+    fn a_state_past_the_log_starts_afresh() {
+        let dir = dir("past");
+        let mut state = SinkState::load(&dir, "changes", "t").unwrap();
+        state.record_sent(&[4, 9]).unwrap();
+        state.confirm(4, 0).unwrap();
+        state.within(20).unwrap();
+        assert_eq!((state.confirmed, state.sent.clone()), (4, vec![9]));
+        state.within(3).unwrap();
+        let again = SinkState::load(&dir, "changes", "t").unwrap();
+        assert_eq!((again.confirmed, again.sent.len()), (0, 0));
     }
 
     /// The sent file is rewritten once it holds many confirmed entries.
