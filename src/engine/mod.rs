@@ -466,8 +466,7 @@ impl<'w> Driver<'w> {
             spec,
             inputs,
             outputs,
-            gate: Admission::new(spec.intent.max_future_ms, salt)
-                .with_wall_clock(options.clock == Clock::Wall),
+            gate: Admission::new(spec, salt).with_wall_clock(options.clock == Clock::Wall),
             sinks,
             snapshot: options.snapshot.then(Snapshot::default),
             options,

@@ -1,7 +1,7 @@
 //! The stateful part of SPEC section 1: deduplication, the far-future rule, suppression and
 //! the event-time clock. Applied, in this order, to lines that parsed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -64,8 +64,15 @@ pub enum Line {
 #[derive(Debug)]
 pub struct Admission {
     max_future_ms: u64,
-    /// xxh3-128 hashes of accepted messageIds (16 bytes each; a collision is ~2^-100 at 1e9 ids).
-    seen: griddle::HashSet<u128>,
+    /// How long an accepted messageId is remembered (`None`: forever).
+    dedup_window_ms: Option<u64>,
+    /// xxh3-128 hashes of accepted messageIds (16 bytes each; a collision is ~2^-100 at 1e9
+    /// ids), each with the clock `c` just after it was last accepted.
+    seen: griddle::HashMap<u128, u64>,
+    /// The same (c, hash) pairs in acceptance order, so ids that can no longer be
+    /// duplicates (`now - c >= dedup_window`, and the clock never goes back) are forgotten:
+    /// the set holds the ids of one window, not of all time. Empty without a window.
+    expiry: VecDeque<(u64, u128)>,
     /// Salted hashes of erased identifiers; never raw values.
     suppressed: HashSet<u128>,
     salt: u128,
@@ -75,11 +82,20 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// A fresh gate: no ids seen, nothing suppressed, no clock yet.
-    pub fn new(max_future_ms: u64, salt: u128) -> Admission {
+    /// A fresh gate for `spec`'s rules: no ids seen, nothing suppressed, no clock yet.
+    pub fn new(spec: &Spec, salt: u128) -> Admission {
+        Admission::with_rules(spec.intent.max_future_ms, spec.input.dedup_window_ms, salt)
+    }
+
+    /// A fresh gate: events more than `max_future_ms` ahead of the wall clock are dead
+    /// letters, and ids are remembered for `dedup_window_ms` of engine clock (`None`:
+    /// forever).
+    pub fn with_rules(max_future_ms: u64, dedup_window_ms: Option<u64>, salt: u128) -> Admission {
         Admission {
             max_future_ms,
-            seen: griddle::HashSet::new(),
+            dedup_window_ms,
+            seen: griddle::HashMap::new(),
+            expiry: VecDeque::new(),
             suppressed: HashSet::new(),
             salt,
             clock: None,
@@ -176,7 +192,7 @@ impl Admission {
     /// acceptance records the messageId and advances the clock.
     pub fn admit(&mut self, event: &Event, wall_ms: u64) -> Verdict {
         let id_hash = event.message_id.as_deref().map(message_id_hash);
-        if id_hash.is_some_and(|h| self.seen.contains(&h)) {
+        if id_hash.is_some_and(|h| self.is_duplicate(h)) {
             return Verdict::Duplicate;
         }
         if event.timestamp_ms > wall_ms.saturating_add(self.max_future_ms) {
@@ -196,13 +212,22 @@ impl Admission {
         }
     }
 
+    /// SPEC section 1: an id is a duplicate when it was accepted at clock `c` (the clock
+    /// just after accepting it) and `now - c < dedup_window`, `now` being the clock before
+    /// this event; with an unlimited window, whenever it was accepted before.
+    fn is_duplicate(&self, id: u128) -> bool {
+        match (self.seen.get(&id), self.clock) {
+            (Some(&c), Some(now)) => self
+                .dedup_window_ms
+                .is_none_or(|window| now.saturating_sub(c) < window),
+            _ => false,
+        }
+    }
+
     /// Records an accepted event's messageId hash and advances the clock (read at wall clock
     /// `wall_ms`); returns the clock. Replaying a compacted line (a residue) that was
     /// accepted does only this.
     pub fn accept(&mut self, timestamp_ms: u64, message_id: Option<u128>, wall_ms: u64) -> u64 {
-        if let Some(h) = message_id {
-            self.seen.insert(h);
-        }
         let at = if self.wall_clock {
             timestamp_ms.max(wall_ms)
         } else {
@@ -210,7 +235,36 @@ impl Admission {
         };
         let now = self.clock.map_or(at, |c| c.max(at));
         self.clock = Some(now);
+        if let Some(h) = message_id {
+            self.seen.insert(h, now);
+            if self.dedup_window_ms.is_some() {
+                self.expiry.push_back((now, h));
+            }
+        }
+        self.forget_expired(now);
         now
+    }
+
+    /// Forgets the ids that can no longer be duplicates at clock `now` or later.
+    fn forget_expired(&mut self, now: u64) {
+        let Some(window) = self.dedup_window_ms else {
+            return;
+        };
+        while let Some(&(c, h)) = self.expiry.front() {
+            if now.saturating_sub(c) < window {
+                break;
+            }
+            self.expiry.pop_front();
+            // unless it was accepted again since
+            if self.seen.get(&h) == Some(&c) {
+                self.seen.remove(&h);
+            }
+        }
+    }
+
+    /// How many messageIds the gate remembers now.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
     }
 
     /// In wall-clock mode, moves the clock to `wall_ms` if that is later; returns the clock
@@ -268,7 +322,7 @@ mod tests {
 
     #[test]
     fn order_of_checks_and_clock() {
-        let mut gate = Admission::new(1000, 7);
+        let mut gate = Admission::with_rules(1000, None, 7);
         assert_eq!(
             gate.admit(&event(Some("a"), 50, "u"), 100),
             Verdict::Accepted { now: 50 }
@@ -304,5 +358,45 @@ mod tests {
             Verdict::Accepted { now: 70 }
         );
         assert_eq!(gate.clock(), Some(70));
+    }
+
+    /// SPEC section 1's window: a duplicate while `now - c < window` (`c` the clock just
+    /// after the first acceptance, `now` the clock before the repeat); accepted again, and
+    /// remembered anew, once the clock is `window` past `c`; the set forgets what can no
+    /// longer repeat. Unlimited: a duplicate forever.
+    #[test]
+    fn ids_are_remembered_for_the_window() {
+        let mut gate = Admission::with_rules(u64::MAX / 2, Some(100), 7);
+        let at = |gate: &mut Admission, id: Option<&str>, ts| gate.admit(&event(id, ts, "u"), 0);
+        assert_eq!(
+            at(&mut gate, Some("a"), 1000),
+            Verdict::Accepted { now: 1000 }
+        );
+        assert_eq!(at(&mut gate, Some("a"), 1050), Verdict::Duplicate);
+        assert_eq!(at(&mut gate, None, 1099), Verdict::Accepted { now: 1099 });
+        assert_eq!(
+            at(&mut gate, Some("a"), 10),
+            Verdict::Duplicate,
+            "now - c = 99"
+        );
+        assert_eq!(at(&mut gate, None, 1100), Verdict::Accepted { now: 1100 });
+        assert_eq!(gate.remembered(), 0, "a can no longer be a duplicate");
+        // now - c = 100: accepted again, and remembered from the clock after it
+        assert_eq!(
+            at(&mut gate, Some("a"), 10),
+            Verdict::Accepted { now: 1100 }
+        );
+        assert_eq!(at(&mut gate, Some("a"), 1199), Verdict::Duplicate);
+        assert_eq!(
+            at(&mut gate, Some("b"), 1199),
+            Verdict::Accepted { now: 1199 }
+        );
+        assert_eq!(gate.remembered(), 2);
+        let mut forever = Admission::with_rules(u64::MAX / 2, None, 7);
+        assert!(matches!(
+            at(&mut forever, Some("a"), 1),
+            Verdict::Accepted { .. }
+        ));
+        assert_eq!(at(&mut forever, Some("a"), 1 << 50), Verdict::Duplicate);
     }
 }

@@ -36,6 +36,8 @@ pub struct SpecError {
 pub struct Spec {
     /// Where it came from (file path or the default's name).
     pub source: String,
+    /// Input settings (SPEC section 1).
+    pub input: InputSpec,
     /// Identity resolution settings (SPEC section 2 and 3).
     pub identity: IdentitySpec,
     /// Intent scoring settings (SPEC section 4).
@@ -44,6 +46,14 @@ pub struct Spec {
     pub consent: ConsentSpec,
     /// Output views (SPEC section 5), in declaration order.
     pub views: Vec<ViewSpec>,
+}
+
+/// SPEC section 1 settings (`[input]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpec {
+    /// How long (engine clock, ms) an accepted `messageId` is remembered: an event with the
+    /// same id is a duplicate while `now - c < dedup_window`; `None` is `"unlimited"`.
+    pub dedup_window_ms: Option<u64>,
 }
 
 /// SPEC section 2 and 3 settings.

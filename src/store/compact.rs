@@ -68,7 +68,7 @@ pub fn rewrite(
     sets: &ErasureSets,
     confirmed: u64,
 ) -> Rewritten {
-    let mut gate = Admission::new(spec.intent.max_future_ms, salt);
+    let mut gate = Admission::new(spec, salt);
     let mut erased: HashSet<u128> = HashSet::new();
     let mut fates = Vec::with_capacity(records.len());
     let mut deferred = None;

@@ -91,7 +91,8 @@ impl Accepted {
 /// clock): `changes` then holds differences between sampled states, and `snapshots` the
 /// sampled states. For inputs too large to recompute at every time.
 pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64) -> bool) -> Run {
-    let mut seen: HashSet<String> = HashSet::new();
+    // messageId -> the clock just after it was last accepted
+    let mut seen: HashMap<String, u64> = HashMap::new();
     let mut clock: Option<u64> = None;
     let mut events: Vec<Accepted> = Vec::new();
     let mut dead = Vec::new();
@@ -127,7 +128,11 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
                 continue;
             }
         }
-        if ev.message_id.as_ref().is_some_and(|id| seen.contains(id)) {
+        // SPEC section 1: a duplicate while now - c < dedup_window (now: the clock before)
+        let repeat = ev.message_id.as_ref().and_then(|id| seen.get(id));
+        if let (Some(c), Some(now)) = (repeat, clock)
+            && spec.input.dedup_window_ms.is_none_or(|w| now - c < w)
+        {
             continue;
         }
         if ev.timestamp_ms > wall_ms + spec.intent.max_future_ms {
@@ -137,11 +142,11 @@ pub fn run_sampled(spec: &Spec, input: &[u8], wall_ms: u64, sample: &dyn Fn(u64)
         if ev.idents.iter().any(|i| suppressed.contains(i)) {
             continue;
         }
-        if let Some(id) = &ev.message_id {
-            seen.insert(id.clone());
-        }
         let now = clock.map_or(ev.timestamp_ms, |c| c.max(ev.timestamp_ms));
         clock = Some(now);
+        if let Some(id) = &ev.message_id {
+            seen.insert(id.clone(), now);
+        }
         if ev.kind == Kind::Forget {
             // S: the request's identifiers and all identifiers of their profiles now
             let live: Vec<Vec<Ident>> = events

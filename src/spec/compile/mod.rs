@@ -1,10 +1,11 @@
 //! Compilation of a spec: the raw TOML model (serde structs that reject unknown keys) and
 //! the checks of SPEC section 8 that turn it into a [`Spec`], one module per section of the
-//! spec: [`identity`](self::identity), [`intent`](self::intent), [`consent`](self::consent)
-//! and [`views`](self::views). Every error names the file, the line and the key.
+//! spec: [`input`](self::input), [`identity`](self::identity), [`intent`](self::intent),
+//! [`consent`](self::consent) and [`views`](self::views). Every error names the file, the line and the key.
 
 mod consent;
 mod identity;
+mod input;
 mod intent;
 mod views;
 
@@ -21,11 +22,18 @@ use super::*;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSpec {
+    input: Option<RawInput>,
     identity: Spanned<RawIdentity>,
     intent: Option<RawIntent>,
     consent: Option<RawConsent>,
     #[serde(default)]
     view: Vec<RawView>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    dedup_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -158,11 +166,13 @@ impl Ctx<'_> {
     }
 
     pub(super) fn compile(&self, raw: RawSpec) -> Result<Spec, SpecError> {
+        let input = self.input(raw.input)?;
         let identity = self.identity(raw.identity)?;
         let intent = self.intent(raw.intent)?;
         let consent = self.consent(raw.consent)?;
         let mut spec = Spec {
             source: self.file.into(),
+            input,
             identity,
             intent,
             consent,
