@@ -217,9 +217,7 @@ impl Admission {
     /// this event; with an unlimited window, whenever it was accepted before.
     fn is_duplicate(&self, id: u128) -> bool {
         match (self.seen.get(&id), self.clock) {
-            (Some(&c), Some(now)) => self
-                .dedup_window_ms
-                .is_none_or(|window| now.saturating_sub(c) < window),
+            (Some(&c), Some(now)) => remembered_at(c, now, self.dedup_window_ms),
             _ => false,
         }
     }
@@ -251,7 +249,7 @@ impl Admission {
             return;
         };
         while let Some(&(c, h)) = self.expiry.front() {
-            if now.saturating_sub(c) < window {
+            if remembered_at(c, now, Some(window)) {
                 break;
             }
             self.expiry.pop_front();
@@ -302,6 +300,13 @@ impl Admission {
     pub fn is_suppressed(&self, ident: &Ident) -> bool {
         !self.suppressed.is_empty() && self.suppressed.contains(&self.salted(ident))
     }
+}
+
+/// SPEC section 1's dedup window: whether an id accepted at clock `c` (the clock just after
+/// accepting it) still makes an event a duplicate at clock `now` (the clock before that
+/// event): `now - c < window`, always with no window (`"unlimited"`).
+fn remembered_at(c: u64, now: u64, window: Option<u64>) -> bool {
+    window.is_none_or(|window| now.saturating_sub(c) < window)
 }
 
 #[cfg(test)]
