@@ -16,7 +16,8 @@
 //!    ([`engine::input`]: batches and requests) and what it puts out ([`engine::output`]:
 //!    the change stream, snapshots, dead letters, subscriptions).
 //! 7. [`store`]: the server's data directory, durable log, erasure sets and compaction.
-//! 8. [`io`]: the outside world: files and pipes, Kafka, HTTP, the console.
+//! 8. [`io`]: the outside world: files and pipes, Kafka in, the sinks the change stream
+//!    goes to (Kafka topics, a file: [`io::sink`]), HTTP, the console.
 //! 9. [`server`]: wires the long-lived server.
 //! 10. [`replay`], [`workload`] and [`cli`]: the commands.
 //!
