@@ -331,14 +331,22 @@ fn start_engine(
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
     let mut statuses = Vec::new();
     for (name, mut state) in states.drain(..) {
+        let kafka = |url: &KafkaUrl, form| -> Result<Box<dyn Destination>, String> {
+            let destination = KafkaDestination::open_waiting(url, form)?;
+            // a broker that is away does not keep the server from starting
+            if let Err(why) = destination.reachable(Duration::from_secs(2)) {
+                eprintln!("throughline: sink {name}: {why}; delivering once it answers");
+            }
+            Ok(Box::new(destination))
+        };
         let destination: Box<dyn Destination> = if name.ends_with(".*") {
             let url = config
                 .upsert
                 .as_ref()
                 .ok_or("internal error: no --upsert")?;
-            Box::new(KafkaDestination::open(url, Form::Upsert)?.resumable())
+            kafka(url, Form::Upsert)?
         } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
-            Box::new(KafkaDestination::open(&KafkaUrl::parse(url)?, Form::Changes)?.resumable())
+            kafka(&KafkaUrl::parse(url)?, Form::Changes)?
         } else {
             Box::new(FileDestination::open(Path::new(&name), &mut state)?)
         };

@@ -1144,3 +1144,45 @@ fn assert_same(got: &[String], rows: &[String], what: &str) {
         rows.len()
     );
 }
+
+/// A sink's broker that is down when `serve` starts does not keep it from starting: events
+/// are acknowledged and in the views, `/healthz` says the sink is not delivering, and once a
+/// broker is up there (with the topic) the sink delivers what waited.
+#[test]
+#[ignore = "needs tansu and kafka-python: tests/run.sh installs them and runs it"]
+fn serve_starts_with_its_sink_broker_down_and_delivers_once_it_is_up() {
+    let broker = Broker::start();
+    let addr = free_loopback_addr(); // nothing listens here yet
+    let dir = temp("serve-sink-down");
+    let _ = std::fs::remove_dir_all(&dir);
+    let serve = Serve::start_with(&dir, &["--sink", &format!("kafka://{addr}/dchanges")]);
+    assert_eq!(
+        serve.post("/v1/identify", identify("ada", T0).as_bytes()).0,
+        200
+    );
+    wait_profiles(&serve, "ada is not in the view", |rows| {
+        rows.contains("user_id:ada")
+    });
+    let started = Instant::now();
+    loop {
+        let (status, health) = serve.get("/healthz");
+        assert_eq!(status, 200, "{health}");
+        if health.contains("degraded: sink") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{health}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut late = run_tansu(&broker.tansu, &addr);
+    create_topic(&broker.tansu, &addr, "dchanges", 1);
+    wait_confirmed(&serve, 1);
+    let changes = changes_once(&addr, "dchanges");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("user_id:ada") && c.contains("\"diff\":1")),
+        "{changes:#?}"
+    );
+    let _ = late.kill();
+    let _ = late.wait();
+}

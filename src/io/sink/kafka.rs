@@ -172,13 +172,27 @@ pub struct KafkaDestination {
     producer: ThreadedProducer<Tracking>,
     tracker: Arc<Mutex<Tracker>>,
     next_seq: u64,
+    /// What librdkafka said about its connections.
+    said: Said,
     /// A server's sink: what is not confirmed at the end is sent again after the restart.
     resumable: bool,
 }
 
 impl KafkaDestination {
-    /// Connects (an unreachable broker is an error here).
+    /// Connects: an unreachable broker is an error here (`run` fails before reading
+    /// anything); see [`KafkaDestination::open_waiting`] for a server.
     pub fn open(url: &KafkaUrl, form: Form) -> Result<KafkaDestination, String> {
+        let mut destination = KafkaDestination::open_waiting(url, form)?;
+        destination.reachable(BROKER_TIMEOUT)?;
+        destination.resumable = false;
+        Ok(destination)
+    }
+
+    /// For a server's sink: configures the producer without waiting for the broker, which
+    /// may be away when the server starts (its records wait, the sink counts them and
+    /// `/healthz` says it is not delivering); what is sent again after a restart is not an
+    /// error at the end ([`Destination::finish`]).
+    pub fn open_waiting(url: &KafkaUrl, form: Form) -> Result<KafkaDestination, String> {
         let context = Tracking::default();
         let said = context.1.clone();
         let tracker = Arc::clone(&context.0);
@@ -194,26 +208,24 @@ impl KafkaDestination {
             .set("queue.buffering.max.messages", QUEUED_RECORDS.to_string())
             .create_with_context(context)
             .map_err(|e| explain(url, &said, "configure the producer", &e))?;
-        // fail now, not at the first change, when the broker is unreachable
-        producer
-            .client()
-            .fetch_metadata(None, BROKER_TIMEOUT)
-            .map_err(|e| explain(url, &said, "reach the broker", &e))?;
         Ok(KafkaDestination {
             url: url.clone(),
             form,
             producer,
             tracker,
+            said,
             next_seq: 0,
-            resumable: false,
+            resumable: true,
         })
     }
 
-    /// For a server's sink, whose restart sends again what was not confirmed: records left
-    /// unconfirmed at the end are said, not an error.
-    pub fn resumable(mut self) -> KafkaDestination {
-        self.resumable = true;
-        self
+    /// Whether the broker answers a metadata request within `patience`, or why not.
+    pub fn reachable(&self, patience: Duration) -> Result<(), String> {
+        self.producer
+            .client()
+            .fetch_metadata(None, patience)
+            .map(|_| ())
+            .map_err(|e| explain(&self.url, &self.said, "reach the broker", &e))
     }
 
     /// The records of one group: (topic, key, value) — one per change, or in the upsert
