@@ -335,7 +335,7 @@ fn start_engine(
             let destination = KafkaDestination::open_waiting(url, form)?;
             // a broker that is away does not keep the server from starting
             if let Err(why) = destination.reachable(Duration::from_secs(2)) {
-                eprintln!("throughline: sink {name}: {why}; delivering once it answers");
+                eprintln!("throughline: {why}; the sink delivers once it answers");
             }
             Ok(Box::new(destination))
         };

@@ -157,6 +157,16 @@ fn an_erasure_reaches_a_file_sink_that_could_not_write_before_a_crash() {
         }
         waiting(&format!("{rows}\n{health}"), started);
     }
+    // the console's overview says so too
+    let (_, stats) = serve.get("/v1/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let sink = &stats["sinks"][0];
+    assert_eq!(sink["name"], file.display().to_string());
+    assert!(
+        sink["stalled"]["since"].as_u64().is_some() && sink["stalled"]["why"].is_string(),
+        "{stats}"
+    );
+    assert!(sink["backlog"].as_u64().is_some_and(|b| b > 0), "{stats}");
     let written = std::fs::read_to_string(&file).unwrap();
     assert!(
         written.contains("user_id:ada") && !written.contains("\"diff\":-1"),

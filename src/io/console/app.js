@@ -160,6 +160,17 @@ function overview() {
     const card = (title, big, chart) =>
       el("div", { class: "card" }, el("h3", { text: title }), el("div", { class: "big", text: big }), chart);
     const compaction = stats.last_compaction;
+    // each sink: delivering, or since when it is not; what it holds and has confirmed
+    const sinks = (stats.sinks || []).map((s) =>
+      el("div", { class: "card sink", "data-sink": s.name },
+        el("h3", { text: `Sink ${s.name}` }),
+        el("div", { class: s.stalled ? "big error" : "big", text: s.stalled ? "not delivering" : "delivering" }),
+        el("div", {
+          class: "quiet",
+          text: (s.stalled ? `since ${fmtTime(s.stalled.since)}: ${s.stalled.why}. ` : "") +
+            `${fmtNumber(s.backlog)} changes waiting, ${fmtNumber(s.delivered)} delivered, ` +
+            `confirmed to log line ${fmtNumber(s.confirmed)}`,
+        })));
     main.replaceChildren(
       el("h1", { text: "Overview" }),
       el("div", { class: "cols" },
@@ -174,7 +185,8 @@ function overview() {
                 ? `last compaction ${fmtTime(compaction.at)}: ${fmtNumber(compaction.records)} records, ` +
                   `${fmtNumber(compaction.reduced)} reduced, ${fmtBytes(compaction.bytes_before)} → ${fmtBytes(compaction.bytes_after)}`
                 : "no compaction since the server started",
-            })))),
+            })),
+          ...sinks)),
       el("h2", { text: "Last ten minutes" }),
       el("div", { class: "cards" },
         card("Ingestion (lines/s)", fmtNumber(last.events_per_s || 0),

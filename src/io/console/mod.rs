@@ -3,7 +3,8 @@
 //!
 //! - **Overview** (`#/`): every view with its live row count; ingestion rate, dead letters,
 //!   suppressed events and ingest-to-output latency over the last ten minutes as small
-//!   charts; the log's size and the last compaction. From [`stats`] (`GET /v1/stats`),
+//!   charts; the log's size and the last compaction; each sink, delivering or not (since
+//!   when, and why), with its backlog and confirmed log line. From [`stats`] (`GET /v1/stats`),
 //!   sampled from the engine's own counters every [`SAMPLE_EVERY`] by [`StatsHistory`].
 //! - **A view, live** (`#/view/NAME`): its rows, kept current from the change subscription
 //!   (`GET /v1/views/NAME/changes` as Server-Sent Events); a row that arrives or leaves is
@@ -23,14 +24,15 @@
 //! key as the username), which the browser then sends with the page's own requests.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::engine::output::LiveViews;
 use crate::engine::{Counters, wall_clock_ms};
+use crate::io::sink::SinkStatus;
 use crate::spec::Spec;
 use crate::store::log::CompactStats;
 
@@ -156,14 +158,15 @@ pub fn quantile_ms(counts: &[u64], bounds_us: &[u64], q: f64) -> Option<f64> {
 }
 
 /// What the console's overview shows (`GET /v1/stats`): the views with their row counts,
-/// the totals, the log's size, the last compaction and the last ten minutes' series.
+/// the totals, the log's size, the last compaction, each sink (its backlog, confirmed log
+/// line and, while it does not deliver, why) and the last ten minutes' series.
 pub fn stats(
     spec: &Spec,
     live: &Mutex<LiveViews>,
     counters: &Counters,
     history: &StatsHistory,
-    log_bytes: u64,
-    last_compaction: Option<(u64, CompactStats)>,
+    (log_bytes, last_compaction): (u64, Option<(u64, CompactStats)>),
+    sinks: &[Arc<SinkStatus>],
 ) -> Value {
     let views: Vec<Value> = match live.lock() {
         Ok(live) => spec
@@ -210,6 +213,13 @@ pub fn stats(
             "bytes_before": s.bytes_before,
             "bytes_after": s.bytes_after,
         })),
+        "sinks": sinks.iter().map(|s| json!({
+            "name": s.name,
+            "backlog": s.backlog(),
+            "delivered": s.delivered.load(Ordering::Relaxed),
+            "confirmed": s.confirmed.load(Ordering::Relaxed),
+            "stalled": s.stalled().map(|(since, why)| json!({"since": since, "why": why})),
+        })).collect::<Vec<_>>(),
         "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
         "max_drawn": MAX_DRAWN,
         "series": history.series(counters.latency.bounds_us),

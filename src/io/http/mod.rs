@@ -269,8 +269,11 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
                 &ctx.live,
                 &ctx.counters,
                 &ctx.stats,
-                std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
-                ctx.compactor.last(),
+                (
+                    std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
+                    ctx.compactor.last(),
+                ),
+                &ctx.sinks,
             )
             .to_string(),
         ),

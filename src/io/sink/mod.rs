@@ -160,10 +160,15 @@ impl SinkStatus {
         self.backlog() >= self.bound
     }
 
-    /// `sink NAME not delivering since TIME (WHY)`, while it is not delivering.
+    /// Since when (epoch ms) it has not delivered, and why, while it does not.
+    pub fn stalled(&self) -> Option<(u64, String)> {
+        self.stalled.lock().ok()?.clone()
+    }
+
+    /// `sink NAME not delivering since TIME (WHY; N changes waiting)`, while it is not
+    /// delivering.
     pub fn problem(&self) -> Option<String> {
-        let stalled = self.stalled.lock().ok()?.clone()?;
-        let (since, why) = stalled;
+        let (since, why) = self.stalled()?;
         Some(format!(
             "sink {} not delivering since {} ({why}; {} changes waiting)",
             self.name,
