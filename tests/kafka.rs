@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -75,43 +75,7 @@ impl Drop for Broker {
     }
 }
 
-/// Starts tansu with in-memory storage listening on `addr`, and waits until it does.
-fn run_tansu(tansu: &str, addr: &str) -> Child {
-    let url = format!("tcp://{addr}");
-    let child = Command::new(tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {tansu}: {e}"));
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "tansu did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// Creates a topic on the broker at `addr` with tansu's command line.
-fn create_topic(tansu: &str, addr: &str, name: &str, partitions: u32) {
-    let status = Command::new(tansu)
-        .args(["topic", "create", "--broker", &format!("tcp://{addr}")])
-        .args(["--partitions", &partitions.to_string(), name])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot create topic {name}");
-}
+use common::tansu::{create_topic, start as run_tansu};
 
 /// Runs kafka-python (`tests/sdk/kafka_client.py COMMAND BROKER TOPIC`) with `input`, against
 /// the broker at `broker` (`HOST:PORT`).
@@ -157,6 +121,13 @@ fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("throughline-kafka-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
+}
+
+/// A data directory for a server, empty.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = temp(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// The rows the upsert topics `{prefix}.{view}` hold, read with kafka-python: the latest
@@ -405,8 +376,7 @@ fn serve_following_a_topic_applies_each_record_once_across_sigkills() {
             .into_bytes()
         })
         .collect();
-    let dir = temp("serve-data");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-data");
     let source = format!("{}?group=follow", broker.url("live"));
     let mut serve = Serve::start(&dir, &source);
     let producer = {
@@ -494,8 +464,7 @@ fn serve_waits_for_a_broker_that_is_down_and_says_so() {
     let broker = Broker::start();
     // a broker on a port where nothing listens yet
     let addr = free_loopback_addr();
-    let dir = temp("serve-down");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-down");
     let serve = Serve::start(&dir, &format!("kafka://{addr}/late"));
     let event = "{\"type\":\"identify\",\"userId\":\"http-1\",\"timestamp\":1767261600000}";
     let (status, body) =
@@ -551,8 +520,7 @@ fn serve_writes_changes_and_rows_to_topics_across_restarts() {
     for view in &views {
         broker.create_topic(&format!("srows.{view}"), 1);
     }
-    let dir = temp("serve-sinks");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-sinks");
     let (sink, upsert) = (broker.url("schanges"), broker.url("srows"));
     let start = || Serve::start_with(&dir, &["--sink", &sink, "--upsert", &upsert]);
     let lines = common::workload(14, 900, 90, false);
@@ -654,8 +622,7 @@ fn serve_survives_its_broker_going_away() {
         "gone",
         b"{\"type\":\"identify\",\"userId\":\"from-kafka\",\"timestamp\":1767261600000}\n",
     );
-    let dir = temp("serve-gone");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-gone");
     let source = broker.url("gone");
     let mut serve = Serve::start(&dir, &source);
     let has = |serve: &Serve, user: &str| {
@@ -859,8 +826,7 @@ const T0: u64 = 1_767_261_600_000; // 2026-01-01T10:00:00Z
 fn an_erasure_reaches_the_topics_when_the_server_dies_before_sending_it() {
     let broker = Broker::start();
     let (sink, upsert) = sink_topics(&broker, "e");
-    let dir = temp("serve-erasure");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-erasure");
     let args = [
         "--sink",
         &sink,
@@ -936,8 +902,7 @@ fn an_erasure_reaches_the_topics_when_the_server_dies_before_sending_it() {
 fn the_latest_engine_time_reaches_the_topics_without_a_later_event() {
     let broker = Broker::start();
     let (sink, upsert) = sink_topics(&broker, "l");
-    let dir = temp("serve-latest");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-latest");
     let serve = Serve::start_with(&dir, &["--sink", &sink, "--upsert", &upsert]);
     for body in [identify("ada", T0), identify("bob", T0 + 5000)] {
         assert_eq!(serve.post("/v1/identify", body.as_bytes()).0, 200);
@@ -969,8 +934,7 @@ fn the_latest_engine_time_reaches_the_topics_without_a_later_event() {
 fn a_frozen_broker_freezes_neither_the_views_nor_the_server() {
     let broker = Broker::start();
     let (sink, _) = sink_topics(&broker, "f");
-    let dir = temp("serve-frozen");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-frozen");
     let serve = Serve::start_with(&dir, &["--sink", &sink, "--sink-backlog", "40"]);
     assert_eq!(
         serve.post("/v1/identify", identify("u-0", T0).as_bytes()).0,
@@ -1052,8 +1016,7 @@ fn a_frozen_broker_freezes_neither_the_views_nor_the_server() {
 fn erasures_reach_the_topics_across_sigkills_under_load() {
     let broker = Broker::start();
     let (sink, upsert) = sink_topics(&broker, "k");
-    let dir = temp("serve-kills");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-kills");
     let args = [
         "--sink",
         &sink,
@@ -1153,8 +1116,7 @@ fn assert_same(got: &[String], rows: &[String], what: &str) {
 fn serve_starts_with_its_sink_broker_down_and_delivers_once_it_is_up() {
     let broker = Broker::start();
     let addr = free_loopback_addr(); // nothing listens here yet
-    let dir = temp("serve-sink-down");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("serve-sink-down");
     let serve = Serve::start_with(&dir, &["--sink", &format!("kafka://{addr}/dchanges")]);
     assert_eq!(
         serve.post("/v1/identify", identify("ada", T0).as_bytes()).0,

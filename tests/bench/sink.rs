@@ -25,6 +25,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Latencies, Row, bin, final_clock, generate, live_event};
 
+#[path = "../common/tansu.rs"]
+mod tansu;
+
 /// A keep-alive HTTP/1.1 connection to the server.
 struct Http {
     stream: BufReader<TcpStream>,
@@ -302,37 +305,8 @@ struct Session {
 impl Session {
     fn start(tansu: &str, dir: &Path, state: &[u8], clock: u64) -> Session {
         let broker = free_addr();
-        let url = format!("tcp://{broker}");
-        let tansu = Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start tansu");
-        while TcpStream::connect(&broker).is_err() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let created = Command::new(std::env::var("THROUGHLINE_TANSU").unwrap_or_default())
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &url,
-                "--partitions",
-                "1",
-                "changes",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("tansu topic create");
-        assert!(created.success(), "cannot create the topic");
+        let tansu_child = tansu::start(tansu, &broker);
+        tansu::create_topic(tansu, &broker, "changes", 1);
         let data = dir.join("sink-data");
         let _ = std::fs::remove_dir_all(&data);
         let sink = format!("kafka://{broker}/changes");
@@ -389,7 +363,7 @@ impl Session {
             .wait_for(0, Duration::from_secs(120))
             .expect("the marker never reached the topic");
         Session {
-            tansu,
+            tansu: tansu_child,
             serve,
             http,
             records,

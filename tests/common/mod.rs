@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod tansu;
 
 use std::io::{Read, Write};
 use std::path::Path;
