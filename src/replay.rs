@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::engine::output::DeadLetters;
-use crate::engine::{Options, Sinks};
+use crate::engine::{Options, Retention, Sinks};
 use crate::event::identifiers;
 use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
@@ -68,13 +68,23 @@ impl Write for SharedBuffer {
 
 /// Runs `events` (NDJSON bytes) through `spec` in memory, at the fixture wall clock.
 pub fn run_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Outputs, String> {
+    run_bytes_with(spec, events, workers, Retention::Retire)
+}
+
+/// [`run_bytes`] with the given retention (tests compare [`Retention::KeepAll`] with it).
+pub fn run_bytes_with(
+    spec: &Spec,
+    events: Vec<u8>,
+    workers: usize,
+    retention: Retention,
+) -> Result<Outputs, String> {
     let changes = SharedBuffer::default();
     let dead = SharedBuffer::default();
     let sinks = Sinks::new(
         Some(Box::new(changes.clone())),
         DeadLetters::new(Some(Box::new(dead.clone()))),
     );
-    let snapshot = snapshot_of(spec, events, workers, sinks)?;
+    let snapshot = snapshot_of(spec, events, workers, sinks, retention)?;
     Ok(Outputs {
         changes: changes.lines(),
         snapshot,
@@ -91,6 +101,7 @@ pub fn snapshot_bytes(spec: &Spec, events: Vec<u8>, workers: usize) -> Result<Ve
         events,
         workers,
         Sinks::new(None, DeadLetters::new(None)),
+        Retention::Retire,
     )
 }
 
@@ -100,10 +111,12 @@ fn snapshot_of(
     events: Vec<u8>,
     workers: usize,
     sinks: Sinks,
+    retention: Retention,
 ) -> Result<Vec<String>, String> {
     let options = Options {
         workers,
         snapshot: true,
+        retention,
         wall_clock_ms: Some(FIXTURE_WALL_CLOCK_MS),
         ..Options::default()
     };

@@ -34,6 +34,13 @@ pub struct GenArgs {
     /// First event time, epoch ms (default 2026-09-01T00:00:00Z).
     #[arg(long, default_value_t = 1_788_220_800_000)]
     pub start_ms: u64,
+    /// Spread the events evenly over this many days of event time (a long-lived
+    /// deployment's traffic: a year is `--days 365`). A person then keeps their anonymous
+    /// ids, as analytics.js keeps one per browser in a cookie: each person has at most four,
+    /// so the population's identifiers stop growing as its traffic goes on. Without it, the
+    /// events span at most about 60 days and every twentieth event starts a new anonymous id.
+    #[arg(long)]
+    pub days: Option<u64>,
 }
 
 /// `throughline gen`: writes the workload to stdout.
@@ -90,8 +97,11 @@ const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
 impl Generator {
     fn new(args: &GenArgs) -> Generator {
         let profiles = args.profiles.max(1);
-        // spread events over at most ~60 days, about one second apart
-        let gap_ms = (60 * 86_400_000 / args.events.max(1)).clamp(1, 2000);
+        // spread events over at most ~60 days, about one second apart, or over `days`
+        let gap_ms = match args.days {
+            Some(days) => (days.saturating_mul(86_400_000) / args.events.max(1)).max(1),
+            None => (60 * 86_400_000 / args.events.max(1)).clamp(1, 2000),
+        };
         Generator {
             rng: ChaCha8Rng::seed_from_u64(args.seed),
             args: GenArgs {
@@ -217,7 +227,10 @@ impl Generator {
             self.sessions[slot].0 += 1; // new session, new anonymous id
             self.sessions[slot].1 = false;
         }
-        let (session, logged_in) = self.sessions[slot];
+        let (mut session, logged_in) = self.sessions[slot];
+        if self.args.days.is_some() {
+            session %= 4; // one anonymous id per browser, kept in its cookie
+        }
         let has_account = who % 10 < 7;
         let anon = format!("anon-{who}-{session}");
         let shared = who.is_multiple_of(50) && who + 1 < self.args.profiles;
@@ -477,6 +490,7 @@ mod tests {
             seed: 9,
             adversarial: true,
             start_ms: 1_788_220_800_000,
+            days: None,
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         generate(&args, &mut a).unwrap();

@@ -73,6 +73,7 @@ fn log_of(seed: u64, events: u64) -> Vec<Record> {
         seed,
         adversarial: true,
         start_ms: 1_767_225_600_000,
+        days: None,
     };
     workload::generate(&args, &mut out).unwrap();
     out.split(|b| *b == b'\n')

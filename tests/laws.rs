@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use throughline::dataflow::retention::Retention;
 use throughline::dataflow::{self, EventFacts, Inputs, Outputs, ViewRow, time};
 use throughline::event;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
@@ -22,7 +23,8 @@ fn states_after(
     let spec = spec.clone();
     let batches = batches.to_vec();
     timely::execute_directly(move |worker| {
-        let (mut inputs, outputs): (Inputs, Outputs) = dataflow::build(worker, &spec, None);
+        let (mut inputs, outputs): (Inputs, Outputs) =
+            dataflow::build(worker, &spec, None, Retention::KeepAll);
         let state: Rc<RefCell<BTreeMap<(String, String), isize>>> = Rc::default();
         let mut states = Vec::new();
         for (i, batch) in batches.iter().enumerate() {
@@ -122,6 +124,7 @@ fn retracting_a_generated_workload_returns_to_empty() {
         seed: 5,
         adversarial: true,
         start_ms: 1_767_225_600_000,
+        days: None,
     };
     workload::generate(&args, &mut bytes).unwrap();
     let facts: Vec<EventFacts> = bytes
@@ -156,6 +159,7 @@ fn one_two_and_four_workers_give_identical_output() {
         seed: 21,
         adversarial: true,
         start_ms: 1_767_225_600_000,
+        days: None,
     };
     workload::generate(&args, &mut bytes).unwrap();
     let one = common::engine(&spec, &bytes, 1);

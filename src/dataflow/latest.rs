@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::labels::Label;
 use super::traits::TraitValue;
 use super::views::Fact;
-use super::{ByKey, Coll, Node};
+use super::{ByKey, Coll, EventFacts, Node};
 
 /// What a record decides: a consent purpose (by index) or a trait key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -41,6 +41,20 @@ pub fn attributed<'s>(
     records.join_core(labels, |_primary, record, label| {
         Some((Node(label.root.clone()), record.clone()))
     })
+}
+
+/// The consent and trait records an event makes, with their slots and ranks
+/// ([`super::consent::precedence`], [`super::traits::record`]).
+pub fn records_of(facts: &EventFacts) -> impl Iterator<Item = (Slot, Rank)> + '_ {
+    let consent = facts.consent.iter().map(|&(purpose, granted)| {
+        let rank = super::consent::precedence(facts.timestamp_ms, granted);
+        (Slot::Consent(purpose), Rank::Consent(rank))
+    });
+    let traits = facts.traits.iter().map(|(key, source, json)| {
+        let rank = super::traits::record(facts, *source, json);
+        (Slot::Trait(key.clone()), Rank::Trait(rank))
+    });
+    consent.chain(traits)
 }
 
 /// What a slot's greatest record decides: the consent of a purpose, or a trait's value.

@@ -17,6 +17,7 @@ pub mod labels;
 pub mod latest;
 pub mod lookup;
 pub mod profiles;
+pub mod retention;
 pub mod timer;
 pub mod traits;
 pub mod views;
@@ -247,6 +248,13 @@ pub struct Inputs {
     /// Points × 1000 by scored id: signals, then sequences.
     points: Vec<i64>,
     num_signals: u16,
+    /// Whether roles and records retire (SPEC section 9, [`retention`]).
+    retention: retention::Retention,
+    horizon: retention::Horizon,
+    /// Roles in the dataflow, by when they retire.
+    retiring: retention::Roles,
+    /// The records that can still win, per identifier set.
+    kept: retention::Records,
 }
 
 /// Counts of a multiset, reporting when an element appears or disappears.
@@ -338,30 +346,49 @@ impl Inputs {
         self.update_edges_and_records(facts, diff);
     }
 
-    /// What [`Inputs::update`] and [`Inputs::insert`] do besides the nodes: links or wide
-    /// marks, the primary identifier, occurrences, sequence roles and records.
-    fn update_edges_and_records(&mut self, facts: &EventFacts, diff: isize) {
-        if facts.wide {
-            for id in &facts.idents {
+    /// Retracts `count` retired events with identifier set `idents` (an erasure): their
+    /// identifiers, links or wide marks, and the records kept for the set. What else they
+    /// inserted has retired already ([`retention`]).
+    pub fn retract_retired(&mut self, idents: &[Ident], wide: bool, count: u64) {
+        let diff = -(count as isize);
+        for id in idents {
+            if let Some(d) = self.node_counts.update_one(id, diff) {
+                self.nodes.update(Node(id.clone()), d);
+            }
+        }
+        self.update_links(idents, wide, diff);
+        self.retract_records(idents);
+    }
+
+    /// Links between every two identifiers of an event, or its wide marks, times `diff`.
+    fn update_links(&mut self, idents: &[Ident], wide: bool, diff: isize) {
+        if wide {
+            for id in idents {
                 if let Some(d) = self.wide_counts.update_one(id, diff) {
                     self.wide.update(Node(id.clone()), d);
                 }
             }
-        } else {
-            // idents are sorted and distinct: each unordered pair once, sent both ways
-            for (i, a) in facts.idents.iter().enumerate() {
-                for b in &facts.idents[i + 1..] {
-                    // hashes as the pair `(a, b)` does (a reference hashes as its referent)
-                    let is = |(x, y): &(Ident, Ident)| x == a && y == b;
-                    let pair = || (a.clone(), b.clone());
-                    if let Some(d) = self.pair_counts.update((a, b), is, pair, diff) {
-                        let (a, b) = (Node(a.clone()), Node(b.clone()));
-                        self.pairs.update((a.clone(), b.clone()), d);
-                        self.pairs.update((b, a), d);
-                    }
+            return;
+        }
+        // idents are sorted and distinct: each unordered pair once, sent both ways
+        for (i, a) in idents.iter().enumerate() {
+            for b in idents.get(i + 1..).unwrap_or_default() {
+                // hashes as the pair `(a, b)` does (a reference hashes as its referent)
+                let is = |(x, y): &(Ident, Ident)| x == a && y == b;
+                let pair = || (a.clone(), b.clone());
+                if let Some(d) = self.pair_counts.update((a, b), is, pair, diff) {
+                    let (a, b) = (Node(a.clone()), Node(b.clone()));
+                    self.pairs.update((a.clone(), b.clone()), d);
+                    self.pairs.update((b, a), d);
                 }
             }
         }
+    }
+
+    /// What [`Inputs::update`] and [`Inputs::insert`] do besides the nodes: links or wide
+    /// marks, the primary identifier, occurrences, sequence roles and records.
+    fn update_edges_and_records(&mut self, facts: &EventFacts, diff: isize) {
+        self.update_links(&facts.idents, facts.wide, diff);
         // every per-event fact is keyed by the event's primary identifier, which the
         // labels attribute to a profile (SPEC section 3, last paragraph)
         let Some(first) = facts.idents.first() else {
@@ -372,22 +399,82 @@ impl Inputs {
             self.schedule(facts, &primary, signal, diff);
         }
         for &(q, role) in &facts.roles {
-            let role_of = (q, role, facts.timestamp_ms, facts.seq);
-            self.roles.update((primary.clone(), role_of), diff);
+            self.role(facts, &primary, q, role, diff);
             if role == 1 {
                 self.schedule(facts, &primary, self.num_signals + q, diff);
             }
         }
-        for &(purpose, granted) in &facts.consent {
-            let rank = consent::precedence(facts.timestamp_ms, granted);
-            let record = (latest::Slot::Consent(purpose), latest::Rank::Consent(rank));
-            self.records.update((primary.clone(), record), diff);
+        for (slot, rank) in latest::records_of(facts) {
+            self.record(facts, &primary, slot, rank, diff);
         }
-        for (key, source, json) in &facts.traits {
-            let rank = latest::Rank::Trait(traits::record(facts, *source, json));
-            let record = (latest::Slot::Trait(key.clone()), rank);
-            self.records.update((primary.clone(), record), diff);
+        if diff < 0 && self.retention == retention::Retention::Retire {
+            self.retract_records(&facts.idents);
         }
+    }
+
+    /// Inserts or retracts a sequence role; with retention, only while it can still earn
+    /// a bonus that weighs anything ([`retention::Horizon::role_retires`]).
+    fn role(&mut self, facts: &EventFacts, primary: &Node, q: u16, role: u8, diff: isize) {
+        let (t, seq) = (facts.timestamp_ms, facts.seq);
+        if self.retention == retention::Retention::Retire {
+            let retires = self.horizon.role_retires(t, q);
+            let live = if diff > 0 {
+                let live = retires > clock_of(self.time());
+                if live {
+                    self.retiring
+                        .file(retires, seq, q, role, primary.clone(), t);
+                }
+                live
+            } else {
+                self.retiring.unfile(retires, seq, q, role)
+            };
+            if !live {
+                return;
+            }
+        }
+        self.roles
+            .update((primary.clone(), (q, role, t, seq)), diff);
+    }
+
+    /// Inserts a consent or trait record (`diff > 0`); with retention only if it is the
+    /// greatest of its slot for the event's identifier set, retracting the one it
+    /// supersedes ([`retention::Records`]). Without retention, also retracts.
+    fn record(
+        &mut self,
+        facts: &EventFacts,
+        primary: &Node,
+        slot: latest::Slot,
+        rank: latest::Rank,
+        diff: isize,
+    ) {
+        if self.retention == retention::Retention::KeepAll {
+            self.records.update((primary.clone(), (slot, rank)), diff);
+            return;
+        }
+        if diff <= 0 {
+            return; // the set's records go at once (`retract_records`)
+        }
+        let primary = primary.clone();
+        for (slot, rank, diff) in self.kept.offer(&facts.idents, slot, rank) {
+            self.records.update((primary.clone(), (slot, rank)), diff);
+        }
+    }
+
+    /// Retracts the records kept for identifier set `idents` (an erasure retracts all its
+    /// events at once).
+    fn retract_records(&mut self, idents: &[Ident]) {
+        let Some(first) = idents.first() else {
+            return;
+        };
+        let primary = Node(first.clone());
+        for (slot, rank, diff) in self.kept.take(idents) {
+            self.records.update((primary.clone(), (slot, rank)), diff);
+        }
+    }
+
+    /// Roles waiting to retire and records kept (for `/metrics`).
+    pub fn retention_counts(&self) -> (usize, usize) {
+        (self.retiring.len(), self.kept.len())
     }
 
     /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
@@ -477,6 +564,9 @@ impl Inputs {
         self.roles.advance_to(time);
         self.records.advance_to(time);
         self.queries.advance_to(time);
+        while let Some(role) = self.retiring.pop_due(clock_of(time)) {
+            self.roles.update(role, -1);
+        }
     }
 
     /// Sends buffered updates into the dataflow.
@@ -586,7 +676,12 @@ pub fn add_count<K: Hash + Eq>(counts: &mut griddle::HashMap<K, isize>, key: K, 
 /// Builds the dataflow for `spec` on this worker. Every worker must call it. With
 /// `rows_only`, each worker hands over the view rows it holds at the end ([`RowsOnly`])
 /// instead of capturing their changes at worker 0 ([`Outputs::changes`] stays empty).
-pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (Inputs, Outputs) {
+pub fn build(
+    worker: &mut Worker,
+    spec: &Spec,
+    rows_only: Option<RowsOnly>,
+    retention: retention::Retention,
+) -> (Inputs, Outputs) {
     let probe = ProbeHandle::new();
     let changes = Rc::new(RefCell::new(Vec::new()));
     let profiles = Rc::new(RefCell::new(0i64));
@@ -671,6 +766,10 @@ pub fn build(worker: &mut Worker, spec: &Spec, rows_only: Option<RowsOnly>) -> (
             timer: timer::DecayTimer::default(),
             points: spec.intent.scored().map(|(_, points)| points).collect(),
             num_signals,
+            retention,
+            horizon: retention::Horizon::of(spec),
+            retiring: retention::Roles::default(),
+            kept: retention::Records::default(),
         }
     });
     (

@@ -47,7 +47,7 @@ impl Driver<'_> {
                 }
                 Line::Accepted { event, now } => {
                     self.summary.tally.accepted += 1;
-                    self.advance_clock(now);
+                    self.advance_clock(now)?;
                     self.pending
                         .push_back((now, batch.read_at, event.kind == Kind::Forget));
                     if event.kind == Kind::Forget {
@@ -62,7 +62,7 @@ impl Driver<'_> {
                 Line::Replayed { now, erasure } => {
                     self.summary.tally.accepted += 1;
                     self.summary.tally.forgets += u64::from(erasure.is_some());
-                    self.advance_clock(now);
+                    self.advance_clock(now)?;
                 }
                 Line::Duplicate => {
                     self.summary.tally.duplicates += 1;
@@ -126,17 +126,20 @@ impl Driver<'_> {
     pub(super) fn tick(&mut self) -> Result<(), EngineError> {
         let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
         if let Some(now) = self.gate.tick(wall) {
-            self.advance_clock(now);
+            self.advance_clock(now)?;
             self.settle()?;
         }
         Ok(())
     }
 
-    /// Moves the inputs to the (possibly new) clock value `now`.
-    pub(super) fn advance_clock(&mut self, now: u64) {
+    /// Moves the inputs to the (possibly new) clock value `now`, and retires the events
+    /// whose horizon it reaches (SPEC section 9).
+    pub(super) fn advance_clock(&mut self, now: u64) -> Result<(), EngineError> {
         if time(now, 0) > self.inputs.time() {
             self.inputs.advance_to(time(now, 0));
             self.step = 0;
+            self.history.retire(now).map_err(EngineError::Internal)?;
         }
+        Ok(())
     }
 }

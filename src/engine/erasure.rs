@@ -10,7 +10,9 @@
 //!    which log compaction, `store::compact`, reads to drop the erased values from disk);
 //! 4. every live event carrying an identifier of S is taken out of the history
 //!    ([`crate::history::History::take_carrying`]) and retracted from the dataflow, exactly
-//!    the negation of its insertion.
+//!    the negation of its insertion; so is every retired event carrying one
+//!    ([`crate::history::History::take_retired`]: what is left of it, its links and the
+//!    records kept for its identifier set).
 //!
 //! Lookups (`GET /v1/profiles/...`) and explanations use the same queries and history.
 
@@ -55,6 +57,11 @@ impl Driver<'_> {
         let taken = self.history.take_carrying(&erased);
         for facts in taken.map_err(EngineError::Internal)? {
             self.inputs.update(&facts, -1);
+        }
+        // events retired long ago are retracted too (SPEC section 9): their links, and the
+        // records kept for their identifier sets
+        for (idents, wide, count) in self.history.take_retired(&erased) {
+            self.inputs.retract_retired(&idents, wide, count);
         }
         self.dirty = true;
         Ok(())

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
+pub use crate::dataflow::retention::Retention;
 use crate::dataflow::views::Fact;
 use crate::dataflow::{
     self, EventFacts, Inputs, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
@@ -76,6 +77,9 @@ pub struct Options {
     /// Stop reading at the first accepted event that would move the clock past this value
     /// (`explain --at`: the state at T is that of every line before it, SPEC section 7).
     pub until_ms: Option<u64>,
+    /// Retire what can no longer change any output (SPEC section 9), or keep everything
+    /// (the reference retention is tested against).
+    pub retention: Retention,
 }
 
 impl Default for Options {
@@ -91,6 +95,7 @@ impl Default for Options {
             clock: Clock::Event,
             cluster: None,
             until_ms: None,
+            retention: Retention::Retire,
         }
     }
 }
@@ -286,6 +291,7 @@ pub fn run_channel(
         && sinks.live.is_none()
         && sinks.publishers.is_empty())
     .then(RowsOnly::default);
+    let retention = options.retention;
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
     let leads = options.cluster.as_ref().is_none_or(|c| c.process == 0);
     let mut config = match &options.cluster {
@@ -322,7 +328,7 @@ pub fn run_channel(
         watch_connection(c, Arc::clone(&connected));
     }
     let guards = timely::execute(config, move |worker| {
-        let (inputs, outputs) = dataflow::build(worker, &spec, rows_only.clone());
+        let (inputs, outputs) = dataflow::build(worker, &spec, rows_only.clone(), retention);
         if worker.index() != 0 {
             // a follower: timely steps it until the dataflow completes, which happens once
             // worker 0 (process 0) closes its inputs, in this process or another
@@ -462,6 +468,7 @@ impl<'w> Driver<'w> {
                 ^ u128::from(std::process::id())
         });
         Driver {
+            history: History::new(options.retention, dataflow::retention::Horizon::of(spec)),
             worker,
             spec,
             inputs,
@@ -479,7 +486,6 @@ impl<'w> Driver<'w> {
             dirty: false,
             pending: VecDeque::new(),
             summary: Summary::default(),
-            history: History::default(),
             stopped: false,
             last_progress: Instant::now(),
             merging,

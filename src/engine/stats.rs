@@ -92,6 +92,24 @@ pub struct Tally {
     pub changes: u64,
 }
 
+/// What the engine holds (SPEC section 9: it follows the live state), as of the end of the
+/// last round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Events whose facts are held (within their horizon).
+    pub live_events: u64,
+    /// Retired events, held as counts per identifier set.
+    pub retired_events: u64,
+    /// Identifier sets of retired events.
+    pub retired_sets: u64,
+    /// Consent and trait records in the dataflow (the greatest per slot and identifier set).
+    pub records: u64,
+    /// Sequence roles in the dataflow, waiting to retire.
+    pub roles: u64,
+    /// `messageId`s remembered in the dedup window.
+    pub message_ids: u64,
+}
+
 /// A latency histogram with fixed buckets, updated without locks.
 #[derive(Debug)]
 pub struct Histogram {
@@ -186,6 +204,8 @@ pub struct Summary {
     pub dead_letter_examples: Vec<DeadLetter>,
     /// Profiles at the final clock.
     pub profiles: i64,
+    /// What the engine held at the end.
+    pub retained: Retained,
     /// The final engine clock (epoch ms).
     pub clock: Option<u64>,
     /// Wall time of the run.
@@ -290,6 +310,20 @@ impl Driver<'_> {
     /// once its changes are published (on live input; a replay publishes a clock value once
     /// the clock moves past it): whoever sees `lines` reach a value finds every change of
     /// those lines in the views.
+    /// What the engine holds now.
+    pub(super) fn retained(&self) -> Retained {
+        let (retired_events, retired_sets) = self.history.retired_counts();
+        let (roles, records) = self.inputs.retention_counts();
+        Retained {
+            live_events: self.history.len() as u64,
+            retired_events,
+            retired_sets: retired_sets as u64,
+            records: records as u64,
+            roles: roles as u64,
+            message_ids: self.gate.remembered() as u64,
+        }
+    }
+
     pub(super) fn mirror(&self) {
         if let Some(c) = &self.sinks.counters {
             c.mirror(&self.summary.tally);
@@ -326,6 +360,7 @@ impl Driver<'_> {
         summary.dead_letters = self.sinks.dead_letters.counts().clone();
         summary.dead_letter_examples = self.sinks.dead_letters.examples().to_vec();
         summary.profiles = *self.outputs.profiles.borrow();
+        summary.retained = self.retained();
         summary.clock = self.clock();
         summary.elapsed = started.elapsed();
         summary.snapshot = match &self.rows_only {

@@ -94,15 +94,46 @@ impl<'a> Graph<'a> {
             return Rc::clone(events);
         }
         let at = self.at;
-        let events: Rc<[EventFacts]> = self
+        let mut events: Vec<EventFacts> = self
             .history
             .carrying(id)
             .filter(move |facts| facts.arrival_ms <= at)
             .collect();
+        // retired events (SPEC section 9): those holding a record, and one standing for the
+        // links of each identifier set
+        for group in self.history.retired_carrying(id) {
+            if group.first.arrival_ms > at {
+                continue;
+            }
+            events.extend(group.keepers());
+            events.push(EventFacts {
+                seq: group.last.seq,
+                idents: group.idents.to_vec(),
+                wide: group.wide,
+                timestamp_ms: group.last.timestamp_ms,
+                arrival_ms: group.last.arrival_ms,
+                signals: Vec::new(),
+                roles: Vec::new(),
+                consent: Vec::new(),
+                traits: Vec::new(),
+                message_id: None,
+                origin: group.last.origin,
+                blocked: Box::new([]),
+            });
+        }
+        events.sort_by_key(|facts| facts.seq);
+        let events: Rc<[EventFacts]> = events.into();
         self.events
             .borrow_mut()
             .insert(id.clone(), Rc::clone(&events));
         events
+    }
+
+    /// How many retired events carried both `a` and `b`.
+    pub fn retired_carrying_both(&self, a: &Ident, b: &Ident) -> u64 {
+        let groups = self.history.retired_carrying(a).into_iter();
+        let both = groups.filter(|group| group.idents.contains(b));
+        both.map(|group| group.count).sum()
     }
 
     /// Whether any live event carries `id` (it is a node).

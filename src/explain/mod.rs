@@ -86,6 +86,11 @@ pub struct EventRef {
     pub line: u64,
     /// Its timestamp (epoch ms).
     pub timestamp: u64,
+    /// It retired (SPEC section 9): only its source, line and time are kept. A retired
+    /// event cited for a link stands for every retired event with its identifier set
+    /// (the last of them is cited).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
 }
 
 /// The identity part.
@@ -292,7 +297,7 @@ pub fn explain(
         };
     }
     let resolved = graph.resolve(ident);
-    let cite = |f: &EventFacts| event_ref(f, sources);
+    let cite = |f: &EventFacts| event_ref(f, sources, !history.is_live(f.seq));
     // each member's events, decoded once and held for the explanation (no copies)
     let carrying: Vec<(&Ident, Rc<[EventFacts]>)> = resolved
         .members
@@ -303,7 +308,8 @@ pub fn explain(
     let (score, score_milli, active) = score(spec, &events, at, &cite);
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
-    let identity = identity(&mut graph, spec, &resolved, events.len(), &cite);
+    let live = events.iter().filter(|f| history.is_live(f.seq)).count();
+    let identity = identity(&mut graph, spec, &resolved, live, &cite);
     let views = view_decisions(spec, &resolved, score_milli, &active, &consent, &traits);
     Outcome::Found(Box::new(Explanation {
         identifier: key(ident),
@@ -317,12 +323,15 @@ pub fn explain(
     }))
 }
 
-fn event_ref(facts: &EventFacts, sources: &SourceNames) -> EventRef {
+fn event_ref(facts: &EventFacts, sources: &SourceNames, retired: bool) -> EventRef {
     EventRef {
-        message_id: facts.message_id.as_deref().map(str::to_string),
+        message_id: (!retired)
+            .then(|| facts.message_id.as_deref().map(str::to_string))
+            .flatten(),
         source: sources.name(facts.origin.source),
         line: facts.origin.line,
         timestamp: facts.timestamp_ms,
+        retired,
     }
 }
 
@@ -348,12 +357,16 @@ fn link(
     b: &Ident,
     cite: &dyn Fn(&EventFacts) -> EventRef,
 ) -> (Vec<EventRef>, usize) {
-    let mut total = 0;
-    let mut cited = Vec::new();
+    // retired events count by their groups; each group is cited once, by its last event
+    let mut total = graph.retired_carrying_both(a, b) as usize;
+    let mut cited: Vec<EventRef> = Vec::new();
     for facts in graph.events(a).iter().filter(|f| f.idents.contains(b)) {
-        total += 1;
-        if cited.len() < MAX_CITED {
-            cited.push(cite(facts));
+        let reference = cite(facts);
+        if !reference.retired {
+            total += 1;
+        }
+        if cited.len() < MAX_CITED && !cited.contains(&reference) {
+            cited.push(reference);
         }
     }
     (cited, total)

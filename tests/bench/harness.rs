@@ -332,9 +332,94 @@ fn one_at_a_time(count: usize, clock: u64) -> Latencies {
     Latencies::of(micros.split_off(micros.len().min(10)), lost)
 }
 
+/// SPEC section 9: a year of steady traffic from a fixed population (`gen --days 365`),
+/// piped into `run -w 2`; peak RSS after the first third and after all of it, and what the
+/// engine holds at the end (`--stats`: live events, retired ones, identifier sets, records).
+fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
+    let (events, profiles) = if quick {
+        (300_000u64, 3_000u64)
+    } else {
+        (3_000_000, 30_000)
+    };
+    let start_ms = 1_764_547_200_000u64; // 2025-12-01: a year ends before today
+    let path = dir.join(format!("year{events}.ndjson"));
+    let gen_cmd = format!(
+        "throughline gen --events {events} --profiles {profiles} --days 365 --seed 7 --start-ms {start_ms} > year.ndjson"
+    );
+    let out = Command::new(bin())
+        .args(["gen", "--events", &events.to_string(), "--profiles"])
+        .args([&profiles.to_string(), "--days", "365", "--seed", "7"])
+        .args(["--start-ms", &start_ms.to_string()])
+        .output()
+        .expect("cannot run gen");
+    assert!(out.status.success());
+    let third = dir.join(format!("year{events}-third.ndjson"));
+    let cut = out
+        .stdout
+        .split_inclusive(|b| *b == b'\n')
+        .take((events / 3) as usize)
+        .flatten()
+        .copied()
+        .collect::<Vec<u8>>();
+    std::fs::write(&third, cut).expect("cannot write the workload");
+    std::fs::write(&path, out.stdout).expect("cannot write the workload");
+    // piped, as a user runs it
+    let piped = |file: &Path| -> (f64, String, String) {
+        let input = std::fs::File::open(file).expect("open the workload");
+        let out = Command::new(bin())
+            .args(["run", "-w", "2", "--stats", "-q"])
+            .stdin(input)
+            .stdout(Stdio::null())
+            .output()
+            .expect("cannot start throughline");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "run failed: {stderr}");
+        let peak = stderr
+            .lines()
+            .find_map(|l| number_before(l, " MB: "))
+            .unwrap_or(f64::NAN);
+        let find = |prefix: &str| {
+            stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+                .unwrap_or_default()
+        };
+        let held = find("throughline: stats: retained: ");
+        let memory = find("throughline: stats: peak RSS ");
+        (peak, held, memory)
+    };
+    let (at_third, held_third, _) = piped(&third);
+    let (at_end, held_end, memory) = piped(&path);
+    let command = format!(
+        "{gen_cmd}; head -n {} year.ndjson | throughline run -w 2 --stats; throughline run -w 2 --stats < year.ndjson",
+        events / 3
+    );
+    vec![
+        Row {
+            figure: format!(
+                "memory over a year of steady traffic ({profiles} people): peak RSS after {}k and {}k events",
+                events / 3_000,
+                events / 1_000
+            ),
+            measured: format!(
+                "{at_third:.0} MB, {at_end:.0} MB: {:.2}x",
+                at_end / at_third
+            ),
+            target: "at most 1.3x",
+            command,
+        },
+        Row {
+            figure: "held after a third of the year, and after all of it".into(),
+            measured: format!("{held_third}; {held_end} ({memory})"),
+            target: "(reported)",
+            command: "throughline run -w 2 --stats (the `retained` line)".into(),
+        },
+    ]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain|sink`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|retention|sink`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -560,6 +645,10 @@ fn main() {
                 command: format!("throughline {} > /dev/null", args.join(" ")),
             });
         }
+    }
+
+    if want("retention") {
+        rows.extend(retention_rows(&dir, quick));
     }
 
     // the Kafka sink's latency, and the views while its broker is stopped (needs tansu:

@@ -299,13 +299,29 @@ pub fn arb_line() -> impl Strategy<Value = String> {
 /// A generated workload (`throughline gen`) starting before the fixture wall clock, so only
 /// the deliberate far-future lines are dead.
 pub fn workload(seed: u64, events: u64, profiles: u64, adversarial: bool) -> Vec<u8> {
+    workload_over(seed, events, profiles, adversarial, None)
+}
+
+/// [`workload`] spread over `days` of event time (`gen --days`), from 2025-01-01.
+pub fn workload_over(
+    seed: u64,
+    events: u64,
+    profiles: u64,
+    adversarial: bool,
+    days: Option<u64>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let args = throughline::workload::GenArgs {
         events,
         profiles,
         seed,
         adversarial,
-        start_ms: 1_767_225_600_000,
+        start_ms: if days.is_some() {
+            1_735_689_600_000
+        } else {
+            1_767_225_600_000
+        },
+        days,
     };
     throughline::workload::generate(&args, &mut out).unwrap();
     out
