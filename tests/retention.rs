@@ -119,6 +119,67 @@ fn forgetting_long_retired_events() {
     same(&spec, &lines(&by_email));
 }
 
+/// A user's later record comes from an event with a shared device that belongs to another
+/// user's profile; forgetting that user (long after, or at once) takes the later record and
+/// gives back the earlier one of another identifier set, retired or not.
+#[test]
+fn forgetting_another_profile_gives_back_an_earlier_record() {
+    let spec = Spec::default_spec();
+    let at = |day: u64| START + day * DAY;
+    let consent = |granted: bool| {
+        json!({"categoryPreferences": {"personalization": granted, "marketing": granted}})
+    };
+    let base = vec![
+        json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1",
+               "traits": {"plan": "pro"}, "timestamp": at(0),
+               "context": {"consent": consent(true)}}),
+        json!({"type": "identify", "userId": "u0", "messageId": "m2", "timestamp": at(1),
+               "context": {"device": {"id": "shared"}}}),
+        json!({"type": "identify", "userId": "u1", "messageId": "m3", "timestamp": at(2),
+               "traits": {"plan": "free"},
+               "context": {"device": {"id": "shared"}, "consent": consent(false)}}),
+    ];
+    for forget_day in [3, 100] {
+        let mut events = base.clone();
+        for day in (4..forget_day).step_by(20) {
+            events.push(json!({"type": "page", "userId": "u9", "timestamp": at(day)}));
+        }
+        events.push(json!({"type": "forget", "userId": "u0", "timestamp": at(forget_day)}));
+        events.push(json!({"type": "page", "userId": "u9", "timestamp": at(forget_day + 1)}));
+        same(&spec, &lines(&events));
+    }
+}
+
+/// Sequence bonuses at the edges of the horizon: a `then` event `within` after its `first`,
+/// and the clock stopping just before and at `t + max_age + within` and `t_B + max_age`.
+#[test]
+fn sequence_bonuses_at_the_horizon() {
+    let spec = Spec::default_spec();
+    let (max_age, within) = (28 * DAY, 30 * 60_000);
+    let t = START;
+    for gap in [0, 1, within / 2, within - 1, within] {
+        for end in [
+            t + max_age + within / 8,
+            t + max_age + gap - 1,
+            t + max_age + gap,
+            t + max_age + within - 1,
+            t + max_age + within,
+        ] {
+            let events = vec![
+                json!({"type": "page", "userId": "u1", "properties": {"path": "/pricing"},
+                       "timestamp": t}),
+                json!({"type": "track", "event": "Support Chat Started", "userId": "u1",
+                       "timestamp": t + gap}),
+                json!({"type": "page", "userId": "u2", "timestamp": end}),
+                json!({"type": "page", "userId": "u2", "timestamp": end + 1}),
+                json!({"type": "track", "event": "Support Chat Started", "userId": "u1",
+                       "timestamp": t + gap}),
+            ];
+            same(&spec, &lines(&events));
+        }
+    }
+}
+
 /// A device that links two anonymous ids to a user, long retired, becomes a hub months
 /// later: the profile splits exactly as if every event had been kept.
 #[test]
