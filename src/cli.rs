@@ -636,8 +636,8 @@ fn stats_lines(summary: &Summary) -> Vec<String> {
     }
     let r = &summary.retained;
     out.push(format!(
-        "retained: {} live events, {} retired in {} identifier sets, {} records, {} sequence roles, {} messageIds",
-        r.live_events, r.retired_events, r.retired_sets, r.records, r.roles, r.message_ids
+        "retained: {} live events, {} retired, {} identifier sets, {} records, {} sequence roles, {} messageIds",
+        r.live_events, r.retired_events, r.sets, r.records, r.roles, r.message_ids
     ));
     if let Some(peak) = engine::peak_rss_bytes() {
         let per = |n: i64| {

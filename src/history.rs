@@ -26,22 +26,20 @@
 //! An event leaves the history once the clock reaches its horizon
 //! ([`crate::dataflow::retention::Horizon::event_retires`]): from then on it only adds its
 //! identifiers, links and records to the state (see [`crate::dataflow::retention`] for why).
-//! It is counted in the [`Retired`] group of events with its identifier set, which keeps
-//! what an erasure needs to retract them all (the set, whether the events were wide, how
-//! many) and what an explanation cites (the first and last event, by source, line and
-//! time, and the retired events that hold a slot's greatest record, without their signals).
-//! Chunks of the history whose events have all gone are freed, and the index drops the
+//! It is counted in its identifier set ([`crate::dataflow::retention::Sets`]), which keeps
+//! what an erasure needs to retract the set's retired events (how many), the greatest
+//! record of each slot, and what an explanation cites (the last event, by source, line and
+//! time). Chunks of the history whose events have all gone are freed, and the index drops the
 //! pairs of departed events once they are as many as the rest: memory follows the events
 //! within the horizon and the identifier sets, not every event ever received.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 
 use bincode::Options;
 
-use crate::dataflow::latest::{Rank, Slot, records_of};
 use crate::dataflow::retention::{Horizon, Retention};
-use crate::dataflow::{EventFacts, Origin, Seq};
+use crate::dataflow::{EventFacts, Seq};
 use crate::event::Ident;
 
 /// Live events' facts, in arrival order, indexed by identifier, and the retired ones by
@@ -69,7 +67,6 @@ pub struct History {
     horizon: Horizon,
     /// Live events by the clock at which they retire: `(retires, seq)`, earliest first.
     retiring: BinaryHeap<Reverse<(u64, Seq)>>,
-    retired: Retired,
 }
 
 impl Default for History {
@@ -102,7 +99,6 @@ impl History {
             retention,
             horizon,
             retiring: BinaryHeap::new(),
-            retired: Retired::default(),
         }
     }
 
@@ -131,9 +127,9 @@ impl History {
     }
 
     /// Retires every live event whose horizon the clock `now` has reached: each leaves the
-    /// history for its identifier set's [`Group`]. Returns how many retired.
-    pub fn retire(&mut self, now: u64) -> Result<usize, String> {
-        let mut retired = 0;
+    /// history, and is returned (the dataflow's inputs count it in its identifier set).
+    pub fn retire(&mut self, now: u64) -> Result<Vec<EventFacts>, String> {
+        let mut retired = Vec::new();
         while let Some(&Reverse((retires, seq))) = self.retiring.peek() {
             if retires > now {
                 break;
@@ -144,10 +140,9 @@ impl History {
             };
             let facts = decode(&bytes)?;
             self.stale += facts.idents.len();
-            self.retired.add(facts);
-            retired += 1;
+            retired.push(facts);
         }
-        if retired > 0 {
+        if !retired.is_empty() {
             self.prune();
         }
         Ok(retired)
@@ -200,25 +195,9 @@ impl History {
         self.stale = 0;
     }
 
-    /// Removes every retired group carrying an identifier in `erased`: `(identifier set,
-    /// wide, events)` of each (an erasure retracts them).
-    pub fn take_retired(&mut self, erased: &HashSet<Ident>) -> Vec<(Box<[Ident]>, bool, u64)> {
-        self.retired.take_carrying(erased)
-    }
-
-    /// The retired groups whose identifier set holds `ident`.
-    pub fn retired_carrying(&self, ident: &Ident) -> Vec<&Group> {
-        self.retired.carrying(ident)
-    }
-
     /// Whether the event `seq` is still held (not retired, not erased).
     pub fn is_live(&self, seq: Seq) -> bool {
         matches!(self.slot(seq), Some(Some(_)))
-    }
-
-    /// Retired events held as groups, and the groups.
-    pub fn retired_counts(&self) -> (u64, usize) {
-        (self.retired.events, self.retired.len())
     }
 
     /// Files the events pushed since the last call in the index. Reads call it first; call
@@ -340,218 +319,6 @@ fn decode(bytes: &[u8]) -> Result<EventFacts, String> {
                 bytes.len()
             )
         })
-}
-
-/// An event as a retired group cites it: by source, line and time (SPEC section 9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cite {
-    /// Its sequence number.
-    pub seq: Seq,
-    /// Where it was read.
-    pub origin: Origin,
-    /// Its timestamp (epoch ms).
-    pub timestamp_ms: u64,
-    /// The clock when it arrived.
-    pub arrival_ms: u64,
-}
-
-impl Cite {
-    fn of(facts: &EventFacts) -> Cite {
-        Cite {
-            seq: facts.seq,
-            origin: facts.origin,
-            timestamp_ms: facts.timestamp_ms,
-            arrival_ms: facts.arrival_ms,
-        }
-    }
-}
-
-/// The retired events with one identifier set (and wideness).
-#[derive(Debug)]
-pub struct Group {
-    /// Their identifiers, sorted by priority.
-    pub idents: Box<[Ident]>,
-    /// Whether they were wide (hubs by themselves).
-    pub wide: bool,
-    /// How many retired.
-    pub count: u64,
-    /// The first and the last to retire.
-    pub first: Cite,
-    /// See `first`.
-    pub last: Cite,
-    /// Retired events that hold the greatest retired record of a slot, without their
-    /// identifiers (the group's), signals, roles and blocklisted values: an explanation
-    /// cites them for consent and traits ([`Group::keepers`]).
-    keepers: Vec<EventFacts>,
-}
-
-impl Group {
-    /// The retired events holding the greatest retired record of a slot, with the group's
-    /// identifiers.
-    pub fn keepers(&self) -> impl Iterator<Item = EventFacts> + '_ {
-        self.keepers.iter().map(|keeper| EventFacts {
-            idents: self.idents.to_vec(),
-            ..keeper.clone()
-        })
-    }
-
-    /// Counts one more retired event of the group.
-    fn add(&mut self, facts: EventFacts) {
-        self.count += 1;
-        self.last = Cite::of(&facts);
-        if facts.consent.is_empty() && facts.traits.is_empty() {
-            return;
-        }
-        // the group holds the identifiers; signals and roles weigh nothing any more
-        let stripped = EventFacts {
-            idents: Vec::new(),
-            signals: Vec::new(),
-            roles: Vec::new(),
-            blocked: Box::new([]),
-            ..facts
-        };
-        self.keepers.push(stripped);
-        // keep the events holding some slot's greatest record (the last wins a tie)
-        let mut best: HashMap<Slot, (Rank, usize)> = HashMap::new();
-        for (i, keeper) in self.keepers.iter().enumerate() {
-            for (slot, rank) in records_of(keeper) {
-                match best.get(&slot) {
-                    Some((held, _)) if *held > rank => {}
-                    _ => {
-                        best.insert(slot, (rank, i));
-                    }
-                }
-            }
-        }
-        let holding: HashSet<usize> = best.values().map(|(_, i)| *i).collect();
-        let mut i = 0;
-        self.keepers.retain(|_| {
-            i += 1;
-            holding.contains(&(i - 1))
-        });
-    }
-}
-
-/// Retired events, grouped by identifier set and indexed by identifier hash.
-#[derive(Default)]
-struct Retired {
-    /// Groups by id; `None` once erased.
-    groups: Vec<Option<Group>>,
-    /// Erased groups' ids, for reuse.
-    free: Vec<u32>,
-    /// Group ids by a hash of (identifier set, wide).
-    by_set: HashMap<u64, Vec<u32>>,
-    /// Group ids by the hash of each identifier of their set.
-    by_ident: HashMap<u32, Vec<u32>>,
-    /// Retired events in the groups.
-    events: u64,
-}
-
-impl Retired {
-    fn set_hash(idents: &[Ident], wide: bool) -> u64 {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-        hasher.hash_one((idents, wide))
-    }
-
-    fn add(&mut self, facts: EventFacts) {
-        self.events += 1;
-        let set = Retired::set_hash(&facts.idents, facts.wide);
-        let ids = self.by_set.entry(set).or_default();
-        for &id in ids.iter() {
-            if let Some(Some(group)) = self.groups.get_mut(id as usize)
-                && group.wide == facts.wide
-                && *group.idents == *facts.idents
-            {
-                group.add(facts);
-                return;
-            }
-        }
-        let cite = Cite::of(&facts);
-        let mut group = Group {
-            idents: facts.idents.clone().into_boxed_slice(),
-            wide: facts.wide,
-            count: 0,
-            first: cite,
-            last: cite,
-            keepers: Vec::new(),
-        };
-        let hashes: Vec<u32> = group.idents.iter().map(Ident::short_hash).collect();
-        group.add(facts);
-        let id = match self.free.pop() {
-            Some(id) => {
-                if let Some(slot) = self.groups.get_mut(id as usize) {
-                    *slot = Some(group);
-                }
-                id
-            }
-            None => {
-                self.groups.push(Some(group));
-                (self.groups.len() - 1) as u32
-            }
-        };
-        ids.push(id);
-        for hash in hashes {
-            self.by_ident.entry(hash).or_default().push(id);
-        }
-    }
-
-    fn carrying(&self, ident: &Ident) -> Vec<&Group> {
-        let ids = self.by_ident.get(&ident.short_hash());
-        ids.into_iter()
-            .flatten()
-            .filter_map(|&id| self.groups.get(id as usize)?.as_ref())
-            .filter(|group| group.idents.contains(ident))
-            .collect()
-    }
-
-    fn take_carrying(&mut self, erased: &HashSet<Ident>) -> Vec<(Box<[Ident]>, bool, u64)> {
-        let mut ids: Vec<u32> = erased
-            .iter()
-            .flat_map(|id| self.by_ident.get(&id.short_hash()).into_iter().flatten())
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut taken = Vec::new();
-        for id in ids {
-            let Some(slot) = self.groups.get_mut(id as usize) else {
-                continue;
-            };
-            if !slot
-                .as_ref()
-                .is_some_and(|g| g.idents.iter().any(|i| erased.contains(i)))
-            {
-                continue;
-            }
-            let Some(group) = slot.take() else {
-                continue;
-            };
-            self.free.push(id);
-            self.events -= group.count;
-            let set = Retired::set_hash(&group.idents, group.wide);
-            unlink(&mut self.by_set, set, id);
-            for ident in group.idents.iter() {
-                unlink(&mut self.by_ident, ident.short_hash(), id);
-            }
-            taken.push((group.idents, group.wide, group.count));
-        }
-        taken
-    }
-
-    fn len(&self) -> usize {
-        self.groups.len() - self.free.len()
-    }
-}
-
-/// Removes `id` from the list under `key`, and the list once empty.
-fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u32>>, key: K, id: u32) {
-    if let Some(list) = map.get_mut(&key) {
-        list.retain(|&i| i != id);
-        if list.is_empty() {
-            map.remove(&key);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,9 @@ pub struct GenArgs {
     pub start_ms: u64,
     /// Spread the events evenly over this many days of event time (a long-lived
     /// deployment's traffic: a year is `--days 365`). A person then keeps their anonymous
-    /// ids, as analytics.js keeps one per browser in a cookie: each person has at most four,
-    /// so the population's identifiers stop growing as its traffic goes on. Without it, the
+    /// ids, as analytics.js keeps one per browser in a cookie: each person uses two
+    /// browsers (and devices), so the population's identifiers stop growing as its traffic
+    /// goes on. Without it, the
     /// events span at most about 60 days and every twentieth event starts a new anonymous id.
     #[arg(long)]
     pub days: Option<u64>,
@@ -229,7 +230,9 @@ impl Generator {
         }
         let (mut session, logged_in) = self.sessions[slot];
         if self.args.days.is_some() {
-            session %= 4; // one anonymous id per browser, kept in its cookie
+            // a long-lived population: two browsers each, each with its anonymous id kept
+            // in a cookie
+            session %= 2;
         }
         let has_account = who % 10 < 7;
         let anon = format!("anon-{who}-{session}");

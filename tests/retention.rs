@@ -126,9 +126,7 @@ fn forgetting_long_retired_events() {
 fn forgetting_another_profile_gives_back_an_earlier_record() {
     let spec = Spec::default_spec();
     let at = |day: u64| START + day * DAY;
-    let consent = |granted: bool| {
-        json!({"categoryPreferences": {"personalization": granted, "marketing": granted}})
-    };
+    let consent = |granted: bool| json!({"categoryPreferences": {"personalization": granted, "marketing": granted}});
     let base = vec![
         json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1",
                "traits": {"plan": "pro"}, "timestamp": at(0),

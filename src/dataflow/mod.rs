@@ -248,13 +248,14 @@ pub struct Inputs {
     /// Points × 1000 by scored id: signals, then sequences.
     points: Vec<i64>,
     num_signals: u16,
+    max_links: usize,
     /// Whether roles and records retire (SPEC section 9, [`retention`]).
     retention: retention::Retention,
     horizon: retention::Horizon,
     /// Roles in the dataflow, by when they retire.
     retiring: retention::Roles,
-    /// The records that can still win, per identifier set.
-    kept: retention::Records,
+    /// The records that can still win and the retired events, per identifier set.
+    sets: retention::Sets,
 }
 
 /// Counts of a multiset, reporting when an element appears or disappears.
@@ -346,18 +347,47 @@ impl Inputs {
         self.update_edges_and_records(facts, diff);
     }
 
-    /// Retracts `count` retired events with identifier set `idents` (an erasure): their
-    /// identifiers, links or wide marks, and the records kept for the set. What else they
-    /// inserted has retired already ([`retention`]).
-    pub fn retract_retired(&mut self, idents: &[Ident], wide: bool, count: u64) {
-        let diff = -(count as isize);
-        for id in idents {
-            if let Some(d) = self.node_counts.update_one(id, diff) {
-                self.nodes.update(Node(id.clone()), d);
+    /// Counts an event that retired (left the history, [`retention`]) in its identifier
+    /// set: what it still adds to the dataflow (identifiers, links, records) stays.
+    pub fn retire(&mut self, facts: &EventFacts) {
+        self.sets.retire(facts);
+    }
+
+    /// Erasure (SPEC section 6) of the retired events carrying an identifier in `erased`:
+    /// their identifiers, links or wide marks, and the records kept for their sets. What
+    /// else they inserted has retired already ([`retention`]).
+    pub fn erase_retired(&mut self, erased: &std::collections::HashSet<Ident>) {
+        for idents in self.sets.carrying_any(erased) {
+            let wide = labels::is_wide(idents.len(), self.max_links);
+            let (retired, records) = self.sets.take(&idents);
+            self.apply_records(&idents, records);
+            let diff = -(retired as isize);
+            if diff == 0 {
+                continue;
             }
+            for id in idents.iter() {
+                if let Some(d) = self.node_counts.update_one(id, diff) {
+                    self.nodes.update(Node(id.clone()), d);
+                }
+            }
+            self.update_links(&idents, wide, diff);
         }
-        self.update_links(idents, wide, diff);
-        self.retract_records(idents);
+    }
+
+    /// What retention keeps of identifier sets (explanations read it).
+    pub fn sets(&self) -> &retention::Sets {
+        &self.sets
+    }
+
+    /// Sends changes of the records held for the primary of `idents`.
+    fn apply_records(&mut self, idents: &[Ident], changes: Vec<retention::RecordChange>) {
+        let Some(first) = idents.first() else {
+            return;
+        };
+        let primary = Node(first.clone());
+        for (slot, rank, diff) in changes {
+            self.records.update((primary.clone(), (slot, rank)), diff);
+        }
     }
 
     /// Links between every two identifiers of an event, or its wide marks, times `diff`.
@@ -454,27 +484,25 @@ impl Inputs {
         if diff <= 0 {
             return; // the set's records go at once (`retract_records`)
         }
-        let primary = primary.clone();
-        for (slot, rank, diff) in self.kept.offer(&facts.idents, slot, rank) {
-            self.records.update((primary.clone(), (slot, rank)), diff);
-        }
+        let kept = retention::Kept {
+            slot,
+            rank,
+            cite: retention::Cite::of(facts),
+        };
+        let changes = self.sets.offer(&facts.idents, kept);
+        self.apply_records(&facts.idents, changes);
     }
 
     /// Retracts the records kept for identifier set `idents` (an erasure retracts all its
     /// events at once).
     fn retract_records(&mut self, idents: &[Ident]) {
-        let Some(first) = idents.first() else {
-            return;
-        };
-        let primary = Node(first.clone());
-        for (slot, rank, diff) in self.kept.take(idents) {
-            self.records.update((primary.clone(), (slot, rank)), diff);
-        }
+        let (_, changes) = self.sets.take(idents);
+        self.apply_records(idents, changes);
     }
 
-    /// Roles waiting to retire and records kept (for `/metrics`).
-    pub fn retention_counts(&self) -> (usize, usize) {
-        (self.retiring.len(), self.kept.len())
+    /// Roles waiting to retire (for `/metrics`).
+    pub fn roles_waiting(&self) -> usize {
+        self.retiring.len()
     }
 
     /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
@@ -766,10 +794,11 @@ pub fn build(
             timer: timer::DecayTimer::default(),
             points: spec.intent.scored().map(|(_, points)| points).collect(),
             num_signals,
+            max_links,
             retention,
             horizon: retention::Horizon::of(spec),
             retiring: retention::Roles::default(),
-            kept: retention::Records::default(),
+            sets: retention::Sets::default(),
         }
     });
     (

@@ -47,6 +47,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
 use super::latest::{Rank, Slot};
 use super::{Node, Seq};
 use crate::event::Ident;
@@ -136,119 +139,334 @@ impl Roles {
     }
 }
 
-/// The consent and trait records that can still win (see the module docs): per identifier
-/// set, the greatest record of each slot; and per primary identifier, the greatest of
-/// those, which alone enters the dataflow (records are attributed by their primary
-/// identifier, so a lesser one of the same primary never decides while the greater stays).
-#[derive(Default)]
-pub struct Records {
-    sets: HashMap<Box<[Ident]>, Vec<(Slot, Rank)>>,
-    /// Per primary identifier and slot, the greatest record of each of its sets, counted,
-    /// ascending (a sorted vector: a primary has few sets, and a tree's node would cost
-    /// a kilobyte each).
-    best: HashMap<(Ident, Slot), Vec<(Rank, u32)>>,
-    held: usize,
+/// An event as retention cites it once the event itself is gone: by source, line and time
+/// (SPEC section 9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cite {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// Where it was read.
+    pub origin: super::Origin,
+    /// Its timestamp (epoch ms).
+    pub timestamp_ms: u64,
+    /// The clock when it arrived.
+    pub arrival_ms: u64,
+}
+
+impl Cite {
+    /// The citation of an event.
+    pub fn of(facts: &super::EventFacts) -> Cite {
+        Cite {
+            seq: facts.seq,
+            origin: facts.origin,
+            timestamp_ms: facts.timestamp_ms,
+            arrival_ms: facts.arrival_ms,
+        }
+    }
+}
+
+/// A record kept for an identifier set: the greatest of its slot among the set's events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// What it decides.
+    pub slot: Slot,
+    /// Its rank ([`super::latest::Rank`]).
+    pub rank: Rank,
+    /// The event it came from.
+    pub cite: Cite,
+}
+
+/// What is kept of the events with one identifier set (see the module docs): the greatest
+/// record of each slot, and how many of the events retired.
+#[derive(Debug)]
+pub struct Set {
+    /// The identifiers, sorted by priority (the first is the primary).
+    pub idents: Box<[Ident]>,
+    /// Retired events with this set.
+    pub retired: u32,
+    /// Their signal occurrences (all weigh nothing).
+    pub expired: u32,
+    /// The last event of the set to retire.
+    pub last: Cite,
+    /// The greatest record of each slot, ascending by slot, each encoded ([`encode`]: a
+    /// third of the decoded record with its strings; a set's records are read only when
+    /// one of its events brings a record, or an erasure or explanation reads it).
+    records: Vec<Box<[u8]>>,
+}
+
+/// The encoding of a kept record (varint `bincode`, which never fails on these types).
+fn encode(kept: &Kept) -> Box<[u8]> {
+    let bytes = bincode::DefaultOptions::new().serialize(kept);
+    bytes.unwrap_or_default().into_boxed_slice()
+}
+
+/// Decodes what [`encode`] wrote.
+fn decode(bytes: &[u8]) -> Option<Kept> {
+    bincode::DefaultOptions::new().deserialize(bytes).ok()
+}
+
+impl Set {
+    /// The records kept, ascending by slot.
+    pub fn records(&self) -> impl Iterator<Item = Kept> + '_ {
+        self.records.iter().filter_map(|bytes| decode(bytes))
+    }
+
+    /// The index of `slot`'s record, or where it goes, and the record.
+    fn find(&self, slot: &Slot) -> (Result<usize, usize>, Option<Kept>) {
+        let (mut low, mut high) = (0, self.records.len());
+        while low < high {
+            let mid = (low + high) / 2;
+            let Some(kept) = self.records.get(mid).and_then(|bytes| decode(bytes)) else {
+                return (Err(low), None);
+            };
+            match kept.slot.cmp(slot) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return (Ok(mid), Some(kept)),
+            }
+        }
+        (Err(low), None)
+    }
+
+    fn rank(&self, slot: &Slot) -> Option<Rank> {
+        self.find(slot).1.map(|kept| kept.rank)
+    }
 }
 
 /// A change of the record the dataflow holds for (primary, slot): `(slot, rank, diff)`.
 pub type RecordChange = (Slot, Rank, isize);
 
-impl Records {
+/// The identifier sets that retention keeps something of (records that can still win,
+/// retired events), found by their identifiers, and per primary identifier and slot the
+/// sets ordered by their record, whose greatest alone enters the dataflow (records are
+/// attributed by their primary identifier, so a lesser one of the same primary never
+/// decides while the greater stays).
+#[derive(Default)]
+pub struct Sets {
+    /// Sets by id; `None` once erased (the id is reused).
+    slab: Vec<Option<Set>>,
+    free: Vec<u32>,
+    /// Ids by the hash of their identifiers (compared through the slab).
+    table: hashbrown::HashTable<u32>,
+    /// Ids by the 32-bit hash of each of their identifiers.
+    by_ident: griddle::HashMap<u32, Vec<u32>>,
+    /// Per (primary, slot): ids of the sets with a record of the slot, ascending by it.
+    best: HashMap<(Ident, Slot), Vec<u32>>,
+    records: usize,
+    retired: u64,
+}
+
+fn set_hash(idents: &[Ident]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for id in idents {
+        hash = (hash ^ u64::from(id.short_hash())).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+impl Sets {
+    fn get(&self, id: u32) -> Option<&Set> {
+        self.slab.get(id as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Set> {
+        self.slab.get_mut(id as usize)?.as_mut()
+    }
+
+    /// The id of set `idents`, if kept.
+    fn find(&self, idents: &[Ident]) -> Option<u32> {
+        let slab = &self.slab;
+        let same = |id: &u32| {
+            let set = slab.get(*id as usize).and_then(Option::as_ref);
+            set.is_some_and(|s| *s.idents == *idents)
+        };
+        self.table.find(set_hash(idents), same).copied()
+    }
+
+    /// The id of set `idents`, made if new.
+    fn find_or_make(&mut self, idents: &[Ident], cite: Cite) -> u32 {
+        if let Some(id) = self.find(idents) {
+            return id;
+        }
+        let set = Set {
+            idents: idents.into(),
+            retired: 0,
+            expired: 0,
+            last: cite,
+            records: Vec::new(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(slot) = self.slab.get_mut(id as usize) {
+                    *slot = Some(set);
+                }
+                id
+            }
+            None => {
+                self.slab.push(Some(set));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        let slab = &self.slab;
+        let rehash = |id: &u32| {
+            let set = slab.get(*id as usize).and_then(Option::as_ref);
+            set.map_or(0, |s| set_hash(&s.idents))
+        };
+        self.table.insert_unique(set_hash(idents), id, rehash);
+        for ident in idents {
+            self.by_ident
+                .entry(ident.short_hash())
+                .or_default()
+                .push(id);
+        }
+        id
+    }
+
     /// Offers a record of an event with identifier set `idents` (sorted by priority, each
-    /// once); returns the changes of the primary's greatest records.
-    pub fn offer(&mut self, idents: &[Ident], slot: Slot, rank: Rank) -> Vec<RecordChange> {
+    /// once): kept if it is the greatest of its slot for the set. Returns the changes of
+    /// the record the dataflow holds for the primary and slot.
+    pub fn offer(&mut self, idents: &[Ident], kept: Kept) -> Vec<RecordChange> {
         let Some(primary) = idents.first() else {
             return Vec::new();
         };
-        let records = match self.sets.get_mut(idents) {
-            Some(records) => records,
-            None => self.sets.entry(idents.into()).or_default(),
-        };
-        let superseded = match records.binary_search_by(|(s, _)| s.cmp(&slot)) {
-            Ok(i) => match records.get_mut(i) {
-                Some((_, held)) if *held < rank => Some(std::mem::replace(held, rank.clone())),
-                _ => return Vec::new(),
-            },
-            Err(i) => {
-                records.insert(i, (slot.clone(), rank.clone()));
-                self.held += 1;
-                None
-            }
-        };
-        let best = self
-            .best
-            .entry((primary.clone(), slot.clone()))
-            .or_default();
-        let before = greatest(best);
-        if let Some(old) = superseded {
-            uncount(best, &old);
-        }
-        match best.binary_search_by(|(r, _)| r.cmp(&rank)) {
-            Ok(i) => {
-                if let Some((_, count)) = best.get_mut(i) {
-                    *count += 1;
-                }
-            }
-            Err(i) => best.insert(i, (rank, 1)),
-        }
-        let after = greatest(best);
-        changes(slot, before, after)
-    }
-
-    /// Takes every record held for identifier set `idents` (an erasure retracts all the
-    /// events of a set at once); returns the changes of the primary's greatest records.
-    pub fn take(&mut self, idents: &[Ident]) -> Vec<RecordChange> {
-        let (Some(primary), Some(taken)) = (idents.first(), self.sets.remove(idents)) else {
+        let id = self.find_or_make(idents, kept.cite);
+        let Some(set) = self.get_mut(id) else {
             return Vec::new();
         };
-        self.held -= taken.len();
-        let mut out = Vec::new();
-        for (slot, rank) in taken {
-            let key = (primary.clone(), slot);
-            let Some(best) = self.best.get_mut(&key) else {
-                continue;
-            };
-            let before = greatest(best);
-            uncount(best, &rank);
-            let after = greatest(best);
-            if best.is_empty() {
-                self.best.remove(&key);
+        let slot = kept.slot.clone();
+        match set.find(&slot) {
+            (Ok(i), Some(held)) if held.rank < kept.rank => {
+                if let Some(bytes) = set.records.get_mut(i) {
+                    *bytes = encode(&kept);
+                }
             }
-            out.extend(changes(key.1, before, after));
+            (Err(i), _) => {
+                set.records.insert(i, encode(&kept));
+                self.records += 1;
+            }
+            _ => return Vec::new(),
         }
-        out
+        let key = (primary.clone(), slot);
+        let before = self.greatest(&key);
+        let mut ids = self.best.remove(&key).unwrap_or_default();
+        ids.retain(|&other| other != id);
+        let rank = self.get(id).and_then(|s| s.rank(&key.1));
+        let at = ids.partition_point(|&other| self.get(other).and_then(|s| s.rank(&key.1)) <= rank);
+        ids.insert(at, id);
+        self.best.insert(key.clone(), ids);
+        let after = self.greatest(&key);
+        changes(key.1, before, after)
     }
 
-    /// Records held: the greatest of each slot of each identifier set.
+    /// The greatest record the sets of (primary, slot) hold.
+    fn greatest(&self, key: &(Ident, Slot)) -> Option<Rank> {
+        let &id = self.best.get(key)?.last()?;
+        self.get(id)?.rank(&key.1)
+    }
+
+    /// Counts a retired event in its set.
+    pub fn retire(&mut self, facts: &super::EventFacts) {
+        let cite = Cite::of(facts);
+        let id = self.find_or_make(&facts.idents, cite);
+        if let Some(set) = self.get_mut(id) {
+            set.retired += 1;
+            set.expired += facts.signals.len() as u32;
+            set.last = cite;
+        }
+        self.retired += 1;
+    }
+
+    /// Takes set `idents` (an erasure retracts all the events of a set at once): how many
+    /// of its events had retired, and the changes of the records the dataflow holds.
+    pub fn take(&mut self, idents: &[Ident]) -> (u32, Vec<RecordChange>) {
+        let Some(id) = self.find(idents) else {
+            return (0, Vec::new());
+        };
+        let Some(set) = self.slab.get_mut(id as usize).and_then(Option::take) else {
+            return (0, Vec::new());
+        };
+        if let Ok(entry) = self
+            .table
+            .find_entry(set_hash(idents), |&other| other == id)
+        {
+            entry.remove();
+        }
+        self.free.push(id);
+        for ident in idents {
+            let hash = ident.short_hash();
+            if let Some(ids) = self.by_ident.get_mut(&hash) {
+                ids.retain(|&other| other != id);
+                if ids.is_empty() {
+                    self.by_ident.remove(&hash);
+                }
+            }
+        }
+        self.records -= set.records.len();
+        self.retired -= u64::from(set.retired);
+        let mut out = Vec::new();
+        if let Some(primary) = idents.first() {
+            for kept in set.records() {
+                let key = (primary.clone(), kept.slot);
+                // the set left the slab: the greatest before is either it or still there
+                let still = self.greatest(&key);
+                let before = match &still {
+                    Some(rank) if *rank > kept.rank => Some(rank.clone()),
+                    _ => Some(kept.rank.clone()),
+                };
+                if let Some(ids) = self.best.get_mut(&key) {
+                    ids.retain(|&other| other != id);
+                    if ids.is_empty() {
+                        self.best.remove(&key);
+                    }
+                }
+                let after = self.greatest(&key);
+                out.extend(changes(key.1, before, after));
+            }
+        }
+        (set.retired, out)
+    }
+
+    /// The sets whose identifiers include `ident`.
+    pub fn carrying<'a>(&'a self, ident: &'a Ident) -> impl Iterator<Item = &'a Set> + 'a {
+        let ids = self.by_ident.get(&ident.short_hash()).into_iter().flatten();
+        ids.filter_map(|&id| self.get(id))
+            .filter(move |set| set.idents.contains(ident))
+    }
+
+    /// The identifier sets carrying an identifier in `erased`.
+    pub fn carrying_any(&self, erased: &std::collections::HashSet<Ident>) -> Vec<Box<[Ident]>> {
+        let mut ids: Vec<u32> = erased
+            .iter()
+            .flat_map(|id| self.by_ident.get(&id.short_hash()).into_iter().flatten())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| self.get(id))
+            .filter(|set| set.idents.iter().any(|i| erased.contains(i)))
+            .map(|set| set.idents.clone())
+            .collect()
+    }
+
+    /// Records kept (the greatest of each slot of each set).
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Retired events counted.
+    pub fn retired(&self) -> u64 {
+        self.retired
+    }
+
+    /// Sets kept.
     pub fn len(&self) -> usize {
-        self.held
+        self.slab.len() - self.free.len()
     }
 
-    /// Whether none is held.
+    /// Whether no set is kept.
     pub fn is_empty(&self) -> bool {
-        self.held == 0
-    }
-
-    /// The greatest record of each slot held for identifier set `idents`.
-    pub fn of_set(&self, idents: &[Ident]) -> &[(Slot, Rank)] {
-        self.sets.get(idents).map_or(&[], |records| records)
-    }
-}
-
-/// The greatest of counted records.
-fn greatest(best: &[(Rank, u32)]) -> Option<Rank> {
-    best.last().map(|(rank, _)| rank.clone())
-}
-
-/// Removes one count of `rank`.
-fn uncount(best: &mut Vec<(Rank, u32)>, rank: &Rank) {
-    if let Ok(i) = best.binary_search_by(|(r, _)| r.cmp(rank))
-        && let Some((_, count)) = best.get_mut(i)
-    {
-        *count -= 1;
-        if *count == 0 {
-            best.remove(i);
-        }
+        self.len() == 0
     }
 }
 
@@ -277,32 +495,38 @@ mod tests {
 
     #[test]
     fn only_the_greatest_record_of_a_primary_enters_the_dataflow() {
-        let mut records = Records::default();
+        let mut sets = Sets::default();
         let a = [Ident::new(0, "a")];
         let ab = [Ident::new(0, "a"), Ident::new(1, "b")];
         let slot = Slot::Consent(0);
         let c = |t, g| consent(t, g);
         let s = || slot.clone();
+        let kept = |rank| Kept {
+            slot: s(),
+            rank,
+            cite: Cite::default(),
+        };
         assert_eq!(
-            records.offer(&a, s(), c(10, true)),
+            sets.offer(&a, kept(c(10, true))),
             vec![(s(), c(10, true), 1)]
         );
         // an earlier record of the same set can never win; an equal one changes nothing
-        assert!(records.offer(&a, s(), c(5, false)).is_empty());
-        assert!(records.offer(&a, s(), c(10, true)).is_empty());
+        assert!(sets.offer(&a, kept(c(5, false))).is_empty());
+        assert!(sets.offer(&a, kept(c(10, true))).is_empty());
         // a later one replaces it
         let replaced = vec![(s(), c(10, true), -1), (s(), c(12, true), 1)];
-        assert_eq!(records.offer(&a, s(), c(12, true)), replaced);
+        assert_eq!(sets.offer(&a, kept(c(12, true))), replaced);
         // another set of the same primary is kept, but does not enter while lesser
-        assert!(records.offer(&ab, s(), c(11, true)).is_empty());
-        assert_eq!(records.len(), 2);
+        assert!(sets.offer(&ab, kept(c(11, true))).is_empty());
+        assert_eq!(sets.records(), 2);
         // erasing the greater set brings the lesser one back
         let back = vec![(s(), c(12, true), -1), (s(), c(11, true), 1)];
-        assert_eq!(records.take(&a), back);
-        assert_eq!(records.len(), 1);
-        assert!(records.take(&a).is_empty());
-        assert_eq!(records.take(&ab), vec![(s(), c(11, true), -1)]);
-        assert!(records.is_empty());
+        assert_eq!(sets.take(&a), (0, back));
+        assert_eq!(sets.records(), 1);
+        assert_eq!(sets.take(&a), (0, Vec::new()));
+        assert_eq!(sets.take(&ab), (0, vec![(s(), c(11, true), -1)]));
+        assert!(sets.is_empty());
+        assert_eq!(sets.records(), 0);
     }
 
     #[test]

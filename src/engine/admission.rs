@@ -138,7 +138,9 @@ impl Driver<'_> {
         if time(now, 0) > self.inputs.time() {
             self.inputs.advance_to(time(now, 0));
             self.step = 0;
-            self.history.retire(now).map_err(EngineError::Internal)?;
+            for facts in self.history.retire(now).map_err(EngineError::Internal)? {
+                self.inputs.retire(&facts);
+            }
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 //! 4. every live event carrying an identifier of S is taken out of the history
 //!    ([`crate::history::History::take_carrying`]) and retracted from the dataflow, exactly
 //!    the negation of its insertion; so is every retired event carrying one
-//!    ([`crate::history::History::take_retired`]: what is left of it, its links and the
+//!    ([`crate::dataflow::Inputs::erase_retired`]: what is left of it, its links and the
 //!    records kept for its identifier set).
 //!
 //! Lookups (`GET /v1/profiles/...`) and explanations use the same queries and history.
@@ -54,14 +54,12 @@ impl Driver<'_> {
         if let Some(record) = &mut self.sinks.erasures {
             record(line, &hashes)?;
         }
+        // events retired long ago first (SPEC section 9): their links, and the records
+        // kept for every identifier set carrying one of S
+        self.inputs.erase_retired(&erased);
         let taken = self.history.take_carrying(&erased);
         for facts in taken.map_err(EngineError::Internal)? {
             self.inputs.update(&facts, -1);
-        }
-        // events retired long ago are retracted too (SPEC section 9): their links, and the
-        // records kept for their identifier sets
-        for (idents, wide, count) in self.history.take_retired(&erased) {
-            self.inputs.retract_retired(&idents, wide, count);
         }
         self.dirty = true;
         Ok(())
@@ -119,7 +117,15 @@ impl Driver<'_> {
         match at.or(self.options.until_ms).or(self.clock()) {
             Some(at) => {
                 self.history.catch_up();
-                explain::explain(&self.history, self.spec, &self.source_names, ident, at)
+                let sets = self.inputs.sets();
+                explain::explain(
+                    &self.history,
+                    sets,
+                    self.spec,
+                    &self.source_names,
+                    ident,
+                    at,
+                )
             }
             None => explain::Outcome::NotFound { identifier },
         }

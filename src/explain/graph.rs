@@ -13,8 +13,10 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
-use crate::dataflow::EventFacts;
-use crate::dataflow::labels::{Label, is_hub, least_fixed_point};
+use crate::dataflow::labels::{Label, is_hub, is_wide, least_fixed_point};
+use crate::dataflow::latest::{Rank, Slot};
+use crate::dataflow::retention::{Cite, Kept, Set, Sets};
+use crate::dataflow::{EventFacts, Seq};
 use crate::event::Ident;
 use crate::history::History;
 use crate::spec::Spec;
@@ -41,6 +43,8 @@ struct Node {
 /// The identity graph as of clock `at`, read from the live events on demand.
 pub struct Graph<'a> {
     history: &'a History,
+    /// What retention keeps of retired events (SPEC section 9).
+    sets: &'a Sets,
     spec: &'a Spec,
     at: u64,
     nodes: HashMap<Ident, Node>,
@@ -78,9 +82,10 @@ pub struct Resolved {
 
 impl<'a> Graph<'a> {
     /// The graph of the events `history` holds that arrived by clock `at`.
-    pub fn new(history: &'a History, spec: &'a Spec, at: u64) -> Graph<'a> {
+    pub fn new(history: &'a History, sets: &'a Sets, spec: &'a Spec, at: u64) -> Graph<'a> {
         Graph {
             history,
+            sets,
             spec,
             at,
             nodes: HashMap::new(),
@@ -99,27 +104,25 @@ impl<'a> Graph<'a> {
             .carrying(id)
             .filter(move |facts| facts.arrival_ms <= at)
             .collect();
-        // retired events (SPEC section 9): those holding a record, and one standing for the
-        // links of each identifier set
-        for group in self.history.retired_carrying(id) {
-            if group.first.arrival_ms > at {
-                continue;
+        // retired events (SPEC section 9): one standing for the links of each identifier
+        // set, and those whose record is still kept
+        let max_links = self.spec.identity.max_links;
+        for set in self.sets.carrying(id) {
+            let wide = is_wide(set.idents.len(), max_links);
+            if set.retired > 0 && set.last.arrival_ms <= at {
+                events.push(retired_event(set, wide, set.last, &[]));
             }
-            events.extend(group.keepers());
-            events.push(EventFacts {
-                seq: group.last.seq,
-                idents: group.idents.to_vec(),
-                wide: group.wide,
-                timestamp_ms: group.last.timestamp_ms,
-                arrival_ms: group.last.arrival_ms,
-                signals: Vec::new(),
-                roles: Vec::new(),
-                consent: Vec::new(),
-                traits: Vec::new(),
-                message_id: None,
-                origin: group.last.origin,
-                blocked: Box::new([]),
-            });
+            let mut by_event: BTreeMap<Seq, Vec<Kept>> = BTreeMap::new();
+            for kept in set.records() {
+                if !self.history.is_live(kept.cite.seq) && kept.cite.arrival_ms <= at {
+                    by_event.entry(kept.cite.seq).or_default().push(kept);
+                }
+            }
+            for records in by_event.values() {
+                if let Some(first) = records.first() {
+                    events.push(retired_event(set, wide, first.cite, records));
+                }
+            }
         }
         events.sort_by_key(|facts| facts.seq);
         let events: Rc<[EventFacts]> = events.into();
@@ -131,9 +134,18 @@ impl<'a> Graph<'a> {
 
     /// How many retired events carried both `a` and `b`.
     pub fn retired_carrying_both(&self, a: &Ident, b: &Ident) -> u64 {
-        let groups = self.history.retired_carrying(a).into_iter();
-        let both = groups.filter(|group| group.idents.contains(b));
-        both.map(|group| group.count).sum()
+        let both = self.sets.carrying(a).filter(|set| set.idents.contains(b));
+        both.map(|set| u64::from(set.retired)).sum()
+    }
+
+    /// The retired events whose primary identifier is `id`, and their signal occurrences.
+    pub fn retired_of(&self, id: &Ident) -> (u64, u64) {
+        let sets = self.sets.carrying(id);
+        let own = sets.filter(|set| set.idents.first() == Some(id));
+        own.fold((0, 0), |(events, expired), set| {
+            let (e, x) = (u64::from(set.retired), u64::from(set.expired));
+            (events + e, expired + x)
+        })
     }
 
     /// Whether any live event carries `id` (it is a node).
@@ -384,5 +396,41 @@ impl<'a> Graph<'a> {
             members,
             others: others.into_iter().map(|(k, l)| (k, l.label)).collect(),
         }
+    }
+}
+
+/// A retired event as an explanation sees it: the identifiers of its set, and the records
+/// kept from it, cited by `cite` (its source, line and time).
+fn retired_event(set: &Set, wide: bool, cite: Cite, records: &[Kept]) -> EventFacts {
+    let mut consent = Vec::new();
+    let mut traits = Vec::new();
+    for kept in records {
+        match (&kept.slot, &kept.rank) {
+            (Slot::Consent(purpose), Rank::Consent((_, denied))) => {
+                consent.push((*purpose, !*denied));
+            }
+            (Slot::Trait(key), Rank::Trait((_, _, _, source, json))) => {
+                traits.push((key.clone(), *source, json.clone()));
+            }
+            _ => {}
+        }
+    }
+    let message_id = records.iter().find_map(|kept| match &kept.rank {
+        Rank::Trait((_, id, _, _, _)) if !id.is_empty() => Some(id.as_str().into()),
+        _ => None,
+    });
+    EventFacts {
+        seq: cite.seq,
+        idents: set.idents.to_vec(),
+        wide,
+        timestamp_ms: cite.timestamp_ms,
+        arrival_ms: cite.arrival_ms,
+        signals: Vec::new(),
+        roles: Vec::new(),
+        consent,
+        traits,
+        message_id,
+        origin: cite.origin,
+        blocked: Box::new([]),
     }
 }

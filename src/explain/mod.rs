@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::dataflow::intent::{Decay, qualifying_first};
 use crate::dataflow::labels::Label;
+use crate::dataflow::retention::Sets;
 use crate::dataflow::views::{self, Fact, milli_json};
 use crate::dataflow::{EventFacts, SourceNames, consent, traits};
 use crate::event::Ident;
@@ -98,8 +99,8 @@ pub struct EventRef {
 pub struct Identity {
     /// Whether an anchor names the profile (otherwise its least identifier does).
     pub anchored: bool,
-    /// Number of live events that belong to the profile (by their highest-priority
-    /// identifier).
+    /// Number of events that belong to the profile (by their highest-priority identifier),
+    /// retired ones included.
     pub events: usize,
     /// Every identifier of the profile, sorted.
     pub identifiers: Vec<Member>,
@@ -284,12 +285,13 @@ pub struct Condition {
 /// `at`, evaluated at `now = at`. `sources` name the events' input sources.
 pub fn explain(
     history: &History,
+    sets: &Sets,
     spec: &Spec,
     sources: &SourceNames,
     ident: &Ident,
     at: u64,
 ) -> Outcome {
-    let mut graph = Graph::new(history, spec, at);
+    let mut graph = Graph::new(history, sets, spec, at);
     let key = |id: &Ident| id.key(&spec.identity);
     if !graph.is_node(ident) {
         return Outcome::NotFound {
@@ -305,11 +307,17 @@ pub fn explain(
         .map(|m| (m, graph.events(m)))
         .collect();
     let events = profile_events(&carrying);
-    let (score, score_milli, active) = score(spec, &events, at, &cite);
+    let (mut score, score_milli, active) = score(spec, &events, at, &cite);
+    // retired events (SPEC section 9) count, and weigh nothing
+    let (retired, expired) = resolved.members.keys().fold((0, 0), |(e, x), m| {
+        let (events, expired) = graph.retired_of(m);
+        (e + events, x + expired)
+    });
+    score.expired += expired as usize;
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
     let live = events.iter().filter(|f| history.is_live(f.seq)).count();
-    let identity = identity(&mut graph, spec, &resolved, live, &cite);
+    let identity = identity(&mut graph, spec, &resolved, live + retired as usize, &cite);
     let views = view_decisions(spec, &resolved, score_milli, &active, &consent, &traits);
     Outcome::Found(Box::new(Explanation {
         identifier: key(ident),
