@@ -329,6 +329,8 @@ impl Sets {
         let Some(primary) = idents.first() else {
             return Vec::new();
         };
+        let key = (primary.clone(), kept.slot.clone());
+        let before = self.greatest(&key);
         let id = self.find_or_make(idents, kept.cite);
         let Some(set) = self.get_mut(id) else {
             return Vec::new();
@@ -346,8 +348,6 @@ impl Sets {
             }
             _ => return Vec::new(),
         }
-        let key = (primary.clone(), slot);
-        let before = self.greatest(&key);
         let mut ids = self.best.remove(&key).unwrap_or_default();
         ids.retain(|&other| other != id);
         let rank = self.get(id).and_then(|s| s.rank(&key.1));

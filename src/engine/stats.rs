@@ -39,6 +39,9 @@ pub struct Counters {
     pub reducible: AtomicU64,
     /// Ingest-to-output latency of accepted events.
     pub latency: Histogram,
+    /// What the engine holds (SPEC section 9), as of the end of the last round:
+    /// [`Retained`]'s fields in order.
+    pub retained: [AtomicU64; 6],
 }
 
 impl Counters {
@@ -402,6 +405,18 @@ impl Driver<'_> {
 
     pub(super) fn mirror(&self) {
         if let Some(c) = &self.sinks.counters {
+            let r = self.retained();
+            let values = [
+                r.live_events,
+                r.retired_events,
+                r.sets,
+                r.records,
+                r.roles,
+                r.message_ids,
+            ];
+            for (gauge, value) in c.retained.iter().zip(values) {
+                gauge.store(value, Ordering::Relaxed);
+            }
             c.mirror(&self.summary.tally);
         }
     }

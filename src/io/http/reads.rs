@@ -263,6 +263,23 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
         "{name}_sum {}\n{name}_count {cumulative}\n",
         get(&c.latency.sum_us) as f64 / 1e6
     ));
+    // what the engine holds (SPEC section 9: it follows the live state)
+    for ((name, help), gauge) in [
+        ("throughline_events_live", "Events whose facts are held (within max_age plus the longest sequence window)"),
+        ("throughline_events_retired", "Retired events, kept as a count per identifier set"),
+        ("throughline_identifier_sets", "Identifier sets with retired events or records that can still win"),
+        ("throughline_records_kept", "Consent and trait records that can still win (the greatest per slot and identifier set)"),
+        ("throughline_sequence_roles", "Sequence roles waiting to retire"),
+        ("throughline_dedup_window_ids", "messageIds remembered in the dedup window"),
+    ]
+    .iter()
+    .zip(&c.retained)
+    {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+            get(gauge)
+        ));
+    }
     out.push_str(&format!(
         "# HELP throughline_log_bytes Event log size\n# TYPE throughline_log_bytes gauge\nthroughline_log_bytes {}\n",
         std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len())
