@@ -80,7 +80,8 @@ fn cited(e: &EventRef) -> String {
         Some(id) => format!("event {id}"),
         None => format!("{} line {}", e.source, e.line),
     };
-    format!("{name} at {}", rfc3339(e.timestamp, 0))
+    let retired = if e.retired { ", retired" } else { "" };
+    format!("{name} at {}{retired}", rfc3339(e.timestamp, 0))
 }
 
 fn cited_all(events: &[EventRef], total: usize) -> String {
