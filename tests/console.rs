@@ -380,6 +380,10 @@ fn the_console_shows_views_customers_and_erasure_live() {
         "the overview's charts (two samples, 2 s apart)",
         "document.querySelectorAll('svg.chart polyline').length >= 4",
     );
+    browser.wait_for(
+        "what the engine holds",
+        "document.querySelector('#held .big')?.textContent.endsWith('live events')",
+    );
     browser.screenshot(&screenshots().join("overview.png"));
 
     // a revoked consent takes Bob's row out of the live view

@@ -1027,6 +1027,18 @@ fn erased_values_leave_the_data_directory_after_compaction() {
     );
     assert_eq!(metric(&metrics, "throughline_suppressed_total"), 1);
     assert_eq!(metric(&metrics, "throughline_duplicates_total"), 1);
+    // what the engine holds: the live events (none retired within an hour of traffic),
+    // and the dedup window's ids
+    assert!(metric(&metrics, "throughline_events_live") > 0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "throughline_events_retired"),
+        0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "throughline_dedup_window_ids") > 0,
+        "{metrics}"
+    );
     // the erased identifiers stay suppressed; their messageIds stay seen
     let (status, _) = restarted.request(
         "POST",

@@ -144,6 +144,21 @@ function lineChart(series, keys, unit) {
 
 // ---- overview ----------------------------------------------------------------------------
 
+// what the engine holds (SPEC section 9): events within their horizon, retired ones (a
+// count per identifier set), the records that can still win, the dedup window's ids
+function held(r) {
+  if (!r) return null;
+  return el("div", { class: "card", id: "held" },
+    el("h3", { text: "Held in memory" }),
+    el("div", { class: "big", text: `${fmtNumber(r.live_events)} live events` }),
+    el("div", {
+      class: "quiet",
+      text: `${fmtNumber(r.retired_events)} retired (kept as counts in ${fmtNumber(r.identifier_sets)} ` +
+        `identifier sets), ${fmtNumber(r.records)} records that can still win, ` +
+        `${fmtNumber(r.sequence_roles)} sequence roles, ${fmtNumber(r.dedup_window_ids)} messageIds in the dedup window`,
+    }));
+}
+
 function overview() {
   let timer = null;
   const draw = () => {
@@ -186,6 +201,7 @@ function overview() {
                   `${fmtNumber(compaction.reduced)} reduced, ${fmtBytes(compaction.bytes_before)} → ${fmtBytes(compaction.bytes_after)}`
                 : "no compaction since the server started",
             })),
+          held(stats.retained),
           ...sinks)),
       el("h2", { text: "Last ten minutes" }),
       el("div", { class: "cards" },

@@ -3,7 +3,9 @@
 //!
 //! - **Overview** (`#/`): every view with its live row count; ingestion rate, dead letters,
 //!   suppressed events and ingest-to-output latency over the last ten minutes as small
-//!   charts; the log's size and the last compaction; each sink, delivering or not (since
+//!   charts; the log's size and the last compaction; what the engine holds (live and
+//!   retired events, identifier sets, records, the dedup window's ids: SPEC section 9); each
+//!   sink, delivering or not (since
 //!   when, and why), with its backlog and confirmed log line. From [`stats`] (`GET /v1/stats`),
 //!   sampled from the engine's own counters every [`SAMPLE_EVERY`] by [`StatsHistory`].
 //! - **A view, live** (`#/view/NAME`): its rows, kept current from the change subscription
@@ -206,6 +208,7 @@ pub fn stats(
             "changes": now.changes,
         },
         "log_bytes": log_bytes,
+        "retained": retained(counters),
         "last_compaction": last_compaction.map(|(at, s)| json!({
             "at": at,
             "records": s.records,
@@ -223,6 +226,22 @@ pub fn stats(
         "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
         "max_drawn": MAX_DRAWN,
         "series": history.series(counters.latency.bounds_us),
+    })
+}
+
+/// What the engine holds (SPEC section 9), as `/metrics` has it.
+fn retained(counters: &Counters) -> Value {
+    let [live, retired, sets, records, roles, ids] = counters
+        .retained
+        .each_ref()
+        .map(|g| g.load(Ordering::Relaxed));
+    json!({
+        "live_events": live,
+        "retired_events": retired,
+        "identifier_sets": sets,
+        "records": records,
+        "sequence_roles": roles,
+        "dedup_window_ids": ids,
     })
 }
 
