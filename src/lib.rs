@@ -9,8 +9,10 @@
 //! 1. [`spec`]: the dataflow spec model and its checks.
 //! 2. [`event`]: parsing, validation and admission of one line (SPEC section 1), identifiers,
 //!    timestamps, signals, consent and traits of one event.
-//! 3. [`dataflow`]: the differential stages (SPEC sections 3 to 7).
-//! 4. [`history`]: every accepted event, kept for erasure and explanations.
+//! 3. [`dataflow`]: the differential stages (SPEC sections 3 to 7), and what retention keeps
+//!    of retired events (SPEC section 9, [`dataflow::retention`]).
+//! 4. [`history`]: the accepted events within their retention horizon, kept for erasure and
+//!    explanations.
 //! 5. [`explain`]: why a profile is what it is, from the history.
 //! 6. [`engine`]: drives the timely workers; defines what it takes in
 //!    ([`engine::input`]: batches and requests) and what it puts out ([`engine::output`]:
