@@ -26,7 +26,7 @@
 //!
 //! A consent or trait record decides its profile's slot when it is the greatest there
 //! (SPEC section 5). Of the records of one slot from events with one *identifier set*, only
-//! the greatest can ever decide ([`Records`]):
+//! the greatest can ever decide ([`Sets`]):
 //!
 //! - the events share their primary identifier, so they belong to one profile whatever
 //!   happens to the graph later (a hub forming, an un-merge): an event's profile is that of

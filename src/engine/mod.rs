@@ -26,7 +26,7 @@ pub mod output;
 mod publish;
 mod stats;
 
-pub use stats::{Counters, Histogram, Latency, SourceStats, Summary, Tally};
+pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
