@@ -468,7 +468,9 @@ impl Inputs {
 
     /// Inserts a consent or trait record (`diff > 0`); with retention only if it is the
     /// greatest of its slot for the event's identifier set, retracting the one it
-    /// supersedes ([`retention::Records`]). Without retention, also retracts.
+    /// supersedes ([`retention::Sets::offer`]). Without retention, also retracts; with it, a
+    /// retraction takes the set's records at once ([`Inputs::retract_records`], the one
+    /// path by which a retraction of a set's events, live or retired, reaches the records).
     fn record(
         &mut self,
         facts: &EventFacts,
