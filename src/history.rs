@@ -108,14 +108,20 @@ impl History {
         let seq = facts.seq;
         self.unindexed
             .extend(facts.idents.iter().map(|id| (id.short_hash(), seq)));
-        if self.events.last().is_none_or(|chunk| chunk.len() == CHUNK) {
-            self.events.push(Vec::with_capacity(CHUNK));
+        let (chunk, slot) = (self.pushed / CHUNK, self.pushed % CHUNK);
+        while self.events.len() <= chunk {
+            self.events.push(Vec::new());
             self.chunk_live.push(0);
         }
-        if let Some(chunk) = self.events.last_mut() {
-            chunk.push(Some(encode(&facts)));
+        if let Some(events) = self.events.get_mut(chunk) {
+            if events.capacity() == 0 {
+                events.reserve_exact(CHUNK);
+            }
+            // sequence numbers skipped (see `skip`) are empty slots
+            events.resize(slot, None);
+            events.push(Some(encode(&facts)));
         }
-        if let Some(live) = self.chunk_live.last_mut() {
+        if let Some(live) = self.chunk_live.get_mut(chunk) {
             *live += 1;
         }
         if self.retention == Retention::Retire {
@@ -124,6 +130,13 @@ impl History {
         }
         self.pushed += 1;
         self.live += 1;
+    }
+
+    /// Leaves the next `n` sequence numbers unused: the events a compacted span of the log
+    /// stands for took them, and had retired already (they are counted in their identifier
+    /// sets instead). No memory is taken for them.
+    pub fn skip(&mut self, n: u64) {
+        self.pushed = (self.pushed).saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
     }
 
     /// Retires every live event whose horizon the clock `now` has reached: each leaves the

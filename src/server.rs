@@ -76,41 +76,38 @@ pub fn is_loopback(listen: &str) -> bool {
 }
 
 /// Runs the server until SIGTERM or SIGINT.
+///
+/// It listens, and acknowledges ingestion, as soon as the log's records are checked
+/// ([`log::verify`]: one sequential read); the replay runs meanwhile ([`recover`]), and what
+/// arrives during it is applied after it. Reads wait for the replay (see
+/// [`crate::io::http::Recovery`]).
 pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let dir = DataDir::open(&config.data_dir)?;
     let salt = dir.salt()?;
     let log_path = dir.log();
-    let recovery = log::recover(&log_path)
+    let verified = log::verify(&log_path)
         .map_err(|e| format!("cannot recover {}: {e}", log_path.display()))?;
-    if let Some(reason) = &recovery.reason {
+    if let Some(reason) = &verified.reason {
         eprintln!(
             "throughline: recovery: cut {} bytes from the log tail ({reason}); {} intact records kept",
-            recovery.truncated_bytes,
-            recovery.records.len()
+            verified.truncated_bytes, verified.records
         );
     }
-    let (erasure_log, sets) = ErasureLog::open(&dir.erasures())
+    let (erasure_log, _) = ErasureLog::open(&dir.erasures())
         .map_err(|e| format!("cannot open {}: {e}", dir.erasures().display()))?;
     let mut states = sink_states(&dir, &config)?;
     for (_, state) in &mut states {
-        state.within(recovery.records.len() as u64)?;
+        state.within(verified.lines)?;
     }
-    // what the sinks have confirmed decides which erasures compaction may reduce, and where
-    // the replay must end groups so that they get again exactly what they may lack
-    let confirmed = states
-        .iter()
-        .map(|(_, s)| s.confirmed)
-        .min()
-        .unwrap_or(u64::MAX);
+    // where the replay must end groups so that the sinks get again exactly what they may
+    // lack
     let cuts = sink::replay_cuts(states.iter().map(|(_, s)| s));
-    let (records, deferred) = if dir.stored_spec()?.is_none_or(|s| s == config.spec_text) {
-        compact_at_start(&log_path, recovery.records, &spec, salt, &sets, confirmed)?
-    } else {
+    let same_spec = dir.stored_spec()?.is_none_or(|s| s == config.spec_text);
+    if !same_spec {
         eprintln!(
             "throughline: the dataflow spec differs from the last run's: start-up compaction skipped"
         );
-        (recovery.records, None)
-    };
+    }
     dir.store_spec(&config.spec_text)?;
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
@@ -127,19 +124,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         &counters,
         &mut states,
     )?;
-
-    let started = Instant::now();
-    let number = replay(&records, &tx, &cuts)?;
-    if !records.is_empty() {
-        eprintln!(
-            "throughline: replayed {} logged records in {:?}",
-            records.len(),
-            started.elapsed()
-        );
-    }
-    let kafka_resume = log::kafka_positions(&records);
-    drop(records);
-    let log = Log::open_forwarding(&log_path, Some((tx.clone(), number)))
+    // appends acknowledged during the replay wait here, in log order, until it is done
+    let (held_tx, held_rx) = crossbeam_channel::unbounded::<Message>();
+    let log = Log::open_forwarding(&log_path, Some((held_tx, verified.lines + 1)))
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -155,13 +142,13 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         read_key: config.read_key,
         live,
         counters,
-        lookups: tx,
+        lookups: tx.clone(),
         compactor: Compactor::new(
             spec,
             salt,
             dir.erasures(),
             Box::new(confirmed_by(sinks.clone())),
-            deferred,
+            None,
         ),
         stop: Arc::clone(&stop),
         sinks,
@@ -172,22 +159,27 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             })
         }),
         stats: StatsHistory::default(),
+        recovery: crate::io::http::Recovery {
+            lines: verified.lines,
+            ..Default::default()
+        },
     });
-    let follower = match (&config.source, &ctx.kafka) {
-        (Some(url), Some(status)) => {
-            let (url, ctx, status, stop) = (
-                url.clone(),
-                Arc::clone(&ctx),
-                Arc::clone(status),
-                Arc::clone(&stop),
-            );
-            eprintln!("throughline: following {}", url.name());
-            Some(std::thread::spawn(move || {
-                let paused = || ctx.sinks.iter().any(|s| s.full());
-                kafka::follow(&url, &kafka_resume, &ctx.log, &status, &stop, &paused);
-            }))
-        }
-        _ => None,
+    if same_spec {
+        ctx.compactor.due_at_start();
+    }
+    let follower = Arc::new(Mutex::new(None));
+    let recovery = {
+        let replay = Replay {
+            ctx: Arc::clone(&ctx),
+            bytes: verified.bytes,
+            cuts,
+            source: config.source.clone(),
+            follower: Arc::clone(&follower),
+        };
+        std::thread::Builder::new()
+            .name("throughline-recovery".into())
+            .spawn(move || recover(replay, tx, &held_rx))
+            .map_err(|e| format!("cannot start the recovery: {e}"))?
     };
     let background = (!config.compact_check.is_zero()).then(|| {
         let (ctx, stop) = (Arc::clone(&ctx), Arc::clone(&stop));
@@ -198,30 +190,110 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         std::thread::spawn(move || sample_stats(&ctx, &stop))
     };
     let about = format!("data dir {}", dir.root().display());
-    transport::listen(
+    let listened = transport::listen(
         &config.listen,
         &about,
         config.max_connections,
         Arc::clone(&ctx),
         &stop,
-    )?;
+    );
+    stop.store(true, Ordering::SeqCst);
     eprintln!("throughline: shutting down");
     if let Some(b) = background {
         let _ = b.join();
     }
-    if let Some(f) = follower {
+    if let Some(f) = follower.lock().ok().and_then(|mut f| f.take()) {
         let _ = f.join();
     }
     let _ = sampler.join();
     drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
-    match engine.join() {
+    let recovered = recovery
+        .join()
+        .unwrap_or_else(|_| Err("the recovery thread panicked".into()));
+    let ended = match engine.join() {
         Ok(Ok(summary)) => {
             eprintln!("{}", summary.line());
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the engine thread panicked".into()),
+    };
+    listened.and(recovered).and(ended)
+}
+
+/// What the recovery thread needs.
+struct Replay {
+    ctx: Arc<Ctx>,
+    /// The log's checked length at the start.
+    bytes: u64,
+    /// Where the replay must end published groups ([`sink::replay_cuts`]).
+    cuts: BTreeSet<u64>,
+    /// A Kafka topic to follow once the log says where to resume.
+    source: Option<KafkaUrl>,
+    follower: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// The recovery thread: reads the log's records as checked at the start, replays them into
+/// the engine (`tx`), starts following the Kafka source from where the log ends, then
+/// passes on what was appended meanwhile (`held`) and everything appended after, until the
+/// log closes. A failure stops the server.
+fn recover(
+    replay: Replay,
+    tx: crossbeam_channel::Sender<Message>,
+    held: &crossbeam_channel::Receiver<Message>,
+) -> Result<(), String> {
+    let Replay {
+        ctx,
+        bytes,
+        cuts,
+        source,
+        follower,
+    } = replay;
+    // the tests hold the replay here to look at a recovering server
+    fail::fail_point!("serve::replay");
+    let started = Instant::now();
+    let replayed = log::read_records(ctx.log.path(), bytes)
+        .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))
+        .and_then(|records| {
+            replay_records(&records, &tx, &cuts, &ctx.stop)?;
+            Ok(records)
+        });
+    let records = match replayed {
+        Ok(records) => records,
+        Err(e) => {
+            eprintln!("throughline: error: {e}");
+            ctx.stop.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
+    if !records.is_empty() {
+        eprintln!(
+            "throughline: replayed {} logged lines ({} records) in {:?}",
+            log::lines_of(&records),
+            records.len(),
+            started.elapsed()
+        );
     }
+    if let (Some(url), Some(status)) = (source, ctx.kafka.clone()) {
+        let resume = log::kafka_positions(&records);
+        let ctx = Arc::clone(&ctx);
+        eprintln!("throughline: following {}", url.name());
+        let handle = std::thread::spawn(move || {
+            let paused = || ctx.sinks.iter().any(|s| s.full());
+            kafka::follow(&url, &resume, &ctx.log, &status, &ctx.stop, &paused);
+        });
+        if let Ok(mut slot) = follower.lock() {
+            *slot = Some(handle);
+        }
+    }
+    drop(records);
+    drop(ctx); // the log closes once the server stops: then `held` ends
+    for message in held.iter() {
+        if tx.send(message).is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// `serve` on a process other than 0 of a cluster: its workers compute their share of the
@@ -397,44 +469,21 @@ fn start_engine(
 type EngineThread = std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>;
 
 /// Sends the log's records to the engine, ending published groups at `cuts` (see
-/// [`sink::replay_cuts`]); returns the next line number.
-fn replay(
+/// [`sink::replay_cuts`]), until the server stops.
+fn replay_records(
     records: &[Record],
     tx: &crossbeam_channel::Sender<Message>,
     cuts: &BTreeSet<u64>,
-) -> Result<u64, String> {
+    stop: &AtomicBool,
+) -> Result<(), String> {
     for batch in log::batches_cut(records, 1, cuts) {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         tx.send(Message::Batch(batch))
             .map_err(|_| "the engine stopped during replay".to_string())?;
     }
-    Ok(records.len() as u64 + 1)
-}
-
-/// Start-up compaction: rewrites the recovered log when that reduces anything; returns the
-/// records and the line of an erasure kept until the sinks confirm it (`confirmed`).
-fn compact_at_start(
-    path: &Path,
-    records: Vec<Record>,
-    spec: &Spec,
-    salt: u128,
-    sets: &erasures::ErasureSets,
-    confirmed: u64,
-) -> Result<(Vec<Record>, Option<u64>), String> {
-    let kept = compact::rewrite(records, spec, salt, sets, confirmed);
-    if let Some(line) = kept.deferred {
-        eprintln!(
-            "throughline: compaction keeps the erasure at log line {line} and what follows until every sink has confirmed its retractions"
-        );
-    }
-    if kept.reduced > 0 {
-        let bytes = log::replace(path, &kept.records)
-            .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
-        eprintln!(
-            "throughline: compacted the log: {} records reduced, {bytes} bytes now",
-            kept.reduced
-        );
-    }
-    Ok((kept.records, kept.deferred))
+    Ok(())
 }
 
 /// `throughline compact`: compacts a stopped server's log with the spec it last ran with.
@@ -456,7 +505,7 @@ pub fn compact_stopped(data_dir: &Path) -> Result<CompactStats, String> {
     let bytes_before = std::fs::metadata(&path).map_or(0, |m| m.len());
     let recovery =
         log::recover(&path).map_err(|e| format!("cannot recover {}: {e}", path.display()))?;
-    let records = recovery.records.len() as u64;
+    let records = log::lines_of(&recovery.records);
     // the sinks saved in the directory may still owe an erasure's retractions
     let confirmed = state::saved_confirmed(dir.root())?;
     let kept = compact::rewrite(recovery.records, &spec, salt, &sets, confirmed);
@@ -499,7 +548,7 @@ fn compact_in_background(ctx: &Ctx, stop: &AtomicBool, every: Duration) {
             continue;
         }
         last = Instant::now();
-        if ctx.compactor.due(&ctx.counters) {
+        if ctx.recovering().is_none() && ctx.compactor.due(&ctx.counters) {
             match ctx.compactor.run(&ctx.log, &ctx.counters) {
                 Ok(s) => eprintln!(
                     "throughline: compacted the log in the background: {} records reduced, {} -> {} bytes",

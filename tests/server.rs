@@ -30,8 +30,16 @@ impl Server {
         Server::start_env(dir, args, &[])
     }
 
-    /// Starts the binary with `env` set (e.g. `FAILPOINTS`, the fail points to trigger).
+    /// Starts the binary with `env` set (e.g. `FAILPOINTS`, the fail points to trigger), and
+    /// waits until it has replayed its log.
     fn start_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::listening(dir, args, env);
+        common::wait_recovered(&server.addr);
+        server
+    }
+
+    /// Starts the binary with `env` set, and waits only until it listens.
+    fn listening(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_throughline"));
         cmd.envs(env.iter().copied());
         cmd.args(["serve", "--data-dir", dir.to_str().unwrap()]);
@@ -496,6 +504,71 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
         keys.len(),
         "every logged event accepted once: {metrics}"
     );
+}
+
+/// Issue 30: a restart keeps the API up. The server listens and acknowledges ingestion
+/// while it replays its log (held here by a fail point); reads answer 503 with
+/// `Retry-After`, `/healthz` says `recovering N/M`; what arrived meanwhile is applied after
+/// the replay, and SIGKILL during the replay loses none of it.
+#[test]
+fn a_restarting_server_takes_ingestion_while_it_replays() {
+    let dir = temp_dir("recovering");
+    let server = Server::start(&dir, None);
+    let before: Vec<String> = (0..20).map(|i| event(&format!("old-{i}"), i)).collect();
+    let batch = format!("{{\"batch\":[{}]}}", before.join(","));
+    assert_eq!(
+        server.request("POST", "/v1/batch", &[], batch.as_bytes()).0,
+        200
+    );
+    server.stop();
+    let hold = [("FAILPOINTS", "serve::replay=sleep(3000)")];
+    let server = Server::listening(&dir, &[], &hold);
+    let (status, health) = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((status, health.as_str()), (200, "recovering 0/20\n"));
+    let read = server.raw("GET", "/v1/views/profiles", "", "");
+    assert!(read.starts_with("HTTP/1.1 503"), "{read}");
+    assert!(
+        read.contains("retry-after: 1") || read.contains("Retry-After: 1"),
+        "{read}"
+    );
+    assert!(
+        read.contains("recovering: 0 of 20 logged lines replayed"),
+        "{read}"
+    );
+    let during = event("during-0", 30);
+    assert_eq!(
+        server
+            .request("POST", "/v1/track", &[], during.as_bytes())
+            .0,
+        200
+    );
+    // a crash before the replay is done loses nothing acknowledged
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = Server::listening(&dir, &[], &hold);
+    assert!(
+        server
+            .request("GET", "/healthz", &[], b"")
+            .1
+            .starts_with("recovering 0/21")
+    );
+    let late = event("during-1", 31);
+    assert_eq!(
+        server.request("POST", "/v1/track", &[], late.as_bytes()).0,
+        200
+    );
+    common::wait_recovered(&server.addr);
+    let lines = server.wait_for_view("profiles", |lines| lines.len() == 22);
+    for key in ["old-0", "old-19", "during-0", "during-1"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("user_id:{key}\""))),
+            "{key} missing: {lines:?}"
+        );
+    }
+    assert_eq!(server.request("GET", "/healthz", &[], b"").1, "ok\n");
 }
 
 #[test]

@@ -374,6 +374,23 @@ impl Inputs {
         }
     }
 
+    /// Restores what a compacted span kept of an identifier set's retired events
+    /// ([`retention::Summary`]): their identifiers and links (or wide marks), counted once
+    /// per event, and their records: what [`Inputs::insert`] and then
+    /// [`Inputs::retire`] of each left in the dataflow.
+    pub fn restore(&mut self, summary: &retention::Summary) {
+        let n = summary.retired as isize;
+        for id in &summary.idents {
+            if let Some(d) = self.node_counts.update_one(id, n) {
+                self.nodes.update(Node(id.clone()), d);
+            }
+        }
+        let wide = labels::is_wide(summary.idents.len(), self.max_links);
+        self.update_links(&summary.idents, wide, n);
+        let changes = self.sets.absorb(summary);
+        self.apply_records(&summary.idents, changes);
+    }
+
     /// What retention keeps of identifier sets (explanations read it).
     pub fn sets(&self) -> &retention::Sets {
         &self.sets

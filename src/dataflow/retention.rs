@@ -154,6 +154,16 @@ pub struct Cite {
 }
 
 impl Cite {
+    /// Of two retired events, the one that retired last: the later timestamp (an event
+    /// retires at `t` plus the horizon), then the later arrival.
+    pub fn later(self, other: Cite) -> Cite {
+        if (other.timestamp_ms, other.seq) >= (self.timestamp_ms, self.seq) {
+            other
+        } else {
+            self
+        }
+    }
+
     /// The citation of an event.
     pub fn of(facts: &super::EventFacts) -> Cite {
         Cite {
@@ -230,6 +240,39 @@ impl Set {
 
     fn rank(&self, slot: &Slot) -> Option<Rank> {
         self.find(slot).1.map(|kept| kept.rank)
+    }
+}
+
+/// What is kept of the retired events of one identifier set once compaction folds them
+/// into a [`crate::event::residue::Span`] of the log: a replay restores it
+/// ([`crate::dataflow::Inputs::restore`]) to exactly what the engine held for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The identifiers, sorted by priority.
+    pub idents: Vec<Ident>,
+    /// Retired events with this set.
+    pub retired: u32,
+    /// Their signal occurrences.
+    pub expired: u32,
+    /// The last of them.
+    pub last: Cite,
+    /// The greatest record of each slot among them.
+    pub records: Vec<Kept>,
+}
+
+impl Summary {
+    /// Its stored form (varint `bincode`, which never fails on these types).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::DefaultOptions::new()
+            .serialize(self)
+            .unwrap_or_default()
+    }
+
+    /// Reads what [`Summary::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Summary, String> {
+        bincode::DefaultOptions::new()
+            .deserialize(bytes)
+            .map_err(|e| format!("unreadable identifier set in a compacted span: {e}"))
     }
 }
 
@@ -369,11 +412,49 @@ impl Sets {
         let cite = Cite::of(facts);
         let id = self.find_or_make(&facts.idents, cite);
         if let Some(set) = self.get_mut(id) {
+            set.last = if set.retired == 0 {
+                cite
+            } else {
+                set.last.later(cite)
+            };
             set.retired += 1;
             set.expired += facts.signals.len() as u32;
-            set.last = cite;
         }
         self.retired += 1;
+    }
+
+    /// Adds what a span kept of an identifier set (the events it counts retired, its
+    /// records offered in turn); returns the changes of the records the dataflow holds.
+    pub fn absorb(&mut self, summary: &Summary) -> Vec<RecordChange> {
+        let id = self.find_or_make(&summary.idents, summary.last);
+        if let Some(set) = self.get_mut(id) {
+            set.last = if set.retired == 0 {
+                summary.last
+            } else {
+                set.last.later(summary.last)
+            };
+            set.retired += summary.retired;
+            set.expired += summary.expired;
+        }
+        self.retired += u64::from(summary.retired);
+        let mut out = Vec::new();
+        for kept in &summary.records {
+            out.extend(self.offer(&summary.idents, kept.clone()));
+        }
+        out
+    }
+
+    /// What is kept of each set with retired events, in the order the sets were made.
+    pub fn summaries(&self) -> Vec<Summary> {
+        let sets = self.slab.iter().flatten().filter(|s| s.retired > 0);
+        sets.map(|set| Summary {
+            idents: set.idents.to_vec(),
+            retired: set.retired,
+            expired: set.expired,
+            last: set.last,
+            records: set.records().collect(),
+        })
+        .collect()
     }
 
     /// Takes set `idents` (an erasure retracts all the events of a set at once): how many

@@ -62,8 +62,12 @@ impl Driver<'_> {
                 Line::Replayed { now, erasure } => {
                     self.summary.tally.accepted += 1;
                     self.summary.tally.forgets += u64::from(erasure.is_some());
+                    // an erased event took a sequence number too: the numbers of the
+                    // events after it stay what they were (spans keep records by them)
+                    self.skip_seqs(u64::from(erasure.is_none()));
                     self.advance_clock(now)?;
                 }
+                Line::Span { now, span } => self.replay_span(line, now, &span)?,
                 Line::Duplicate => {
                     self.summary.tally.duplicates += 1;
                     self.summary.tally.reducible += fresh;
@@ -86,6 +90,53 @@ impl Driver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Replays a compacted run of retired lines ([`crate::event::residue::Span`]): its
+    /// counts, dead letters and sequence numbers, the clock, and what is kept of its
+    /// events per identifier set ([`crate::dataflow::Inputs::restore`]).
+    fn replay_span(
+        &mut self,
+        line: &LineRef,
+        now: u64,
+        span: &crate::event::residue::Span,
+    ) -> Result<(), EngineError> {
+        let tally = &mut self.summary.tally;
+        // the line itself was counted already
+        tally.lines += span.lines.saturating_sub(1);
+        tally.accepted += span.accepted;
+        tally.forgets += span.forgets;
+        tally.duplicates += span.duplicates;
+        tally.suppressed += span.suppressed;
+        self.skip_seqs(span.events);
+        for (source, number, reason, detail) in &span.dead {
+            self.summary.tally.dead_letters += 1;
+            self.sinks.dead_letters.push(DeadLetter {
+                source: self.source_name_of(*source),
+                line: *number,
+                reason: *reason,
+                detail: detail.clone(),
+            })?;
+        }
+        for bytes in &span.sets {
+            let summary = crate::dataflow::retention::Summary::decode(bytes).map_err(|e| {
+                EngineError::Input(format!(
+                    "{} line {}: {e}",
+                    self.source_name(line),
+                    line.number
+                ))
+            })?;
+            self.inputs.restore(&summary);
+        }
+        self.advance_clock(now)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Leaves `n` sequence numbers unused (events a compacted log no longer holds took them).
+    fn skip_seqs(&mut self, n: u64) {
+        self.next_seq += n;
+        self.history.skip(n);
     }
 
     /// Inserts an accepted event's facts (made by [`EventFacts::of`]) at clock `now`, with

@@ -56,6 +56,14 @@ pub enum Line {
         /// The detail a dead letter reports.
         detail: String,
     },
+    /// A compacted run of retired lines, replayed into the gate (its clock and erasures);
+    /// the clock is now `now`.
+    Span {
+        /// The engine clock once it was applied.
+        now: u64,
+        /// What the run left.
+        span: Box<super::residue::Span>,
+    },
     /// A compacted line whose residue cannot be read.
     Unreadable(String),
 }
@@ -181,6 +189,14 @@ impl Admission {
                     erasure: Some(suppressed),
                 }
             }
+            Ok(Residue::Span(span)) => {
+                // the clock the run reached (no wall clock: it is already in it)
+                let now = self.accept(span.clock, None, 0);
+                for h in &span.erasures {
+                    self.suppress_hash(*h);
+                }
+                Line::Span { now, span }
+            }
             Ok(Residue::Duplicate) => Line::Duplicate,
             Ok(Residue::Suppressed) => Line::Suppressed,
             Ok(Residue::Dead { reason, detail }) => Line::Dead { reason, detail },
@@ -305,7 +321,7 @@ impl Admission {
 /// SPEC section 1's dedup window: whether an id accepted at clock `c` (the clock just after
 /// accepting it) still makes an event a duplicate at clock `now` (the clock before that
 /// event): `now - c < window`, always with no window (`"unlimited"`).
-fn remembered_at(c: u64, now: u64, window: Option<u64>) -> bool {
+pub fn remembered_at(c: u64, now: u64, window: Option<u64>) -> bool {
     window.is_none_or(|window| now.saturating_sub(c) < window)
 }
 

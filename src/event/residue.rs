@@ -3,7 +3,9 @@
 //! content (SPEC section 6: after an erasure and the next compaction no raw value remains).
 //!
 //! A residue is stored in the event log in place of the line it replaces (one for one, so
-//! line numbers in dead letters stay valid) and replayed by the engine like a line.
+//! line numbers in dead letters stay valid) and replayed by the engine like a line. A
+//! [`Span`] stands for a run of consecutive lines that retired (SPEC section 9): the log
+//! record holding it counts as that many lines, so line numbers stay valid there too.
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
@@ -42,6 +44,39 @@ pub enum Residue {
         /// The detail the dead letter carried.
         detail: String,
     },
+    /// A run of retired lines folded into one record (see [`Span`]).
+    Span(Box<Span>),
+}
+
+/// What a run of consecutive lines leaves once every event among them has retired (SPEC
+/// section 9, `crate::store::compact`): the clock they moved, what they counted, the
+/// erasures and dead letters among them, and what the engine keeps of their events by
+/// identifier set (identifiers, links, the records that can still win), encoded by the
+/// dataflow's retention (`crate::dataflow::retention::Summary`), which alone reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Lines it stands for.
+    pub lines: u64,
+    /// The engine clock after its last line.
+    pub clock: u64,
+    /// Accepted lines (`forget` requests included).
+    pub accepted: u64,
+    /// Accepted events other than `forget`s: the sequence numbers they took.
+    pub events: u64,
+    /// Carried-out `forget` requests.
+    pub forgets: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Suppressed events.
+    pub suppressed: u64,
+    /// Salted hashes the `forget`s among them erased (they stay suppressed).
+    pub erasures: Vec<u128>,
+    /// Dead letters among them: (source, line) as cited, reason, detail.
+    pub dead: Vec<(u16, u64, DeadReason, String)>,
+    /// Per Kafka partition, the offset after the last record read from it.
+    pub kafka: Vec<(i32, i64)>,
+    /// What is kept of their events, per identifier set (opaque here).
+    pub sets: Vec<Vec<u8>>,
 }
 
 impl Residue {
@@ -85,6 +120,13 @@ mod tests {
                 reason: DeadReason::BadTimestamp,
                 detail: "x".into(),
             },
+            Residue::Span(Box::new(Span {
+                lines: 9,
+                clock: 4,
+                dead: vec![(1, 2, DeadReason::BadTimestamp, "y".into())],
+                sets: vec![vec![1, 2, 3]],
+                ..Span::default()
+            })),
         ] {
             assert_eq!(Residue::decode(&r.encode()), Ok(r));
         }

@@ -28,8 +28,11 @@ pub struct Compactor {
     /// The line of a carried-out `forget` the last compaction kept because the sinks had
     /// not confirmed it yet: compaction is due again once they have.
     deferred: Mutex<Option<u64>>,
-    /// ([`Counters::erasures`], [`Counters::reducible`]) as of the last compaction.
-    marks: Mutex<(u64, u64)>,
+    /// ([`Counters::erasures`], [`Counters::reducible`], retired events) as of the last
+    /// compaction.
+    marks: Mutex<(u64, u64, u64)>,
+    /// Due once the server has recovered (start-up compaction).
+    at_start: std::sync::atomic::AtomicBool,
     compactions: AtomicU64,
     /// The last compaction since the start: when (epoch ms) and what it did.
     last: Mutex<Option<(u64, CompactStats)>>,
@@ -52,7 +55,8 @@ impl Compactor {
             erasures,
             confirmed,
             deferred: Mutex::new(deferred),
-            marks: Mutex::new((0, 0)),
+            marks: Mutex::new((0, 0, 0)),
+            at_start: std::sync::atomic::AtomicBool::new(false),
             compactions: AtomicU64::new(0),
             last: Mutex::new(None),
         }
@@ -101,11 +105,18 @@ impl Compactor {
         if let Ok(mut m) = self.marks.lock() {
             *m = marks;
         }
+        self.at_start.store(false, Ordering::Relaxed);
         self.compactions.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = self.last.lock() {
             *last = Some((engine::wall_clock_ms(), stats.clone()));
         }
         Ok(stats)
+    }
+
+    /// Makes the log due for compaction (once the server has recovered: the start-up
+    /// compaction).
+    pub fn due_at_start(&self) {
+        self.at_start.store(true, Ordering::Relaxed);
     }
 
     /// The last compaction since the start: when (epoch ms) and what it did.
@@ -117,18 +128,29 @@ impl Compactor {
     /// (its erased values must leave the disk), or at least 10,000 received lines, and a
     /// quarter of all, have been found reducible (duplicates, dead letters, suppressed)
     /// since. Lines replayed from residues count for neither: they are compacted already.
-    /// Also once the sinks have confirmed an erasure an earlier compaction had to keep.
+    /// Also once the sinks have confirmed an erasure an earlier compaction had to keep, at
+    /// start, and once at least 10,000 events, and half as many as are live, have retired
+    /// since (SPEC section 9: they fold into spans, so the log follows the live state).
     pub fn due(&self, counters: &Counters) -> bool {
         let Ok(marks) = self.marks.lock().map(|m| *m) else {
             return false;
         };
+        if self.at_start.load(Ordering::Relaxed) {
+            return true;
+        }
+        let live = counters.retained[0].load(Ordering::Relaxed);
+        let retired = counters.retained[1].load(Ordering::Relaxed);
+        let newly = retired.saturating_sub(marks.2);
+        if newly >= 10_000 && newly * 2 >= live {
+            return true;
+        }
         if self
             .deferred()
             .is_some_and(|line| (self.confirmed)() >= line)
         {
             return true;
         }
-        let (erasures, reducible) = marks_of(counters);
+        let (erasures, reducible, _) = marks_of(counters);
         let dead = reducible.saturating_sub(marks.1);
         erasures > marks.0 || (dead >= 10_000 && dead * 4 >= counters.lines.load(Ordering::Relaxed))
     }
@@ -144,9 +166,10 @@ impl Compactor {
     }
 }
 
-fn marks_of(c: &Counters) -> (u64, u64) {
+fn marks_of(c: &Counters) -> (u64, u64, u64) {
     (
         c.erasures.load(Ordering::Relaxed),
         c.reducible.load(Ordering::Relaxed),
+        c.retained[1].load(Ordering::Relaxed),
     )
 }

@@ -37,6 +37,9 @@ pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
 const RESIDUE_FLAG: u64 = 1 << 63;
 /// Marks a record read from Kafka: its [`Origin`] follows the wall clock.
 const ORIGIN_FLAG: u64 = 1 << 62;
+/// Marks a record that stands for more than one line (a span of retired lines, see
+/// [`crate::store::compact`]): the count follows the wall clock (and origin).
+const SPAN_FLAG: u64 = 1 << 61;
 
 /// Where a record read from a Kafka topic came from (`serve --source`). Kept in the log
 /// with the record, so a restart resumes each partition right after the last record the
@@ -69,6 +72,9 @@ pub struct Record {
     pub residue: bool,
     /// The Kafka record it was read from, if it was.
     pub origin: Option<Origin>,
+    /// How many consecutive lines of the log it stands for: 1, or more for a span of
+    /// retired lines folded by compaction ([`crate::event::residue::Span`]).
+    pub lines: u64,
 }
 
 impl Record {
@@ -79,6 +85,7 @@ impl Record {
             line,
             residue: false,
             origin: None,
+            lines: 1,
         }
     }
 
@@ -98,6 +105,18 @@ impl Record {
             line: dead.encode(),
             residue: true,
             origin: None,
+            lines: 1,
+        }
+    }
+
+    /// A residue standing for `lines` lines, received at `wall_ms`.
+    pub fn residue(wall_ms: u64, residue: &Residue, lines: u64) -> Record {
+        Record {
+            wall_ms,
+            line: residue.encode(),
+            residue: true,
+            origin: None,
+            lines,
         }
     }
 
@@ -110,10 +129,16 @@ impl Record {
         if self.origin.is_some() {
             wall |= ORIGIN_FLAG;
         }
+        if self.lines != 1 {
+            wall |= SPAN_FLAG;
+        }
         payload.extend_from_slice(&wall.to_le_bytes());
         if let Some(o) = self.origin {
             payload.extend_from_slice(&o.partition.to_le_bytes());
             payload.extend_from_slice(&o.offset.to_le_bytes());
+        }
+        if self.lines != 1 {
+            payload.extend_from_slice(&self.lines.to_le_bytes());
         }
         payload.extend_from_slice(&self.line);
         frame(&payload, out);
@@ -122,21 +147,58 @@ impl Record {
     /// A record from a frame's payload (at least 8 bytes, checked by the frame reader);
     /// `None` when an origin is flagged but cut short.
     fn decode(payload: &[u8]) -> Option<Record> {
-        let wall = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-        let (origin, line) = if wall & ORIGIN_FLAG != 0 {
-            let partition = i32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
-            let offset = i64::from_le_bytes(payload.get(12..20)?.try_into().ok()?);
-            (Some(Origin { partition, offset }), payload.get(20..)?)
-        } else {
-            (None, payload.get(8..)?)
-        };
+        let (head, line) = Head::decode(payload)?;
         Some(Record {
-            wall_ms: wall & !(RESIDUE_FLAG | ORIGIN_FLAG),
+            wall_ms: head.wall_ms,
             line: line.to_vec(),
-            residue: wall & RESIDUE_FLAG != 0,
-            origin,
+            residue: head.residue,
+            origin: head.origin,
+            lines: head.lines,
         })
     }
+}
+
+/// What a record's payload says before its line: everything but the line's bytes.
+struct Head {
+    wall_ms: u64,
+    residue: bool,
+    origin: Option<Origin>,
+    lines: u64,
+}
+
+impl Head {
+    /// The head of a payload and the rest (the line); `None` when cut short.
+    fn decode(payload: &[u8]) -> Option<(Head, &[u8])> {
+        let wall = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+        let mut rest = payload.get(8..)?;
+        let origin = if wall & ORIGIN_FLAG != 0 {
+            let partition = i32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+            let offset = i64::from_le_bytes(rest.get(4..12)?.try_into().ok()?);
+            rest = rest.get(12..)?;
+            Some(Origin { partition, offset })
+        } else {
+            None
+        };
+        let lines = if wall & SPAN_FLAG != 0 {
+            let lines = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+            rest = rest.get(8..)?;
+            lines
+        } else {
+            1
+        };
+        let head = Head {
+            wall_ms: wall & !(RESIDUE_FLAG | ORIGIN_FLAG | SPAN_FLAG),
+            residue: wall & RESIDUE_FLAG != 0,
+            origin,
+            lines,
+        };
+        Some((head, rest))
+    }
+}
+
+/// The number of log lines `records` stand for (a span stands for several).
+pub fn lines_of(records: &[Record]) -> u64 {
+    records.iter().map(|r| r.lines).sum()
 }
 
 /// The records of checked frames; a frame whose checksum holds but whose record is cut
@@ -160,9 +222,22 @@ fn decode_all(payloads: &[Vec<u8>]) -> io::Result<Vec<Record>> {
 /// record of each that the log holds.
 pub fn kafka_positions(records: &[Record]) -> BTreeMap<i32, i64> {
     let mut next = BTreeMap::new();
-    for o in records.iter().filter_map(|r| r.origin) {
-        let slot = next.entry(o.partition).or_insert(0);
-        *slot = (*slot).max(o.offset + 1);
+    let mut at = |partition: i32, after: i64| {
+        let slot = next.entry(partition).or_insert(0);
+        *slot = (*slot).max(after);
+    };
+    for r in records {
+        if let Some(o) = r.origin {
+            at(o.partition, o.offset + 1);
+        }
+        // a span keeps the offsets of the records it folded
+        if r.residue
+            && let Ok(Residue::Span(span)) = Residue::decode(&r.line)
+        {
+            for &(partition, after) in &span.kafka {
+                at(partition, after);
+            }
+        }
     }
     next
 }
@@ -186,16 +261,21 @@ pub fn batches_cut(records: &[Record], first_number: u64, cuts: &BTreeSet<u64>) 
         _ => (u64::MAX, 0),
     };
     let mut out = Vec::new();
-    let mut start = 0;
+    let (mut start, mut number) = (0, first_number);
     while start < records.len() {
-        let number = first_number + start as u64;
+        // a span (several lines in one record) is a batch of its own
         let mut end = start + 1;
-        while end < records.len()
-            && end - start < 4096
-            && records[end].wall_ms == records[start].wall_ms
-            && !cuts.contains(&(first_number + end as u64 - 1))
-        {
-            end += 1;
+        let mut last = number + records[start].lines.max(1) - 1;
+        if records[start].lines == 1 {
+            while end < records.len()
+                && end - start < 4096
+                && records[end].lines == 1
+                && records[end].wall_ms == records[start].wall_ms
+                && !cuts.contains(&last)
+            {
+                end += 1;
+                last += 1;
+            }
         }
         let lines: Vec<(&[u8], bool, Option<Citation>)> = records[start..end]
             .iter()
@@ -208,7 +288,6 @@ pub fn batches_cut(records: &[Record], first_number: u64, cuts: &BTreeSet<u64>) 
             })
             .collect();
         let mut batch = Batch::of_lines(0, number, &lines, Some(records[start].wall_ms));
-        let last = first_number + end as u64 - 1;
         batch.boundary = if cuts.contains(&last) {
             Boundary::Cut
         } else if (first_cut..last_cut).contains(&last) {
@@ -217,6 +296,7 @@ pub fn batches_cut(records: &[Record], first_number: u64, cuts: &BTreeSet<u64>) 
             Boundary::Any
         };
         out.push(batch);
+        number = last + 1;
         start = end;
     }
     out
@@ -326,6 +406,100 @@ pub fn recover(path: &Path) -> io::Result<Recovery> {
     })
 }
 
+/// What [`verify`] found: the log's intact prefix, checked but not loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verified {
+    /// Bytes of intact records (the log's length now).
+    pub bytes: u64,
+    /// Intact records.
+    pub records: u64,
+    /// The lines they stand for (a span stands for several).
+    pub lines: u64,
+    /// Bytes cut off a torn or corrupt tail (0 when the log was clean).
+    pub truncated_bytes: u64,
+    /// Why the tail was cut, if it was.
+    pub reason: Option<String>,
+}
+
+/// Checks every record of the log at `path` (lengths and checksums, one sequential read,
+/// nothing kept in memory) and truncates a torn or corrupt tail, as [`recover`] does: after
+/// it, appends may start at once while the records are read later ([`read_records`]). A
+/// missing file is an empty log; a compaction cut short (its temporary file) is removed.
+pub fn verify(path: &Path) -> io::Result<Verified> {
+    match std::fs::remove_file(compacting_path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verified::default()),
+        Err(e) => return Err(e),
+    };
+    let total = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let mut verified = Verified::default();
+    let mut payload = Vec::new();
+    loop {
+        let at = verified.bytes;
+        let mut header = [0u8; 8];
+        match read_full(&mut reader, &mut header)? {
+            0 => break,
+            8 => {}
+            n => {
+                verified.reason = Some(format!("torn header ({n} of 8 bytes) at offset {at}"));
+                break;
+            }
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if !(8..=MAX_PAYLOAD).contains(&len) {
+            verified.reason = Some(format!("impossible record length {len} at offset {at}"));
+            break;
+        }
+        payload.resize(len, 0);
+        let n = read_full(&mut reader, &mut payload)?;
+        if n < len {
+            verified.reason = Some(format!("torn record ({n} of {len} bytes) at offset {at}"));
+            break;
+        }
+        if crc32fast::hash(&payload) != crc {
+            verified.reason = Some(format!("checksum mismatch at offset {at}"));
+            break;
+        }
+        let Some((head, _)) = Head::decode(&payload) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("log record {} is malformed", verified.records + 1),
+            ));
+        };
+        verified.records += 1;
+        verified.lines += head.lines.max(1);
+        verified.bytes += 8 + len as u64;
+    }
+    drop(reader);
+    if verified.bytes < total {
+        verified.truncated_bytes = total - verified.bytes;
+        file.set_len(verified.bytes)?;
+        file.sync_all()?;
+    } else {
+        verified.reason = None;
+    }
+    Ok(verified)
+}
+
+/// The records of the log's first `bytes` bytes, checked by [`verify`] (the log may have
+/// grown since).
+pub fn read_records(path: &Path, bytes: u64) -> io::Result<Vec<Record>> {
+    let frames = read_frames(File::open(path)?, bytes, 8)?;
+    if frames.good != bytes {
+        return Err(io::Error::other(format!(
+            "the log changed within its first {bytes} bytes: {}",
+            frames.reason.unwrap_or_default()
+        )));
+    }
+    decode_all(&frames.payloads)
+}
+
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -374,7 +548,7 @@ enum Request {
 /// What a compaction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompactStats {
-    /// Records read (the compacted prefix).
+    /// Lines read (the compacted prefix; a span counts as the lines it stands for).
     pub records: u64,
     /// Records reduced to residues by this compaction.
     pub reduced: u64,
@@ -503,7 +677,7 @@ impl Log {
         }
         let records = decode_all(&frames.payloads)?;
         let mut stats = CompactStats {
-            records: records.len() as u64,
+            records: lines_of(&records),
             bytes_before: prefix,
             ..CompactStats::default()
         };

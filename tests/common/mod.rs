@@ -147,6 +147,7 @@ impl Serve {
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("serve did not start");
+        wait_recovered(&addr);
         Serve { child, addr }
     }
 
@@ -171,6 +172,24 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the server at `addr` has replayed its log (`/healthz` no longer says
+/// `recovering`): it listens and takes ingestion at once, but reads wait for that.
+pub fn wait_recovered(addr: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some((_, body)) = try_request(addr, "GET", "/healthz", &[], b"")
+            && !body.starts_with("recovering")
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server at {addr} never finished recovering"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -81,6 +81,35 @@ pub struct Ctx {
     pub sinks: Vec<Arc<SinkStatus>>,
     /// The last minutes of the engine's counters, for the console.
     pub stats: StatsHistory,
+    /// The replay of the log at start: reads wait for it.
+    pub recovery: Recovery,
+}
+
+/// A starting server's replay of its log. The server listens and acknowledges ingestion
+/// from the start (appends are logged and fsynced as always, and applied after the
+/// replay); reads answer `503` with `Retry-After` until the engine has replayed, and
+/// published, every line the log held.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Lines the log held at the start.
+    pub lines: u64,
+    /// Set once they are all replayed and published.
+    pub done: AtomicBool,
+}
+
+impl Ctx {
+    /// `Some((replayed, of))` while the log's lines are being replayed, else `None`.
+    pub fn recovering(&self) -> Option<(u64, u64)> {
+        if self.recovery.done.load(Ordering::Acquire) {
+            return None;
+        }
+        let replayed = self.counters.lines.load(Ordering::Acquire);
+        if replayed >= self.recovery.lines {
+            self.recovery.done.store(true, Ordering::Release);
+            return None;
+        }
+        Some((replayed, self.recovery.lines))
+    }
 }
 
 /// A request as the handlers see it: its head, and its body as sent (still gzipped if so
@@ -236,6 +265,17 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             &[("WWW-Authenticate", challenge)],
         );
     }
+    let waits_for_recovery = matches!(
+        route,
+        Route::View(_) | Route::Changes(_) | Route::Explain(_) | Route::Profile(_) | Route::Compact
+    );
+    if waits_for_recovery && let Some((replayed, of)) = ctx.recovering() {
+        return answer(
+            503,
+            &format!("recovering: {replayed} of {of} logged lines replayed; retry shortly"),
+            &[("Retry-After", "1")],
+        );
+    }
     match route {
         Route::NotFound => error(404, "no such endpoint"),
         Route::MethodNotAllowed(allow) => answer(
@@ -322,7 +362,9 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
     }
 }
 
-/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync. While a
+/// `GET /healthz`: 200 `ok`, or 503 once the log has stopped after a failed fsync. While the
+/// server replays its log at start it is 200 `recovering N/M` (N of the M logged lines
+/// replayed): ingestion works, reads answer 503 until it is done. While a
 /// followed Kafka topic cannot be read (a broker away), or a sink does not deliver, it stays
 /// 200 with a line per problem (`degraded: …`): ingestion and reads still work (ingestion
 /// until a sink's backlog is full).
@@ -330,7 +372,10 @@ pub fn healthz(ctx: &Ctx) -> Response<Body> {
     if let Some(why) = ctx.log.failed() {
         return respond(503, "text/plain", format!("failed: {why}\n"));
     }
-    let mut body = "ok\n".to_string();
+    let mut body = match ctx.recovering() {
+        Some((replayed, of)) => format!("recovering {replayed}/{of}\n"),
+        None => "ok\n".to_string(),
+    };
     if let Some(why) = ctx
         .kafka
         .as_ref()
