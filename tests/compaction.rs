@@ -248,15 +248,19 @@ fn retired_lines_fold_into_spans_and_later_input_cannot_tell() {
                 "seed {seed}: {} records stand for {end} lines",
                 folded.len()
             );
+            // at the fold point, halfway on and at the end of the later input
+            for upto in [end, (end + all.len()) / 2, all.len()] {
+                let mut continued = folded.clone();
+                continued.extend_from_slice(&all[end..upto]);
+                let original = replay(&spec, &all[..upto]);
+                let replayed = replay(&spec, &continued);
+                let what = format!("seed {seed}, folded at {end}, replayed to {upto}");
+                assert_same(&original, &replayed, &what);
+            }
             let mut continued = folded.clone();
             continued.extend_from_slice(&all[end..]);
             let original = replay(&spec, &all);
             let replayed = replay(&spec, &continued);
-            assert_same(
-                &original,
-                &replayed,
-                &format!("seed {seed}, folded at {end}"),
-            );
             assert_eq!(
                 log::kafka_positions(&continued),
                 log::kafka_positions(&all),
