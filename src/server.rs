@@ -1,8 +1,10 @@
 //! `throughline serve`: the long-lived server, wired together. On start it locks the data
-//! directory, recovers the event log (cutting a torn tail), compacts it, replays it into a
-//! fresh engine and then serves HTTP ([`crate::io::http`]) while appending to the log. A
-//! background thread compacts the log when a `forget` was carried out or enough of it is
-//! dead; `POST /v1/compact` and `throughline compact` do so on demand.
+//! directory, checks the event log (cutting a torn tail), and serves HTTP
+//! ([`crate::io::http`]) at once, appending to the log, while a recovery thread replays the
+//! log into a fresh engine (reads wait for it; what is appended meanwhile follows it). A
+//! background thread compacts the log at start, when a `forget` was carried out, when
+//! enough of it is dead, or when enough events retired (see [`crate::store::compact`]);
+//! `POST /v1/compact` and `throughline compact` do so on demand.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -128,6 +130,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (held_tx, held_rx) = crossbeam_channel::unbounded::<Message>();
     let log = Log::open_forwarding(&log_path, Some((held_tx, verified.lines + 1)))
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    log.count_kinds(verified.kinds);
 
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -384,6 +384,10 @@ fn the_console_shows_views_customers_and_erasure_live() {
         "what the engine holds",
         "document.querySelector('#held .big')?.textContent.endsWith('live events')",
     );
+    browser.wait_for(
+        "the log's bytes by kind",
+        "document.querySelector('#log-kinds')?.textContent.includes('of received lines')",
+    );
     browser.screenshot(&screenshots().join("overview.png"));
 
     // a revoked consent takes Bob's row out of the live view

@@ -1112,6 +1112,22 @@ fn erased_values_leave_the_data_directory_after_compaction() {
         metric(&metrics, "throughline_dedup_window_ids") > 0,
         "{metrics}"
     );
+    // the log's bytes by kind: the duplicate, the dead letter and the suppressed event
+    // folded into a span (SPEC section 9), the erasure and erased events are residues
+    // (their messageIds are still in the dedup window), the rest received lines
+    let kind = |k: &str| {
+        metric(
+            &metrics,
+            &format!("throughline_log_kind_bytes{{kind=\"{k}\"}}"),
+        )
+    };
+    let kinds = [kind("lines"), kind("residues"), kind("spans")];
+    assert!(kinds.iter().all(|&k| k > 0), "{metrics}");
+    assert_eq!(
+        kinds.iter().sum::<u64>(),
+        metric(&metrics, "throughline_log_bytes"),
+        "{metrics}"
+    );
     // the erased identifiers stay suppressed; their messageIds stay seen
     let (status, _) = restarted.request(
         "POST",

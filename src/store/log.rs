@@ -37,6 +37,27 @@ pub const MAX_PAYLOAD: usize = (1 << 20) + 64;
 const RESIDUE_FLAG: u64 = 1 << 63;
 /// Marks a record read from Kafka: its [`Origin`] follows the wall clock.
 const ORIGIN_FLAG: u64 = 1 << 62;
+/// The first byte of an encoded [`Residue::Span`] (bincode's variant index, little endian).
+const SPAN_TAG: u8 = 5;
+
+/// The log's bytes by kind: received lines as they came, single residues (dead letters,
+/// duplicates, erased events, erasures: see [`Residue`]), and spans of retired lines.
+pub type Kinds = [u64; 3];
+
+/// The names of [`Kinds`]' entries, in order.
+pub const KIND_NAMES: [&str; 3] = ["lines", "residues", "spans"];
+
+/// The bytes by kind of `records`.
+pub fn kinds_of(records: &[Record]) -> Kinds {
+    let mut kinds = [0; 3];
+    for r in records {
+        if let Some(k) = kinds.get_mut(r.kind()) {
+            *k += r.framed_len();
+        }
+    }
+    kinds
+}
+
 /// Marks a record that stands for more than one line (a span of retired lines, see
 /// [`crate::store::compact`]): the count follows the wall clock (and origin).
 const SPAN_FLAG: u64 = 1 << 61;
@@ -117,6 +138,25 @@ impl Record {
             residue: true,
             origin: None,
             lines,
+        }
+    }
+
+    /// Its bytes in the log, framing included.
+    pub fn framed_len(&self) -> u64 {
+        let origin = if self.origin.is_some() { 12 } else { 0 };
+        let span = if self.lines != 1 { 8 } else { 0 };
+        (8 + 8 + origin + span + self.line.len()) as u64
+    }
+
+    /// What it is, for the log's bytes by kind ([`Kinds`]).
+    pub fn kind(&self) -> usize {
+        match (
+            self.residue,
+            self.lines != 1 || self.line.first() == Some(&SPAN_TAG),
+        ) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
         }
     }
 
@@ -419,6 +459,8 @@ pub struct Verified {
     pub truncated_bytes: u64,
     /// Why the tail was cut, if it was.
     pub reason: Option<String>,
+    /// The intact records' bytes by kind.
+    pub kinds: Kinds,
 }
 
 /// Checks every record of the log at `path` (lengths and checksums, one sequential read,
@@ -466,12 +508,23 @@ pub fn verify(path: &Path) -> io::Result<Verified> {
             verified.reason = Some(format!("checksum mismatch at offset {at}"));
             break;
         }
-        let Some((head, _)) = Head::decode(&payload) else {
+        let Some((head, line)) = Head::decode(&payload) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("log record {} is malformed", verified.records + 1),
             ));
         };
+        let kind = match (
+            head.residue,
+            head.lines != 1 || line.first() == Some(&SPAN_TAG),
+        ) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        };
+        if let Some(k) = verified.kinds.get_mut(kind) {
+            *k += 8 + len as u64;
+        }
         verified.records += 1;
         verified.lines += head.lines.max(1);
         verified.bytes += 8 + len as u64;
@@ -541,6 +594,8 @@ enum Request {
     /// current log; what was appended after them is copied over first.
     Swap {
         prefix: u64,
+        /// The prefix's bytes by kind before and after.
+        kinds: (Kinds, Kinds),
         done: Sender<io::Result<u64>>,
     },
 }
@@ -571,6 +626,8 @@ pub struct Log {
     failure: Arc<Mutex<Option<String>>>,
     /// Line number of the last record forwarded to the engine (0 when not forwarding).
     forwarded: Arc<AtomicU64>,
+    /// The log's bytes by kind.
+    kinds: Arc<Mutex<Kinds>>,
 }
 
 impl Log {
@@ -596,9 +653,11 @@ impl Log {
                 .map_or(0, |(_, next)| next.saturating_sub(1)),
         ));
         let (tx, rx) = unbounded::<Request>();
+        let kinds = Arc::new(Mutex::new([0; 3]));
         let writer = {
             let (path, durable) = (path.to_path_buf(), Arc::clone(&durable));
             let (failure, forwarded) = (Arc::clone(&failure), Arc::clone(&forwarded));
+            let kinds = Arc::clone(&kinds);
             std::thread::Builder::new()
                 .name("throughline-log".into())
                 .spawn(move || {
@@ -610,6 +669,7 @@ impl Log {
                         failed: None,
                         failure,
                         forwarded,
+                        kinds,
                     }
                     .run(&rx)
                 })?
@@ -622,7 +682,21 @@ impl Log {
             compacting: Mutex::new(()),
             failure,
             forwarded,
+            kinds,
         })
+    }
+
+    /// Sets the log's bytes by kind as [`verify`] found them (appends and compactions
+    /// keep them current from then on).
+    pub fn count_kinds(&self, kinds: Kinds) {
+        if let Ok(mut k) = self.kinds.lock() {
+            *k = kinds;
+        }
+    }
+
+    /// The log's bytes by kind (see [`Kinds`]).
+    pub fn kinds(&self) -> Kinds {
+        self.kinds.lock().map_or([0; 3], |k| *k)
     }
 
     /// The line number of the last record handed to the engine: once the engine has
@@ -681,6 +755,7 @@ impl Log {
             bytes_before: prefix,
             ..CompactStats::default()
         };
+        let before = kinds_of(&records);
         let kept;
         (kept, stats.reduced) = rewrite(records)?;
         if stats.reduced == 0 {
@@ -691,6 +766,7 @@ impl Log {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.send(Request::Swap {
             prefix,
+            kinds: (before, kinds_of(&kept)),
             done: done_tx,
         })?;
         stats.bytes_after = done_rx
@@ -778,6 +854,8 @@ struct Writer {
     failure: Arc<Mutex<Option<String>>>,
     /// Shared with [`Log::forwarded`].
     forwarded: Arc<AtomicU64>,
+    /// Shared with [`Log::kinds`].
+    kinds: Arc<Mutex<Kinds>>,
 }
 
 impl Writer {
@@ -788,9 +866,21 @@ impl Writer {
             for request in std::iter::once(first).chain(rx.try_iter()) {
                 match request {
                     Request::Append(records, done) => appends.push((records, done)),
-                    Request::Swap { prefix, done } => {
+                    Request::Swap {
+                        prefix,
+                        kinds: (before, after),
+                        done,
+                    } => {
                         self.commit(&mut appends);
-                        let _ = done.send(self.swap(prefix));
+                        let swapped = self.swap(prefix);
+                        if swapped.is_ok()
+                            && let Ok(mut k) = self.kinds.lock()
+                        {
+                            for ((k, b), a) in k.iter_mut().zip(before).zip(after) {
+                                *k = k.saturating_sub(b) + a;
+                            }
+                        }
+                        let _ = done.send(swapped);
                     }
                 }
             }
@@ -815,6 +905,15 @@ impl Writer {
         };
         if result.is_ok() {
             self.durable.fetch_add(buf.len() as u64, Ordering::AcqRel);
+            if let Ok(mut k) = self.kinds.lock() {
+                for (records, _) in batch.iter() {
+                    for (kind, add) in kinds_of(records).into_iter().enumerate() {
+                        if let Some(k) = k.get_mut(kind) {
+                            *k += add;
+                        }
+                    }
+                }
+            }
             if let Some((to, next)) = &mut self.forward {
                 for (records, _) in batch.iter() {
                     for b in batches(records, *next) {

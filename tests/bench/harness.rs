@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use throughline::event::timestamp;
 
+mod restart;
 mod sink;
 
 /// The binary measured: this build's, or `THROUGHLINE_BIN` (to measure another build, e.g.
@@ -335,7 +336,9 @@ fn one_at_a_time(count: usize, clock: u64) -> Latencies {
 /// SPEC section 9: a year of steady traffic from a fixed population (`gen --days 365`),
 /// piped into `run -w 2`; peak RSS after the first third and after all of it, and what the
 /// engine holds at the end (`--stats`: live events, retired ones, identifier sets, records).
-fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
+/// The year of steady traffic from a fixed population (issue 30): its file, its `gen`
+/// command, its size and population, and `gen`'s output.
+fn year_workload(dir: &Path, quick: bool) -> (PathBuf, String, u64, u64, Vec<u8>) {
     let (events, profiles) = if quick {
         (300_000u64, 3_000u64)
     } else {
@@ -353,16 +356,20 @@ fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
         .output()
         .expect("cannot run gen");
     assert!(out.status.success());
+    std::fs::write(&path, &out.stdout).expect("cannot write the workload");
+    (path, gen_cmd, events, profiles, out.stdout)
+}
+
+fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
+    let (path, gen_cmd, events, profiles, generated) = year_workload(dir, quick);
     let third = dir.join(format!("year{events}-third.ndjson"));
-    let cut = out
-        .stdout
+    let cut = generated
         .split_inclusive(|b| *b == b'\n')
         .take((events / 3) as usize)
         .flatten()
         .copied()
         .collect::<Vec<u8>>();
     std::fs::write(&third, cut).expect("cannot write the workload");
-    std::fs::write(&path, out.stdout).expect("cannot write the workload");
     // piped, as a user runs it
     let piped = |file: &Path| -> (f64, String, String) {
         let input = std::fs::File::open(file).expect("open the workload");
@@ -419,7 +426,7 @@ fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain|retention|sink`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|retention|restart|sink`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -649,6 +656,11 @@ fn main() {
 
     if want("retention") {
         rows.extend(retention_rows(&dir, quick));
+    }
+
+    if want("restart") {
+        let (path, gen_cmd, events, _, _) = year_workload(&dir, quick);
+        rows.extend(restart::rows(&dir, &path, &gen_cmd, events));
     }
 
     // the Kafka sink's latency, and the views while its broker is stopped (needs tansu:

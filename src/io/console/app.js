@@ -106,7 +106,10 @@ async function refreshStats() {
     class: current === `#/view/${encodeURIComponent(v.name)}` ? "current" : null,
     text: v.name,
   })));
-  statusLine.textContent = `${fmtNumber(stats.totals.accepted)} events accepted · ` +
+  const recovering = stats.recovering
+    ? `recovering: ${fmtNumber(stats.recovering.replayed)} of ${fmtNumber(stats.recovering.of)} logged lines replayed · `
+    : "";
+  statusLine.textContent = recovering + `${fmtNumber(stats.totals.accepted)} events accepted · ` +
     `log ${fmtBytes(stats.log_bytes)} · updated ${new Date(stats.at).toLocaleTimeString()}`;
   return stats;
 }
@@ -194,6 +197,12 @@ function overview() {
           el("div", { class: "card" },
             el("h3", { text: "Event log" }),
             el("div", { class: "big", text: fmtBytes(stats.log_bytes) }),
+            el("div", {
+              class: "quiet", id: "log-kinds",
+              text: `${fmtBytes(stats.log_kinds.lines)} of received lines, ` +
+                `${fmtBytes(stats.log_kinds.spans)} of spans standing for retired lines, ` +
+                `${fmtBytes(stats.log_kinds.residues)} of other residues (dead letters, duplicates, erasures)`,
+            }),
             el("div", {
               class: "quiet",
               text: compaction

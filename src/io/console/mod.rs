@@ -159,15 +159,27 @@ pub fn quantile_ms(counts: &[u64], bounds_us: &[u64], q: f64) -> Option<f64> {
     None
 }
 
+/// The event log as the overview shows it.
+pub struct Storage {
+    /// The log's size.
+    pub log_bytes: u64,
+    /// Its bytes by kind ([`crate::store::log::Kinds`]).
+    pub kinds: crate::store::log::Kinds,
+    /// The last compaction since the start: when (epoch ms) and what it did.
+    pub last_compaction: Option<(u64, CompactStats)>,
+    /// `(replayed, of)` lines while the server replays its log at start.
+    pub recovering: Option<(u64, u64)>,
+}
+
 /// What the console's overview shows (`GET /v1/stats`): the views with their row counts,
-/// the totals, the log's size, the last compaction, each sink (its backlog, confirmed log
+/// the totals, the log's size and bytes by kind, whether it is recovering, the last compaction, each sink (its backlog, confirmed log
 /// line and, while it does not deliver, why) and the last ten minutes' series.
 pub fn stats(
     spec: &Spec,
     live: &Mutex<LiveViews>,
     counters: &Counters,
     history: &StatsHistory,
-    (log_bytes, last_compaction): (u64, Option<(u64, CompactStats)>),
+    storage: Storage,
     sinks: &[Arc<SinkStatus>],
 ) -> Value {
     let views: Vec<Value> = match live.lock() {
@@ -207,9 +219,15 @@ pub fn stats(
             "suppressed": now.suppressed,
             "changes": now.changes,
         },
-        "log_bytes": log_bytes,
+        "log_bytes": storage.log_bytes,
+        "log_kinds": crate::store::log::KIND_NAMES
+            .iter()
+            .zip(storage.kinds)
+            .map(|(name, bytes)| (name.to_string(), json!(bytes)))
+            .collect::<serde_json::Map<_, _>>(),
+        "recovering": storage.recovering.map(|(replayed, of)| json!({"replayed": replayed, "of": of})),
         "retained": retained(counters),
-        "last_compaction": last_compaction.map(|(at, s)| json!({
+        "last_compaction": storage.last_compaction.map(|(at, s)| json!({
             "at": at,
             "records": s.records,
             "reduced": s.reduced,

@@ -309,10 +309,12 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
                 &ctx.live,
                 &ctx.counters,
                 &ctx.stats,
-                (
-                    std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
-                    ctx.compactor.last(),
-                ),
+                console::Storage {
+                    log_bytes: std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len()),
+                    kinds: ctx.log.kinds(),
+                    last_compaction: ctx.compactor.last(),
+                    recovering: ctx.recovering(),
+                },
                 &ctx.sinks,
             )
             .to_string(),

@@ -284,8 +284,16 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
         "# HELP throughline_log_bytes Event log size\n# TYPE throughline_log_bytes gauge\nthroughline_log_bytes {}\n",
         std::fs::metadata(ctx.log.path()).map_or(0, |m| m.len())
     ));
+    out.push_str(
+        "# HELP throughline_log_kind_bytes Event log bytes by kind: received lines, spans standing for retired lines, other residues\n# TYPE throughline_log_kind_bytes gauge\n",
+    );
+    for (name, bytes) in crate::store::log::KIND_NAMES.iter().zip(ctx.log.kinds()) {
+        out.push_str(&format!(
+            "throughline_log_kind_bytes{{kind=\"{name}\"}} {bytes}\n"
+        ));
+    }
     out.push_str(&format!(
-        "# HELP throughline_log_records Records in the event log (the engine has caught up when throughline_lines_total equals it)\n# TYPE throughline_log_records gauge\nthroughline_log_records {}\n",
+        "# HELP throughline_log_records Lines in the event log (the engine has caught up when throughline_lines_total equals it)\n# TYPE throughline_log_records gauge\nthroughline_log_records {}\n",
         ctx.log.forwarded()
     ));
     if let Some(k) = &ctx.kafka {
