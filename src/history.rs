@@ -53,6 +53,8 @@ pub struct History {
     /// Events carrying an identifier with each hash, ascending (a map that grows without
     /// stalls), filed by [`History::catch_up`] from small backlogs.
     by_hash: griddle::HashMap<u32, Vec<Seq>>,
+    /// Pairs filed in `by_hash` (kept, so that deciding whether to prune costs nothing).
+    mapped: usize,
     /// `(hash, seq)` filed from large backlogs, sorted by hash and then seq. Erasure
     /// leaves its pairs here; they lead to emptied slots, which every read skips.
     run: Vec<(u32, Seq)>,
@@ -91,6 +93,7 @@ impl History {
             events: Vec::new(),
             chunk_live: Vec::new(),
             by_hash: griddle::HashMap::new(),
+            mapped: 0,
             run: Vec::new(),
             unindexed: Vec::new(),
             pushed: 0,
@@ -184,7 +187,7 @@ impl History {
     /// Drops the index pairs of departed events once they are at least as many as the
     /// others (so the index follows the live events, at a linear cost overall).
     fn prune(&mut self) {
-        let filed = self.run.len() + self.by_hash.values().map(Vec::len).sum::<usize>();
+        let filed = self.run.len() + self.mapped;
         if self.stale < (1 << 12) || self.stale * 2 < filed + self.unindexed.len() {
             return;
         }
@@ -201,10 +204,13 @@ impl History {
         self.run.retain(|&(_, seq)| held(seq));
         self.run.shrink_to_fit();
         self.unindexed.retain(|&(_, seq)| held(seq));
+        let mut mapped = 0;
         self.by_hash.retain(|_, seqs| {
             seqs.retain(|&seq| held(seq));
+            mapped += seqs.len();
             !seqs.is_empty()
         });
+        self.mapped = mapped;
         self.stale = 0;
     }
 
@@ -220,6 +226,7 @@ impl History {
         if self.unindexed.len() <= BULK || self.unindexed.len() < self.run.len() {
             for (hash, seq) in self.unindexed.drain(..) {
                 self.by_hash.entry(hash).or_default().push(seq);
+                self.mapped += 1;
             }
             if self.unindexed.capacity() > 1 << 16 {
                 self.unindexed = Vec::new(); // after a large backlog, give its memory back
@@ -273,7 +280,9 @@ impl History {
         // unlink the taken events from every identifier they carried, each list once
         for hash in touched {
             if let Some(list) = self.by_hash.get_mut(&hash) {
+                let before = list.len();
                 list.retain(|s| taken_seqs.binary_search(s).is_err());
+                self.mapped -= before - list.len();
                 if list.is_empty() {
                     self.by_hash.remove(&hash);
                 }

@@ -126,9 +126,8 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         &counters,
         &mut states,
     )?;
-    // appends acknowledged during the replay wait here, in log order, until it is done
-    let (held_tx, held_rx) = crossbeam_channel::unbounded::<Message>();
-    let log = Log::open_forwarding(&log_path, Some((held_tx, verified.lines + 1)))
+    // appends acknowledged during the replay stay on disk until it is done
+    let log = Log::open_paused(&log_path, verified.lines + 1)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     log.count_kinds(verified.kinds);
 
@@ -181,7 +180,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         };
         std::thread::Builder::new()
             .name("throughline-recovery".into())
-            .spawn(move || recover(replay, tx, &held_rx))
+            .spawn(move || recover(replay, tx))
             .map_err(|e| format!("cannot start the recovery: {e}"))?
     };
     let background = (!config.compact_check.is_zero()).then(|| {
@@ -237,14 +236,10 @@ struct Replay {
 }
 
 /// The recovery thread: reads the log's records as checked at the start, replays them into
-/// the engine (`tx`), starts following the Kafka source from where the log ends, then
-/// passes on what was appended meanwhile (`held`) and everything appended after, until the
-/// log closes. A failure stops the server.
-fn recover(
-    replay: Replay,
-    tx: crossbeam_channel::Sender<Message>,
-    held: &crossbeam_channel::Receiver<Message>,
-) -> Result<(), String> {
+/// the engine (`tx`), has the log forward what was appended meanwhile and everything
+/// appended after ([`Log::start_forwarding`]), and starts following the Kafka source from
+/// where the log ends. A failure stops the server.
+fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(), String> {
     let Replay {
         ctx,
         bytes,
@@ -261,7 +256,13 @@ fn recover(
             replay_records(&records, &tx, &cuts, &ctx.stop)?;
             Ok(records)
         });
-    let records = match replayed {
+    let forwarding = replayed.and_then(|records| {
+        ctx.log
+            .start_forwarding(tx)
+            .map_err(|e| format!("cannot replay {}: {e}", ctx.log.path().display()))?;
+        Ok(records)
+    });
+    let records = match forwarding {
         Ok(records) => records,
         Err(e) => {
             eprintln!("throughline: error: {e}");
@@ -287,13 +288,6 @@ fn recover(
         });
         if let Ok(mut slot) = follower.lock() {
             *slot = Some(handle);
-        }
-    }
-    drop(records);
-    drop(ctx); // the log closes once the server stops: then `held` ends
-    for message in held.iter() {
-        if tx.send(message).is_err() {
-            break;
         }
     }
     Ok(())

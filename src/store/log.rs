@@ -588,6 +588,9 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// A request to the writer thread.
 enum Request {
+    /// Start forwarding to the engine (the log was opened paused): first what was appended
+    /// since it was opened, then every append.
+    Forward(Sender<Message>, Sender<io::Result<()>>),
     /// Records to append, and where to say they are durable.
     Append(Vec<Record>, Sender<io::Result<()>>),
     /// Swap in the compacted log at the path: it replaces the first `prefix` bytes of the
@@ -643,6 +646,32 @@ impl Log {
         path: &Path,
         forward: Option<(Sender<Message>, u64)>,
     ) -> io::Result<Log> {
+        Log::open_with(path, forward, None)
+    }
+
+    /// Like [`Log::open`], for a server that replays the log first: appends are
+    /// acknowledged as always (durable, not held in memory) and forwarded to the engine only
+    /// once [`Log::start_forwarding`] is called, the first numbered `first_number`.
+    pub fn open_paused(path: &Path, first_number: u64) -> io::Result<Log> {
+        Log::open_with(path, None, Some(first_number))
+    }
+
+    /// Starts forwarding a log opened with [`Log::open_paused`] to `to`: what was appended
+    /// since it was opened (read back from the file), then each append as
+    /// [`Log::open_forwarding`] does. Returns once the former is sent.
+    pub fn start_forwarding(&self, to: Sender<Message>) -> io::Result<()> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        self.send(Request::Forward(to, done_tx))?;
+        done_rx
+            .recv()
+            .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    fn open_with(
+        path: &Path,
+        forward: Option<(Sender<Message>, u64)>,
+        paused: Option<u64>,
+    ) -> io::Result<Log> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.seek(SeekFrom::End(0))?;
         let durable = Arc::new(AtomicU64::new(len));
@@ -650,7 +679,9 @@ impl Log {
         let forwarded = Arc::new(AtomicU64::new(
             forward
                 .as_ref()
-                .map_or(0, |(_, next)| next.saturating_sub(1)),
+                .map(|(_, next)| *next)
+                .or(paused)
+                .map_or(0, |next| next.saturating_sub(1)),
         ));
         let (tx, rx) = unbounded::<Request>();
         let kinds = Arc::new(Mutex::new([0; 3]));
@@ -666,6 +697,7 @@ impl Log {
                         path,
                         durable,
                         forward,
+                        paused: paused.map(|next| (len, next)),
                         failed: None,
                         failure,
                         forwarded,
@@ -848,6 +880,9 @@ struct Writer {
     path: PathBuf,
     durable: Arc<AtomicU64>,
     forward: Option<(Sender<Message>, u64)>,
+    /// Opened paused ([`Log::open_paused`]): the byte offset and line number from which
+    /// to forward once asked.
+    paused: Option<(u64, u64)>,
     /// Set once the log failed for good (fail-stop).
     failed: Option<String>,
     /// The same, shared with [`Log::failed`].
@@ -866,6 +901,10 @@ impl Writer {
             for request in std::iter::once(first).chain(rx.try_iter()) {
                 match request {
                     Request::Append(records, done) => appends.push((records, done)),
+                    Request::Forward(to, done) => {
+                        self.commit(&mut appends);
+                        let _ = done.send(self.start_forwarding(to));
+                    }
                     Request::Swap {
                         prefix,
                         kinds: (before, after),
@@ -933,6 +972,34 @@ impl Writer {
         }
     }
 
+    /// Sends what was appended since the log was opened paused to `to`, then forwards
+    /// every append there.
+    fn start_forwarding(&mut self, to: Sender<Message>) -> io::Result<()> {
+        let Some((from, next)) = self.paused else {
+            return Err(io::Error::other("the log is not paused"));
+        };
+        let durable = self.durable.load(Ordering::Acquire);
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(from))?;
+        let frames = read_frames(file, durable.saturating_sub(from), 8)?;
+        if frames.good != durable.saturating_sub(from) {
+            return Err(io::Error::other(format!(
+                "the log changed after offset {from}: {}",
+                frames.reason.unwrap_or_default()
+            )));
+        }
+        let records = decode_all(&frames.payloads)?;
+        for b in batches(&records, next) {
+            let _ = to.send(Message::Batch(b));
+        }
+        let next = next + lines_of(&records);
+        self.forwarded
+            .store(next.saturating_sub(1), Ordering::Release);
+        self.paused = None;
+        self.forward = Some((to, next));
+        Ok(())
+    }
+
     /// Appends `buf` and fsyncs it. A failed write may have left part of `buf` on disk, so
     /// the file is cut back to its last durable byte before anything else is appended (no
     /// acknowledged record ever follows a partial one); the error is returned and the next
@@ -982,6 +1049,11 @@ impl Writer {
     /// on (never to the unlinked old file); a failure after it (the directory's fsync) is
     /// fail-stop, since the rename may not be durable.
     fn swap(&mut self, prefix: u64) -> io::Result<u64> {
+        if self.paused.is_some() {
+            return Err(io::Error::other(
+                "the log is being replayed: compact once the server has recovered",
+            ));
+        }
         let temp = compacting_path(&self.path);
         let mut compacted = step("swap::open", || OpenOptions::new().append(true).open(&temp))?;
         let mut old = File::open(&self.path)?;
@@ -1107,6 +1179,40 @@ mod tests {
             kafka_positions(&recovered),
             BTreeMap::from([(0, 21), (1, 31)])
         );
+    }
+
+    /// A span counts as the lines it stands for, in batches (its own), in `verify` and in
+    /// the bytes by kind; `verify` finds what `recover` finds without loading it.
+    #[test]
+    fn spans_count_as_their_lines_everywhere() {
+        let path = temp("spans");
+        let span = Residue::Span(Box::default());
+        let dead = Residue::Dead {
+            reason: DeadReason::BadTimestamp,
+            detail: "x".into(),
+        };
+        let records = vec![
+            rec(1),
+            Record::residue(1001, &span, 40),
+            Record::residue(1001, &span, 1),
+            Record::residue(1001, &dead, 1),
+            rec(1),
+        ];
+        assert_eq!(
+            records.iter().map(Record::kind).collect::<Vec<_>>(),
+            [0, 2, 2, 1, 0]
+        );
+        Log::open(&path).unwrap().append(records.clone()).unwrap();
+        let verified = verify(&path).unwrap();
+        assert_eq!((verified.records, verified.lines), (5, 44));
+        assert_eq!(verified.kinds, kinds_of(&records));
+        assert_eq!(verified.kinds.iter().sum::<u64>(), verified.bytes);
+        assert_eq!(read_records(&path, verified.bytes).unwrap(), records);
+        let numbers: Vec<(u64, usize)> = batches(&records, 1)
+            .iter()
+            .map(|b| (b.lines[0].number, b.lines.len()))
+            .collect();
+        assert_eq!(numbers, [(1, 1), (2, 1), (42, 3)]);
     }
 
     #[test]
