@@ -4,14 +4,19 @@
 //! Framing: `[u32 LE payload length][u32 LE CRC-32 of payload][payload]`, where the payload
 //! is `[u64 LE wall clock ms at receipt][line bytes]`. The wall clock is kept so a replay
 //! applies the far-future rule exactly as it was applied live. Its top bit marks a record
-//! that compaction reduced to a [`crate::event::residue::Residue`]. A record whose header or
-//! payload is cut short, or whose checksum does not match, ends the log: recovery truncates
-//! it there and reports what it dropped.
+//! that compaction reduced to a [`crate::event::residue::Residue`]; the next, a record read
+//! from Kafka (its partition and offset follow); the third, a record standing for several
+//! lines (a span of retired lines, [`crate::store::compact`]: the count follows). A record
+//! whose header or payload is cut short, or whose checksum does not match, ends the log:
+//! recovery truncates it there and reports what it dropped.
 //!
 //! Appends go through one writer thread that batches whatever is waiting, writes it, fsyncs
 //! once and then acknowledges every record of the batch (group commit), so throughput does
 //! not collapse to one fsync per event. The same thread swaps in a compacted log
-//! ([`Log::compact`]), so a swap is atomic with respect to appends.
+//! ([`Log::compact`]), so a swap is atomic with respect to appends. A server that replays
+//! its log opens it paused ([`Log::open_paused`]): appends are acknowledged as always and
+//! forwarded to the engine once the replay is done, read back from the file, so nothing
+//! acknowledged meanwhile is held in memory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
