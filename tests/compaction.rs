@@ -180,6 +180,61 @@ fn a_compacted_log_replays_to_the_same_state() {
     }
 }
 
+/// A year of adversarial traffic, received as it happens (the wall clock moves with it).
+fn year_log(seed: u64, events: u64) -> Vec<Record> {
+    let mut out = Vec::new();
+    let args = GenArgs {
+        events,
+        profiles: 80,
+        seed,
+        adversarial: true,
+        start_ms: 1_735_689_600_000,
+        days: Some(365),
+    };
+    workload::generate(&args, &mut out).unwrap();
+    let lines: Vec<&[u8]> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let step = 365 * 86_400_000 / lines.len() as u64;
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Record::line(args.start_ms + i as u64 * step, l.to_vec()))
+        .collect()
+}
+
+/// With `dedup_window = "unlimited"` no accepted event with a `messageId` folds (its id
+/// must stay remembered): a copy of the first one, sent again after the compaction, is
+/// still a duplicate, exactly as without compaction.
+#[test]
+fn an_unlimited_dedup_window_keeps_what_it_must_remember() {
+    let text = throughline::spec::DEFAULT_SPEC
+        .replace("dedup_window = \"7d\"", "dedup_window = \"unlimited\"");
+    let spec = Spec::parse(&text, "unlimited").unwrap();
+    let log = year_log(21, 3000);
+    let sets = replay(&spec, &log).sets;
+    let folded = compact::rewrite(log.clone(), &spec, SALT, &sets, u64::MAX).records;
+    assert!(
+        folded.iter().any(|r| r.lines > 1),
+        "duplicates and dead letters fold"
+    );
+    let first = log
+        .iter()
+        .find(|r| String::from_utf8_lossy(&r.line).contains("\"messageId\""))
+        .unwrap()
+        .clone();
+    let again = |mut records: Vec<Record>| {
+        let mut late = first.clone();
+        late.wall_ms = records.last().unwrap().wall_ms;
+        records.push(late);
+        replay(&spec, &records)
+    };
+    let (original, replayed) = (again(log), again(folded));
+    assert_same(&original, &replayed, "unlimited window");
+    assert!(replayed.summary.tally.duplicates > 0);
+}
+
 /// A year of traffic, adversarial (late events, duplicates, forgets, dead letters):
 /// compaction folds the lines whose events retired into spans (SPEC section 9), so the log
 /// shrinks to the live lines plus one summary per identifier set, and a replay of the
@@ -191,27 +246,7 @@ fn a_compacted_log_replays_to_the_same_state() {
 fn retired_lines_fold_into_spans_and_later_input_cannot_tell() {
     let spec = Spec::default_spec();
     for seed in [11, 12] {
-        let mut out = Vec::new();
-        let args = GenArgs {
-            events: 6000,
-            profiles: 80,
-            seed,
-            adversarial: true,
-            start_ms: 1_735_689_600_000,
-            days: Some(365),
-        };
-        workload::generate(&args, &mut out).unwrap();
-        // received as the traffic happens: the wall clock moves with it
-        let lines: Vec<&[u8]> = out
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        let step = 365 * 86_400_000 / lines.len() as u64;
-        let mut all: Vec<Record> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| Record::line(args.start_ms + i as u64 * step, l.to_vec()))
-            .collect();
+        let mut all = year_log(seed, 6000);
         // a hub forming at the end, through identifiers whose links retired long ago
         for (i, user) in ["u-1", "u-2", "u-3", "u-4", "u-5", "u-6"]
             .iter()
