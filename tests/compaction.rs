@@ -64,9 +64,18 @@ fn replay(spec: &Spec, records: &[Record]) -> Replayed {
     }
 }
 
+/// The lines of an adversarial `gen` workload.
+fn generated(args: &GenArgs) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    workload::generate(args, &mut out).unwrap();
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// A generated workload as log records, received over a few wall-clock instants.
 fn log_of(seed: u64, events: u64) -> Vec<Record> {
-    let mut out = Vec::new();
     let args = GenArgs {
         events,
         profiles: 60,
@@ -75,11 +84,10 @@ fn log_of(seed: u64, events: u64) -> Vec<Record> {
         start_ms: 1_767_225_600_000,
         days: None,
     };
-    workload::generate(&args, &mut out).unwrap();
-    out.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+    generated(&args)
+        .into_iter()
         .enumerate()
-        .map(|(i, l)| Record::line(FIXTURE_WALL_CLOCK_MS + (i as u64 / 50), l.to_vec()))
+        .map(|(i, l)| Record::line(FIXTURE_WALL_CLOCK_MS + (i as u64 / 50), l))
         .collect()
 }
 
@@ -182,25 +190,20 @@ fn a_compacted_log_replays_to_the_same_state() {
 
 /// A year of adversarial traffic, received as it happens (the wall clock moves with it).
 fn year_log(seed: u64, events: u64) -> Vec<Record> {
-    let mut out = Vec::new();
-    let args = GenArgs {
+    let start_ms = 1_735_689_600_000;
+    let lines = generated(&GenArgs {
         events,
         profiles: 80,
         seed,
         adversarial: true,
-        start_ms: 1_735_689_600_000,
+        start_ms,
         days: Some(365),
-    };
-    workload::generate(&args, &mut out).unwrap();
-    let lines: Vec<&[u8]> = out
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    });
     let step = 365 * 86_400_000 / lines.len() as u64;
     lines
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, l)| Record::line(args.start_ms + i as u64 * step, l.to_vec()))
+        .map(|(i, l)| Record::line(start_ms + i as u64 * step, l))
         .collect()
 }
 

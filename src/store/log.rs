@@ -364,40 +364,73 @@ pub(crate) struct Frames {
     pub reason: Option<String>,
 }
 
+/// What reading the next frame found.
+enum Next {
+    /// A frame whose checksum holds: its payload is read.
+    Frame,
+    /// The end of the input, at a frame boundary.
+    End,
+    /// A torn or corrupt frame: why.
+    Bad(String),
+}
+
+/// Reads the frame at offset `at` of `reader` into `payload` (payloads of at least
+/// `min_len` bytes).
+fn next_frame(
+    reader: &mut impl Read,
+    at: u64,
+    min_len: usize,
+    payload: &mut Vec<u8>,
+) -> io::Result<Next> {
+    let mut header = [0u8; 8];
+    match read_full(reader, &mut header)? {
+        0 => return Ok(Next::End),
+        8 => {}
+        n => {
+            return Ok(Next::Bad(format!(
+                "torn header ({n} of 8 bytes) at offset {at}"
+            )));
+        }
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if !(min_len..=MAX_PAYLOAD).contains(&len) {
+        return Ok(Next::Bad(format!(
+            "impossible record length {len} at offset {at}"
+        )));
+    }
+    payload.clear();
+    payload.resize(len, 0);
+    let n = read_full(reader, payload)?;
+    if n < len {
+        return Ok(Next::Bad(format!(
+            "torn record ({n} of {len} bytes) at offset {at}"
+        )));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Ok(Next::Bad(format!("checksum mismatch at offset {at}")));
+    }
+    Ok(Next::Frame)
+}
+
 /// Reads the intact frames of `reader` (payloads of at least `min_len` bytes) within its
 /// first `upto` bytes.
 pub(crate) fn read_frames(reader: impl Read, upto: u64, min_len: usize) -> io::Result<Frames> {
     let mut reader = BufReader::new(reader.take(upto));
     let mut frames = Frames::default();
     loop {
-        let at = frames.good;
-        let mut header = [0u8; 8];
-        match read_full(&mut reader, &mut header)? {
-            0 => break,
-            8 => {}
-            n => {
-                frames.reason = Some(format!("torn header ({n} of 8 bytes) at offset {at}"));
+        let mut payload = Vec::new();
+        match next_frame(&mut reader, frames.good, min_len, &mut payload)? {
+            Next::Frame => {
+                frames.good += 8 + payload.len() as u64;
+                frames.payloads.push(payload);
+            }
+            Next::End => break,
+            Next::Bad(why) => {
+                frames.reason = Some(why);
                 break;
             }
         }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if !(min_len..=MAX_PAYLOAD).contains(&len) {
-            frames.reason = Some(format!("impossible record length {len} at offset {at}"));
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        let n = read_full(&mut reader, &mut payload)?;
-        if n < len {
-            frames.reason = Some(format!("torn record ({n} of {len} bytes) at offset {at}"));
-            break;
-        }
-        if crc32fast::hash(&payload) != crc {
-            frames.reason = Some(format!("checksum mismatch at offset {at}"));
-            break;
-        }
-        frames.payloads.push(payload);
-        frames.good += 8 + len as u64;
     }
     Ok(frames)
 }
@@ -487,31 +520,13 @@ pub fn verify(path: &Path) -> io::Result<Verified> {
     let mut verified = Verified::default();
     let mut payload = Vec::new();
     loop {
-        let at = verified.bytes;
-        let mut header = [0u8; 8];
-        match read_full(&mut reader, &mut header)? {
-            0 => break,
-            8 => {}
-            n => {
-                verified.reason = Some(format!("torn header ({n} of 8 bytes) at offset {at}"));
+        match next_frame(&mut reader, verified.bytes, 8, &mut payload)? {
+            Next::Frame => {}
+            Next::End => break,
+            Next::Bad(why) => {
+                verified.reason = Some(why);
                 break;
             }
-        }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if !(8..=MAX_PAYLOAD).contains(&len) {
-            verified.reason = Some(format!("impossible record length {len} at offset {at}"));
-            break;
-        }
-        payload.resize(len, 0);
-        let n = read_full(&mut reader, &mut payload)?;
-        if n < len {
-            verified.reason = Some(format!("torn record ({n} of {len} bytes) at offset {at}"));
-            break;
-        }
-        if crc32fast::hash(&payload) != crc {
-            verified.reason = Some(format!("checksum mismatch at offset {at}"));
-            break;
         }
         let Some((head, line)) = Head::decode(&payload) else {
             return Err(io::Error::new(
@@ -528,11 +543,11 @@ pub fn verify(path: &Path) -> io::Result<Verified> {
             (true, true) => 2,
         };
         if let Some(k) = verified.kinds.get_mut(kind) {
-            *k += 8 + len as u64;
+            *k += 8 + payload.len() as u64;
         }
         verified.records += 1;
         verified.lines += head.lines.max(1);
-        verified.bytes += 8 + len as u64;
+        verified.bytes += 8 + payload.len() as u64;
     }
     drop(reader);
     if verified.bytes < total {
