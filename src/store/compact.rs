@@ -44,6 +44,11 @@
 //! The log then holds the live lines plus about one summary per identifier set, however
 //! long the server has run: it is bounded by what retention keeps, as memory is.
 //!
+//! A span holds what the engine kept under the spec it was folded with. A server started
+//! with another spec replays spans as they are: a change to identifier types, consent
+//! purposes or traits applies exactly only to the lines still kept as received (the
+//! retired events are gone, as they are from memory; see issue 33 for rebuilds).
+//!
 //! A `forget` the engine has not carried out yet (no erasure set recorded) ends the rewrite:
 //! it and every line after it are kept as they are, for a later compaction. So does a
 //! `forget` the sinks have not all confirmed yet (its line is past `confirmed`, the least
