@@ -166,8 +166,72 @@ pub fn least_fixed_point<K, L, R, N>(
 struct Vertex {
     count: isize,
     wide: isize,
-    links: Vec<(Node, isize)>,
+    links: Links,
     label: Option<Label>,
+}
+
+/// A node's links with their counts. A node with many (a hub: a shared device, a default
+/// id from a buggy SDK) also indexes them by neighbour, so updating one link costs the
+/// same whatever its degree: a hub of degree N costs O(N) to build, not O(N²).
+#[derive(Default)]
+struct Links {
+    list: Vec<(Node, isize)>,
+    /// Position in `list` by neighbour, once `list` is longer than [`INDEX_FROM`].
+    index: Option<HashMap<Node, usize>>,
+}
+
+/// Links a node has before they are indexed (a scan of a few is cheaper than a map).
+#[cfg(not(test))]
+const INDEX_FROM: usize = 32;
+/// In unit tests, indexed from three links on, so the property tests exercise the index.
+#[cfg(test)]
+const INDEX_FROM: usize = 2;
+
+impl Links {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Node, isize)> {
+        self.list.iter()
+    }
+
+    /// Adds `diff` to the link to `to`, removing it at zero.
+    fn update(&mut self, to: Node, diff: isize) {
+        let at = match &self.index {
+            Some(index) => index.get(&to).copied(),
+            None => self.list.iter().position(|(n, _)| *n == to),
+        };
+        let Some(i) = at else {
+            if let Some(index) = &mut self.index {
+                index.insert(to.clone(), self.list.len());
+            }
+            self.list.push((to, diff));
+            if self.index.is_none() && self.list.len() > INDEX_FROM {
+                let index = self.list.iter().enumerate();
+                self.index = Some(index.map(|(i, (n, _))| (n.clone(), i)).collect());
+            }
+            return;
+        };
+        let Some(link) = self.list.get_mut(i) else {
+            return;
+        };
+        link.1 += diff;
+        if link.1 != 0 {
+            return;
+        }
+        let (gone, _) = self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&gone);
+            if let Some((moved, _)) = self.list.get(i) {
+                index.insert(moved.clone(), i);
+            }
+        }
+    }
 }
 
 impl Vertex {
@@ -216,6 +280,9 @@ impl Graph {
             return;
         };
         let max = self.rules.max_links;
+        if v.is_hub(max) {
+            return; // a hub has no edges, however many links (its degree is not scanned)
+        }
         let hub = |n: &Node| self.vertices.get(n).is_some_and(|v| v.is_hub(max));
         out.extend(
             v.links
@@ -249,15 +316,7 @@ impl Graph {
                 }
                 GraphChange::Link(a, b) => {
                     let links = &mut self.vertices.entry(a.clone()).or_default().links;
-                    match links.iter().position(|(n, _)| *n == b) {
-                        Some(i) => {
-                            links[i].1 += diff;
-                            if links[i].1 == 0 {
-                                links.swap_remove(i);
-                            }
-                        }
-                        None => links.push((b, diff)),
-                    }
+                    links.update(b, diff);
                     dirty.push(a);
                 }
                 GraphChange::Wide(n) => {

@@ -360,6 +360,42 @@ fn year_workload(dir: &Path, quick: bool) -> (PathBuf, String, u64, u64, Vec<u8>
     (path, gen_cmd, events, profiles, out.stdout)
 }
 
+/// Issue 31's hub: one kiosk device id shared by N users, one event each (`userId` plus
+/// `context.device.id`), piped into `run -w 2`.
+fn hub_rows(dir: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for users in [5_000u64, 20_000, 80_000] {
+        let path = dir.join(format!("kiosk{users}.ndjson"));
+        let mut text = String::new();
+        for i in 0..users {
+            text.push_str(&format!(
+                r#"{{"type":"track","event":"Page Viewed","userId":"user-{i}","context":{{"device":{{"id":"kiosk-0000"}}}},"messageId":"k-{i}","timestamp":{}}}"#,
+                1_767_225_600_000 + i * 1000
+            ));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).expect("cannot write the workload");
+        let input = std::fs::File::open(&path).expect("open the workload");
+        let started = Instant::now();
+        let out = Command::new(bin())
+            .args(["run", "-w", "2", "-q"])
+            .stdin(input)
+            .stdout(Stdio::null())
+            .output()
+            .expect("cannot start throughline");
+        assert!(out.status.success());
+        rows.push(Row {
+            figure: format!("a hub: {users} users on one device id, one event each"),
+            measured: format!("{:.2} s", started.elapsed().as_secs_f64()),
+            target: "80k users in at most 2 s (linear in the hub's degree)",
+            command: format!(
+                "throughline run -w 2 < kiosk{users}.ndjson (user-i with context.device.id kiosk-0000, one event each)"
+            ),
+        });
+    }
+    rows
+}
+
 fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
     let (path, gen_cmd, events, profiles, generated) = year_workload(dir, quick);
     let third = dir.join(format!("year{events}-third.ndjson"));
@@ -426,7 +462,7 @@ fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain|retention|restart|sink`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|retention|restart|hub|sink`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -656,6 +692,10 @@ fn main() {
 
     if want("retention") {
         rows.extend(retention_rows(&dir, quick));
+    }
+
+    if want("hub") {
+        rows.extend(hub_rows(&dir));
     }
 
     if want("restart") {
