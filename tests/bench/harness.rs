@@ -360,6 +360,77 @@ fn year_workload(dir: &Path, quick: bool) -> (PathBuf, String, u64, u64, Vec<u8>
     (path, gen_cmd, events, profiles, out.stdout)
 }
 
+/// Runs `throughline ARGS < input`, sampling every thread's CPU time from
+/// `/proc/PID/task/*/stat` every 20 ms: (wall seconds, each thread's name and CPU
+/// seconds, busiest first). Threads of one name are told apart by their id.
+fn thread_shares(args: &[&str], input: &Path) -> (f64, Vec<(String, f64)>) {
+    let stdin = std::fs::File::open(input).expect("open the workload");
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start throughline");
+    let tasks = format!("/proc/{}/task", child.id());
+    let mut seen: std::collections::BTreeMap<u64, (String, u64)> = Default::default();
+    while child.try_wait().ok().flatten().is_none() {
+        for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // the fields after the command name (which may hold spaces) in parentheses
+            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            // utime and stime are fields 14 and 15 of stat: 11 and 12 from the state on
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                seen.insert(tid, (name.to_string(), user + system));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let mut threads: Vec<(String, f64)> = seen
+        .into_iter()
+        .map(|(tid, (name, ticks))| (format!("{name} ({tid})"), ticks as f64 / 100.0))
+        .filter(|(_, secs)| *secs > 0.0)
+        .collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (wall, threads)
+}
+
+/// Issue 31's CPU balance: every thread's share of all CPU time, `run -w 4 --snapshot`
+/// over the main workload.
+fn balance_rows(main_file: &Path, events: u64, gen_cmd: &str) -> Vec<Row> {
+    let args = ["run", "-w", "4", "--snapshot", "-o", "/dev/null", "-q"];
+    let (wall, threads) = thread_shares(&args, main_file);
+    let total: f64 = threads.iter().map(|(_, s)| s).sum();
+    let shares: Vec<String> = threads
+        .iter()
+        .map(|(name, secs)| format!("{name} {:.0}%", 100.0 * secs / total.max(1e-9)))
+        .collect();
+    let busiest = threads
+        .first()
+        .map_or(0.0, |(_, s)| 100.0 * s / total.max(1e-9));
+    vec![Row {
+        figure: format!("CPU per thread, run -w 4 --snapshot, {events} events"),
+        measured: format!(
+            "busiest {busiest:.0}% of {total:.1} CPU s in {wall:.1} s: {}",
+            shares.join(", ")
+        ),
+        target: "busiest thread at most 30%",
+        command: format!(
+            "{gen_cmd}; throughline run -w 4 --snapshot -o /dev/null < FILE, sampling /proc/PID/task/*/stat every 20 ms"
+        ),
+    }]
+}
+
 /// Issue 31's hub: one kiosk device id shared by N users, one event each (`userId` plus
 /// `context.device.id`), piped into `run -w 2`.
 fn hub_rows(dir: &Path) -> Vec<Row> {
@@ -462,7 +533,7 @@ fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain|retention|restart|hub|sink`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|retention|restart|hub|balance|sink`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -696,6 +767,10 @@ fn main() {
 
     if want("hub") {
         rows.extend(hub_rows(&dir));
+    }
+
+    if want("balance") {
+        rows.extend(balance_rows(&main_file, events, &gen_cmd));
     }
 
     if want("restart") {
