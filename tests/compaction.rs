@@ -83,6 +83,7 @@ fn log_of(seed: u64, events: u64) -> Vec<Record> {
         adversarial: true,
         start_ms: 1_767_225_600_000,
         days: None,
+        journeys: false,
     };
     generated(&args)
         .into_iter()
@@ -198,6 +199,7 @@ fn year_log(seed: u64, events: u64) -> Vec<Record> {
         adversarial: true,
         start_ms,
         days: Some(365),
+        journeys: false,
     });
     let step = 365 * 86_400_000 / lines.len() as u64;
     lines

@@ -58,6 +58,26 @@ fn adversarial_workloads_agree_with_the_oracle() {
     }
 }
 
+/// `gen --journeys` (issue 31): emails in variants, logins on a second device, return
+/// visits, late and duplicated deliveries.
+#[test]
+fn journey_workloads_agree_with_the_oracle() {
+    for (seed, spec) in [(31, Spec::default_spec()), (32, common::spec_with_max_links(4))] {
+        let mut input = Vec::new();
+        let args = throughline::workload::GenArgs {
+            events: 3000,
+            profiles: 200,
+            seed,
+            adversarial: false,
+            start_ms: 1_767_225_600_000,
+            days: None,
+            journeys: true,
+        };
+        throughline::workload::generate(&args, &mut input).unwrap();
+        check(&spec, &input, 2);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 

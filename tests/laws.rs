@@ -125,6 +125,7 @@ fn retracting_a_generated_workload_returns_to_empty() {
         adversarial: true,
         start_ms: 1_767_225_600_000,
         days: None,
+        journeys: false,
     };
     workload::generate(&args, &mut bytes).unwrap();
     let facts: Vec<EventFacts> = bytes
@@ -152,21 +153,25 @@ fn retracting_a_generated_workload_returns_to_empty() {
 #[test]
 fn one_two_and_four_workers_give_identical_output() {
     let spec = common::spec_with_max_links(8);
-    let mut bytes = Vec::new();
-    let args = GenArgs {
-        events: 4000,
-        profiles: 300,
-        seed: 21,
-        adversarial: true,
-        start_ms: 1_767_225_600_000,
-        days: None,
-    };
-    workload::generate(&args, &mut bytes).unwrap();
-    let one = common::engine(&spec, &bytes, 1);
-    assert!(!one.changes.is_empty());
-    for workers in [2, 4] {
-        let many = common::engine(&spec, &bytes, workers);
-        assert_eq!(one, many, "-w {workers} differs from -w 1");
+    // the adversarial workload, and journeys (issue 31)
+    for journeys in [false, true] {
+        let mut bytes = Vec::new();
+        let args = GenArgs {
+            events: 4000,
+            profiles: 300,
+            seed: 21,
+            adversarial: !journeys,
+            start_ms: 1_767_225_600_000,
+            days: None,
+            journeys,
+        };
+        workload::generate(&args, &mut bytes).unwrap();
+        let one = common::engine(&spec, &bytes, 1);
+        assert!(!one.changes.is_empty());
+        for workers in [2, 4] {
+            let many = common::engine(&spec, &bytes, workers);
+            assert_eq!(one, many, "-w {workers} differs from -w 1 (journeys: {journeys})");
+        }
     }
     let _ = FIXTURE_WALL_CLOCK_MS;
 }

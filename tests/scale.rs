@@ -31,6 +31,7 @@ fn large_adversarial_workload_agrees_with_the_oracle() {
         adversarial,
         start_ms: 1_767_225_600_000,
         days: None,
+        journeys: false,
     };
     workload::generate(&args, &mut input).unwrap();
     let started = std::time::Instant::now();

@@ -341,6 +341,7 @@ pub fn workload_over(
             1_767_225_600_000
         },
         days,
+        journeys: false,
     };
     throughline::workload::generate(&args, &mut out).unwrap();
     out

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 use crate::event::timestamp::rfc3339;
 
+mod journeys;
+
 /// Arguments of `throughline gen`.
 #[derive(Args, Debug, Clone)]
 pub struct GenArgs {
@@ -42,6 +44,12 @@ pub struct GenArgs {
     /// events span at most about 60 days and every twentieth event starts a new anonymous id.
     #[arg(long)]
     pub days: Option<u64>,
+    /// Journeys shaped like a real site's (see [`journeys`]): anonymous browsing, an email
+    /// typed in variants, a login with the user id on a second device, return visits,
+    /// thousands of visitors interleaved, 2% duplicated and 5% late deliveries.
+    /// `--adversarial` and `--days` do not apply.
+    #[arg(long)]
+    pub journeys: bool,
 }
 
 /// `throughline gen`: writes the workload to stdout.
@@ -56,6 +64,14 @@ pub fn command(args: &GenArgs) -> Result<i32, String> {
 
 /// Writes the workload to `out`.
 pub fn generate(args: &GenArgs, out: &mut dyn Write) -> io::Result<()> {
+    if args.journeys {
+        let mut g = journeys::Journeys::new(args);
+        for _ in 0..args.events {
+            out.write_all(&g.next_line())?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
     let mut g = Generator::new(args);
     for _ in 0..args.events {
         let line = g.next_line();
@@ -494,6 +510,7 @@ mod tests {
             adversarial: true,
             start_ms: 1_788_220_800_000,
             days: None,
+            journeys: false,
         };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         generate(&args, &mut a).unwrap();
