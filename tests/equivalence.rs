@@ -65,8 +65,8 @@ fn journey_workloads_agree_with_the_oracle() {
     for (seed, spec) in [(31, Spec::default_spec()), (32, common::spec_with_max_links(4))] {
         let mut input = Vec::new();
         let args = throughline::workload::GenArgs {
-            events: 3000,
-            profiles: 200,
+            events: 1500,
+            profiles: 150,
             seed,
             adversarial: false,
             start_ms: 1_767_225_600_000,
