@@ -62,7 +62,10 @@ fn adversarial_workloads_agree_with_the_oracle() {
 /// visits, late and duplicated deliveries.
 #[test]
 fn journey_workloads_agree_with_the_oracle() {
-    for (seed, spec) in [(31, Spec::default_spec()), (32, common::spec_with_max_links(4))] {
+    for (seed, spec) in [
+        (31, Spec::default_spec()),
+        (32, common::spec_with_max_links(4)),
+    ] {
         let mut input = Vec::new();
         let args = throughline::workload::GenArgs {
             events: 1500,

@@ -170,7 +170,10 @@ fn one_two_and_four_workers_give_identical_output() {
         assert!(!one.changes.is_empty());
         for workers in [2, 4] {
             let many = common::engine(&spec, &bytes, workers);
-            assert_eq!(one, many, "-w {workers} differs from -w 1 (journeys: {journeys})");
+            assert_eq!(
+                one, many,
+                "-w {workers} differs from -w 1 (journeys: {journeys})"
+            );
         }
     }
     let _ = FIXTURE_WALL_CLOCK_MS;

@@ -222,7 +222,8 @@ impl Journeys {
             _ => {
                 e["type"] = json!("track");
                 e["event"] = json!("Consent Updated");
-                let prefs = json!({"marketing": self.chance(70), "personalization": self.chance(80)});
+                let prefs =
+                    json!({"marketing": self.chance(70), "personalization": self.chance(80)});
                 e["context"]["consent"] = json!({"categoryPreferences": prefs});
             }
         }
@@ -287,7 +288,10 @@ mod tests {
             .filter(|who| {
                 let spelled: Vec<_> = emails
                     .iter()
-                    .filter(|e| e.trim().eq_ignore_ascii_case(&format!("person{who}@example.org")))
+                    .filter(|e| {
+                        e.trim()
+                            .eq_ignore_ascii_case(&format!("person{who}@example.org"))
+                    })
                     .collect();
                 spelled.len() > 1
             })

@@ -405,30 +405,73 @@ fn thread_shares(args: &[&str], input: &Path) -> (f64, Vec<(String, f64)>) {
     (wall, threads)
 }
 
-/// Issue 31's CPU balance: every thread's share of all CPU time, `run -w 4 --snapshot`
-/// over the main workload.
-fn balance_rows(main_file: &Path, events: u64, gen_cmd: &str) -> Vec<Row> {
-    let args = ["run", "-w", "4", "--snapshot", "-o", "/dev/null", "-q"];
-    let (wall, threads) = thread_shares(&args, main_file);
-    let total: f64 = threads.iter().map(|(_, s)| s).sum();
-    let shares: Vec<String> = threads
-        .iter()
-        .map(|(name, secs)| format!("{name} {:.0}%", 100.0 * secs / total.max(1e-9)))
-        .collect();
-    let busiest = threads
-        .first()
-        .map_or(0.0, |(_, s)| 100.0 * s / total.max(1e-9));
-    vec![Row {
-        figure: format!("CPU per thread, run -w 4 --snapshot, {events} events"),
-        measured: format!(
-            "busiest {busiest:.0}% of {total:.1} CPU s in {wall:.1} s: {}",
-            shares.join(", ")
-        ),
-        target: "busiest thread at most 30%",
-        command: format!(
-            "{gen_cmd}; throughline run -w 4 --snapshot -o /dev/null < FILE, sampling /proc/PID/task/*/stat every 20 ms"
-        ),
-    }]
+/// Issue 31's CPU balance and throughput: every thread's share of all CPU time with
+/// `run -w 4 --snapshot`, and `run -w 2 --snapshot`'s events/s, on `gen`'s workload and
+/// on `gen --journeys` of the same size.
+fn balance_rows(
+    dir: &Path,
+    main_file: &Path,
+    events: u64,
+    profiles: u64,
+    gen_cmd: &str,
+) -> Vec<Row> {
+    let journeys = dir.join(format!("journeys{events}.ndjson"));
+    let out = Command::new(bin())
+        .args(["gen", "--journeys", "--events", &events.to_string()])
+        .args(["--profiles", &profiles.to_string(), "--seed", "1"])
+        .output()
+        .expect("cannot run gen");
+    assert!(out.status.success());
+    std::fs::write(&journeys, out.stdout).expect("cannot write the workload");
+    let journeys_cmd =
+        format!("throughline gen --journeys --events {events} --profiles {profiles} --seed 1");
+    let mut rows = Vec::new();
+    for (name, file, command) in [
+        ("gen", main_file, gen_cmd.to_string()),
+        ("journeys", journeys.as_path(), journeys_cmd),
+    ] {
+        let args = ["run", "-w", "4", "--snapshot", "-o", "/dev/null", "-q"];
+        let (wall, threads) = thread_shares(&args, file);
+        let total: f64 = threads.iter().map(|(_, s)| s).sum();
+        let share = |secs: f64| 100.0 * secs / total.max(1e-9);
+        let shares: Vec<String> = threads
+            .iter()
+            .map(|(thread, secs)| format!("{thread} {:.0}%", share(*secs)))
+            .collect();
+        let busiest = threads.first().map_or(0.0, |(_, s)| share(*s));
+        rows.push(Row {
+            figure: format!("CPU per thread, run -w 4 --snapshot, {events} events ({name})"),
+            measured: format!(
+                "busiest {busiest:.0}% of {total:.1} CPU s in {wall:.1} s: {}",
+                shares.join(", ")
+            ),
+            target: "busiest thread at most 30%",
+            command: format!(
+                "{command}; throughline run -w 4 --snapshot -o /dev/null < FILE, sampling /proc/PID/task/*/stat every 20 ms"
+            ),
+        });
+        let path = file.to_string_lossy().to_string();
+        let stats = run(&[
+            "run",
+            "-w",
+            "2",
+            "--input",
+            &path,
+            "--snapshot",
+            "-o",
+            "/dev/null",
+            "-q",
+            "--stats",
+        ]);
+        let (lines, seconds, ..) = stats.sources.first().copied().unwrap_or_default();
+        rows.push(Row {
+            figure: format!("run -w 2 --snapshot, {events} events ({name})"),
+            measured: format!("{:.0} events/s", lines as f64 / seconds),
+            target: "2.5x the DuckDB batch (not in the harness yet)",
+            command: "throughline run -w 2 --input FILE --snapshot -o /dev/null --stats".into(),
+        });
+    }
+    rows
 }
 
 /// Issue 31's hub: one kiosk device id shared by N users, one event each (`userId` plus
@@ -770,7 +813,7 @@ fn main() {
     }
 
     if want("balance") {
-        rows.extend(balance_rows(&main_file, events, &gen_cmd));
+        rows.extend(balance_rows(&dir, &main_file, events, profiles, &gen_cmd));
     }
 
     if want("restart") {
