@@ -150,7 +150,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             salt,
             dir.erasures(),
             Box::new(confirmed_by(sinks.clone())),
-            None,
+            same_spec,
         ),
         stop: Arc::clone(&stop),
         sinks,
@@ -166,9 +166,6 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             ..Default::default()
         },
     });
-    if same_spec {
-        ctx.compactor.due_at_start();
-    }
     let follower = Arc::new(Mutex::new(None));
     let recovery = {
         let replay = Replay {

@@ -358,20 +358,25 @@ impl Inputs {
     /// else they inserted has retired already ([`retention`]).
     pub fn erase_retired(&mut self, erased: &std::collections::HashSet<Ident>) {
         for idents in self.sets.carrying_any(erased) {
-            let wide = labels::is_wide(idents.len(), self.max_links);
             let (retired, records) = self.sets.take(&idents);
             self.apply_records(&idents, records);
-            let diff = -(retired as isize);
-            if diff == 0 {
-                continue;
-            }
-            for id in idents.iter() {
-                if let Some(d) = self.node_counts.update_one(id, diff) {
-                    self.nodes.update(Node(id.clone()), d);
-                }
-            }
-            self.update_links(&idents, wide, diff);
+            self.count_identity(&idents, -(retired as isize));
         }
+    }
+
+    /// Counts `n` more (or fewer) events with identifier set `idents` in the nodes and the
+    /// links (or wide marks): all that a retired event still adds to the graph.
+    fn count_identity(&mut self, idents: &[Ident], n: isize) {
+        if n == 0 {
+            return;
+        }
+        for id in idents {
+            if let Some(d) = self.node_counts.update_one(id, n) {
+                self.nodes.update(Node(id.clone()), d);
+            }
+        }
+        let wide = labels::is_wide(idents.len(), self.max_links);
+        self.update_links(idents, wide, n);
     }
 
     /// Restores what a compacted span kept of an identifier set's retired events
@@ -379,14 +384,7 @@ impl Inputs {
     /// per event, and their records: what [`Inputs::insert`] and then
     /// [`Inputs::retire`] of each left in the dataflow.
     pub fn restore(&mut self, summary: &retention::Summary) {
-        let n = summary.retired as isize;
-        for id in &summary.idents {
-            if let Some(d) = self.node_counts.update_one(id, n) {
-                self.nodes.update(Node(id.clone()), d);
-            }
-        }
-        let wide = labels::is_wide(summary.idents.len(), self.max_links);
-        self.update_links(&summary.idents, wide, n);
+        self.count_identity(&summary.idents, summary.retired as isize);
         let changes = self.sets.absorb(summary);
         self.apply_records(&summary.idents, changes);
     }

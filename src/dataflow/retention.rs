@@ -216,6 +216,18 @@ fn decode(bytes: &[u8]) -> Option<Kept> {
 }
 
 impl Set {
+    /// Counts `retired` more retired events with `expired` signal occurrences, `last` the
+    /// latest of them: the set's last is then whichever retired last ([`Cite::later`]).
+    fn count(&mut self, retired: u32, expired: u32, last: Cite) {
+        self.last = if self.retired == 0 {
+            last
+        } else {
+            self.last.later(last)
+        };
+        self.retired += retired;
+        self.expired += expired;
+    }
+
     /// The records kept, ascending by slot.
     pub fn records(&self) -> impl Iterator<Item = Kept> + '_ {
         self.records.iter().filter_map(|bytes| decode(bytes))
@@ -412,13 +424,7 @@ impl Sets {
         let cite = Cite::of(facts);
         let id = self.find_or_make(&facts.idents, cite);
         if let Some(set) = self.get_mut(id) {
-            set.last = if set.retired == 0 {
-                cite
-            } else {
-                set.last.later(cite)
-            };
-            set.retired += 1;
-            set.expired += facts.signals.len() as u32;
+            set.count(1, facts.signals.len() as u32, cite);
         }
         self.retired += 1;
     }
@@ -428,13 +434,7 @@ impl Sets {
     pub fn absorb(&mut self, summary: &Summary) -> Vec<RecordChange> {
         let id = self.find_or_make(&summary.idents, summary.last);
         if let Some(set) = self.get_mut(id) {
-            set.last = if set.retired == 0 {
-                summary.last
-            } else {
-                set.last.later(summary.last)
-            };
-            set.retired += summary.retired;
-            set.expired += summary.expired;
+            set.count(summary.retired, summary.expired, summary.last);
         }
         self.retired += u64::from(summary.retired);
         let mut out = Vec::new();

@@ -472,13 +472,13 @@ impl Folder<'_> {
     }
 }
 
-/// The (source, line) a record at line `number` is cited as.
+/// The (source, line) a record at line `number` is cited as (as the replay cites it:
+/// [`crate::store::log::batches`]).
 fn cited(record: &Record, number: u64) -> (u16, u64) {
-    let kafka = record.origin.and_then(|o| {
-        let source = u16::try_from(o.partition).ok()?.checked_add(1)?;
-        Some((source, u64::try_from(o.offset).ok()?))
-    });
-    kafka.unwrap_or((0, number))
+    record
+        .origin
+        .and_then(super::log::Origin::cited)
+        .unwrap_or((0, number))
 }
 
 /// A run's spans, each under [`SPAN_BYTES`] of sets, dead letters and erasures and each
@@ -487,56 +487,108 @@ fn cited(record: &Record, number: u64) -> (u16, u64) {
 fn chunks(run: &mut Run) -> Option<Vec<Span>> {
     let mut whole = std::mem::take(&mut run.span);
     whole.kafka = std::mem::take(&mut run.kafka).into_iter().collect();
-    whole.clock = 0;
-    let sets: Vec<Vec<u8>> = run.sets.summaries().iter().map(Summary::encode).collect();
-    let mut out: Vec<Span> = vec![Span::default()];
-    let mut size = 0;
-    let mut room = |out: &mut Vec<Span>, bytes: usize| {
-        if size + bytes > SPAN_BYTES && size > 0 {
-            out.push(Span::default());
-            size = 0;
-        }
-        size += bytes;
+    whole.clock = run.clock;
+    let blank = Span {
+        lines: 1,
+        clock: run.clock,
+        ..Span::default()
     };
-    for set in sets {
-        room(&mut out, set.len());
-        if let Some(last) = out.last_mut() {
-            last.sets.push(set);
-        }
+    let mut pack = Packer {
+        done: Vec::new(),
+        current: blank.clone(),
+        size: 0,
+        blank,
+    };
+    for set in run.sets.summaries().iter().map(Summary::encode) {
+        pack.room(set.len()).sets.push(set);
     }
     for dead in std::mem::take(&mut whole.dead) {
-        room(&mut out, dead.3.len() + 24);
-        if let Some(last) = out.last_mut() {
-            last.dead.push(dead);
-        }
+        pack.room(dead.3.len() + 24).dead.push(dead);
     }
     for hash in std::mem::take(&mut whole.erasures) {
-        room(&mut out, 16);
-        if let Some(last) = out.last_mut() {
-            last.erasures.push(hash);
-        }
+        pack.room(16).erasures.push(hash);
     }
-    let k = out.len() as u64;
-    if k > whole.lines {
-        return None;
-    }
-    let clock = run.clock;
-    for span in &mut out {
-        span.lines = 1;
-        span.clock = clock;
-    }
-    if let Some(last) = out.last_mut() {
-        let sets = std::mem::take(&mut last.sets);
-        let dead = std::mem::take(&mut last.dead);
-        let erasures = std::mem::take(&mut last.erasures);
-        *last = Span {
-            lines: whole.lines - (k - 1),
-            clock,
-            sets,
-            dead,
-            erasures,
-            ..whole
-        };
-    }
+    let (mut out, last) = (pack.done, pack.current);
+    // the last record stands for the run's other lines and carries its counts
+    let lines = whole
+        .lines
+        .checked_sub(out.len() as u64)
+        .filter(|&l| l > 0)?;
+    out.push(Span {
+        lines,
+        sets: last.sets,
+        dead: last.dead,
+        erasures: last.erasures,
+        ..whole
+    });
     Some(out)
+}
+
+/// Fills spans up to [`SPAN_BYTES`] each.
+struct Packer {
+    done: Vec<Span>,
+    current: Span,
+    size: usize,
+    blank: Span,
+}
+
+impl Packer {
+    /// The span with room for `bytes` more (a new one when the current one is full).
+    fn room(&mut self, bytes: usize) -> &mut Span {
+        if self.size + bytes > SPAN_BYTES && self.size > 0 {
+            let full = std::mem::replace(&mut self.current, self.blank.clone());
+            self.done.push(full);
+            self.size = 0;
+        }
+        self.size += bytes;
+        &mut self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::DeadReason;
+
+    fn run_of(lines: u64, dead: usize) -> Run {
+        let mut run = Run {
+            clock: 77,
+            ..Run::default()
+        };
+        run.span.lines = lines;
+        run.span.accepted = 5;
+        run.span.dead = (0..dead)
+            .map(|i| (0, i as u64, DeadReason::BadTimestamp, "x".repeat(20_000)))
+            .collect();
+        run
+    }
+
+    /// A run too large for one record is cut into spans under the size bound, each standing
+    /// for at least one line, the last for the rest and carrying the counts; a run with
+    /// fewer lines than that takes is not folded.
+    #[test]
+    fn large_runs_are_cut_into_spans_that_count_their_lines() {
+        let spans = chunks(&mut run_of(100, 60)).unwrap();
+        assert!(spans.len() > 3, "{}", spans.len());
+        assert_eq!(spans.iter().map(|s| s.lines).sum::<u64>(), 100);
+        assert!(spans.iter().all(|s| s.clock == 77 && s.lines >= 1));
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.dead.len() * 20_000 <= SPAN_BYTES + 20_024)
+        );
+        let lines: Vec<u64> = spans
+            .iter()
+            .flat_map(|s| s.dead.iter().map(|d| d.1))
+            .collect();
+        assert_eq!(
+            lines,
+            (0..60).collect::<Vec<_>>(),
+            "dead letters stay in order"
+        );
+        let counted: Vec<u64> = spans.iter().map(|s| s.accepted).collect();
+        assert_eq!(counted.last(), Some(&5));
+        assert_eq!(counted.iter().sum::<u64>(), 5);
+        assert!(chunks(&mut run_of(2, 60)).is_none());
+    }
 }

@@ -41,22 +41,23 @@ pub struct Compactor {
 impl Compactor {
     /// Compacts with `spec` and the data directory's `salt`, reading the erasure sets from
     /// the file `erasures`, and reducing the events of an erasure only once `confirmed`
-    /// has passed it; `deferred` is what the start-up compaction deferred.
+    /// has passed it; due once the server has recovered if `at_start` (the start-up
+    /// compaction).
     pub fn new(
         spec: Arc<Spec>,
         salt: u128,
         erasures: PathBuf,
         confirmed: Confirmed,
-        deferred: Option<u64>,
+        at_start: bool,
     ) -> Compactor {
         Compactor {
             spec,
             salt,
             erasures,
             confirmed,
-            deferred: Mutex::new(deferred),
+            deferred: Mutex::new(None),
             marks: Mutex::new((0, 0, 0)),
-            at_start: std::sync::atomic::AtomicBool::new(false),
+            at_start: std::sync::atomic::AtomicBool::new(at_start),
             compactions: AtomicU64::new(0),
             last: Mutex::new(None),
         }
@@ -111,12 +112,6 @@ impl Compactor {
             *last = Some((engine::wall_clock_ms(), stats.clone()));
         }
         Ok(stats)
-    }
-
-    /// Makes the log due for compaction (once the server has recovered: the start-up
-    /// compaction).
-    pub fn due_at_start(&self) {
-        self.at_start.store(true, Ordering::Relaxed);
     }
 
     /// The last compaction since the start: when (epoch ms) and what it did.

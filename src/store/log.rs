@@ -52,6 +52,16 @@ pub type Kinds = [u64; 3];
 /// The names of [`Kinds`]' entries, in order.
 pub const KIND_NAMES: [&str; 3] = ["lines", "residues", "spans"];
 
+/// The index in [`Kinds`] of a record: a received line, a residue, or a span (a record
+/// standing for several lines, or holding a [`Residue::Span`]).
+fn kind_of(residue: bool, lines: u64, line: &[u8]) -> usize {
+    match (residue, lines != 1 || line.first() == Some(&SPAN_TAG)) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    }
+}
+
 /// The bytes by kind of `records`.
 pub fn kinds_of(records: &[Record]) -> Kinds {
     let mut kinds = [0; 3];
@@ -81,7 +91,7 @@ pub struct Origin {
 impl Origin {
     /// The (source, line) a record read from this partition and offset is cited as: source
     /// `1 + partition` (source 0 is the server's HTTP input), line `offset`.
-    fn cited(self) -> Option<Citation> {
+    pub(crate) fn cited(self) -> Option<Citation> {
         let source = u16::try_from(self.partition).ok()?.checked_add(1)?;
         Some((source, u64::try_from(self.offset).ok()?))
     }
@@ -155,14 +165,7 @@ impl Record {
 
     /// What it is, for the log's bytes by kind ([`Kinds`]).
     pub fn kind(&self) -> usize {
-        match (
-            self.residue,
-            self.lines != 1 || self.line.first() == Some(&SPAN_TAG),
-        ) {
-            (false, _) => 0,
-            (true, false) => 1,
-            (true, true) => 2,
-        }
+        kind_of(self.residue, self.lines, &self.line)
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -534,15 +537,10 @@ pub fn verify(path: &Path) -> io::Result<Verified> {
                 format!("log record {} is malformed", verified.records + 1),
             ));
         };
-        let kind = match (
-            head.residue,
-            head.lines != 1 || line.first() == Some(&SPAN_TAG),
-        ) {
-            (false, _) => 0,
-            (true, false) => 1,
-            (true, true) => 2,
-        };
-        if let Some(k) = verified.kinds.get_mut(kind) {
+        if let Some(k) = verified
+            .kinds
+            .get_mut(kind_of(head.residue, head.lines, line))
+        {
             *k += 8 + payload.len() as u64;
         }
         verified.records += 1;
@@ -680,11 +678,7 @@ impl Log {
     /// since it was opened (read back from the file), then each append as
     /// [`Log::open_forwarding`] does. Returns once the former is sent.
     pub fn start_forwarding(&self, to: Sender<Message>) -> io::Result<()> {
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        self.send(Request::Forward(to, done_tx))?;
-        done_rx
-            .recv()
-            .map_err(|_| io::Error::other("log writer stopped"))?
+        self.ask(|done| Request::Forward(to, done))
     }
 
     fn open_with(
@@ -773,8 +767,14 @@ impl Log {
 
     /// Appends records and waits until they are on disk (fsynced).
     pub fn append(&self, records: Vec<Record>) -> io::Result<()> {
+        self.ask(|done| Request::Append(records, done))
+    }
+
+    /// Sends the writer thread the request `make` builds around a reply channel, and waits
+    /// for the reply.
+    fn ask<T>(&self, make: impl FnOnce(Sender<io::Result<T>>) -> Request) -> io::Result<T> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        self.send(Request::Append(records, done_tx))?;
+        self.send(make(done_tx))?;
         done_rx
             .recv()
             .map_err(|_| io::Error::other("log writer stopped"))?
@@ -815,15 +815,11 @@ impl Log {
             return Ok(stats);
         }
         write_records(&compacting_path(&self.path), &kept)?;
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        self.send(Request::Swap {
+        stats.bytes_after = self.ask(|done| Request::Swap {
             prefix,
             kinds: (before, kinds_of(&kept)),
-            done: done_tx,
+            done,
         })?;
-        stats.bytes_after = done_rx
-            .recv()
-            .map_err(|_| io::Error::other("log writer stopped"))??;
         Ok(stats)
     }
 
@@ -964,12 +960,10 @@ impl Writer {
         };
         if result.is_ok() {
             self.durable.fetch_add(buf.len() as u64, Ordering::AcqRel);
-            if let Ok(mut k) = self.kinds.lock() {
+            if let Ok(mut kinds) = self.kinds.lock() {
                 for (records, _) in batch.iter() {
-                    for (kind, add) in kinds_of(records).into_iter().enumerate() {
-                        if let Some(k) = k.get_mut(kind) {
-                            *k += add;
-                        }
+                    for (k, add) in kinds.iter_mut().zip(kinds_of(records)) {
+                        *k += add;
                     }
                 }
             }

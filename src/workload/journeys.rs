@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use super::{GenArgs, PAGES, PLANS};
+use super::{GenArgs, PAGES, PLANS, Resends};
 use crate::event::timestamp::rfc3339;
 
 /// Journeys under way at once (at most; fewer with fewer people).
@@ -51,7 +51,7 @@ pub struct Journeys {
     started: u64,
     n: u64,
     due: BinaryHeap<Reverse<(u64, Journey)>>,
-    recent: Vec<Vec<u8>>,
+    recent: Resends,
 }
 
 impl Journeys {
@@ -67,7 +67,7 @@ impl Journeys {
             started: 0,
             n: 0,
             due: BinaryHeap::new(),
-            recent: Vec::new(),
+            recent: Resends::default(),
         }
     }
 
@@ -101,9 +101,8 @@ impl Journeys {
     /// The next line of the workload.
     pub fn next_line(&mut self) -> Vec<u8> {
         self.n += 1;
-        if !self.recent.is_empty() && self.chance(2) {
-            let i = self.below(self.recent.len() as u64) as usize;
-            return self.recent[i].clone(); // delivered twice
+        if let Some(line) = self.recent.again(&mut self.rng) {
+            return line; // delivered twice
         }
         self.top_up();
         let Some(Reverse((at, journey))) = self.due.pop() else {
@@ -126,12 +125,7 @@ impl Journeys {
             self.due.push(Reverse((self.clock + later, back)));
         }
         let line = serde_json::to_vec(&event).unwrap_or_default();
-        if self.recent.len() < 64 {
-            self.recent.push(line.clone());
-        } else {
-            let i = self.below(64) as usize;
-            self.recent[i] = line.clone();
-        }
+        self.recent.keep(&mut self.rng, &line);
         line
     }
 

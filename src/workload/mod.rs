@@ -81,13 +81,38 @@ pub fn generate(args: &GenArgs, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
+/// The last 64 deliveries, of which 2% are sent again: a duplicate delivery, with the same
+/// `messageId` (SDK retries, at-least-once queues).
+#[derive(Default)]
+struct Resends(Vec<Vec<u8>>);
+
+impl Resends {
+    /// A line delivered again, 2% of the time once there is one to resend.
+    fn again(&self, rng: &mut ChaCha8Rng) -> Option<Vec<u8>> {
+        if self.0.is_empty() || rng.next_u64() % 10_000 >= 200 {
+            return None;
+        }
+        let i = (rng.next_u64() % self.0.len() as u64) as usize;
+        self.0.get(i).cloned()
+    }
+
+    /// Keeps `line` among the last deliveries (in the place of a random one once full).
+    fn keep(&mut self, rng: &mut ChaCha8Rng, line: &[u8]) {
+        if self.0.len() < 64 {
+            self.0.push(line.to_vec());
+        } else if let Some(slot) = self.0.get_mut((rng.next_u64() % 64) as usize) {
+            *slot = line.to_vec();
+        }
+    }
+}
+
 struct Generator {
     rng: ChaCha8Rng,
     args: GenArgs,
     clock: u64,
     gap_ms: u64,
     n: u64,
-    recent: Vec<Vec<u8>>,
+    recent: Resends,
     /// Per person: session counter (a new anonymous id each session) and login state.
     sessions: Vec<(u32, bool)>,
 }
@@ -128,7 +153,7 @@ impl Generator {
             clock: args.start_ms,
             gap_ms,
             n: 0,
-            recent: Vec::new(),
+            recent: Resends::default(),
             sessions: vec![(0, false); profiles.min(10_000_000) as usize],
         }
     }
@@ -147,10 +172,8 @@ impl Generator {
 
     fn next_line(&mut self) -> Vec<u8> {
         self.n += 1;
-        if !self.recent.is_empty() && self.chance(2) {
-            // a duplicate delivery (same messageId)
-            let i = self.below(self.recent.len() as u64) as usize;
-            return self.recent[i].clone();
+        if let Some(line) = self.recent.again(&mut self.rng) {
+            return line;
         }
         if self.args.adversarial && self.chance(6) {
             return self.bad_line();
@@ -160,12 +183,7 @@ impl Generator {
         }
         let event = self.event();
         let line = serde_json::to_vec(&event).unwrap_or_default();
-        if self.recent.len() < 64 {
-            self.recent.push(line.clone());
-        } else {
-            let i = self.below(64) as usize;
-            self.recent[i] = line.clone();
-        }
+        self.recent.keep(&mut self.rng, &line);
         line
     }
 
