@@ -451,6 +451,8 @@ fn balance_rows(
             ),
         });
         let path = file.to_string_lossy().to_string();
+        let ours = dir.join(format!("{name}{events}.snapshot.ndjson"));
+        let ours_path = ours.to_string_lossy().to_string();
         let stats = run(&[
             "run",
             "-w",
@@ -459,19 +461,72 @@ fn balance_rows(
             &path,
             "--snapshot",
             "-o",
-            "/dev/null",
+            &ours_path,
             "-q",
             "--stats",
         ]);
         let (lines, seconds, ..) = stats.sources.first().copied().unwrap_or_default();
+        let rate = lines as f64 / seconds;
+        let (duckdb, compared) = duckdb_peer(file, &ours);
+        let ratio = duckdb.map_or("-".to_string(), |d| format!("{:.2}x", rate / d));
         rows.push(Row {
             figure: format!("run -w 2 --snapshot, {events} events ({name})"),
-            measured: format!("{:.0} events/s", lines as f64 / seconds),
-            target: "2.5x the DuckDB batch (not in the harness yet)",
-            command: "throughline run -w 2 --input FILE --snapshot -o /dev/null --stats".into(),
+            measured: format!("{rate:.0} events/s, {ratio} the DuckDB batch"),
+            target: "at least 2.5x the DuckDB batch",
+            command: "throughline run -w 2 --input FILE --snapshot -o OURS --stats".into(),
+        });
+        rows.push(Row {
+            figure: format!("DuckDB batch of the whole job, {events} events ({name})"),
+            measured: match duckdb {
+                Some(d) => format!("{d:.0} events/s; {compared}"),
+                None => compared,
+            },
+            target: "(the peer; snapshots equal)",
+            command: "$THROUGHLINE_DUCKDB_PYTHON tests/bench/duckdb_job.py FILE --compare OURS"
+                .into(),
         });
     }
     rows
+}
+
+/// Runs the DuckDB peer (`tests/bench/duckdb_job.py`) on `file` and compares its snapshot
+/// with `ours`: (its events/s, the comparison), or why it did not run. The interpreter is
+/// `THROUGHLINE_DUCKDB_PYTHON` (one with `duckdb` installed), else `python3`.
+fn duckdb_peer(file: &Path, ours: &Path) -> (Option<f64>, String) {
+    let python =
+        std::env::var("THROUGHLINE_DUCKDB_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench/duckdb_job.py");
+    let out = match Command::new(&python)
+        .arg(&script)
+        .arg(file)
+        .arg("--compare")
+        .arg(ours)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => return (None, format!("not run: cannot start {python}: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr.lines().last().unwrap_or("failed");
+        return (
+            None,
+            format!(
+                "not run: {why} (install: python3 -m venv V && V/bin/pip install duckdb; THROUGHLINE_DUCKDB_PYTHON=V/bin/python)"
+            ),
+        );
+    }
+    let rate = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("duckdb: "))
+        .and_then(|l| number_before(l, " events/s)"));
+    let compared = stdout
+        .lines()
+        .find(|l| l.starts_with("compare: "))
+        .unwrap_or("compare: -")
+        .to_string();
+    (rate, compared)
 }
 
 /// Issue 31's hub: one kiosk device id shared by N users, one event each (`userId` plus
