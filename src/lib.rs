@@ -9,19 +9,19 @@
 //! 1. [`spec`]: the dataflow spec model and its checks.
 //! 2. [`event`]: parsing, validation and admission of one line (SPEC section 1), identifiers,
 //!    timestamps, signals, consent and traits of one event.
-//! 3. [`dataflow`]: the differential stages (SPEC sections 3 to 7), and what retention keeps
-//!    of retired events (SPEC section 9, [`dataflow::retention`]).
-//! 4. [`history`]: the accepted events within their retention horizon, kept for erasure and
-//!    explanations.
-//! 5. [`explain`]: why a profile is what it is, from the history.
-//! 6. [`engine`]: drives the timely workers; defines what it takes in
+//! 3. [`dataflow`]: the differential stages (SPEC sections 3 to 7), the keepers of the
+//!    input side (each worker's share of the events: [`dataflow::keeper`], with the
+//!    [`dataflow::history`] kept for erasure and explanations) and what retention keeps of
+//!    retired events (SPEC section 9, [`dataflow::retention`]).
+//! 4. [`explain`]: why a profile is what it is, from the history.
+//! 5. [`engine`]: drives the timely workers; defines what it takes in
 //!    ([`engine::input`]: batches and requests) and what it puts out ([`engine::output`]:
 //!    the change stream, snapshots, dead letters, subscriptions).
-//! 7. [`store`]: the server's data directory, durable log, erasure sets and compaction.
-//! 8. [`io`]: the outside world: files and pipes, Kafka in, the sinks the change stream
+//! 6. [`store`]: the server's data directory, durable log, erasure sets and compaction.
+//! 7. [`io`]: the outside world: files and pipes, Kafka in, the sinks the change stream
 //!    goes to (Kafka topics, a file: [`io::sink`]), HTTP, the console.
-//! 9. [`server`]: wires the long-lived server.
-//! 10. [`replay`], [`workload`] and [`cli`]: the commands.
+//! 8. [`server`]: wires the long-lived server.
+//! 9. [`replay`], [`workload`] and [`cli`]: the commands.
 //!
 //! [`docs`] holds documents only.
 
@@ -33,7 +33,6 @@ pub mod docs;
 pub mod engine;
 pub mod event;
 pub mod explain;
-pub mod history;
 pub mod io;
 pub mod replay;
 pub mod server;

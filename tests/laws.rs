@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use throughline::dataflow::retention::Retention;
-use throughline::dataflow::{self, EventFacts, Inputs, Outputs, ViewRow, time};
+use throughline::dataflow::{self, EventFacts, Feed, Keepers, Outputs, ViewRow, time};
 use throughline::event;
 use throughline::replay::FIXTURE_WALL_CLOCK_MS;
 use throughline::spec::Spec;
@@ -23,8 +23,8 @@ fn states_after(
     let spec = spec.clone();
     let batches = batches.to_vec();
     timely::execute_directly(move |worker| {
-        let (mut inputs, outputs): (Inputs, Outputs) =
-            dataflow::build(worker, &spec, None, Retention::KeepAll);
+        let (mut inputs, outputs): (Feed, Outputs) =
+            dataflow::build(worker, &spec, None, Retention::KeepAll, &Keepers::new(1));
         let state: Rc<RefCell<BTreeMap<(String, String), isize>>> = Rc::default();
         let mut states = Vec::new();
         for (i, batch) in batches.iter().enumerate() {

@@ -9,7 +9,6 @@ const ORDER: &[(&str, u8)] = &[
     ("spec", 1),
     ("event", 2),
     ("dataflow", 3),
-    ("history", 4),
     ("explain", 5),
     ("engine", 6),
     ("store", 7),

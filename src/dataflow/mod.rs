@@ -11,8 +11,10 @@
 //! millisecond.
 
 pub mod consent;
+pub mod history;
 pub mod identity;
 pub mod intent;
+pub mod keeper;
 pub mod labels;
 pub mod latest;
 pub mod lookup;
@@ -31,7 +33,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -42,6 +43,7 @@ use timely::worker::Worker;
 
 use crate::event::{Event, Ident};
 use crate::spec::Spec;
+pub use keeper::{Feed, Keepers};
 pub use views::ViewRow;
 
 /// Dataflow time: `ms << STEP_BITS | step` (engine clock in epoch ms, step within that ms).
@@ -206,14 +208,38 @@ impl EventFacts {
     }
 }
 
-/// The input sessions of one worker's dataflow.
+/// A change to one of the dataflow's input collections, as a keeper makes it
+/// ([`Inputs`], [`keeper`]).
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// An identifier (a node of the identity graph).
+    Node(Node),
+    /// A link, one direction of it.
+    Pair((Node, Node)),
+    /// An identifier of an event with too many identifiers (a hub by that event alone).
+    Wide(Node),
+    /// Weights and activity markers of signal occurrences, by the event's primary
+    /// identifier: `(primary, (signal id, stream))`.
+    Signal((Node, (u16, timer::Stream))),
+    /// The same for sequence bonuses, by event and sequence id (whether a bonus counts
+    /// depends on the event): `((event, id), (primary, stream))`.
+    Bonus(intent::Bonus),
+    /// A sequence role by primary identifier: `(primary, (sequence, role, time, event))`.
+    Role(intent::Role),
+    /// A consent or trait record, by primary identifier and what it decides (see
+    /// [`latest`]).
+    Record((Node, (latest::Slot, latest::Rank))),
+}
+
+/// What one keeper ([`keeper`]) feeds the dataflow: the updates its share of the events
+/// makes to the input collections ([`Update`]).
 ///
 /// Nodes, links and wide marks are sets in the SPEC but arrive as multisets (every event
 /// repeats its identifiers). A local count per element forwards only the transitions between
-/// absent and present, so the dataflow sees each element once instead of once per event,
-/// and a retraction that brings a count back to zero removes the element. One worker in the
-/// whole cluster (worker 0 of process 0) feeds the inputs, so these collections are sets as
-/// they enter and the dataflow needs no `distinct` (nor its arrangement) to make them so.
+/// absent and present, so the dataflow sees each element once per keeper holding it instead
+/// of once per event, and a retraction that brings a count back to zero removes it. The
+/// labels count what they receive ([`labels::Graph`]), so an element two keepers hold is
+/// one element, and the dataflow needs no `distinct` (nor its arrangement).
 ///
 /// An event belongs to the profile of its highest-priority identifier (SPEC section 3), so
 /// its occurrences, sequence roles and records are keyed by that identifier and joined with
@@ -224,21 +250,10 @@ impl EventFacts {
 /// ([`intent::Decay::schedule`]) only the steps already due enter the dataflow; the rest wait
 /// in a [`timer::DecayTimer`] and enter at their own times as the clock reaches them.
 pub struct Inputs {
-    nodes: InputSession<Time, Node, isize>,
-    pairs: InputSession<Time, (Node, Node), isize>,
-    wide: InputSession<Time, Node, isize>,
-    /// Weights and activity markers of signal occurrences, by the event's primary
-    /// identifier: `(primary, (signal id, stream))`.
-    signals: InputSession<Time, (Node, (u16, timer::Stream)), isize>,
-    /// The same for sequence bonuses, by event and sequence id (whether a bonus counts
-    /// depends on the event): `((event, id), (primary, stream))`.
-    bonuses: InputSession<Time, intent::Bonus, isize>,
-    /// Sequence roles by primary identifier: `(primary, (sequence, role, time, event))`.
-    roles: InputSession<Time, intent::Role, isize>,
-    /// Consent and trait records, by primary identifier and what they decide (see
-    /// [`latest`]).
-    records: InputSession<Time, (Node, (latest::Slot, latest::Rank)), isize>,
-    queries: InputSession<Time, (Node, u64), isize>,
+    /// The current time: updates are made at it, or later (decay steps).
+    now: Time,
+    /// Updates made and not yet taken ([`Inputs::take_updates`]).
+    out: Vec<(Update, Time, isize)>,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
@@ -325,13 +340,34 @@ impl Presence<Ident> {
 }
 
 impl Inputs {
+    /// The input state of a keeper for `spec`, at time 0.
+    pub fn new(spec: &Spec, retention: retention::Retention) -> Inputs {
+        let num_signals = spec.intent.signals.len() as u16;
+        Inputs {
+            now: 0,
+            out: Vec::new(),
+            node_counts: Presence::new(),
+            pair_counts: Presence::new(),
+            wide_counts: Presence::new(),
+            decay: intent::Decay::of(&spec.intent),
+            timer: timer::DecayTimer::default(),
+            points: spec.intent.scored().map(|(_, points)| points).collect(),
+            num_signals,
+            max_links: spec.identity.max_links,
+            retention,
+            horizon: retention::Horizon::of(spec),
+            retiring: retention::Roles::default(),
+            sets: retention::Sets::default(),
+        }
+    }
+
     /// Inserts a new event's facts at the current time, replacing each identifier by the
     /// handle the dataflow already holds for it, if any: every live copy of an identifier
     /// shares one string (less memory, and equal identifiers compare by pointer).
     pub fn insert(&mut self, facts: &mut EventFacts) {
         for id in &mut facts.idents {
             if self.node_counts.add_shared(id) {
-                self.nodes.update(Node(id.clone()), 1);
+                self.emit(Update::Node(Node(id.clone())), 1);
             }
         }
         self.update_edges_and_records(facts, 1);
@@ -341,7 +377,7 @@ impl Inputs {
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
             if let Some(d) = self.node_counts.update_one(id, diff) {
-                self.nodes.update(Node(id.clone()), d);
+                self.emit(Update::Node(Node(id.clone())), d);
             }
         }
         self.update_edges_and_records(facts, diff);
@@ -372,7 +408,7 @@ impl Inputs {
         }
         for id in idents {
             if let Some(d) = self.node_counts.update_one(id, n) {
-                self.nodes.update(Node(id.clone()), d);
+                self.emit(Update::Node(Node(id.clone())), d);
             }
         }
         let wide = labels::is_wide(idents.len(), self.max_links);
@@ -401,7 +437,7 @@ impl Inputs {
         };
         let primary = Node(first.clone());
         for (slot, rank, diff) in changes {
-            self.records.update((primary.clone(), (slot, rank)), diff);
+            self.emit(Update::Record((primary.clone(), (slot, rank))), diff);
         }
     }
 
@@ -410,7 +446,7 @@ impl Inputs {
         if wide {
             for id in idents {
                 if let Some(d) = self.wide_counts.update_one(id, diff) {
-                    self.wide.update(Node(id.clone()), d);
+                    self.emit(Update::Wide(Node(id.clone())), d);
                 }
             }
             return;
@@ -423,8 +459,8 @@ impl Inputs {
                 let pair = || (a.clone(), b.clone());
                 if let Some(d) = self.pair_counts.update((a, b), is, pair, diff) {
                     let (a, b) = (Node(a.clone()), Node(b.clone()));
-                    self.pairs.update((a.clone(), b.clone()), d);
-                    self.pairs.update((b, a), d);
+                    self.emit(Update::Pair((a.clone(), b.clone())), d);
+                    self.emit(Update::Pair((b, a)), d);
                 }
             }
         }
@@ -477,8 +513,7 @@ impl Inputs {
                 return;
             }
         }
-        self.roles
-            .update((primary.clone(), (q, role, t, seq)), diff);
+        self.emit(Update::Role((primary.clone(), (q, role, t, seq))), diff);
     }
 
     /// Inserts a consent or trait record (`diff > 0`); with retention only if it is the
@@ -495,7 +530,7 @@ impl Inputs {
         diff: isize,
     ) {
         if self.retention == retention::Retention::KeepAll {
-            self.records.update((primary.clone(), (slot, rank)), diff);
+            self.emit(Update::Record((primary.clone(), (slot, rank))), diff);
             return;
         }
         if diff <= 0 {
@@ -520,12 +555,6 @@ impl Inputs {
     /// Roles waiting to retire (for `/metrics`).
     pub fn roles_waiting(&self) -> usize {
         self.retiring.len()
-    }
-
-    /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
-    /// `ident`, answered in [`Outputs::answers`] once the current time is complete.
-    pub fn query(&mut self, ident: Ident, id: u64, diff: isize) {
-        self.queries.update((Node(ident), id), diff);
     }
 
     /// Inserts an occurrence's weight schedule and activity interval (times `diff`): the
@@ -584,11 +613,11 @@ impl Inputs {
     ) {
         let delta = delta as isize;
         if id < self.num_signals {
-            self.signals
-                .update_at((primary.clone(), (id, stream)), time, delta);
+            let key = (primary.clone(), (id, stream));
+            self.out.push((Update::Signal(key), time, delta));
         } else {
             let key = ((seq, id), (primary.clone(), stream));
-            self.bonuses.update_at(key, time, delta);
+            self.out.push((Update::Bonus(key), time, delta));
         }
     }
 
@@ -601,47 +630,26 @@ impl Inputs {
                 self.release(seq, id, occurrence, ms..=ms, None);
             }
         }
-        self.nodes.advance_to(time);
-        self.pairs.advance_to(time);
-        self.wide.advance_to(time);
-        self.signals.advance_to(time);
-        self.bonuses.advance_to(time);
-        self.roles.advance_to(time);
-        self.records.advance_to(time);
-        self.queries.advance_to(time);
+        self.now = self.now.max(time);
         while let Some(role) = self.retiring.pop_due(clock_of(time)) {
-            self.roles.update(role, -1);
+            self.emit(Update::Role(role), -1);
         }
-    }
-
-    /// Sends buffered updates into the dataflow.
-    pub fn flush(&mut self) {
-        self.nodes.flush();
-        self.pairs.flush();
-        self.wide.flush();
-        self.signals.flush();
-        self.bonuses.flush();
-        self.roles.flush();
-        self.records.flush();
-        self.queries.flush();
-    }
-
-    /// Closes every input: the dataflow completes once every worker has drained it.
-    pub fn close(&mut self) {
-        // dropping a session closes its input
-        self.nodes = InputSession::new();
-        self.pairs = InputSession::new();
-        self.wide = InputSession::new();
-        self.signals = InputSession::new();
-        self.bonuses = InputSession::new();
-        self.roles = InputSession::new();
-        self.records = InputSession::new();
-        self.queries = InputSession::new();
     }
 
     /// The current input time.
     pub fn time(&self) -> Time {
-        *self.nodes.time()
+        self.now
+    }
+
+    /// An update of an input collection at the current time.
+    fn emit(&mut self, update: Update, diff: isize) {
+        self.out.push((update, self.now, diff));
+    }
+
+    /// Takes the updates made since the last call: `(update, time, diff)`, each at the
+    /// current time or later.
+    pub fn take_updates(&mut self) -> Vec<(Update, Time, isize)> {
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -726,7 +734,8 @@ pub fn build(
     spec: &Spec,
     rows_only: Option<RowsOnly>,
     retention: retention::Retention,
-) -> (Inputs, Outputs) {
+    keepers: &keeper::Keepers,
+) -> (Feed, Outputs) {
     let probe = ProbeHandle::new();
     let changes = Rc::new(RefCell::new(Vec::new()));
     let profiles = Rc::new(RefCell::new(0i64));
@@ -737,19 +746,23 @@ pub fn build(
     let num_signals = spec.intent.signals.len() as u16;
     let within: Vec<u64> = spec.intent.sequences.iter().map(|q| q.within_ms).collect();
 
-    let inputs = worker.dataflow::<Time, _, _>(|scope| {
-        let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
-        let (pairs_in, pairs) = scope.new_collection::<(Node, Node), isize>();
-        let (wide_in, wide) = scope.new_collection::<Node, isize>();
-        let (signals_in, signals) = scope.new_collection::<(Node, (u16, timer::Stream)), isize>();
-        let (bonuses_in, bonuses) = scope.new_collection::<intent::Bonus, isize>();
-        let (roles_in, roles) = scope.new_collection::<intent::Role, isize>();
-        let (records_in, records) =
-            scope.new_collection::<(Node, (latest::Slot, latest::Rank)), isize>();
-        let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
+    let feed = worker.dataflow::<Time, _, _>(|scope| {
+        // the input side: each worker's keeper maintains the input collections of its
+        // share of the events
+        let (feed, collections) = keeper::kept(scope, spec, retention, keepers);
+        let keeper::Collections {
+            nodes,
+            pairs,
+            wide,
+            signals,
+            bonuses,
+            roles,
+            records,
+            queries,
+        } = collections;
 
         // identity (SPEC section 3)
-        // `nodes` and `links` enter as sets (see `Inputs`)
+        // `nodes` and `links` enter as sets, up to a count per keeper (see `Inputs`)
         let links = pairs;
         let rules = labels::Rules {
             anchor: anchors,
@@ -794,32 +807,10 @@ pub fn build(
                 *count.borrow_mut() += *diff as i64;
             })
             .probe_with(&probe);
-
-        Inputs {
-            nodes: nodes_in,
-            pairs: pairs_in,
-            wide: wide_in,
-            signals: signals_in,
-            bonuses: bonuses_in,
-            roles: roles_in,
-            records: records_in,
-            queries: queries_in,
-            node_counts: Presence::new(),
-            pair_counts: Presence::new(),
-            wide_counts: Presence::new(),
-            decay: intent::Decay::of(&spec.intent),
-            timer: timer::DecayTimer::default(),
-            points: spec.intent.scored().map(|(_, points)| points).collect(),
-            num_signals,
-            max_links,
-            retention,
-            horizon: retention::Horizon::of(spec),
-            retiring: retention::Roles::default(),
-            sets: retention::Sets::default(),
-        }
+        feed
     });
     (
-        inputs,
+        feed,
         Outputs {
             changes,
             profiles,

@@ -126,7 +126,7 @@ impl Driver<'_> {
                     line.number
                 ))
             })?;
-            self.inputs.restore(&summary);
+            self.feed.restore(summary);
         }
         self.advance_clock(now)?;
         self.dirty = true;
@@ -136,11 +136,10 @@ impl Driver<'_> {
     /// Leaves `n` sequence numbers unused (events a compacted log no longer holds took them).
     fn skip_seqs(&mut self, n: u64) {
         self.next_seq += n;
-        self.history.skip(n);
     }
 
     /// Inserts an accepted event's facts (made by [`EventFacts::of`]) at clock `now`, with
-    /// the next sequence number, and keeps them in the history.
+    /// the next sequence number; its keeper keeps them in its history.
     pub(super) fn insert(&mut self, mut facts: EventFacts, now: u64, line: &LineRef) {
         let (source, cited_line) = line.cited();
         facts.seq = self.next_seq;
@@ -150,8 +149,7 @@ impl Driver<'_> {
             line: cited_line,
         };
         self.next_seq += 1;
-        self.inputs.insert(&mut facts);
-        self.history.push(facts);
+        self.feed.insert(facts);
         self.dirty = true;
     }
 
@@ -183,15 +181,12 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Moves the inputs to the (possibly new) clock value `now`, and retires the events
-    /// whose horizon it reaches (SPEC section 9).
+    /// Moves the inputs to the (possibly new) clock value `now`: the keepers retire the
+    /// events whose horizon it reaches (SPEC section 9) and release the decay steps due.
     pub(super) fn advance_clock(&mut self, now: u64) -> Result<(), EngineError> {
-        if time(now, 0) > self.inputs.time() {
-            self.inputs.advance_to(time(now, 0));
+        if time(now, 0) > self.feed.time() {
+            self.feed.advance_to(time(now, 0));
             self.step = 0;
-            for facts in self.history.retire(now).map_err(EngineError::Internal)? {
-                self.inputs.retire(&facts);
-            }
         }
         Ok(())
     }

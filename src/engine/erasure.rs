@@ -8,8 +8,9 @@
 //!    ([`crate::event::admit::Admission::suppress`]), so later events carrying one are
 //!    dropped, and the hashes are recorded (`Sinks::erasures`: the server's erasures file,
 //!    which log compaction, `store::compact`, reads to drop the erased values from disk);
-//! 4. every live event carrying an identifier of S is taken out of the history
-//!    ([`crate::history::History::take_carrying`]) and retracted from the dataflow, exactly
+//! 4. every keeper ([`crate::dataflow::keeper`]) takes each live event carrying an
+//!    identifier of S out of its history
+//!    ([`crate::dataflow::history::History::take_carrying`]) and retracts it, exactly
 //!    the negation of its insertion; so is every retired event carrying one
 //!    ([`crate::dataflow::Inputs::erase_retired`]: what is left of it, its links and the
 //!    records kept for its identifier set).
@@ -34,7 +35,7 @@ impl Driver<'_> {
         self.next_query += 1;
         let query = self.next_query;
         for id in &request.idents {
-            self.inputs.query(id.clone(), query, 1);
+            self.feed.query(id.clone(), query, 1);
         }
         self.barrier(now)?;
         let mut erased: HashSet<Ident> = request.idents.iter().cloned().collect();
@@ -47,20 +48,14 @@ impl Driver<'_> {
                 }),
         );
         for id in &request.idents {
-            self.inputs.query(id.clone(), query, -1);
+            self.feed.query(id.clone(), query, -1);
         }
         let mut hashes: Vec<u128> = erased.iter().map(|id| self.gate.suppress(id)).collect();
         hashes.sort_unstable();
         if let Some(record) = &mut self.sinks.erasures {
             record(line, &hashes)?;
         }
-        // events retired long ago first (SPEC section 9): their links, and the records
-        // kept for every identifier set carrying one of S
-        self.inputs.erase_retired(&erased);
-        let taken = self.history.take_carrying(&erased);
-        for facts in taken.map_err(EngineError::Internal)? {
-            self.inputs.update(&facts, -1);
-        }
+        self.feed.erase(&erased);
         self.dirty = true;
         Ok(())
     }
@@ -96,10 +91,10 @@ impl Driver<'_> {
         }
         self.next_query += 1;
         let query = self.next_query;
-        self.inputs.query(ident.clone(), query, 1);
+        self.feed.query(ident.clone(), query, 1);
         self.barrier(now).map_err(|e| e.to_string())?;
         let answers = self.answers(query);
-        self.inputs.query(ident.clone(), query, -1);
+        self.feed.query(ident.clone(), query, -1);
         let Some(profile) = answers.first().map(|(p, _)| p.clone()) else {
             return Ok(None);
         };
@@ -116,16 +111,23 @@ impl Driver<'_> {
         }
         match at.or(self.options.until_ms).or(self.clock()) {
             Some(at) => {
-                self.history.catch_up();
-                let sets = self.inputs.sets();
-                explain::explain(
-                    &self.history,
-                    sets,
-                    self.spec,
-                    &self.source_names,
-                    ident,
-                    at,
-                )
+                // the keepers hold every event sent so far once the current time is
+                // complete (a new step completes it; should there be no step left at this
+                // clock value, they hold every event of the clock values before)
+                // (the inputs' clock, not the gate's: `--at` stops at an event the gate
+                // accepted, and nothing may retire past the inputs' clock)
+                if self.clock().is_some() {
+                    let _ = self.barrier(clock_of(self.feed.time()));
+                }
+                let keepers = self.feed.keepers().clone();
+                let (spec, sources) = (self.spec, &self.source_names);
+                let read = keepers.read(true, |held| {
+                    explain::explain(held, spec, sources, ident, at)
+                });
+                read.unwrap_or_else(|why| {
+                    self.failure.get_or_insert(why);
+                    explain::Outcome::NotFound { identifier }
+                })
             }
             None => explain::Outcome::NotFound { identifier },
         }

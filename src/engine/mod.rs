@@ -40,12 +40,11 @@ use timely::worker::Worker;
 pub use crate::dataflow::retention::Retention;
 use crate::dataflow::views::Fact;
 use crate::dataflow::{
-    self, EventFacts, Inputs, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
+    self, EventFacts, Feed, Keepers, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
 };
 use crate::event::admit::{Admission, Line};
 use crate::event::{DeadReason, Event, Ident, Kind};
 use crate::explain;
-use crate::history::History;
 use crate::spec::Spec;
 use input::{Batch, Boundary, LineRef, Message};
 use output::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, consolidated};
@@ -327,12 +326,16 @@ pub fn run_channel(
     if let Some(c) = &options.cluster {
         watch_connection(c, Arc::clone(&connected));
     }
+    // the workers that keep events: this process's (in a cluster, process 0's: see
+    // `dataflow::keeper`)
+    let keepers = Keepers::new(workers);
     let guards = timely::execute(config, move |worker| {
-        let (inputs, outputs) = dataflow::build(worker, &spec, rows_only.clone(), retention);
+        let (feed, outputs) =
+            dataflow::build(worker, &spec, rows_only.clone(), retention, &keepers);
         if worker.index() != 0 {
             // a follower: timely steps it until the dataflow completes, which happens once
             // worker 0 (process 0) closes its inputs, in this process or another
-            drop(inputs);
+            drop(feed);
             return None;
         }
         let taken = handoff.lock().ok().and_then(|mut slot| slot.take());
@@ -347,7 +350,7 @@ pub fn run_channel(
         let mut driver = Driver::new(
             worker,
             &spec,
-            inputs,
+            feed,
             outputs,
             sinks,
             options.clone(),
@@ -410,7 +413,8 @@ fn watch_connection(cluster: &Cluster, connected: Arc<AtomicBool>) {
 struct Driver<'w> {
     worker: &'w mut Worker,
     spec: &'w Spec,
-    inputs: Inputs,
+    /// The commands to the keepers (each worker's share of the events) and the queries.
+    feed: Feed,
     outputs: dataflow::Outputs,
     gate: Admission,
     sinks: Sinks,
@@ -432,8 +436,8 @@ struct Driver<'w> {
     pending: VecDeque<(u64, Instant, bool)>,
     summary: Summary,
     snapshot: Option<Snapshot>,
-    /// Facts of live events, for erasure and explanations.
-    history: History,
+    /// A keeper's invariant broke (a bug): the run fails at the end of the round.
+    failure: Option<String>,
     /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
     stopped: bool,
     last_progress: Instant,
@@ -450,7 +454,7 @@ impl<'w> Driver<'w> {
     fn new(
         worker: &'w mut Worker,
         spec: &'w Spec,
-        inputs: Inputs,
+        feed: Feed,
         outputs: dataflow::Outputs,
         sinks: Sinks,
         options: Options,
@@ -468,10 +472,10 @@ impl<'w> Driver<'w> {
                 ^ u128::from(std::process::id())
         });
         Driver {
-            history: History::new(options.retention, dataflow::retention::Horizon::of(spec)),
+            failure: None,
             worker,
             spec,
-            inputs,
+            feed,
             outputs,
             gate: Admission::new(spec, salt).with_wall_clock(options.clock == Clock::Wall),
             sinks,
@@ -554,13 +558,7 @@ impl<'w> Driver<'w> {
                         // a replay reproducing the groups a sink sent: none ends here
                         Boundary::Hold => {}
                         Boundary::Cut => self.publish_current()?,
-                        Boundary::Any if live && self.dirty => {
-                            self.publish_current()?;
-                            // keep the history's index current, so that an erasure or an
-                            // explanation on a live engine never waits for it (a replay
-                            // files it only when something first reads it)
-                            self.history.catch_up();
-                        }
+                        Boundary::Any if live && self.dirty => self.publish_current()?,
                         Boundary::Any => self.settle()?,
                     }
                     self.mirror();
@@ -573,6 +571,9 @@ impl<'w> Driver<'w> {
                     let started = Instant::now();
                     let outcome = self.explain(&ident, at);
                     let _ = reply.send((outcome, started.elapsed()));
+                    if let Some(why) = self.failure.take() {
+                        return Err(EngineError::Internal(why));
+                    }
                 }
                 Message::Failed(why) => {
                     self.publish_current()?;

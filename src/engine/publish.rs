@@ -17,7 +17,7 @@ impl Driver<'_> {
             )));
         }
         self.step += 1;
-        self.inputs.advance_to(time(now, self.step));
+        self.feed.advance_to(time(now, self.step));
         self.complete(time(now, self.step));
         Ok(())
     }
@@ -30,7 +30,7 @@ impl Driver<'_> {
     /// (and the writers) it waits for. A replay keeps polling: its rounds are large and
     /// worker 0 has its own share of them.
     pub(super) fn complete(&mut self, until: Time) {
-        self.inputs.flush();
+        self.feed.flush();
         while self.outputs.probe.less_than(&until) {
             if self.live {
                 self.worker.step_or_park(Some(LIVE_PARK));
@@ -45,7 +45,7 @@ impl Driver<'_> {
         let Some(clock) = self.clock() else {
             return Ok(());
         };
-        self.complete(self.inputs.time());
+        self.complete(self.feed.time());
         if clock > 0 {
             self.emit(clock - 1)?;
         }
@@ -157,7 +157,7 @@ impl Driver<'_> {
     /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
     /// steps the dataflow until every worker of the process has handed its rows over.
     pub(super) fn gather_rows(&mut self, rows: &RowsOnly) -> Result<Snapshot, EngineError> {
-        self.inputs.close();
+        self.feed.close();
         let workers = self.options.workers.max(1);
         let started = Instant::now();
         loop {

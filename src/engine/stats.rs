@@ -392,15 +392,22 @@ impl Driver<'_> {
     /// those lines in the views.
     /// What the engine holds now.
     pub(super) fn retained(&self) -> Retained {
-        let sets = self.inputs.sets();
-        Retained {
-            live_events: self.history.len() as u64,
-            retired_events: sets.retired(),
-            sets: sets.len() as u64,
-            records: sets.records() as u64,
-            roles: self.inputs.roles_waiting() as u64,
-            message_ids: self.gate.remembered() as u64,
-        }
+        let message_ids = self.gate.remembered() as u64;
+        let read = self.feed.keepers().read(false, |held| {
+            let (retired_events, sets, records) = held.retired();
+            Retained {
+                live_events: held.live_events(),
+                retired_events,
+                sets,
+                records,
+                roles: held.roles(),
+                message_ids,
+            }
+        });
+        read.unwrap_or(Retained {
+            message_ids,
+            ..Retained::default()
+        })
     }
 
     pub(super) fn mirror(&self) {
@@ -441,6 +448,9 @@ impl Driver<'_> {
     }
 
     pub(super) fn finish(&mut self, started: Instant) -> Result<Summary, EngineError> {
+        if let Some(why) = self.feed.keepers().failure() {
+            return Err(EngineError::Internal(why));
+        }
         self.close_source();
         let _ = self.sinks.dead_letters.flush();
         for publisher in &mut self.sinks.publishers {

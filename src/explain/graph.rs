@@ -13,12 +13,12 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
+use crate::dataflow::keeper::Held;
 use crate::dataflow::labels::{Label, is_hub, is_wide, least_fixed_point};
 use crate::dataflow::latest::{Rank, Slot};
-use crate::dataflow::retention::{Cite, Kept, Set, Sets};
+use crate::dataflow::retention::{Cite, Kept, Set};
 use crate::dataflow::{EventFacts, Seq};
 use crate::event::Ident;
-use crate::history::History;
 use crate::spec::Spec;
 
 /// At most this many anchors that tied and lost are reported per identifier.
@@ -42,9 +42,8 @@ struct Node {
 
 /// The identity graph as of clock `at`, read from the live events on demand.
 pub struct Graph<'a> {
-    history: &'a History,
-    /// What retention keeps of retired events (SPEC section 9).
-    sets: &'a Sets,
+    /// The keepers' live events, and what retention keeps of retired ones (SPEC section 9).
+    held: &'a Held<'a>,
     spec: &'a Spec,
     at: u64,
     nodes: HashMap<Ident, Node>,
@@ -81,11 +80,10 @@ pub struct Resolved {
 }
 
 impl<'a> Graph<'a> {
-    /// The graph of the events `history` holds that arrived by clock `at`.
-    pub fn new(history: &'a History, sets: &'a Sets, spec: &'a Spec, at: u64) -> Graph<'a> {
+    /// The graph of the events the keepers hold (`held`) that arrived by clock `at`.
+    pub fn new(held: &'a Held<'a>, spec: &'a Spec, at: u64) -> Graph<'a> {
         Graph {
-            history,
-            sets,
+            held,
             spec,
             at,
             nodes: HashMap::new(),
@@ -99,22 +97,19 @@ impl<'a> Graph<'a> {
             return Rc::clone(events);
         }
         let at = self.at;
-        let mut events: Vec<EventFacts> = self
-            .history
-            .carrying(id)
-            .filter(move |facts| facts.arrival_ms <= at)
-            .collect();
+        let mut events: Vec<EventFacts> = self.held.carrying(id);
+        events.retain(|facts| facts.arrival_ms <= at);
         // retired events (SPEC section 9): one standing for the links of each identifier
         // set, and those whose record is still kept
         let max_links = self.spec.identity.max_links;
-        for set in self.sets.carrying(id) {
+        for set in self.held.sets_carrying(id) {
             let wide = is_wide(set.idents.len(), max_links);
             if set.retired > 0 && set.last.arrival_ms <= at {
                 events.push(retired_event(set, wide, set.last, &[]));
             }
             let mut by_event: BTreeMap<Seq, Vec<Kept>> = BTreeMap::new();
             for kept in set.records() {
-                if !self.history.is_live(kept.cite.seq) && kept.cite.arrival_ms <= at {
+                if !self.held.is_live(kept.cite.seq) && kept.cite.arrival_ms <= at {
                     by_event.entry(kept.cite.seq).or_default().push(kept);
                 }
             }
@@ -134,13 +129,16 @@ impl<'a> Graph<'a> {
 
     /// How many retired events carried both `a` and `b`.
     pub fn retired_carrying_both(&self, a: &Ident, b: &Ident) -> u64 {
-        let both = self.sets.carrying(a).filter(|set| set.idents.contains(b));
+        let both = self
+            .held
+            .sets_carrying(a)
+            .filter(|set| set.idents.contains(b));
         both.map(|set| u64::from(set.retired)).sum()
     }
 
     /// The retired events whose primary identifier is `id`, and their signal occurrences.
     pub fn retired_of(&self, id: &Ident) -> (u64, u64) {
-        let sets = self.sets.carrying(id);
+        let sets = self.held.sets_carrying(id);
         let own = sets.filter(|set| set.idents.first() == Some(id));
         own.fold((0, 0), |(events, expired), set| {
             let (e, x) = (u64::from(set.retired), u64::from(set.expired));

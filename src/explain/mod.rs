@@ -1,7 +1,7 @@
 //! Explanations: why a profile looks the way it does, from the live events that caused it.
 //!
-//! An explanation is recomputed from the engine's [`History`] (the facts of every live
-//! event), not read from the dataflow, using the same rule functions the dataflow uses
+//! An explanation is recomputed from the keepers' histories ([`Held`]: the facts of every
+//! live event), not read from the dataflow, using the same rule functions the dataflow uses
 //! ([`Label`], [`Decay`], consent precedence, trait records, sequence windows, view
 //! rendering). So it can cite each event, and the tests can check it against the views: its
 //! contributions sum to the score the views show, and its view decisions are the views'.
@@ -22,12 +22,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::dataflow::intent::{Decay, qualifying_first};
+use crate::dataflow::keeper::Held;
 use crate::dataflow::labels::Label;
-use crate::dataflow::retention::Sets;
 use crate::dataflow::views::{self, Fact, milli_json};
 use crate::dataflow::{EventFacts, SourceNames, consent, traits};
 use crate::event::Ident;
-use crate::history::History;
 use crate::spec::{Predicate, PredicateTest, Spec};
 pub use graph::HubReason;
 use graph::{Graph, Resolved};
@@ -284,14 +283,13 @@ pub struct Condition {
 /// Explains the profile `ident` belongs to, from the live events that arrived by clock
 /// `at`, evaluated at `now = at`. `sources` name the events' input sources.
 pub fn explain(
-    history: &History,
-    sets: &Sets,
+    held: &Held<'_>,
     spec: &Spec,
     sources: &SourceNames,
     ident: &Ident,
     at: u64,
 ) -> Outcome {
-    let mut graph = Graph::new(history, sets, spec, at);
+    let mut graph = Graph::new(held, spec, at);
     let key = |id: &Ident| id.key(&spec.identity);
     if !graph.is_node(ident) {
         return Outcome::NotFound {
@@ -299,7 +297,7 @@ pub fn explain(
         };
     }
     let resolved = graph.resolve(ident);
-    let cite = |f: &EventFacts| event_ref(f, sources, !history.is_live(f.seq));
+    let cite = |f: &EventFacts| event_ref(f, sources, !held.is_live(f.seq));
     // each member's events, decoded once and held for the explanation (no copies)
     let carrying: Vec<(&Ident, Rc<[EventFacts]>)> = resolved
         .members
@@ -316,7 +314,7 @@ pub fn explain(
     score.expired += expired as usize;
     let consent = consent_decisions(spec, &events, &cite);
     let traits = trait_values(&events, &cite);
-    let live = events.iter().filter(|f| history.is_live(f.seq)).count();
+    let live = events.iter().filter(|f| held.is_live(f.seq)).count();
     let identity = identity(&mut graph, spec, &resolved, live + retired as usize, &cite);
     let views = view_decisions(spec, &resolved, score_milli, &active, &consent, &traits);
     Outcome::Found(Box::new(Explanation {

@@ -45,9 +45,14 @@ use crate::event::Ident;
 /// Live events' facts, in arrival order, indexed by identifier, and the retired ones by
 /// identifier set.
 pub struct History {
-    /// Encoded events by `seq`, in chunks of [`CHUNK`]: growing never copies the events
-    /// held. A chunk whose events have all gone is freed (left empty).
+    /// Encoded events in the order pushed, in chunks of [`CHUNK`]: growing never copies the
+    /// events held. A chunk whose events have all gone is freed (left empty).
     events: Vec<Vec<Option<Box<[u8]>>>>,
+    /// The `seq` of each event of `events`, ascending (a keeper holds a share of the
+    /// sequence numbers, [`super::keeper`]); freed with its chunk.
+    seqs: Vec<Vec<Seq>>,
+    /// The first `seq` of each chunk (kept when the chunk is freed).
+    firsts: Vec<Seq>,
     /// Events held in each chunk.
     chunk_live: Vec<u32>,
     /// Events carrying an identifier with each hash, ascending (a map that grows without
@@ -91,6 +96,8 @@ impl History {
     pub fn new(retention: Retention, horizon: Horizon) -> History {
         History {
             events: Vec::new(),
+            seqs: Vec::new(),
+            firsts: Vec::new(),
             chunk_live: Vec::new(),
             by_hash: griddle::HashMap::new(),
             mapped: 0,
@@ -105,24 +112,31 @@ impl History {
         }
     }
 
-    /// Records an inserted event (its `seq` must be the next index).
+    /// Records an inserted event (its `seq` must be above every `seq` pushed before).
     pub fn push(&mut self, facts: EventFacts) {
-        debug_assert_eq!(facts.seq as usize, self.pushed);
         let seq = facts.seq;
+        debug_assert!(
+            self.seqs
+                .last()
+                .and_then(|s| s.last())
+                .is_none_or(|&l| l < seq)
+        );
         self.unindexed
             .extend(facts.idents.iter().map(|id| (id.short_hash(), seq)));
-        let (chunk, slot) = (self.pushed / CHUNK, self.pushed % CHUNK);
+        let chunk = self.pushed / CHUNK;
         while self.events.len() <= chunk {
             self.events.push(Vec::new());
+            self.seqs.push(Vec::new());
+            self.firsts.push(seq);
             self.chunk_live.push(0);
         }
-        if let Some(events) = self.events.get_mut(chunk) {
+        if let (Some(events), Some(seqs)) = (self.events.get_mut(chunk), self.seqs.get_mut(chunk)) {
             if events.capacity() == 0 {
                 events.reserve_exact(CHUNK);
+                seqs.reserve_exact(CHUNK);
             }
-            // sequence numbers skipped (see `skip`) are empty slots
-            events.resize(slot, None);
             events.push(Some(encode(&facts)));
+            seqs.push(seq);
         }
         if let Some(live) = self.chunk_live.get_mut(chunk) {
             *live += 1;
@@ -133,13 +147,6 @@ impl History {
         }
         self.pushed += 1;
         self.live += 1;
-    }
-
-    /// Leaves the next `n` sequence numbers unused: the events a compacted span of the log
-    /// stands for took them, and had retired already (they are counted in their identifier
-    /// sets instead). No memory is taken for them.
-    pub fn skip(&mut self, n: u64) {
-        self.pushed = (self.pushed).saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
     }
 
     /// Retires every live event whose horizon the clock `now` has reached: each leaves the
@@ -167,18 +174,19 @@ impl History {
     /// Empties the slot of `seq`, freeing its chunk once every event in it has gone;
     /// returns what it held.
     fn vacate(&mut self, seq: Seq) -> Option<Box<[u8]>> {
-        let index = usize::try_from(seq).ok()?;
+        let (chunk, _) = position(&self.seqs, &self.firsts, seq)?;
         let bytes = self.slot_mut(seq)?.take()?;
         self.live -= 1;
-        let chunk = index / CHUNK;
         if let Some(live) = self.chunk_live.get_mut(chunk) {
             *live = live.saturating_sub(1);
             // the last chunk still grows
             if *live == 0
                 && chunk + 1 < self.events.len()
-                && let Some(events) = self.events.get_mut(chunk)
+                && let (Some(events), Some(seqs)) =
+                    (self.events.get_mut(chunk), self.seqs.get_mut(chunk))
             {
                 *events = Vec::new();
+                *seqs = Vec::new();
             }
         }
         Some(bytes)
@@ -191,16 +199,8 @@ impl History {
         if self.stale < (1 << 12) || self.stale * 2 < filed + self.unindexed.len() {
             return;
         }
-        let events = &self.events;
-        let held = |seq: Seq| -> bool {
-            let Ok(i) = usize::try_from(seq) else {
-                return false;
-            };
-            matches!(
-                events.get(i / CHUNK).and_then(|c| c.get(i % CHUNK)),
-                Some(Some(_))
-            )
-        };
+        let (events, seqs, firsts) = (&self.events, &self.seqs, &self.firsts);
+        let held = |seq: Seq| matches!(slot_in(events, seqs, firsts, seq), Some(Some(_)));
         self.run.retain(|&(_, seq)| held(seq));
         self.run.shrink_to_fit();
         self.unindexed.retain(|&(_, seq)| held(seq));
@@ -305,13 +305,12 @@ impl History {
     }
 
     fn slot(&self, seq: Seq) -> Option<&Option<Box<[u8]>>> {
-        let seq = usize::try_from(seq).ok()?;
-        self.events.get(seq / CHUNK)?.get(seq % CHUNK)
+        slot_in(&self.events, &self.seqs, &self.firsts, seq)
     }
 
     fn slot_mut(&mut self, seq: Seq) -> Option<&mut Option<Box<[u8]>>> {
-        let seq = usize::try_from(seq).ok()?;
-        self.events.get_mut(seq / CHUNK)?.get_mut(seq % CHUNK)
+        let (chunk, i) = position(&self.seqs, &self.firsts, seq)?;
+        self.events.get_mut(chunk)?.get_mut(i)
     }
 
     /// Number of live events.
@@ -323,6 +322,26 @@ impl History {
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
+}
+
+/// Where event `seq` is held: (chunk, index in it); `None` once its chunk is freed.
+fn position(seqs: &[Vec<Seq>], firsts: &[Seq], seq: Seq) -> Option<(usize, usize)> {
+    let chunk = firsts
+        .partition_point(|&first| first <= seq)
+        .checked_sub(1)?;
+    let i = seqs.get(chunk)?.binary_search(&seq).ok()?;
+    Some((chunk, i))
+}
+
+/// The slot of event `seq` (see [`position`]).
+fn slot_in<'h>(
+    events: &'h [Vec<Option<Box<[u8]>>>],
+    seqs: &[Vec<Seq>],
+    firsts: &[Seq],
+    seq: Seq,
+) -> Option<&'h Option<Box<[u8]>>> {
+    let (chunk, i) = position(seqs, firsts, seq)?;
+    events.get(chunk)?.get(i)
 }
 
 /// The encoding the history holds (varint `bincode`, which never fails on these types).
