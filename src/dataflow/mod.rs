@@ -1,7 +1,8 @@
 //! The dataflow: one module per maintained collection, wired together by [`build`].
 //!
-//! Data flows one way: input sessions (fed by the engine from accepted events) →
-//! [`identity`] ([`labels`] of the links, profiles; every per-event input is keyed by the
+//! Data flows one way: accepted events (sent by the engine's worker 0) → [`keeper`]s (each
+//! worker's share of the events, partitioned by identifier set: their history, presence
+//! counts, decay timer and retention) → the input collections → [`identity`] ([`labels`] of the links, profiles; every per-event input is keyed by the
 //! event's primary identifier, whose label is its profile) → [`intent`], [`latest`] →
 //! [`views`] (rows) → the output capture that the engine writes to the sinks.
 //!

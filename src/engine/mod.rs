@@ -1,11 +1,13 @@
 //! The engine: runs the dataflow on timely workers and drives it from the input.
 //!
-//! Worker 0 owns the input side: it receives line batches from the reader thread, already
-//! parsed by a thread of their own ([`input::Batch::parse_ahead`]), admits each line (SPEC
-//! section 1), inserts accepted events at the engine clock, steps the dataflow until the
-//! inserted times are complete, and writes the changes of every completed clock value,
-//! consolidated and sorted (SPEC section 7). Other workers only run their share of the
-//! dataflow; their input sessions are closed at once, so progress is governed by worker 0's.
+//! Worker 0 owns what must be sequential: it receives line batches from the reader thread,
+//! already parsed by a thread of their own ([`input::Batch::parse_ahead`]), admits each
+//! line (SPEC section 1: the order, the clock, the dedup check, suppression), sends each
+//! accepted event at the engine clock to the worker that keeps its identifier set
+//! ([`crate::dataflow::keeper`]: every worker keeps a share of the events and does their
+//! per-event work), steps the dataflow until the inserted times are complete, and writes
+//! the changes of every completed clock value, consolidated and sorted (SPEC section 7).
+//! Other workers' input handles are closed at once, so progress is governed by worker 0's.
 //! When nothing but the final snapshot is wanted (`run --snapshot`, one process), no change
 //! travels to worker 0: every worker hands over the rows its profiles hold at the end
 //! ([`crate::dataflow::RowsOnly`]).
