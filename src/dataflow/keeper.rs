@@ -11,8 +11,8 @@
 //! - the [`Inputs`] state: presence counts of identifiers and links, the decay timer
 //!   (decay steps enter at their own times), sequence roles, and what retention keeps per
 //!   identifier set ([`super::retention::Sets`]: every set lives in one keeper);
-//! - and puts out the updates of the input collections ([`Update`]), which [`split`] sorts
-//!   into the collections the stages read.
+//! - and puts out the updates of the input collections ([`super::Updates`]) the stages
+//!   read.
 //!
 //! A `forget` reaches every keeper ([`Command::Erase`]), each retracting its own events.
 //! The clock reaches a keeper as the frontier of its command stream: as worker 0 moves
@@ -33,17 +33,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::InputSession;
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{InputHandleVec, Scope, StreamVec};
 
 use super::history::History;
 use super::retention::{Horizon, Retention, Set, Sets, Summary};
-use super::{Coll, EventFacts, Inputs, Node, Seq, Time, Update, clock_of, intent, latest, timer};
+use super::{Coll, EventFacts, Inputs, Node, Seq, Time, clock_of, intent, latest, timer};
 use crate::event::Ident;
 use crate::spec::Spec;
+
+/// A command, the keeper it goes to, and the time it holds at (see [`Feed`]).
+type Sent = (u32, (Command, Time));
 
 /// What worker 0 sends a keeper.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -254,15 +255,23 @@ pub fn route(idents: &[Ident], count: u32) -> u32 {
 /// Worker 0's side of the keepers: the commands it sends them, and the profile queries
 /// (lookups and erasure, answered in [`super::Outputs::answers`]).
 pub struct Feed {
-    commands: Option<InputHandleVec<Time, (u32, Command)>>,
+    /// Commands with the time each holds at. Like differential's `InputSession`, the
+    /// handle's own time moves only when the feed is flushed: moving it closes a timely
+    /// epoch, which sends what is buffered as a message of its own (one per clock value:
+    /// a message per event on a replay whose every event moves the clock).
+    commands: Option<InputHandleVec<Time, Sent>>,
+    /// Commands not yet sent: they go at the next flush, together, so that each keeper
+    /// takes a round's events in one activation (as an `InputSession` holds its updates).
+    buffer: Vec<Sent>,
+    now: Time,
     queries: InputSession<Time, (Node, u64), isize>,
     keepers: Keepers,
 }
 
 impl Feed {
     fn send(&mut self, to: u32, command: Command) {
-        if let Some(commands) = &mut self.commands {
-            commands.send((to, command));
+        if self.commands.is_some() {
+            self.buffer.push((to, (command, self.now)));
         }
     }
 
@@ -302,18 +311,21 @@ impl Feed {
 
     /// Moves the inputs forward to `time` (never backwards).
     pub fn advance_to(&mut self, time: Time) {
-        if time > self.time() {
-            if let Some(commands) = &mut self.commands {
-                commands.advance_to(time);
-            }
+        if time > self.now {
+            self.now = time;
             self.queries.advance_to(time);
         }
     }
 
-    /// Sends what is buffered into the dataflow.
+    /// Sends what is buffered into the dataflow, and closes the times before the current.
     pub fn flush(&mut self) {
         if let Some(commands) = &mut self.commands {
+            commands.send_batch(&mut self.buffer);
+            self.buffer.clear();
             commands.flush();
+            if *commands.time() < self.now {
+                commands.advance_to(self.now);
+            }
         }
         self.queries.flush();
     }
@@ -326,7 +338,7 @@ impl Feed {
 
     /// The current input time.
     pub fn time(&self) -> Time {
-        *self.queries.time()
+        self.now
     }
 
     /// The keepers of this process.
@@ -335,7 +347,7 @@ impl Feed {
     }
 }
 
-/// The input collections the keepers maintain, split by kind ([`Update`]).
+/// The input collections the keepers maintain.
 pub struct Collections<'s> {
     /// Identifiers.
     pub nodes: Coll<'s, Node>,
@@ -365,111 +377,115 @@ pub fn kept<'s>(
 ) -> (Feed, Collections<'s>) {
     use differential_dataflow::input::Input as _;
     use timely::dataflow::operators::Input as _;
-    let (commands_in, commands) = scope.new_input::<Vec<(u32, Command)>>();
+    let (commands_in, commands) = scope.new_input::<Vec<Sent>>();
     let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
     let keeper = keepers.make(spec, retention);
-    let updates = maintained(commands, keeper);
-    let collections = split(updates, queries);
+    let collections = maintained(commands, keeper, queries);
     let feed = Feed {
         commands: Some(commands_in),
+        buffer: Vec::new(),
+        now: Time::default(),
         queries: queries_in,
         keepers: keepers.clone(),
     };
     (feed, collections)
 }
 
-/// The updates of the input collections that this worker's share of the events makes
-/// (SPEC sections 3 to 5 and 9, through [`Inputs`]), at the times they hold: an event's at
+/// The input collections that this worker's share of the events makes (SPEC sections 3 to
+/// 5 and 9, through [`Inputs`]), with their updates at the times they hold: an event's at
 /// the time worker 0 sent it, a decay step at its own time once the clock reaches it.
+///
+/// Each activation gives every collection's updates as one message, under the capability
+/// held (the keeper's time before the activation): each update carries its own time,
+/// never earlier, as a differential collection's do.
 fn maintained<'s>(
-    commands: StreamVec<'s, Time, (u32, Command)>,
+    commands: StreamVec<'s, Time, Sent>,
     keeper: Arc<Mutex<Keeper>>,
-) -> StreamVec<'s, Time, (Update, Time, isize)> {
-    let route = Exchange::new(|(to, _): &(u32, Command)| u64::from(*to));
-    commands.unary_frontier::<CapacityContainerBuilder<Vec<(Update, Time, isize)>>, _, _, _>(
-        route,
-        "Keeper",
-        move |capability, _| {
-            let mut held = Some(capability);
-            move |(input, frontier), output| {
-                let Ok(mut keeper) = keeper.lock() else {
-                    return; // another thread panicked holding it: the run is failing
-                };
-                input.for_each(|cap, data| {
-                    // a total order: the batch's one time
-                    let t = cap.least().copied().unwrap_or_else(|| keeper.inputs.time());
-                    for (_, command) in data.drain(..) {
-                        keeper.advance(t);
-                        keeper.apply(command);
-                    }
-                });
-                if let Some(&t) = frontier.frontier().iter().next() {
-                    keeper.advance(t);
-                }
-                let Some(cap) = held.as_mut() else {
-                    return;
-                };
-                let mut updates = keeper.inputs.take_updates();
-                if !updates.is_empty() {
-                    // most at the current time; decay steps at their own (never earlier
-                    // than the capability held, the keeper's time before this activation)
-                    updates.sort_by_key(|(_, t, _)| *t);
-                    let mut rest = updates.as_slice();
-                    while let Some((_, t, _)) = rest.first() {
-                        let n = rest.partition_point(|(_, u, _)| u == t);
-                        let (now, later) = rest.split_at(n);
-                        output
-                            .session(&cap.delayed(t))
-                            .give_iterator(now.iter().cloned());
-                        rest = later;
-                    }
-                }
-                if frontier.frontier().is_empty() {
-                    held = None;
-                } else {
-                    cap.downgrade(&keeper.inputs.time());
-                }
-            }
-        },
-    )
-}
-
-/// Sorts the keepers' updates into the input collections.
-fn split<'s>(
-    updates: StreamVec<'s, Time, (Update, Time, isize)>,
     queries: Coll<'s, (Node, u64)>,
 ) -> Collections<'s> {
-    let kind = |u: &Update| match u {
-        Update::Node(_) => 0,
-        Update::Pair(_) => 1,
-        Update::Wide(_) => 2,
-        Update::Signal(_) => 3,
-        Update::Bonus(_) => 4,
-        Update::Role(_) => 5,
-        Update::Record(_) => 6,
-    };
-    let mut parts = updates
-        .partition(7, move |(u, t, d)| (kind(&u), (u, t, d)))
-        .into_iter();
-    let mut next = || parts.next().expect("partition gives 7 streams");
-    macro_rules! part {
-        ($variant:ident) => {
-            next()
-                .flat_map(|(u, t, d)| match u {
-                    Update::$variant(x) => Some((x, t, d)),
-                    _ => None,
-                })
-                .as_collection()
-        };
-    }
+    let mut builder = OperatorBuilder::new("Keeper".to_owned(), commands.scope());
+    let route = Exchange::new(|(to, _): &Sent| u64::from(*to));
+    let mut input = builder.new_input(commands, route);
+    let (mut nodes_out, nodes) = builder.new_output();
+    let (mut pairs_out, pairs) = builder.new_output();
+    let (mut wide_out, wide) = builder.new_output();
+    let (mut signals_out, signals) = builder.new_output();
+    let (mut bonuses_out, bonuses) = builder.new_output();
+    let (mut roles_out, roles) = builder.new_output();
+    let (mut records_out, records) = builder.new_output();
+    builder.build(move |capabilities| {
+        let mut held = Some(capabilities);
+        move |frontiers| {
+            let Ok(mut keeper) = keeper.lock() else {
+                return; // another thread panicked holding it: the run is failing
+            };
+            // each command at its own time, never before the message's (see `Feed`)
+            input.for_each(|_, data| {
+                for (_, (command, t)) in data.drain(..) {
+                    keeper.advance(t);
+                    keeper.apply(command);
+                }
+            });
+            let frontier = frontiers.first().map(|f| f.frontier());
+            if let Some(&t) = frontier.as_ref().and_then(|f| f.iter().next()) {
+                keeper.advance(t);
+            }
+            let Some(caps) = held.as_mut() else {
+                return;
+            };
+            let out = keeper.inputs.take_updates();
+            // (a session flushes its output when dropped)
+            if let [n, p, w, s, b, r, c] = caps.as_slice() {
+                give(&mut nodes_out, n, out.nodes);
+                give(&mut pairs_out, p, out.pairs);
+                give(&mut wide_out, w, out.wide);
+                give(&mut signals_out, s, out.signals);
+                give(&mut bonuses_out, b, out.bonuses);
+                give(&mut roles_out, r, out.roles);
+                give(&mut records_out, c, out.records);
+            }
+            if frontier.is_none_or(|f| f.is_empty()) {
+                held = None;
+            } else {
+                let now = keeper.inputs.time();
+                let now = frontier
+                    .as_ref()
+                    .and_then(|f| f.iter().next().copied())
+                    .map_or(now, |f| f.min(now));
+                caps.iter_mut().for_each(|cap| cap.downgrade(&now));
+            }
+        }
+    });
     Collections {
-        nodes: part!(Node),
-        pairs: part!(Pair),
-        wide: part!(Wide),
-        signals: part!(Signal),
-        bonuses: part!(Bonus),
-        roles: part!(Role),
-        records: part!(Record),
+        nodes: nodes.as_collection(),
+        pairs: pairs.as_collection(),
+        wide: wide.as_collection(),
+        signals: signals.as_collection(),
+        bonuses: bonuses.as_collection(),
+        roles: roles.as_collection(),
+        records: records.as_collection(),
         queries,
+    }
+}
+
+/// Updates given per message at most: as many as differential's `InputSession` sends at
+/// once (the arrangements' batchers sort and merge chunks of about this size best).
+const CHUNK: usize = 1024;
+
+/// Gives `updates` to `output` under `cap`, in messages of [`CHUNK`] updates.
+fn give<D: Clone + 'static>(
+    output: &mut timely::dataflow::channels::pushers::Output<Time, Vec<D>>,
+    cap: &timely::dataflow::operators::Capability<Time>,
+    updates: Vec<D>,
+) {
+    if updates.is_empty() {
+        return;
+    }
+    // a session flushes its output when dropped
+    let mut session = output.activate();
+    let mut updates = updates.into_iter().peekable();
+    while updates.peek().is_some() {
+        let mut chunk: Vec<D> = updates.by_ref().take(CHUNK).collect();
+        session.give(cap, &mut chunk);
     }
 }

@@ -209,31 +209,34 @@ impl EventFacts {
     }
 }
 
-/// A change to one of the dataflow's input collections, as a keeper makes it
-/// ([`Inputs`], [`keeper`]).
-#[derive(Clone, Debug)]
-pub enum Update {
-    /// An identifier (a node of the identity graph).
-    Node(Node),
-    /// A link, one direction of it.
-    Pair((Node, Node)),
-    /// An identifier of an event with too many identifiers (a hub by that event alone).
-    Wide(Node),
+/// Updates of one collection: `(data, time, diff)`.
+pub type Updated<D> = Vec<(D, Time, isize)>;
+
+/// Changes to the dataflow's input collections, as a keeper makes them ([`Inputs`],
+/// [`keeper`]): `(data, time, diff)` per collection, each at the keeper's time or later.
+#[derive(Default)]
+pub struct Updates {
+    /// Identifiers (the nodes of the identity graph).
+    pub nodes: Updated<Node>,
+    /// Links, each way.
+    pub pairs: Updated<(Node, Node)>,
+    /// Identifiers of events with too many identifiers (hubs by that event alone).
+    pub wide: Updated<Node>,
     /// Weights and activity markers of signal occurrences, by the event's primary
     /// identifier: `(primary, (signal id, stream))`.
-    Signal((Node, (u16, timer::Stream))),
+    pub signals: Updated<(Node, (u16, timer::Stream))>,
     /// The same for sequence bonuses, by event and sequence id (whether a bonus counts
     /// depends on the event): `((event, id), (primary, stream))`.
-    Bonus(intent::Bonus),
-    /// A sequence role by primary identifier: `(primary, (sequence, role, time, event))`.
-    Role(intent::Role),
-    /// A consent or trait record, by primary identifier and what it decides (see
+    pub bonuses: Updated<intent::Bonus>,
+    /// Sequence roles by primary identifier: `(primary, (sequence, role, time, event))`.
+    pub roles: Updated<intent::Role>,
+    /// Consent and trait records, by primary identifier and what they decide (see
     /// [`latest`]).
-    Record((Node, (latest::Slot, latest::Rank))),
+    pub records: Updated<(Node, (latest::Slot, latest::Rank))>,
 }
 
 /// What one keeper ([`keeper`]) feeds the dataflow: the updates its share of the events
-/// makes to the input collections ([`Update`]).
+/// makes to the input collections ([`Updates`]).
 ///
 /// Nodes, links and wide marks are sets in the SPEC but arrive as multisets (every event
 /// repeats its identifiers). A local count per element forwards only the transitions between
@@ -254,7 +257,7 @@ pub struct Inputs {
     /// The current time: updates are made at it, or later (decay steps).
     now: Time,
     /// Updates made and not yet taken ([`Inputs::take_updates`]).
-    out: Vec<(Update, Time, isize)>,
+    out: Updates,
     node_counts: Presence<Ident>,
     pair_counts: Presence<(Ident, Ident)>,
     wide_counts: Presence<Ident>,
@@ -346,7 +349,7 @@ impl Inputs {
         let num_signals = spec.intent.signals.len() as u16;
         Inputs {
             now: 0,
-            out: Vec::new(),
+            out: Updates::default(),
             node_counts: Presence::new(),
             pair_counts: Presence::new(),
             wide_counts: Presence::new(),
@@ -368,7 +371,7 @@ impl Inputs {
     pub fn insert(&mut self, facts: &mut EventFacts) {
         for id in &mut facts.idents {
             if self.node_counts.add_shared(id) {
-                self.emit(Update::Node(Node(id.clone())), 1);
+                self.out.nodes.push((Node(id.clone()), self.now, 1));
             }
         }
         self.update_edges_and_records(facts, 1);
@@ -378,7 +381,7 @@ impl Inputs {
     pub fn update(&mut self, facts: &EventFacts, diff: isize) {
         for id in &facts.idents {
             if let Some(d) = self.node_counts.update_one(id, diff) {
-                self.emit(Update::Node(Node(id.clone())), d);
+                self.out.nodes.push((Node(id.clone()), self.now, d));
             }
         }
         self.update_edges_and_records(facts, diff);
@@ -409,7 +412,7 @@ impl Inputs {
         }
         for id in idents {
             if let Some(d) = self.node_counts.update_one(id, n) {
-                self.emit(Update::Node(Node(id.clone())), d);
+                self.out.nodes.push((Node(id.clone()), self.now, d));
             }
         }
         let wide = labels::is_wide(idents.len(), self.max_links);
@@ -438,7 +441,9 @@ impl Inputs {
         };
         let primary = Node(first.clone());
         for (slot, rank, diff) in changes {
-            self.emit(Update::Record((primary.clone(), (slot, rank))), diff);
+            self.out
+                .records
+                .push(((primary.clone(), (slot, rank)), self.now, diff));
         }
     }
 
@@ -447,7 +452,7 @@ impl Inputs {
         if wide {
             for id in idents {
                 if let Some(d) = self.wide_counts.update_one(id, diff) {
-                    self.emit(Update::Wide(Node(id.clone())), d);
+                    self.out.wide.push((Node(id.clone()), self.now, d));
                 }
             }
             return;
@@ -460,8 +465,8 @@ impl Inputs {
                 let pair = || (a.clone(), b.clone());
                 if let Some(d) = self.pair_counts.update((a, b), is, pair, diff) {
                     let (a, b) = (Node(a.clone()), Node(b.clone()));
-                    self.emit(Update::Pair((a.clone(), b.clone())), d);
-                    self.emit(Update::Pair((b, a)), d);
+                    self.out.pairs.push(((a.clone(), b.clone()), self.now, d));
+                    self.out.pairs.push(((b, a), self.now, d));
                 }
             }
         }
@@ -514,7 +519,9 @@ impl Inputs {
                 return;
             }
         }
-        self.emit(Update::Role((primary.clone(), (q, role, t, seq))), diff);
+        self.out
+            .roles
+            .push(((primary.clone(), (q, role, t, seq)), self.now, diff));
     }
 
     /// Inserts a consent or trait record (`diff > 0`); with retention only if it is the
@@ -531,7 +538,9 @@ impl Inputs {
         diff: isize,
     ) {
         if self.retention == retention::Retention::KeepAll {
-            self.emit(Update::Record((primary.clone(), (slot, rank))), diff);
+            self.out
+                .records
+                .push(((primary.clone(), (slot, rank)), self.now, diff));
             return;
         }
         if diff <= 0 {
@@ -615,10 +624,10 @@ impl Inputs {
         let delta = delta as isize;
         if id < self.num_signals {
             let key = (primary.clone(), (id, stream));
-            self.out.push((Update::Signal(key), time, delta));
+            self.out.signals.push((key, time, delta));
         } else {
             let key = ((seq, id), (primary.clone(), stream));
-            self.out.push((Update::Bonus(key), time, delta));
+            self.out.bonuses.push((key, time, delta));
         }
     }
 
@@ -633,7 +642,7 @@ impl Inputs {
         }
         self.now = self.now.max(time);
         while let Some(role) = self.retiring.pop_due(clock_of(time)) {
-            self.emit(Update::Role(role), -1);
+            self.out.roles.push((role, self.now, -1));
         }
     }
 
@@ -642,14 +651,9 @@ impl Inputs {
         self.now
     }
 
-    /// An update of an input collection at the current time.
-    fn emit(&mut self, update: Update, diff: isize) {
-        self.out.push((update, self.now, diff));
-    }
-
     /// Takes the updates made since the last call: `(update, time, diff)`, each at the
     /// current time or later.
-    pub fn take_updates(&mut self) -> Vec<(Update, Time, isize)> {
+    pub fn take_updates(&mut self) -> Updates {
         std::mem::take(&mut self.out)
     }
 }

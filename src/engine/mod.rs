@@ -174,7 +174,7 @@ pub enum Clock {
 const MAX_BATCHES_PER_ROUND: usize = 32;
 
 /// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]).
-const PARSED_AHEAD: usize = 4;
+const PARSED_AHEAD: usize = 32;
 
 /// Updates an arrangement merges per scheduling while it merges what a source left pending.
 const MERGE_EFFORT: usize = 100_000;
@@ -440,6 +440,8 @@ struct Driver<'w> {
     snapshot: Option<Snapshot>,
     /// A keeper's invariant broke (a bug): the run fails at the end of the round.
     failure: Option<String>,
+    /// The time the last round was sent at and not yet waited for ([`Driver::settle`]).
+    in_flight: Option<Time>,
     /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
     stopped: bool,
     last_progress: Instant,
@@ -475,6 +477,7 @@ impl<'w> Driver<'w> {
         });
         Driver {
             failure: None,
+            in_flight: None,
             worker,
             spec,
             feed,

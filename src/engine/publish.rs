@@ -24,30 +24,36 @@ impl Driver<'_> {
 
     /// Steps the dataflow until every time before `until` is complete.
     ///
-    /// On live input worker 0 sleeps between steps while the other workers have its round's
-    /// work, and wakes when they send it something: a round is one event or a few, and a
-    /// worker 0 polling for it would hold one of the machine's cores away from the workers
-    /// (and the writers) it waits for. A replay keeps polling: its rounds are large and
-    /// worker 0 has its own share of them.
+    /// Worker 0 sleeps between steps while the other workers have the round's work, and
+    /// wakes when they send it something: a worker 0 polling for it would hold one of the
+    /// machine's cores away from the workers (and the writers, and the parsing thread) it
+    /// waits for. Every worker keeps a share of the events ([`crate::dataflow::keeper`]),
+    /// so a replay's worker 0 waits for theirs as a live round's does.
     pub(super) fn complete(&mut self, until: Time) {
         self.feed.flush();
         while self.outputs.probe.less_than(&until) {
-            if self.live {
-                self.worker.step_or_park(Some(LIVE_PARK));
-            } else {
-                self.worker.step();
-            }
+            self.worker.step_or_park(Some(LIVE_PARK));
         }
     }
 
     /// After a batch: completes and publishes every clock value before the current one.
+    ///
+    /// Pipelined: this round's events go to the keepers at once, but the round waited for
+    /// is the one before, so that worker 0 admits the next round's lines while the other
+    /// workers still work on this one (admission is the one sequential stage). A replay's
+    /// changes are published a round later; live input publishes every round
+    /// ([`Driver::publish_current`]).
     pub(super) fn settle(&mut self) -> Result<(), EngineError> {
-        let Some(clock) = self.clock() else {
+        if self.clock().is_none() {
             return Ok(());
-        };
-        self.complete(self.feed.time());
-        if clock > 0 {
-            self.emit(clock - 1)?;
+        }
+        self.feed.flush();
+        let previous = self.in_flight.replace(self.feed.time());
+        if let Some(previous) = previous {
+            self.complete(previous);
+            if clock_of(previous) > 0 {
+                self.emit(clock_of(previous) - 1)?;
+            }
         }
         Ok(())
     }
