@@ -489,3 +489,28 @@ fn give<D: Clone + 'static>(
         session.give(cap, &mut chunk);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every event of one identifier set goes to one keeper, and sets spread evenly.
+    #[test]
+    fn sets_spread_evenly_over_the_keepers() {
+        let count = 4;
+        let mut per = [0usize; 4];
+        for i in 0..10_000 {
+            let set = vec![
+                Ident::new(0, &format!("u-{i}")),
+                Ident::new(3, &format!("anon-{i}-0")),
+            ];
+            let to = route(&set, count);
+            assert_eq!(to, route(&set.clone(), count));
+            per[to as usize] += 1;
+        }
+        for n in per {
+            assert!((2_200..2_800).contains(&n), "{per:?}");
+        }
+        assert_eq!(route(&[Ident::new(1, "x@y.org")], 1), 0);
+    }
+}

@@ -166,15 +166,17 @@ pub enum Clock {
     Wall,
 }
 
-/// At most this many waiting batches are ingested before the dataflow catches up. A round
-/// holds its updates in the dataflow until it completes, so larger rounds cost less per
-/// event (fewer, larger batches to merge) but hold more at once: 32 batches (about 32k
-/// lines of a replay) peak as low as 8 or 16 at less CPU (see
-/// `tests/bench/performance.md`, step 20).
-const MAX_BATCHES_PER_ROUND: usize = 32;
+/// At most this many batches are ingested before the dataflow catches up. A round holds
+/// its updates in the dataflow until it completes, so larger rounds cost less per event
+/// (fewer, larger batches to merge) but hold more at once. A replay's rounds are
+/// pipelined, two in flight ([`Driver::settle`]), and a replay waits for a full round:
+/// 16 batches (about 16k lines) hold what one round of 32 held before, at the same CPU (see
+/// `tests/bench/performance.md`, steps 20 and 31).
+const MAX_BATCHES_PER_ROUND: usize = 16;
 
-/// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]).
-const PARSED_AHEAD: usize = 32;
+/// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]): half
+/// a round, so that a round's admission seldom waits for the parser.
+const PARSED_AHEAD: usize = 8;
 
 /// Updates an arrangement merges per scheduling while it merges what a source left pending.
 const MERGE_EFFORT: usize = 100_000;
@@ -547,16 +549,24 @@ impl<'w> Driver<'w> {
                         {
                             break;
                         }
-                        match rx.try_recv() {
-                            Ok(Message::Batch(mut more)) => {
+                        // a replay waits for a full round (its rounds are best large, and
+                        // the previous round is still in flight: see `Driver::settle`);
+                        // live input takes only what is waiting
+                        let next = if live {
+                            rx.try_recv().ok()
+                        } else {
+                            rx.recv().ok()
+                        };
+                        match next {
+                            Some(Message::Batch(mut more)) => {
                                 boundary = more.boundary;
                                 self.ingest(&mut more)?;
                             }
-                            Ok(other) => {
+                            Some(other) => {
                                 held = Some(other);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     match boundary {

@@ -2,6 +2,12 @@
 //! faster pass). Generates the workloads, runs the release binary with `run --stats` (the
 //! engine measures itself) and prints one table: each figure, its target, and the command
 //! that produced it. See `tests/bench/performance.md` for the figures and what bounds them.
+//!
+//! The `balance` rows compare `run -w 2 --snapshot` with a DuckDB batch of the whole job
+//! (`tests/bench/duckdb_job.py`) and compare their snapshots. Install DuckDB once, outside
+//! `cargo test`: `python3 -m venv /opt/duckdb && /opt/duckdb/bin/pip install duckdb`, and run
+//! the harness with `THROUGHLINE_DUCKDB_PYTHON=/opt/duckdb/bin/python` (without it the row
+//! says why it did not run).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
