@@ -395,9 +395,10 @@ pub fn kept<'s>(
 /// 5 and 9, through [`Inputs`]), with their updates at the times they hold: an event's at
 /// the time worker 0 sent it, a decay step at its own time once the clock reaches it.
 ///
-/// Each activation gives every collection's updates as one message, under the capability
-/// held (the keeper's time before the activation): each update carries its own time,
-/// never earlier, as a differential collection's do.
+/// Each activation gives every collection's updates in a few large messages, under the
+/// capabilities held at the input's frontier (never ahead of the keeper's time): each
+/// update carries its own time, never earlier, as a differential collection's do. (A message
+/// per time cost progress tracking per event on a replay, see `tests/bench/performance.md`.)
 fn maintained<'s>(
     commands: StreamVec<'s, Time, Sent>,
     keeper: Arc<Mutex<Keeper>>,

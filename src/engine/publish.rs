@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// The longest worker 0 sleeps between steps while a live round completes; it wakes sooner
+/// The longest worker 0 sleeps between steps while a round completes; it wakes sooner
 /// when another worker sends it anything (see [`Driver::complete`]).
-const LIVE_PARK: Duration = Duration::from_millis(1);
+const PARK: Duration = Duration::from_millis(1);
 
 impl Driver<'_> {
     /// Completes everything inserted so far at clock `now` (a new step within it).
@@ -32,7 +32,7 @@ impl Driver<'_> {
     pub(super) fn complete(&mut self, until: Time) {
         self.feed.flush();
         while self.outputs.probe.less_than(&until) {
-            self.worker.step_or_park(Some(LIVE_PARK));
+            self.worker.step_or_park(Some(PARK));
         }
     }
 
