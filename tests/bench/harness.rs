@@ -719,6 +719,40 @@ fn main() {
                 });
             }
         }
+        // issue 31: 30k events/s on the state of 200k journey events (identities merged
+        // across devices, late and resent deliveries)
+        let journeys_file = dir.join("journeys-state200k.ndjson");
+        let out = Command::new(bin())
+            .args([
+                "gen",
+                "--journeys",
+                "--events",
+                "200000",
+                "--profiles",
+                "20000",
+            ])
+            .args(["--seed", "5", "--start-ms", &start_ms.to_string()])
+            .output()
+            .expect("cannot run gen");
+        assert!(out.status.success());
+        std::fs::write(&journeys_file, out.stdout).expect("cannot write the workload");
+        let journeys_clock = final_clock(&journeys_file);
+        for late in [false, true] {
+            let rate = 30_000u64;
+            let count = (rate * seconds) as usize;
+            let latencies = open_loop(&journeys_file, workers, journeys_clock, rate, count, late);
+            rows.push(Row {
+                figure: format!(
+                    "read-to-output latency, 200k journey events of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
+                    if late { "60 s late" } else { "in order" }
+                ),
+                measured: latencies.describe(),
+                target: "(reported)",
+                command: format!(
+                    "throughline gen --journeys --events 200000 --profiles 20000 --seed 5 --start-ms {start_ms} > state; throughline run -w {workers} -i state -i - (paced by the harness)"
+                ),
+            });
+        }
         let single = one_at_a_time(if quick { 200 } else { 1_000 }, start_ms);
         rows.push(Row {
             figure: "read-to-output latency, one event at a time, empty state".into(),
