@@ -147,8 +147,9 @@ impl Keepers {
         keeper
     }
 
-    /// Locks every keeper (worker 0 reads them between rounds, when they are idle).
-    pub fn lock(&self) -> Vec<Arc<Mutex<Keeper>>> {
+    /// Every keeper of this process, in the order their workers built them (readers lock
+    /// each; worker 0 reads them between rounds, when they are idle).
+    fn all(&self) -> Vec<Arc<Mutex<Keeper>>> {
         self.held
             .lock()
             .map(|held| held.clone())
@@ -157,7 +158,7 @@ impl Keepers {
 
     /// The first broken invariant any keeper met (a bug), if any.
     pub fn failure(&self) -> Option<String> {
-        let keepers = self.lock();
+        let keepers = self.all();
         let failed = keepers.iter().filter_map(|k| k.lock().ok()?.failed.clone());
         failed.into_iter().next()
     }
@@ -165,7 +166,7 @@ impl Keepers {
     /// Reads every keeper's state: `read` gets the histories and identifier sets, their
     /// identifier indexes brought up to date first if `index` (for many reads).
     pub fn read<R>(&self, index: bool, read: impl FnOnce(&Held<'_>) -> R) -> Result<R, String> {
-        let keepers = self.lock();
+        let keepers = self.all();
         let mut guards: Vec<MutexGuard<'_, Keeper>> = Vec::with_capacity(keepers.len());
         for keeper in &keepers {
             guards.push(
