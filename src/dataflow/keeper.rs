@@ -435,16 +435,16 @@ fn maintained<'s>(
             let Some(caps) = held.as_mut() else {
                 return;
             };
-            let out = keeper.inputs.take_updates();
+            let mut out = keeper.inputs.take_updates();
             // (a session flushes its output when dropped)
             if let [n, p, w, s, b, r, c] = caps.as_slice() {
-                give(&mut nodes_out, n, out.nodes);
-                give(&mut pairs_out, p, out.pairs);
-                give(&mut wide_out, w, out.wide);
-                give(&mut signals_out, s, out.signals);
-                give(&mut bonuses_out, b, out.bonuses);
-                give(&mut roles_out, r, out.roles);
-                give(&mut records_out, c, out.records);
+                nodes_out.activate().give(n, &mut out.nodes);
+                pairs_out.activate().give(p, &mut out.pairs);
+                wide_out.activate().give(w, &mut out.wide);
+                signals_out.activate().give(s, &mut out.signals);
+                bonuses_out.activate().give(b, &mut out.bonuses);
+                roles_out.activate().give(r, &mut out.roles);
+                records_out.activate().give(c, &mut out.records);
             }
             if frontier.is_none_or(|f| f.is_empty()) {
                 held = None;
@@ -467,28 +467,6 @@ fn maintained<'s>(
         roles: roles.as_collection(),
         records: records.as_collection(),
         queries,
-    }
-}
-
-/// Updates given per message at most: as many as differential's `InputSession` sends at
-/// once (the arrangements' batchers sort and merge chunks of about this size best).
-const CHUNK: usize = 1024;
-
-/// Gives `updates` to `output` under `cap`, in messages of [`CHUNK`] updates.
-fn give<D: Clone + 'static>(
-    output: &mut timely::dataflow::channels::pushers::Output<Time, Vec<D>>,
-    cap: &timely::dataflow::operators::Capability<Time>,
-    updates: Vec<D>,
-) {
-    if updates.is_empty() {
-        return;
-    }
-    // a session flushes its output when dropped
-    let mut session = output.activate();
-    let mut updates = updates.into_iter().peekable();
-    while updates.peek().is_some() {
-        let mut chunk: Vec<D> = updates.by_ref().take(CHUNK).collect();
-        session.give(cap, &mut chunk);
     }
 }
 

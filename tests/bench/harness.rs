@@ -130,6 +130,37 @@ fn generate(path: &Path, events: u64, profiles: u64, seed: u64, start_ms: u64) -
     command
 }
 
+/// `gen --journeys` into `path` (from `start_ms`, or `gen`'s default start); returns the
+/// command.
+fn generate_journeys(
+    path: &Path,
+    events: u64,
+    profiles: u64,
+    seed: u64,
+    start_ms: Option<u64>,
+) -> String {
+    let mut args = vec![
+        "gen".to_string(),
+        "--journeys".into(),
+        "--events".into(),
+        events.to_string(),
+        "--profiles".into(),
+        profiles.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ];
+    if let Some(start) = start_ms {
+        args.extend(["--start-ms".to_string(), start.to_string()]);
+    }
+    let out = Command::new(bin())
+        .args(&args)
+        .output()
+        .expect("cannot run gen");
+    assert!(out.status.success(), "gen --journeys failed");
+    std::fs::write(path, out.stdout).expect("cannot write the workload");
+    format!("throughline {} > {}", args.join(" "), path.display())
+}
+
 /// The largest `timestamp` in a workload file (its final engine clock).
 fn final_clock(path: &Path) -> u64 {
     let text = std::fs::read_to_string(path).expect("read the state");
@@ -422,15 +453,7 @@ fn balance_rows(
     gen_cmd: &str,
 ) -> Vec<Row> {
     let journeys = dir.join(format!("journeys{events}.ndjson"));
-    let out = Command::new(bin())
-        .args(["gen", "--journeys", "--events", &events.to_string()])
-        .args(["--profiles", &profiles.to_string(), "--seed", "1"])
-        .output()
-        .expect("cannot run gen");
-    assert!(out.status.success());
-    std::fs::write(&journeys, out.stdout).expect("cannot write the workload");
-    let journeys_cmd =
-        format!("throughline gen --journeys --events {events} --profiles {profiles} --seed 1");
+    let journeys_cmd = generate_journeys(&journeys, events, profiles, 1, None);
     let mut rows = Vec::new();
     for (name, file, command) in [
         ("gen", main_file, gen_cmd.to_string()),
@@ -699,59 +722,47 @@ fn main() {
         let state_gen = generate(&state_file, 200_000, 20_000, 5, start_ms);
         let clock = final_clock(&state_file);
         let seconds = if quick { 2 } else { 5 };
-        // 30k/s (issue 31): reported, no floor yet
-        for rate in [1_000u64, 10_000, 30_000] {
-            for late in [false, true] {
-                let count = (rate * seconds) as usize;
-                let latencies = open_loop(&state_file, workers, clock, rate, count, late);
-                rows.push(Row {
-                    figure: format!(
-                        "read-to-output latency, 200k events of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
-                        if late { "60 s late" } else { "in order" }
-                    ),
-                    measured: latencies.describe(),
-                    target: match rate {
-                        1_000 => "p99 <= 2 ms",
-                        10_000 => "p99 <= 5 ms",
-                        _ => "(reported)",
-                    },
-                    command: format!("{state_gen}; throughline run -w {workers} -i state -i - (paced by the harness)"),
-                });
-            }
-        }
-        // issue 31: 30k events/s on the state of 200k journey events (identities merged
-        // across devices, late and resent deliveries)
+        // issue 31: 30k events/s, reported (no floor yet), also on the state of 200k
+        // journey events (identities merged across devices, late and resent deliveries)
         let journeys_file = dir.join("journeys-state200k.ndjson");
-        let out = Command::new(bin())
-            .args([
-                "gen",
-                "--journeys",
-                "--events",
-                "200000",
-                "--profiles",
-                "20000",
-            ])
-            .args(["--seed", "5", "--start-ms", &start_ms.to_string()])
-            .output()
-            .expect("cannot run gen");
-        assert!(out.status.success());
-        std::fs::write(&journeys_file, out.stdout).expect("cannot write the workload");
+        let journeys_gen = generate_journeys(&journeys_file, 200_000, 20_000, 5, Some(start_ms));
         let journeys_clock = final_clock(&journeys_file);
-        for late in [false, true] {
-            let rate = 30_000u64;
-            let count = (rate * seconds) as usize;
-            let latencies = open_loop(&journeys_file, workers, journeys_clock, rate, count, late);
-            rows.push(Row {
-                figure: format!(
-                    "read-to-output latency, 200k journey events of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
-                    if late { "60 s late" } else { "in order" }
-                ),
-                measured: latencies.describe(),
-                target: "(reported)",
-                command: format!(
-                    "throughline gen --journeys --events 200000 --profiles 20000 --seed 5 --start-ms {start_ms} > state; throughline run -w {workers} -i state -i - (paced by the harness)"
-                ),
-            });
+        let states: [(&Path, &str, &str, u64, &[u64]); 2] = [
+            (
+                &state_file,
+                "events",
+                &state_gen,
+                clock,
+                &[1_000, 10_000, 30_000],
+            ),
+            (
+                &journeys_file,
+                "journey events",
+                &journeys_gen,
+                journeys_clock,
+                &[30_000],
+            ),
+        ];
+        for (file, kind, gen_cmd, clock, rates) in states {
+            for &rate in rates {
+                for late in [false, true] {
+                    let count = (rate * seconds) as usize;
+                    let latencies = open_loop(file, workers, clock, rate, count, late);
+                    rows.push(Row {
+                        figure: format!(
+                            "read-to-output latency, 200k {kind} of state, then {rate} events/s {} for {seconds} s (open loop, pipe)",
+                            if late { "60 s late" } else { "in order" }
+                        ),
+                        measured: latencies.describe(),
+                        target: match rate {
+                            1_000 => "p99 <= 2 ms",
+                            10_000 => "p99 <= 5 ms",
+                            _ => "(reported)",
+                        },
+                        command: format!("{gen_cmd}; throughline run -w {workers} -i state -i - (paced by the harness)"),
+                    });
+                }
+            }
         }
         let single = one_at_a_time(if quick { 200 } else { 1_000 }, start_ms);
         rows.push(Row {
