@@ -303,19 +303,22 @@ fn a_two_process_server_gives_the_output_of_one() {
     .stdout;
     let snapshot = String::from_utf8(snapshot).unwrap();
     let spec = throughline::spec::Spec::default_spec();
-    for view in &spec.views {
-        let expected: Vec<&str> = snapshot
-            .lines()
-            .filter(|l| l.starts_with(&format!("{{\"view\":\"{}\"", view.name)))
-            .collect();
-        for addr in [&leader.addr, &helper.addr] {
-            let (status, body) =
-                request(addr, "GET", &format!("/v1/views/{}", view.name), &[], b"");
-            assert_eq!(status, 200);
-            let got: Vec<&str> = body.lines().collect();
-            assert!(got == expected, "view {} differs from run -w 1", view.name);
+    let same_views = |snapshot: &str| {
+        for view in &spec.views {
+            let expected: Vec<&str> = snapshot
+                .lines()
+                .filter(|l| l.starts_with(&format!("{{\"view\":\"{}\"", view.name)))
+                .collect();
+            for addr in [&leader.addr, &helper.addr] {
+                let (status, body) =
+                    request(addr, "GET", &format!("/v1/views/{}", view.name), &[], b"");
+                assert_eq!(status, 200);
+                let got: Vec<&str> = body.lines().collect();
+                assert!(got == expected, "view {} differs from run -w 1", view.name);
+            }
         }
-    }
+    };
+    same_views(&snapshot);
     // an explanation from either process is the one `explain` gives on the same input,
     // but for where each cited event was read (the log's records there, the file's lines
     // here, which also count the blank lines the HTTP ingest skipped)
@@ -356,12 +359,56 @@ fn a_two_process_server_gives_the_output_of_one() {
             "explanation of {key} differs"
         );
     }
+    // a forget through the process that does not admit: the keepers of both processes
+    // retract what they hold of the profile, as one process does for the same input
+    let (kind, value) = key.split_once(':').unwrap();
+    let field = match kind {
+        "user_id" => "userId",
+        "anonymous_id" => "anonymousId",
+        _ => kind,
+    };
+    let forget = serde_json::json!({
+        "type": "forget",
+        "messageId": "forget-in-the-cluster",
+        field: value,
+        "receivedAt": 1_767_225_600_000u64 + (lines.len() as u64 + 1) * 1000,
+    })
+    .to_string();
+    let (status, body) = request(&helper.addr, "POST", "/v1/forget", &[], forget.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let forgotten = dir.join("forgotten.ndjson");
+    let mut with_forget = bytes.clone();
+    with_forget.extend_from_slice(format!("\n{forget}\n").as_bytes());
+    std::fs::write(&forgotten, with_forget).unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = request(&leader.addr, "GET", "/metrics", &[], b"");
+        let seen = format!("throughline_lines_total {}", lines.len() + 1);
+        if metrics.lines().any(|l| l == seen) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = run(&[
+        "run",
+        "--input",
+        forgotten.to_str().unwrap(),
+        "--snapshot",
+        "--wall-clock-ms",
+        &wall,
+        "-q",
+    ])
+    .stdout;
+    let after = String::from_utf8(after).unwrap();
+    assert!(after != snapshot, "the forget changed nothing");
+    same_views(&after);
     drop(helper);
     drop(leader);
     let changes = run(&[
         "run",
         "--input",
-        input.to_str().unwrap(),
+        forgotten.to_str().unwrap(),
         "--wall-clock-ms",
         &wall,
         "-q",

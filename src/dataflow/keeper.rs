@@ -19,26 +19,32 @@
 //! its input forward, every keeper releases the decay steps and retires the events that
 //! fall due, even one that received no event.
 //!
-//! Worker 0 reads the keepers' state (explanations, `/metrics`) through [`Keepers`], once
-//! the times it asks about are complete. In a cluster of processes the keepers are the
-//! workers of process 0 (their state is shared in memory with worker 0); the other
-//! processes run their share of the stages after the keepers.
+//! Every worker of every process is a keeper. Worker 0 reads what they hold by asking
+//! ([`Command::Ask`]): each keeper answers on a stream exchanged to worker 0 once it has
+//! applied every command sent before the question (the commands from worker 0 to one
+//! keeper stay in order), so worker 0 waits for every keeper's reply, wherever it runs.
+//! Explanations fetch the events and identifier sets of each identifier they walk this
+//! way ([`Held`]); `/metrics` reads the counts of a single process's keepers in memory
+//! ([`Keepers::counts`]) and a cluster's as they last answered.
 //!
 //! Like Materialize's storage and compute split, what must be sequential (the order of the
 //! input) is a thin stage, and the state it feeds is sharded by key.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::InputSession;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator as _;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{InputHandleVec, Scope, StreamVec};
 
 use super::history::History;
-use super::retention::{Horizon, Retention, Set, Sets, Summary};
+use super::retention::{Horizon, Retention, Set, Summary};
 use super::{Coll, EventFacts, Inputs, Node, Seq, Time, clock_of, intent, latest, timer};
 use crate::event::Ident;
 use crate::spec::Spec;
@@ -58,6 +64,74 @@ pub enum Command {
     /// Erasure (SPEC section 6) of the identifiers of S: every keeper retracts its events
     /// carrying one, live or retired.
     Erase(Vec<Ident>),
+    /// A question (numbered by worker 0), answered on the replies stream once every
+    /// command sent before it is applied.
+    Ask(u64, Ask),
+}
+
+/// What worker 0 asks every keeper, wherever it runs (this process or another).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Ask {
+    /// What the keeper holds about one identifier (explanations, [`Held`]).
+    Carrying(Ident),
+    /// How much the keeper holds ([`Counts`]).
+    Counts,
+}
+
+/// A keeper's answer to an [`Ask`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Answer {
+    /// See [`Fetched`].
+    Carrying(Fetched),
+    /// See [`Counts`].
+    Counts(Counts),
+}
+
+/// One keeper's reply to ask `ask`, and the broken invariant it met, if any (a bug).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    /// The ask's number.
+    pub ask: u64,
+    /// The answer.
+    pub answer: Answer,
+    /// The keeper's broken invariant, if any.
+    pub failed: Option<String>,
+}
+
+/// What a keeper holds about one identifier.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Fetched {
+    /// Its live events carrying it, in arrival order.
+    pub events: Vec<EventFacts>,
+    /// The identifier sets carrying it (what retention keeps of retired events).
+    pub sets: Vec<Set>,
+    /// The events cited by those sets' records that are still live.
+    pub live_records: Vec<Seq>,
+}
+
+/// How much a keeper holds (the engine's retained counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Live events.
+    pub live_events: u64,
+    /// Retired events counted in identifier sets.
+    pub retired_events: u64,
+    /// Identifier sets.
+    pub sets: u64,
+    /// Records kept for them.
+    pub records: u64,
+    /// Sequence roles waiting to retire.
+    pub roles: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.live_events += other.live_events;
+        self.retired_events += other.retired_events;
+        self.sets += other.sets;
+        self.records += other.records;
+        self.roles += other.roles;
+    }
 }
 
 /// One worker's share of the per-event state.
@@ -67,6 +141,8 @@ pub struct Keeper {
     /// An invariant broke (a history that cannot be read back): a bug, reported by the
     /// engine at its next round.
     failed: Option<String>,
+    /// Replies not yet given.
+    replies: Vec<Reply>,
 }
 
 impl Keeper {
@@ -75,6 +151,7 @@ impl Keeper {
             inputs: Inputs::new(spec, retention),
             history: History::new(retention, Horizon::of(spec)),
             failed: None,
+            replies: Vec::new(),
         }
     }
 
@@ -112,6 +189,46 @@ impl Keeper {
                     Err(e) => self.fail(e),
                 }
             }
+            Command::Ask(ask, question) => {
+                let answer = self.answer(question);
+                let failed = self.failed.clone();
+                self.replies.push(Reply {
+                    ask,
+                    answer,
+                    failed,
+                });
+            }
+        }
+    }
+
+    fn answer(&mut self, ask: Ask) -> Answer {
+        match ask {
+            Ask::Carrying(ident) => {
+                self.history.catch_up();
+                let sets: Vec<Set> = self.inputs.sets().carrying(&ident).cloned().collect();
+                let cited = sets.iter().flat_map(|set| set.records().map(|k| k.cite.seq));
+                let mut live_records: Vec<Seq> =
+                    cited.filter(|&seq| self.history.is_live(seq)).collect();
+                live_records.sort_unstable();
+                live_records.dedup();
+                Answer::Carrying(Fetched {
+                    events: self.history.carrying(&ident).collect(),
+                    sets,
+                    live_records,
+                })
+            }
+            Ask::Counts => Answer::Counts(self.counts()),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let sets = self.inputs.sets();
+        Counts {
+            live_events: self.history.len() as u64,
+            retired_events: sets.retired(),
+            sets: sets.len() as u64,
+            records: sets.records() as u64,
+            roles: self.inputs.roles_waiting() as u64,
         }
     }
 
@@ -120,22 +237,36 @@ impl Keeper {
     }
 }
 
-/// Every keeper of this process, by worker index, for worker 0 to read.
+/// The keepers: how many there are (one per worker of the cluster), and those of this
+/// process, for worker 0 to read.
 #[derive(Clone)]
 pub struct Keepers {
-    /// Workers that keep events: every worker of a single process, or of process 0 of a
-    /// cluster (see the module documentation).
+    /// Every worker keeps events, in every process.
     count: u32,
+    /// Every keeper is in this process (one process): worker 0 reads their counts in
+    /// memory rather than asking ([`Ask::Counts`]).
+    local: bool,
     held: Arc<Mutex<Vec<Arc<Mutex<Keeper>>>>>,
 }
 
 impl Keepers {
-    /// The keepers of `count` workers (this process's workers).
-    pub fn new(count: usize) -> Keepers {
+    /// `count` keepers (every worker of the cluster), every one in this process if `local`.
+    pub fn new(count: usize, local: bool) -> Keepers {
         Keepers {
             count: u32::try_from(count.max(1)).unwrap_or(u32::MAX),
+            local,
             held: Arc::default(),
         }
+    }
+
+    /// How many keepers there are (each answers every [`Ask`]).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether every keeper is in this process.
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// A keeper for the worker building its dataflow.
@@ -156,91 +287,89 @@ impl Keepers {
             .unwrap_or_default()
     }
 
-    /// The first broken invariant any keeper met (a bug), if any.
+    /// The first broken invariant any keeper of this process met (a bug), if any.
     pub fn failure(&self) -> Option<String> {
         let keepers = self.all();
         let failed = keepers.iter().filter_map(|k| k.lock().ok()?.failed.clone());
         failed.into_iter().next()
     }
 
-    /// Reads every keeper's state: `read` gets the histories and identifier sets, their
-    /// identifier indexes brought up to date first if `index` (for many reads).
-    pub fn read<R>(&self, index: bool, read: impl FnOnce(&Held<'_>) -> R) -> Result<R, String> {
-        let keepers = self.all();
-        let mut guards: Vec<MutexGuard<'_, Keeper>> = Vec::with_capacity(keepers.len());
-        for keeper in &keepers {
-            guards.push(
-                keeper
-                    .lock()
-                    .map_err(|_| "internal error: a worker panicked".to_string())?,
-            );
+    /// What the keepers of this process hold together.
+    pub fn counts(&self) -> Result<Counts, String> {
+        let mut counts = Counts::default();
+        for keeper in self.all() {
+            let keeper = keeper
+                .lock()
+                .map_err(|_| "internal error: a worker panicked".to_string())?;
+            if let Some(why) = &keeper.failed {
+                return Err(why.clone());
+            }
+            counts += keeper.counts();
         }
-        if let Some(why) = guards.iter().find_map(|k| k.failed.clone()) {
-            return Err(why);
-        }
-        for keeper in guards.iter_mut().filter(|_| index) {
-            keeper.history.catch_up();
-        }
-        let held = Held {
-            shares: guards
-                .iter()
-                .map(|k| (&k.history, k.inputs.sets()))
-                .collect(),
-            roles: guards.iter().map(|k| k.inputs.roles_waiting()).sum(),
-        };
-        Ok(read(&held))
+        Ok(counts)
     }
 }
 
-/// The keepers' state, read together (explanations, [`crate::engine`]'s retained counts).
-pub struct Held<'k> {
-    shares: Vec<(&'k History, &'k Sets)>,
-    roles: usize,
+/// What the keepers hold about the identifiers an explanation reads: each identifier is
+/// fetched from every keeper on first use ([`Ask::Carrying`], wherever the keeper runs) and
+/// the shares merged.
+pub struct Held<'a> {
+    fetch: RefCell<FetchFn<'a>>,
+    fetched: RefCell<HashMap<Ident, Rc<Fetched>>>,
+    /// The live events among those fetched.
+    live: RefCell<HashSet<Seq>>,
+    failed: RefCell<Option<String>>,
 }
 
-impl Held<'_> {
-    /// The live events carrying `ident`, in arrival order.
-    pub fn carrying(&self, ident: &Ident) -> Vec<EventFacts> {
-        let mut events: Vec<EventFacts> = self
-            .shares
-            .iter()
-            .flat_map(|(history, _)| history.carrying(ident))
-            .collect();
-        events.sort_by_key(|facts| facts.seq);
-        events
+/// Asks every keeper what it holds about an identifier.
+type FetchFn<'a> = Box<dyn FnMut(&Ident) -> Result<Vec<Fetched>, String> + 'a>;
+
+impl<'a> Held<'a> {
+    /// Reads through `fetch`, which asks every keeper about one identifier.
+    pub fn new(fetch: impl FnMut(&Ident) -> Result<Vec<Fetched>, String> + 'a) -> Held<'a> {
+        Held {
+            fetch: RefCell::new(Box::new(fetch)),
+            fetched: RefCell::default(),
+            live: RefCell::default(),
+            failed: RefCell::default(),
+        }
     }
 
-    /// Whether event `seq` is live (held, not retired, not erased).
+    /// What every keeper holds about `ident`, merged: its live events in arrival order,
+    /// and the identifier sets carrying it.
+    pub fn fetched(&self, ident: &Ident) -> Rc<Fetched> {
+        if let Some(fetched) = self.fetched.borrow().get(ident) {
+            return Rc::clone(fetched);
+        }
+        let shares = (self.fetch.borrow_mut())(ident).unwrap_or_else(|why| {
+            self.failed.borrow_mut().get_or_insert(why);
+            Vec::new()
+        });
+        let mut merged = Fetched::default();
+        for share in shares {
+            merged.events.extend(share.events);
+            merged.sets.extend(share.sets);
+            merged.live_records.extend(share.live_records);
+        }
+        merged.events.sort_by_key(|facts| facts.seq);
+        let mut live = self.live.borrow_mut();
+        live.extend(merged.events.iter().map(|facts| facts.seq));
+        live.extend(merged.live_records.iter().copied());
+        let merged = Rc::new(merged);
+        self.fetched
+            .borrow_mut()
+            .insert(ident.clone(), Rc::clone(&merged));
+        merged
+    }
+
+    /// Whether event `seq` (one read through [`Held::fetched`]) is live.
     pub fn is_live(&self, seq: Seq) -> bool {
-        self.shares.iter().any(|(history, _)| history.is_live(seq))
+        self.live.borrow().contains(&seq)
     }
 
-    /// The identifier sets carrying `ident` (what retention keeps of retired events).
-    pub fn sets_carrying<'a>(&'a self, ident: &'a Ident) -> impl Iterator<Item = &'a Set> + 'a {
-        self.shares
-            .iter()
-            .flat_map(move |(_, sets)| sets.carrying(ident))
-    }
-
-    /// Live events.
-    pub fn live_events(&self) -> u64 {
-        self.shares.iter().map(|(h, _)| h.len() as u64).sum()
-    }
-
-    /// Retired events, identifier sets and records kept for them.
-    pub fn retired(&self) -> (u64, u64, u64) {
-        self.shares.iter().fold((0, 0, 0), |(e, s, r), (_, sets)| {
-            (
-                e + sets.retired(),
-                s + sets.len() as u64,
-                r + sets.records() as u64,
-            )
-        })
-    }
-
-    /// Sequence roles waiting to retire.
-    pub fn roles(&self) -> u64 {
-        self.roles as u64
+    /// The first error met asking the keepers (a keeper's broken invariant), if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
     }
 }
 
@@ -267,6 +396,10 @@ pub struct Feed {
     now: Time,
     queries: InputSession<Time, (Node, u64), isize>,
     keepers: Keepers,
+    /// The keepers' replies, as they reach worker 0.
+    replies: Rc<RefCell<Vec<Reply>>>,
+    /// The last ask's number.
+    asked: u64,
 }
 
 impl Feed {
@@ -302,6 +435,33 @@ impl Feed {
         for to in 0..self.keepers.count {
             self.send(to, Command::Erase(list.clone()));
         }
+    }
+
+    /// Asks every keeper `question`, after every command sent so far: the ask's number, or
+    /// `None` once the inputs are closed. It goes out when the time next moves (a timely
+    /// exchange sends what it holds when an epoch closes), and the replies come in
+    /// [`Feed::replies`].
+    pub fn ask(&mut self, question: Ask) -> Option<u64> {
+        self.commands.as_ref()?;
+        self.asked += 1;
+        for to in 0..self.keepers.count {
+            self.send(to, Command::Ask(self.asked, question.clone()));
+        }
+        Some(self.asked)
+    }
+
+    /// Every keeper's reply to ask `ask`, taken out, once each has replied.
+    pub fn replies(&mut self, ask: u64) -> Option<Vec<Reply>> {
+        let mut replies = self.replies.borrow_mut();
+        let got = replies.iter().filter(|r| r.ask == ask).count();
+        if got < self.keepers.count as usize {
+            return None;
+        }
+        let (mine, rest) = std::mem::take(&mut *replies)
+            .into_iter()
+            .partition(|r| r.ask == ask);
+        *replies = rest;
+        Some(mine)
     }
 
     /// Asks (`diff = 1`) or withdraws (`diff = -1`) query `id`: the facts of the profile of
@@ -381,13 +541,20 @@ pub fn kept<'s>(
     let (commands_in, commands) = scope.new_input::<Vec<Sent>>();
     let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
     let keeper = keepers.make(spec, retention);
-    let collections = maintained(commands, keeper, queries);
+    let (collections, replies) = maintained(commands, keeper, queries);
+    let gathered = Rc::new(RefCell::new(Vec::new()));
+    let into = Rc::clone(&gathered);
+    replies.sink(Exchange::new(|_: &Reply| 0), "Replies", move |(input, _)| {
+        input.for_each(|_, data| into.borrow_mut().append(data));
+    });
     let feed = Feed {
         commands: Some(commands_in),
         buffer: Vec::new(),
         now: Time::default(),
         queries: queries_in,
         keepers: keepers.clone(),
+        replies: gathered,
+        asked: 0,
     };
     (feed, collections)
 }
@@ -404,7 +571,7 @@ fn maintained<'s>(
     commands: StreamVec<'s, Time, Sent>,
     keeper: Arc<Mutex<Keeper>>,
     queries: Coll<'s, (Node, u64)>,
-) -> Collections<'s> {
+) -> (Collections<'s>, StreamVec<'s, Time, Reply>) {
     let mut builder = OperatorBuilder::new("Keeper".to_owned(), commands.scope());
     let route = Exchange::new(|(to, _): &Sent| u64::from(*to));
     let mut input = builder.new_input(commands, route);
@@ -415,6 +582,7 @@ fn maintained<'s>(
     let (mut bonuses_out, bonuses) = builder.new_output();
     let (mut roles_out, roles) = builder.new_output();
     let (mut records_out, records) = builder.new_output();
+    let (mut replies_out, replies) = builder.new_output();
     builder.build(move |capabilities| {
         let mut held = Some(capabilities);
         move |frontiers| {
@@ -437,7 +605,7 @@ fn maintained<'s>(
             };
             let mut out = keeper.inputs.take_updates();
             // (a session flushes its output when dropped)
-            if let [n, p, w, s, b, r, c] = caps.as_slice() {
+            if let [n, p, w, s, b, r, c, a] = caps.as_slice() {
                 nodes_out.activate().give(n, &mut out.nodes);
                 pairs_out.activate().give(p, &mut out.pairs);
                 wide_out.activate().give(w, &mut out.wide);
@@ -445,6 +613,7 @@ fn maintained<'s>(
                 bonuses_out.activate().give(b, &mut out.bonuses);
                 roles_out.activate().give(r, &mut out.roles);
                 records_out.activate().give(c, &mut out.records);
+                replies_out.activate().give(a, &mut keeper.replies);
             }
             if frontier.is_none_or(|f| f.is_empty()) {
                 held = None;
@@ -458,7 +627,7 @@ fn maintained<'s>(
             }
         }
     });
-    Collections {
+    let collections = Collections {
         nodes: nodes.as_collection(),
         pairs: pairs.as_collection(),
         wide: wide.as_collection(),
@@ -467,7 +636,8 @@ fn maintained<'s>(
         roles: roles.as_collection(),
         records: records.as_collection(),
         queries,
-    }
+    };
+    (collections, replies)
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ pub struct Kept {
 
 /// What is kept of the events with one identifier set (see the module docs): the greatest
 /// record of each slot, and how many of the events retired.
-#[derive(Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Set {
     /// The identifiers, sorted by priority (the first is the primary).
     pub idents: Box<[Ident]>,

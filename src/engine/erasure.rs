@@ -17,6 +17,7 @@
 //!
 //! Lookups (`GET /v1/profiles/...`) and explanations use the same queries and history.
 
+use super::publish::PARK;
 use super::*;
 
 impl Driver<'_> {
@@ -119,17 +120,51 @@ impl Driver<'_> {
                 if self.clock().is_some() {
                     let _ = self.barrier(clock_of(self.feed.time()));
                 }
-                let keepers = self.feed.keepers().clone();
                 let (spec, sources) = (self.spec, &self.source_names);
-                let read = keepers.read(true, |held| {
-                    explain::explain(held, spec, sources, ident, at)
+                let (worker, feed) = (&mut *self.worker, &mut self.feed);
+                let held = Held::new(|id| {
+                    let answers = ask_keepers(worker, feed, Ask::Carrying(id.clone()))?;
+                    let fetched = answers.into_iter().filter_map(|answer| match answer {
+                        Answer::Carrying(fetched) => Some(fetched),
+                        Answer::Counts(_) => None,
+                    });
+                    Ok(fetched.collect())
                 });
-                read.unwrap_or_else(|why| {
-                    self.failure.get_or_insert(why);
-                    explain::Outcome::NotFound { identifier }
-                })
+                let outcome = explain::explain(&held, spec, sources, ident, at);
+                match held.failure() {
+                    Some(why) => {
+                        self.failure.get_or_insert(why);
+                        explain::Outcome::NotFound { identifier }
+                    }
+                    None => outcome,
+                }
             }
             None => explain::Outcome::NotFound { identifier },
+        }
+    }
+}
+
+/// Asks every keeper `question` ([`Feed::ask`]), wherever it runs, and steps the dataflow
+/// until each has answered: the answers, or the first keeper's broken invariant.
+pub(super) fn ask_keepers(
+    worker: &mut Worker,
+    feed: &mut Feed,
+    question: Ask,
+) -> Result<Vec<Answer>, String> {
+    let ask = feed
+        .ask(question)
+        .ok_or_else(|| "internal error: asked the keepers after the inputs closed".to_string())?;
+    feed.flush();
+    loop {
+        if let Some(replies) = feed.replies(ask) {
+            if let Some(why) = replies.iter().find_map(|r| r.failed.clone()) {
+                return Err(why);
+            }
+            return Ok(replies.into_iter().map(|r| r.answer).collect());
+        }
+        eprintln!("DEBUG ask {ask} replies {:?}", feed.debug_replies());
+        if !worker.step_or_park(Some(PARK)) {
+            return Err("internal error: the dataflow ended before the keepers answered".into());
         }
     }
 }

@@ -40,6 +40,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
 pub use crate::dataflow::retention::Retention;
+use crate::dataflow::keeper::{Answer, Ask, Counts, Held};
 use crate::dataflow::views::Fact;
 use crate::dataflow::{
     self, EventFacts, Feed, Keepers, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
@@ -330,9 +331,9 @@ pub fn run_channel(
     if let Some(c) = &options.cluster {
         watch_connection(c, Arc::clone(&connected));
     }
-    // the workers that keep events: this process's (in a cluster, process 0's: see
-    // `dataflow::keeper`)
-    let keepers = Keepers::new(workers);
+    // every worker of every process keeps a share of the events (`dataflow::keeper`)
+    let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
+    let keepers = Keepers::new(workers * processes, processes == 1);
     let guards = timely::execute(config, move |worker| {
         let (feed, outputs) =
             dataflow::build(worker, &spec, rows_only.clone(), retention, &keepers);
@@ -442,6 +443,10 @@ struct Driver<'w> {
     snapshot: Option<Snapshot>,
     /// A keeper's invariant broke (a bug): the run fails at the end of the round.
     failure: Option<String>,
+    /// In a cluster, the keepers' counts as they last answered, and the count asked for
+    /// and not yet answered ([`Driver::count_keepers`]).
+    counted: Counts,
+    counting: Option<u64>,
     /// The time the last round was sent at and not yet waited for ([`Driver::settle`]).
     in_flight: Option<Time>,
     /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
@@ -497,6 +502,8 @@ impl<'w> Driver<'w> {
             dirty: false,
             pending: VecDeque::new(),
             summary: Summary::default(),
+            counted: Counts::default(),
+            counting: None,
             stopped: false,
             last_progress: Instant::now(),
             merging,

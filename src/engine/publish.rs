@@ -5,7 +5,7 @@ use super::*;
 
 /// The longest worker 0 sleeps between steps while a round completes; it wakes sooner
 /// when another worker sends it anything (see [`Driver::complete`]).
-const PARK: Duration = Duration::from_millis(1);
+pub(super) const PARK: Duration = Duration::from_millis(1);
 
 impl Driver<'_> {
     /// Completes everything inserted so far at clock `now` (a new step within it).

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::output::{Change, DeadLetter, Snapshot};
+use super::erasure::ask_keepers;
 use super::{Driver, EngineError};
+use crate::dataflow::keeper::{Answer, Ask, Counts};
 use crate::event::DeadReason;
 
 /// The running totals as other threads read them (e.g. for `/metrics`): the driver's
@@ -390,27 +392,67 @@ impl Driver<'_> {
     /// once its changes are published (on live input; a replay publishes a clock value once
     /// the clock moves past it): whoever sees `lines` reach a value finds every change of
     /// those lines in the views.
-    /// What the engine holds now.
+    /// What the engine holds now: the keepers' counts read in memory (one process), or as
+    /// they last answered (a cluster, see [`Driver::count_keepers`]).
     pub(super) fn retained(&self) -> Retained {
         let message_ids = self.gate.remembered() as u64;
-        let read = self.feed.keepers().read(false, |held| {
-            let (retired_events, sets, records) = held.retired();
-            Retained {
-                live_events: held.live_events(),
-                retired_events,
-                sets,
-                records,
-                roles: held.roles(),
-                message_ids,
-            }
-        });
-        read.unwrap_or(Retained {
+        let counts = match self.feed.keepers().is_local() {
+            true => self.feed.keepers().counts().unwrap_or_default(),
+            false => self.counted,
+        };
+        Retained {
+            live_events: counts.live_events,
+            retired_events: counts.retired_events,
+            sets: counts.sets,
+            records: counts.records,
+            roles: counts.roles,
             message_ids,
-            ..Retained::default()
-        })
+        }
     }
 
-    pub(super) fn mirror(&self) {
+    /// In a cluster, keeps the keepers' counts current without waiting for them: takes the
+    /// answers to the last [`Ask::Counts`] if every keeper has answered, and asks again.
+    /// `wait`: asks and waits for the answers (the run's summary).
+    pub(super) fn count_keepers(&mut self, wait: bool) {
+        if self.feed.keepers().is_local() {
+            return;
+        }
+        let answers = match (self.counting, wait) {
+            (_, true) => Some(ask_keepers(self.worker, &mut self.feed, Ask::Counts)),
+            (Some(ask), false) => self
+                .feed
+                .replies(ask)
+                .map(|replies| match replies.iter().find_map(|r| r.failed.clone()) {
+                    Some(why) => Err(why),
+                    None => Ok(replies.into_iter().map(|r| r.answer).collect()),
+                }),
+            (None, false) => None,
+        };
+        match answers {
+            Some(Ok(answers)) => {
+                self.counting = None;
+                self.counted = Counts::default();
+                for answer in answers {
+                    if let Answer::Counts(counts) = answer {
+                        self.counted += counts;
+                    }
+                }
+            }
+            Some(Err(why)) => {
+                self.failure.get_or_insert(why);
+            }
+            None => {}
+        }
+        if self.counting.is_none() && !wait {
+            self.counting = self.feed.ask(Ask::Counts);
+            self.feed.flush();
+        }
+    }
+
+    pub(super) fn mirror(&mut self) {
+        if self.sinks.counters.is_some() {
+            self.count_keepers(false);
+        }
         if let Some(c) = &self.sinks.counters {
             let r = self.retained();
             let values = [
@@ -448,7 +490,8 @@ impl Driver<'_> {
     }
 
     pub(super) fn finish(&mut self, started: Instant) -> Result<Summary, EngineError> {
-        if let Some(why) = self.feed.keepers().failure() {
+        self.count_keepers(true);
+        if let Some(why) = self.feed.keepers().failure().or(self.failure.take()) {
             return Err(EngineError::Internal(why));
         }
         self.close_source();

@@ -41,9 +41,9 @@ struct Node {
 }
 
 /// The identity graph as of clock `at`, read from the live events on demand.
-pub struct Graph<'a> {
+pub struct Graph<'a, 'h> {
     /// The keepers' live events, and what retention keeps of retired ones (SPEC section 9).
-    held: &'a Held<'a>,
+    held: &'a Held<'h>,
     spec: &'a Spec,
     at: u64,
     nodes: HashMap<Ident, Node>,
@@ -79,9 +79,9 @@ pub struct Resolved {
     pub others: HashMap<Ident, Label>,
 }
 
-impl<'a> Graph<'a> {
+impl<'a, 'h> Graph<'a, 'h> {
     /// The graph of the events the keepers hold (`held`) that arrived by clock `at`.
-    pub fn new(held: &'a Held<'a>, spec: &'a Spec, at: u64) -> Graph<'a> {
+    pub fn new(held: &'a Held<'h>, spec: &'a Spec, at: u64) -> Graph<'a, 'h> {
         Graph {
             held,
             spec,
@@ -97,12 +97,13 @@ impl<'a> Graph<'a> {
             return Rc::clone(events);
         }
         let at = self.at;
-        let mut events: Vec<EventFacts> = self.held.carrying(id);
+        let fetched = self.held.fetched(id);
+        let mut events: Vec<EventFacts> = fetched.events.clone();
         events.retain(|facts| facts.arrival_ms <= at);
         // retired events (SPEC section 9): one standing for the links of each identifier
         // set, and those whose record is still kept
         let max_links = self.spec.identity.max_links;
-        for set in self.held.sets_carrying(id) {
+        for set in &fetched.sets {
             let wide = is_wide(set.idents.len(), max_links);
             if set.retired > 0 && set.last.arrival_ms <= at {
                 events.push(retired_event(set, wide, set.last, &[]));
@@ -129,17 +130,15 @@ impl<'a> Graph<'a> {
 
     /// How many retired events carried both `a` and `b`.
     pub fn retired_carrying_both(&self, a: &Ident, b: &Ident) -> u64 {
-        let both = self
-            .held
-            .sets_carrying(a)
-            .filter(|set| set.idents.contains(b));
+        let fetched = self.held.fetched(a);
+        let both = fetched.sets.iter().filter(|set| set.idents.contains(b));
         both.map(|set| u64::from(set.retired)).sum()
     }
 
     /// The retired events whose primary identifier is `id`, and their signal occurrences.
     pub fn retired_of(&self, id: &Ident) -> (u64, u64) {
-        let sets = self.held.sets_carrying(id);
-        let own = sets.filter(|set| set.idents.first() == Some(id));
+        let fetched = self.held.fetched(id);
+        let own = fetched.sets.iter().filter(|set| set.idents.first() == Some(id));
         own.fold((0, 0), |(events, expired), set| {
             let (e, x) = (u64::from(set.retired), u64::from(set.expired));
             (events + e, expired + x)
