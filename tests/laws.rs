@@ -23,8 +23,13 @@ fn states_after(
     let spec = spec.clone();
     let batches = batches.to_vec();
     timely::execute_directly(move |worker| {
-        let (mut inputs, outputs): (Feed, Outputs) =
-            dataflow::build(worker, &spec, None, Retention::KeepAll, &Keepers::new(1, true));
+        let (mut inputs, outputs): (Feed, Outputs) = dataflow::build(
+            worker,
+            &spec,
+            None,
+            Retention::KeepAll,
+            &Keepers::new(1, true),
+        );
         let state: Rc<RefCell<BTreeMap<(String, String), isize>>> = Rc::default();
         let mut states = Vec::new();
         for (i, batch) in batches.iter().enumerate() {

@@ -206,7 +206,9 @@ impl Keeper {
             Ask::Carrying(ident) => {
                 self.history.catch_up();
                 let sets: Vec<Set> = self.inputs.sets().carrying(&ident).cloned().collect();
-                let cited = sets.iter().flat_map(|set| set.records().map(|k| k.cite.seq));
+                let cited = sets
+                    .iter()
+                    .flat_map(|set| set.records().map(|k| k.cite.seq));
                 let mut live_records: Vec<Seq> =
                     cited.filter(|&seq| self.history.is_live(seq)).collect();
                 live_records.sort_unstable();
@@ -544,9 +546,13 @@ pub fn kept<'s>(
     let (collections, replies) = maintained(commands, keeper, queries);
     let gathered = Rc::new(RefCell::new(Vec::new()));
     let into = Rc::clone(&gathered);
-    replies.sink(Exchange::new(|_: &Reply| 0), "Replies", move |(input, _)| {
-        input.for_each(|_, data| into.borrow_mut().append(data));
-    });
+    replies.sink(
+        Exchange::new(|_: &Reply| 0),
+        "Replies",
+        move |(input, _)| {
+            input.for_each(|_, data| into.borrow_mut().append(data));
+        },
+    );
     let feed = Feed {
         commands: Some(commands_in),
         buffer: Vec::new(),

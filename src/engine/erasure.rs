@@ -103,6 +103,36 @@ impl Driver<'_> {
         Ok(Some(output::profile_json(self.spec, &profile, &facts)))
     }
 
+    /// Asks every keeper `question` ([`Feed::ask`]), wherever it runs, and steps the
+    /// dataflow until each has answered: the answers, or the first keeper's broken
+    /// invariant. The question goes out with a new step of the inputs' clock value (an
+    /// exchange sends what it holds when an epoch closes), which also completes every
+    /// command sent before it; the inputs' clock, not the gate's: `explain --at` stops at
+    /// an event the gate accepted, and nothing may retire past the inputs' clock.
+    pub(super) fn ask(&mut self, question: Ask) -> Result<Vec<Answer>, String> {
+        if self.clock().is_none() {
+            return Ok(Vec::new()); // nothing was sent: every keeper holds nothing
+        }
+        let ask = self.feed.ask(question).ok_or_else(|| {
+            "internal error: asked the keepers after the inputs closed".to_string()
+        })?;
+        self.barrier(clock_of(self.feed.time()))
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Some(replies) = self.feed.replies(ask) {
+                if let Some(why) = replies.iter().find_map(|r| r.failed.clone()) {
+                    return Err(why);
+                }
+                return Ok(replies.into_iter().map(|r| r.answer).collect());
+            }
+            if !self.worker.step_or_park(Some(PARK)) {
+                return Err(
+                    "internal error: the dataflow ended before the keepers answered".into(),
+                );
+            }
+        }
+    }
+
     /// The explanation of the profile of `ident` at clock `at` (default: now), from the
     /// live events that arrived by then. An erased identifier is only reported suppressed.
     pub(super) fn explain(&mut self, ident: &Ident, at: Option<u64>) -> explain::Outcome {
@@ -112,26 +142,20 @@ impl Driver<'_> {
         }
         match at.or(self.options.until_ms).or(self.clock()) {
             Some(at) => {
-                // the keepers hold every event sent so far once the current time is
-                // complete (a new step completes it; should there be no step left at this
-                // clock value, they hold every event of the clock values before)
-                // (the inputs' clock, not the gate's: `--at` stops at an event the gate
-                // accepted, and nothing may retire past the inputs' clock)
-                if self.clock().is_some() {
-                    let _ = self.barrier(clock_of(self.feed.time()));
-                }
-                let (spec, sources) = (self.spec, &self.source_names);
-                let (worker, feed) = (&mut *self.worker, &mut self.feed);
+                // each identifier the walk reads is asked of every keeper (see `ask`)
+                let (spec, sources) = (self.spec, self.source_names.clone());
                 let held = Held::new(|id| {
-                    let answers = ask_keepers(worker, feed, Ask::Carrying(id.clone()))?;
+                    let answers = self.ask(Ask::Carrying(id.clone()))?;
                     let fetched = answers.into_iter().filter_map(|answer| match answer {
                         Answer::Carrying(fetched) => Some(fetched),
                         Answer::Counts(_) => None,
                     });
                     Ok(fetched.collect())
                 });
-                let outcome = explain::explain(&held, spec, sources, ident, at);
-                match held.failure() {
+                let outcome = explain::explain(&held, spec, &sources, ident, at);
+                let failure = held.failure();
+                drop(held);
+                match failure {
                     Some(why) => {
                         self.failure.get_or_insert(why);
                         explain::Outcome::NotFound { identifier }
@@ -140,31 +164,6 @@ impl Driver<'_> {
                 }
             }
             None => explain::Outcome::NotFound { identifier },
-        }
-    }
-}
-
-/// Asks every keeper `question` ([`Feed::ask`]), wherever it runs, and steps the dataflow
-/// until each has answered: the answers, or the first keeper's broken invariant.
-pub(super) fn ask_keepers(
-    worker: &mut Worker,
-    feed: &mut Feed,
-    question: Ask,
-) -> Result<Vec<Answer>, String> {
-    let ask = feed
-        .ask(question)
-        .ok_or_else(|| "internal error: asked the keepers after the inputs closed".to_string())?;
-    feed.flush();
-    loop {
-        if let Some(replies) = feed.replies(ask) {
-            if let Some(why) = replies.iter().find_map(|r| r.failed.clone()) {
-                return Err(why);
-            }
-            return Ok(replies.into_iter().map(|r| r.answer).collect());
-        }
-        eprintln!("DEBUG ask {ask} replies {:?}", feed.debug_replies());
-        if !worker.step_or_park(Some(PARK)) {
-            return Err("internal error: the dataflow ended before the keepers answered".into());
         }
     }
 }

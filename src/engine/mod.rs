@@ -39,8 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
-pub use crate::dataflow::retention::Retention;
 use crate::dataflow::keeper::{Answer, Ask, Counts, Held};
+pub use crate::dataflow::retention::Retention;
 use crate::dataflow::views::Fact;
 use crate::dataflow::{
     self, EventFacts, Feed, Keepers, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,

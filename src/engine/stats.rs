@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::output::{Change, DeadLetter, Snapshot};
-use super::erasure::ask_keepers;
 use super::{Driver, EngineError};
 use crate::dataflow::keeper::{Answer, Ask, Counts};
 use crate::event::DeadReason;
@@ -418,14 +417,13 @@ impl Driver<'_> {
             return;
         }
         let answers = match (self.counting, wait) {
-            (_, true) => Some(ask_keepers(self.worker, &mut self.feed, Ask::Counts)),
-            (Some(ask), false) => self
-                .feed
-                .replies(ask)
-                .map(|replies| match replies.iter().find_map(|r| r.failed.clone()) {
+            (_, true) => Some(self.ask(Ask::Counts)),
+            (Some(ask), false) => self.feed.replies(ask).map(|replies| {
+                match replies.iter().find_map(|r| r.failed.clone()) {
                     Some(why) => Err(why),
                     None => Ok(replies.into_iter().map(|r| r.answer).collect()),
-                }),
+                }
+            }),
             (None, false) => None,
         };
         match answers {
@@ -443,9 +441,9 @@ impl Driver<'_> {
             }
             None => {}
         }
+        // (it goes out with the next round)
         if self.counting.is_none() && !wait {
             self.counting = self.feed.ask(Ask::Counts);
-            self.feed.flush();
         }
     }
 

@@ -138,7 +138,10 @@ impl<'a, 'h> Graph<'a, 'h> {
     /// The retired events whose primary identifier is `id`, and their signal occurrences.
     pub fn retired_of(&self, id: &Ident) -> (u64, u64) {
         let fetched = self.held.fetched(id);
-        let own = fetched.sets.iter().filter(|set| set.idents.first() == Some(id));
+        let own = fetched
+            .sets
+            .iter()
+            .filter(|set| set.idents.first() == Some(id));
         own.fold((0, 0), |(events, expired), set| {
             let (e, x) = (u64::from(set.retired), u64::from(set.expired));
             (events + e, expired + x)
