@@ -707,10 +707,16 @@ pub type Rows = griddle::HashMap<(u16, Node, String), isize>;
 /// consolidated, sorted and applied there. A view's rows are a function of the profile's
 /// facts at the time (SPEC section 7), so the rows rendered from the final facts are the
 /// final rows.
+///
+/// In a cluster of processes the rows of another process's workers cannot be handed over
+/// in memory: there (`streamed`) every worker gives its final rows on the row stream, to
+/// worker 0, as the dataflow completes.
 #[derive(Clone, Default)]
 pub struct RowsOnly {
     /// Every worker's rows, once the dataflow is complete (one entry per worker).
     pub done: Arc<Mutex<Vec<Rows>>>,
+    /// The final rows go to worker 0 on the row stream ([`Outputs::changes`]) instead.
+    pub streamed: bool,
 }
 
 /// Adds `diff` to `key`'s multiplicity in `counts`, dropping it at zero: a multiset kept as
@@ -797,12 +803,11 @@ pub fn build(
                     .map(|(p, (slot, rank))| (p, profiles::Part::Record(Box::new((slot, rank))))),
             );
         let queries = lookup::profiles_of(queries, labels_by_node);
-        let only = rows_only.is_some();
+        // (the same operators whatever the outputs wanted: every process of a cluster
+        // builds the same dataflow)
         let maintained = profiles::rows_and_answers(parts, queries, spec, rows_only);
         capture(maintained.answers, Rc::clone(&answers), &probe);
-        if !only {
-            capture(maintained.rows, Rc::clone(&changes), &probe);
-        }
+        capture(maintained.rows, Rc::clone(&changes), &probe);
         let count = Rc::clone(&profiles);
         maintained
             .profiles

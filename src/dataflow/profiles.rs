@@ -297,12 +297,22 @@ pub fn rows_and_answers<'s>(
                     .session(counts_cap)
                     .give_iterator(out.counts.into_iter());
             }
-            match frontier {
-                Some(f) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
-                None => {
+            match (frontier, &rows_only) {
+                (Some(f), _) => caps.iter_mut().for_each(|cap| cap.downgrade(&f)),
+                (None, Some(sink)) if sink.streamed => {
+                    if let Some(rows_cap) = caps.first() {
+                        let rows = final_rows(&profiles, &render).into_iter();
+                        let t = *rows_cap.time();
+                        let mut session = rows_out.activate();
+                        let mut session = session.session(rows_cap);
+                        session.give_iterator(rows.map(|((v, p, r), diff)| ((v, p.0, r), t, diff)));
+                    }
                     held = None;
-                    if let Some(sink) = &rows_only {
-                        hand_over(&profiles, &render, sink);
+                }
+                (None, sink) => {
+                    held = None;
+                    if let Some(sink) = sink {
+                        hand_over(final_rows(&profiles, &render), sink);
                     }
                 }
             }
@@ -414,15 +424,20 @@ fn changes<'a>(
     went.chain(came)
 }
 
-/// Renders every profile this worker holds and hands the rows to `sink` (`run --snapshot`,
-/// once the input is done: the rows of the final facts are the final rows).
-fn hand_over(profiles: &griddle::HashMap<Node, Profile>, render: &Renderer, sink: &RowsOnly) {
+/// The rows of every profile this worker holds (`run --snapshot`, once the input is done:
+/// the rows of the final facts are the final rows).
+fn final_rows(profiles: &griddle::HashMap<Node, Profile>, render: &Renderer) -> Rows {
     let mut rows = Rows::new();
     for (profile, state) in profiles.iter() {
         for (view, row) in state.render(render) {
             add_count(&mut rows, (view, profile.clone(), row), 1);
         }
     }
+    rows
+}
+
+/// Hands this worker's final rows to worker 0 in memory ([`RowsOnly::done`]).
+fn hand_over(rows: Rows, sink: &RowsOnly) {
     if let Ok(mut done) = sink.done.lock() {
         done.push(rows);
     }

@@ -287,14 +287,17 @@ pub fn run_channel(
     let started = Instant::now();
     let workers = options.workers.max(1);
     let rx = parse_ahead(rx, Arc::clone(&spec))?;
-    // only the final rows are wanted: every worker hands over its own (see `RowsOnly`)
-    let rows_only = (options.snapshot
+    // only the final rows are wanted: every worker hands over its own (see `RowsOnly`);
+    // in a cluster, process 0 decides for every process (see `agree`)
+    let rows_only = options.snapshot
         && !options.collect_changes
-        && options.cluster.is_none()
         && sinks.changes.is_none()
         && sinks.live.is_none()
-        && sinks.publishers.is_empty())
-    .then(RowsOnly::default);
+        && sinks.publishers.is_empty();
+    let handed = RowsOnly {
+        streamed: options.cluster.is_some(),
+        ..RowsOnly::default()
+    };
     let retention = options.retention;
     let handoff = Arc::new(Mutex::new(Some((rx, sinks))));
     let leads = options.cluster.as_ref().is_none_or(|c| c.process == 0);
@@ -334,7 +337,13 @@ pub fn run_channel(
     // every worker of every process keeps a share of the events (`dataflow::keeper`)
     let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
     let keepers = Keepers::new(workers * processes, processes == 1);
+    let clustered = options.cluster.is_some();
     let guards = timely::execute(config, move |worker| {
+        let rows_only = match clustered {
+            true => agree(worker, rows_only),
+            false => rows_only,
+        };
+        let rows_only = rows_only.then(|| handed.clone());
         let (feed, outputs) =
             dataflow::build(worker, &spec, rows_only.clone(), retention, &keepers);
         if worker.index() != 0 {
@@ -392,6 +401,34 @@ pub fn run_channel(
             "internal error: worker 0 returned nothing".into(),
         ))
     })
+}
+
+/// What every process of a cluster takes from process 0 before building the dataflow,
+/// which must be the same on every worker: whether only the final rows are wanted
+/// ([`RowsOnly`]; the other processes read no input and write no output, so only process 0
+/// knows). Worker 0 sends its choice to every worker on a dataflow of its own.
+fn agree(worker: &mut Worker, rows_only: bool) -> bool {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use timely::dataflow::InputHandleVec;
+    use timely::dataflow::operators::{Exchange as _, Input as _, Inspect as _};
+    let agreed = Rc::new(Cell::new(None));
+    let into = Rc::clone(&agreed);
+    let mut input = InputHandleVec::<u32, (u64, bool)>::new();
+    worker.dataflow::<u32, _, _>(|scope| {
+        scope
+            .input_from(&mut input)
+            .exchange(|(to, _)| *to)
+            .inspect(move |(_, choice)| into.set(Some(*choice)));
+    });
+    if worker.index() == 0 {
+        for to in 0..worker.peers() {
+            input.send((to as u64, rows_only));
+        }
+    }
+    drop(input);
+    while agreed.get().is_none() && worker.step_or_park(Some(Duration::from_millis(1))) {}
+    agreed.get().unwrap_or(false)
 }
 
 /// Timely waits for every process of a cluster to connect, retrying forever; this gives up

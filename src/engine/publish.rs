@@ -160,10 +160,42 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// The final snapshot from the rows every worker of a cluster gives on the row
+    /// stream as the dataflow completes ([`RowsOnly::streamed`]).
+    fn gather_streamed(&mut self) -> Result<Snapshot, EngineError> {
+        let started = Instant::now();
+        while self.worker.step_or_park(Some(PARK)) {
+            if started.elapsed() > HANDOVER_LIMIT {
+                return Err(EngineError::Internal(
+                    "internal error: the workers did not hand over their rows".into(),
+                ));
+            }
+        }
+        let mut snapshot = Snapshot::default();
+        let spec = self.spec;
+        for ((view, key, row), _, diff) in self.outputs.changes.borrow_mut().drain(..) {
+            let name = spec
+                .views
+                .get(view as usize)
+                .map_or("?", |v| v.name.as_str());
+            snapshot.apply_owned(Change {
+                time: 0,
+                view: name.to_string(),
+                key: key.key(&spec.identity),
+                diff,
+                row,
+            });
+        }
+        Ok(snapshot)
+    }
+
     /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
     /// steps the dataflow until every worker of the process has handed its rows over.
     pub(super) fn gather_rows(&mut self, rows: &RowsOnly) -> Result<Snapshot, EngineError> {
         self.feed.close();
+        if rows.streamed {
+            return self.gather_streamed();
+        }
         let workers = self.options.workers.max(1);
         let started = Instant::now();
         loop {
