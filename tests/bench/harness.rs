@@ -504,6 +504,7 @@ fn balance_rows(
             target: "at least 2.5x the DuckDB batch",
             command: "throughline run -w 2 --input FILE --snapshot -o OURS --stats".into(),
         });
+        rows.extend(cluster_rows(dir, name, file, events, &ours));
         rows.push(Row {
             figure: format!("DuckDB batch of the whole job, {events} events ({name})"),
             measured: match duckdb {
@@ -516,6 +517,96 @@ fn balance_rows(
         });
     }
     rows
+}
+
+/// Issue 31's cluster floors: two processes on this host with one worker each against one
+/// process with `-w 2`, both `run --snapshot` on `file` (wall seconds of each, and each
+/// process's peak RSS); the cluster's snapshot must equal `ours` (one process's).
+fn cluster_rows(dir: &Path, name: &str, file: &Path, events: u64, ours: &Path) -> Vec<Row> {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect();
+    let hosts = dir.join("hosts2");
+    let list: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    std::fs::write(&hosts, list.join("\n")).expect("cannot write the hostfile");
+    let hosts = hosts.to_string_lossy().to_string();
+    let path = file.to_string_lossy().to_string();
+    let snapshot = dir.join(format!("{name}{events}.cluster.ndjson"));
+    let snapshot_path = snapshot.to_string_lossy().to_string();
+    let cluster = ["run", "--processes", "2", "--hostfile", &hosts, "-q"];
+    let helper = Command::new(bin())
+        .args(cluster)
+        .args(["--process", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start process 1");
+    let leader = Command::new(bin())
+        .args(cluster)
+        .args(["--process", "0", "--input", &path, "--snapshot", "-o", &snapshot_path])
+        .spawn()
+        .expect("cannot start process 0");
+    let started = Instant::now();
+    let peaks = peak_rss_of(vec![leader, helper]);
+    let cluster_wall = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let one = Command::new(bin())
+        .args(["run", "-w", "2", "--input", &path, "--snapshot", "-o", "/dev/null", "-q"])
+        .spawn()
+        .expect("cannot start throughline");
+    let one_peak = peak_rss_of(vec![one]);
+    let one_wall = started.elapsed().as_secs_f64();
+    let same = std::fs::read(&snapshot).ok() == std::fs::read(ours).ok();
+    let (p0, p1) = (peaks[0], peaks[1]);
+    let share = 100.0 * p0 as f64 / (p0 + p1).max(1) as f64;
+    vec![
+        Row {
+            figure: format!("2 processes x 1 worker vs 1 process -w 2, {events} events ({name})"),
+            measured: format!(
+                "{cluster_wall:.2} s vs {one_wall:.2} s: {:.2}x; snapshots {}",
+                cluster_wall / one_wall,
+                if same { "equal" } else { "DIFFER" }
+            ),
+            target: "at most 1.3x",
+            command: "throughline run --processes 2 --process 1|0 --hostfile H [--input FILE --snapshot]; throughline run -w 2 --input FILE --snapshot".into(),
+        },
+        Row {
+            figure: format!("peak RSS of process 0 of 2, {events} events ({name})"),
+            measured: format!(
+                "{:.0} MB and {:.0} MB: process 0 {share:.0}% (one process -w 2: {:.0} MB)",
+                p0 as f64 / 1e6,
+                p1 as f64 / 1e6,
+                one_peak[0] as f64 / 1e6
+            ),
+            target: "process 0 at most 60%",
+            command: "VmHWM from /proc/PID/status, sampled every 20 ms".into(),
+        },
+    ]
+}
+
+/// Waits for every child, sampling each one's peak RSS (`VmHWM`) every 20 ms: the peaks in
+/// bytes, in the children's order.
+fn peak_rss_of(mut children: Vec<std::process::Child>) -> Vec<u64> {
+    let mut peaks = vec![0u64; children.len()];
+    loop {
+        let mut running = false;
+        for (child, peak) in children.iter_mut().zip(peaks.iter_mut()) {
+            if child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            running = true;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+            let kb = status.unwrap_or_default().lines().find_map(|l| {
+                let rest = l.strip_prefix("VmHWM:")?;
+                rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+            });
+            *peak = (*peak).max(kb.unwrap_or(0) * 1024);
+        }
+        if !running {
+            return peaks;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs the DuckDB peer (`tests/bench/duckdb_job.py`) on `file` and compares its snapshot
