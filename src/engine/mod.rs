@@ -8,9 +8,10 @@
 //! per-event work), steps the dataflow until the inserted times are complete, and writes
 //! the changes of every completed clock value, consolidated and sorted (SPEC section 7).
 //! Other workers' input handles are closed at once, so progress is governed by worker 0's.
-//! When nothing but the final snapshot is wanted (`run --snapshot`, one process), no change
-//! travels to worker 0: every worker hands over the rows its profiles hold at the end
-//! ([`crate::dataflow::RowsOnly`]).
+//! When nothing but the final snapshot is wanted (`run --snapshot`), no change travels to
+//! worker 0: every worker hands over the rows its profiles hold at the end
+//! ([`crate::dataflow::RowsOnly`]; in a cluster, on the row stream, every process having
+//! taken process 0's choice before building the dataflow).
 //!
 //! Clock values are closed when an accepted event moves the clock past them, or at the end
 //! of input. On live input (a pipe or socket rather than a regular file) the engine also

@@ -543,7 +543,16 @@ fn cluster_rows(dir: &Path, name: &str, file: &Path, events: u64, ours: &Path) -
         .expect("cannot start process 1");
     let leader = Command::new(bin())
         .args(cluster)
-        .args(["--process", "0", "--input", &path, "--snapshot", "-o", &snapshot_path])
+        .args([
+            "--process",
+            "0",
+            "--input",
+            &path,
+            "--snapshot",
+            "-o",
+            &snapshot_path,
+        ])
+        .stderr(Stdio::null())
         .spawn()
         .expect("cannot start process 0");
     let started = Instant::now();
@@ -551,7 +560,17 @@ fn cluster_rows(dir: &Path, name: &str, file: &Path, events: u64, ours: &Path) -
     let cluster_wall = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let one = Command::new(bin())
-        .args(["run", "-w", "2", "--input", &path, "--snapshot", "-o", "/dev/null", "-q"])
+        .args([
+            "run",
+            "-w",
+            "2",
+            "--input",
+            &path,
+            "--snapshot",
+            "-o",
+            "/dev/null",
+            "-q",
+        ])
         .spawn()
         .expect("cannot start throughline");
     let one_peak = peak_rss_of(vec![one]);
@@ -598,7 +617,11 @@ fn peak_rss_of(mut children: Vec<std::process::Child>) -> Vec<u64> {
             let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
             let kb = status.unwrap_or_default().lines().find_map(|l| {
                 let rest = l.strip_prefix("VmHWM:")?;
-                rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
             });
             *peak = (*peak).max(kb.unwrap_or(0) * 1024);
         }
