@@ -2,6 +2,7 @@
 //! every completed clock value, consolidated and sorted, to every sink.
 
 use super::*;
+use crate::dataflow::views::ViewRow;
 
 /// The longest worker 0 sleeps between steps while a round completes; it wakes sooner
 /// when another worker sends it anything (see [`Driver::complete`]).
@@ -171,22 +172,9 @@ impl Driver<'_> {
                 ));
             }
         }
-        let mut snapshot = Snapshot::default();
-        let spec = self.spec;
-        for ((view, key, row), _, diff) in self.outputs.changes.borrow_mut().drain(..) {
-            let name = spec
-                .views
-                .get(view as usize)
-                .map_or("?", |v| v.name.as_str());
-            snapshot.apply_owned(Change {
-                time: 0,
-                view: name.to_string(),
-                key: key.key(&spec.identity),
-                diff,
-                row,
-            });
-        }
-        Ok(snapshot)
+        let rows = std::mem::take(&mut *self.outputs.changes.borrow_mut());
+        let rows = rows.into_iter().map(|(row, _, diff)| (row, diff));
+        Ok(snapshot_of(self.spec, rows))
     }
 
     /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
@@ -210,27 +198,35 @@ impl Driver<'_> {
             }
             self.worker.step_or_park(Some(Duration::from_millis(1)));
         }
-        let mut snapshot = Snapshot::default();
         let done = std::mem::take(
             &mut *rows
                 .done
                 .lock()
                 .map_err(|_| EngineError::Internal("internal error: a worker panicked".into()))?,
         );
-        let spec = self.spec;
-        for ((view, profile, row), diff) in done.into_iter().flatten() {
-            let name = spec
-                .views
-                .get(view as usize)
-                .map_or("?", |v| v.name.as_str());
-            snapshot.apply_owned(Change {
-                time: 0,
-                view: name.to_string(),
-                key: profile.0.key(&spec.identity),
-                diff,
-                row,
-            });
-        }
-        Ok(snapshot)
+        let rows = done.into_iter().flatten();
+        Ok(snapshot_of(
+            self.spec,
+            rows.map(|((v, p, r), d)| ((v, p.0, r), d)),
+        ))
     }
+}
+
+/// The snapshot of final view rows: `((view, profile, row), multiplicity)`.
+fn snapshot_of(spec: &Spec, rows: impl Iterator<Item = (ViewRow, isize)>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for ((view, profile, row), diff) in rows {
+        let name = spec
+            .views
+            .get(view as usize)
+            .map_or("?", |v| v.name.as_str());
+        snapshot.apply_owned(Change {
+            time: 0,
+            view: name.to_string(),
+            key: profile.key(&spec.identity),
+            diff,
+            row,
+        });
+    }
+    snapshot
 }
