@@ -387,10 +387,6 @@ impl Driver<'_> {
         }
     }
 
-    /// Shows the tally to the server's readers ([`Counters`]) at the end of every round,
-    /// once its changes are published (on live input; a replay publishes a clock value once
-    /// the clock moves past it): whoever sees `lines` reach a value finds every change of
-    /// those lines in the views.
     /// What the engine holds now: the keepers' counts read in memory (one process), or as
     /// they last answered (a cluster, see [`Driver::count_keepers`]).
     pub(super) fn retained(&self) -> Retained {
@@ -447,6 +443,10 @@ impl Driver<'_> {
         }
     }
 
+    /// Shows the tally to the server's readers ([`Counters`]) at the end of every round,
+    /// once its changes are published (on live input; a replay publishes a clock value once
+    /// the clock moves past it): whoever sees `lines` reach a value finds every change of
+    /// those lines in the views.
     pub(super) fn mirror(&mut self) {
         if self.sinks.counters.is_some() {
             self.count_keepers(false);
