@@ -175,6 +175,10 @@ pub enum Clock {
 /// 16 batches (about 16k lines) hold what one round of 32 held before, at the same CPU (see
 /// `tests/bench/performance.md`, steps 20 and 31).
 const MAX_BATCHES_PER_ROUND: usize = 16;
+/// In a cluster of processes a round also waits for progress messages over the network, so
+/// its rounds are twice as large: 3–6% less time on two processes of one host, for 7% more
+/// memory (`tests/bench/performance.md`, issue 31).
+const MAX_BATCHES_PER_CLUSTER_ROUND: usize = 2 * MAX_BATCHES_PER_ROUND;
 
 /// Batches parsed ahead of worker 0 and waiting for it, at most (see [`parse_ahead`]): half
 /// a round, so that a round's admission seldom waits for the parser.
@@ -553,7 +557,7 @@ impl<'w> Driver<'w> {
     /// Consumes the reader's messages until the end of input.
     ///
     /// Open loop: each round takes every batch that is waiting (up to
-    /// [`MAX_BATCHES_PER_ROUND`]), inserts it, and steps the dataflow once for all of them;
+    /// [`MAX_BATCHES_PER_ROUND`], in a cluster [`MAX_BATCHES_PER_CLUSTER_ROUND`]), inserts it, and steps the dataflow once for all of them;
     /// the reader never waits for the dataflow except through its bounded channel. On live
     /// input a round stops taking waiting input once it has spent `linger` taking it, and
     /// ends by publishing the current clock value as it stands, so late events, which never
@@ -588,7 +592,11 @@ impl<'w> Driver<'w> {
                     let taking = Instant::now();
                     let mut boundary = batch.boundary;
                     self.ingest(&mut batch)?;
-                    for _ in 0..MAX_BATCHES_PER_ROUND {
+                    let round = match self.options.cluster {
+                        Some(_) => MAX_BATCHES_PER_CLUSTER_ROUND,
+                        None => MAX_BATCHES_PER_ROUND,
+                    };
+                    for _ in 0..round {
                         if boundary == Boundary::Cut
                             || (live && taking.elapsed() >= self.options.linger)
                         {
