@@ -291,6 +291,56 @@ fn a_two_process_server_gives_the_output_of_one() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // the retained counts come from the keepers of both processes, and at rest they are
+    // one process's
+    let stats = run(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--wall-clock-ms",
+        &wall,
+        "-q",
+        "--stats",
+    ])
+    .stderr;
+    let stats = String::from_utf8(stats).unwrap();
+    let retained = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("throughline: stats: retained: "))
+        .unwrap();
+    let numbers: Vec<u64> = retained
+        .split(", ")
+        .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let gauges = [
+        "throughline_events_live",
+        "throughline_events_retired",
+        "throughline_identifier_sets",
+        "throughline_records_kept",
+        "throughline_sequence_roles",
+    ];
+    let start = Instant::now();
+    loop {
+        let (_, metrics) = request(&leader.addr, "GET", "/metrics", &[], b"");
+        let got: Vec<u64> = gauges
+            .iter()
+            .map(|name| {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if got[..] == numbers[..gauges.len()] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the cluster's retained counts {got:?} are not one process's: {retained}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let snapshot = run(&[
         "run",
         "--input",

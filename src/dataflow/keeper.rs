@@ -25,7 +25,7 @@
 //! keeper stay in order), so worker 0 waits for every keeper's reply, wherever it runs.
 //! Explanations fetch the events and identifier sets of each identifier they walk this
 //! way ([`Held`]); `/metrics` reads the counts of a single process's keepers in memory
-//! ([`Keepers::counts`]) and a cluster's as they last answered.
+//! ([`Keepers::counts`]) and a cluster's as they last answered (asked after every round).
 //!
 //! Like Materialize's storage and compute split, what must be sequential (the order of the
 //! input) is a thin stage, and the state it feeds is sharded by key.

@@ -196,6 +196,9 @@ const MERGE_LIMIT: Duration = Duration::from_secs(60);
 /// (see [`RowsOnly`]): a bound, should a worker never see its input end.
 const HANDOVER_LIMIT: Duration = Duration::from_secs(60);
 
+/// How often an idle engine steps the dataflow while a cluster's keepers owe their counts.
+const COUNT_POLL: Duration = Duration::from_millis(5);
+
 /// In wall-clock mode, how often an idle engine moves its clock to the wall clock.
 const WALL_TICK: Duration = Duration::from_millis(250);
 
@@ -489,6 +492,8 @@ struct Driver<'w> {
     /// and not yet answered ([`Driver::count_keepers`]).
     counted: Counts,
     counting: Option<u64>,
+    /// A round ran since the keepers were last asked for their counts.
+    count_stale: bool,
     /// The time the last round was sent at and not yet waited for ([`Driver::settle`]).
     in_flight: Option<Time>,
     /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
@@ -546,6 +551,7 @@ impl<'w> Driver<'w> {
             summary: Summary::default(),
             counted: Counts::default(),
             counting: None,
+            count_stale: false,
             stopped: false,
             last_progress: Instant::now(),
             merging,
@@ -574,11 +580,24 @@ impl<'w> Driver<'w> {
                 self.tick()?;
                 next_tick = now + WALL_TICK;
             }
-            let message = match (held.take(), wall.then_some(next_tick)) {
+            // while a cluster's keepers owe their counts, an idle engine steps the dataflow
+            // to take them in (see `Driver::count_keepers`)
+            let counting = self.counting.is_some().then(|| now + COUNT_POLL);
+            let deadline = match (wall.then_some(next_tick), counting) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let message = match (held.take(), deadline) {
                 (Some(message), _) => message,
                 (None, Some(deadline)) => match rx.recv_deadline(deadline) {
                     Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.counting.is_some() {
+                            self.worker.step_or_park(Some(Duration::ZERO));
+                            self.mirror_retained();
+                        }
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => Message::End,
                 },
                 (None, None) => rx.recv().unwrap_or(Message::End),

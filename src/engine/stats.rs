@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::output::{Change, DeadLetter, Snapshot};
 use super::{Driver, EngineError};
 use crate::dataflow::keeper::{Answer, Ask, Counts};
+use crate::dataflow::{STEP_BITS, clock_of, time};
 use crate::event::DeadReason;
 
 /// The running totals as other threads read them (e.g. for `/metrics`): the driver's
@@ -406,8 +407,12 @@ impl Driver<'_> {
     }
 
     /// In a cluster, keeps the keepers' counts current without waiting for them: takes the
-    /// answers to the last [`Ask::Counts`] if every keeper has answered, and asks again.
-    /// `wait`: asks and waits for the answers (the run's summary).
+    /// answers to the last [`Ask::Counts`] once every keeper has answered, and asks again
+    /// if a round ran since that question. The question goes out at once, with a step of
+    /// its own (an exchange sends what it holds when an epoch closes), and an idle engine
+    /// steps the dataflow until the answers are in ([`Driver::drive`]), so `/metrics` is at
+    /// most a round behind while input flows and exact at rest. `wait`: asks and waits for
+    /// the answers (the run's summary).
     pub(super) fn count_keepers(&mut self, wait: bool) {
         if self.feed.keepers().is_local() {
             return;
@@ -437,20 +442,21 @@ impl Driver<'_> {
             }
             None => {}
         }
-        // (it goes out with the next round)
-        if self.counting.is_none() && !wait {
-            self.counting = self.feed.ask(Ask::Counts);
+        if self.counting.is_none() && self.count_stale && !wait {
+            self.count_stale = false;
+            if self.clock().is_some() && self.step + 1 < (1 << STEP_BITS) {
+                let clock = clock_of(self.feed.time());
+                self.counting = self.feed.ask(Ask::Counts);
+                self.step += 1;
+                self.feed.advance_to(time(clock, self.step));
+                self.feed.flush();
+            }
         }
     }
 
-    /// Shows the tally to the server's readers ([`Counters`]) at the end of every round,
-    /// once its changes are published (on live input; a replay publishes a clock value once
-    /// the clock moves past it): whoever sees `lines` reach a value finds every change of
-    /// those lines in the views.
-    pub(super) fn mirror(&mut self) {
-        if self.sinks.counters.is_some() {
-            self.count_keepers(false);
-        }
+    /// Shows the keepers' counts as they last answered ([`Driver::count_keepers`]).
+    pub(super) fn mirror_retained(&mut self) {
+        self.count_keepers(false);
         if let Some(c) = &self.sinks.counters {
             let r = self.retained();
             let values = [
@@ -464,6 +470,20 @@ impl Driver<'_> {
             for (gauge, value) in c.retained.iter().zip(values) {
                 gauge.store(value, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Shows the tally to the server's readers ([`Counters`]) at the end of every round,
+    /// once its changes are published (on live input; a replay publishes a clock value once
+    /// the clock moves past it): whoever sees `lines` reach a value finds every change of
+    /// those lines in the views.
+    pub(super) fn mirror(&mut self) {
+        if self.sinks.counters.is_none() {
+            return;
+        }
+        self.count_stale = true;
+        self.mirror_retained();
+        if let Some(c) = &self.sinks.counters {
             c.mirror(&self.summary.tally);
         }
     }
