@@ -1,7 +1,8 @@
 //! A timely cluster of two processes on loopback runs the same dataflow as one process:
-//! replaying a generated adversarial workload gives a change stream and a snapshot
-//! byte-identical to `run -w 1`; and when a process dies, the other stops with an error
-//! instead of hanging.
+//! replaying a generated adversarial workload, or any fixture, gives a change stream and a
+//! snapshot byte-identical to `run -w 1`; a two-process server gives one process's views,
+//! explanations, retained counts and erasures; and when a process dies, the other stops
+//! with an error instead of hanging.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -495,4 +496,94 @@ fn a_cluster_that_never_forms_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not form within 1 s"), "{stderr}");
+}
+
+/// Every fixture gives its expected change stream and final snapshot on a cluster of two
+/// processes (each with the fixture's dataflow spec), as on one process. Process 0 of a
+/// cluster polls for the others once a second (timely's `await_connections`), so the
+/// clusters run a few at a time.
+#[test]
+fn every_fixture_gives_its_expected_outputs_on_two_processes() {
+    let dir = temp_dir("fixtures");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("events.ndjson").exists())
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() > 10, "{}", root.display());
+    let mut runs: Vec<(&PathBuf, Option<&str>, String)> = Vec::new();
+    for fixture in &fixtures {
+        for (extra, expected) in [
+            (None, "expected.changes.ndjson"),
+            (Some("--snapshot"), "expected.snapshot.ndjson"),
+        ] {
+            if let Ok(expected) = std::fs::read_to_string(fixture.join(expected)) {
+                runs.push((fixture, extra, expected));
+            }
+        }
+    }
+    for batch in runs.chunks(8) {
+        let started: Vec<(Child, Child)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (fixture, extra, _))| {
+                // a hostfile of its own for each cluster of the batch
+                let own = dir.join(format!("cluster-{i}"));
+                std::fs::create_dir_all(&own).unwrap();
+                start_fixture_cluster(&own, fixture, *extra)
+            })
+            .collect();
+        for ((leader, helper), (fixture, extra, expected)) in started.into_iter().zip(batch) {
+            let helper = helper.wait_with_output().unwrap();
+            let leader = leader.wait_with_output().unwrap();
+            for out in [&helper, &leader] {
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let got = String::from_utf8_lossy(&leader.stdout);
+            assert!(
+                got.lines().eq(expected.lines()),
+                "{} {extra:?}: two processes differ from the expected outputs",
+                fixture.display()
+            );
+        }
+    }
+}
+
+/// Starts a cluster of two processes replaying `fixture` (process 0 first, so that it
+/// listens by the time process 1 connects): (process 0, process 1).
+fn start_fixture_cluster(dir: &Path, fixture: &Path, extra: Option<&str>) -> (Child, Child) {
+    let hosts = hostfile(dir);
+    let spec = fixture.join("dataflow.toml");
+    let spec_args: Vec<&str> = match spec.exists() {
+        true => vec!["--dataflow", spec.to_str().unwrap()],
+        false => Vec::new(),
+    };
+    let wall = format!("{FIXTURE_WALL_CLOCK_MS}");
+    let events = fixture.join("events.ndjson");
+    let mut leader = vec!["run", "--processes", "2", "--process", "0", "--hostfile"];
+    leader.extend([hosts.to_str().unwrap(), "--input", events.to_str().unwrap()]);
+    leader.extend(["--wall-clock-ms", &wall, "-q"]);
+    leader.extend(spec_args.iter().copied());
+    leader.extend(extra);
+    let leader = Command::new(BIN)
+        .args(&leader)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut helper_args = spec_args;
+    helper_args.push("-q");
+    let helper = helper_command(&hosts, &helper_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (leader, helper)
 }

@@ -1,5 +1,5 @@
-//! Every fixture under `fixtures/` replays to exactly its expected outputs, with 1 and 2
-//! workers, and agrees with the oracle.
+//! Every fixture under `fixtures/` replays to exactly its expected outputs, with 1, 2 and 4
+//! workers (and on two processes: `tests/cluster.rs`), and agrees with the oracle.
 
 mod common;
 
@@ -28,7 +28,7 @@ fn every_fixture_replays_exactly() {
     let mut failures = Vec::new();
     for dir in fixture_dirs() {
         let expected = replay::expected(&dir).unwrap();
-        for workers in [1, 2] {
+        for workers in [1, 2, 4] {
             let actual = replay::run_fixture(&dir, workers).unwrap();
             for (what, e, a) in [
                 ("changes", &expected.changes, &actual.changes),
