@@ -650,6 +650,85 @@ fn maintained<'s>(
 mod tests {
     use super::*;
 
+    fn facts(seq: Seq, idents: &[&str]) -> EventFacts {
+        EventFacts {
+            seq,
+            idents: idents.iter().map(|v| Ident::new(0, v)).collect(),
+            wide: false,
+            timestamp_ms: seq * 1000,
+            arrival_ms: seq * 1000,
+            signals: Vec::new(),
+            roles: Vec::new(),
+            consent: Vec::new(),
+            traits: Vec::new(),
+            message_id: None,
+            origin: Default::default(),
+            blocked: Box::default(),
+        }
+    }
+
+    /// An explanation's reads merge every keeper's share: events in arrival order whatever
+    /// keeper held them, live records counted live, each identifier asked once.
+    #[test]
+    fn held_merges_the_keepers_shares_and_asks_once() {
+        let asked = std::cell::Cell::new(0);
+        let held = Held::new(|id: &Ident| {
+            asked.set(asked.get() + 1);
+            assert_eq!(id, &Ident::new(0, "a"));
+            Ok(vec![
+                Fetched {
+                    events: vec![facts(3, &["a", "b"]), facts(7, &["a"])],
+                    sets: Vec::new(),
+                    live_records: vec![11],
+                },
+                Fetched {
+                    events: vec![facts(5, &["a", "c"])],
+                    sets: Vec::new(),
+                    live_records: Vec::new(),
+                },
+            ])
+        });
+        let a = Ident::new(0, "a");
+        let seqs: Vec<Seq> = held.fetched(&a).events.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, vec![3, 5, 7]);
+        held.fetched(&a);
+        assert_eq!(asked.get(), 1);
+        assert!(held.is_live(5) && held.is_live(11) && !held.is_live(4));
+        assert_eq!(held.failure(), None);
+        let failing = Held::new(|_: &Ident| Err("broken".to_string()));
+        assert!(failing.fetched(&a).events.is_empty());
+        assert_eq!(failing.failure().as_deref(), Some("broken"));
+    }
+
+    /// A keeper answers after the commands sent before the question: what it holds about
+    /// an identifier, and its counts.
+    #[test]
+    fn a_keeper_answers_from_what_it_was_sent() {
+        let spec = Spec::default_spec();
+        let mut keeper = Keeper::new(&spec, Retention::Retire);
+        keeper.apply(Command::Insert(facts(0, &["a", "b"])));
+        keeper.apply(Command::Ask(1, Ask::Counts));
+        keeper.apply(Command::Insert(facts(1, &["a"])));
+        keeper.apply(Command::Ask(2, Ask::Carrying(Ident::new(0, "a"))));
+        keeper.apply(Command::Ask(3, Ask::Counts));
+        let replies = std::mem::take(&mut keeper.replies);
+        let asks: Vec<u64> = replies.iter().map(|r| r.ask).collect();
+        assert_eq!(asks, vec![1, 2, 3]);
+        let live = |r: &Reply| match &r.answer {
+            Answer::Counts(c) => Some(c.live_events),
+            Answer::Carrying(_) => None,
+        };
+        assert_eq!(live(&replies[0]), Some(1));
+        assert_eq!(live(&replies[2]), Some(2));
+        match &replies[1].answer {
+            Answer::Carrying(fetched) => {
+                let seqs: Vec<Seq> = fetched.events.iter().map(|f| f.seq).collect();
+                assert_eq!(seqs, vec![0, 1]);
+            }
+            Answer::Counts(_) => panic!("a count answered a carrying question"),
+        }
+    }
+
     /// Every event of one identifier set goes to one keeper, and sets spread evenly.
     #[test]
     fn sets_spread_evenly_over_the_keepers() {
