@@ -38,9 +38,12 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::AsCollection;
 use differential_dataflow::input::InputSession;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Probe as _;
 use timely::dataflow::operators::generic::Operator as _;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{InputHandleVec, Scope, StreamVec};
 
 use super::history::History;
@@ -537,6 +540,7 @@ pub fn kept<'s>(
     spec: &Spec,
     retention: Retention,
     keepers: &Keepers,
+    probe: &ProbeHandle<Time>,
 ) -> (Feed, Collections<'s>) {
     use differential_dataflow::input::Input as _;
     use timely::dataflow::operators::Input as _;
@@ -546,13 +550,18 @@ pub fn kept<'s>(
     let (collections, replies) = maintained(commands, keeper, queries);
     let gathered = Rc::new(RefCell::new(Vec::new()));
     let into = Rc::clone(&gathered);
-    replies.sink(
-        Exchange::new(|_: &Reply| 0),
-        "Replies",
-        move |(input, _)| {
-            input.for_each(|_, data| into.borrow_mut().append(data));
-        },
-    );
+    // probed with the outputs: once a time is complete, every reply sent at it is in
+    replies
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &Reply| 0),
+            "Replies",
+            move |_, _| {
+                move |input, _output| {
+                    input.for_each(|_, data| into.borrow_mut().append(data));
+                }
+            },
+        )
+        .probe_with(probe);
     let feed = Feed {
         commands: Some(commands_in),
         buffer: Vec::new(),

@@ -760,7 +760,7 @@ pub fn build(
     let feed = worker.dataflow::<Time, _, _>(|scope| {
         // the input side: each worker's keeper maintains the input collections of its
         // share of the events
-        let (feed, collections) = keeper::kept(scope, spec, retention, keepers);
+        let (feed, collections) = keeper::kept(scope, spec, retention, keepers, &probe);
         let keeper::Collections {
             nodes,
             pairs,

@@ -106,9 +106,10 @@ impl Driver<'_> {
     /// Asks every keeper `question` ([`Feed::ask`]), wherever it runs, and steps the
     /// dataflow until each has answered: the answers, or the first keeper's broken
     /// invariant. The question goes out with a new step of the inputs' clock value (an
-    /// exchange sends what it holds when an epoch closes), which also completes every
-    /// command sent before it; the inputs' clock, not the gate's: `explain --at` stops at
-    /// an event the gate accepted, and nothing may retire past the inputs' clock.
+    /// exchange sends what it holds when an epoch closes), and completing that step brings
+    /// every reply in (the replies are probed with the outputs); the inputs' clock, not
+    /// the gate's: `explain --at` stops at an event the gate accepted, and nothing may
+    /// retire past the inputs' clock.
     pub(super) fn ask(&mut self, question: Ask) -> Result<Vec<Answer>, String> {
         if self.clock().is_none() {
             return Ok(Vec::new()); // nothing was sent: every keeper holds nothing
