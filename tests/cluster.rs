@@ -505,14 +505,7 @@ fn a_cluster_that_never_forms_is_an_error() {
 #[test]
 fn every_fixture_gives_its_expected_outputs_on_two_processes() {
     let dir = temp_dir("fixtures");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("events.ndjson").exists())
-        .collect();
-    fixtures.sort();
-    assert!(fixtures.len() > 10, "{}", root.display());
+    let fixtures = common::fixture_dirs();
     let mut runs: Vec<(&PathBuf, Option<&str>, String)> = Vec::new();
     for fixture in &fixtures {
         for (extra, expected) in [

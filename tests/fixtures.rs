@@ -3,25 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use throughline::replay::{self, FIXTURE_WALL_CLOCK_MS};
 
-fn fixture_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("events.ndjson").exists())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 10,
-        "fixtures missing under {}",
-        root.display()
-    );
-    dirs
-}
+use common::fixture_dirs;
 
 #[test]
 fn every_fixture_replays_exactly() {

@@ -5,11 +5,28 @@ pub mod oracle;
 pub mod tansu;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use proptest::prelude::*;
+
+/// The fixture directories under `fixtures/` (each with an `events.ndjson`), sorted.
+pub fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("events.ndjson").exists())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 10,
+        "fixtures missing under {}",
+        root.display()
+    );
+    dirs
+}
 use serde_json::json;
 use std::net::TcpStream;
 
