@@ -452,6 +452,10 @@ fn create(path: &Path, what: &str) -> Result<Box<dyn Write + Send>, String> {
 /// than a cascade of panics (or waiting for threads that will never finish).
 fn stop_on_lost_process() {
     std::panic::set_hook(Box::new(|info| {
+        if let Some(why) = crate::engine::cluster_error() {
+            eprintln!("throughline: error: {why}");
+            std::process::exit(1);
+        }
         let payload = info.payload();
         let message = payload
             .downcast_ref::<String>()

@@ -580,3 +580,42 @@ fn start_fixture_cluster(dir: &Path, fixture: &Path, extra: Option<&str>) -> (Ch
         .unwrap();
     (leader, helper)
 }
+
+/// A process started with another dataflow spec than process 0's says so and exits 1,
+/// instead of building a dataflow that cannot match; process 0 stops with an error too.
+#[test]
+fn a_process_with_another_spec_is_an_error() {
+    let dir = temp_dir("spec");
+    let hosts = hostfile(&dir);
+    let fixtures = common::fixture_dirs();
+    let other = fixtures
+        .iter()
+        .map(|f| f.join("dataflow.toml"))
+        .find(|spec| spec.exists())
+        .unwrap();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/alias/events.ndjson");
+    let leader = Command::new(BIN)
+        .args(["run", "--processes", "2", "--process", "0", "--hostfile"])
+        .arg(&hosts)
+        .arg("--input")
+        .arg(&input)
+        .arg("-q")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let helper = helper_command(&hosts, &["-q", "--dataflow", other.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let leader = leader.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&helper.stderr);
+    assert_eq!(helper.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("dataflow spec differs from process 0's"),
+        "{said}"
+    );
+    assert!(!leader.status.success());
+}

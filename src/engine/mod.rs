@@ -348,7 +348,13 @@ pub fn run_channel(
     let clustered = options.cluster.is_some();
     let guards = timely::execute(config, move |worker| {
         let rows_only = match clustered {
-            true => agree(worker, rows_only),
+            true => match agree(worker, rows_only, spec.fingerprint()) {
+                Ok(rows_only) => rows_only,
+                // a process that leaves its cluster cannot return: its network threads wait
+                // for peers that wait for it, so it fails the way a lost process does (the
+                // CLI's panic hook reports `cluster_error` as one line and exits 1)
+                Err(why) => panic!("{why}"),
+            },
             false => rows_only,
         };
         let rows_only = rows_only.then(|| handed.clone());
@@ -411,32 +417,56 @@ pub fn run_channel(
     })
 }
 
+/// Why this process cannot be part of its cluster, once known: leaving the cluster makes
+/// the others' network threads fail, and then this process's, so whoever reports a lost
+/// process reports this instead ([`cluster_error`]).
+static CLUSTER_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Why this process cannot be part of its cluster (a spec that differs from process 0's),
+/// if it found out.
+pub fn cluster_error() -> Option<String> {
+    CLUSTER_ERROR.get().cloned()
+}
+
 /// What every process of a cluster takes from process 0 before building the dataflow,
 /// which must be the same on every worker: whether only the final rows are wanted
 /// ([`RowsOnly`]; the other processes read no input and write no output, so only process 0
-/// knows). Worker 0 sends its choice to every worker on a dataflow of its own.
-fn agree(worker: &mut Worker, rows_only: bool) -> bool {
+/// knows). Worker 0 sends its choice, and its spec's [`Spec::fingerprint`], to every worker
+/// on a dataflow of its own; a worker whose spec differs builds nothing and fails (its
+/// process exits with the error, and the others see the cluster stop).
+fn agree(worker: &mut Worker, rows_only: bool, spec: u64) -> Result<bool, String> {
     use std::cell::Cell;
     use std::rc::Rc;
     use timely::dataflow::InputHandleVec;
     use timely::dataflow::operators::{Exchange as _, Input as _, Inspect as _};
     let agreed = Rc::new(Cell::new(None));
     let into = Rc::clone(&agreed);
-    let mut input = InputHandleVec::<u32, (u64, bool)>::new();
+    let mut input = InputHandleVec::<u32, (u64, bool, u64)>::new();
     worker.dataflow::<u32, _, _>(|scope| {
         scope
             .input_from(&mut input)
-            .exchange(|(to, _)| *to)
-            .inspect(move |(_, choice)| into.set(Some(*choice)));
+            .exchange(|(to, _, _)| *to)
+            .inspect(move |(_, choice, spec)| into.set(Some((*choice, *spec))));
     });
     if worker.index() == 0 {
         for to in 0..worker.peers() {
-            input.send((to as u64, rows_only));
+            input.send((to as u64, rows_only, spec));
         }
     }
     drop(input);
     while agreed.get().is_none() && worker.step_or_park(Some(Duration::from_millis(1))) {}
-    agreed.get().unwrap_or(false)
+    match agreed.get() {
+        Some((rows_only, theirs)) if theirs == spec => Ok(rows_only),
+        Some(_) => {
+            let why = format!(
+                "worker {}'s dataflow spec differs from process 0's: start every process of the cluster with the same --dataflow",
+                worker.index()
+            );
+            let _ = CLUSTER_ERROR.set(why.clone());
+            Err(why)
+        }
+        None => Err("the cluster stopped before its processes agreed".into()),
+    }
 }
 
 /// Timely waits for every process of a cluster to connect, retrying forever; this gives up

@@ -210,6 +210,17 @@ impl Spec {
         }
     }
 
+    /// What the spec says, as a number: equal for equal specs wherever they were read from
+    /// (the processes of a cluster compare theirs before building their dataflow).
+    pub fn fingerprint(&self) -> u64 {
+        let mut blocklist: Vec<&String> = self.identity.blocklist.iter().collect();
+        blocklist.sort();
+        let mut spec = self.clone();
+        spec.source.clear();
+        spec.identity.blocklist.clear();
+        xxhash_rust::xxh3::xxh3_64(format!("{spec:?} {blocklist:?}").as_bytes())
+    }
+
     /// Reads and compiles a spec file.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
         let file = path.display().to_string();
@@ -333,6 +344,20 @@ impl fmt::Display for Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fingerprint follows what a spec says, not where it was read from.
+    #[test]
+    fn fingerprints_differ_only_with_the_spec() {
+        let a = Spec::parse(DEFAULT_SPEC, "a.toml").unwrap();
+        let b = Spec::parse(DEFAULT_SPEC, "b.toml").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.identity.max_links += 1;
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let mut d = a.clone();
+        d.identity.blocklist.insert("0000".into());
+        assert_ne!(a.fingerprint(), d.fingerprint());
+    }
 
     #[test]
     fn default_spec_compiles() {
