@@ -363,11 +363,13 @@ fn decode(bytes: &[u8]) -> Result<EventFacts, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dataflow::Origin;
 
-    fn facts(seq: Seq, ids: &[&str]) -> EventFacts {
+    /// An event of identifiers `ids` (rank 0) with a signal, a sequence role, a consent
+    /// record and a trait (the keepers' tests use it too).
+    pub(crate) fn facts(seq: Seq, ids: &[&str]) -> EventFacts {
         EventFacts {
             seq,
             idents: ids.iter().map(|v| Ident::new(0, v)).collect(),

@@ -658,23 +658,7 @@ fn maintained<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn facts(seq: Seq, idents: &[&str]) -> EventFacts {
-        EventFacts {
-            seq,
-            idents: idents.iter().map(|v| Ident::new(0, v)).collect(),
-            wide: false,
-            timestamp_ms: seq * 1000,
-            arrival_ms: seq * 1000,
-            signals: Vec::new(),
-            roles: Vec::new(),
-            consent: Vec::new(),
-            traits: Vec::new(),
-            message_id: None,
-            origin: Default::default(),
-            blocked: Box::default(),
-        }
-    }
+    use crate::dataflow::history::tests::facts;
 
     /// An explanation's reads merge every keeper's share: events in arrival order whatever
     /// keeper held them, live records counted live, each identifier asked once.
