@@ -80,7 +80,7 @@ pub fn is_loopback(listen: &str) -> bool {
 /// Runs the server until SIGTERM or SIGINT.
 ///
 /// It listens, and acknowledges ingestion, as soon as the log's records are checked
-/// ([`log::verify`]: one sequential read); the replay runs meanwhile ([`recover`]), and what
+/// ([`log::verify`]: one sequential read); the replay runs meanwhile (`recover`), and what
 /// arrives during it is applied after it. Reads wait for the replay (see
 /// [`crate::io::http::Recovery`]).
 pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {

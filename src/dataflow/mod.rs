@@ -668,7 +668,7 @@ pub struct Outputs {
     pub changes: Captured<ViewRow>,
     /// Net change in the number of profiles, not yet taken by the engine.
     pub profiles: Rc<RefCell<i64>>,
-    /// Answers to [`Inputs::query`]: ((query id, (profile, fact)), time, diff).
+    /// Answers to [`Feed::query`]: ((query id, (profile, fact)), time, diff).
     pub answers: Captured<(u64, (Ident, views::Fact))>,
     /// Passes a time once all outputs up to it are captured.
     pub probe: ProbeHandle<Time>,

@@ -1,7 +1,12 @@
 //! Admission of each line of a batch (SPEC sections 1 and 6 through
 //! [`crate::event::admit::Admission::classify`]) and the insertion of accepted events.
 
-use super::*;
+use super::input::{Batch, LineRef};
+use super::output::DeadLetter;
+use super::{Driver, EngineError, wall_clock_ms};
+use crate::dataflow::{EventFacts, Origin};
+use crate::event::admit::Line;
+use crate::event::{DeadReason, Kind};
 
 impl Driver<'_> {
     /// Parses (unless it was parsed ahead, [`Batch::parse_ahead`]), admits and inserts every
@@ -47,9 +52,9 @@ impl Driver<'_> {
                 }
                 Line::Accepted { event, now } => {
                     self.summary.tally.accepted += 1;
-                    self.advance_clock(now)?;
-                    self.pending
-                        .push_back((now, batch.read_at, event.kind == Kind::Forget));
+                    self.rounds.advance_clock(now);
+                    let forget = event.kind == Kind::Forget;
+                    self.publisher.accepted(now, batch.read_at, forget);
                     if event.kind == Kind::Forget {
                         self.forget(&event, now, line.number)?;
                     } else {
@@ -65,7 +70,7 @@ impl Driver<'_> {
                     // an erased event took a sequence number too: the numbers of the
                     // events after it stay what they were (spans keep records by them)
                     self.skip_seqs(u64::from(erasure.is_none()));
-                    self.advance_clock(now)?;
+                    self.rounds.advance_clock(now);
                 }
                 Line::Span { now, span } => self.replay_span(line, now, &span)?,
                 Line::Duplicate => {
@@ -111,7 +116,7 @@ impl Driver<'_> {
         self.skip_seqs(span.events);
         for (source, number, reason, detail) in &span.dead {
             self.summary.tally.dead_letters += 1;
-            self.sinks.dead_letters.push(DeadLetter {
+            self.dead_letters.push(DeadLetter {
                 source: self.source_name_of(*source),
                 line: *number,
                 reason: *reason,
@@ -126,9 +131,9 @@ impl Driver<'_> {
                     line.number
                 ))
             })?;
-            self.feed.restore(summary);
+            self.rounds.feed.restore(summary);
         }
-        self.advance_clock(now)?;
+        self.rounds.advance_clock(now);
         self.dirty = true;
         Ok(())
     }
@@ -149,7 +154,7 @@ impl Driver<'_> {
             line: cited_line,
         };
         self.next_seq += 1;
-        self.feed.insert(facts);
+        self.rounds.feed.insert(facts);
         self.dirty = true;
     }
 
@@ -161,7 +166,7 @@ impl Driver<'_> {
     ) -> Result<(), EngineError> {
         let source = self.source_name(line);
         self.summary.tally.dead_letters += 1;
-        self.sinks.dead_letters.push(DeadLetter {
+        self.dead_letters.push(DeadLetter {
             source,
             line: line.cited().1,
             reason,
@@ -175,18 +180,8 @@ impl Driver<'_> {
     pub(super) fn tick(&mut self) -> Result<(), EngineError> {
         let wall = self.options.wall_clock_ms.unwrap_or_else(wall_clock_ms);
         if let Some(now) = self.gate.tick(wall) {
-            self.advance_clock(now)?;
+            self.rounds.advance_clock(now);
             self.settle()?;
-        }
-        Ok(())
-    }
-
-    /// Moves the inputs to the (possibly new) clock value `now`: the keepers retire the
-    /// events whose horizon it reaches (SPEC section 9) and release the decay steps due.
-    pub(super) fn advance_clock(&mut self, now: u64) -> Result<(), EngineError> {
-        if time(now, 0) > self.feed.time() {
-            self.feed.advance_to(time(now, 0));
-            self.step = 0;
         }
         Ok(())
     }

@@ -17,8 +17,13 @@
 //!
 //! Lookups (`GET /v1/profiles/...`) and explanations use the same queries and history.
 
-use super::publish::PARK;
-use super::*;
+use std::collections::HashSet;
+
+use super::{Driver, EngineError, output};
+use crate::dataflow::keeper::{Answer, Ask, Held};
+use crate::dataflow::views::Fact;
+use crate::event::{Event, Ident};
+use crate::explain;
 
 impl Driver<'_> {
     /// Erasure (SPEC section 6): S is the request's identifiers and every identifier of the
@@ -33,52 +38,20 @@ impl Driver<'_> {
     ) -> Result<(), EngineError> {
         self.summary.tally.forgets += 1;
         self.summary.tally.erasures += 1;
-        self.next_query += 1;
-        let query = self.next_query;
-        for id in &request.idents {
-            self.feed.query(id.clone(), query, 1);
-        }
-        self.barrier(now)?;
+        let answers = self.rounds.look_up(&request.idents, now)?;
         let mut erased: HashSet<Ident> = request.idents.iter().cloned().collect();
-        erased.extend(
-            self.answers(query)
-                .into_iter()
-                .filter_map(|(_, fact)| match fact {
-                    Fact::Member(id) => Some(id),
-                    _ => None,
-                }),
-        );
-        for id in &request.idents {
-            self.feed.query(id.clone(), query, -1);
-        }
+        erased.extend(answers.into_iter().filter_map(|(_, fact)| match fact {
+            Fact::Member(id) => Some(id),
+            _ => None,
+        }));
         let mut hashes: Vec<u128> = erased.iter().map(|id| self.gate.suppress(id)).collect();
         hashes.sort_unstable();
-        if let Some(record) = &mut self.sinks.erasures {
+        if let Some(record) = &mut self.erasures {
             record(line, &hashes)?;
         }
-        self.feed.erase(&erased);
+        self.rounds.feed.erase(&erased);
         self.dirty = true;
         Ok(())
-    }
-
-    /// The (profile, fact) answers to lookup `query` (they must be complete).
-    pub(super) fn answers(&mut self, query: u64) -> Vec<(Ident, Fact)> {
-        let mut net: BTreeMap<(Ident, Fact), isize> = BTreeMap::new();
-        self.outputs
-            .answers
-            .borrow_mut()
-            .retain(|((q, answer), _, diff)| {
-                if *q == query {
-                    *net.entry(answer.clone()).or_insert(0) += diff;
-                    false
-                } else {
-                    *q > query // older queries' withdrawals are of no interest
-                }
-            });
-        net.into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(answer, _)| answer)
-            .collect()
     }
 
     /// `GET /v1/profiles/{type}:{value}`: the profile `ident` belongs to, as JSON, reflecting
@@ -87,15 +60,13 @@ impl Driver<'_> {
         let Some(now) = self.clock() else {
             return Ok(None);
         };
-        if self.step + 1 >= (1 << STEP_BITS) {
+        if !self.rounds.has_step() {
             return Err("too many lookups at one clock value; retry shortly".into());
         }
-        self.next_query += 1;
-        let query = self.next_query;
-        self.feed.query(ident.clone(), query, 1);
-        self.barrier(now).map_err(|e| e.to_string())?;
-        let answers = self.answers(query);
-        self.feed.query(ident.clone(), query, -1);
+        let answers = self
+            .rounds
+            .look_up(std::slice::from_ref(ident), now)
+            .map_err(|e| e.to_string())?;
         let Some(profile) = answers.first().map(|(p, _)| p.clone()) else {
             return Ok(None);
         };
@@ -103,35 +74,13 @@ impl Driver<'_> {
         Ok(Some(output::profile_json(self.spec, &profile, &facts)))
     }
 
-    /// Asks every keeper `question` ([`Feed::ask`]), wherever it runs, and steps the
-    /// dataflow until each has answered: the answers, or the first keeper's broken
-    /// invariant. The question goes out with a new step of the inputs' clock value (an
-    /// exchange sends what it holds when an epoch closes), and completing that step brings
-    /// every reply in (the replies are probed with the outputs); the inputs' clock, not
-    /// the gate's: `explain --at` stops at an event the gate accepted, and nothing may
-    /// retire past the inputs' clock.
+    /// Asks every keeper `question` and waits for the answers ([`super::rounds::Rounds::ask`]);
+    /// none before anything was sent (every keeper holds nothing).
     pub(super) fn ask(&mut self, question: Ask) -> Result<Vec<Answer>, String> {
         if self.clock().is_none() {
-            return Ok(Vec::new()); // nothing was sent: every keeper holds nothing
+            return Ok(Vec::new());
         }
-        let ask = self.feed.ask(question).ok_or_else(|| {
-            "internal error: asked the keepers after the inputs closed".to_string()
-        })?;
-        self.barrier(clock_of(self.feed.time()))
-            .map_err(|e| e.to_string())?;
-        loop {
-            if let Some(replies) = self.feed.replies(ask) {
-                if let Some(why) = replies.iter().find_map(|r| r.failed.clone()) {
-                    return Err(why);
-                }
-                return Ok(replies.into_iter().map(|r| r.answer).collect());
-            }
-            if !self.worker.step_or_park(Some(PARK)) {
-                return Err(
-                    "internal error: the dataflow ended before the keepers answered".into(),
-                );
-            }
-        }
+        self.rounds.ask(question)
     }
 
     /// The explanation of the profile of `ident` at clock `at` (default: now), from the

@@ -27,11 +27,11 @@ pub mod erasure;
 pub mod input;
 pub mod output;
 mod publish;
+mod rounds;
 mod stats;
 
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,18 +40,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use timely::worker::Worker;
 
-use crate::dataflow::keeper::{Answer, Ask, Counts, Held};
 pub use crate::dataflow::retention::Retention;
-use crate::dataflow::views::Fact;
-use crate::dataflow::{
-    self, EventFacts, Feed, Keepers, Origin, RowsOnly, STEP_BITS, SourceNames, Time, clock_of, time,
-};
-use crate::event::admit::{Admission, Line};
-use crate::event::{DeadReason, Event, Ident, Kind};
-use crate::explain;
+use crate::dataflow::{self, Feed, Keepers, RowsOnly, SourceNames, clock_of};
+use crate::event::admit::Admission;
 use crate::spec::Spec;
-use input::{Batch, Boundary, LineRef, Message};
-use output::{Change, DeadLetter, DeadLetters, LiveViews, Publish, Snapshot, consolidated};
+use input::{Boundary, LineRef, Message};
+use output::{DeadLetters, LiveViews, Publish};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -253,7 +247,7 @@ pub enum EngineError {
     Internal(String),
 }
 
-/// Parses the batches on `rx` ahead of the dataflow worker ([`Batch::parse_ahead`]), on a
+/// Parses the batches on `rx` ahead of the dataflow worker ([`input::Batch::parse_ahead`]), on a
 /// thread of its own, and passes every message on in order. Parsing is most of admission's
 /// cost and needs nothing from the lines before, so worker 0, which alone admits, only
 /// applies the stateful rules; the other messages pass through unchanged.
@@ -378,8 +372,7 @@ pub fn run_channel(
         let mut driver = Driver::new(
             worker,
             &spec,
-            feed,
-            outputs,
+            (feed, outputs),
             sinks,
             options.clone(),
             source_names.clone(),
@@ -489,104 +482,102 @@ fn watch_connection(cluster: &Cluster, connected: Arc<AtomicBool>) {
     });
 }
 
-/// Worker 0's input side and output writer.
+/// Worker 0's loop: the stages it drives and what it counts.
+///
+/// Each stage has its own state and inputs:
+/// - admission ([`Admission`], SPEC section 1): the order, the clock, the dedup check and
+///   suppression, with the sequence numbers of accepted events: the one sequential stage
+///   ([`Driver::ingest`]);
+/// - the rounds ([`rounds::Rounds`]): the inputs' clock, completing times, and questions
+///   to the dataflow (lookups, asks of the keepers); every event's own work runs on the
+///   worker that keeps it ([`crate::dataflow::keeper`]);
+/// - publishing ([`publish::Publisher`], SPEC section 7): the changes of completed clock
+///   values to every sink;
+/// - the keepers' counts ([`stats::KeeperCounts`]) for `/metrics`.
+///
+/// The driver itself passes each stage's output to the next and keeps the run's
+/// [`Summary`].
 struct Driver<'w> {
-    worker: &'w mut Worker,
     spec: &'w Spec,
-    /// The commands to the keepers (each worker's share of the events) and the queries.
-    feed: Feed,
-    outputs: dataflow::Outputs,
+    rounds: rounds::Rounds<'w>,
     gate: Admission,
-    sinks: Sinks,
+    publisher: publish::Publisher<'w>,
+    keeper_counts: stats::KeeperCounts,
+    dead_letters: DeadLetters,
+    /// Told, durably, the salted hashes each carried-out `forget` erased.
+    erasures: Option<ErasureSink>,
+    /// Counters readable while running.
+    counters: Option<Arc<Counters>>,
     options: Options,
     source_names: SourceNames,
     /// Next event sequence number.
     next_seq: u64,
-    /// Last lookup (query) id used.
-    next_query: u64,
     /// Changes published when the current source began, and the instant it began (for
     /// [`SourceStats`]).
     source_changes_at: u64,
     source_started: Instant,
-    /// Current step within the clock's millisecond.
-    step: u32,
     /// Something was inserted at the current time and not yet published.
     dirty: bool,
-    /// (clock ms, read instant) of accepted events not yet published.
-    pending: VecDeque<(u64, Instant, bool)>,
     summary: Summary,
-    snapshot: Option<Snapshot>,
     /// A keeper's invariant broke (a bug): the run fails at the end of the round.
     failure: Option<String>,
-    /// In a cluster, the keepers' counts as they last answered, and the count asked for
-    /// and not yet answered ([`Driver::count_keepers`]).
-    counted: Counts,
-    counting: Option<u64>,
-    /// A round ran since the keepers were last asked for their counts.
-    count_stale: bool,
-    /// The time the last round was sent at and not yet waited for ([`Driver::settle`]).
-    in_flight: Option<Time>,
     /// Reading stopped at [`Options::until_ms`]: later lines are ignored.
     stopped: bool,
     last_progress: Instant,
-    /// Set while arrangements merge what a finished source left pending.
-    merging: Arc<AtomicBool>,
     /// Every worker renders and hands over its own final rows (only the final snapshot is
     /// wanted).
     rows_only: Option<RowsOnly>,
-    /// The input is live (see [`Driver::drive`]).
-    live: bool,
 }
 
 impl<'w> Driver<'w> {
     fn new(
         worker: &'w mut Worker,
         spec: &'w Spec,
-        feed: Feed,
-        outputs: dataflow::Outputs,
+        (feed, outputs): (Feed, dataflow::Outputs),
         sinks: Sinks,
         options: Options,
         source_names: SourceNames,
     ) -> Driver<'w> {
-        let merging = worker
-            .config()
-            .get::<Arc<AtomicBool>>(MERGING)
-            .cloned()
-            .unwrap_or_default();
         let salt = options.salt.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
                 ^ u128::from(std::process::id())
         });
-        Driver {
-            failure: None,
-            in_flight: None,
-            worker,
+        let outlets = publish::Outlets {
+            changes: sinks.changes,
+            live: sinks.live,
+            counters: sinks.counters.clone(),
+            publishers: sinks.publishers,
+        };
+        let publisher = publish::Publisher::new(
             spec,
-            feed,
-            outputs,
+            outputs.changes,
+            outputs.profiles,
+            outlets,
+            options.snapshot,
+            options.collect_changes,
+        );
+        Driver {
+            spec,
+            rounds: rounds::Rounds::new(worker, feed, outputs.probe, outputs.answers),
             gate: Admission::new(spec, salt).with_wall_clock(options.clock == Clock::Wall),
-            sinks,
-            snapshot: options.snapshot.then(Snapshot::default),
+            publisher,
+            keeper_counts: stats::KeeperCounts::default(),
+            dead_letters: sinks.dead_letters,
+            erasures: sinks.erasures,
+            counters: sinks.counters,
             options,
             source_names,
             next_seq: 0,
-            next_query: 0,
             source_changes_at: 0,
             source_started: Instant::now(),
-            step: 0,
             dirty: false,
-            pending: VecDeque::new(),
             summary: Summary::default(),
-            counted: Counts::default(),
-            counting: None,
-            count_stale: false,
+            failure: None,
             stopped: false,
             last_progress: Instant::now(),
-            merging,
             rows_only: None,
-            live: false,
         }
     }
 
@@ -599,7 +590,6 @@ impl<'w> Driver<'w> {
     /// ends by publishing the current clock value as it stands, so late events, which never
     /// move the clock, are published within a round instead of after a silence.
     fn drive(&mut self, rx: &Receiver<Message>, live: bool) -> Result<(), EngineError> {
-        self.live = live;
         let wall = self.options.clock == Clock::Wall;
         let mut next_tick = Instant::now();
         let mut held: Option<Message> = None;
@@ -612,7 +602,7 @@ impl<'w> Driver<'w> {
             }
             // while a cluster's keepers owe their counts, an idle engine steps the dataflow
             // to take them in (see `Driver::count_keepers`)
-            let counting = self.counting.is_some().then(|| now + COUNT_POLL);
+            let counting = self.keeper_counts.owed().then(|| now + COUNT_POLL);
             let deadline = match (wall.then_some(next_tick), counting) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -622,8 +612,8 @@ impl<'w> Driver<'w> {
                 (None, Some(deadline)) => match rx.recv_deadline(deadline) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.counting.is_some() {
-                            self.worker.step_or_park(Some(Duration::ZERO));
+                        if self.keeper_counts.owed() {
+                            self.rounds.poll();
                             self.mirror_retained();
                         }
                         continue;
@@ -706,28 +696,44 @@ impl<'w> Driver<'w> {
         }
     }
 
-    /// Merges what the sources read so far left pending in the arrangements, before the next
-    /// source starts. Differential spreads an arrangement's merges over the insertions that
-    /// follow a batch, so without this the first events of a live source after a large load
-    /// pay for the load's merges (the update cost with 1M profiles of state was 4.5x that
-    /// with 10k). The merges run only here: merging whenever idle keeps both workers busy
-    /// under steady input.
-    fn merge_pending(&mut self) -> Result<(), EngineError> {
+    /// After a batch: completes and publishes every clock value before the current one.
+    /// A replay's changes are published a round later ([`rounds::Rounds::pipeline`]); live
+    /// input publishes every round ([`Driver::publish_current`]).
+    fn settle(&mut self) -> Result<(), EngineError> {
+        if self.clock().is_none() {
+            return Ok(());
+        }
+        if let Some(previous) = self.rounds.pipeline()
+            && clock_of(previous) > 0
+        {
+            self.publisher
+                .emit(clock_of(previous) - 1, &mut self.summary.tally)?;
+        }
+        Ok(())
+    }
+
+    /// Completes and publishes the current clock value as it stands (end of input, or a
+    /// pause on live input).
+    fn publish_current(&mut self) -> Result<(), EngineError> {
         let Some(clock) = self.clock() else {
             return Ok(());
         };
-        self.merging.store(true, Ordering::Relaxed);
-        // a new time schedules every arrangement, which then keeps itself scheduled while
-        // it has merging to do
-        self.barrier(clock)?;
-        let started = Instant::now();
-        while self.worker.activations().borrow().empty_for() == Some(Duration::ZERO)
-            && started.elapsed() < MERGE_LIMIT
-        {
-            self.worker.step();
+        if !self.rounds.has_step() {
+            return Ok(()); // published when the clock moves on
         }
-        self.merging.store(false, Ordering::Relaxed);
+        self.rounds.barrier(clock)?;
+        self.publisher.emit(clock, &mut self.summary.tally)?;
+        self.dirty = false;
         Ok(())
+    }
+
+    /// Merges what the sources read so far left pending in the arrangements, before the
+    /// next source starts ([`rounds::Rounds::merge_pending`]).
+    fn merge_pending(&mut self) -> Result<(), EngineError> {
+        match self.clock() {
+            Some(clock) => self.rounds.merge_pending(clock),
+            None => Ok(()),
+        }
     }
 
     /// The name of the source a line is cited under (see [`LineRef::cited`]).

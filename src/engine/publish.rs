@@ -1,107 +1,98 @@
-//! Publishing (SPEC section 7): completing times in the dataflow and writing the changes of
-//! every completed clock value, consolidated and sorted, to every sink.
+//! Publishing (SPEC section 7): writing the changes of every completed clock value,
+//! consolidated and sorted, to every sink, and the final snapshot.
+//!
+//! [`Publisher`] is the last stage of worker 0's loop: its input is the view row changes
+//! the dataflow captured (every worker's, exchanged to worker 0) and the read instants of
+//! the accepted events; its state is the sinks, the snapshot and the latency figures.
+//! [`super::rounds::Rounds`] says which times are complete; only those are published.
 
-use super::*;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::output::{Change, LiveViews, Publish, Snapshot, consolidated};
+use super::rounds::Rounds;
+use super::stats::{Counters, Latency, Summary, Tally};
+use super::{EngineError, HANDOVER_LIMIT};
 use crate::dataflow::views::ViewRow;
+use crate::dataflow::{Captured, RowsOnly, clock_of};
+use crate::spec::Spec;
 
-/// The longest worker 0 sleeps between steps while a round completes; it wakes sooner
-/// when another worker sends it anything (see [`Driver::complete`]).
-pub(super) const PARK: Duration = Duration::from_millis(1);
+/// The publishing stage: the sinks of the change stream and what it keeps of the changes.
+pub(super) struct Publisher<'w> {
+    spec: &'w Spec,
+    /// View row changes captured from the dataflow and not yet published.
+    captured: Captured<ViewRow>,
+    /// Net change in the number of profiles (the dataflow adds to it).
+    profiles: Rc<RefCell<i64>>,
+    /// The change stream (NDJSON), if written.
+    changes: Option<Box<dyn Write + Send>>,
+    /// A live snapshot kept up to date as times are published.
+    live: Option<Arc<Mutex<LiveViews>>>,
+    /// Counters readable while running.
+    counters: Option<Arc<Counters>>,
+    /// Further outputs of each published group of changes (Kafka topics).
+    publishers: Vec<Box<dyn Publish>>,
+    snapshot: Option<Snapshot>,
+    /// Keep every change (replays and tests).
+    collect: bool,
+    collected: Vec<Change>,
+    /// (clock ms, read instant, is a forget) of accepted events not yet published.
+    pending: VecDeque<(u64, Instant, bool)>,
+    latency: Latency,
+    forget_latency: Latency,
+}
 
-impl Driver<'_> {
-    /// Completes everything inserted so far at clock `now` (a new step within it).
-    pub(super) fn barrier(&mut self, now: u64) -> Result<(), EngineError> {
-        if self.step + 1 >= (1 << STEP_BITS) {
-            return Err(EngineError::Input(format!(
-                "more than {} forget requests or pauses at one clock value ({now})",
-                (1u32 << STEP_BITS) - 1
-            )));
+/// The sinks a [`Publisher`] writes.
+pub(super) struct Outlets {
+    pub(super) changes: Option<Box<dyn Write + Send>>,
+    pub(super) live: Option<Arc<Mutex<LiveViews>>>,
+    pub(super) counters: Option<Arc<Counters>>,
+    pub(super) publishers: Vec<Box<dyn Publish>>,
+}
+
+impl<'w> Publisher<'w> {
+    /// Publishes the changes in `captured` to `outlets`; keeps the final snapshot if
+    /// `snapshot`, every change if `collect`.
+    pub(super) fn new(
+        spec: &'w Spec,
+        captured: Captured<ViewRow>,
+        profiles: Rc<RefCell<i64>>,
+        outlets: Outlets,
+        snapshot: bool,
+        collect: bool,
+    ) -> Publisher<'w> {
+        Publisher {
+            spec,
+            captured,
+            profiles,
+            changes: outlets.changes,
+            live: outlets.live,
+            counters: outlets.counters,
+            publishers: outlets.publishers,
+            snapshot: snapshot.then(Snapshot::default),
+            collect,
+            collected: Vec::new(),
+            pending: VecDeque::new(),
+            latency: Latency::default(),
+            forget_latency: Latency::default(),
         }
-        self.step += 1;
-        self.feed.advance_to(time(now, self.step));
-        self.complete(time(now, self.step));
-        Ok(())
     }
 
-    /// Steps the dataflow until every time before `until` is complete.
-    ///
-    /// Worker 0 sleeps between steps while the other workers have the round's work, and
-    /// wakes when they send it something: a worker 0 polling for it would hold one of the
-    /// machine's cores away from the workers (and the writers, and the parsing thread) it
-    /// waits for. Every worker keeps a share of the events ([`crate::dataflow::keeper`]),
-    /// so a replay's worker 0 waits for theirs as a live round's does.
-    pub(super) fn complete(&mut self, until: Time) {
-        self.feed.flush();
-        while self.outputs.probe.less_than(&until) {
-            self.worker.step_or_park(Some(PARK));
-        }
-    }
-
-    /// After a batch: completes and publishes every clock value before the current one.
-    ///
-    /// Pipelined: this round's events go to the keepers at once, but the round waited for
-    /// is the one before, so that worker 0 admits the next round's lines while the other
-    /// workers still work on this one (admission is the one sequential stage). A replay's
-    /// changes are published a round later; live input publishes every round
-    /// ([`Driver::publish_current`]).
-    pub(super) fn settle(&mut self) -> Result<(), EngineError> {
-        if self.clock().is_none() {
-            return Ok(());
-        }
-        self.feed.flush();
-        let previous = self.in_flight.replace(self.feed.time());
-        if let Some(previous) = previous {
-            self.complete(previous);
-            if clock_of(previous) > 0 {
-                self.emit(clock_of(previous) - 1)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Completes and publishes the current clock value as it stands (end of input, or a
-    /// pause on live input).
-    pub(super) fn publish_current(&mut self) -> Result<(), EngineError> {
-        let Some(clock) = self.clock() else {
-            return Ok(());
-        };
-        if self.step + 1 >= (1 << STEP_BITS) {
-            return Ok(()); // published when the clock moves on
-        }
-        self.barrier(clock)?;
-        self.emit(clock)?;
-        self.dirty = false;
-        Ok(())
+    /// Notes an accepted event read at `read_at`, at clock `now`: its latency is measured
+    /// when that clock value is published.
+    pub(super) fn accepted(&mut self, now: u64, read_at: Instant, forget: bool) {
+        self.pending.push_back((now, read_at, forget));
     }
 
     /// Writes the captured changes at clock values `<= upto_ms`, consolidated per time and
-    /// sorted by (time, view, key) (SPEC section 7). Their times must be complete.
-    pub(super) fn emit(&mut self, upto_ms: u64) -> Result<(), EngineError> {
-        let mut ready = Vec::new();
-        {
-            let mut captured = self.outputs.changes.borrow_mut();
-            let spec = self.spec;
-            let mut later = Vec::new();
-            for ((view, key, row), t, diff) in captured.drain(..) {
-                if clock_of(t) > upto_ms {
-                    later.push(((view, key, row), t, diff));
-                    continue;
-                }
-                let name = spec
-                    .views
-                    .get(view as usize)
-                    .map_or("?", |v| v.name.as_str());
-                ready.push(Change {
-                    time: clock_of(t),
-                    view: name.to_string(),
-                    key: key.key(&spec.identity),
-                    diff,
-                    row,
-                });
-            }
-            *captured = later;
-        }
-        let changes = consolidated(ready);
+    /// sorted by (time, view, key) (SPEC section 7), and counts them in `tally`. Their times
+    /// must be complete.
+    pub(super) fn emit(&mut self, upto_ms: u64, tally: &mut Tally) -> Result<(), EngineError> {
+        let changes = consolidated(self.take_ready(upto_ms));
         for change in &changes {
             if change.diff.abs() != 1 {
                 return Err(EngineError::Internal(format!(
@@ -109,17 +100,68 @@ impl Driver<'_> {
                     change.diff, change.key, change.view
                 )));
             }
-            if let Some(w) = &mut self.sinks.changes {
+            if let Some(w) = &mut self.changes {
                 writeln!(w, "{}", change.json())?;
             }
         }
-        if let Some(w) = &mut self.sinks.changes {
+        if let Some(w) = &mut self.changes {
             w.flush()?;
         }
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
-        self.summary.tally.changes += changes.len() as u64;
-        self.mirror_counts();
+        tally.changes += changes.len() as u64;
+        if let Some(c) = &self.counters {
+            c.mirror_counts(tally);
+        }
+        self.measure(upto_ms);
+        // every publication, empty or not, tells the sinks how far the input is published
+        let position = tally.lines;
+        for publisher in &mut self.publishers {
+            publisher.publish(&changes, position)?;
+        }
+        if let Some(live) = &self.live
+            && !changes.is_empty()
+            && let Ok(mut views) = live.lock()
+        {
+            views.apply(&changes);
+        }
+        match (&mut self.snapshot, self.collect) {
+            (Some(snapshot), false) => changes.into_iter().for_each(|c| snapshot.apply_owned(c)),
+            (Some(snapshot), true) => {
+                changes.iter().for_each(|c| snapshot.apply(c));
+                self.collected.extend(changes);
+            }
+            (None, true) => self.collected.extend(changes),
+            (None, false) => {}
+        }
+        Ok(())
+    }
+
+    /// Takes the captured changes at clock values `<= upto_ms`, named.
+    fn take_ready(&mut self, upto_ms: u64) -> Vec<Change> {
+        let mut ready = Vec::new();
+        let mut captured = self.captured.borrow_mut();
+        let mut later = Vec::new();
+        for ((view, key, row), t, diff) in captured.drain(..) {
+            if clock_of(t) > upto_ms {
+                later.push(((view, key, row), t, diff));
+                continue;
+            }
+            ready.push(Change {
+                time: clock_of(t),
+                view: view_name(self.spec, view).to_string(),
+                key: key.key(&self.spec.identity),
+                diff,
+                row,
+            });
+        }
+        *captured = later;
+        ready
+    }
+
+    /// Records the read-to-publish latency of the accepted events at clock values
+    /// `<= upto_ms`, now published.
+    fn measure(&mut self, upto_ms: u64) {
         let now = Instant::now();
         while let Some(&(ms, read_at, forget)) = self.pending.front() {
             if ms > upto_ms {
@@ -130,73 +172,66 @@ impl Driver<'_> {
                 .duration_since(read_at)
                 .as_micros()
                 .min(u32::MAX as u128) as u32;
-            self.summary.latency.record(micros);
+            self.latency.record(micros);
             if forget {
-                self.summary.forget_latency.record(micros);
+                self.forget_latency.record(micros);
             }
-            if let Some(c) = &self.sinks.counters {
+            if let Some(c) = &self.counters {
                 c.latency.observe(u64::from(micros));
             }
         }
-        // every publication, empty or not, tells the sinks how far the input is published
-        let position = self.summary.tally.lines;
-        for publisher in &mut self.sinks.publishers {
-            publisher.publish(&changes, position)?;
+    }
+
+    /// Ends the run: finishes every further output and puts what this stage kept in
+    /// `summary` (the final snapshot from `rows` when only the rows were kept).
+    pub(super) fn finish(
+        &mut self,
+        rounds: &mut Rounds<'_>,
+        rows: Option<&RowsOnly>,
+        workers: usize,
+        summary: &mut Summary,
+    ) -> Result<(), EngineError> {
+        for publisher in &mut self.publishers {
+            let wrote = publisher.finish()?;
+            summary.outputs.push(wrote);
         }
-        if let Some(live) = &self.sinks.live
-            && !changes.is_empty()
-            && let Ok(mut views) = live.lock()
-        {
-            views.apply(&changes);
-        }
-        match (&mut self.snapshot, self.options.collect_changes) {
-            (Some(snapshot), false) => changes.into_iter().for_each(|c| snapshot.apply_owned(c)),
-            (Some(snapshot), true) => {
-                changes.iter().for_each(|c| snapshot.apply(c));
-                self.summary.changes.extend(changes);
-            }
-            (None, true) => self.summary.changes.extend(changes),
-            (None, false) => {}
-        }
+        summary.profiles = *self.profiles.borrow();
+        summary.latency = std::mem::take(&mut self.latency);
+        summary.forget_latency = std::mem::take(&mut self.forget_latency);
+        summary.changes = std::mem::take(&mut self.collected);
+        summary.snapshot = match rows {
+            Some(rows) => Some(self.gather_rows(rounds, rows, workers)?),
+            None => self.snapshot.take(),
+        };
         Ok(())
     }
 
-    /// The final snapshot from the rows every worker of a cluster gives on the row
-    /// stream as the dataflow completes ([`RowsOnly::streamed`]).
-    fn gather_streamed(&mut self) -> Result<Snapshot, EngineError> {
-        let started = Instant::now();
-        while self.worker.step_or_park(Some(PARK)) {
-            if started.elapsed() > HANDOVER_LIMIT {
+    /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
+    /// steps the dataflow until every worker of the process has handed its rows over (or,
+    /// in a cluster, has given them on the row stream, [`RowsOnly::streamed`]).
+    fn gather_rows(
+        &mut self,
+        rounds: &mut Rounds<'_>,
+        rows: &RowsOnly,
+        workers: usize,
+    ) -> Result<Snapshot, EngineError> {
+        rounds.close();
+        if rows.streamed {
+            if !rounds.run_out(HANDOVER_LIMIT) {
                 return Err(EngineError::Internal(
                     "internal error: the workers did not hand over their rows".into(),
                 ));
             }
+            let rows = std::mem::take(&mut *self.captured.borrow_mut());
+            let rows = rows.into_iter().map(|(row, _, diff)| (row, diff));
+            return Ok(snapshot_of(self.spec, rows));
         }
-        let rows = std::mem::take(&mut *self.outputs.changes.borrow_mut());
-        let rows = rows.into_iter().map(|(row, _, diff)| (row, diff));
-        Ok(snapshot_of(self.spec, rows))
-    }
-
-    /// The final snapshot from every worker's rows ([`RowsOnly`]): closes the inputs and
-    /// steps the dataflow until every worker of the process has handed its rows over.
-    pub(super) fn gather_rows(&mut self, rows: &RowsOnly) -> Result<Snapshot, EngineError> {
-        self.feed.close();
-        if rows.streamed {
-            return self.gather_streamed();
-        }
-        let workers = self.options.workers.max(1);
-        let started = Instant::now();
-        loop {
-            let handed = rows.done.lock().map(|done| done.len()).unwrap_or(0);
-            if handed >= workers {
-                break;
-            }
-            if started.elapsed() > HANDOVER_LIMIT {
-                return Err(EngineError::Internal(format!(
-                    "internal error: {handed} of {workers} workers handed over their rows"
-                )));
-            }
-            self.worker.step_or_park(Some(Duration::from_millis(1)));
+        let handed = || rows.done.lock().map(|done| done.len()).unwrap_or(0);
+        if !rounds.step_until(HANDOVER_LIMIT, || handed() >= workers) {
+            return Err(EngineError::Internal(format!(
+                "internal error: {} of {workers} workers handed over their rows",
+                handed()
+            )));
         }
         let done = std::mem::take(
             &mut *rows
@@ -212,17 +247,20 @@ impl Driver<'_> {
     }
 }
 
+/// The name of view `view` of `spec`.
+fn view_name(spec: &Spec, view: u16) -> &str {
+    spec.views
+        .get(view as usize)
+        .map_or("?", |v| v.name.as_str())
+}
+
 /// The snapshot of final view rows: `((view, profile, row), multiplicity)`.
 fn snapshot_of(spec: &Spec, rows: impl Iterator<Item = (ViewRow, isize)>) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for ((view, profile, row), diff) in rows {
-        let name = spec
-            .views
-            .get(view as usize)
-            .map_or("?", |v| v.name.as_str());
         snapshot.apply_owned(Change {
             time: 0,
-            view: name.to_string(),
+            view: view_name(spec, view).to_string(),
             key: profile.key(&spec.identity),
             diff,
             row,

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::output::{Change, DeadLetter, Snapshot};
+use super::rounds::Rounds;
 use super::{Driver, EngineError};
 use crate::dataflow::keeper::{Answer, Ask, Counts};
-use crate::dataflow::{STEP_BITS, clock_of, time};
 use crate::event::DeadReason;
 
 /// The running totals as other threads read them (e.g. for `/metrics`): the driver's
@@ -388,76 +388,33 @@ impl Driver<'_> {
         }
     }
 
-    /// What the engine holds now: the keepers' counts read in memory (one process), or as
-    /// they last answered (a cluster, see [`Driver::count_keepers`]).
+    /// What the engine holds now: the keepers' counts ([`KeeperCounts::current`]) and the
+    /// message ids the gate remembers.
     pub(super) fn retained(&self) -> Retained {
-        let message_ids = self.gate.remembered() as u64;
-        let counts = match self.feed.keepers().is_local() {
-            true => self.feed.keepers().counts().unwrap_or_default(),
-            false => self.counted,
-        };
+        let counts = self.keeper_counts.current(&self.rounds);
         Retained {
             live_events: counts.live_events,
             retired_events: counts.retired_events,
             sets: counts.sets,
             records: counts.records,
             roles: counts.roles,
-            message_ids,
+            message_ids: self.gate.remembered() as u64,
         }
     }
 
-    /// In a cluster, keeps the keepers' counts current without waiting for them: takes the
-    /// answers to the last [`Ask::Counts`] once every keeper has answered, and asks again
-    /// if a round ran since that question. The question goes out at once, with a step of
-    /// its own (an exchange sends what it holds when an epoch closes), and an idle engine
-    /// steps the dataflow until the answers are in ([`Driver::drive`]), so `/metrics` is at
-    /// most a round behind while input flows and exact at rest. `wait`: asks and waits for
-    /// the answers (the run's summary).
+    /// Keeps a cluster's keepers' counts current ([`KeeperCounts::refresh`]); a keeper's
+    /// broken invariant fails the run.
     pub(super) fn count_keepers(&mut self, wait: bool) {
-        if self.feed.keepers().is_local() {
-            return;
-        }
-        let answers = match (self.counting, wait) {
-            (_, true) => Some(self.ask(Ask::Counts)),
-            (Some(ask), false) => self.feed.replies(ask).map(|replies| {
-                match replies.iter().find_map(|r| r.failed.clone()) {
-                    Some(why) => Err(why),
-                    None => Ok(replies.into_iter().map(|r| r.answer).collect()),
-                }
-            }),
-            (None, false) => None,
-        };
-        match answers {
-            Some(Ok(answers)) => {
-                self.counting = None;
-                self.counted = Counts::default();
-                for answer in answers {
-                    if let Answer::Counts(counts) = answer {
-                        self.counted += counts;
-                    }
-                }
-            }
-            Some(Err(why)) => {
-                self.failure.get_or_insert(why);
-            }
-            None => {}
-        }
-        if self.counting.is_none() && self.count_stale && !wait {
-            self.count_stale = false;
-            if self.clock().is_some() && self.step + 1 < (1 << STEP_BITS) {
-                let clock = clock_of(self.feed.time());
-                self.counting = self.feed.ask(Ask::Counts);
-                self.step += 1;
-                self.feed.advance_to(time(clock, self.step));
-                self.feed.flush();
-            }
+        let started = self.clock().is_some();
+        if let Err(why) = self.keeper_counts.refresh(&mut self.rounds, started, wait) {
+            self.failure.get_or_insert(why);
         }
     }
 
     /// Shows the keepers' counts as they last answered ([`Driver::count_keepers`]).
     pub(super) fn mirror_retained(&mut self) {
         self.count_keepers(false);
-        if let Some(c) = &self.sinks.counters {
+        if let Some(c) = &self.counters {
             let r = self.retained();
             let values = [
                 r.live_events,
@@ -478,20 +435,13 @@ impl Driver<'_> {
     /// the clock moves past it): whoever sees `lines` reach a value finds every change of
     /// those lines in the views.
     pub(super) fn mirror(&mut self) {
-        if self.sinks.counters.is_none() {
+        if self.counters.is_none() {
             return;
         }
-        self.count_stale = true;
+        self.keeper_counts.round_ran();
         self.mirror_retained();
-        if let Some(c) = &self.sinks.counters {
+        if let Some(c) = &self.counters {
             c.mirror(&self.summary.tally);
-        }
-    }
-
-    /// Shows the tally but `lines`, before anyone can see the changes it counts.
-    pub(super) fn mirror_counts(&self) {
-        if let Some(c) = &self.sinks.counters {
-            c.mirror_counts(&self.summary.tally);
         }
     }
 
@@ -509,26 +459,98 @@ impl Driver<'_> {
 
     pub(super) fn finish(&mut self, started: Instant) -> Result<Summary, EngineError> {
         self.count_keepers(true);
-        if let Some(why) = self.feed.keepers().failure().or(self.failure.take()) {
+        if let Some(why) = self.rounds.feed.keepers().failure().or(self.failure.take()) {
             return Err(EngineError::Internal(why));
         }
         self.close_source();
-        let _ = self.sinks.dead_letters.flush();
-        for publisher in &mut self.sinks.publishers {
-            let wrote = publisher.finish()?;
-            self.summary.outputs.push(wrote);
-        }
+        let _ = self.dead_letters.flush();
         let mut summary = std::mem::take(&mut self.summary);
-        summary.dead_letters = self.sinks.dead_letters.counts().clone();
-        summary.dead_letter_examples = self.sinks.dead_letters.examples().to_vec();
-        summary.profiles = *self.outputs.profiles.borrow();
+        summary.dead_letters = self.dead_letters.counts().clone();
+        summary.dead_letter_examples = self.dead_letters.examples().to_vec();
         summary.retained = self.retained();
         summary.clock = self.clock();
         summary.elapsed = started.elapsed();
-        summary.snapshot = match &self.rows_only {
-            Some(rows) => Some(self.gather_rows(&rows.clone())?),
-            None => self.snapshot.take(),
-        };
+        let workers = self.options.workers.max(1);
+        let rows = self.rows_only.as_ref();
+        self.publisher
+            .finish(&mut self.rounds, rows, workers, &mut summary)?;
         Ok(summary)
+    }
+}
+
+/// The keepers' counts as worker 0 knows them (for `/metrics` and the summary): one
+/// process reads them in memory ([`crate::dataflow::Keepers::counts`]); a cluster asks its
+/// keepers, wherever they run ([`KeeperCounts::refresh`]).
+#[derive(Debug, Default)]
+pub(super) struct KeeperCounts {
+    /// In a cluster, the keepers' counts as they last answered.
+    counted: Counts,
+    /// The count asked for and not yet answered.
+    asked: Option<u64>,
+    /// A round ran since the keepers were last asked.
+    stale: bool,
+}
+
+impl KeeperCounts {
+    /// The keepers' counts: read now (one process), or as they last answered (a cluster).
+    pub(super) fn current(&self, rounds: &Rounds<'_>) -> Counts {
+        let keepers = rounds.feed.keepers();
+        match keepers.is_local() {
+            true => keepers.counts().unwrap_or_default(),
+            false => self.counted,
+        }
+    }
+
+    /// Whether a cluster's keepers owe their counts: an idle engine steps the dataflow to
+    /// take them in ([`Driver::drive`]).
+    pub(super) fn owed(&self) -> bool {
+        self.asked.is_some()
+    }
+
+    /// Notes that a round ran: the counts are to be asked for again.
+    pub(super) fn round_ran(&mut self) {
+        self.stale = true;
+    }
+
+    /// In a cluster, keeps the keepers' counts current without waiting for them: takes the
+    /// answers to the last [`Ask::Counts`] once every keeper has answered, and asks again
+    /// if a round ran since that question. The question goes out at once, with a step of
+    /// its own ([`Rounds::ask_soon`]), and an idle engine steps the dataflow until the
+    /// answers are in, so `/metrics` is at most a round behind while input flows and exact
+    /// at rest. `wait`: asks and waits for the answers (the run's summary). `started`:
+    /// something was sent (before that every keeper holds nothing). A keeper's broken
+    /// invariant is the error.
+    pub(super) fn refresh(
+        &mut self,
+        rounds: &mut Rounds<'_>,
+        started: bool,
+        wait: bool,
+    ) -> Result<(), String> {
+        if rounds.feed.keepers().is_local() {
+            return Ok(());
+        }
+        let answers = match (self.asked, wait) {
+            (_, true) if started => Some(rounds.ask(Ask::Counts)),
+            (_, true) => Some(Ok(Vec::new())),
+            (Some(ask), false) => rounds.replies(ask),
+            (None, false) => None,
+        };
+        if let Some(answers) = answers {
+            let answers = answers?;
+            self.asked = None;
+            self.counted = Counts::default();
+            for answer in answers {
+                if let Answer::Counts(counts) = answer {
+                    self.counted += counts;
+                }
+            }
+        }
+        if self.asked.is_none() && self.stale && !wait {
+            self.stale = false;
+            if started {
+                self.asked = rounds.ask_soon(Ask::Counts);
+            }
+        }
+        Ok(())
     }
 }

@@ -44,7 +44,7 @@ pub struct GenArgs {
     /// events span at most about 60 days and every twentieth event starts a new anonymous id.
     #[arg(long)]
     pub days: Option<u64>,
-    /// Journeys shaped like a real site's (see [`journeys`]): anonymous browsing, an email
+    /// Journeys shaped like a real site's (see `workload::journeys`): anonymous browsing, an email
     /// typed in variants, a login with the user id on a second device, return visits,
     /// thousands of visitors interleaved, 2% duplicated and 5% late deliveries.
     /// `--adversarial` and `--days` do not apply.
