@@ -497,7 +497,9 @@ fn run(args: RunArgs) -> Result<i32, String> {
             stop_on_lost_process();
             stdout_apart()?
         }
-        None => Box::new(io::stdout()),
+        // buffered: `Stdout` alone writes each change line with a system call of its own;
+        // the engine flushes at the end of every publication
+        None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
     };
     if let Some(cluster) = cluster.filter(|c| c.process != 0) {
         // a helper process: it computes its share of the dataflow; process 0 has the input
