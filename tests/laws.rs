@@ -46,7 +46,7 @@ fn states_after(
                 let (view, key, row): ViewRow = (view, key, row);
                 *state
                     .borrow_mut()
-                    .entry((format!("{view}/{}", key.key(&spec.identity)), row))
+                    .entry((format!("{view}/{}", key), row))
                     .or_insert(0) += diff;
             }
             state.borrow_mut().retain(|_, n| *n != 0);

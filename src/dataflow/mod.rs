@@ -695,9 +695,9 @@ fn capture<D: differential_dataflow::ExchangeData>(
         .probe_with(probe);
 }
 
-/// The rows of the views a worker holds at the end of a run: (view, profile, row) →
+/// The rows of the views a worker holds at the end of a run: (view, profile key, row) →
 /// multiplicity (see [`RowsOnly`]).
-pub type Rows = griddle::HashMap<(u16, Node, String), isize>;
+pub type Rows = griddle::HashMap<ViewRow, isize>;
 
 /// Where the view rows go when only the final rows are wanted (`run --snapshot`, nothing
 /// else reading the changes): each worker's profiles operator ([`profiles`]) renders no

@@ -305,7 +305,7 @@ pub fn rows_and_answers<'s>(
                         let t = *rows_cap.time();
                         let mut session = rows_out.activate();
                         let mut session = session.session(rows_cap);
-                        session.give_iterator(rows.map(|((v, p, r), diff)| ((v, p.0, r), t, diff)));
+                        session.give_iterator(rows.map(|(row, diff)| (row, t, diff)));
                     }
                     held = None;
                 }
@@ -347,7 +347,10 @@ struct Emitted {
 /// order: after a time's parts, the profile's rows are rendered again if a fact changed (the
 /// difference is emitted at that time), then its lookups at that time are answered. Sorting
 /// by profile visits each profile once per round, as a `reduce` over an arrangement would.
-/// With `rows_only` no row is rendered here ([`hand_over`] renders the final ones).
+/// With `rows_only` no row is rendered here ([`hand_over`] renders the final ones). The row
+/// changes leave keyed as the output names them and sorted in its order
+/// ([`Renderer::sort`]): rendering keys and sorting are spread over the workers, and
+/// worker 0 only merges.
 fn apply_completed(
     mut ready: Vec<(Node, Time, Item)>,
     profiles: &mut griddle::HashMap<Node, Profile>,
@@ -380,9 +383,11 @@ fn apply_completed(
             if changed {
                 if !rows_only {
                     let now = state.render(render);
+                    let mut key = None;
                     for (view, row, diff) in changes(&state.rows, &now) {
+                        let key = key.get_or_insert_with(|| render.key(&profile.0));
                         out.rows
-                            .push(((view, profile.0.clone(), row.clone()), time, diff));
+                            .push(((view, key.clone(), row.clone()), time, diff));
                     }
                     state.rows = now;
                 }
@@ -404,6 +409,7 @@ fn apply_completed(
             profiles.remove(&profile);
         }
     }
+    render.sort(&mut out.rows);
     out
 }
 
@@ -429,8 +435,13 @@ fn changes<'a>(
 fn final_rows(profiles: &griddle::HashMap<Node, Profile>, render: &Renderer) -> Rows {
     let mut rows = Rows::new();
     for (profile, state) in profiles.iter() {
-        for (view, row) in state.render(render) {
-            add_count(&mut rows, (view, profile.clone(), row), 1);
+        let rendered = state.render(render);
+        if rendered.is_empty() {
+            continue;
+        }
+        let key = render.key(&profile.0);
+        for (view, row) in rendered {
+            add_count(&mut rows, (view, key.clone(), row), 1);
         }
     }
     rows

@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{Ident, predicate};
-use crate::spec::{Field, Spec, ViewSpec};
+use crate::spec::{Field, IdentitySpec, Spec, ViewSpec};
 
-/// A view row change's data: (view index in the spec, profile key, row as a JSON object).
-pub type ViewRow = (u16, Ident, String);
+/// A view row change's data: (view index in the spec, profile key as the output names it
+/// (`type:value`, [`Ident::key`]), row as a JSON object). The key is rendered by the worker
+/// that holds the profile, so worker 0 only merges what every worker sends.
+pub type ViewRow = (u16, String, String);
 
 /// One fact about a profile.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -171,6 +173,10 @@ pub(super) struct Renderer {
     defaults: Vec<bool>,
     /// By view: the trait keys its predicates and fields read (`None`: it may read any).
     trait_keys: Vec<Option<Vec<String>>>,
+    /// Names the profiles' keys.
+    identity: IdentitySpec,
+    /// By view: its place among the views ordered by name (the change stream's order).
+    by_name: Vec<u16>,
 }
 
 impl Renderer {
@@ -190,7 +196,29 @@ impl Renderer {
             scored_names,
             defaults: spec.consent.purposes.iter().map(|(_, d)| *d).collect(),
             trait_keys: spec.views.iter().map(trait_keys).collect(),
+            identity: spec.identity.clone(),
+            by_name: spec
+                .views
+                .iter()
+                .map(|v| spec.views.iter().filter(|w| w.name < v.name).count() as u16)
+                .collect(),
         }
+    }
+
+    /// Sorts row changes in the change stream's order (SPEC section 7: by time, view name,
+    /// key), then by row: worker 0 merges every worker's sorted runs
+    /// ([`crate::engine::output::consolidated`] sorts by the same order, and a stable sort
+    /// merges runs in linear time).
+    pub(super) fn sort(&self, rows: &mut [(ViewRow, u64, isize)]) {
+        let rank = |v: u16| self.by_name.get(v as usize).copied().unwrap_or(u16::MAX);
+        rows.sort_unstable_by(|((v1, k1, r1), t1, _), ((v2, k2, r2), t2, _)| {
+            (t1, rank(*v1), k1, r1).cmp(&(t2, rank(*v2), k2, r2))
+        });
+    }
+
+    /// A profile's key as the output names it (SPEC section 7).
+    pub(super) fn key(&self, profile: &Ident) -> String {
+        profile.key(&self.identity)
     }
 
     fn granted(&self, state: &State, purpose: usize) -> bool {

@@ -76,9 +76,10 @@ pub fn consolidated(changes: Vec<Change>) -> Vec<Change> {
 /// The same consolidation as [`changes_of`] for changes not yet consolidated: those with
 /// equal (time, view, key, row) summed, those summing to 0 dropped, in that order.
 fn consolidated_by_row(mut changes: Vec<Change>) -> Vec<Change> {
-    changes.sort_unstable_by(|a, b| {
-        (a.time, &a.view, &a.key, &a.row).cmp(&(b.time, &b.view, &b.key, &b.row))
-    });
+    // stable: the engine's changes come in runs sorted alike (one per worker and round,
+    // `dataflow::views::Renderer::sort`), which a stable sort merges in linear time
+    changes
+        .sort_by(|a, b| (a.time, &a.view, &a.key, &a.row).cmp(&(b.time, &b.view, &b.key, &b.row)));
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
     for change in changes {
         match out.last_mut() {

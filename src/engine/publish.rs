@@ -150,7 +150,7 @@ impl<'w> Publisher<'w> {
             ready.push(Change {
                 time: clock_of(t),
                 view: view_name(self.spec, view).to_string(),
-                key: key.key(&self.spec.identity),
+                key,
                 diff,
                 row,
             });
@@ -240,10 +240,7 @@ impl<'w> Publisher<'w> {
                 .map_err(|_| EngineError::Internal("internal error: a worker panicked".into()))?,
         );
         let rows = done.into_iter().flatten();
-        Ok(snapshot_of(
-            self.spec,
-            rows.map(|((v, p, r), d)| ((v, p.0, r), d)),
-        ))
+        Ok(snapshot_of(self.spec, rows))
     }
 }
 
@@ -257,11 +254,11 @@ fn view_name(spec: &Spec, view: u16) -> &str {
 /// The snapshot of final view rows: `((view, profile, row), multiplicity)`.
 fn snapshot_of(spec: &Spec, rows: impl Iterator<Item = (ViewRow, isize)>) -> Snapshot {
     let mut snapshot = Snapshot::default();
-    for ((view, profile, row), diff) in rows {
+    for ((view, key, row), diff) in rows {
         snapshot.apply_owned(Change {
             time: 0,
             view: view_name(spec, view).to_string(),
-            key: profile.key(&spec.identity),
+            key,
             diff,
             row,
         });
