@@ -397,6 +397,31 @@ mod tests {
         assert!(narrowed.is_some_and(|row| row.contains(r#""tier":"pro""#)));
     }
 
+    proptest::proptest! {
+        /// Row changes sorted by a worker are in the change stream's order (time, view name,
+        /// key, then row; SPEC section 7), whatever the order of the spec's views: worker 0
+        /// merges them as runs.
+        #[test]
+        fn rows_sort_in_the_change_streams_order(
+            rows in proptest::collection::vec((0u16..4, 0u8..3, 0u8..3, 0u64..3), 0..40)
+        ) {
+            let spec = Spec::default_spec();
+            let render = Renderer::new(&spec);
+            let mut rows: Vec<(ViewRow, u64, isize)> = rows
+                .into_iter()
+                .map(|(v, k, r, t)| ((v, format!("user_id:{k}"), format!("{{\"r\":{r}}}")), t, 1))
+                .collect();
+            render.sort(&mut rows);
+            let named: Vec<_> = rows
+                .iter()
+                .map(|((v, k, r), t, _)| (*t, spec.views[*v as usize].name.clone(), k.clone(), r.clone()))
+                .collect();
+            let mut expected = named.clone();
+            expected.sort();
+            proptest::prop_assert_eq!(named, expected);
+        }
+    }
+
     #[test]
     fn milli_formatting() {
         assert_eq!(milli_json(62_500), "62.5");
