@@ -6,7 +6,9 @@
 //! accepted event at the engine clock to the worker that keeps its identifier set
 //! ([`crate::dataflow::keeper`]: every worker keeps a share of the events and does their
 //! per-event work), steps the dataflow until the inserted times are complete, and writes
-//! the changes of every completed clock value, consolidated and sorted (SPEC section 7).
+//! the changes of every completed clock value, consolidated and sorted (SPEC section 7):
+//! each worker renders and sorts the row changes of the profiles it holds, and worker 0
+//! merges them. The loop's stages, each with its own state, are listed on `Driver`.
 //! Other workers' input handles are closed at once, so progress is governed by worker 0's.
 //! When nothing but the final snapshot is wanted (`run --snapshot`), no change travels to
 //! worker 0: every worker hands over the rows its profiles hold at the end
@@ -247,8 +249,9 @@ pub enum EngineError {
     Internal(String),
 }
 
-/// Parses the batches on `rx` ahead of the dataflow worker ([`input::Batch::parse_ahead`]), on a
-/// thread of its own, and passes every message on in order. Parsing is most of admission's
+/// Parses the batches on `rx` ahead of the dataflow worker
+/// ([`input::Batch::parse_ahead`]), on a thread of its own, and passes every message on in
+/// order. Parsing is most of admission's
 /// cost and needs nothing from the lines before, so worker 0, which alone admits, only
 /// applies the stateful rules; the other messages pass through unchanged.
 fn parse_ahead(rx: Receiver<Message>, spec: Arc<Spec>) -> Result<Receiver<Message>, EngineError> {
