@@ -16,6 +16,7 @@ use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::kafka::KafkaUrl;
 use crate::io::sink::kafka::{Form, KafkaDestination};
+use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Sink, WhenFull};
 use crate::io::source;
 use crate::spec::Spec;
@@ -131,9 +132,10 @@ struct ServeArgs {
     #[arg(long)]
     allow_unauthenticated: bool,
     /// Also write the change stream to this file (appended; after a crash it holds every
-    /// change exactly once), or to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per
+    /// change exactly once), to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per
     /// change keyed `VIEW/KEY`; after a crash, what the topic may lack is sent again as
-    /// identical records).
+    /// identical records), or to a webhook `webhook+http://HOST:PORT/PATH?view=V` (signed
+    /// JSON batches with idempotency keys, at least once; see the README).
     #[arg(long)]
     sink: Option<PathBuf>,
     /// Changes a sink may hold undelivered (its destination slow or away) before the server
@@ -186,7 +188,8 @@ struct RunArgs {
     #[arg(long)]
     snapshot: bool,
     /// Write to this file instead of stdout, or the change stream to a Kafka topic
-    /// (`kafka://HOST:PORT/TOPIC`, one record per change keyed `VIEW/KEY`).
+    /// (`kafka://HOST:PORT/TOPIC`, one record per change keyed `VIEW/KEY`) or a webhook
+    /// (`webhook+http://HOST:PORT/PATH?view=V`, signed JSON batches).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
     /// Also keep each view's current rows in Kafka topics `TOPIC.VIEW` (upserts keyed by
@@ -378,6 +381,20 @@ fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
     )?))
 }
 
+/// A webhook sink of `run` (see [`crate::io::sink::webhook`]): as a Kafka sink, refused
+/// batches going to the address's `dead=` file (`webhook.dead.ndjson` by default).
+fn webhook_sink(url: &str) -> Result<Box<dyn Publish>, String> {
+    let url = WebhookUrl::parse(url)?;
+    let destination = WebhookDestination::open(&url, Path::new("webhook.dead.ndjson"))?;
+    Ok(Box::new(Sink::start(
+        Box::new(destination),
+        url.name(),
+        None,
+        (sink::DEFAULT_BACKLOG, WhenFull::Wait),
+        Duration::from_secs(120),
+    )?))
+}
+
 fn explain(args: ExplainArgs) -> Result<i32, String> {
     let spec = Arc::new(load_spec(args.dataflow.as_deref())?);
     let ident = identifiers::parse_key(&args.identifier, &spec.identity)?;
@@ -525,18 +542,28 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let kafka_inputs: Vec<_> = sources.iter().filter_map(|s| s.kafka_input()).collect();
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
     let kafka_output = KafkaUrl::in_path(args.output.as_deref());
-    let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output) {
-        (_, Some(url)) if args.snapshot => {
+    let webhook_output = WebhookUrl::in_path(args.output.as_deref());
+    let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output, webhook_output) {
+        (_, Some(url), _) if args.snapshot => {
             return Err(format!(
                 "{url}: --snapshot writes a file or stdout; keep a view's rows in Kafka with --upsert"
             ));
         }
-        (_, Some(url)) => {
+        (_, Some(url), _) => {
             publishers.push(kafka_sink(url, Form::Changes)?);
             None
         }
-        (Some(p), None) => Some(create(p, "output")?),
-        (None, None) => Some(stdout),
+        (_, None, Some(url)) if args.snapshot => {
+            return Err(format!(
+                "{url}: a webhook takes the change stream: drop --snapshot"
+            ));
+        }
+        (_, None, Some(url)) => {
+            publishers.push(webhook_sink(url)?);
+            None
+        }
+        (Some(p), None, None) => Some(create(p, "output")?),
+        (None, None, None) => Some(stdout),
     };
     if let Some(url) = &args.upsert {
         publishers.push(kafka_sink(url, Form::Upsert)?);

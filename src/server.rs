@@ -22,6 +22,7 @@ use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::file::FileDestination;
 use crate::io::sink::kafka::{Form, KafkaDestination};
 use crate::io::sink::state::{self, SinkState};
+use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Destination, Sink, SinkStatus, WhenFull};
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
@@ -347,9 +348,13 @@ pub fn serve_helper(
 fn sink_states(dir: &DataDir, config: &ServeConfig) -> Result<Vec<(String, SinkState)>, String> {
     let mut states = Vec::new();
     if let Some(path) = &config.sink {
-        let name = match KafkaUrl::in_path(Some(path)) {
-            Some(url) => KafkaUrl::parse(url)?.name(),
-            None => path.display().to_string(),
+        let name = match (
+            KafkaUrl::in_path(Some(path)),
+            WebhookUrl::in_path(Some(path)),
+        ) {
+            (Some(url), _) => KafkaUrl::parse(url)?.name(),
+            (_, Some(url)) => WebhookUrl::parse(url)?.name(),
+            _ => path.display().to_string(),
         };
         states.push((name.clone(), SinkState::load(dir.root(), "changes", &name)?));
     }
@@ -413,6 +418,9 @@ fn start_engine(
             kafka(url, Form::Upsert)?
         } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
             kafka(&KafkaUrl::parse(url)?, Form::Changes)?
+        } else if let Some(url) = WebhookUrl::in_path(config.sink.as_deref()) {
+            let dead = dir.root().join("sink-changes.dead.ndjson");
+            Box::new(WebhookDestination::open(&WebhookUrl::parse(url)?, &dead)?)
         } else {
             Box::new(FileDestination::open(Path::new(&name), &mut state)?)
         };

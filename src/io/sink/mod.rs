@@ -44,6 +44,7 @@
 pub mod file;
 pub mod kafka;
 pub mod state;
+pub mod webhook;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;

@@ -1,0 +1,544 @@
+//! A webhook destination: `--sink 'webhook+http://HOST:PORT/PATH?view=V'` posts the change
+//! stream to an HTTP endpoint in signed JSON batches, at least once.
+//!
+//! # Batches
+//!
+//! Each published group of changes ([`super::Group`]) is cut into batches of one view each,
+//! at most `batch=N` changes (default 500), in the change stream's order: a profile's
+//! changes in a view arrive in order, in one batch or in consecutive ones. A batch is
+//! posted as
+//!
+//! ```json
+//! {"view":"marketing_audience","idempotency_key":"…","position":1200,
+//!  "times":[1767225600000,1767225600412],"keys":["email:a@x.io","user_id:u9"],
+//!  "changes":[{"time":1767225600000,"view":"marketing_audience","key":"email:a@x.io","diff":1,"row":{…}},…]}
+//! ```
+//!
+//! with the headers `Idempotency-Key` (the same as in the body) and
+//! `X-Throughline-Signature: sha256=HEX`, the HMAC-SHA256 of the exact body bytes under the
+//! secret in the environment variable `THROUGHLINE_WEBHOOK_SECRET` (or the one named by
+//! `secret_env=`). A receiver verifies a batch by computing the same HMAC over the raw body
+//! it read and comparing it, in constant time, with the header's hex; then it applies the
+//! batch unless it has seen its idempotency key.
+//!
+//! # At least once, and the same batch every time
+//!
+//! The idempotency key names a batch by its view, the position of its group (the input
+//! lines the engine had taken when it published it), its place among the group's batches of
+//! that view, and its range of keys and engine times. The sink saves each group's position
+//! before posting it ([`super::Destination::sends_again`]), and after a crash the replay
+//! ends groups at exactly those positions, so a batch posted again is the same batch with
+//! the same key: a receiver that keeps the keys it applied applies every change once.
+//!
+//! # Failures
+//!
+//! A `2xx` answer confirms a batch. A `408`, `429` or `5xx`, a timeout (`timeout_ms=`,
+//! default 10 s), a refused or broken connection is retried with exponential backoff and
+//! full jitter (from 100 ms up to 30 s), or after `Retry-After` seconds when the answer
+//! says so; `/healthz` says `degraded` meanwhile, and the rest of the server goes on. Any
+//! other answer is permanent: the batch, the status and the start of the response go to the
+//! dead-letter file (`dead=PATH`; `serve` keeps it in its data directory), and delivery
+//! goes on with the next batch.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+
+use super::{Destination, Group, Progress};
+use crate::engine::output::Change;
+
+/// The environment variable holding the signing secret, unless `secret_env=` names another.
+pub const SECRET_ENV: &str = "THROUGHLINE_WEBHOOK_SECRET";
+
+/// Changes per batch, unless `batch=` says otherwise.
+const DEFAULT_BATCH: usize = 500;
+/// How long a post may take, unless `timeout_ms=` says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first retry's longest wait, and the longest of any.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How much of a refusing answer's body the dead-letter file keeps.
+const RESPONSE_KEPT: usize = 4096;
+
+/// A parsed `webhook+http://` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// `HOST` (a name or an IPv4 address).
+    pub host: String,
+    /// `PORT` (80 when absent).
+    pub port: u16,
+    /// The path posted to, with its query (the sink's own settings removed).
+    pub path: String,
+    /// The views delivered (`view=A,B`); all when empty.
+    pub views: Vec<String>,
+    /// Most changes per batch (`batch=`).
+    pub batch: usize,
+    /// Longest a post may take (`timeout_ms=`).
+    pub timeout: Duration,
+    /// The environment variable holding the secret (`secret_env=`).
+    pub secret_env: String,
+    /// The dead-letter file (`dead=`), when set in the address.
+    pub dead: Option<PathBuf>,
+}
+
+impl WebhookUrl {
+    /// Whether `text` is meant as a webhook address.
+    pub fn is_webhook(text: &str) -> bool {
+        text.starts_with("webhook+")
+    }
+
+    /// An output option (`--sink`) as a webhook address, when it is one.
+    pub fn in_path(path: Option<&Path>) -> Option<&str> {
+        path.and_then(|p| p.to_str())
+            .filter(|p| WebhookUrl::is_webhook(p))
+    }
+
+    /// Parses `webhook+http://HOST[:PORT]/PATH[?view=V&batch=N&timeout_ms=T&secret_env=E&dead=F]`.
+    pub fn parse(text: &str) -> Result<WebhookUrl, String> {
+        let bad = |why: &str| {
+            format!("{text}: {why} (expected webhook+http://HOST[:PORT]/PATH[?view=V&batch=N])")
+        };
+        if text.starts_with("webhook+https://") {
+            return Err(bad(
+                "https is not supported yet: post to a local TLS-terminating proxy over http",
+            ));
+        }
+        let rest = text
+            .strip_prefix("webhook+http://")
+            .ok_or_else(|| bad("not a webhook+http:// address"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().map_err(|_| bad("a bad port"))?),
+            None => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut url = WebhookUrl {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+            views: Vec::new(),
+            batch: DEFAULT_BATCH,
+            timeout: DEFAULT_TIMEOUT,
+            secret_env: SECRET_ENV.to_string(),
+            dead: None,
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| -> Result<u64, String> {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(&format!("{what} is a positive whole number")))
+            };
+            match key {
+                "view" => url.views.extend(value.split(',').map(str::to_string)),
+                "batch" => url.batch = number("batch")? as usize,
+                "timeout_ms" => url.timeout = Duration::from_millis(number("timeout_ms")?),
+                "secret_env" => url.secret_env = value.to_string(),
+                "dead" => url.dead = Some(PathBuf::from(value)),
+                _ => kept.push(pair),
+            }
+        }
+        if !kept.is_empty() {
+            url.path = format!("{}?{}", url.path, kept.join("&"));
+        }
+        Ok(url)
+    }
+
+    /// The destination's name: the address without the sink's settings.
+    pub fn name(&self) -> String {
+        format!("webhook+http://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+/// One batch: changes of one view from one group.
+struct Batch<'g> {
+    view: &'g str,
+    changes: Vec<&'g Change>,
+    key: String,
+}
+
+/// How a post ended.
+enum Posted {
+    /// A `2xx`.
+    Accepted,
+    /// A permanent refusal: the status and the start of the body.
+    Refused(u16, String),
+}
+
+/// The webhook, driven by its sink's thread.
+pub struct WebhookDestination {
+    url: WebhookUrl,
+    secret: Vec<u8>,
+    runtime: tokio::runtime::Runtime,
+    connection: Option<SendRequest<Full<Bytes>>>,
+    dead_path: PathBuf,
+    dead: Option<File>,
+    /// Batches of the first group offered already accepted (or dead-lettered).
+    done_in_group: usize,
+    /// No post before this instant (a backoff, or `Retry-After`).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    jitter: u64,
+    confirmed: u64,
+    delivered: u64,
+    refusals: u64,
+}
+
+impl WebhookDestination {
+    /// The destination of `url`, signing with the secret in its environment variable and
+    /// writing refused batches to `dead` unless the address names a file.
+    pub fn open(url: &WebhookUrl, dead: &Path) -> Result<WebhookDestination, String> {
+        let secret = std::env::var(&url.secret_env).map_err(|_| {
+            format!(
+                "{}: set the signing secret in the environment variable {} (a receiver verifies each batch with it)",
+                url.name(),
+                url.secret_env
+            )
+        })?;
+        if secret.is_empty() {
+            return Err(format!("{}: {} is empty", url.name(), url.secret_env));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("{}: cannot start its HTTP client: {e}", url.name()))?;
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        Ok(WebhookDestination {
+            dead_path: url.dead.clone().unwrap_or_else(|| dead.to_path_buf()),
+            url: url.clone(),
+            secret: secret.into_bytes(),
+            runtime,
+            connection: None,
+            dead: None,
+            done_in_group: 0,
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            jitter: seed,
+            confirmed: 0,
+            delivered: 0,
+            refusals: 0,
+        })
+    }
+
+    /// The batches of `group` this webhook takes, in order.
+    fn batches<'g>(&self, group: &'g Group) -> Vec<Batch<'g>> {
+        let mut views: Vec<&str> = group.changes.iter().map(|c| c.view.as_str()).collect();
+        views.sort_unstable();
+        views.dedup();
+        views.retain(|v| self.url.views.is_empty() || self.url.views.iter().any(|w| w == v));
+        let mut batches = Vec::new();
+        for view in views {
+            let changes: Vec<&Change> = group.changes.iter().filter(|c| c.view == view).collect();
+            for (index, chunk) in changes.chunks(self.url.batch).enumerate() {
+                let key = idempotency_key(view, group.position, index, chunk);
+                batches.push(Batch {
+                    view,
+                    changes: chunk.to_vec(),
+                    key,
+                });
+            }
+        }
+        batches
+    }
+
+    /// Posts `batch`: accepted or refused for good, or an error to retry (with the wait the
+    /// answer asked for, if any).
+    fn post(
+        &mut self,
+        batch: &Batch<'_>,
+        position: u64,
+    ) -> Result<Posted, (String, Option<Duration>)> {
+        let body = body_of(batch, position);
+        let signature = sign(&self.secret, body.as_bytes());
+        let request = hyper::Request::post(self.url.path.as_str())
+            .header(
+                hyper::header::HOST,
+                format!("{}:{}", self.url.host, self.url.port),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", batch.key.as_str())
+            .header("X-Throughline-Signature", format!("sha256={signature}"))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| (format!("cannot make the request: {e}"), None))?;
+        let (host, port, timeout) = (self.url.host.clone(), self.url.port, self.url.timeout);
+        let reuse = self.connection.take().filter(|c| !c.is_closed());
+        let exchange = async move {
+            let mut sender = match reuse {
+                Some(sender) => sender,
+                None => {
+                    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                        .await
+                        .map_err(|e| format!("cannot connect: {e}"))?;
+                    let _ = stream.set_nodelay(true);
+                    let (sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .map_err(|e| format!("cannot connect: {e}"))?;
+                    tokio::spawn(connection);
+                    sender
+                }
+            };
+            sender
+                .ready()
+                .await
+                .map_err(|e| format!("the connection broke: {e}"))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("no answer: {e}"))?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, String>((sender, status, retry_after, body))
+        };
+        let outcome = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, exchange).await });
+        let (sender, status, retry_after, body) = match outcome {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) => return Err((why, None)),
+            Err(_) => return Err((format!("no answer within {} ms", timeout.as_millis()), None)),
+        };
+        self.connection = Some(sender);
+        match status {
+            200..=299 => Ok(Posted::Accepted),
+            408 | 429 | 500..=599 => Err((format!("answered {status}"), retry_after)),
+            _ => {
+                let kept = body
+                    .get(..body.len().min(RESPONSE_KEPT))
+                    .unwrap_or_default();
+                Ok(Posted::Refused(
+                    status,
+                    String::from_utf8_lossy(kept).into_owned(),
+                ))
+            }
+        }
+    }
+
+    /// Writes a refused batch to the dead-letter file, durably.
+    fn dead_letter(
+        &mut self,
+        batch: &Batch<'_>,
+        position: u64,
+        status: u16,
+        response: &str,
+    ) -> Result<(), String> {
+        if self.dead.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.dead_path)
+                .map_err(|e| format!("cannot open {}: {e}", self.dead_path.display()))?;
+            self.dead = Some(file);
+        }
+        let line = serde_json::json!({
+            "destination": self.url.name(),
+            "status": status,
+            "response": response,
+            "idempotency_key": batch.key,
+            "batch": serde_json::from_str::<serde_json::Value>(&body_of(batch, position)).unwrap_or_default(),
+        });
+        let path = self.dead_path.display().to_string();
+        let file = self
+            .dead
+            .as_mut()
+            .ok_or("internal error: no dead-letter file")?;
+        writeln!(file, "{line}")
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("cannot write {path}: {e}"))
+    }
+
+    /// The next backoff: full jitter over the current bound, which then doubles.
+    fn next_backoff(&mut self) -> Duration {
+        // xorshift64: jitter needs no cryptographic quality
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let bound = self.backoff.as_millis().max(1) as u64;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Duration::from_millis(self.jitter % bound + 1)
+    }
+}
+
+impl Destination for WebhookDestination {
+    fn deliver(&mut self, groups: &[Group]) -> Result<usize, String> {
+        if let Some(at) = self.retry_at.take() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
+        for (taken, group) in groups.iter().enumerate() {
+            let batches = self.batches(group);
+            while let Some(batch) = batches.get(self.done_in_group) {
+                match self.post(batch, group.position) {
+                    Ok(Posted::Accepted) => {
+                        self.delivered += batch.changes.len() as u64;
+                        self.backoff = FIRST_BACKOFF;
+                    }
+                    Ok(Posted::Refused(status, response)) => {
+                        self.dead_letter(batch, group.position, status, &response)?;
+                        self.refusals += 1;
+                        eprintln!(
+                            "throughline: {}: a batch of {} changes was refused ({status}): written to {}",
+                            self.url.name(),
+                            batch.changes.len(),
+                            self.dead_path.display()
+                        );
+                    }
+                    Err((why, asked)) => {
+                        let wait = asked.unwrap_or_else(|| self.next_backoff());
+                        self.retry_at = Some(Instant::now() + wait);
+                        return match taken {
+                            0 => Err(format!("{}: {why}", self.url.name())),
+                            n => Ok(n),
+                        };
+                    }
+                }
+                self.done_in_group += 1;
+            }
+            self.done_in_group = 0;
+            self.confirmed = group.position;
+        }
+        Ok(groups.len())
+    }
+
+    fn progress(&mut self) -> Progress {
+        Progress {
+            confirmed: self.confirmed,
+            delivered: self.delivered,
+            refusals: self.refusals,
+            ..Progress::default()
+        }
+    }
+
+    fn sends_again(&self) -> bool {
+        true
+    }
+
+    fn finish(&mut self, _patience: Duration) -> Result<String, String> {
+        Ok(format!(
+            "{}: delivered {} changes, {} batches refused",
+            self.url.name(),
+            self.delivered,
+            self.refusals
+        ))
+    }
+}
+
+/// The idempotency key of the `index`-th batch of `view` in the group at `position`: its
+/// view, place and key and time ranges, hashed to 32 hex digits after the position.
+fn idempotency_key(view: &str, position: u64, index: usize, changes: &[&Change]) -> String {
+    let (first, last) = (changes.first(), changes.last());
+    let named = format!(
+        "{view}\u{0}{position}\u{0}{index}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+        first.map_or("", |c| c.key.as_str()),
+        last.map_or("", |c| c.key.as_str()),
+        first.map_or(0, |c| c.time),
+        last.map_or(0, |c| c.time),
+        changes.len()
+    );
+    format!(
+        "{position}-{index}-{:032x}",
+        xxhash_rust::xxh3::xxh3_128(named.as_bytes())
+    )
+}
+
+/// A batch's JSON body.
+fn body_of(batch: &Batch<'_>, position: u64) -> String {
+    let (first, last) = (batch.changes.first(), batch.changes.last());
+    let changes: Vec<String> = batch.changes.iter().map(|c| c.json()).collect();
+    format!(
+        "{{\"view\":{},\"idempotency_key\":{},\"position\":{position},\"times\":[{},{}],\"keys\":[{},{}],\"changes\":[{}]}}",
+        json_string(batch.view),
+        json_string(&batch.key),
+        first.map_or(0, |c| c.time),
+        last.map_or(0, |c| c.time),
+        json_string(first.map_or("", |c| c.key.as_str())),
+        json_string(last.map_or("", |c| c.key.as_str())),
+        changes.join(",")
+    )
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// The hex HMAC-SHA256 of `body` under `secret`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(), // HMAC takes a key of any length
+    };
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_their_settings() {
+        let url = WebhookUrl::parse(
+            "webhook+http://127.0.0.1:9000/hooks/a?view=marketing_audience,scores&batch=50&timeout_ms=200&token=x",
+        )
+        .unwrap();
+        assert_eq!(url.host, "127.0.0.1");
+        assert_eq!(url.port, 9000);
+        assert_eq!(url.path, "/hooks/a?token=x");
+        assert_eq!(url.views, vec!["marketing_audience", "scores"]);
+        assert_eq!(url.batch, 50);
+        assert_eq!(url.timeout, Duration::from_millis(200));
+        assert_eq!(url.name(), "webhook+http://127.0.0.1:9000/hooks/a?token=x");
+        for bad in [
+            "webhook+http://:80/x",
+            "webhook+http://h:port/x",
+            "webhook+http://h/x?batch=0",
+            "webhook+https://h/x",
+            "http://h/x",
+        ] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// RFC 4231 test case 2.
+    #[test]
+    fn signatures_are_hmac_sha256() {
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
