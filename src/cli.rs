@@ -385,7 +385,7 @@ fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
 /// batches going to the address's `dead=` file (`webhook.dead.ndjson` by default).
 fn webhook_sink(url: &str) -> Result<Box<dyn Publish>, String> {
     let url = WebhookUrl::parse(url)?;
-    let destination = WebhookDestination::open(&url, Path::new("webhook.dead.ndjson"))?;
+    let destination = WebhookDestination::open(&url, Path::new("webhook.dead.ndjson"), None)?;
     Ok(Box::new(Sink::start(
         Box::new(destination),
         url.name(),

@@ -420,7 +420,10 @@ fn start_engine(
             kafka(&KafkaUrl::parse(url)?, Form::Changes)?
         } else if let Some(url) = WebhookUrl::in_path(config.sink.as_deref()) {
             let dead = dir.root().join("sink-changes.dead.ndjson");
-            Box::new(WebhookDestination::open(&WebhookUrl::parse(url)?, &dead)?)
+            let spans = dir.root().join("sink-changes.spans");
+            let url = WebhookUrl::parse(url)?;
+            let spans = Some((spans.as_path(), state.confirmed));
+            Box::new(WebhookDestination::open(&url, &dead, spans)?)
         } else {
             Box::new(FileDestination::open(Path::new(&name), &mut state)?)
         };

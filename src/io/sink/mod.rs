@@ -103,6 +103,12 @@ pub trait Destination: Send {
     fn deliver(&mut self, groups: &[Group]) -> Result<usize, String>;
     /// What is confirmed so far.
     fn progress(&mut self) -> Progress;
+    /// Called every pass of the sink's loop (at least every 20 ms): a destination that holds
+    /// what it took (a webhook lingering to fill a batch) sends what is due. An error is
+    /// counted and shown like a failed [`Destination::deliver`].
+    fn poll(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether a group sent but not confirmed can be taken back (a file cut back to its
     /// confirmed length) or must be sent again identically (a topic): the latter saves each
     /// group's position before sending it.
@@ -410,7 +416,13 @@ impl Driver {
                     }
                 }
             }
-            self.note_progress(false, blocked.as_ref().is_some_and(|b| b.1.is_some()));
+            let polled = self.destination.poll();
+            if let Err(why) = &polled {
+                self.status.errors.fetch_add(1, Ordering::Relaxed);
+                self.status.stall(why.clone());
+            }
+            let failing = blocked.as_ref().is_some_and(|b| b.1.is_some()) || polled.is_err();
+            self.note_progress(false, failing);
             if closed && pending.is_empty() {
                 break;
             }

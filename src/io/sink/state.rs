@@ -103,6 +103,12 @@ impl SinkState {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(format!("cannot remove {}: {e}", state.sent_path.display())),
             }
+            // the position file names the destination the sent file is for: without it, a
+            // restart before the first confirmation would take the groups sent as another
+            // destination's and forget them (and then cut its replay elsewhere)
+            state
+                .confirm(0, 0)
+                .map_err(|e| format!("cannot write {}: {e}", state.position_path.display()))?;
             return Ok(state);
         }
         let (frames, _) = recover_frames(&state.sent_path, 8)

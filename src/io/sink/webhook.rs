@@ -3,10 +3,11 @@
 //!
 //! # Batches
 //!
-//! Each published group of changes ([`super::Group`]) is cut into batches of one view each,
-//! at most `batch=N` changes (default 500), in the change stream's order: a profile's
-//! changes in a view arrive in order, in one batch or in consecutive ones. A batch is
-//! posted as
+//! The sink takes the published groups of changes ([`super::Group`]) as they come and posts
+//! them once they hold `batch=N` changes (default 500) or the oldest has waited `linger_ms=T`
+//! (default 100). What it posts at once, a *span* of whole groups, is cut into batches of one
+//! view each, at most N changes, in the change stream's order: a profile's changes in a
+//! view arrive in order, in one batch or in consecutive ones. A batch is posted as
 //!
 //! ```json
 //! {"view":"marketing_audience","idempotency_key":"…","position":1200,
@@ -23,12 +24,16 @@
 //!
 //! # At least once, and the same batch every time
 //!
-//! The idempotency key names a batch by its view, the position of its group (the input
-//! lines the engine had taken when it published it), its place among the group's batches of
-//! that view, and its range of keys and engine times. The sink saves each group's position
-//! before posting it ([`super::Destination::sends_again`]), and after a crash the replay
-//! ends groups at exactly those positions, so a batch posted again is the same batch with
-//! the same key: a receiver that keeps the keys it applied applies every change once.
+//! The idempotency key names a batch by its view, the position its span ends at (the input
+//! lines the engine had taken when it published the span's last group), its place among
+//! the span's batches of that view, and its range of keys and engine times. Before it posts
+//! a span, the sink saves where the span ends (`sink-changes.spans` in `serve`'s data
+//! directory), and the sink layer saves every group's position
+//! ([`super::Destination::sends_again`]). After a crash the replay ends groups at exactly
+//! those positions, and the sink posts the spans it owes again with exactly the same
+//! groups, so a batch posted again is the same batch with the same key: a receiver that
+//! keeps the keys it applied applies every change once. The position is confirmed (and
+//! saved) once every batch of a span is taken.
 //!
 //! # Failures
 //!
@@ -40,6 +45,7 @@
 //! dead-letter file (`dead=PATH`; `serve` keeps it in its data directory), and delivery
 //! goes on with the next batch.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,6 +66,8 @@ pub const SECRET_ENV: &str = "THROUGHLINE_WEBHOOK_SECRET";
 
 /// Changes per batch, unless `batch=` says otherwise.
 const DEFAULT_BATCH: usize = 500;
+/// How long a change waits for more to fill its batch, unless `linger_ms=` says otherwise.
+const DEFAULT_LINGER: Duration = Duration::from_millis(100);
 /// How long a post may take, unless `timeout_ms=` says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry's longest wait, and the longest of any.
@@ -83,6 +91,8 @@ pub struct WebhookUrl {
     pub batch: usize,
     /// Longest a post may take (`timeout_ms=`).
     pub timeout: Duration,
+    /// Longest a change waits for more to fill its batch (`linger_ms=`).
+    pub linger: Duration,
     /// The environment variable holding the secret (`secret_env=`).
     pub secret_env: String,
     /// The dead-letter file (`dead=`), when set in the address.
@@ -101,7 +111,8 @@ impl WebhookUrl {
             .filter(|p| WebhookUrl::is_webhook(p))
     }
 
-    /// Parses `webhook+http://HOST[:PORT]/PATH[?view=V&batch=N&timeout_ms=T&secret_env=E&dead=F]`.
+    /// Parses
+    /// `webhook+http://HOST[:PORT]/PATH[?view=V&batch=N&linger_ms=L&timeout_ms=T&secret_env=E&dead=F]`.
     pub fn parse(text: &str) -> Result<WebhookUrl, String> {
         let bad = |why: &str| {
             format!("{text}: {why} (expected webhook+http://HOST[:PORT]/PATH[?view=V&batch=N])")
@@ -133,6 +144,7 @@ impl WebhookUrl {
             views: Vec::new(),
             batch: DEFAULT_BATCH,
             timeout: DEFAULT_TIMEOUT,
+            linger: DEFAULT_LINGER,
             secret_env: SECRET_ENV.to_string(),
             dead: None,
         };
@@ -150,6 +162,13 @@ impl WebhookUrl {
                 "view" => url.views.extend(value.split(',').map(str::to_string)),
                 "batch" => url.batch = number("batch")? as usize,
                 "timeout_ms" => url.timeout = Duration::from_millis(number("timeout_ms")?),
+                "linger_ms" => {
+                    url.linger = Duration::from_millis(
+                        value
+                            .parse()
+                            .map_err(|_| bad("linger_ms is a whole number"))?,
+                    )
+                }
                 "secret_env" => url.secret_env = value.to_string(),
                 "dead" => url.dead = Some(PathBuf::from(value)),
                 _ => kept.push(pair),
@@ -167,11 +186,19 @@ impl WebhookUrl {
     }
 }
 
-/// One batch: changes of one view from one group.
-struct Batch<'g> {
-    view: &'g str,
-    changes: Vec<&'g Change>,
+/// One batch, ready to post.
+struct Prepared {
     key: String,
+    body: String,
+    changes: u64,
+}
+
+/// A span of groups being posted: its end (the last group's position) and its batches.
+struct Sending {
+    end: u64,
+    batches: Vec<Prepared>,
+    /// Batches accepted (or refused for good) so far.
+    done: usize,
 }
 
 /// How a post ended.
@@ -182,6 +209,77 @@ enum Posted {
     Refused(u16, String),
 }
 
+/// Where the ends of the spans posted are saved, so that a restart posts the same spans.
+struct Spans {
+    path: PathBuf,
+    file: File,
+    entries: usize,
+    /// The latest ends recorded.
+    recent: VecDeque<u64>,
+}
+
+/// Span ends a file may hold before it is rewritten with only the latest
+/// [`SPANS_RECENT`].
+const SPANS_KEPT: usize = 4096;
+/// Span ends a rewrite keeps: those whose confirmation the sink layer may not have saved
+/// yet (it saves at most every 100 ms) must be owed again after a crash.
+const SPANS_RECENT: usize = 1024;
+
+impl Spans {
+    /// Opens the file at `path`: the ends after `confirmed` it holds, in order (the spans
+    /// the last run may have posted without seeing them confirmed), rewritten to just those.
+    fn open(path: &Path, confirmed: u64) -> Result<(Spans, VecDeque<u64>), String> {
+        let owed: VecDeque<u64> = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .filter(|end| *end > confirmed)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let ends: Vec<u64> = owed.iter().copied().collect();
+        let spans = Spans::rewrite(path, &ends)?;
+        Ok((spans, owed))
+    }
+
+    /// Replaces the file at `path` with `ends`, atomically.
+    fn rewrite(path: &Path, ends: &[u64]) -> Result<Spans, String> {
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let fresh = path.with_extension("new");
+        let mut file = File::create(&fresh).map_err(fail)?;
+        let text: String = ends.iter().map(|e| format!("{e}\n")).collect();
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&fresh, path))
+            .map_err(fail)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(fail)?;
+        Ok(Spans {
+            path: path.to_path_buf(),
+            file,
+            entries: ends.len(),
+            recent: ends.iter().copied().collect(),
+        })
+    }
+
+    /// Saves `end` durably, before its span is posted; a rewrite keeps the latest ends.
+    fn record(&mut self, end: u64) -> Result<(), String> {
+        if self.entries >= SPANS_KEPT {
+            let recent: Vec<u64> = self.recent.iter().copied().collect();
+            *self = Spans::rewrite(&self.path, &recent)?;
+        }
+        if self.recent.len() >= SPANS_RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(end);
+        writeln!(self.file, "{end}")
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        self.entries += 1;
+        Ok(())
+    }
+}
+
 /// The webhook, driven by its sink's thread.
 pub struct WebhookDestination {
     url: WebhookUrl,
@@ -190,8 +288,15 @@ pub struct WebhookDestination {
     connection: Option<SendRequest<Full<Bytes>>>,
     dead_path: PathBuf,
     dead: Option<File>,
-    /// Batches of the first group offered already accepted (or dead-lettered).
-    done_in_group: usize,
+    /// Groups taken and not yet posted, in order.
+    buffer: VecDeque<Group>,
+    /// When the oldest change not yet confirmed was taken.
+    oldest: Option<Instant>,
+    /// The span being posted.
+    sending: Option<Sending>,
+    /// Where span ends are saved (`serve`); spans the last run may have posted, owed again.
+    spans: Option<Spans>,
+    owed: VecDeque<u64>,
     /// No post before this instant (a backoff, or `Retry-After`).
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -203,8 +308,14 @@ pub struct WebhookDestination {
 
 impl WebhookDestination {
     /// The destination of `url`, signing with the secret in its environment variable and
-    /// writing refused batches to `dead` unless the address names a file.
-    pub fn open(url: &WebhookUrl, dead: &Path) -> Result<WebhookDestination, String> {
+    /// writing refused batches to `dead` unless the address names a file. `spans`: where
+    /// the ends of the spans posted are saved, and the position confirmed before (`serve`,
+    /// so that a restart posts the same batches again).
+    pub fn open(
+        url: &WebhookUrl,
+        dead: &Path,
+        spans: Option<(&Path, u64)>,
+    ) -> Result<WebhookDestination, String> {
         let secret = std::env::var(&url.secret_env).map_err(|_| {
             format!(
                 "{}: set the signing secret in the environment variable {} (a receiver verifies each batch with it)",
@@ -223,6 +334,13 @@ impl WebhookDestination {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             | 1;
+        let (spans, owed, confirmed) = match spans {
+            Some((path, confirmed)) => {
+                let (spans, owed) = Spans::open(path, confirmed)?;
+                (Some(spans), owed, confirmed)
+            }
+            None => (None, VecDeque::new(), 0),
+        };
         Ok(WebhookDestination {
             dead_path: url.dead.clone().unwrap_or_else(|| dead.to_path_buf()),
             url: url.clone(),
@@ -230,31 +348,131 @@ impl WebhookDestination {
             runtime,
             connection: None,
             dead: None,
-            done_in_group: 0,
+            buffer: VecDeque::new(),
+            oldest: None,
+            sending: None,
+            spans,
+            owed,
             retry_at: None,
             backoff: FIRST_BACKOFF,
             jitter: seed,
-            confirmed: 0,
+            confirmed,
             delivered: 0,
             refusals: 0,
         })
     }
 
-    /// The batches of `group` this webhook takes, in order.
-    fn batches<'g>(&self, group: &'g Group) -> Vec<Batch<'g>> {
-        let mut views: Vec<&str> = group.changes.iter().map(|c| c.view.as_str()).collect();
+    /// Changes taken and not yet posted.
+    fn buffered(&self) -> usize {
+        self.buffer.iter().map(|g| g.changes.len()).sum()
+    }
+
+    /// The end of the next span to post, if one is due: the next span owed from before a
+    /// restart once every group of it is here, else every group taken once they hold a
+    /// batch's worth or the oldest has waited `linger` (or at once with `all`), saved
+    /// before it is posted.
+    fn next_span(&mut self, all: bool) -> Result<Option<u64>, String> {
+        let Some(last) = self.buffer.back().map(|g| g.position) else {
+            return Ok(None);
+        };
+        if let Some(&end) = self.owed.front() {
+            return Ok((last >= end || all).then_some(end.min(last)));
+        }
+        let lingered = self.oldest.is_some_and(|t| t.elapsed() >= self.url.linger);
+        if !(all || lingered || self.buffered() >= self.url.batch) {
+            return Ok(None);
+        }
+        if let Some(spans) = &mut self.spans {
+            spans.record(last)?;
+        }
+        Ok(Some(last))
+    }
+
+    /// Posts what is due (everything with `all`): each span's batches in order, one span
+    /// at a time. An error is the post that failed; it is retried after a backoff.
+    fn flush(&mut self, all: bool) -> Result<(), String> {
+        loop {
+            if self.sending.is_none() {
+                let Some(end) = self.next_span(all)? else {
+                    return Ok(());
+                };
+                let mut groups = Vec::new();
+                while let Some(group) = self.buffer.pop_front_if(|g| g.position <= end) {
+                    groups.push(group);
+                }
+                let batches = self.prepare(&groups, end);
+                self.sending = Some(Sending {
+                    end,
+                    batches,
+                    done: 0,
+                });
+            }
+            if let Some(at) = self.retry_at {
+                if Instant::now() < at && !all {
+                    return Ok(());
+                }
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                self.retry_at = None;
+            }
+            self.post_span()?;
+        }
+    }
+
+    /// Posts the batches of the span being sent; once all are taken, it is confirmed.
+    fn post_span(&mut self) -> Result<(), String> {
+        let Some(mut sending) = self.sending.take() else {
+            return Ok(());
+        };
+        while let Some(batch) = sending.batches.get(sending.done) {
+            match self.post(batch) {
+                Ok(Posted::Accepted) => {
+                    self.delivered += batch.changes;
+                    self.backoff = FIRST_BACKOFF;
+                }
+                Ok(Posted::Refused(status, response)) => {
+                    self.dead_letter(batch, status, &response)?;
+                    self.refusals += 1;
+                    eprintln!(
+                        "throughline: {}: a batch of {} changes was refused ({status}): written to {}",
+                        self.url.name(),
+                        batch.changes,
+                        self.dead_path.display()
+                    );
+                }
+                Err((why, asked)) => {
+                    let wait = asked.unwrap_or_else(|| self.next_backoff());
+                    self.retry_at = Some(Instant::now() + wait);
+                    self.sending = Some(sending);
+                    return Err(format!("{}: {why}", self.url.name()));
+                }
+            }
+            sending.done += 1;
+        }
+        if self.owed.front() == Some(&sending.end) {
+            self.owed.pop_front();
+        }
+        self.confirmed = self.confirmed.max(sending.end);
+        self.oldest = (!self.buffer.is_empty()).then(Instant::now);
+        Ok(())
+    }
+
+    /// The batches of a span of `groups` ending at `end`: per view this webhook takes, its
+    /// changes in order, at most `batch` each.
+    fn prepare(&self, groups: &[Group], end: u64) -> Vec<Prepared> {
+        let changes = || groups.iter().flat_map(|g| &g.changes);
+        let mut views: Vec<&str> = changes().map(|c| c.view.as_str()).collect();
         views.sort_unstable();
         views.dedup();
         views.retain(|v| self.url.views.is_empty() || self.url.views.iter().any(|w| w == v));
         let mut batches = Vec::new();
         for view in views {
-            let changes: Vec<&Change> = group.changes.iter().filter(|c| c.view == view).collect();
-            for (index, chunk) in changes.chunks(self.url.batch).enumerate() {
-                let key = idempotency_key(view, group.position, index, chunk);
-                batches.push(Batch {
-                    view,
-                    changes: chunk.to_vec(),
+            let of_view: Vec<&Change> = changes().filter(|c| c.view == view).collect();
+            for (index, chunk) in of_view.chunks(self.url.batch).enumerate() {
+                let key = idempotency_key(view, end, index, chunk);
+                batches.push(Prepared {
+                    body: body_of(view, &key, end, chunk),
                     key,
+                    changes: chunk.len() as u64,
                 });
             }
         }
@@ -263,13 +481,8 @@ impl WebhookDestination {
 
     /// Posts `batch`: accepted or refused for good, or an error to retry (with the wait the
     /// answer asked for, if any).
-    fn post(
-        &mut self,
-        batch: &Batch<'_>,
-        position: u64,
-    ) -> Result<Posted, (String, Option<Duration>)> {
-        let body = body_of(batch, position);
-        let signature = sign(&self.secret, body.as_bytes());
+    fn post(&mut self, batch: &Prepared) -> Result<Posted, (String, Option<Duration>)> {
+        let signature = sign(&self.secret, batch.body.as_bytes());
         let request = hyper::Request::post(self.url.path.as_str())
             .header(
                 hyper::header::HOST,
@@ -278,7 +491,7 @@ impl WebhookDestination {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", batch.key.as_str())
             .header("X-Throughline-Signature", format!("sha256={signature}"))
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(batch.body.clone())))
             .map_err(|e| (format!("cannot make the request: {e}"), None))?;
         let (host, port, timeout) = (self.url.host.clone(), self.url.port, self.url.timeout);
         let reuse = self.connection.take().filter(|c| !c.is_closed());
@@ -327,7 +540,9 @@ impl WebhookDestination {
         let (sender, status, retry_after, body) = match outcome {
             Ok(Ok(answer)) => answer,
             Ok(Err(why)) => return Err((why, None)),
-            Err(_) => return Err((format!("no answer within {} ms", timeout.as_millis()), None)),
+            Err(_) => {
+                return Err((format!("no answer within {} ms", timeout.as_millis()), None));
+            }
         };
         self.connection = Some(sender);
         match status {
@@ -346,13 +561,7 @@ impl WebhookDestination {
     }
 
     /// Writes a refused batch to the dead-letter file, durably.
-    fn dead_letter(
-        &mut self,
-        batch: &Batch<'_>,
-        position: u64,
-        status: u16,
-        response: &str,
-    ) -> Result<(), String> {
+    fn dead_letter(&mut self, batch: &Prepared, status: u16, response: &str) -> Result<(), String> {
         if self.dead.is_none() {
             let file = OpenOptions::new()
                 .create(true)
@@ -366,7 +575,7 @@ impl WebhookDestination {
             "status": status,
             "response": response,
             "idempotency_key": batch.key,
-            "batch": serde_json::from_str::<serde_json::Value>(&body_of(batch, position)).unwrap_or_default(),
+            "batch": serde_json::from_str::<serde_json::Value>(&batch.body).unwrap_or_default(),
         });
         let path = self.dead_path.display().to_string();
         let file = self
@@ -391,49 +600,32 @@ impl WebhookDestination {
 }
 
 impl Destination for WebhookDestination {
+    /// Takes every group offered; [`Destination::poll`], right after, posts what is due.
     fn deliver(&mut self, groups: &[Group]) -> Result<usize, String> {
-        if let Some(at) = self.retry_at.take() {
-            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        if self.buffer.is_empty() && self.sending.is_none() {
+            self.oldest = Some(Instant::now());
         }
-        for (taken, group) in groups.iter().enumerate() {
-            let batches = self.batches(group);
-            while let Some(batch) = batches.get(self.done_in_group) {
-                match self.post(batch, group.position) {
-                    Ok(Posted::Accepted) => {
-                        self.delivered += batch.changes.len() as u64;
-                        self.backoff = FIRST_BACKOFF;
-                    }
-                    Ok(Posted::Refused(status, response)) => {
-                        self.dead_letter(batch, group.position, status, &response)?;
-                        self.refusals += 1;
-                        eprintln!(
-                            "throughline: {}: a batch of {} changes was refused ({status}): written to {}",
-                            self.url.name(),
-                            batch.changes.len(),
-                            self.dead_path.display()
-                        );
-                    }
-                    Err((why, asked)) => {
-                        let wait = asked.unwrap_or_else(|| self.next_backoff());
-                        self.retry_at = Some(Instant::now() + wait);
-                        return match taken {
-                            0 => Err(format!("{}: {why}", self.url.name())),
-                            n => Ok(n),
-                        };
-                    }
-                }
-                self.done_in_group += 1;
-            }
-            self.done_in_group = 0;
-            self.confirmed = group.position;
-        }
+        self.buffer.extend(groups.iter().cloned());
         Ok(groups.len())
     }
 
+    fn poll(&mut self) -> Result<(), String> {
+        self.flush(false)
+    }
+
     fn progress(&mut self) -> Progress {
+        let sending = self.sending.as_ref().map_or(0, |s| {
+            s.batches
+                .iter()
+                .skip(s.done)
+                .map(|b| b.changes)
+                .sum::<u64>()
+        });
         Progress {
             confirmed: self.confirmed,
             delivered: self.delivered,
+            unconfirmed: self.buffered() as u64 + sending,
+            oldest: self.oldest,
             refusals: self.refusals,
             ..Progress::default()
         }
@@ -443,7 +635,17 @@ impl Destination for WebhookDestination {
         true
     }
 
-    fn finish(&mut self, _patience: Duration) -> Result<String, String> {
+    /// Posts everything taken, retrying until `patience` has passed.
+    fn finish(&mut self, patience: Duration) -> Result<String, String> {
+        let started = Instant::now();
+        while let Err(why) = self.flush(true) {
+            if started.elapsed() >= patience {
+                return Err(format!(
+                    "{why}; {} changes not delivered",
+                    self.progress().unconfirmed
+                ));
+            }
+        }
         Ok(format!(
             "{}: delivered {} changes, {} batches refused",
             self.url.name(),
@@ -471,19 +673,19 @@ fn idempotency_key(view: &str, position: u64, index: usize, changes: &[&Change])
     )
 }
 
-/// A batch's JSON body.
-fn body_of(batch: &Batch<'_>, position: u64) -> String {
-    let (first, last) = (batch.changes.first(), batch.changes.last());
-    let changes: Vec<String> = batch.changes.iter().map(|c| c.json()).collect();
+/// A batch's JSON body: `changes` of `view`, from the span ending at `position`.
+fn body_of(view: &str, key: &str, position: u64, changes: &[&Change]) -> String {
+    let (first, last) = (changes.first(), changes.last());
+    let lines: Vec<String> = changes.iter().map(|c| c.json()).collect();
     format!(
         "{{\"view\":{},\"idempotency_key\":{},\"position\":{position},\"times\":[{},{}],\"keys\":[{},{}],\"changes\":[{}]}}",
-        json_string(batch.view),
-        json_string(&batch.key),
+        json_string(view),
+        json_string(key),
         first.map_or(0, |c| c.time),
         last.map_or(0, |c| c.time),
         json_string(first.map_or("", |c| c.key.as_str())),
         json_string(last.map_or("", |c| c.key.as_str())),
-        changes.join(",")
+        lines.join(",")
     )
 }
 
