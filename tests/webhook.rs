@@ -190,6 +190,28 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
     for part in &parts[1..] {
         post(&serve, part);
     }
+    // an erasure: the profile's rows leave the views, and the webhook gets their -1s
+    let (_, profiles) = serve.get("/v1/views/profiles");
+    let erased = profiles
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v["key"]
+                .as_str()?
+                .strip_prefix("user_id:")
+                .map(str::to_string)
+        })
+        .next()
+        .expect("a profile with a user id");
+    let forget = format!("{{\"userId\":\"{erased}\",\"timestamp\":1767300000000}}");
+    let (status, body) = serve.post("/v1/forget", forget.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    let taken = format!("throughline_lines_total {}\n", all.len() + 1);
+    while !serve.get("/metrics").1.contains(&taken) {
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let names: Vec<String> = throughline::spec::Spec::default_spec()
         .views
         .iter()
@@ -204,6 +226,8 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
         }
     }
     assert!(!expected.is_empty());
+    let erased_key = format!("user_id:{erased}");
+    assert!(expected.iter().all(|(_, key, _)| *key != erased_key));
     // a clean stop waits for the destination
     let _ = Command::new("kill")
         .args(["-TERM", &serve.child.id().to_string()])
@@ -229,6 +253,12 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
             *applied.entry(row_of(change)).or_default() += change["diff"].as_i64().unwrap();
         }
     }
+    assert!(
+        applied
+            .iter()
+            .any(|((_, key, _), n)| *key == erased_key && *n == 0),
+        "the erased profile's rows came and went"
+    );
     applied.retain(|_, n| *n != 0);
     assert!(applied.values().all(|n| *n == 1), "a row applied twice");
     let applied: BTreeSet<_> = applied.into_keys().collect();
