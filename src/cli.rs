@@ -16,6 +16,7 @@ use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::kafka::KafkaUrl;
 use crate::io::sink::kafka::{Form, KafkaDestination};
+use crate::io::sink::postgres::{PostgresDestination, PostgresUrl};
 use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Sink, WhenFull};
 use crate::io::source;
@@ -543,6 +544,22 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
     let kafka_output = KafkaUrl::in_path(args.output.as_deref());
     let webhook_output = WebhookUrl::in_path(args.output.as_deref());
+    if let Some(url) = PostgresUrl::in_path(args.output.as_deref()) {
+        if args.snapshot {
+            return Err(format!(
+                "{url}: a table takes the change stream: drop --snapshot"
+            ));
+        }
+        let url = PostgresUrl::parse(url)?;
+        let destination = PostgresDestination::open(&url, &spec)?;
+        publishers.push(Box::new(Sink::start(
+            Box::new(destination),
+            url.name(),
+            None,
+            (sink::DEFAULT_BACKLOG, WhenFull::Wait),
+            Duration::from_secs(120),
+        )?));
+    }
     let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output, webhook_output) {
         (_, Some(url), _) if args.snapshot => {
             return Err(format!(
@@ -562,6 +579,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
             publishers.push(webhook_sink(url)?);
             None
         }
+        (Some(p), None, None) if PostgresUrl::in_path(Some(p)).is_some() => None,
         (Some(p), None, None) => Some(create(p, "output")?),
         (None, None, None) => Some(stdout),
     };

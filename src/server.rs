@@ -21,6 +21,7 @@ use crate::io::http::Ctx;
 use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::file::FileDestination;
 use crate::io::sink::kafka::{Form, KafkaDestination};
+use crate::io::sink::postgres::{PostgresDestination, PostgresUrl};
 use crate::io::sink::state::{self, SinkState};
 use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Destination, Sink, SinkStatus, WhenFull};
@@ -348,13 +349,15 @@ pub fn serve_helper(
 fn sink_states(dir: &DataDir, config: &ServeConfig) -> Result<Vec<(String, SinkState)>, String> {
     let mut states = Vec::new();
     if let Some(path) = &config.sink {
-        let name = match (
-            KafkaUrl::in_path(Some(path)),
-            WebhookUrl::in_path(Some(path)),
-        ) {
-            (Some(url), _) => KafkaUrl::parse(url)?.name(),
-            (_, Some(url)) => WebhookUrl::parse(url)?.name(),
-            _ => path.display().to_string(),
+        let given = Some(path.as_path());
+        let name = if let Some(url) = KafkaUrl::in_path(given) {
+            KafkaUrl::parse(url)?.name()
+        } else if let Some(url) = WebhookUrl::in_path(given) {
+            WebhookUrl::parse(url)?.name()
+        } else if let Some(url) = PostgresUrl::in_path(given) {
+            PostgresUrl::parse(url)?.name()
+        } else {
+            path.display().to_string()
         };
         states.push((name.clone(), SinkState::load(dir.root(), "changes", &name)?));
     }
@@ -418,6 +421,8 @@ fn start_engine(
             kafka(url, Form::Upsert)?
         } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
             kafka(&KafkaUrl::parse(url)?, Form::Changes)?
+        } else if let Some(url) = PostgresUrl::in_path(config.sink.as_deref()) {
+            Box::new(PostgresDestination::open(&PostgresUrl::parse(url)?, spec)?)
         } else if let Some(url) = WebhookUrl::in_path(config.sink.as_deref()) {
             let dead = dir.root().join("sink-changes.dead.ndjson");
             let spans = dir.root().join("sink-changes.spans");

@@ -4,7 +4,8 @@
 #     2 cores the first time, into ~/.cargo/bin (outside the clone; skipped when there);
 #   - kafka-python and Segment's Python SDK (tests/kafka.rs, tests/server.rs), in .venv;
 #   - RudderStack's and Segment's Node SDKs (tests/server.rs), in tests/sdk/node_modules;
-#   - Debian's Chromium (tests/console.rs), with apt-get when it is missing.
+#   - Debian's Chromium (tests/console.rs) and PostgreSQL (tests/postgres.rs), with apt-get
+#     when they are missing.
 # Then `cargo test`, with the tests that need these included (a plain `cargo test` lists them
 # as ignored, each with its reason). Arguments go to cargo test: tests/run.sh --test kafka
 #
@@ -38,6 +39,16 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
 fi
 export THROUGHLINE_CHROMIUM="$(command -v chromium)"
+
+# PostgreSQL's server programs (tests/postgres.rs makes a cluster of its own with them)
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+if [ -z "$(pg_bin)" ] || [ ! -x "$(pg_bin)/initdb" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql >/dev/null
+fi
+export THROUGHLINE_PG_BIN="$(pg_bin)"
 
 # cargo's arguments, then the test binaries' (after a `--` of the caller's, if any)
 cargo_args=()

@@ -43,6 +43,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod postgres;
 pub mod state;
 pub mod webhook;
 

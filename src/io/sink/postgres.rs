@@ -1,0 +1,563 @@
+//! A PostgreSQL destination: `--sink 'postgres://USER[:PASSWORD]@HOST[:PORT]/DB?view=V&table=T'`
+//! keeps one table per view equal to the view, exactly once.
+//!
+//! # Tables
+//!
+//! A view's table (named `table=` when the sink takes one view, else the view's name) has the
+//! profile key as primary key (`key text`), then the view's fields in the spec's order (the
+//! score as `double precision`; identifiers, signals and traits as `jsonb`, since they are
+//! lists or any JSON), then `engine_time bigint`, the engine time of the row. The sink
+//! creates a table that is absent; one whose columns differ is an error naming the first
+//! column that differs (the sink then does not deliver, and `/healthz` says why).
+//!
+//! # Exactly once
+//!
+//! Each engine time of each published group is applied in one transaction: a `DELETE` for
+//! every row that leaves, an upsert for every row that comes, and the sink's position in
+//! `throughline_sink_positions` (`sink`, `position`: the group's position, `engine_time`:
+//! the time applied). The table is therefore always exactly the view at some engine time,
+//! never half of one. After a crash or a lost connection the sink reads its position back
+//! from the database, and skips what the tables already hold: the groups before that
+//! position, and in the group at it the times up to the one applied. The sink layer saves
+//! every group's position before handing it over ([`super::Destination::sends_again`]), so
+//! the replay after a crash regenerates exactly those groups, and each change is applied
+//! once (as Kafka Connect's JDBC sink and Materialize's sinks keep their offsets with the
+//! data).
+//!
+//! A database that is down or a connection that breaks is retried with backoff by the sink
+//! layer (`/healthz` says `degraded: …` meanwhile); the tables catch up once it is back.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Destination, Group, Progress};
+use crate::engine::output::Change;
+use crate::spec::{Field, Spec};
+
+/// The table of the sinks' positions.
+const POSITIONS: &str = "throughline_sink_positions";
+
+/// A parsed `postgres://` address.
+#[derive(Debug, Clone)]
+pub struct PostgresUrl {
+    /// The connection settings (the address without the sink's own settings).
+    config: tokio_postgres::Config,
+    /// The views delivered (`view=A,B`); all when empty.
+    pub views: Vec<String>,
+    /// The table of the one view delivered (`table=`).
+    pub table: Option<String>,
+    name: String,
+}
+
+impl PostgresUrl {
+    /// Whether `text` is meant as a PostgreSQL address.
+    pub fn is_postgres(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+
+    /// An output option (`--sink`) as a PostgreSQL address, when it is one.
+    pub fn in_path(path: Option<&std::path::Path>) -> Option<&str> {
+        path.and_then(|p| p.to_str())
+            .filter(|p| PostgresUrl::is_postgres(p))
+    }
+
+    /// Parses `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?view=V&table=T&SETTING=VALUE…]`
+    /// (other settings are the client's, e.g. `connect_timeout`).
+    pub fn parse(text: &str) -> Result<PostgresUrl, String> {
+        let bad = |why: String| {
+            format!("{text}: {why} (expected postgres://USER@HOST[:PORT]/DB?view=V&table=T)")
+        };
+        let (address, query) = text.split_once('?').unwrap_or((text, ""));
+        let mut views = Vec::new();
+        let mut table = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("view", value) => views.extend(value.split(',').map(str::to_string)),
+                ("table", value) => table = Some(value.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        if table.is_some() && views.len() != 1 {
+            return Err(bad("table= names the table of one view=".into()));
+        }
+        let client = match kept.is_empty() {
+            true => address.to_string(),
+            false => format!("{address}?{}", kept.join("&")),
+        };
+        let config = tokio_postgres::Config::from_str(&client).map_err(|e| bad(e.to_string()))?;
+        // the name keeps no password
+        let user = config.get_user().unwrap_or("");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let db = config.get_dbname().unwrap_or(user);
+        let mut name = format!("postgres://{user}@{}:{port}/{db}", hosts.join(","));
+        if !views.is_empty() {
+            name = format!("{name}?view={}", views.join(","));
+        }
+        if let Some(table) = &table {
+            name = format!("{name}&table={table}");
+        }
+        Ok(PostgresUrl {
+            config,
+            views,
+            table,
+            name,
+        })
+    }
+
+    /// The destination's name: the address without its password.
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// How a field is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Number,
+    Json,
+}
+
+impl Column {
+    fn sql_type(self) -> &'static str {
+        match self {
+            Column::Number => "double precision",
+            Column::Json => "jsonb",
+        }
+    }
+}
+
+/// A view's table.
+#[derive(Debug, Clone)]
+struct Table {
+    view: String,
+    name: String,
+    fields: Vec<(String, Column)>,
+}
+
+impl Table {
+    /// The columns it must have: (name, `information_schema` data type).
+    fn columns(&self) -> Vec<(String, &'static str)> {
+        let mut columns = vec![("key".to_string(), "text")];
+        columns.extend(self.fields.iter().map(|(f, c)| (f.clone(), c.sql_type())));
+        columns.push(("engine_time".to_string(), "bigint"));
+        columns
+    }
+
+    fn create(&self) -> String {
+        let columns: Vec<String> = self
+            .columns()
+            .iter()
+            .map(|(c, t)| match c.as_str() {
+                "key" => format!("{} {t} PRIMARY KEY", quoted(c)),
+                _ => format!("{} {t}", quoted(c)),
+            })
+            .collect();
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            quoted(&self.name),
+            columns.join(", ")
+        )
+    }
+
+    fn upsert(&self) -> String {
+        let names: Vec<String> = self.columns().iter().map(|(c, _)| quoted(c)).collect();
+        let mut values = vec!["$1".to_string()];
+        for (i, (_, column)) in self.fields.iter().enumerate() {
+            values.push(format!("${}::text::{}", i + 2, column.sql_type()));
+        }
+        values.push(format!("${}", self.fields.len() + 2));
+        let updates: Vec<String> = names
+            .iter()
+            .skip(1)
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (\"key\") DO UPDATE SET {}",
+            quoted(&self.name),
+            names.join(", "),
+            values.join(", "),
+            updates.join(", ")
+        )
+    }
+
+    fn delete(&self) -> String {
+        format!("DELETE FROM {} WHERE \"key\" = $1", quoted(&self.name))
+    }
+}
+
+/// An SQL identifier, quoted.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A connection and its prepared statements, per table: (upsert, delete).
+struct Connection {
+    client: Client,
+    statements: BTreeMap<String, (Statement, Statement)>,
+    position: Statement,
+}
+
+/// The PostgreSQL destination, driven by its sink's thread.
+pub struct PostgresDestination {
+    url: PostgresUrl,
+    tables: Vec<Table>,
+    runtime: tokio::runtime::Runtime,
+    connection: Option<Connection>,
+    /// What the tables hold, as the positions table says: (group position, engine time).
+    applied: Option<(u64, u64)>,
+    /// The last error that cannot be cured by retrying (a table that does not match).
+    said: Option<String>,
+    confirmed: u64,
+    delivered: u64,
+}
+
+impl PostgresDestination {
+    /// The destination of `url` for the views of `spec`; it connects when it first delivers
+    /// (a database that is down does not keep the server from starting).
+    pub fn open(url: &PostgresUrl, spec: &Spec) -> Result<PostgresDestination, String> {
+        let mut tables = Vec::new();
+        for view in &spec.views {
+            if !url.views.is_empty() && !url.views.contains(&view.name) {
+                continue;
+            }
+            let mut fields = Vec::new();
+            for field in &view.fields {
+                let name = field.name(spec).to_string();
+                if name == "key" || name == "engine_time" {
+                    return Err(format!(
+                        "{}: view {}'s field {name} would take a column the sink keeps for itself",
+                        url.name(),
+                        view.name
+                    ));
+                }
+                let column = match field {
+                    Field::Score => Column::Number,
+                    _ => Column::Json,
+                };
+                fields.push((name, column));
+            }
+            tables.push(Table {
+                view: view.name.clone(),
+                name: url.table.clone().unwrap_or_else(|| view.name.clone()),
+                fields,
+            });
+        }
+        if let Some(missing) = url
+            .views
+            .iter()
+            .find(|v| !spec.views.iter().any(|w| &&w.name == v))
+        {
+            return Err(format!("{}: the spec has no view {missing}", url.name()));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("{}: cannot start its client: {e}", url.name()))?;
+        Ok(PostgresDestination {
+            url: url.clone(),
+            tables,
+            runtime,
+            connection: None,
+            applied: None,
+            said: None,
+            confirmed: 0,
+            delivered: 0,
+        })
+    }
+
+    /// Connects, makes the tables and reads the position back.
+    fn connect(&mut self) -> Result<(), String> {
+        let name = self.url.name();
+        let mut config = self.url.config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let tables = self.tables.clone();
+        let (connection, applied) = self.runtime.block_on(async move {
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {POSITIONS} (sink text PRIMARY KEY, position bigint NOT NULL, engine_time bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+                ))
+                .await
+                .map_err(|e| format!("cannot create {POSITIONS}: {e}"))?;
+            let mut statements = BTreeMap::new();
+            for table in &tables {
+                client
+                    .batch_execute(&table.create())
+                    .await
+                    .map_err(|e| format!("cannot create table {}: {e}", table.name))?;
+                let have = client
+                    .query(
+                        "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                        &[&table.name],
+                    )
+                    .await
+                    .map_err(|e| format!("cannot read table {}'s columns: {e}", table.name))?;
+                let have: Vec<(String, String)> =
+                    have.iter().map(|r| (r.get(0), r.get(1))).collect();
+                check_columns(table, &have)?;
+                let upsert = client.prepare(&table.upsert()).await;
+                let delete = client.prepare(&table.delete()).await;
+                let (upsert, delete) = upsert
+                    .and_then(|u| delete.map(|d| (u, d)))
+                    .map_err(|e| format!("cannot prepare table {}'s statements: {e}", table.name))?;
+                statements.insert(table.view.clone(), (upsert, delete));
+            }
+            let position = client
+                .prepare(&format!(
+                    "INSERT INTO {POSITIONS} (sink, position, engine_time) VALUES ($1, $2, $3) ON CONFLICT (sink) DO UPDATE SET position = EXCLUDED.position, engine_time = EXCLUDED.engine_time, updated_at = now()"
+                ))
+                .await
+                .map_err(|e| format!("cannot prepare the position's statement: {e}"))?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT position, engine_time FROM {POSITIONS} WHERE sink = $1"),
+                    &[&name],
+                )
+                .await
+                .map_err(|e| format!("cannot read the position: {e}"))?;
+            let applied = row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64));
+            Ok::<_, String>((
+                Connection {
+                    client,
+                    statements,
+                    position,
+                },
+                applied,
+            ))
+        })?;
+        self.connection = Some(connection);
+        self.applied = applied;
+        Ok(())
+    }
+
+    /// Applies the changes at one engine time of the group at `position`, in one
+    /// transaction with the position.
+    fn apply(&mut self, position: u64, time: u64, changes: &[&Change]) -> Result<(), String> {
+        let name = self.url.name();
+        let tables = &self.tables;
+        let Some(connection) = self.connection.as_mut() else {
+            return Err("internal error: not connected".into());
+        };
+        self.runtime.block_on(async {
+            let transaction = connection
+                .client
+                .transaction()
+                .await
+                .map_err(|e| format!("cannot begin: {e}"))?;
+            for change in changes {
+                let (Some((upsert, delete)), Some(table)) = (
+                    connection.statements.get(&change.view),
+                    tables.iter().find(|t| t.view == change.view),
+                ) else {
+                    continue;
+                };
+                let done = if change.diff < 0 {
+                    transaction.execute(delete, &[&change.key]).await
+                } else {
+                    let row: serde_json::Value =
+                        serde_json::from_str(&change.row).unwrap_or_default();
+                    let values: Vec<Option<String>> = table
+                        .fields
+                        .iter()
+                        .map(|(f, _)| row.get(f).filter(|v| !v.is_null()).map(|v| v.to_string()))
+                        .collect();
+                    let time = change.time as i64;
+                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        vec![&change.key];
+                    params.extend(
+                        values
+                            .iter()
+                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+                    );
+                    params.push(&time);
+                    transaction.execute(upsert, &params).await
+                };
+                done.map_err(|e| format!("cannot write to {}: {e}", table.name))?;
+            }
+            let (at, when) = (position as i64, time as i64);
+            transaction
+                .execute(&connection.position, &[&name, &at, &when])
+                .await
+                .map_err(|e| format!("cannot save the position: {e}"))?;
+            transaction
+                .commit()
+                .await
+                .map_err(|e| format!("cannot commit: {e}"))
+        })?;
+        self.applied = Some((position, time));
+        self.delivered += changes.len() as u64;
+        Ok(())
+    }
+
+    /// Applies `group`'s changes, one engine time per transaction, but those the tables
+    /// hold already.
+    fn apply_group(&mut self, group: &Group) -> Result<(), String> {
+        let mine: Vec<&Change> = group
+            .changes
+            .iter()
+            .filter(|c| self.tables.iter().any(|t| t.view == c.view))
+            .collect();
+        for at_time in mine.chunk_by(|a, b| a.time == b.time) {
+            let time = at_time.first().map_or(0, |c| c.time);
+            let held = self
+                .applied
+                .is_some_and(|(p, t)| group.position < p || (group.position == p && time <= t));
+            if !held {
+                self.apply(group.position, time, at_time)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether table `table` has the columns `have` (name, data type) its view needs: an
+/// error naming the first that differs.
+fn check_columns(table: &Table, have: &[(String, String)]) -> Result<(), String> {
+    let want = table.columns();
+    for (i, (column, kind)) in want.iter().enumerate() {
+        match have.get(i) {
+            Some((c, k)) if c == column && k == kind => {}
+            Some((c, k)) => {
+                return Err(format!(
+                    "table {} does not match view {}: column {} is {c} {k}, the view needs {column} {kind}",
+                    table.name,
+                    table.view,
+                    i + 1
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "table {} does not match view {}: it has no column {column} ({kind})",
+                    table.name, table.view
+                ));
+            }
+        }
+    }
+    if let Some((c, _)) = have.get(want.len()) {
+        return Err(format!(
+            "table {} does not match view {}: column {c} is not one of the view's",
+            table.name, table.view
+        ));
+    }
+    Ok(())
+}
+
+impl Destination for PostgresDestination {
+    fn deliver(&mut self, groups: &[Group]) -> Result<usize, String> {
+        let name = self.url.name();
+        if self.connection.is_none()
+            && let Err(why) = self.connect()
+        {
+            if why.contains("does not match") && self.said.as_deref() != Some(&why) {
+                eprintln!("throughline: error: {name}: {why}");
+                self.said = Some(why.clone());
+            }
+            return Err(format!("{name}: {why}"));
+        }
+        for (taken, group) in groups.iter().enumerate() {
+            if let Err(why) = self.apply_group(group) {
+                // the connection may be gone: the next attempt connects and reads back
+                // what the tables hold
+                self.connection = None;
+                return match taken {
+                    0 => Err(format!("{name}: {why}")),
+                    n => Ok(n),
+                };
+            }
+            self.confirmed = group.position;
+        }
+        Ok(groups.len())
+    }
+
+    fn progress(&mut self) -> Progress {
+        Progress {
+            confirmed: self.confirmed,
+            delivered: self.delivered,
+            ..Progress::default()
+        }
+    }
+
+    fn sends_again(&self) -> bool {
+        true
+    }
+
+    fn finish(&mut self, _patience: Duration) -> Result<String, String> {
+        Ok(format!(
+            "{}: applied {} changes",
+            self.url.name(),
+            self.delivered
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_without_leaking_the_password() {
+        let url = PostgresUrl::parse(
+            "postgres://app:s3cret@127.0.0.1:5433/crm?view=marketing_audience&table=audience&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(url.views, vec!["marketing_audience"]);
+        assert_eq!(url.table.as_deref(), Some("audience"));
+        assert!(!url.name().contains("s3cret"));
+        assert_eq!(
+            url.name(),
+            "postgres://app@127.0.0.1:5433/crm?view=marketing_audience&table=audience"
+        );
+        assert!(PostgresUrl::parse("postgres://u@h/db?table=t").is_err());
+    }
+
+    #[test]
+    fn a_table_that_differs_names_the_column() {
+        let table = Table {
+            view: "v".into(),
+            name: "t".into(),
+            fields: vec![("score".into(), Column::Number)],
+        };
+        let have = |cols: &[(&str, &str)]| -> Vec<(String, String)> {
+            cols.iter()
+                .map(|(c, k)| (c.to_string(), k.to_string()))
+                .collect()
+        };
+        let good = have(&[
+            ("key", "text"),
+            ("score", "double precision"),
+            ("engine_time", "bigint"),
+        ]);
+        assert!(check_columns(&table, &good).is_ok());
+        let wrong = have(&[
+            ("key", "text"),
+            ("score", "text"),
+            ("engine_time", "bigint"),
+        ]);
+        let why = check_columns(&table, &wrong).unwrap_err();
+        assert!(why.contains("score text"), "{why}");
+        let short = have(&[("key", "text"), ("score", "double precision")]);
+        assert!(
+            check_columns(&table, &short)
+                .unwrap_err()
+                .contains("engine_time")
+        );
+    }
+}

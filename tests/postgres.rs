@@ -1,0 +1,337 @@
+//! The PostgreSQL destination (`serve --sink postgres://…`, `src/io/sink/postgres.rs`)
+//! against a real PostgreSQL server, made for the test with `initdb` and started with
+//! `pg_ctl` on a free loopback port. The server is SIGKILLed five times while events are
+//! posted, then frozen (SIGSTOP) while the database restarts; at the end every table equals
+//! its view row for row. `tests/run.sh` installs PostgreSQL when it is missing; a plain
+//! `cargo test` lists this test as ignored.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::Serve;
+
+const NEEDS_POSTGRES: &str =
+    "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it";
+
+/// A PostgreSQL cluster of the test's own, removed when dropped.
+struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    /// `initdb` and `pg_ctl start` on a free loopback port (as the `postgres` user when
+    /// the test runs as root: PostgreSQL refuses to run as root).
+    fn start(name: &str) -> Postgres {
+        let bin = std::env::var("THROUGHLINE_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Postgres { bin, dir, port };
+        if is_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres", pg.dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &["-D", &data, "-U", "tl", "--auth=trust", "-E", "UTF8"],
+        );
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_string_lossy().into_owned()
+    }
+
+    /// Runs one of PostgreSQL's programs (as `postgres` under root); fails the test if it
+    /// fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = match is_root() {
+            true => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&path);
+                c
+            }
+            false => Command::new(&path),
+        };
+        let out = command.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `pg_ctl start|stop|restart`, waiting until it is done.
+    fn ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").to_string_lossy().into_owned();
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-o", &options, "-l", &log, "-w", "-m", "fast", action,
+            ],
+        );
+    }
+
+    /// The sink's address.
+    fn url(&self) -> String {
+        format!("postgres://tl@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The rows of `sql` as psql prints them unaligned (`|` between columns).
+    fn query(&self, sql: &str) -> Vec<String> {
+        let port = self.port.to_string();
+        let out = self.run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "tl",
+                "-d",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data();
+        let path = self.bin.join("pg_ctl");
+        let mut command = match is_root() {
+            true => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&path);
+                c
+            }
+            false => Command::new(&path),
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Numbers as f64, so that a `double precision` column compares with the row's text.
+fn normal(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number),
+        Value::Array(items) => Value::Array(items.into_iter().map(normal).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, normal(v))).collect()),
+        other => other,
+    }
+}
+
+/// Waits until the server has read `lines` lines and its sink has confirmed them.
+fn wait_delivered(serve: &Serve, lines: usize) {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = serve.get("/metrics");
+        let read = metrics.contains(&format!("throughline_lines_total {lines}\n"));
+        let confirmed = metrics
+            .lines()
+            .find(|l| l.starts_with("throughline_sink_confirmed_position{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if read && confirmed.is_some_and(|c| c >= lines) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not delivered: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
+fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
+    let pg = Postgres::start("pg-sink");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-sink-serve");
+    let _ = std::fs::remove_dir_all(&dir);
+    let sink = pg.url();
+    let start = || Serve::start_with(&dir, &["--sink", &sink]);
+    let lines = common::workload(31, 1400, 120, false);
+    let text = String::from_utf8(lines).unwrap();
+    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let parts: Vec<String> = all
+        .chunks(all.len() / 8 + 1)
+        .map(|c| c.join("\n") + "\n")
+        .collect();
+    assert!(parts.len() >= 8);
+    let mut posted = 0;
+    // five SIGKILLs, each right after an acknowledged post, while the sink may be writing
+    for part in &parts[..5] {
+        let serve = start();
+        let (status, body) = serve.post("/v1/ingest", part.as_bytes());
+        assert_eq!(status, 200, "{body}");
+        posted += part.lines().count();
+        std::thread::sleep(Duration::from_millis(30));
+        serve.kill();
+    }
+    // frozen while the database restarts: the sink finds the connection gone and catches up
+    let serve = start();
+    let (status, body) = serve.post("/v1/ingest", parts[5].as_bytes());
+    assert_eq!(status, 200, "{body}");
+    posted += parts[5].lines().count();
+    let pid = serve.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    pg.ctl("restart");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // the database down: the server says so, takes events, and catches up once it is back
+    pg.ctl("stop");
+    let (status, body) = serve.post("/v1/ingest", parts[6].as_bytes());
+    assert_eq!(status, 200, "{body}");
+    posted += parts[6].lines().count();
+    let started = Instant::now();
+    while !serve
+        .get("/healthz")
+        .1
+        .contains("degraded: sink postgres://")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            serve.get("/healthz").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.ctl("start");
+    for part in &parts[7..] {
+        let (status, body) = serve.post("/v1/ingest", part.as_bytes());
+        assert_eq!(status, 200, "{body}");
+        posted += part.lines().count();
+    }
+    // an erasure: its rows leave the table
+    let (_, profiles) = serve.get("/v1/views/profiles");
+    let erased = profiles
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            v["key"]
+                .as_str()?
+                .strip_prefix("user_id:")
+                .map(str::to_string)
+        })
+        .expect("a profile with a user id");
+    let forget = format!("{{\"userId\":\"{erased}\",\"timestamp\":1767300000000}}");
+    assert_eq!(serve.post("/v1/forget", forget.as_bytes()).0, 200);
+    posted += 1;
+    wait_delivered(&serve, posted);
+
+    let spec = throughline::spec::Spec::default_spec();
+    let mut last_time = 0;
+    for view in &spec.views {
+        let (status, rows) = serve.get(&format!("/v1/views/{}", view.name));
+        assert_eq!(status, 200, "{rows}");
+        let expected: BTreeMap<String, serde_json::Value> = rows
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["key"].as_str().unwrap().to_string(),
+                    normal(v["row"].clone()),
+                )
+            })
+            .collect();
+        let table: BTreeMap<String, serde_json::Value> = pg
+            .query(&format!("SELECT row_to_json(t) FROM \"{}\" t", view.name))
+            .iter()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let map = v.as_object_mut().unwrap();
+                let key = map.remove("key").unwrap().as_str().unwrap().to_string();
+                let time = map.remove("engine_time").unwrap().as_u64().unwrap();
+                last_time = last_time.max(time);
+                (key, normal(v))
+            })
+            .collect();
+        assert!(!expected.is_empty(), "view {} is empty", view.name);
+        assert_eq!(table.len(), expected.len(), "rows of view {}", view.name);
+        for (key, row) in &expected {
+            let have = table.get(key);
+            // the table has a column per field: a field the row lacks is NULL there
+            let have = have.map(|h| {
+                let mut h = h.clone();
+                h.as_object_mut()
+                    .unwrap()
+                    .retain(|k, v| row.get(k).is_some() || !v.is_null());
+                h
+            });
+            assert_eq!(have.as_ref(), Some(row), "view {} row {key}", view.name);
+        }
+        assert!(
+            !table.contains_key(&format!("user_id:{erased}")),
+            "the erased profile is still in {}",
+            view.name
+        );
+    }
+    // the position: the last group applied, at an engine time no row is later than
+    let position = pg.query("SELECT position, engine_time FROM throughline_sink_positions");
+    assert_eq!(position.len(), 1, "{position:?}");
+    let (at, time) = position[0].split_once('|').unwrap();
+    assert!(at.parse::<usize>().unwrap() <= posted);
+    assert!(time.parse::<u64>().unwrap() >= last_time);
+    let _ = Path::new(&dir);
+}
