@@ -257,6 +257,20 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // its lag shows while it waits
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = serve.get("/metrics");
+        let lag = metrics
+            .lines()
+            .find(|l| l.starts_with("throughline_sink_lag_seconds{sink=\"postgres://"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        if lag.is_some_and(|s| s > 0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     pg.ctl("start");
     for part in &parts[7..] {
         let (status, body) = serve.post("/v1/ingest", part.as_bytes());

@@ -186,7 +186,7 @@ function overview() {
         el("div", {
           class: "quiet",
           text: (s.stalled ? `since ${fmtTime(s.stalled.since)}: ${s.stalled.why}. ` : "") +
-            `${fmtNumber(s.backlog)} changes waiting, ${fmtNumber(s.delivered)} delivered, ` +
+            `${fmtNumber(s.backlog)} changes waiting (lag ${(s.lag_ms / 1000).toFixed(1)} s), ${fmtNumber(s.delivered)} delivered, ` +
             `confirmed to log line ${fmtNumber(s.confirmed)}`,
         })));
     main.replaceChildren(

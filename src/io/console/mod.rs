@@ -239,6 +239,7 @@ pub fn stats(
             "backlog": s.backlog(),
             "delivered": s.delivered.load(Ordering::Relaxed),
             "confirmed": s.confirmed.load(Ordering::Relaxed),
+            "lag_ms": s.lag_ms.load(Ordering::Relaxed),
             "stalled": s.stalled().map(|(since, why)| json!({"since": since, "why": why})),
         })).collect::<Vec<_>>(),
         "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,

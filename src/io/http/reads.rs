@@ -348,6 +348,12 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
                 "Log line up to which a sink's destination confirmed everything",
                 3,
             ),
+            (
+                "throughline_sink_lag_seconds",
+                "gauge",
+                "How long the oldest change a sink's destination has not confirmed has waited",
+                4,
+            ),
         ] {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for sink in &ctx.sinks {
@@ -355,7 +361,17 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
                     0 => sink.delivered.load(Ordering::Relaxed),
                     1 => sink.errors.load(Ordering::Relaxed) + sink.refused.load(Ordering::Relaxed),
                     2 => sink.backlog(),
-                    _ => sink.confirmed.load(Ordering::Relaxed),
+                    3 => sink.confirmed.load(Ordering::Relaxed),
+                    _ => {
+                        let ms = sink.lag_ms.load(Ordering::Relaxed);
+                        out.push_str(&format!(
+                            "{name}{{sink=\"{}\"}} {}.{:03}\n",
+                            sink.name,
+                            ms / 1000,
+                            ms % 1000
+                        ));
+                        continue;
+                    }
                 };
                 out.push_str(&format!("{name}{{sink=\"{}\"}} {value}\n", sink.name));
             }

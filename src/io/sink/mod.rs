@@ -140,6 +140,9 @@ pub struct SinkStatus {
     pub bound: u64,
     /// Since when (epoch ms) it has not delivered, and why, while it does not.
     stalled: Mutex<Option<(u64, String)>>,
+    /// How long (ms) the oldest change the destination has not confirmed has waited since it
+    /// was published (0 when it holds none).
+    pub lag_ms: AtomicU64,
 }
 
 impl SinkStatus {
@@ -154,6 +157,7 @@ impl SinkStatus {
             confirmed: AtomicU64::new(confirmed),
             bound,
             stalled: Mutex::new(None),
+            lag_ms: AtomicU64::new(0),
         }
     }
 
@@ -381,6 +385,8 @@ struct Driver {
 impl Driver {
     fn run(mut self, queue: &Queue, patience: Duration) -> Result<String, String> {
         let mut pending: VecDeque<Group> = VecDeque::new();
+        // when each pending group was taken from the queue (within 20 ms of its publication)
+        let mut taken_at: VecDeque<Instant> = VecDeque::new();
         let mut pause = Duration::from_millis(50);
         // since when the groups waiting could not be handed over, and why
         let mut blocked: Option<(Instant, Option<String>)> = None;
@@ -391,6 +397,7 @@ impl Driver {
                 Duration::ZERO
             };
             let (more, closed) = queue.take(wait);
+            taken_at.extend(more.iter().map(|_| Instant::now()));
             pending.extend(more);
             if !pending.is_empty() {
                 match self.hand_over(pending.make_contiguous()) {
@@ -399,6 +406,7 @@ impl Driver {
                             .drain(..taken.min(pending.len()))
                             .map(|g| g.changes.len() as u64)
                             .sum();
+                        taken_at.drain(..taken.min(taken_at.len()));
                         self.status.queued.fetch_sub(n, Ordering::Relaxed);
                         pause = Duration::from_millis(50);
                         blocked = None;
@@ -423,7 +431,7 @@ impl Driver {
                 self.status.stall(why.clone());
             }
             let failing = blocked.as_ref().is_some_and(|b| b.1.is_some()) || polled.is_err();
-            self.note_progress(false, failing);
+            self.note_progress(false, failing, taken_at.front().copied());
             if closed && pending.is_empty() {
                 break;
             }
@@ -441,7 +449,7 @@ impl Driver {
             }
         }
         let result = self.destination.finish(patience);
-        self.note_progress(true, false);
+        self.note_progress(true, false, None);
         result
     }
 
@@ -466,11 +474,18 @@ impl Driver {
         self.destination.deliver(groups)
     }
 
-    /// Reads the destination's progress into the status, and saves the confirmed position
-    /// (at most every [`SAVE_EVERY`], or `now`).
-    fn note_progress(&mut self, now: bool, failing: bool) {
+    /// Reads the destination's progress into the status, with the lag of the oldest group
+    /// not yet handed over (`waiting` since), and saves the confirmed position (at most every
+    /// [`SAVE_EVERY`], or `now`).
+    fn note_progress(&mut self, now: bool, failing: bool, waiting: Option<Instant>) {
         let progress = self.destination.progress();
         let status = &self.status;
+        let oldest = match (waiting, progress.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let lag = oldest.map_or(0, |t| t.elapsed().as_millis() as u64);
+        status.lag_ms.store(lag, Ordering::Relaxed);
         status
             .unconfirmed
             .store(progress.unconfirmed, Ordering::Relaxed);
