@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use throughline::event::timestamp;
 
+mod destinations;
 mod restart;
 mod sink;
 
@@ -1052,6 +1053,14 @@ fn main() {
         || (only.is_none() && std::env::var_os("THROUGHLINE_TANSU").is_some())
     {
         rows.extend(sink::rows(&dir, quick, start_ms));
+    }
+
+    // the webhook and PostgreSQL destinations: delivery rate and lag (PostgreSQL needs
+    // THROUGHLINE_PG_BIN: only with `--only=destinations`, or in the full table when set)
+    if only.as_deref() == Some("destinations")
+        || (only.is_none() && std::env::var_os("THROUGHLINE_PG_BIN").is_some())
+    {
+        rows.extend(destinations::rows(&dir, quick, start_ms));
     }
 
     println!("| figure | measured | target | command |");

@@ -29,13 +29,13 @@ use super::{Latencies, Row, bin, final_clock, generate, live_event};
 mod tansu;
 
 /// A keep-alive HTTP/1.1 connection to the server.
-struct Http {
+pub(super) struct Http {
     stream: BufReader<TcpStream>,
     addr: String,
 }
 
 impl Http {
-    fn connect(addr: &str) -> Http {
+    pub(super) fn connect(addr: &str) -> Http {
         let stream = TcpStream::connect(addr).expect("cannot connect to serve");
         stream.set_nodelay(true).expect("nodelay");
         Http {
@@ -44,7 +44,7 @@ impl Http {
         }
     }
 
-    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    pub(super) fn call(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
             self.addr,
@@ -95,7 +95,7 @@ impl Http {
 }
 
 /// A metric's value from `/metrics` text (the first line starting with `name`).
-fn metric(metrics: &str, name: &str) -> u64 {
+pub(super) fn metric(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.rsplit(' ').next()?.parse().ok())
@@ -104,7 +104,7 @@ fn metric(metrics: &str, name: &str) -> u64 {
 
 /// Waits until the engine has processed the whole log and the sink confirmed it; returns
 /// how long that took.
-fn caught_up(http: &mut Http) -> Duration {
+pub(super) fn caught_up(http: &mut Http) -> Duration {
     let started = Instant::now();
     loop {
         let (_, m) = http.call("GET", "/metrics", b"");
@@ -123,7 +123,7 @@ fn caught_up(http: &mut Http) -> Duration {
 }
 
 /// First sightings of live profile `live-N` in some output, as (N, when).
-struct Sightings {
+pub(super) struct Sightings {
     rx: Receiver<(usize, Instant)>,
     seen: HashMap<usize, Instant>,
     /// Stops the reading thread (a consumer's, before its broker is replaced).
@@ -140,6 +140,15 @@ impl Drop for Sightings {
 }
 
 impl Sightings {
+    /// First sightings sent on `rx` by a thread of the caller's.
+    pub(super) fn of(rx: Receiver<(usize, Instant)>) -> Sightings {
+        Sightings {
+            rx,
+            seen: HashMap::new(),
+            stop: None,
+        }
+    }
+
     fn wait_for(&mut self, i: usize, timeout: Duration) -> Option<Instant> {
         let until = Instant::now() + timeout;
         while !self.seen.contains_key(&i) {
@@ -152,7 +161,7 @@ impl Sightings {
 }
 
 /// The `live-N` index a line or record names, if any.
-fn live_index(text: &str) -> Option<usize> {
+pub(super) fn live_index(text: &str) -> Option<usize> {
     let rest = text.split("user_id:live-").nth(1)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
@@ -201,7 +210,7 @@ fn consume(broker: &str, topic: &str) -> Sightings {
 }
 
 /// A subscription to the profiles view's changes, reporting each live profile's first.
-fn subscribe(addr: &str) -> Sightings {
+pub(super) fn subscribe(addr: &str) -> Sightings {
     let mut stream = TcpStream::connect(addr).expect("connect");
     write!(
         stream,
@@ -229,7 +238,7 @@ fn subscribe(addr: &str) -> Sightings {
 
 /// Posts live events `first..first + count` at `rate` per second, open loop: every event
 /// due by now goes in one `/v1/ingest` request. Returns each event's scheduled time.
-fn post_paced(
+pub(super) fn post_paced(
     http: &mut Http,
     first: usize,
     count: usize,
@@ -260,7 +269,7 @@ fn post_paced(
 }
 
 /// Latencies of events `first..` (scheduled at `due`) as `sightings` saw them.
-fn latencies(sightings: &mut Sightings, first: usize, due: &[Instant]) -> Latencies {
+pub(super) fn latencies(sightings: &mut Sightings, first: usize, due: &[Instant]) -> Latencies {
     let mut micros = Vec::with_capacity(due.len());
     let mut lost = 0;
     for (k, scheduled) in due.iter().enumerate() {
@@ -272,7 +281,7 @@ fn latencies(sightings: &mut Sightings, first: usize, due: &[Instant]) -> Latenc
     Latencies::of(micros, lost)
 }
 
-fn free_addr() -> String {
+pub(super) fn free_addr() -> String {
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
