@@ -6,155 +6,16 @@
 //! `cargo test` lists this test as ignored.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::Serve;
+use common::postgres::Postgres;
 
 const NEEDS_POSTGRES: &str =
     "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it";
-
-/// A PostgreSQL cluster of the test's own, removed when dropped.
-struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Postgres {
-    /// `initdb` and `pg_ctl start` on a free loopback port (as the `postgres` user when
-    /// the test runs as root: PostgreSQL refuses to run as root).
-    fn start(name: &str) -> Postgres {
-        let bin = std::env::var("THROUGHLINE_PG_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Postgres { bin, dir, port };
-        if is_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres", pg.dir.to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(chown.success());
-        }
-        let data = pg.data();
-        pg.run(
-            "initdb",
-            &["-D", &data, "-U", "tl", "--auth=trust", "-E", "UTF8"],
-        );
-        pg.ctl("start");
-        pg
-    }
-
-    fn data(&self) -> String {
-        self.dir.join("data").to_string_lossy().into_owned()
-    }
-
-    /// Runs one of PostgreSQL's programs (as `postgres` under root); fails the test if it
-    /// fails.
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        let path = self.bin.join(program);
-        let mut command = match is_root() {
-            true => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&path);
-                c
-            }
-            false => Command::new(&path),
-        };
-        let out = command.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// `pg_ctl start|stop|restart`, waiting until it is done.
-    fn ctl(&self, action: &str) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("log").to_string_lossy().into_owned();
-        let data = self.data();
-        self.run(
-            "pg_ctl",
-            &[
-                "-D", &data, "-o", &options, "-l", &log, "-w", "-m", "fast", action,
-            ],
-        );
-    }
-
-    /// The sink's address.
-    fn url(&self) -> String {
-        format!("postgres://tl@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// The rows of `sql` as psql prints them unaligned (`|` between columns).
-    fn query(&self, sql: &str) -> Vec<String> {
-        let port = self.port.to_string();
-        let out = self.run(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "tl",
-                "-d",
-                "postgres",
-                "-At",
-                "-c",
-                sql,
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let mut command = match is_root() {
-            true => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&path);
-                c
-            }
-            false => Command::new(&path),
-        };
-        let _ = command
-            .args(["-D", &data, "-m", "immediate", "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
 
 /// Numbers as f64, so that a `double precision` column compares with the row's text.
 fn normal(value: serde_json::Value) -> serde_json::Value {
@@ -195,7 +56,14 @@ fn wait_delivered(serve: &Serve, lines: usize) {
 #[test]
 #[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
 fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
-    let pg = Postgres::start("pg-sink");
+    let bin = std::env::var("THROUGHLINE_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
+    let pg = Postgres::start(
+        &bin,
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-sink"),
+        true,
+    );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-sink-serve");
     let _ = std::fs::remove_dir_all(&dir);
     let sink = pg.url();
@@ -231,7 +99,7 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
             .unwrap()
             .success()
     );
-    pg.ctl("restart");
+    pg.ctl("restart", true);
     assert!(
         Command::new("kill")
             .args(["-CONT", &pid])
@@ -240,7 +108,7 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
             .success()
     );
     // the database down: the server says so, takes events, and catches up once it is back
-    pg.ctl("stop");
+    pg.ctl("stop", true);
     let (status, body) = serve.post("/v1/ingest", parts[6].as_bytes());
     assert_eq!(status, 200, "{body}");
     posted += parts[6].lines().count();
@@ -271,7 +139,7 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
         assert!(started.elapsed() < Duration::from_secs(30), "{metrics}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    pg.ctl("start");
+    pg.ctl("start", true);
     for part in &parts[7..] {
         let (status, body) = serve.post("/v1/ingest", part.as_bytes());
         assert_eq!(status, 200, "{body}");
@@ -347,5 +215,4 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     let (at, time) = position[0].split_once('|').unwrap();
     assert!(at.parse::<usize>().unwrap() <= posted);
     assert!(time.parse::<u64>().unwrap() >= last_time);
-    let _ = Path::new(&dir);
 }

@@ -10,15 +10,21 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::sink::{
-    Http, Sightings, caught_up, free_addr, latencies, live_index, metric, post_paced, subscribe,
+    Http, Sightings, caught_up, latencies, live_index, metric, post_paced, post_state, spawn_serve,
+    subscribe,
 };
-use super::{Row, bin, final_clock, generate};
+use super::{Row, final_clock, generate};
+
+#[path = "../common/postgres.rs"]
+#[allow(dead_code)] // the tests read the tables back with `query`; the harness polls
+mod postgres;
+use postgres::Postgres;
 
 const SECRET: &str = "harness-secret";
 
@@ -85,183 +91,53 @@ fn answer(stream: TcpStream, tx: &Sender<(usize, Instant)>) {
     }
 }
 
-/// A PostgreSQL cluster of the harness's own, stopped and removed when dropped.
-struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Postgres {
-    fn start(bin: &Path, dir: &Path) -> Postgres {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let port = free_addr()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        let pg = Postgres {
-            bin: bin.to_path_buf(),
-            dir: dir.to_path_buf(),
-            port,
-        };
-        if is_root() {
-            let _ = Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(dir)
-                .status();
-        }
-        let data = pg.dir.join("data").to_string_lossy().into_owned();
-        pg.run(
-            "initdb",
-            &["-D", &data, "-U", "tl", "--auth=trust", "-E", "UTF8"],
-        );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            pg.dir.display()
-        );
-        let log = pg.dir.join("log").to_string_lossy().into_owned();
-        pg.run(
-            "pg_ctl",
-            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
-        );
-        pg
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let out = command.args(args).output().expect("run PostgreSQL");
-        assert!(
-            out.status.success(),
-            "{program}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://tl@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Reads the profiles table every 2 ms, reporting each live profile's first row.
-    fn poll_rows(&self) -> Sightings {
-        let url = self.url();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let Ok((client, connection)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(connection);
-                let mut seen = std::collections::HashSet::new();
-                loop {
-                    let rows = client
-                        .query(
-                            "SELECT key FROM \"profiles\" WHERE key LIKE 'user_id:live-%'",
-                            &[],
-                        )
-                        .await;
-                    let at = Instant::now();
-                    if let Ok(rows) = rows {
-                        for row in rows {
-                            let key: String = row.get(0);
-                            if let Some(i) = live_index(&key)
-                                && seen.insert(i)
-                                && tx.send((i, at)).is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            });
-        });
-        Sightings::of(rx)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.join("data").to_string_lossy().into_owned();
-        let _ = std::panic::catch_unwind(|| {
-            self.run("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
-        });
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// `serve -w 2 --sink SINK` on a fresh data directory: the process and its address.
-fn serve(dir: &Path, sink: &str) -> (Child, String) {
-    let data = dir.join("destination-data");
-    let _ = std::fs::remove_dir_all(&data);
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "-w",
-            "2",
-            "--sink",
-            sink,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("THROUGHLINE_WEBHOOK_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start serve");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+/// Reads the profiles table of `pg` every 2 ms, reporting each live profile's first row.
+fn poll_rows(pg: &Postgres) -> Sightings {
+    let url = pg.url();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("throughline: listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            tokio::spawn(connection);
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT key FROM \"profiles\" WHERE key LIKE 'user_id:live-%'",
+                        &[],
+                    )
+                    .await;
+                let at = Instant::now();
+                if let Ok(rows) = rows {
+                    for row in rows {
+                        let key: String = row.get(0);
+                        if let Some(i) = live_index(&key)
+                            && seen.insert(i)
+                            && tx.send((i, at)).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-        }
+        });
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("serve did not start");
-    (child, addr)
+    Sightings::of(rx)
 }
 
 /// Loads `state` over HTTP and waits for the sink: (changes delivered, seconds).
 fn load(http: &mut Http, state: &[u8]) -> (u64, f64) {
     let started = Instant::now();
-    for chunk in state
-        .split(|b| *b == b'\n')
-        .collect::<Vec<_>>()
-        .chunks(5_000)
-    {
-        let body: Vec<u8> = chunk
-            .iter()
-            .flat_map(|l| l.iter().copied().chain([b'\n']))
-            .collect();
-        let (status, answer) = http.call("POST", "/v1/ingest", &body);
-        assert_eq!(status, 200, "{answer}");
-    }
+    post_state(http, state);
     caught_up(http);
     let seconds = started.elapsed().as_secs_f64();
     let (_, m) = http.call("GET", "/metrics", b"");
@@ -290,7 +166,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
                 (sink, Some(sightings), None)
             }
             (_, Some(bin)) => {
-                let pg = Postgres::start(Path::new(bin), &dir.join("harness-pg"));
+                let pg = Postgres::start(Path::new(bin), &dir.join("harness-pg"), false);
                 let sink = format!("{}?view=profiles,marketing_audience", pg.url());
                 (sink, None, Some(pg))
             }
@@ -308,7 +184,8 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let command = format!(
             "{state_gen}; throughline serve -w 2 --sink '{sink}' (fresh), the state over HTTP in 5,000-line posts, then live events over HTTP (paced by the harness)"
         );
-        let (mut child, addr) = serve(dir, &sink);
+        let env = [("THROUGHLINE_WEBHOOK_SECRET", SECRET)];
+        let (mut child, addr) = spawn_serve(&dir.join("destination-data"), &sink, &env);
         let mut http = Http::connect(&addr);
         let (delivered, took) = load(&mut http, &state);
         out.push(Row {
@@ -325,7 +202,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let mut views = subscribe(&addr);
         let mut destination = match (at_destination.take(), &pg) {
             (Some(s), _) => s,
-            (None, Some(pg)) => pg.poll_rows(),
+            (None, Some(pg)) => poll_rows(pg),
             (None, None) => unreachable!("a destination is set above"),
         };
         let due = post_paced(&mut http, 1, (rate * seconds) as usize, rate, clock + 1);

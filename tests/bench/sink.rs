@@ -209,6 +209,58 @@ fn consume(broker: &str, topic: &str) -> Sightings {
     }
 }
 
+/// `serve -w 2 --sink SINK` on a fresh data directory `data`, with the environment `env`:
+/// the process and its HTTP address.
+pub(super) fn spawn_serve(data: &Path, sink: &str, env: &[(&str, &str)]) -> (Child, String) {
+    let _ = std::fs::remove_dir_all(data);
+    let mut serve = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--sink",
+            sink,
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start serve");
+    let stderr = BufReader::new(serve.stderr.take().expect("stderr"));
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("throughline: listening on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve did not start");
+    (serve, addr)
+}
+
+/// Posts `state` (NDJSON) in 5,000-line requests.
+pub(super) fn post_state(http: &mut Http, state: &[u8]) {
+    for chunk in state
+        .split(|b| *b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(5_000)
+    {
+        let body: Vec<u8> = chunk
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect();
+        let (status, answer) = http.call("POST", "/v1/ingest", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
 /// A subscription to the profiles view's changes, reporting each live profile's first.
 pub(super) fn subscribe(addr: &str) -> Sightings {
     let mut stream = TcpStream::connect(addr).expect("connect");
@@ -316,52 +368,11 @@ impl Session {
         let broker = free_addr();
         let tansu_child = tansu::start(tansu, &broker);
         tansu::create_topic(tansu, &broker, "changes", 1);
-        let data = dir.join("sink-data");
-        let _ = std::fs::remove_dir_all(&data);
         let sink = format!("kafka://{broker}/changes");
-        let mut serve = Command::new(bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "-w",
-                "2",
-                "--sink",
-                &sink,
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start serve");
-        let addr = {
-            let stderr = BufReader::new(serve.stderr.take().expect("stderr"));
-            let (tx, rx) = channel();
-            std::thread::spawn(move || {
-                for line in stderr.lines().map_while(Result::ok) {
-                    if let Some(rest) = line.strip_prefix("throughline: listening on ") {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                    }
-                }
-            });
-            rx.recv_timeout(Duration::from_secs(60))
-                .expect("serve did not start")
-        };
+        let (serve, addr) = spawn_serve(&dir.join("sink-data"), &sink, &[]);
         let mut http = Http::connect(&addr);
         let started = Instant::now();
-        for chunk in state
-            .split(|b| *b == b'\n')
-            .collect::<Vec<_>>()
-            .chunks(5_000)
-        {
-            let body: Vec<u8> = chunk
-                .iter()
-                .flat_map(|l| l.iter().copied().chain([b'\n']))
-                .collect();
-            let (status, answer) = http.call("POST", "/v1/ingest", &body);
-            assert_eq!(status, 200, "{answer}");
-        }
+        post_state(&mut http, state);
         caught_up(&mut http);
         let loaded = started.elapsed();
         let mut records = consume(&broker, "changes");

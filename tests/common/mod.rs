@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod postgres;
 pub mod tansu;
 
 use std::io::{Read, Write};
