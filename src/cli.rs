@@ -16,8 +16,6 @@ use crate::explain::Outcome;
 use crate::explain::render::{self, Format};
 use crate::io::kafka::KafkaUrl;
 use crate::io::sink::kafka::{Form, KafkaDestination};
-use crate::io::sink::postgres::{PostgresDestination, PostgresUrl};
-use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Sink, WhenFull};
 use crate::io::source;
 use crate::spec::Spec;
@@ -132,13 +130,14 @@ struct ServeArgs {
     /// `serve` refuses to start).
     #[arg(long)]
     allow_unauthenticated: bool,
-    /// Also write the change stream to this file (appended; after a crash it holds every
-    /// change exactly once), to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per
+    /// Also write the change stream (repeatable: each is a sink of its own) to this file
+    /// (appended; after a crash it holds every change exactly once), to a Kafka topic `kafka://HOST:PORT/TOPIC` (one record per
     /// change keyed `VIEW/KEY`; after a crash, what the topic may lack is sent again as
-    /// identical records), or to a webhook `webhook+http://HOST:PORT/PATH?view=V` (signed
-    /// JSON batches with idempotency keys, at least once; see the README).
+    /// identical records), to a webhook `webhook+http://HOST:PORT/PATH?view=V` (signed JSON
+    /// batches with idempotency keys, at least once), or to PostgreSQL tables
+    /// `postgres://USER@HOST/DB?view=V` (exactly once; see the README's Destinations).
     #[arg(long)]
-    sink: Option<PathBuf>,
+    sink: Vec<String>,
     /// Changes a sink may hold undelivered (its destination slow or away) before the server
     /// stops taking input (HTTP 503 with Retry-After; a followed topic is not read); the
     /// views go on meanwhile.
@@ -351,7 +350,11 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
         read_key: args.read_key,
         max_connections: args.max_connections.max(1),
         workers: args.workers,
-        sink: args.sink,
+        sinks: args
+            .sink
+            .iter()
+            .map(|s| sink::Target::parse(s))
+            .collect::<Result<_, _>>()?,
         sink_backlog: args.sink_backlog.max(1),
         spec_text,
         clock: args.clock.into(),
@@ -363,9 +366,9 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// A Kafka sink of `run`: the engine waits while it holds a million undelivered changes,
-/// and at the end up to two minutes for the broker to confirm everything; the run fails if
-/// some record could not be written.
+/// The Kafka upsert sink of `run` (`--upsert`): the engine waits while it holds a million
+/// undelivered changes, and at the end up to two minutes for the broker to confirm
+/// everything; the run fails if some record could not be written.
 fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
     let url = KafkaUrl::parse(url)?;
     let destination = KafkaDestination::open(&url, form)?;
@@ -376,20 +379,6 @@ fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
     Ok(Box::new(Sink::start(
         Box::new(destination),
         name,
-        None,
-        (sink::DEFAULT_BACKLOG, WhenFull::Wait),
-        Duration::from_secs(120),
-    )?))
-}
-
-/// A webhook sink of `run` (see [`crate::io::sink::webhook`]): as a Kafka sink, refused
-/// batches going to the address's `dead=` file (`webhook.dead.ndjson` by default).
-fn webhook_sink(url: &str) -> Result<Box<dyn Publish>, String> {
-    let url = WebhookUrl::parse(url)?;
-    let destination = WebhookDestination::open(&url, Path::new("webhook.dead.ndjson"), None)?;
-    Ok(Box::new(Sink::start(
-        Box::new(destination),
-        url.name(),
         None,
         (sink::DEFAULT_BACKLOG, WhenFull::Wait),
         Duration::from_secs(120),
@@ -542,46 +531,36 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let sources = source::open(&args.inputs, args.until_end)?;
     let kafka_inputs: Vec<_> = sources.iter().filter_map(|s| s.kafka_input()).collect();
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
-    let kafka_output = KafkaUrl::in_path(args.output.as_deref());
-    let webhook_output = WebhookUrl::in_path(args.output.as_deref());
-    if let Some(url) = PostgresUrl::in_path(args.output.as_deref()) {
-        if args.snapshot {
+    // `-o` names a file, or a destination of the sink layer (`io::sink::Target`)
+    let destination = args
+        .output
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .filter(|p| p.contains("://"))
+        .map(sink::Target::parse)
+        .transpose()?;
+    let output: Option<Box<dyn Write + Send>> = match (&args.output, destination) {
+        (_, Some(target)) if args.snapshot => {
             return Err(format!(
-                "{url}: a table takes the change stream: drop --snapshot"
+                "{}: --snapshot writes a file or stdout; a destination takes the change stream (keep a view's rows in Kafka with --upsert)",
+                target.name()
             ));
         }
-        let url = PostgresUrl::parse(url)?;
-        let destination = PostgresDestination::open(&url, &spec)?;
-        publishers.push(Box::new(Sink::start(
-            Box::new(destination),
-            url.name(),
-            None,
-            (sink::DEFAULT_BACKLOG, WhenFull::Wait),
-            Duration::from_secs(120),
-        )?));
-    }
-    let output: Option<Box<dyn Write + Send>> = match (&args.output, kafka_output, webhook_output) {
-        (_, Some(url), _) if args.snapshot => {
-            return Err(format!(
-                "{url}: --snapshot writes a file or stdout; keep a view's rows in Kafka with --upsert"
-            ));
-        }
-        (_, Some(url), _) => {
-            publishers.push(kafka_sink(url, Form::Changes)?);
+        (_, Some(target)) => {
+            // the engine waits while a million changes are undelivered, and at the end up
+            // to two minutes for the destination; the run fails if some could not be
+            // delivered
+            publishers.push(Box::new(Sink::start(
+                target.open(&spec, None)?,
+                target.name(),
+                None,
+                (sink::DEFAULT_BACKLOG, WhenFull::Wait),
+                Duration::from_secs(120),
+            )?));
             None
         }
-        (_, None, Some(url)) if args.snapshot => {
-            return Err(format!(
-                "{url}: a webhook takes the change stream: drop --snapshot"
-            ));
-        }
-        (_, None, Some(url)) => {
-            publishers.push(webhook_sink(url)?);
-            None
-        }
-        (Some(p), None, None) if PostgresUrl::in_path(Some(p)).is_some() => None,
-        (Some(p), None, None) => Some(create(p, "output")?),
-        (None, None, None) => Some(stdout),
+        (Some(p), None) => Some(create(p, "output")?),
+        (None, None) => Some(stdout),
     };
     if let Some(url) = &args.upsert {
         publishers.push(kafka_sink(url, Form::Upsert)?);

@@ -19,11 +19,8 @@ use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::console::{self, StatsHistory};
 use crate::io::http::Ctx;
 use crate::io::kafka::{self, FollowStatus, KafkaUrl};
-use crate::io::sink::file::FileDestination;
 use crate::io::sink::kafka::{Form, KafkaDestination};
-use crate::io::sink::postgres::{PostgresDestination, PostgresUrl};
 use crate::io::sink::state::{self, SinkState};
-use crate::io::sink::webhook::{WebhookDestination, WebhookUrl};
 use crate::io::sink::{self, Destination, Sink, SinkStatus, WhenFull};
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
@@ -47,8 +44,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Timely workers.
     pub workers: usize,
-    /// Write the change stream to this file, or a Kafka topic (see [`crate::io::sink`]).
-    pub sink: Option<PathBuf>,
+    /// Where the change stream goes besides the views (`--sink`, any number; see
+    /// [`crate::io::sink`]).
+    pub sinks: Vec<sink::Target>,
     /// Changes a sink may hold undelivered before the server stops taking input.
     pub sink_backlog: u64,
     /// The dataflow spec's text (kept in the data directory for compaction).
@@ -100,12 +98,12 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (erasure_log, _) = ErasureLog::open(&dir.erasures())
         .map_err(|e| format!("cannot open {}: {e}", dir.erasures().display()))?;
     let mut states = sink_states(&dir, &config)?;
-    for (_, state) in &mut states {
-        state.within(verified.lines)?;
+    for configured in &mut states {
+        configured.state.within(verified.lines)?;
     }
     // where the replay must end groups so that the sinks get again exactly what they may
     // lack
-    let cuts = sink::replay_cuts(states.iter().map(|(_, s)| s));
+    let cuts = sink::replay_cuts(states.iter().map(|c| &c.state));
     let same_spec = dir.stored_spec()?.is_none_or(|s| s == config.spec_text);
     if !same_spec {
         eprintln!(
@@ -344,26 +342,42 @@ pub fn serve_helper(
     Ok(())
 }
 
-/// The saved state of each sink `serve` is configured with: `--sink` (a Kafka topic or a
-/// file) as `changes`, `--upsert` as `upsert`.
-fn sink_states(dir: &DataDir, config: &ServeConfig) -> Result<Vec<(String, SinkState)>, String> {
+/// A sink of `serve`: where it sends (`None`: the upsert topics of `--upsert`), the kind
+/// its files in the data directory are named by (`sink-KIND.*`), and its saved state.
+struct Configured {
+    target: Option<sink::Target>,
+    kind: String,
+    name: String,
+    state: SinkState,
+}
+
+/// The saved state of each sink `serve` is configured with: each `--sink` (the first of kind
+/// `changes`, the next `changes-2`, …), and `--upsert` as `upsert`.
+fn sink_states(dir: &DataDir, config: &ServeConfig) -> Result<Vec<Configured>, String> {
     let mut states = Vec::new();
-    if let Some(path) = &config.sink {
-        let given = Some(path.as_path());
-        let name = if let Some(url) = KafkaUrl::in_path(given) {
-            KafkaUrl::parse(url)?.name()
-        } else if let Some(url) = WebhookUrl::in_path(given) {
-            WebhookUrl::parse(url)?.name()
-        } else if let Some(url) = PostgresUrl::in_path(given) {
-            PostgresUrl::parse(url)?.name()
-        } else {
-            path.display().to_string()
+    for (i, target) in config.sinks.iter().enumerate() {
+        let kind = match i {
+            0 => "changes".to_string(),
+            i => format!("changes-{}", i + 1),
         };
-        states.push((name.clone(), SinkState::load(dir.root(), "changes", &name)?));
+        let name = target.name();
+        let state = SinkState::load(dir.root(), &kind, &name)?;
+        states.push(Configured {
+            target: Some(target.clone()),
+            kind,
+            name,
+            state,
+        });
     }
     if let Some(url) = &config.upsert {
         let name = format!("{}.*", url.name());
-        states.push((name.clone(), SinkState::load(dir.root(), "upsert", &name)?));
+        let state = SinkState::load(dir.root(), "upsert", &name)?;
+        states.push(Configured {
+            target: None,
+            kind: "upsert".into(),
+            name,
+            state,
+        });
     }
     Ok(states)
 }
@@ -395,7 +409,7 @@ fn start_engine(
     rx: crossbeam_channel::Receiver<Message>,
     live: &Arc<Mutex<LiveViews>>,
     counters: &Arc<Counters>,
-    states: &mut Vec<(String, SinkState)>,
+    states: &mut Vec<Configured>,
 ) -> Result<(EngineThread, Vec<Arc<SinkStatus>>), String> {
     // replaying the log regenerates every dead letter, so the file is rewritten from
     // scratch
@@ -404,33 +418,27 @@ fn start_engine(
         .map_err(|e| format!("cannot create {}: {e}", dead_path.display()))?;
     let mut publishers: Vec<Box<dyn Publish>> = Vec::new();
     let mut statuses = Vec::new();
-    for (name, mut state) in states.drain(..) {
-        let kafka = |url: &KafkaUrl, form| -> Result<Box<dyn Destination>, String> {
-            let destination = KafkaDestination::open_waiting(url, form)?;
-            // a broker that is away does not keep the server from starting
-            if let Err(why) = destination.reachable(Duration::from_secs(2)) {
-                eprintln!("throughline: {why}; the sink delivers once it answers");
+    for Configured {
+        target,
+        kind,
+        name,
+        mut state,
+    } in states.drain(..)
+    {
+        let destination: Box<dyn Destination> = match &target {
+            Some(target) => target.open(spec, Some((dir.root(), &kind, &mut state)))?,
+            None => {
+                let url = config
+                    .upsert
+                    .as_ref()
+                    .ok_or("internal error: no --upsert")?;
+                let destination = KafkaDestination::open_waiting(url, Form::Upsert)?;
+                // a broker that is away does not keep the server from starting
+                if let Err(why) = destination.reachable(Duration::from_secs(2)) {
+                    eprintln!("throughline: {why}; the sink delivers once it answers");
+                }
+                Box::new(destination)
             }
-            Ok(Box::new(destination))
-        };
-        let destination: Box<dyn Destination> = if name.ends_with(".*") {
-            let url = config
-                .upsert
-                .as_ref()
-                .ok_or("internal error: no --upsert")?;
-            kafka(url, Form::Upsert)?
-        } else if let Some(url) = KafkaUrl::in_path(config.sink.as_deref()) {
-            kafka(&KafkaUrl::parse(url)?, Form::Changes)?
-        } else if let Some(url) = PostgresUrl::in_path(config.sink.as_deref()) {
-            Box::new(PostgresDestination::open(&PostgresUrl::parse(url)?, spec)?)
-        } else if let Some(url) = WebhookUrl::in_path(config.sink.as_deref()) {
-            let dead = dir.root().join("sink-changes.dead.ndjson");
-            let spans = dir.root().join("sink-changes.spans");
-            let url = WebhookUrl::parse(url)?;
-            let spans = Some((spans.as_path(), state.confirmed));
-            Box::new(WebhookDestination::open(&url, &dead, spans)?)
-        } else {
-            Box::new(FileDestination::open(Path::new(&name), &mut state)?)
         };
         let sink = Sink::start(
             destination,

@@ -1171,14 +1171,18 @@ fn metric(metrics: &str, name: &str) -> u64 {
 }
 
 /// `GET /v1/profiles/{type}:{value}` and `--sink`: the profile as the views see it, and the
-/// change stream in a file, rewritten (not doubled) from the log at a restart.
+/// change stream in two files (two sinks, each with its own position), rewritten (not
+/// doubled) from the log at a restart.
 #[test]
 fn profiles_endpoint_and_change_sink() {
     use serde_json::json;
     let dir = temp_dir("profiles");
     let sink = dir.with_extension("changes.ndjson");
     let sink_arg = sink.to_str().unwrap().to_string();
-    let server = Server::start_with(&dir, &["--sink", &sink_arg]);
+    let other = dir.with_extension("more.ndjson");
+    let other_arg = other.to_str().unwrap().to_string();
+    let sinks = ["--sink", &sink_arg, "--sink", &other_arg];
+    let server = Server::start_with(&dir, &sinks);
     for body in [
         json!({"type": "identify", "userId": "p-1", "anonymousId": "a-1", "timestamp": NOW_MS,
                "traits": {"email": "P.One@Example.com", "plan": "pro"}}),
@@ -1228,7 +1232,9 @@ fn profiles_endpoint_and_change_sink() {
     server.stop();
     let first = std::fs::read_to_string(&sink).unwrap();
     assert!(first.contains("\"view\":\"scores\""), "{first}");
-    let server = Server::start_with(&dir, &["--sink", &sink_arg]);
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), first);
+    assert!(dir.join("sink-changes-2.position").exists());
+    let server = Server::start_with(&dir, &sinks);
     server.wait_for_profile("user_id:p-1", |status, _| status == 200);
     server.stop();
     assert_eq!(
@@ -1236,6 +1242,7 @@ fn profiles_endpoint_and_change_sink() {
         first,
         "the sink is the log's change stream"
     );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), first);
 }
 
 /// `--clock wall`: decay advances with real time even when no events arrive (a 2 s half-life

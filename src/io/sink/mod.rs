@@ -518,3 +518,92 @@ impl Driver {
             .store(progress.confirmed, Ordering::Release);
     }
 }
+
+/// Where a `--sink` (or `run -o`) sends the change stream: the one place that tells the
+/// forms apart and opens their destinations.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A file, appended to (`serve` only).
+    File(std::path::PathBuf),
+    /// A Kafka change topic, `kafka://HOST:PORT/TOPIC`.
+    Kafka(crate::io::kafka::KafkaUrl),
+    /// A webhook, `webhook+http://HOST:PORT/PATH?…`.
+    Webhook(webhook::WebhookUrl),
+    /// PostgreSQL tables, `postgres://USER@HOST/DB?…`.
+    Postgres(postgres::PostgresUrl),
+}
+
+impl Target {
+    /// Parses a `--sink` value.
+    pub fn parse(text: &str) -> Result<Target, String> {
+        use crate::io::kafka::KafkaUrl;
+        if KafkaUrl::is_kafka(text) {
+            Ok(Target::Kafka(KafkaUrl::parse(text)?))
+        } else if webhook::WebhookUrl::is_webhook(text) {
+            Ok(Target::Webhook(webhook::WebhookUrl::parse(text)?))
+        } else if postgres::PostgresUrl::is_postgres(text) {
+            Ok(Target::Postgres(postgres::PostgresUrl::parse(text)?))
+        } else if text.contains("://") {
+            Err(format!(
+                "{text}: not a destination this version knows (kafka://, webhook+http://, postgres:// or a file)"
+            ))
+        } else {
+            Ok(Target::File(std::path::PathBuf::from(text)))
+        }
+    }
+
+    /// Its name: an address without secrets or settings, or the file's path.
+    pub fn name(&self) -> String {
+        match self {
+            Target::File(path) => path.display().to_string(),
+            Target::Kafka(url) => url.name(),
+            Target::Webhook(url) => url.name(),
+            Target::Postgres(url) => url.name(),
+        }
+    }
+
+    /// Opens its destination for `spec`'s views. `kept`: in `serve`, the data directory,
+    /// the sink's kind (the prefix of the files it keeps there, `sink-KIND.*`) and its
+    /// saved state; `run` keeps nothing (a file is not a `run` destination).
+    pub fn open(
+        &self,
+        spec: &crate::spec::Spec,
+        kept: Option<(&std::path::Path, &str, &mut SinkState)>,
+    ) -> Result<Box<dyn Destination>, String> {
+        Ok(match (self, kept) {
+            (Target::File(path), Some((_, _, state))) => {
+                Box::new(file::FileDestination::open(path, state)?)
+            }
+            (Target::File(path), None) => {
+                return Err(format!(
+                    "{}: a file sink needs a data directory",
+                    path.display()
+                ));
+            }
+            (Target::Kafka(url), kept) => {
+                let destination = match kept {
+                    Some(_) => kafka::KafkaDestination::open_waiting(url, kafka::Form::Changes)?,
+                    None => kafka::KafkaDestination::open(url, kafka::Form::Changes)?,
+                };
+                // a broker that is away does not keep the server from starting
+                if kept.is_some()
+                    && let Err(why) = destination.reachable(Duration::from_secs(2))
+                {
+                    eprintln!("throughline: {why}; the sink delivers once it answers");
+                }
+                Box::new(destination)
+            }
+            (Target::Webhook(url), Some((dir, kind, state))) => {
+                let dead = dir.join(format!("sink-{kind}.dead.ndjson"));
+                let spans = dir.join(format!("sink-{kind}.spans"));
+                let spans = Some((spans.as_path(), state.confirmed));
+                Box::new(webhook::WebhookDestination::open(url, &dead, spans)?)
+            }
+            (Target::Webhook(url), None) => {
+                let dead = std::path::Path::new("webhook.dead.ndjson");
+                Box::new(webhook::WebhookDestination::open(url, dead, None)?)
+            }
+            (Target::Postgres(url), _) => Box::new(postgres::PostgresDestination::open(url, spec)?),
+        })
+    }
+}
