@@ -366,6 +366,10 @@ impl PostgresDestination {
                 .transaction()
                 .await
                 .map_err(|e| format!("cannot begin: {e}"))?;
+            // every row's statement first, then all of them at once: tokio-postgres
+            // pipelines them on the connection, and PostgreSQL runs them in order
+            type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+            let mut rows = Vec::with_capacity(changes.len());
             for change in changes {
                 let (Some((upsert, delete)), Some(table)) = (
                     connection.statements.get(&change.view),
@@ -373,29 +377,36 @@ impl PostgresDestination {
                 ) else {
                     continue;
                 };
-                let done = if change.diff < 0 {
-                    transaction.execute(delete, &[&change.key]).await
-                } else {
-                    let row: serde_json::Value =
-                        serde_json::from_str(&change.row).unwrap_or_default();
-                    let values: Vec<Option<String>> = table
-                        .fields
-                        .iter()
-                        .map(|(f, _)| row.get(f).filter(|v| !v.is_null()).map(|v| v.to_string()))
-                        .collect();
-                    let time = change.time as i64;
-                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        vec![&change.key];
-                    params.extend(
-                        values
-                            .iter()
-                            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
-                    );
-                    params.push(&time);
-                    transaction.execute(upsert, &params).await
-                };
-                done.map_err(|e| format!("cannot write to {}: {e}", table.name))?;
+                if change.diff < 0 {
+                    rows.push((delete, &change.key, None, 0));
+                    continue;
+                }
+                let row: serde_json::Value = serde_json::from_str(&change.row).unwrap_or_default();
+                let values: Vec<Option<String>> = table
+                    .fields
+                    .iter()
+                    .map(|(f, _)| row.get(f).filter(|v| !v.is_null()).map(|v| v.to_string()))
+                    .collect();
+                rows.push((upsert, &change.key, Some(values), change.time as i64));
             }
+            let params: Vec<Vec<Param<'_>>> = rows
+                .iter()
+                .map(|(_, key, values, time)| {
+                    let mut params: Vec<Param<'_>> = vec![*key];
+                    if let Some(values) = values {
+                        params.extend(values.iter().map(|v| v as Param<'_>));
+                        params.push(time);
+                    }
+                    params
+                })
+                .collect();
+            let statements = rows
+                .iter()
+                .zip(&params)
+                .map(|((statement, ..), params)| transaction.execute(*statement, params));
+            futures_util::future::try_join_all(statements)
+                .await
+                .map_err(|e| format!("cannot write a row: {e}"))?;
             let (at, when) = (position as i64, time as i64);
             transaction
                 .execute(&connection.position, &[&name, &at, &when])
