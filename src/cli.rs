@@ -366,18 +366,15 @@ fn serve(args: ServeArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// The Kafka upsert sink of `run` (`--upsert`): the engine waits while it holds a million
-/// undelivered changes, and at the end up to two minutes for the broker to confirm
-/// everything; the run fails if some record could not be written.
-fn kafka_sink(url: &str, form: Form) -> Result<Box<dyn Publish>, String> {
-    let url = KafkaUrl::parse(url)?;
-    let destination = KafkaDestination::open(&url, form)?;
-    let name = match form {
-        Form::Changes => url.name(),
-        Form::Upsert => format!("{}.*", url.name()),
-    };
+/// A sink of `run` (`-o` a destination, `--upsert`): the engine waits while it holds a
+/// million undelivered changes, and at the end up to two minutes for the destination to
+/// confirm everything; the run fails if some change could not be delivered.
+fn run_sink(
+    destination: Box<dyn sink::Destination>,
+    name: String,
+) -> Result<Box<dyn Publish>, String> {
     Ok(Box::new(Sink::start(
-        Box::new(destination),
+        destination,
         name,
         None,
         (sink::DEFAULT_BACKLOG, WhenFull::Wait),
@@ -547,23 +544,19 @@ fn run(args: RunArgs) -> Result<i32, String> {
             ));
         }
         (_, Some(target)) => {
-            // the engine waits while a million changes are undelivered, and at the end up
-            // to two minutes for the destination; the run fails if some could not be
-            // delivered
-            publishers.push(Box::new(Sink::start(
-                target.open(&spec, None)?,
-                target.name(),
-                None,
-                (sink::DEFAULT_BACKLOG, WhenFull::Wait),
-                Duration::from_secs(120),
-            )?));
+            publishers.push(run_sink(target.open(&spec, None)?, target.name())?);
             None
         }
         (Some(p), None) => Some(create(p, "output")?),
         (None, None) => Some(stdout),
     };
     if let Some(url) = &args.upsert {
-        publishers.push(kafka_sink(url, Form::Upsert)?);
+        let url = KafkaUrl::parse(url)?;
+        let destination = KafkaDestination::open(&url, Form::Upsert)?;
+        publishers.push(run_sink(
+            Box::new(destination),
+            format!("{}.*", url.name()),
+        )?);
     }
     let dead_letters = match &args.dead_letters {
         Some(p) => Some(create(p, "dead-letter file")?),

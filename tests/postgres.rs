@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -29,6 +28,13 @@ fn normal(value: serde_json::Value) -> serde_json::Value {
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, normal(v))).collect()),
         other => other,
     }
+}
+
+/// Posts `part` (NDJSON lines) to `/v1/ingest`: how many lines it had.
+fn ingest(serve: &Serve, part: &str) -> usize {
+    let (status, body) = serve.post("/v1/ingest", part.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    part.lines().count()
 }
 
 /// Waits until the server has read `lines` lines and its sink has confirmed them.
@@ -80,38 +86,19 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     // five SIGKILLs, each right after an acknowledged post, while the sink may be writing
     for part in &parts[..5] {
         let serve = start();
-        let (status, body) = serve.post("/v1/ingest", part.as_bytes());
-        assert_eq!(status, 200, "{body}");
-        posted += part.lines().count();
+        posted += ingest(&serve, part);
         std::thread::sleep(Duration::from_millis(30));
         serve.kill();
     }
     // frozen while the database restarts: the sink finds the connection gone and catches up
     let serve = start();
-    let (status, body) = serve.post("/v1/ingest", parts[5].as_bytes());
-    assert_eq!(status, 200, "{body}");
-    posted += parts[5].lines().count();
-    let pid = serve.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    posted += ingest(&serve, &parts[5]);
+    serve.signal("-STOP");
     pg.ctl("restart", true);
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    serve.signal("-CONT");
     // the database down: the server says so, takes events, and catches up once it is back
     pg.ctl("stop", true);
-    let (status, body) = serve.post("/v1/ingest", parts[6].as_bytes());
-    assert_eq!(status, 200, "{body}");
-    posted += parts[6].lines().count();
+    posted += ingest(&serve, &parts[6]);
     let started = Instant::now();
     while !serve
         .get("/healthz")
@@ -141,24 +128,10 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     }
     pg.ctl("start", true);
     for part in &parts[7..] {
-        let (status, body) = serve.post("/v1/ingest", part.as_bytes());
-        assert_eq!(status, 200, "{body}");
-        posted += part.lines().count();
+        posted += ingest(&serve, part);
     }
     // an erasure: its rows leave the table
-    let (_, profiles) = serve.get("/v1/views/profiles");
-    let erased = profiles
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| {
-            v["key"]
-                .as_str()?
-                .strip_prefix("user_id:")
-                .map(str::to_string)
-        })
-        .expect("a profile with a user id");
-    let forget = format!("{{\"userId\":\"{erased}\",\"timestamp\":1767300000000}}");
-    assert_eq!(serve.post("/v1/forget", forget.as_bytes()).0, 200);
+    let erased = serve.forget_a_user();
     posted += 1;
     wait_delivered(&serve, posted);
 

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,21 +190,7 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
         post(&serve, part);
     }
     // an erasure: the profile's rows leave the views, and the webhook gets their -1s
-    let (_, profiles) = serve.get("/v1/views/profiles");
-    let erased = profiles
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            v["key"]
-                .as_str()?
-                .strip_prefix("user_id:")
-                .map(str::to_string)
-        })
-        .next()
-        .expect("a profile with a user id");
-    let forget = format!("{{\"userId\":\"{erased}\",\"timestamp\":1767300000000}}");
-    let (status, body) = serve.post("/v1/forget", forget.as_bytes());
-    assert_eq!(status, 200, "{body}");
+    let erased = serve.forget_a_user();
     let started = Instant::now();
     let taken = format!("throughline_lines_total {}\n", all.len() + 1);
     while !serve.get("/metrics").1.contains(&taken) {
@@ -229,9 +214,7 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
     let erased_key = format!("user_id:{erased}");
     assert!(expected.iter().all(|(_, key, _)| *key != erased_key));
     // a clean stop waits for the destination
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.child.id().to_string()])
-        .status();
+    serve.signal("-TERM");
     let _ = serve.child.wait();
 
     let got = got.lock().unwrap().clone();

@@ -193,6 +193,34 @@ impl Drop for Serve {
     }
 }
 
+impl Serve {
+    /// Posts a `forget` of the first profile with a user id in the profiles view (its
+    /// rows must leave every output): the user id.
+    pub fn forget_a_user(&self) -> String {
+        let (_, profiles) = self.get("/v1/views/profiles");
+        let erased = profiles
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| {
+                let key = v["key"].as_str()?;
+                key.strip_prefix("user_id:").map(str::to_string)
+            })
+            .expect("a profile with a user id");
+        let forget = format!("{{\"userId\":\"{erased}\",\"timestamp\":1767300000000}}");
+        let (status, body) = self.post("/v1/forget", forget.as_bytes());
+        assert_eq!(status, 200, "{body}");
+        erased
+    }
+
+    /// Sends the process `signal` (`-STOP`, `-CONT`, `-TERM`).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal}");
+    }
+}
+
 /// Waits until the server at `addr` has replayed its log (`/healthz` no longer says
 /// `recovering`): it listens and takes ingestion at once, but reads wait for that.
 pub fn wait_recovered(addr: &str) {

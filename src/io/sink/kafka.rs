@@ -182,7 +182,7 @@ impl KafkaDestination {
     /// Connects: an unreachable broker is an error here (`run` fails before reading
     /// anything); see [`KafkaDestination::open_waiting`] for a server.
     pub fn open(url: &KafkaUrl, form: Form) -> Result<KafkaDestination, String> {
-        let mut destination = KafkaDestination::open_waiting(url, form)?;
+        let mut destination = KafkaDestination::configure(url, form)?;
         destination.reachable(BROKER_TIMEOUT)?;
         destination.resumable = false;
         Ok(destination)
@@ -191,8 +191,18 @@ impl KafkaDestination {
     /// For a server's sink: configures the producer without waiting for the broker, which
     /// may be away when the server starts (its records wait, the sink counts them and
     /// `/healthz` says it is not delivering); what is sent again after a restart is not an
-    /// error at the end ([`Destination::finish`]).
+    /// error at the end ([`Destination::finish`]). A broker that does not answer within 2 s
+    /// is said on stderr; the sink delivers once it does.
     pub fn open_waiting(url: &KafkaUrl, form: Form) -> Result<KafkaDestination, String> {
+        let destination = KafkaDestination::configure(url, form)?;
+        if let Err(why) = destination.reachable(Duration::from_secs(2)) {
+            eprintln!("throughline: {why}; the sink delivers once it answers");
+        }
+        Ok(destination)
+    }
+
+    /// The producer, configured; nothing is sent yet.
+    fn configure(url: &KafkaUrl, form: Form) -> Result<KafkaDestination, String> {
         let context = Tracking::default();
         let said = context.1.clone();
         let tracker = Arc::clone(&context.0);

@@ -189,7 +189,8 @@ impl WebhookUrl {
 /// One batch, ready to post.
 struct Prepared {
     key: String,
-    body: String,
+    /// Shared by every attempt (a retry copies nothing).
+    body: Bytes,
     changes: u64,
 }
 
@@ -470,7 +471,7 @@ impl WebhookDestination {
             for (index, chunk) in of_view.chunks(self.url.batch).enumerate() {
                 let key = idempotency_key(view, end, index, chunk);
                 batches.push(Prepared {
-                    body: body_of(view, &key, end, chunk),
+                    body: Bytes::from(body_of(view, &key, end, chunk)),
                     key,
                     changes: chunk.len() as u64,
                 });
@@ -482,7 +483,7 @@ impl WebhookDestination {
     /// Posts `batch`: accepted or refused for good, or an error to retry (with the wait the
     /// answer asked for, if any).
     fn post(&mut self, batch: &Prepared) -> Result<Posted, (String, Option<Duration>)> {
-        let signature = sign(&self.secret, batch.body.as_bytes());
+        let signature = sign(&self.secret, &batch.body);
         let request = hyper::Request::post(self.url.path.as_str())
             .header(
                 hyper::header::HOST,
@@ -491,7 +492,7 @@ impl WebhookDestination {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("Idempotency-Key", batch.key.as_str())
             .header("X-Throughline-Signature", format!("sha256={signature}"))
-            .body(Full::new(Bytes::from(batch.body.clone())))
+            .body(Full::new(batch.body.clone()))
             .map_err(|e| (format!("cannot make the request: {e}"), None))?;
         let (host, port, timeout) = (self.url.host.clone(), self.url.port, self.url.timeout);
         let reuse = self.connection.take().filter(|c| !c.is_closed());
@@ -575,7 +576,7 @@ impl WebhookDestination {
             "status": status,
             "response": response,
             "idempotency_key": batch.key,
-            "batch": serde_json::from_str::<serde_json::Value>(&batch.body).unwrap_or_default(),
+            "batch": serde_json::from_slice::<serde_json::Value>(&batch.body).unwrap_or_default(),
         });
         let path = self.dead_path.display().to_string();
         let file = self
