@@ -134,6 +134,9 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     let erased = serve.forget_a_user();
     posted += 1;
     wait_delivered(&serve, posted);
+    // a last line that changes no view (a dead letter) still moves the position
+    posted += ingest(&serve, "{\"type\":\"track\"}\n");
+    wait_delivered(&serve, posted);
 
     let spec = throughline::spec::Spec::default_spec();
     let mut last_time = 0;
@@ -182,10 +185,32 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
             view.name
         );
     }
-    // the position: the last group applied, at an engine time no row is later than
+    // the position: the server's last engine time (and log line), no row later than it
+    let engine_time: u64 = serve
+        .get_header("/v1/views/profiles", "X-Throughline-Engine-Time")
+        .expect("the view's engine time")
+        .parse()
+        .unwrap();
+    let (_, metrics) = serve.get("/metrics");
+    let lines: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("throughline_lines_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
     let position = pg.query("SELECT position, engine_time FROM throughline_sink_positions");
     assert_eq!(position.len(), 1, "{position:?}");
     let (at, time) = position[0].split_once('|').unwrap();
-    assert!(at.parse::<usize>().unwrap() <= posted);
-    assert!(time.parse::<u64>().unwrap() >= last_time);
+    assert_eq!(
+        at.parse::<usize>().unwrap(),
+        lines,
+        "the position's log line"
+    );
+    assert_eq!(lines, posted);
+    assert_eq!(
+        time.parse::<u64>().unwrap(),
+        engine_time,
+        "the position's engine time"
+    );
+    assert!(engine_time >= last_time);
 }

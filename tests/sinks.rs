@@ -28,7 +28,7 @@ type Group = (u64, Vec<Change>);
 struct Groups(Arc<Mutex<Vec<Group>>>);
 
 impl Publish for Groups {
-    fn publish(&mut self, changes: &[Change], position: u64) -> std::io::Result<()> {
+    fn publish(&mut self, changes: &[Change], position: u64, _time: u64) -> std::io::Result<()> {
         self.0.lock().unwrap().push((position, changes.to_vec()));
         Ok(())
     }

@@ -669,6 +669,10 @@ impl<'w> Driver<'w> {
                         Boundary::Hold => {}
                         Boundary::Cut => self.publish_current()?,
                         Boundary::Any if live && self.dirty => self.publish_current()?,
+                        Boundary::Any if live => {
+                            self.settle()?;
+                            self.publisher.catch_up(&self.summary.tally)?;
+                        }
                         Boundary::Any => self.settle()?,
                     }
                     self.mirror();

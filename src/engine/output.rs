@@ -113,8 +113,10 @@ pub trait Publish: Send {
     /// Every publication is passed on, empty ones too, so a sink always knows how far the
     /// input is published. Positions never go back, and the groups are a pure function of
     /// the input and of the positions at which they end ([`crate::engine::input::Boundary`]).
-    /// It must not block: delivery happens elsewhere.
-    fn publish(&mut self, changes: &[Change], position: u64) -> io::Result<()>;
+    /// `time` is the engine time the publication completes: the views are at `time` once it
+    /// is applied (every change has a time `<= time`). It must not block: delivery happens
+    /// elsewhere.
+    fn publish(&mut self, changes: &[Change], position: u64, time: u64) -> io::Result<()>;
     /// Waits until everything published is written; says what was written, in a line, or
     /// why some of it could not be.
     fn finish(&mut self) -> io::Result<String>;
@@ -218,6 +220,8 @@ fn line(view: &str, key: &str, row: &str) -> String {
 pub struct LiveViews {
     /// The current rows of every view.
     pub snapshot: Snapshot,
+    /// The engine time the rows are at: the last one published (0 before any).
+    pub time: u64,
     subscribers: Vec<Subscriber>,
 }
 

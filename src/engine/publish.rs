@@ -44,6 +44,8 @@ pub(super) struct Publisher<'w> {
     pending: VecDeque<(u64, Instant, bool)>,
     latency: Latency,
     forget_latency: Latency,
+    /// The position and engine time of the last publication.
+    published: (u64, u64),
 }
 
 /// The sinks a [`Publisher`] writes.
@@ -79,7 +81,24 @@ impl<'w> Publisher<'w> {
             pending: VecDeque::new(),
             latency: Latency::default(),
             forget_latency: Latency::default(),
+            published: (0, 0),
         }
+    }
+
+    /// Tells the sinks that the input is published up to the lines taken (`tally.lines`)
+    /// when the lines since the last publication changed nothing (dead letters,
+    /// duplicates): an empty publication at the last engine time, so a destination's
+    /// position reaches the end of live input.
+    pub(super) fn catch_up(&mut self, tally: &Tally) -> Result<(), EngineError> {
+        let (position, time) = self.published;
+        if tally.lines <= position {
+            return Ok(());
+        }
+        self.published.0 = tally.lines;
+        for publisher in &mut self.publishers {
+            publisher.publish(&[], tally.lines, time)?;
+        }
+        Ok(())
     }
 
     /// Notes an accepted event read at `read_at`, at clock `now`: its latency is measured
@@ -116,14 +135,17 @@ impl<'w> Publisher<'w> {
         self.measure(upto_ms);
         // every publication, empty or not, tells the sinks how far the input is published
         let position = tally.lines;
+        self.published = (position, self.published.1.max(upto_ms));
         for publisher in &mut self.publishers {
-            publisher.publish(&changes, position)?;
+            publisher.publish(&changes, position, self.published.1)?;
         }
         if let Some(live) = &self.live
-            && !changes.is_empty()
             && let Ok(mut views) = live.lock()
         {
-            views.apply(&changes);
+            if !changes.is_empty() {
+                views.apply(&changes);
+            }
+            views.time = views.time.max(upto_ms);
         }
         match (&mut self.snapshot, self.collect) {
             (Some(snapshot), false) => changes.into_iter().for_each(|c| snapshot.apply_owned(c)),

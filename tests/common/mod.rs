@@ -174,6 +174,16 @@ impl Serve {
         request(&self.addr, "GET", path, &[], b"")
     }
 
+    /// `GET path`: the value of the response's header `name` (any case).
+    pub fn get_header(&self, path: &str, name: &str) -> Option<String> {
+        let (_, head, _) = exchange(&self.addr, "GET", path, &[], b"")?;
+        let name = name.to_ascii_lowercase();
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().to_ascii_lowercase() == name).then(|| v.trim().to_string())
+        })
+    }
+
     /// `POST path` with `body`: (status, body).
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, String) {
         request(&self.addr, "POST", path, &[], body)
@@ -259,6 +269,17 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
+    exchange(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// One HTTP/1.1 request: (status, the response's head, its body).
+pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -287,7 +308,7 @@ pub fn try_request(
     } else {
         body.to_string()
     };
-    Some((status, body))
+    Some((status, head.to_string(), body))
 }
 
 /// The payload of a chunked HTTP/1.1 body.

@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// `GET /v1/views/{name}`: the view's rows, with the engine time they are at in
+/// `X-Throughline-Engine-Time` (what a destination's position says once it has caught up).
 pub(super) fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Response<Body> {
     let sse = request.query_param("format").as_deref() == Some("sse")
         || request
@@ -20,12 +22,20 @@ pub(super) fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Res
         return stream_changes(snapshot, subscription, sse, Arc::clone(&ctx.stop));
     }
     let lines = live.snapshot.lines_of(name);
+    let time = live.time.to_string();
     drop(live);
     let mut body = lines.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
-    respond(200, "application/x-ndjson", body)
+    with_headers(
+        200,
+        &[
+            ("Content-Type", "application/x-ndjson"),
+            ("X-Throughline-Engine-Time", &time),
+        ],
+        body.into(),
+    )
 }
 
 /// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,

@@ -73,6 +73,8 @@ const SAVE_EVERY: Duration = Duration::from_millis(100);
 pub struct Group {
     /// Input lines taken when it was published.
     pub position: u64,
+    /// The engine time it completes (the views are at this time once it is applied).
+    pub time: u64,
     /// Consolidated changes, sorted by (time, view, key).
     pub changes: Vec<Change>,
 }
@@ -225,6 +227,7 @@ impl Queue {
             match groups.back_mut() {
                 Some(last) if last.changes.is_empty() && group.changes.is_empty() => {
                     last.position = group.position;
+                    last.time = group.time;
                 }
                 _ => groups.push_back(group),
             }
@@ -322,7 +325,7 @@ impl Sink {
 }
 
 impl Publish for Sink {
-    fn publish(&mut self, changes: &[Change], position: u64) -> io::Result<()> {
+    fn publish(&mut self, changes: &[Change], position: u64, time: u64) -> io::Result<()> {
         if position <= self.skip_upto {
             return Ok(()); // confirmed before the restart
         }
@@ -337,6 +340,7 @@ impl Publish for Sink {
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
         self.queue.push(Group {
             position,
+            time,
             changes: changes.to_vec(),
         });
         Ok(())

@@ -15,9 +15,11 @@
 //! Each published group is applied in one transaction: a `DELETE` for every row that
 //! leaves, an upsert for every row that comes, and the sink's position in
 //! `throughline_sink_positions` (`sink`, `position`: the group's position, `engine_time`:
-//! the last engine time applied). A group holds whole engine times (the engine never ends
-//! one inside an engine time), so a table is always exactly the view at some engine time,
-//! never half of one. (One transaction per engine time would make every engine time a
+//! the engine time the group completes, the `X-Throughline-Engine-Time` of
+//! `GET /v1/views/NAME` once the sink has caught up). A group is a whole publication of the
+//! engine, so a table is always exactly the view as one publication left it (what
+//! `GET /v1/views/NAME` answered then), never half of one; a publication with nothing for the sink's views
+//! still moves the position when it is the last one waiting. (One transaction per engine time would make every engine time a
 //! commit that waits for the WAL's fsync: a state load or a live second has thousands of
 //! them, and the sink fell seconds behind 1,000 events/s; a group is a round of the
 //! engine.) After a crash or a lost connection the sink reads its position back
@@ -423,9 +425,11 @@ impl PostgresDestination {
     }
 
     /// Applies `group`'s changes but those the tables hold already, in one transaction
-    /// with the position: whole engine times (a group never ends inside one), so a table
-    /// goes from the view at one engine time to the view at a later one.
-    fn apply_group(&mut self, group: &Group) -> Result<(), String> {
+    /// with the position: the group completes engine time `group.time`, so a table goes
+    /// from the view at one engine time to the view at a later one. A group with nothing
+    /// for these tables moves only the position, and only when it is `last` of those
+    /// offered (so a quiet view costs one small transaction per delivery, not one per group).
+    fn apply_group(&mut self, group: &Group, last: bool) -> Result<(), String> {
         let applied = self.applied;
         let held = |time: u64| {
             applied.is_some_and(|(p, t)| group.position < p || (group.position == p && time <= t))
@@ -435,10 +439,11 @@ impl PostgresDestination {
             .iter()
             .filter(|c| self.tables.iter().any(|t| t.view == c.view) && !held(c.time))
             .collect();
-        match pending.last() {
-            Some(last) => self.apply(group.position, last.time, &pending),
-            None => Ok(()),
+        let behind = applied.is_none_or(|a| a < (group.position, group.time));
+        if pending.is_empty() && !(last && behind) {
+            return Ok(());
         }
+        self.apply(group.position, group.time, &pending)
     }
 }
 
@@ -487,7 +492,7 @@ impl Destination for PostgresDestination {
             return Err(format!("{name}: {why}"));
         }
         for (taken, group) in groups.iter().enumerate() {
-            if let Err(why) = self.apply_group(group) {
+            if let Err(why) = self.apply_group(group, taken + 1 == groups.len()) {
                 // the connection may be gone: the next attempt connects and reads back
                 // what the tables hold
                 self.connection = None;
