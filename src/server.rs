@@ -57,7 +57,7 @@ pub struct ServeConfig {
     pub compact_check: Duration,
     /// This process's place in a cluster (it is process 0), if any.
     pub cluster: Option<Cluster>,
-    /// A Kafka topic to follow into the log (see [`crate::io::kafka::follow`]).
+    /// A Kafka topic to follow into the log (see [`crate::io::kafka::follow()`]).
     pub source: Option<KafkaUrl>,
     /// Keep each view's rows in Kafka topics `TOPIC.VIEW` (see [`crate::io::kafka`]).
     pub upsert: Option<KafkaUrl>,
