@@ -214,3 +214,44 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     );
     assert!(engine_time >= last_time);
 }
+
+#[test]
+#[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
+fn postgres_over_tls_verifies_the_servers_certificate() {
+    let bin = std::env::var("THROUGHLINE_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-tls");
+    let pg = Postgres::start(&bin, &base.join("cluster"), true);
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    pg.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem());
+    let ca = base.join("server.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let text = String::from_utf8(common::workload(7, 200, 30, false)).unwrap();
+
+    // a server certificate nobody vouches for: no connection, and /healthz says why
+    let sink = format!("{}?sslmode=require&connect_timeout=2", pg.url());
+    let untrusted = Serve::start_with(&base.join("untrusted"), &["--sink", &sink]);
+    let posted = ingest(&untrusted, &text);
+    let started = Instant::now();
+    loop {
+        let (_, health) = untrusted.get("/healthz");
+        if health.contains("degraded") && health.contains("certificate") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    untrusted.kill();
+
+    // trusting it (ca=): the tables fill over TLS
+    let sink = format!("{}?sslmode=require&ca={}", pg.url(), ca.display());
+    let serve = Serve::start_with(&base.join("trusted"), &["--sink", &sink]);
+    assert_eq!(ingest(&serve, &text), posted);
+    wait_delivered(&serve, posted);
+    let (_, rows) = serve.get("/v1/views/profiles");
+    let count = pg.query("SELECT count(*) FROM profiles");
+    assert_eq!(count, vec![rows.lines().count().to_string()]);
+    let tls = pg.query("SELECT count(*) FROM pg_stat_ssl WHERE ssl");
+    assert_ne!(tls, vec!["0".to_string()], "no connection used TLS");
+}

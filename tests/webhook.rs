@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,9 +29,9 @@ struct Received {
     status: u16,
 }
 
-/// How the receiver answers its `n`-th request (from 1): five failures of three kinds in a
-/// row, then one refusal, then all is well.
-fn answer(n: usize) -> (u16, Option<Duration>) {
+/// How the misbehaving receiver answers its `n`-th request (from 1): five failures of three
+/// kinds in a row, then one refusal, then all is well.
+fn misbehaving(n: usize) -> (u16, Option<Duration>) {
     match n {
         1..=3 => (500, None),
         4 => (429, None),
@@ -41,8 +41,15 @@ fn answer(n: usize) -> (u16, Option<Duration>) {
     }
 }
 
-/// A receiver on loopback, keeping every request it takes.
-fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+/// How a receiver answers its `n`-th request.
+type Answer = fn(usize) -> (u16, Option<Duration>);
+
+/// A receiver on loopback, keeping every request it takes, answering as `answer` says; over
+/// TLS with `tls`.
+fn receiver(
+    answer: Answer,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (String, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -50,17 +57,28 @@ fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
     let keep = Arc::clone(&got);
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let (got, count) = (Arc::clone(&keep), Arc::clone(&count));
-            std::thread::spawn(move || serve_connection(stream, &got, &count));
+            let (got, count, tls) = (Arc::clone(&keep), Arc::clone(&count), tls.clone());
+            std::thread::spawn(move || match tls {
+                Some(config) => {
+                    let tls = rustls::ServerConnection::new(config).unwrap();
+                    let stream = rustls::StreamOwned::new(tls, stream);
+                    serve_connection(stream, &got, &count, answer);
+                }
+                None => serve_connection(stream, &got, &count, answer),
+            });
         }
     });
     (addr, got)
 }
 
 /// Answers the requests of one keep-alive connection.
-fn serve_connection(stream: TcpStream, got: &Mutex<Vec<Received>>, count: &Mutex<usize>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
+fn serve_connection<S: Read + Write>(
+    stream: S,
+    got: &Mutex<Vec<Received>>,
+    count: &Mutex<usize>,
+    answer: Answer,
+) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut headers = BTreeMap::new();
         let mut line = String::new();
@@ -113,7 +131,8 @@ fn serve_connection(stream: TcpStream, got: &Mutex<Vec<Received>>, count: &Mutex
             ""
         };
         let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n{extra}\r\nno");
-        if stream.write_all(reply.as_bytes()).is_err() {
+        let stream = reader.get_mut();
+        if stream.write_all(reply.as_bytes()).is_err() || stream.flush().is_err() {
             return;
         }
     }
@@ -145,7 +164,7 @@ fn row_of(value: &serde_json::Value) -> (String, String, String) {
 
 #[test]
 fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
-    let (addr, got) = receiver();
+    let (addr, got) = receiver(misbehaving, None);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("webhook-sink");
     let _ = std::fs::remove_dir_all(&dir);
     let sink = format!("webhook+http://{addr}/hook?batch=500&linger_ms=150&timeout_ms=400");
@@ -263,4 +282,109 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
         }),
         "{dead}"
     );
+}
+
+/// Every row of every view of the default spec, as `serve` answers them.
+fn views_of(serve: &Serve) -> BTreeSet<(String, String, String)> {
+    let mut rows = BTreeSet::new();
+    for view in throughline::spec::Spec::default_spec().views {
+        let (status, body) = serve.get(&format!("/v1/views/{}", view.name));
+        assert_eq!(status, 200, "{body}");
+        for line in body.lines() {
+            rows.insert(row_of(&serde_json::from_str(line).unwrap()));
+        }
+    }
+    rows
+}
+
+/// The rows `got` leaves applied, each idempotency key once, and whether a row was applied
+/// twice.
+fn applied(got: &[Received]) -> (BTreeSet<(String, String, String)>, bool) {
+    let mut applied: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for r in got.iter().filter(|r| r.status == 200) {
+        if !seen.insert(r.key.clone()) {
+            continue;
+        }
+        let batch: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        for change in batch["changes"].as_array().unwrap() {
+            *applied.entry(row_of(change)).or_default() += change["diff"].as_i64().unwrap();
+        }
+    }
+    applied.retain(|_, n| *n != 0);
+    let twice = applied.values().any(|n| *n != 1);
+    (applied.into_keys().collect(), twice)
+}
+
+#[test]
+fn an_https_webhook_is_posted_to_over_tls_trusting_only_its_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("webhook-https");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let ca = base.join("receiver.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let (addr, got) = receiver(|_| (200, None), Some(Arc::new(config)));
+    let env = [("THROUGHLINE_WEBHOOK_SECRET", SECRET)];
+    let text = String::from_utf8(common::workload(5, 300, 40, false)).unwrap();
+
+    // a receiver whose certificate nobody vouches for gets nothing: the sink says why
+    let untrusted = Serve::start_env(
+        &base.join("untrusted"),
+        &[
+            "--sink",
+            &format!("webhook+https://{addr}/hook?linger_ms=10"),
+        ],
+        &env,
+    );
+    let (status, body) = untrusted.post("/v1/ingest", text.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let (_, health) = untrusted.get("/healthz");
+        if health.contains("degraded") && health.contains("certificate") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    untrusted.kill();
+    assert!(got.lock().unwrap().is_empty(), "a request got through");
+
+    // trusting the receiver's certificate (ca=): every change arrives, signed
+    let sink = format!(
+        "webhook+https://{addr}/hook?linger_ms=10&ca={}",
+        ca.display()
+    );
+    let serve = Serve::start_env(&base.join("trusted"), &["--sink", &sink], &env);
+    let (status, body) = serve.post("/v1/ingest", text.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    let expected = loop {
+        let expected = views_of(&serve);
+        let got = got.lock().unwrap().clone();
+        if !expected.is_empty() && applied(&got).0 == expected {
+            break expected;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not delivered: {} requests, /healthz: {}",
+            got.len(),
+            serve.get("/healthz").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let got = got.lock().unwrap().clone();
+    assert!(got.iter().all(|r| r.signed), "a batch arrived unsigned");
+    assert!(!applied(&got).1, "a row applied twice");
+    assert!(!expected.is_empty());
 }

@@ -46,6 +46,29 @@ impl Postgres {
         pg
     }
 
+    /// Turns TLS on with the certificate and key `cert_pem`, `key_pem` (PEM), and restarts.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.dir.join("data");
+        std::fs::write(data.join("server.crt"), cert_pem).expect("cannot write server.crt");
+        std::fs::write(data.join("server.key"), key_pem).expect("cannot write server.key");
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default();
+        conf.push_str("\nssl = on\n");
+        std::fs::write(data.join("postgresql.conf"), conf).expect("cannot write postgresql.conf");
+        let key = data.join("server.key");
+        let chmod = Command::new("chmod").arg("600").arg(&key).status();
+        assert!(chmod.is_ok_and(|s| s.success()), "cannot chmod {key:?}");
+        if is_root() {
+            for file in ["server.crt", "server.key", "postgresql.conf"] {
+                let chown = Command::new("chown")
+                    .arg("postgres")
+                    .arg(data.join(file))
+                    .status();
+                assert!(chown.is_ok_and(|s| s.success()), "cannot chown {file}");
+            }
+        }
+        self.ctl("restart", true);
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").to_string_lossy().into_owned()
     }

@@ -499,10 +499,13 @@ impl Driver {
         status.refused.store(progress.refusals, Ordering::Relaxed);
         match (&progress.refused, progress.oldest) {
             (Some(why), _) => status.stall(format!("a record was refused: {why}")),
-            (None, Some(oldest)) if oldest.elapsed() >= STALL_AFTER => {
-                status.stall("the destination has not confirmed what it was sent".into());
-            }
+            // the error being retried says more than that nothing is confirmed
             _ if failing => {}
+            (None, Some(oldest)) if oldest.elapsed() >= STALL_AFTER => {
+                if status.stalled().is_none() {
+                    status.stall("the destination has not confirmed what it was sent".into());
+                }
+            }
             _ => status.flowing(),
         }
         let saved = status.confirmed.load(Ordering::Relaxed);

@@ -32,12 +32,21 @@
 //!
 //! A database that is down or a connection that breaks is retried with backoff by the sink
 //! layer (`/healthz` says `degraded: …` meanwhile); the tables catch up once it is back.
+//!
+//! # TLS
+//!
+//! `sslmode=prefer` (the default) uses TLS when the server offers it, `require` insists on
+//! it, `disable` never does. The server's certificate is always verified (libpq's
+//! `verify-full`): it must be trusted by the system's roots or by `ca=FILE` (PEM), and name
+//! the host ([`crate::io::tls`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Destination, Group, Progress};
 use crate::engine::output::Change;
@@ -55,6 +64,8 @@ pub struct PostgresUrl {
     pub views: Vec<String>,
     /// The table of the one view delivered (`table=`).
     pub table: Option<String>,
+    /// Certificates trusted besides the system's (`ca=`, a PEM file).
+    pub ca: Option<std::path::PathBuf>,
     name: String,
 }
 
@@ -70,8 +81,8 @@ impl PostgresUrl {
             .filter(|p| PostgresUrl::is_postgres(p))
     }
 
-    /// Parses `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?view=V&table=T&SETTING=VALUE…]`
-    /// (other settings are the client's, e.g. `connect_timeout`).
+    /// Parses `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?view=V&table=T&ca=F&SETTING=VALUE…]`
+    /// (other settings are the client's, e.g. `connect_timeout` or `sslmode`).
     pub fn parse(text: &str) -> Result<PostgresUrl, String> {
         let bad = |why: String| {
             format!("{text}: {why} (expected postgres://USER@HOST[:PORT]/DB?view=V&table=T)")
@@ -79,11 +90,13 @@ impl PostgresUrl {
         let (address, query) = text.split_once('?').unwrap_or((text, ""));
         let mut views = Vec::new();
         let mut table = None;
+        let mut ca = None;
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=').unwrap_or((pair, "")) {
                 ("view", value) => views.extend(value.split(',').map(str::to_string)),
                 ("table", value) => table = Some(value.to_string()),
+                ("ca", value) => ca = Some(std::path::PathBuf::from(value)),
                 _ => kept.push(pair),
             }
         }
@@ -114,10 +127,16 @@ impl PostgresUrl {
         if let Some(table) = &table {
             name = format!("{name}&table={table}");
         }
+        if ca.is_some() && config.get_ssl_mode() == SslMode::Disable {
+            return Err(bad(
+                "ca= is for TLS, and sslmode=disable turns it off".into()
+            ));
+        }
         Ok(PostgresUrl {
             config,
             views,
             table,
+            ca,
             name,
         })
     }
@@ -203,6 +222,21 @@ impl Table {
     }
 }
 
+/// An error and what caused it (the client's errors keep the cause of a failed TLS
+/// handshake, say an untrusted certificate, out of their own message).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// An SQL identifier, quoted.
 fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -283,6 +317,26 @@ impl PostgresDestination {
         })
     }
 
+    /// The TLS the connection offers: none with `sslmode=disable`; else rustls
+    /// ([`crate::io::tls`]), which `sslmode=prefer` (the default) uses when the server
+    /// speaks TLS and `require` insists on. The server's certificate is always verified
+    /// (as libpq's `verify-full`). With no trusted certificate at all, `prefer` connects
+    /// without TLS; `require` is an error.
+    fn tls(&self) -> Result<Option<MakeRustlsConnect>, String> {
+        if self.url.config.get_ssl_mode() == SslMode::Disable {
+            return Ok(None);
+        }
+        match crate::io::tls::client_config(self.url.ca.as_deref()) {
+            Ok(config) => Ok(Some(MakeRustlsConnect::new((*config).clone()))),
+            Err(_)
+                if self.url.ca.is_none() && self.url.config.get_ssl_mode() == SslMode::Prefer =>
+            {
+                Ok(None)
+            }
+            Err(why) => Err(why),
+        }
+    }
+
     /// Connects, makes the tables and reads the position back.
     fn connect(&mut self) -> Result<(), String> {
         let name = self.url.name();
@@ -291,12 +345,26 @@ impl PostgresDestination {
             config.connect_timeout(Duration::from_secs(5));
         }
         let tables = self.tables.clone();
+        let tls = self.tls()?;
         let (connection, applied) = self.runtime.block_on(async move {
-            let (client, connection) = config
-                .connect(NoTls)
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            tokio::spawn(connection);
+            let client = match tls {
+                Some(tls) => {
+                    let (client, connection) = config
+                        .connect(tls)
+                        .await
+                        .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
+                    tokio::spawn(connection);
+                    client
+                }
+                None => {
+                    let (client, connection) = config
+                        .connect(NoTls)
+                        .await
+                        .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
+                    tokio::spawn(connection);
+                    client
+                }
+            };
             client
                 .batch_execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {POSITIONS} (sink text PRIMARY KEY, position bigint NOT NULL, engine_time bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
@@ -545,6 +613,9 @@ mod tests {
             "postgres://app@127.0.0.1:5433/crm?view=marketing_audience&table=audience"
         );
         assert!(PostgresUrl::parse("postgres://u@h/db?table=t").is_err());
+        let url = PostgresUrl::parse("postgres://u@h/db?sslmode=require&ca=/etc/ca.pem").unwrap();
+        assert_eq!(url.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(PostgresUrl::parse("postgres://u@h/db?sslmode=disable&ca=/etc/ca.pem").is_err());
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! A webhook destination: `--sink 'webhook+http://HOST:PORT/PATH?view=V'` posts the change
-//! stream to an HTTP endpoint in signed JSON batches, at least once.
+//! A webhook destination: `--sink 'webhook+https://HOST[:PORT]/PATH?view=V'` (or
+//! `webhook+http://…`) posts the change stream to an HTTP endpoint in signed JSON batches,
+//! at least once.
+//!
+//! `webhook+https://` speaks TLS ([`crate::io::tls`]): the receiver's certificate must be
+//! trusted by the system or by `ca=FILE` (PEM), and must name the address's host.
 //!
 //! # Batches
 //!
@@ -56,6 +60,7 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use sha2::Sha256;
 
 use super::{Destination, Group, Progress};
@@ -76,12 +81,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How much of a refusing answer's body the dead-letter file keeps.
 const RESPONSE_KEPT: usize = 4096;
 
-/// A parsed `webhook+http://` address.
+/// A parsed `webhook+http://` or `webhook+https://` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
+    /// Whether it is `webhook+https://`.
+    pub tls: bool,
     /// `HOST` (a name or an IPv4 address).
     pub host: String,
-    /// `PORT` (80 when absent).
+    /// `PORT` (80 when absent; 443 with https).
     pub port: u16,
     /// The path posted to, with its query (the sink's own settings removed).
     pub path: String,
@@ -97,6 +104,8 @@ pub struct WebhookUrl {
     pub secret_env: String,
     /// The dead-letter file (`dead=`), when set in the address.
     pub dead: Option<PathBuf>,
+    /// Certificates trusted besides the system's (`ca=`, a PEM file; https only).
+    pub ca: Option<PathBuf>,
 }
 
 impl WebhookUrl {
@@ -111,33 +120,35 @@ impl WebhookUrl {
             .filter(|p| WebhookUrl::is_webhook(p))
     }
 
-    /// Parses
-    /// `webhook+http://HOST[:PORT]/PATH[?view=V&batch=N&linger_ms=L&timeout_ms=T&secret_env=E&dead=F]`.
+    /// Parses `webhook+http[s]://HOST[:PORT]/PATH[?view=V&batch=N&linger_ms=L&timeout_ms=T&secret_env=E&dead=F&ca=F]`.
     pub fn parse(text: &str) -> Result<WebhookUrl, String> {
         let bad = |why: &str| {
-            format!("{text}: {why} (expected webhook+http://HOST[:PORT]/PATH[?view=V&batch=N])")
+            format!(
+                "{text}: {why} (expected webhook+https://HOST[:PORT]/PATH[?view=V&batch=N] or webhook+http://…)"
+            )
         };
-        if text.starts_with("webhook+https://") {
-            return Err(bad(
-                "https is not supported yet: post to a local TLS-terminating proxy over http",
-            ));
-        }
-        let rest = text
-            .strip_prefix("webhook+http://")
-            .ok_or_else(|| bad("not a webhook+http:// address"))?;
+        let (tls, rest) = match (
+            text.strip_prefix("webhook+https://"),
+            text.strip_prefix("webhook+http://"),
+        ) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err(bad("not a webhook+http(s):// address")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(at) => rest.split_at(at),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().map_err(|_| bad("a bad port"))?),
-            None => (authority, 80),
+            None => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(bad("no host"));
         }
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let mut url = WebhookUrl {
+            tls,
             host: host.to_string(),
             port,
             path: path.to_string(),
@@ -147,6 +158,7 @@ impl WebhookUrl {
             linger: DEFAULT_LINGER,
             secret_env: SECRET_ENV.to_string(),
             dead: None,
+            ca: None,
         };
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -171,6 +183,8 @@ impl WebhookUrl {
                 }
                 "secret_env" => url.secret_env = value.to_string(),
                 "dead" => url.dead = Some(PathBuf::from(value)),
+                "ca" if tls => url.ca = Some(PathBuf::from(value)),
+                "ca" => return Err(bad("ca= is for webhook+https:// addresses")),
                 _ => kept.push(pair),
             }
         }
@@ -182,8 +196,24 @@ impl WebhookUrl {
 
     /// The destination's name: the address without the sink's settings.
     pub fn name(&self) -> String {
-        format!("webhook+http://{}:{}{}", self.host, self.port, self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!(
+            "webhook+{scheme}://{}:{}{}",
+            self.host, self.port, self.path
+        )
     }
+}
+
+/// An HTTP/1.1 client connection over `stream`, its connection task spawned.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// One batch, ready to post.
@@ -287,6 +317,8 @@ pub struct WebhookDestination {
     secret: Vec<u8>,
     runtime: tokio::runtime::Runtime,
     connection: Option<SendRequest<Full<Bytes>>>,
+    /// With https: the TLS client and the name the receiver's certificate must hold.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     dead_path: PathBuf,
     dead: Option<File>,
     /// Groups taken and not yet posted, in order.
@@ -327,6 +359,16 @@ impl WebhookDestination {
         if secret.is_empty() {
             return Err(format!("{}: {} is empty", url.name(), url.secret_env));
         }
+        let tls = match url.tls {
+            true => {
+                let config = crate::io::tls::client_config(url.ca.as_deref())
+                    .map_err(|e| format!("{}: {e}", url.name()))?;
+                let name = ServerName::try_from(url.host.clone())
+                    .map_err(|e| format!("{}: not a TLS server name: {e}", url.name()))?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+            false => None,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -348,6 +390,7 @@ impl WebhookDestination {
             secret: secret.into_bytes(),
             runtime,
             connection: None,
+            tls,
             dead: None,
             buffer: VecDeque::new(),
             oldest: None,
@@ -496,6 +539,7 @@ impl WebhookDestination {
             .map_err(|e| (format!("cannot make the request: {e}"), None))?;
         let (host, port, timeout) = (self.url.host.clone(), self.url.port, self.url.timeout);
         let reuse = self.connection.take().filter(|c| !c.is_closed());
+        let tls = self.tls.clone();
         let exchange = async move {
             let mut sender = match reuse {
                 Some(sender) => sender,
@@ -504,12 +548,16 @@ impl WebhookDestination {
                         .await
                         .map_err(|e| format!("cannot connect: {e}"))?;
                     let _ = stream.set_nodelay(true);
-                    let (sender, connection) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| format!("cannot connect: {e}"))?;
-                    tokio::spawn(connection);
-                    sender
+                    match tls {
+                        Some((connector, name)) => {
+                            let stream = connector
+                                .connect(name, stream)
+                                .await
+                                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                            handshake(stream).await?
+                        }
+                        None => handshake(stream).await?,
+                    }
                 }
             };
             sender
@@ -725,11 +773,16 @@ mod tests {
         assert_eq!(url.batch, 50);
         assert_eq!(url.timeout, Duration::from_millis(200));
         assert_eq!(url.name(), "webhook+http://127.0.0.1:9000/hooks/a?token=x");
+        let url = WebhookUrl::parse("webhook+https://hooks.example.com/in?ca=/etc/ca.pem").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.port, 443);
+        assert_eq!(url.ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(url.name(), "webhook+https://hooks.example.com:443/in");
         for bad in [
             "webhook+http://:80/x",
             "webhook+http://h:port/x",
             "webhook+http://h/x?batch=0",
-            "webhook+https://h/x",
+            "webhook+http://h/x?ca=c.pem",
             "http://h/x",
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
