@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::Path;
 
 mod compile;
+pub mod edit;
 
 use compile::{Ctx, RawSpec};
 
