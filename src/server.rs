@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::dataflow::SourceNames;
-use crate::engine::input::Message;
+use crate::engine::input::{Message, ViewChange};
 use crate::engine::output::{DeadLetters, LiveViews, Publish};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::console::{self, StatsHistory};
 use crate::io::http::Ctx;
+use crate::io::http::views::{Catalog, Views};
 use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::kafka::{Form, KafkaDestination};
 use crate::io::sink::state::{self, SinkState};
@@ -29,6 +30,7 @@ use crate::store::compactor::Compactor;
 use crate::store::data_dir::DataDir;
 use crate::store::erasures::{self, ErasureLog};
 use crate::store::log::{self, CompactStats, Log, Record};
+use crate::store::views::ViewLog;
 
 /// How `serve` runs.
 pub struct ServeConfig {
@@ -103,17 +105,51 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     }
     // where the replay must end groups so that the sinks get again exactly what they may
     // lack
-    let cuts = sink::replay_cuts(states.iter().map(|c| &c.state));
-    let same_spec = dir.stored_spec()?.is_none_or(|s| s == config.spec_text);
+    let mut cuts = sink::replay_cuts(states.iter().map(|c| &c.state));
+    // the views changed while running, replayed at their positions
+    let (view_log, changed) = ViewLog::open(&dir.views())?;
+    let mut text = config.spec_text.clone();
+    let mut replayed_views = Vec::new();
+    for record in &changed {
+        text = record
+            .apply(&text, &spec.source)
+            .map_err(|e| {
+                format!(
+                    "{}: the change of view {} (version {}) no longer fits the spec: {e} (start with the spec it was made over, or remove the file's lines from this one on)",
+                    dir.views().display(),
+                    record.name,
+                    record.version
+                )
+            })?
+            .text;
+        cuts.insert(record.position);
+        replayed_views.push((
+            record.position,
+            ViewChange {
+                name: record.name.clone(),
+                text: record.definition.as_ref().map(|_| text.clone()),
+            },
+        ));
+    }
+    let same_spec = dir.stored_spec()?.is_none_or(|s| s == text);
     if !same_spec {
         eprintln!(
             "throughline: the dataflow spec differs from the last run's: start-up compaction skipped"
         );
     }
-    dir.store_spec(&config.spec_text)?;
+    dir.store_spec(&text)?;
+    let views = Views::new(Catalog {
+        text,
+        file: spec.source.clone(),
+        version: changed.last().map_or(0, |r| r.version),
+        log: view_log,
+        dataflow: dir.dataflow(),
+    });
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
-    let live = Arc::new(Mutex::new(LiveViews::default()));
+    let mut views_now = LiveViews::default();
+    views_now.names = spec.views.iter().map(|v| v.name.clone()).collect();
+    let live = Arc::new(Mutex::new(views_now));
     let counters = Arc::new(Counters::default());
     let (engine, sinks) = start_engine(
         &dir,
@@ -165,6 +201,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             lines: verified.lines,
             ..Default::default()
         },
+        views: Some(views),
     });
     let follower = Arc::new(Mutex::new(None));
     let recovery = {
@@ -172,6 +209,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             ctx: Arc::clone(&ctx),
             bytes: verified.bytes,
             cuts,
+            changed: replayed_views,
             source: config.source.clone(),
             follower: Arc::clone(&follower),
         };
@@ -227,6 +265,8 @@ struct Replay {
     bytes: u64,
     /// Where the replay must end published groups ([`sink::replay_cuts`]).
     cuts: BTreeSet<u64>,
+    /// The views changed while running, changed again at their positions.
+    changed: Vec<(u64, ViewChange)>,
     /// A Kafka topic to follow once the log says where to resume.
     source: Option<KafkaUrl>,
     follower: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -241,6 +281,7 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         ctx,
         bytes,
         cuts,
+        changed,
         source,
         follower,
     } = replay;
@@ -250,7 +291,7 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
     let replayed = log::read_records(ctx.log.path(), bytes)
         .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))
         .and_then(|records| {
-            replay_records(&records, &tx, &cuts, &ctx.stop)?;
+            replay_records(&records, &tx, &cuts, &changed, &ctx.stop)?;
             Ok(records)
         });
     let forwarding = replayed.and_then(|records| {
@@ -483,20 +524,47 @@ type EngineThread = std::thread::JoinHandle<Result<engine::Summary, engine::Engi
 
 /// Sends the log's records to the engine, ending published groups at `cuts` (see
 /// [`sink::replay_cuts`]), until the server stops.
+///
+/// The views `changed` while running (each after the log position it followed) are changed
+/// again after exactly the same lines.
 fn replay_records(
     records: &[Record],
     tx: &crossbeam_channel::Sender<Message>,
     cuts: &BTreeSet<u64>,
+    changed: &[(u64, ViewChange)],
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    for batch in log::batches_cut(records, 1, cuts) {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(());
+    let send = |records: &[Record], first: u64| -> Result<(), String> {
+        for batch in log::batches_cut(records, first, cuts) {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            tx.send(Message::Batch(batch))
+                .map_err(|_| "the engine stopped during replay".to_string())?;
         }
-        tx.send(Message::Batch(batch))
+        Ok(())
+    };
+    let (mut start, mut line) = (0, 1u64);
+    for (position, change) in changed {
+        let mut end = start;
+        let mut next = line;
+        while let Some(r) = records.get(end)
+            && next + r.lines.max(1) - 1 <= *position
+        {
+            next += r.lines.max(1);
+            end += 1;
+        }
+        send(records.get(start..end).unwrap_or_default(), line)?;
+        (start, line) = (end, next);
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        tx.send(Message::View(change.clone(), reply))
             .map_err(|_| "the engine stopped during replay".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the engine stopped during replay".to_string())?
+            .map_err(|e| format!("cannot change view {} again: {e}", change.name))?;
     }
-    Ok(())
+    send(records.get(start..).unwrap_or_default(), line)
 }
 
 /// `throughline compact`: compacts a stopped server's log with the spec it last ran with.

@@ -48,6 +48,7 @@ use timely::dataflow::{InputHandleVec, Scope, StreamVec};
 
 use super::history::History;
 use super::retention::{Horizon, Retention, Set, Summary};
+use super::views::ViewCommand;
 use super::{Coll, EventFacts, Inputs, Node, Seq, Time, clock_of, intent, latest, timer};
 use crate::event::Ident;
 use crate::spec::Spec;
@@ -400,6 +401,8 @@ pub struct Feed {
     buffer: Vec<Sent>,
     now: Time,
     queries: InputSession<Time, (Node, u64), isize>,
+    /// Changes of the views ([`crate::dataflow::views::ViewCommand`]), for every worker.
+    views: InputSession<Time, ViewCommand, isize>,
     keepers: Keepers,
     /// The keepers' replies, as they reach worker 0.
     replies: Rc<RefCell<Vec<Reply>>>,
@@ -475,11 +478,17 @@ impl Feed {
         self.queries.update((Node(ident), id), diff);
     }
 
+    /// Changes a view from the current time on (see [`ViewCommand`]).
+    pub fn view(&mut self, command: ViewCommand) {
+        self.views.insert(command);
+    }
+
     /// Moves the inputs forward to `time` (never backwards).
     pub fn advance_to(&mut self, time: Time) {
         if time > self.now {
             self.now = time;
             self.queries.advance_to(time);
+            self.views.advance_to(time);
         }
     }
 
@@ -494,12 +503,14 @@ impl Feed {
             }
         }
         self.queries.flush();
+        self.views.flush();
     }
 
     /// Closes the inputs: the dataflow completes once every worker has drained them.
     pub fn close(&mut self) {
         self.commands = None;
         self.queries = InputSession::new();
+        self.views = InputSession::new();
     }
 
     /// The current input time.
@@ -531,6 +542,8 @@ pub struct Collections<'s> {
     pub records: Coll<'s, (Node, (latest::Slot, latest::Rank))>,
     /// Profile queries (worker 0's lookups).
     pub queries: Coll<'s, (Node, u64)>,
+    /// Changes of the views (worker 0's, from `PUT` and `DELETE /v1/views/NAME`).
+    pub views: Coll<'s, ViewCommand>,
 }
 
 /// Builds the keeper of this worker and the collections it maintains, and the feed worker
@@ -546,8 +559,9 @@ pub fn kept<'s>(
     use timely::dataflow::operators::Input as _;
     let (commands_in, commands) = scope.new_input::<Vec<Sent>>();
     let (queries_in, queries) = scope.new_collection::<(Node, u64), isize>();
+    let (views_in, views) = scope.new_collection::<ViewCommand, isize>();
     let keeper = keepers.make(spec, retention);
-    let (collections, replies) = maintained(commands, keeper, queries);
+    let (collections, replies) = maintained(commands, keeper, (queries, views));
     let gathered = Rc::new(RefCell::new(Vec::new()));
     let into = Rc::clone(&gathered);
     // probed with the outputs: once a time is complete, every reply sent at it is in
@@ -567,6 +581,7 @@ pub fn kept<'s>(
         buffer: Vec::new(),
         now: Time::default(),
         queries: queries_in,
+        views: views_in,
         keepers: keepers.clone(),
         replies: gathered,
         asked: 0,
@@ -585,7 +600,7 @@ pub fn kept<'s>(
 fn maintained<'s>(
     commands: StreamVec<'s, Time, Sent>,
     keeper: Arc<Mutex<Keeper>>,
-    queries: Coll<'s, (Node, u64)>,
+    (queries, views): (Coll<'s, (Node, u64)>, Coll<'s, ViewCommand>),
 ) -> (Collections<'s>, StreamVec<'s, Time, Reply>) {
     let mut builder = OperatorBuilder::new("Keeper".to_owned(), commands.scope());
     let route = Exchange::new(|(to, _): &Sent| u64::from(*to));
@@ -651,6 +666,7 @@ fn maintained<'s>(
         roles: roles.as_collection(),
         records: records.as_collection(),
         queries,
+        views,
     };
     (collections, replies)
 }

@@ -770,6 +770,7 @@ pub fn build(
             roles,
             records,
             queries,
+            views,
         } = collections;
 
         // identity (SPEC section 3)
@@ -805,7 +806,7 @@ pub fn build(
         let queries = lookup::profiles_of(queries, labels_by_node);
         // (the same operators whatever the outputs wanted: every process of a cluster
         // builds the same dataflow)
-        let maintained = profiles::rows_and_answers(parts, queries, spec, rows_only);
+        let maintained = profiles::rows_and_answers(parts, queries, views, spec, rows_only);
         capture(maintained.answers, Rc::clone(&answers), &probe);
         capture(maintained.rows, Rc::clone(&changes), &probe);
         let count = Rc::clone(&profiles);

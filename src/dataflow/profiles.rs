@@ -28,7 +28,7 @@ use differential_dataflow::{AsCollection, Hashable};
 
 use super::latest::{self, Decision, Rank, Slot};
 use super::timer::Stream;
-use super::views::{Fact, Renderer, State, ViewRow};
+use super::views::{Fact, Renderer, State, ViewCommand, ViewRow};
 use super::{Coll, Node, Rows, RowsOnly, Time, add_count};
 use crate::event::Ident;
 use crate::spec::Spec;
@@ -156,6 +156,14 @@ impl Profile {
         if self.members.is_empty() {
             return Vec::new();
         }
+        let state = self.state();
+        (0..render.views.len())
+            .filter_map(|index| Some((index as u16, render.row(index, &state)?)))
+            .collect()
+    }
+
+    /// What the views read of the profile now.
+    fn state(&self) -> State<'_> {
         let mut state = State {
             members: self.members.iter().map(|(id, _)| id).collect(),
             score_milli: self.score_milli,
@@ -169,9 +177,40 @@ impl Profile {
                 Decision::Trait(key, json) => state.traits.push((key, json)),
             }
         }
-        (0..render.views.len())
-            .filter_map(|index| Some((index as u16, render.row(index, &state)?)))
-            .collect()
+        state
+    }
+
+    /// Re-renders view `index` after its definition changed: the row changes, and the
+    /// profile's rows updated.
+    fn render_again(&mut self, index: u16, render: &Renderer) -> Vec<(String, isize)> {
+        let mut out = Vec::new();
+        let now = match self.members.is_empty() {
+            true => None,
+            false => render.row(index as usize, &self.state()),
+        };
+        let at = self.rows.binary_search_by_key(&index, |(v, _)| *v);
+        let old = at.ok().map(|i| &self.rows[i].1);
+        if old == now.as_ref() {
+            return out;
+        }
+        if let Some(old) = old {
+            out.push((old.clone(), -1));
+        }
+        match (at, now) {
+            (Ok(i), Some(row)) => {
+                out.push((row.clone(), 1));
+                self.rows[i].1 = row;
+            }
+            (Ok(i), None) => {
+                self.rows.remove(i);
+            }
+            (Err(i), Some(row)) => {
+                out.push((row.clone(), 1));
+                self.rows.insert(i, (index, row));
+            }
+            (Err(_), None) => {}
+        }
+        out
     }
 }
 
@@ -238,20 +277,27 @@ fn widen(span: Option<(Time, Time)>, t: Time) -> Option<(Time, Time)> {
 /// `score_gte`, `has_signal`, trait predicates) and `row` holds exactly `v`'s fields
 /// rendered from `p`'s facts ([`super::views`]); a lookup `(profile, query)` asked at time
 /// `t` is answered at `t` with `(query, (profile, fact))` for every fact of the profile at
-/// `t` (its withdrawal answers nothing: the engine reads an answer once).
+/// `t` (its withdrawal answers nothing: the engine reads an answer once). A
+/// [`ViewCommand`] at `t` redefines its view from `t` on: the view's rows change at `t` to
+/// those of its new definition over every profile's facts at `t` (none once deleted), as if
+/// it had been defined so from the start.
 pub fn rows_and_answers<'s>(
     parts: Coll<'s, (Node, Part)>,
     queries: Coll<'s, (Node, u64)>,
+    views: Coll<'s, ViewCommand>,
     spec: &Spec,
     rows_only: Option<RowsOnly>,
 ) -> Maintained<'s> {
-    let render = Renderer::new(spec);
+    let mut render = Renderer::new(spec);
     let mut builder = OperatorBuilder::new("Profiles".to_string(), parts.inner.scope());
     // both inputs are partitioned by profile, so a profile's parts and lookups meet
     let part_owner = |((profile, _), _, _): &((Node, Part), Time, isize)| profile.hashed();
     let query_owner = |((profile, _), _, _): &((Node, u64), Time, isize)| profile.hashed();
     let mut parts_in = builder.new_input(parts.inner, Exchange::new(part_owner));
     let mut queries_in = builder.new_input(queries.inner, Exchange::new(query_owner));
+    // every worker renders every view: each takes every view change
+    let views = timely::dataflow::operators::vec::Broadcast::broadcast(views.inner);
+    let mut views_in = builder.new_input(views, timely::dataflow::channels::pact::Pipeline);
     let (rows_out, rows) = builder.new_output();
     let (answers_out, answers) = builder.new_output();
     let (counts_out, counts) = builder.new_output();
@@ -264,7 +310,9 @@ pub fn rows_and_answers<'s>(
         let mut held: Option<Vec<Capability<Time>>> = Some(capabilities);
         let mut profiles: griddle::HashMap<Node, Profile> = griddle::HashMap::new();
         let mut pending = Waiting::default();
+        let mut commands: Updates<ViewCommand> = Vec::new();
         move |frontiers| {
+            views_in.for_each(|_, data| commands.append(data));
             parts_in.for_each(|_, data| {
                 let parts = data.drain(..);
                 pending.extend(parts.map(|((p, part), t, diff)| (p, t, Item::Part(part, diff))));
@@ -279,11 +327,13 @@ pub fn rows_and_answers<'s>(
                 .min();
             let Some(caps) = held.as_mut() else { return };
             let ready = pending.take_before(frontier);
+            let changes = take_commands(&mut commands, frontier);
             if let ([rows_cap, answers_cap, counts_cap], false) =
-                (caps.as_slice(), ready.is_empty())
+                (caps.as_slice(), ready.is_empty() && changes.is_empty())
             {
                 // every ready time is at or after the held capabilities
-                let out = apply_completed(ready, &mut profiles, &render, rows_only.is_some());
+                let rows_only = rows_only.is_some();
+                let out = apply_with_views(ready, changes, &mut profiles, &mut render, rows_only);
                 let mut session = rows_out.activate();
                 session
                     .session(rows_cap)
@@ -341,6 +391,67 @@ struct Emitted {
     rows: Updates<ViewRow>,
     answers: Updates<Answer>,
     counts: Updates<()>,
+}
+
+/// The view changes at times before `frontier` (all once the inputs are done), by time.
+fn take_commands(
+    commands: &mut Updates<ViewCommand>,
+    frontier: Option<Time>,
+) -> Updates<ViewCommand> {
+    let (mut ready, later): (Vec<_>, Vec<_>) = std::mem::take(commands)
+        .into_iter()
+        .partition(|(_, t, _)| frontier.is_none_or(|f| *t < f));
+    *commands = later;
+    ready.sort_by(|(c1, t1, _), (c2, t2, _)| (t1, c1).cmp(&(t2, c2)));
+    ready
+}
+
+/// [`apply_completed`], with the view changes of the same completed times: the updates
+/// before a change's time, then the change (every profile's row of the view rendered again,
+/// [`Profile::render_again`]), then the rest.
+fn apply_with_views(
+    mut ready: Vec<(Node, Time, Item)>,
+    changes: Updates<ViewCommand>,
+    profiles: &mut griddle::HashMap<Node, Profile>,
+    render: &mut Renderer,
+    rows_only: bool,
+) -> Emitted {
+    if changes.is_empty() {
+        return apply_completed(ready, profiles, render, rows_only);
+    }
+    let mut out = Emitted::default();
+    for (command, time, diff) in changes {
+        if diff <= 0 {
+            continue; // commands are only ever added
+        }
+        let (before, after): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(_, t, _)| *t < time);
+        ready = after;
+        let done = apply_completed(before, profiles, render, rows_only);
+        out.rows.extend(done.rows);
+        out.answers.extend(done.answers);
+        out.counts.extend(done.counts);
+        render.apply(&command);
+        if rows_only {
+            continue;
+        }
+        for (profile, state) in profiles.iter_mut() {
+            let changed = state.render_again(command.index, render);
+            if changed.is_empty() {
+                continue;
+            }
+            let key = render.key(&profile.0);
+            for (row, diff) in changed {
+                out.rows
+                    .push(((command.index, key.clone(), row), time, diff));
+            }
+        }
+    }
+    let done = apply_completed(ready, profiles, render, rows_only);
+    out.rows.extend(done.rows);
+    out.answers.extend(done.answers);
+    out.counts.extend(done.counts);
+    render.sort(&mut out.rows);
+    out
 }
 
 /// Applies the updates of completed times to the profiles they name, each profile's in time

@@ -16,6 +16,21 @@ use crate::spec::{Field, IdentitySpec, Spec, ViewSpec};
 /// that holds the profile, so worker 0 only merges what every worker sends.
 pub type ViewRow = (u16, String, String);
 
+/// A change of the views of a running server, from its time on (`PUT` and
+/// `DELETE /v1/views/NAME`): view `index` is defined as the view called `name` in the spec
+/// text `text` (`Some`: added, or replacing its definition), or is gone (`None`). Indices
+/// past the spec's own views name views added while running; an index names one view name
+/// for the whole run, so a view's rows are never confused with another's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ViewCommand {
+    /// The view's index (its `u16` in [`ViewRow`]).
+    pub index: u16,
+    /// Its name.
+    pub name: String,
+    /// The whole spec text that defines it, or `None` once it is deleted.
+    pub text: Option<String>,
+}
+
 /// One fact about a profile.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
@@ -166,6 +181,8 @@ impl<'a> State<'a> {
 /// What rendering needs from the spec, owned by the operator that renders.
 pub(super) struct Renderer {
     pub(super) views: Vec<ViewSpec>,
+    /// By view: whether it exists now (a deleted view renders no row).
+    live: Vec<bool>,
     field_names: Vec<Vec<String>>,
     /// Signal and sequence names by id.
     scored_names: Vec<String>,
@@ -188,6 +205,7 @@ impl Renderer {
             .collect();
         Renderer {
             views: spec.views.clone(),
+            live: vec![true; spec.views.len()],
             field_names: spec
                 .views
                 .iter()
@@ -203,6 +221,59 @@ impl Renderer {
                 .map(|v| spec.views.iter().filter(|w| w.name < v.name).count() as u16)
                 .collect(),
         }
+    }
+
+    /// Applies `command`: view `command.index` is (re)defined from its spec text, or gone.
+    /// A text that does not compile (worker 0 checked it, so this is a defect) leaves the
+    /// view gone and says so.
+    pub(super) fn apply(&mut self, command: &ViewCommand) {
+        let index = command.index as usize;
+        let defined = command.text.as_deref().and_then(|text| {
+            let spec = Spec::parse(text, "view change").map_err(|e| {
+                eprintln!("throughline: internal error: view {}: {e}", command.name);
+            });
+            let spec = spec.ok()?;
+            let view = spec.views.iter().find(|v| v.name == command.name)?.clone();
+            let names = view
+                .fields
+                .iter()
+                .map(|f| json_string(f.name(&spec)))
+                .collect();
+            Some((view, names))
+        });
+        while self.views.len() <= index {
+            let name = format!("#{}", self.views.len());
+            self.views.push(ViewSpec {
+                name,
+                purpose: None,
+                internal: true,
+                score_gte_milli: None,
+                has_signal: None,
+                has_signal_id: None,
+                predicates: Vec::new(),
+                fields: Vec::new(),
+            });
+            self.live.push(false);
+            self.field_names.push(Vec::new());
+            self.trait_keys.push(Some(Vec::new()));
+        }
+        match defined {
+            Some((view, names)) => {
+                self.trait_keys[index] = trait_keys(&view);
+                self.field_names[index] = names;
+                self.views[index] = view;
+                self.live[index] = true;
+            }
+            None => {
+                self.views[index].name = command.name.clone();
+                self.live[index] = false;
+            }
+        }
+        self.by_name = self
+            .views
+            .iter()
+            .map(|v| self.views.iter().filter(|w| w.name < v.name).count() as u16)
+            .collect();
     }
 
     /// Sorts row changes in the change stream's order (SPEC section 7: by time, view name,
@@ -265,6 +336,9 @@ impl Renderer {
 
     /// View `index`'s row for a profile, if it is in the view.
     pub(super) fn row(&self, index: usize, state: &State) -> Option<String> {
+        if !self.live.get(index).copied().unwrap_or(false) {
+            return None;
+        }
         let view = &self.views[index];
         if !self.conditions(index, state).all(|(_, holds)| holds) {
             return None;

@@ -168,6 +168,31 @@ pub enum Message {
         Option<u64>,
         Sender<(crate::explain::Outcome, std::time::Duration)>,
     ),
+    /// A change of a view (`PUT` and `DELETE /v1/views/NAME`, or their replay from the data
+    /// directory), applied after every line sent before it: the answer says when it took
+    /// effect.
+    View(ViewChange, Sender<Result<ViewApplied, String>>),
     /// All sources are exhausted.
     End,
+}
+
+/// A change of a view on a running engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewChange {
+    /// The view's name.
+    pub name: String,
+    /// The whole spec text defining it from now on (checked by the caller), or `None` to
+    /// delete it.
+    pub text: Option<String>,
+}
+
+/// When a [`ViewChange`] took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewApplied {
+    /// The engine time its rows changed at (and are published at).
+    pub time: u64,
+    /// The input lines taken before it (in `serve`, the log line it follows).
+    pub position: u64,
+    /// The view's rows once it took effect.
+    pub rows: usize,
 }

@@ -31,6 +31,7 @@ pub mod output;
 mod publish;
 mod rounds;
 mod stats;
+mod views;
 
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 
@@ -680,6 +681,9 @@ impl<'w> Driver<'w> {
                 }
                 Message::Lookup(ident, reply) => {
                     let _ = reply.send(self.lookup(&ident));
+                }
+                Message::View(change, reply) => {
+                    let _ = reply.send(self.change_view(change));
                 }
                 Message::Explain(ident, at, reply) => {
                     let started = Instant::now();

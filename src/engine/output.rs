@@ -222,6 +222,8 @@ pub struct LiveViews {
     pub snapshot: Snapshot,
     /// The engine time the rows are at: the last one published (0 before any).
     pub time: u64,
+    /// The views that exist now (the spec's, and those changed while running).
+    pub names: std::collections::BTreeSet<String>,
     subscribers: Vec<Subscriber>,
 }
 
@@ -269,6 +271,11 @@ impl LiveViews {
                     Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
                 })
         });
+    }
+
+    /// Ends the subscriptions to `view` (deleted: its last changes were its rows' `-1`s).
+    pub fn end_view(&mut self, view: &str) {
+        self.subscribers.retain(|s| s.view != view);
     }
 
     /// The view's current rows (snapshot lines) and a subscription to its later changes.

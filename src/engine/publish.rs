@@ -46,6 +46,8 @@ pub(super) struct Publisher<'w> {
     forget_latency: Latency,
     /// The position and engine time of the last publication.
     published: (u64, u64),
+    /// Every view's name by index: the spec's, then those added while running.
+    names: Vec<String>,
 }
 
 /// The sinks a [`Publisher`] writes.
@@ -82,7 +84,34 @@ impl<'w> Publisher<'w> {
             latency: Latency::default(),
             forget_latency: Latency::default(),
             published: (0, 0),
+            names: spec.views.iter().map(|v| v.name.clone()).collect(),
         }
+    }
+
+    /// The index of view `name` (a new one for a name never seen in this run).
+    pub(super) fn view_index(&mut self, name: &str) -> Result<u16, String> {
+        if let Some(at) = self.names.iter().position(|n| n == name) {
+            return Ok(at as u16);
+        }
+        if self.names.len() >= usize::from(u16::MAX) {
+            return Err("too many views made in one run: restart the server".into());
+        }
+        self.names.push(name.to_string());
+        Ok((self.names.len() - 1) as u16)
+    }
+
+    /// Tells the live views that view `name` exists or, once its `-1`s are published, is
+    /// gone (its subscriptions end); its rows now.
+    pub(super) fn view_changed(&mut self, name: &str, exists: bool) -> usize {
+        let Some(live) = &self.live else { return 0 };
+        let Ok(mut views) = live.lock() else { return 0 };
+        if exists {
+            views.names.insert(name.to_string());
+        } else {
+            views.names.remove(name);
+            views.end_view(name);
+        }
+        views.snapshot.count_of(name)
     }
 
     /// Tells the sinks that the input is published up to the lines taken (`tally.lines`)
@@ -171,7 +200,11 @@ impl<'w> Publisher<'w> {
             }
             ready.push(Change {
                 time: clock_of(t),
-                view: view_name(self.spec, view).to_string(),
+                view: self
+                    .names
+                    .get(view as usize)
+                    .map_or("?", String::as_str)
+                    .to_string(),
                 key,
                 diff,
                 row,

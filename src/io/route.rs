@@ -15,6 +15,10 @@ pub enum Route<'a> {
     View(&'a str),
     /// `GET /v1/views/{name}/changes`
     Changes(&'a str),
+    /// `PUT /v1/views/{name}`: define or redefine a view.
+    PutView(&'a str),
+    /// `DELETE /v1/views/{name}`
+    DeleteView(&'a str),
     /// `GET /v1/profiles/{type}:{value}` (still percent-encoded)
     Profile(&'a str),
     /// `GET /v1/profiles/{type}:{value}/explain` (still percent-encoded)
@@ -42,7 +46,10 @@ pub const INGEST: [&str; 9] = [
 pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
     match resource(path) {
         None => Route::NotFound,
+        Some((Route::View(name), _)) if method == "PUT" => Route::PutView(name),
+        Some((Route::View(name), _)) if method == "DELETE" => Route::DeleteView(name),
         Some((route, allow)) if allow == method => route,
+        Some((Route::View(_), _)) => Route::MethodNotAllowed("GET, PUT, DELETE"),
         Some((_, allow)) => Route::MethodNotAllowed(allow),
     }
 }

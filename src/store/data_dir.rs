@@ -4,7 +4,10 @@
 //! - `erasures.log`: the salted hashes each carried-out `forget` erased (see
 //!   [`super::erasures`]);
 //! - `salt`: 16 random bytes keying those hashes (created once);
-//! - `dataflow.toml`: the dataflow spec the server last ran with (compaction applies it);
+//! - `dataflow.toml`: the dataflow spec the server last ran with, views changed while
+//!   running included (compaction applies it);
+//! - `views.ndjson`: the changes made to the views while running, each with the log
+//!   position it took effect at (see [`super::views`]);
 //! - `dead_letters.ndjson`: dead letters, rewritten from the log at every start;
 //! - `LOCK`: held by the process using the directory.
 
@@ -62,12 +65,18 @@ impl DataDir {
         self.root.join("erasures.log")
     }
 
+    /// The changes made to the views while running ([`super::views`]).
+    pub fn views(&self) -> PathBuf {
+        self.root.join("views.ndjson")
+    }
+
     /// The dead letters file.
     pub fn dead_letters(&self) -> PathBuf {
         self.root.join("dead_letters.ndjson")
     }
 
-    fn dataflow(&self) -> PathBuf {
+    /// The spec the server runs with, views changed while running included.
+    pub fn dataflow(&self) -> PathBuf {
         self.root.join("dataflow.toml")
     }
 

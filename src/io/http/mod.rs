@@ -13,6 +13,7 @@
 
 mod ingest;
 mod reads;
+pub mod views;
 
 use ingest::ingest;
 use reads::{explain, metrics, profile, view};
@@ -83,6 +84,8 @@ pub struct Ctx {
     pub stats: StatsHistory,
     /// The replay of the log at start: reads wait for it.
     pub recovery: Recovery,
+    /// Views changed while running (`serve`; `None` where views cannot change).
+    pub views: Option<views::Views>,
 }
 
 /// A starting server's replay of its log. The server listens and acknowledges ingestion
@@ -267,7 +270,13 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
     }
     let waits_for_recovery = matches!(
         route,
-        Route::View(_) | Route::Changes(_) | Route::Explain(_) | Route::Profile(_) | Route::Compact
+        Route::View(_)
+            | Route::Changes(_)
+            | Route::Explain(_)
+            | Route::Profile(_)
+            | Route::Compact
+            | Route::PutView(_)
+            | Route::DeleteView(_)
     );
     if waits_for_recovery && let Some((replayed, of)) = ctx.recovering() {
         return answer(
@@ -324,6 +333,23 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
         Route::Changes(name) => view(request, ctx, name, true),
         Route::Explain(id) => explain(request, ctx, id),
         Route::Profile(id) => profile(ctx, id),
+        Route::PutView(name) | Route::DeleteView(name) => {
+            let allowed = ctx
+                .write_key
+                .as_deref()
+                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
+            if !allowed {
+                return error(401, "invalid write key");
+            }
+            let body = match route {
+                Route::PutView(_) => match body(request, MAX_OTHER_BYTES) {
+                    Ok(body) => Some(body),
+                    Err((status, message)) => return error(status, &message),
+                },
+                _ => None,
+            };
+            views::change(ctx, name, body.as_deref())
+        }
         Route::Compact | Route::Ingest(_) => {
             let basic_ok = ctx
                 .write_key

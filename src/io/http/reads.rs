@@ -10,12 +10,12 @@ pub(super) fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Res
         || request
             .header("Accept")
             .is_some_and(|a| a.contains("text/event-stream"));
-    if !ctx.spec.views.iter().any(|v| v.name == name) {
-        return error(404, &format!("no view named {name}"));
-    }
     let Ok(mut live) = ctx.live.lock() else {
         return error(500, "views unavailable");
     };
+    if !live.names.contains(name) {
+        return error(404, &format!("no view named {name}"));
+    }
     if subscribe {
         let (snapshot, subscription) = live.subscribe(name);
         drop(live);
@@ -388,11 +388,10 @@ pub(super) fn metrics(ctx: &Ctx) -> String {
         }
     }
     if let Ok(live) = ctx.live.lock() {
-        for view in &ctx.spec.views {
+        for view in &live.names {
             out.push_str(&format!(
-                "throughline_view_rows{{view=\"{}\"}} {}\n",
-                view.name,
-                live.snapshot.count_of(&view.name)
+                "throughline_view_rows{{view=\"{view}\"}} {}\n",
+                live.snapshot.count_of(view)
             ));
         }
     }

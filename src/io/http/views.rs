@@ -1,0 +1,154 @@
+//! Views changed on a running server: `PUT /v1/views/{name}` (a definition: the TOML of one
+//! `[[view]]` table, or the same as JSON) and `DELETE /v1/views/{name}`, both with the write
+//! key.
+//!
+//! A change is checked as `throughline check` checks a file (a bad one answers `400` with
+//! its line and key), applied by the engine over the profiles it holds (the view's rows are
+//! served as soon as the answer comes, and its changes follow like every view's), logged
+//! durably in `DIR/views.ndjson` with the log position it took effect at, and the spec's new
+//! text is written to `DIR/dataflow.toml`. Changes are made one at a time; a request for a
+//! view another request is changing at that moment answers `409`, naming the change that
+//! won.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::*;
+use crate::engine::input::{ViewApplied, ViewChange};
+use crate::spec::edit;
+use crate::store::views::{ViewLog, ViewRecord};
+
+/// The running spec's text and the log of its view changes.
+pub struct Catalog {
+    /// The spec's text now.
+    pub text: String,
+    /// Its name in messages.
+    pub file: String,
+    /// The last change's version (0 before any).
+    pub version: u64,
+    /// Where changes are logged.
+    pub log: ViewLog,
+    /// `DIR/dataflow.toml`.
+    pub dataflow: PathBuf,
+}
+
+/// The catalog, and the views being changed right now (with the version their change will
+/// have), so that a second request for one of them is told which change won.
+pub struct Views {
+    catalog: Mutex<Catalog>,
+    changing: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Views {
+    /// The views of `catalog`.
+    pub fn new(catalog: Catalog) -> Views {
+        Views {
+            catalog: Mutex::new(catalog),
+            changing: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The spec's current text.
+    pub fn text(&self) -> Option<String> {
+        self.catalog.lock().ok().map(|c| c.text.clone())
+    }
+}
+
+/// `PUT /v1/views/{name}` (`definition` is the body) or `DELETE /v1/views/{name}` (`None`).
+pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Response<Body> {
+    let Some(views) = &ctx.views else {
+        return error(404, "this server does not change views");
+    };
+    let body = match definition.map(std::str::from_utf8) {
+        Some(Err(_)) => return error(400, "the definition is not UTF-8"),
+        Some(Ok(body)) => Some(body),
+        None => None,
+    };
+    // one change per view at a time: the second is told which one won
+    {
+        let Ok(mut changing) = views.changing.lock() else {
+            return error(500, "views unavailable");
+        };
+        if let Some(winner) = changing.get(name) {
+            return answer(
+                409,
+                &format!(
+                    "view {name} is being changed by another request (version {winner}), which wins; retry to change it again"
+                ),
+                &[("Retry-After", "1")],
+            );
+        }
+        let next = views.catalog.lock().map_or(0, |c| c.version) + 1 + changing.len() as u64;
+        changing.insert(name.to_string(), next);
+    }
+    let result = apply(ctx, views, name, body);
+    if let Ok(mut changing) = views.changing.lock() {
+        changing.remove(name);
+    }
+    match result {
+        Ok(answer) => respond(200, "application/json", answer.to_string()),
+        Err((status, message)) => error(status, &message),
+    }
+}
+
+/// Checks, applies, logs and keeps one change: the answer's JSON.
+fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Value, (u16, String)> {
+    let Ok(mut catalog) = views.catalog.lock() else {
+        return Err((500, "views unavailable".into()));
+    };
+    let existed = ctx.live.lock().is_ok_and(|l| l.names.contains(name));
+    let edited = match body {
+        Some(body) => edit::put_view(&catalog.text, &catalog.file, name, body)
+            .map_err(|e| (400, e.to_string()))?,
+        None if !existed => return Err((404, format!("no view named {name}"))),
+        None => edit::delete_view(&catalog.text, &catalog.file, name).map_err(|e| (400, e))?,
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let change = ViewChange {
+        name: name.to_string(),
+        text: body.map(|_| edited.text.clone()),
+    };
+    ctx.lookups
+        .send(Message::View(change, reply))
+        .map_err(|_| (503, "the engine is not running".to_string()))?;
+    let applied: ViewApplied = answer
+        .recv()
+        .map_err(|_| (503, "the engine is not running".to_string()))?
+        .map_err(|e| (503, e))?;
+    let version = catalog.version + 1;
+    let record = ViewRecord {
+        version,
+        position: applied.position,
+        time: applied.time,
+        name: name.to_string(),
+        definition: body
+            .map(|b| edit::view_definition(name, b).map(|(d, _)| d))
+            .transpose()
+            .map_err(|e| (400, e.to_string()))?,
+    };
+    catalog.log.append(&record).map_err(|e| (500, e))?;
+    crate::store::data_dir::write_atomically(&catalog.dataflow, edited.text.as_bytes()).map_err(
+        |e| {
+            (
+                500,
+                format!("cannot write {}: {e}", catalog.dataflow.display()),
+            )
+        },
+    )?;
+    catalog.text = edited.text;
+    catalog.version = version;
+    let action = match (body.is_some(), existed) {
+        (true, true) => "replaced",
+        (true, false) => "created",
+        (false, _) => "deleted",
+    };
+    Ok(json!({
+        "view": name,
+        "action": action,
+        "version": version,
+        "engine_time": applied.time,
+        "position": applied.position,
+        "rows": applied.rows,
+    }))
+}

@@ -1,0 +1,228 @@
+//! Views changed on a running server (`PUT` and `DELETE /v1/views/NAME`,
+//! `src/io/http/views.rs`, `src/engine/views.rs`): a view added while running has, at every
+//! later point, the rows of a server started with it in its spec and fed the same events,
+//! and so after a SIGKILL and restart; a deleted view ends its subscriptions; a bad
+//! definition answers 400 with its line and key; concurrent changes of one view are told
+//! which one won.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Serve, request};
+
+/// The view added while running.
+const ENGAGED: &str =
+    "purpose = \"marketing\"\nscore_gte = 5\nfields = [\"email\", \"score\", \"signals\"]\n";
+
+fn dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Posts `lines` and waits until the server has taken them all (`total` lines so far).
+fn post(serve: &Serve, lines: &str, total: usize) {
+    let (status, body) = serve.post("/v1/ingest", lines.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    while !serve
+        .get("/metrics")
+        .1
+        .contains(&format!("throughline_lines_total {total}\n"))
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "not taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn put(serve: &Serve, name: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = request(
+        &serve.addr,
+        "PUT",
+        &format!("/v1/views/{name}"),
+        &[],
+        body.as_bytes(),
+    );
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+fn rows(serve: &Serve, name: &str) -> String {
+    let (status, body) = serve.get(&format!("/v1/views/{name}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
+    let text = String::from_utf8(common::workload(41, 1500, 120, false)).unwrap();
+    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let parts: Vec<String> = all
+        .chunks(all.len() / 3 + 1)
+        .map(|c| c.join("\n") + "\n")
+        .collect();
+    // the reference: the view in its spec from the start
+    let reference_dir = dir("views-reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec = reference_dir.join("with-engaged.toml");
+    let with = format!(
+        "{}\n[[view]]\nname = \"engaged\"\n{ENGAGED}",
+        throughline::spec::DEFAULT_SPEC
+    );
+    std::fs::write(&spec, with).unwrap();
+    let reference = Serve::start_with(
+        &reference_dir.join("data"),
+        &["--dataflow", spec.to_str().unwrap()],
+    );
+    let live_dir = dir("views-live");
+    let mut live = Serve::start_with(&live_dir, &[]);
+
+    let mut total = 0;
+    total += parts[0].lines().count();
+    post(&reference, &parts[0], total);
+    post(&live, &parts[0], total);
+    assert_eq!(live.get("/v1/views/engaged").0, 404);
+    let (status, answer) = put(&live, "engaged", ENGAGED);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "created");
+    let first = rows(&live, "engaged");
+    assert!(!first.is_empty(), "the view has rows at once");
+    assert_eq!(answer["rows"], first.lines().count());
+    assert_eq!(first, rows(&reference, "engaged"), "right after the PUT");
+
+    // a subscriber from now on sees the same changes as the reference's
+    for part in &parts[1..] {
+        total += part.lines().count();
+        post(&reference, part, total);
+        post(&live, part, total);
+        assert_eq!(rows(&live, "engaged"), rows(&reference, "engaged"));
+        for view in ["profiles", "scores", "marketing_audience"] {
+            assert_eq!(rows(&live, view), rows(&reference, view), "view {view}");
+        }
+    }
+    // the data directory keeps the change: a restart replays it at its place
+    let toml = std::fs::read_to_string(live_dir.join("dataflow.toml")).unwrap();
+    assert!(toml.contains("name = \"engaged\""), "{toml}");
+    live.kill();
+    live = Serve::start_with(&live_dir, &[]);
+    assert_eq!(
+        rows(&live, "engaged"),
+        rows(&reference, "engaged"),
+        "after a restart"
+    );
+
+    // replaced: the rows of the new definition
+    let (status, answer) = put(
+        &live,
+        "engaged",
+        "{\"purpose\": \"marketing\", \"score_gte\": 8, \"fields\": [\"email\", \"score\"]}",
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["action"], "replaced");
+    let replaced = rows(&live, "engaged");
+    assert!(!replaced.is_empty());
+    for line in replaced.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(row["row"]["score"].as_f64().unwrap() >= 8.0, "{line}");
+        assert!(row["row"].get("signals").is_none(), "{line}");
+    }
+
+    // deleted while a subscriber reads its changes: the -1s come, then the stream ends
+    let mut stream = TcpStream::connect(&live.addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/views/engaged/changes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => got.push(line),
+                Err(_) => break,
+            }
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, text) = request(&live.addr, "DELETE", "/v1/views/engaged", &[], b"");
+    assert_eq!(status, 200, "{text}");
+    let got = reader.join().unwrap().join("\n");
+    let retracted = got.matches("\"diff\":-1").count();
+    assert_eq!(retracted, replaced.lines().count(), "{got}");
+    assert_eq!(live.get("/v1/views/engaged").0, 404);
+    // and after a restart it is still gone
+    live.kill();
+    let live = Serve::start_with(&live_dir, &[]);
+    assert_eq!(live.get("/v1/views/engaged").0, 404);
+    assert_eq!(rows(&live, "scores"), rows(&reference, "scores"));
+}
+
+#[test]
+fn bad_definitions_and_concurrent_changes_are_answered_clearly() {
+    let serve = Serve::start_with(&dir("views-bad"), &["--write-key", "wk"]);
+    let auth = [("Authorization", "Basic d2s6")]; // "wk:"
+    let (status, _) = request(
+        &serve.addr,
+        "PUT",
+        "/v1/views/v",
+        &[],
+        b"internal = true\nfields = []",
+    );
+    assert_eq!(status, 401, "the write key is needed");
+    let (status, text) = request(
+        &serve.addr,
+        "PUT",
+        "/v1/views/v",
+        &auth,
+        b"purpose = \"marketing\"\nfields = [\"colour\"]\n",
+    );
+    assert_eq!(status, 400);
+    assert!(text.contains("view v:2: key `view.fields`"), "{text}");
+    let (status, text) = request(&serve.addr, "DELETE", "/v1/views/nope", &auth, b"");
+    assert_eq!(status, 404, "{text}");
+
+    // eight changes of one view at once: each answer is a success or names the winner
+    let addr = serve.addr.clone();
+    let answers: Vec<(u16, String)> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body =
+                    format!("purpose = \"marketing\"\nscore_gte = {i}\nfields = [\"score\"]\n");
+                request(
+                    &addr,
+                    "PUT",
+                    "/v1/views/race",
+                    &[("Authorization", "Basic d2s6")],
+                    body.as_bytes(),
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let won: Vec<u64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| {
+            serde_json::from_str::<serde_json::Value>(t).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(!won.is_empty(), "{answers:?}");
+    for (status, text) in &answers {
+        assert!(*status == 200 || *status == 409, "{status} {text}");
+        if *status == 409 {
+            assert!(text.contains("which wins"), "{text}");
+        }
+    }
+    assert_eq!(serve.get("/v1/views/race").0, 200);
+}
