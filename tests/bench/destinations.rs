@@ -158,8 +158,10 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
     let rate = 1_000u64;
     let mut out = Vec::new();
     let pg_bin = std::env::var("THROUGHLINE_PG_BIN").ok();
-    for kind in ["webhook", "PostgreSQL"] {
+    // first without a destination: the views' latency the destinations must not lower
+    for kind in ["no", "webhook", "PostgreSQL"] {
         let (sink, mut at_destination, pg) = match (kind, &pg_bin) {
+            ("no", _) => (String::new(), None, None),
             ("webhook", _) => {
                 let (addr, sightings) = receiver();
                 let sink = format!("webhook+http://{addr}/hook?batch=500&linger_ms=5");
@@ -188,6 +190,23 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let (mut child, addr) = spawn_serve(&dir.join("destination-data"), &sink, &env);
         let mut http = Http::connect(&addr);
         let (delivered, took) = load(&mut http, &state);
+        if kind == "no" {
+            let mut views = subscribe(&addr);
+            let due = post_paced(&mut http, 1, (rate * seconds) as usize, rate, clock + 1);
+            out.push(Row {
+                figure: format!(
+                    "ingest-to-view latency without a destination, {state_events} events of state, then {rate} events/s in order for {seconds} s (open loop, HTTP): the baseline"
+                ),
+                measured: latencies(&mut views, 1, &due).describe(),
+                target: "(reported: the rows below must not be worse)",
+                command: command.replace(" --sink ''", ""),
+            });
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            continue;
+        }
         out.push(Row {
             figure: format!(
                 "changes delivered per second, {kind} sink, loading {state_events} events of state over HTTP"

@@ -19,6 +19,7 @@ use throughline::event::timestamp;
 mod destinations;
 mod restart;
 mod sink;
+mod views;
 
 /// The binary measured: this build's, or `THROUGHLINE_BIN` (to measure another build, e.g.
 /// a baseline, with the same harness).
@@ -1061,6 +1062,11 @@ fn main() {
         || (only.is_none() && std::env::var_os("THROUGHLINE_PG_BIN").is_some())
     {
         rows.extend(destinations::rows(&dir, quick, start_ms));
+    }
+
+    // views defined on a running server: from PUT to the rows served
+    if want("views") {
+        rows.extend(views::rows(&dir, quick, start_ms));
     }
 
     println!("| figure | measured | target | command |");
