@@ -138,7 +138,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         );
     }
     dir.store_spec(&text)?;
+    let current = Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?;
     let views = Views::new(Catalog {
+        spec: Arc::new(current),
         text,
         file: spec.source.clone(),
         version: changed.last().map_or(0, |r| r.version),

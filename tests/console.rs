@@ -429,6 +429,53 @@ fn the_console_shows_views_customers_and_erasure_live() {
         json!("+18 more: 18 anonymous_id")
     );
 
+    // a new view, written in the console: a preview over the current state, then saved,
+    // then it fills as events arrive
+    browser.open(&format!("{base}/#/new-view"));
+    browser.wait_for(
+        "the view editor",
+        "!!document.getElementById('editor-purpose')?.querySelector('option[value=\"marketing\"]')",
+    );
+    browser.eval(&format!(
+        "document.getElementById('editor-name').value = 'pro_users'; \
+         document.getElementById('editor-purpose').value = 'marketing'; \
+         document.getElementById('editor-where-path').value = 'traits.plan'; \
+         document.getElementById('editor-where-test').value = 'equals'; \
+         document.getElementById('editor-where-value').value = 'pro'; \
+         document.getElementById('editor-field-email').checked = true; \
+         document.getElementById('editor-field-score').checked = true; \
+         document.getElementById('editor-key').value = '{WRITE_KEY}'; \
+         document.getElementById('editor-preview').click(); true"
+    ));
+    browser.wait_for(
+        "the preview: Ada alone",
+        "document.getElementById('editor-count')?.textContent === '1 row now' && \
+         !!document.querySelector('#editor-rows tr[data-key=\"user_id:u-ada\"]')",
+    );
+    assert_eq!(
+        serve.get("/v1/views/pro_users").0,
+        404,
+        "a preview defines nothing"
+    );
+    browser.screenshot(&screenshots().join("new-view.png"));
+    browser.eval("document.getElementById('editor-save').click(); true");
+    browser.wait_for(
+        "the saved view, live, with Ada",
+        "location.hash === '#/view/pro_users' && \
+         document.getElementById('stream-state')?.textContent === 'live' && \
+         !!document.querySelector('tr[data-key=\"user_id:u-ada\"]')",
+    );
+    post(
+        &serve,
+        "identify",
+        json!({"userId": "u-bob", "messageId": "bob-pro", "timestamp": t + 5000,
+               "traits": {"plan": "pro"}, "context": consent(true)}),
+    );
+    browser.wait_for(
+        "Bob's row in the new view",
+        "!!document.querySelector('#rows tr[data-key=\"user_id:u-bob\"]')",
+    );
+
     // erasure from the profile page, with the write key
     browser.open(&format!("{base}/#/profile/user_id%3Au-ada"));
     browser.wait_for(

@@ -84,6 +84,35 @@ fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
     post(&reference, &parts[0], total);
     post(&live, &parts[0], total);
     assert_eq!(live.get("/v1/views/engaged").0, 404);
+    // a dry run: the rows it would have, and nothing published
+    let changes_before = live.get("/metrics").1;
+    let (status, text) = request(
+        &live.addr,
+        "POST",
+        "/v1/views/engaged/preview",
+        &[],
+        ENGAGED.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let preview: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let reference_rows = rows(&reference, "engaged");
+    assert_eq!(preview["rows"], reference_rows.lines().count());
+    let first: Vec<serde_json::Value> = reference_rows
+        .lines()
+        .take(20)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::json!({"key": v["key"], "row": v["row"]})
+        })
+        .collect();
+    assert_eq!(preview["first"], serde_json::Value::Array(first));
+    let changes = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("throughline_changes_total "))
+            .map(str::to_string)
+    };
+    assert_eq!(changes(&live.get("/metrics").1), changes(&changes_before));
+    assert_eq!(live.get("/v1/views/engaged").0, 404);
     let (status, answer) = put(&live, "engaged", ENGAGED);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["action"], "created");

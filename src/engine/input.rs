@@ -172,6 +172,9 @@ pub enum Message {
     /// directory), applied after every line sent before it: the answer says when it took
     /// effect.
     View(ViewChange, Sender<Result<ViewApplied, String>>),
+    /// The rows a view would have now, without defining it (the console's dry run): its
+    /// text must define it.
+    Preview(ViewChange, Sender<Result<ViewPreview, String>>),
     /// All sources are exhausted.
     End,
 }
@@ -185,6 +188,18 @@ pub struct ViewChange {
     /// delete it.
     pub text: Option<String>,
 }
+
+/// The rows a view would have now ([`Message::Preview`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewPreview {
+    /// How many.
+    pub rows: usize,
+    /// The first ones by key, as snapshot lines (at most [`PREVIEW_ROWS`]).
+    pub first: Vec<String>,
+}
+
+/// How many rows a preview shows.
+pub const PREVIEW_ROWS: usize = 20;
 
 /// When a [`ViewChange`] took effect.
 #[derive(Debug, Clone, PartialEq, Eq)]

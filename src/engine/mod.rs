@@ -685,6 +685,9 @@ impl<'w> Driver<'w> {
                 Message::View(change, reply) => {
                     let _ = reply.send(self.change_view(change));
                 }
+                Message::Preview(change, reply) => {
+                    let _ = reply.send(self.preview_view(change));
+                }
                 Message::Explain(ident, at, reply) => {
                     let started = Instant::now();
                     let outcome = self.explain(&ident, at);

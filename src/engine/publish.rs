@@ -48,6 +48,8 @@ pub(super) struct Publisher<'w> {
     published: (u64, u64),
     /// Every view's name by index: the spec's, then those added while running.
     names: Vec<String>,
+    /// The index views are previewed under (never published), once one was.
+    preview: Option<u16>,
 }
 
 /// The sinks a [`Publisher`] writes.
@@ -85,7 +87,34 @@ impl<'w> Publisher<'w> {
             forget_latency: Latency::default(),
             published: (0, 0),
             names: spec.views.iter().map(|v| v.name.clone()).collect(),
+            preview: None,
         }
+    }
+
+    /// The index views are previewed under: its rows are never published.
+    pub(super) fn preview_index(&mut self) -> Result<u16, String> {
+        if let Some(index) = self.preview {
+            return Ok(index);
+        }
+        // a name no view can have
+        let index = self.view_index("\u{1}preview")?;
+        self.preview = Some(index);
+        Ok(index)
+    }
+
+    /// Takes the captured row changes of view `index` out: `(key, row, diff)`.
+    pub(super) fn take_view_rows(&mut self, index: u16) -> Vec<(String, String, isize)> {
+        let mut taken = Vec::new();
+        self.captured
+            .borrow_mut()
+            .retain(|((view, key, row), _, diff)| {
+                if *view != index {
+                    return true;
+                }
+                taken.push((key.clone(), row.clone(), *diff));
+                false
+            });
+        taken
     }
 
     /// The index of view `name` (a new one for a name never seen in this run).
@@ -194,6 +223,9 @@ impl<'w> Publisher<'w> {
         let mut captured = self.captured.borrow_mut();
         let mut later = Vec::new();
         for ((view, key, row), t, diff) in captured.drain(..) {
+            if Some(view) == self.preview {
+                continue; // a preview's rows are never published
+            }
             if clock_of(t) > upto_ms {
                 later.push(((view, key, row), t, diff));
                 continue;

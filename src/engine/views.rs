@@ -8,7 +8,7 @@
 //! server started with it would have.
 
 use super::Driver;
-use super::input::{ViewApplied, ViewChange};
+use super::input::{PREVIEW_ROWS, ViewApplied, ViewChange, ViewPreview};
 use crate::dataflow::views::ViewCommand;
 
 impl Driver<'_> {
@@ -43,6 +43,57 @@ impl Driver<'_> {
             time: now,
             position: self.summary.tally.lines,
             rows,
+        })
+    }
+
+    /// The rows view `change` would have now, without defining it: it is defined under the
+    /// preview's index (whose rows are never published) at one step and removed at the next.
+    pub(super) fn preview_view(&mut self, change: ViewChange) -> Result<ViewPreview, String> {
+        let now = self.clock().unwrap_or(0);
+        if change.text.is_none() {
+            return Err("internal error: a preview without a definition".into());
+        }
+        let index = self.publisher.preview_index()?;
+        if !self.rounds.has_step() {
+            return Err("too many changes at one clock value; retry shortly".into());
+        }
+        self.rounds.feed.view(ViewCommand {
+            index,
+            name: change.name.clone(),
+            text: change.text,
+        });
+        self.rounds.barrier(now).map_err(|e| e.to_string())?;
+        let mut rows: Vec<(String, String)> = self
+            .publisher
+            .take_view_rows(index)
+            .into_iter()
+            .filter(|(_, _, diff)| *diff > 0)
+            .map(|(key, row, _)| (key, row))
+            .collect();
+        // gone again at the next step (or, with no step left, at the next preview)
+        self.rounds.feed.view(ViewCommand {
+            index,
+            name: change.name,
+            text: None,
+        });
+        if self.rounds.has_step() {
+            self.rounds.barrier(now).map_err(|e| e.to_string())?;
+            self.publisher.take_view_rows(index);
+        }
+        rows.sort();
+        let first = rows
+            .iter()
+            .take(PREVIEW_ROWS)
+            .map(|(key, row)| {
+                format!(
+                    "{{\"key\":{},\"row\":{row}}}",
+                    crate::dataflow::views::json_string(key)
+                )
+            })
+            .collect();
+        Ok(ViewPreview {
+            rows: rows.len(),
+            first,
         })
     }
 }

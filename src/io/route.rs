@@ -19,6 +19,8 @@ pub enum Route<'a> {
     PutView(&'a str),
     /// `DELETE /v1/views/{name}`
     DeleteView(&'a str),
+    /// `POST /v1/views/{name}/preview`: the rows a definition would have now.
+    PreviewView(&'a str),
     /// `GET /v1/profiles/{type}:{value}` (still percent-encoded)
     Profile(&'a str),
     /// `GET /v1/profiles/{type}:{value}/explain` (still percent-encoded)
@@ -74,6 +76,11 @@ fn resource(path: &str) -> Option<(Route<'_>, &'static str)> {
     }
     if let Some(rest) = path.strip_prefix("/v1/views/") {
         let one_segment = |s: &str| !s.is_empty() && !s.contains('/');
+        if let Some(name) = rest.strip_suffix("/preview")
+            && one_segment(name)
+        {
+            return Some((Route::PreviewView(name), "POST"));
+        }
         return match rest.strip_suffix("/changes") {
             Some(name) if one_segment(name) => Some((Route::Changes(name), "GET")),
             _ if one_segment(rest) => Some((Route::View(rest), "GET")),

@@ -1,7 +1,7 @@
 // Throughline console: hand-written, no dependencies, served from the binary.
 //
-// Three pages behind the hash: `#/` (overview), `#/view/NAME` (a view, live) and
-// `#/profile/TYPE:VALUE` (a customer). Everything shown comes from the server's own JSON:
+// Four pages behind the hash: `#/` (overview), `#/view/NAME` (a view, live),
+// `#/profile/TYPE:VALUE` (a customer) and `#/new-view` (write a view, preview, save). Everything shown comes from the server's own JSON:
 // `/v1/stats`, the change subscription and the explanation; nothing of the SPEC's rules is
 // recomputed here. Data is only ever put in the page as text (never as markup).
 "use strict";
@@ -586,6 +586,108 @@ function erasure(x) {
   return el("div", {}, el("h2", { text: "Erasure" }), form);
 }
 
+// ---- a new view --------------------------------------------------------------------------
+
+// Write a view (its purpose, conditions and fields), see how many rows it would have now and
+// the first of them (a dry run over the current state: POST /v1/views/NAME/preview), save it
+// (PUT /v1/views/NAME) and watch it fill (the live view page). The definition goes as JSON;
+// the server checks it as `throughline check` checks a file and says what is wrong.
+async function editorPage() {
+  const mine = generation;
+  if (!stats) await refreshStats().catch(() => {});
+  if (mine !== generation) return;
+  const option = (value, text) => el("option", { value, text });
+  const key = el("input", { type: "password", placeholder: "write key", id: "editor-key", autocomplete: "off" });
+  const name = el("input", { id: "editor-name", placeholder: "name: letters, digits, _ or -", autocomplete: "off" });
+  const purpose = el("select", { id: "editor-purpose" }, option("", "internal (no purpose)"),
+    ...((stats && stats.purposes) || []).map((p) => option(p, `purpose: ${p}`)));
+  const score = el("input", { id: "editor-score", type: "number", step: "any", placeholder: "score at least (optional)" });
+  const signal = el("select", { id: "editor-signal" }, option("", "any signals"),
+    ...((stats && stats.signals) || []).map((s) => option(s, `has signal: ${s}`)));
+  const wherePath = el("input", { id: "editor-where-path", placeholder: "where: a trait path, e.g. traits.plan (optional)" });
+  const whereTest = el("select", { id: "editor-where-test" },
+    option("exists", "exists"), option("equals", "equals"), option("prefix", "starts with"));
+  const whereValue = el("input", { id: "editor-where-value", placeholder: "value" });
+  const fields = ["score", "signals", ...((stats && stats.identifiers) || []).map((t) => t.name)];
+  const boxes = fields.map((f) => {
+    const box = el("input", { type: "checkbox", id: `editor-field-${f}`, value: f });
+    return { f, box, label: el("label", {}, box, ` ${f}`) };
+  });
+  const traits = el("input", { id: "editor-traits", placeholder: "trait fields, e.g. traits.plan, traits.company.name" });
+  const result = el("div", { id: "editor-result", class: "quiet" });
+
+  function definition() {
+    const d = {};
+    if (purpose.value) d.purpose = purpose.value; else d.internal = true;
+    if (score.value !== "") d.score_gte = Number(score.value);
+    if (signal.value) d.has_signal = signal.value;
+    const path = wherePath.value.trim();
+    if (path) {
+      const p = { path };
+      const text = whereValue.value;
+      if (whereTest.value === "exists") p.exists = true;
+      else if (whereTest.value === "prefix") p.prefix = text;
+      else { try { p.equals = JSON.parse(text); } catch (_) { p.equals = text; } }
+      d.where = [p];
+    }
+    d.fields = boxes.filter((b) => b.box.checked).map((b) => b.f)
+      .concat(traits.value.split(",").map((t) => t.trim()).filter((t) => t));
+    return d;
+  }
+
+  async function send(method, path) {
+    const headers = { "Content-Type": "application/json" };
+    if (key.value) headers.Authorization = `Basic ${btoa(`${key.value}:`)}`;
+    const response = await fetch(path, { method, headers, body: JSON.stringify(definition()) });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || `status ${response.status}`);
+    return body;
+  }
+
+  const path = (suffix) => `/v1/views/${encodeURIComponent(name.value.trim())}${suffix}`;
+  const preview = el("button", { type: "button", id: "editor-preview", onclick: async () => {
+    result.className = "quiet";
+    result.textContent = "Computing over the current state…";
+    try {
+      const answer = await send("POST", path("/preview"));
+      const columns = [];
+      for (const r of answer.first) for (const c of Object.keys(r.row)) if (!columns.includes(c)) columns.push(c);
+      result.className = "";
+      result.replaceChildren(
+        el("p", { id: "editor-count", text: `${fmtNumber(answer.rows)} ${answer.rows === 1 ? "row" : "rows"} now` +
+          (answer.rows > answer.first.length ? `; the first ${answer.first.length}:` : "") }),
+        el("table", { id: "editor-rows" },
+          el("tr", {}, el("th", { text: "key" }), ...columns.map((c) => el("th", { text: c }))),
+          ...answer.first.map((r) => el("tr", { "data-key": r.key }, el("td", { text: r.key }),
+            ...columns.map((c) => el("td", { text: value(r.row[c]) }))))));
+    } catch (e) {
+      result.className = "error";
+      result.textContent = e.message;
+    }
+  } }, "Preview");
+  const save = el("button", { type: "button", id: "editor-save", onclick: async () => {
+    try {
+      const answer = await send("PUT", path(""));
+      result.className = "yes";
+      result.textContent = `Saved (version ${answer.version}, ${fmtNumber(answer.rows)} rows).`;
+      location.hash = `#/view/${encodeURIComponent(answer.view)}`;
+    } catch (e) {
+      result.className = "error";
+      result.textContent = e.message;
+    }
+  } }, "Save");
+  main.replaceChildren(
+    el("h1", { text: "New view" }),
+    el("p", { class: "quiet", text: "A view over what the server already holds: its rows are there as soon as it is saved, then kept up to date like every view. Saving a name that exists replaces that view." }),
+    el("form", { id: "editor", onsubmit: (event) => event.preventDefault() },
+      el("div", { class: "toolbar" }, name, purpose),
+      el("div", { class: "toolbar" }, score, signal),
+      el("div", { class: "toolbar" }, wherePath, whereTest, whereValue),
+      el("div", { class: "toolbar", id: "editor-fields" }, el("span", { text: "fields:" }), ...boxes.map((b) => b.label), traits),
+      el("div", { class: "toolbar" }, key, preview, save)),
+    result);
+}
+
 // ---- routing -----------------------------------------------------------------------------
 
 function route() {
@@ -595,6 +697,7 @@ function route() {
   const hash = decodeURIComponent(location.hash.replace(/^#/, "")) || "/";
   if (hash.startsWith("/view/")) leave = viewPage(hash.slice(6));
   else if (hash.startsWith("/profile/")) profilePage(hash.slice(9));
+  else if (hash === "/new-view") editorPage();
   else leave = overview();
   refreshStats().catch(() => {});
 }

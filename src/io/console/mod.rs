@@ -19,6 +19,11 @@
 //!   page; the label paths in bold, links to other profiles grey; a layer of more than
 //!   [`MAX_DRAWN`] identifiers is summarised by type). Erasure (`POST /v1/forget`) is a
 //!   button that asks for the write key.
+//! - **A new view** (`#/new-view`): a form for a view's purpose, conditions and fields (the
+//!   purposes, signals and identifier types come from [`stats`]), sent as JSON: **Preview**
+//!   is a dry run over the current state (`POST /v1/views/NAME/preview`: the row count and
+//!   the first rows), **Save** defines it (`PUT /v1/views/NAME`, with the write key) and
+//!   opens its live page, where it fills.
 //!
 //! The assets are compiled into the binary (no CDN, no build step, works offline): one
 //! HTML page, one hand-written script and one style sheet. Access is that of every other
@@ -208,10 +213,20 @@ pub fn stats(
         .map(|t| json!({"name": t.name, "anchor": t.anchor, "path": t.paths.first()}))
         .collect();
     let now = Sample::of(counters, wall_clock_ms());
+    // what a view may be made of, for the view editor
+    let purposes: Vec<&str> = spec
+        .consent
+        .purposes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let signals: Vec<&str> = spec.intent.scored().map(|(n, _)| n).collect();
     json!({
         "at": now.at_ms,
         "views": views,
         "identifiers": identifiers,
+        "purposes": purposes,
+        "signals": signals,
         "totals": {
             "lines": now.lines,
             "accepted": now.accepted,

@@ -277,6 +277,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             | Route::Compact
             | Route::PutView(_)
             | Route::DeleteView(_)
+            | Route::PreviewView(_)
     );
     if waits_for_recovery && let Some((replayed, of)) = ctx.recovering() {
         return answer(
@@ -314,7 +315,10 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             200,
             "application/json",
             console::stats(
-                &ctx.spec,
+                &ctx.views
+                    .as_ref()
+                    .and_then(views::Views::spec)
+                    .unwrap_or_else(|| Arc::clone(&ctx.spec)),
                 &ctx.live,
                 &ctx.counters,
                 &ctx.stats,
@@ -333,7 +337,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
         Route::Changes(name) => view(request, ctx, name, true),
         Route::Explain(id) => explain(request, ctx, id),
         Route::Profile(id) => profile(ctx, id),
-        Route::PutView(name) | Route::DeleteView(name) => {
+        Route::PutView(name) | Route::DeleteView(name) | Route::PreviewView(name) => {
             let allowed = ctx
                 .write_key
                 .as_deref()
@@ -342,13 +346,16 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
                 return error(401, "invalid write key");
             }
             let body = match route {
-                Route::PutView(_) => match body(request, MAX_OTHER_BYTES) {
+                Route::PutView(_) | Route::PreviewView(_) => match body(request, MAX_OTHER_BYTES) {
                     Ok(body) => Some(body),
                     Err((status, message)) => return error(status, &message),
                 },
                 _ => None,
             };
-            views::change(ctx, name, body.as_deref())
+            match (route, body) {
+                (Route::PreviewView(_), Some(body)) => views::preview(ctx, name, &body),
+                (_, body) => views::change(ctx, name, body.as_deref()),
+            }
         }
         Route::Compact | Route::Ingest(_) => {
             let basic_ok = ctx

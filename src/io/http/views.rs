@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::*;
-use crate::engine::input::{ViewApplied, ViewChange};
+use crate::engine::input::{ViewApplied, ViewChange, ViewPreview};
 use crate::spec::edit;
 use crate::store::views::{ViewLog, ViewRecord};
 
@@ -23,6 +23,8 @@ use crate::store::views::{ViewLog, ViewRecord};
 pub struct Catalog {
     /// The spec's text now.
     pub text: String,
+    /// What it compiles to.
+    pub spec: Arc<Spec>,
     /// Its name in messages.
     pub file: String,
     /// The last change's version (0 before any).
@@ -52,6 +54,11 @@ impl Views {
     /// The spec's current text.
     pub fn text(&self) -> Option<String> {
         self.catalog.lock().ok().map(|c| c.text.clone())
+    }
+
+    /// The spec now, views changed while running included.
+    pub fn spec(&self) -> Option<Arc<Spec>> {
+        self.catalog.lock().ok().map(|c| Arc::clone(&c.spec))
     }
 }
 
@@ -89,6 +96,52 @@ pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Respon
     match result {
         Ok(answer) => respond(200, "application/json", answer.to_string()),
         Err((status, message)) => error(status, &message),
+    }
+}
+
+/// `POST /v1/views/{name}/preview`: the rows the definition `body` would give view `name`
+/// now (how many, and the first by key), without defining it; checked like a `PUT`.
+pub(super) fn preview(ctx: &Ctx, name: &str, body: &[u8]) -> Response<Body> {
+    let Some(views) = &ctx.views else {
+        return error(404, "this server does not change views");
+    };
+    let Ok(body) = std::str::from_utf8(body) else {
+        return error(400, "the definition is not UTF-8");
+    };
+    let Some((text, file)) = views
+        .catalog
+        .lock()
+        .ok()
+        .map(|c| (c.text.clone(), c.file.clone()))
+    else {
+        return error(500, "views unavailable");
+    };
+    let edited = match edit::put_view(&text, &file, name, body) {
+        Ok(edited) => edited,
+        Err(e) => return error(400, &e.to_string()),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let change = ViewChange {
+        name: name.to_string(),
+        text: Some(edited.text),
+    };
+    if ctx.lookups.send(Message::Preview(change, reply)).is_err() {
+        return error(503, "the engine is not running");
+    }
+    match answer.recv() {
+        Ok(Ok(ViewPreview { rows, first })) => {
+            let first: Vec<Value> = first
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            respond(
+                200,
+                "application/json",
+                json!({"view": name, "rows": rows, "first": first}).to_string(),
+            )
+        }
+        Ok(Err(e)) => error(503, &e),
+        Err(_) => error(503, "the engine is not running"),
     }
 }
 
@@ -137,6 +190,7 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
         },
     )?;
     catalog.text = edited.text;
+    catalog.spec = Arc::new(edited.spec);
     catalog.version = version;
     let action = match (body.is_some(), existed) {
         (true, true) => "replaced",
