@@ -128,6 +128,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             ViewChange {
                 name: record.name.clone(),
                 text: record.definition.as_ref().map(|_| text.clone()),
+                spec: text.clone(),
             },
         ));
     }
@@ -201,6 +202,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         stats: StatsHistory::default(),
         recovery: crate::io::http::Recovery {
             lines: verified.lines,
+            views_pending: AtomicBool::new(!replayed_views.is_empty()),
             ..Default::default()
         },
         views: Some(views),
@@ -294,6 +296,7 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))
         .and_then(|records| {
             replay_records(&records, &tx, &cuts, &changed, &ctx.stop)?;
+            ctx.recovery.views_pending.store(false, Ordering::Release);
             Ok(records)
         });
     let forwarding = replayed.and_then(|records| {

@@ -120,6 +120,23 @@ fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
     assert!(!first.is_empty(), "the view has rows at once");
     assert_eq!(answer["rows"], first.lines().count());
     assert_eq!(first, rows(&reference, "engaged"), "right after the PUT");
+    // a profile in it says so
+    let member: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    let key = member["key"]
+        .as_str()
+        .unwrap()
+        .replace('@', "%40")
+        .replace('+', "%2B");
+    let (status, profile) = live.get(&format!("/v1/profiles/{key}"));
+    assert_eq!(status, 200, "{profile}");
+    let profile: serde_json::Value = serde_json::from_str(&profile).unwrap();
+    assert!(
+        profile["views"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("engaged")),
+        "{profile}"
+    );
 
     // a subscriber from now on sees the same changes as the reference's
     for part in &parts[1..] {

@@ -71,7 +71,9 @@ impl Driver<'_> {
             return Ok(None);
         };
         let facts: Vec<Fact> = answers.into_iter().map(|(_, f)| f).collect();
-        Ok(Some(output::profile_json(self.spec, &profile, &facts)))
+        let spec = self.spec_now.clone();
+        let spec = spec.as_deref().unwrap_or(self.spec);
+        Ok(Some(output::profile_json(spec, &profile, &facts)))
     }
 
     /// Asks every keeper `question` and waits for the answers ([`super::rounds::Rounds::ask`]);
@@ -93,7 +95,9 @@ impl Driver<'_> {
         match at.or(self.options.until_ms).or(self.clock()) {
             Some(at) => {
                 // each identifier the walk reads is asked of every keeper (see `ask`)
-                let (spec, sources) = (self.spec, self.source_names.clone());
+                let sources = self.source_names.clone();
+                let now = self.spec_now.clone();
+                let spec = now.as_deref().unwrap_or(self.spec);
                 let held = Held::new(|id| {
                     let answers = self.ask(Ask::Carrying(id.clone()))?;
                     let fetched = answers.into_iter().filter_map(|answer| match answer {

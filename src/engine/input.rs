@@ -187,6 +187,9 @@ pub struct ViewChange {
     /// The whole spec text defining it from now on (checked by the caller), or `None` to
     /// delete it.
     pub text: Option<String>,
+    /// The spec's whole text once the change is made (lookups and explanations name the
+    /// views by it).
+    pub spec: String,
 }
 
 /// The rows a view would have now ([`Message::Preview`]).

@@ -531,6 +531,8 @@ struct Driver<'w> {
     /// Every worker renders and hands over its own final rows (only the final snapshot is
     /// wanted).
     rows_only: Option<RowsOnly>,
+    /// The spec as views changed while running left it (`None`: `spec` as it started).
+    spec_now: Option<Arc<Spec>>,
 }
 
 impl<'w> Driver<'w> {
@@ -582,6 +584,7 @@ impl<'w> Driver<'w> {
             stopped: false,
             last_progress: Instant::now(),
             rows_only: None,
+            spec_now: None,
         }
     }
 

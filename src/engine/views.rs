@@ -30,7 +30,7 @@ impl Driver<'_> {
         self.rounds.feed.view(ViewCommand {
             index,
             name: change.name.clone(),
-            text: change.text,
+            text: change.text.clone(),
         });
         self.rounds.barrier(now).map_err(|e| e.to_string())?;
         self.publisher
@@ -38,6 +38,11 @@ impl Driver<'_> {
             .map_err(|e| e.to_string())?;
         self.dirty = false;
         let rows = self.publisher.view_changed(&change.name, exists);
+        // lookups and explanations name the views of the spec as it is now
+        match crate::spec::Spec::parse(&change.spec, &self.spec.source) {
+            Ok(spec) => self.spec_now = Some(std::sync::Arc::new(spec)),
+            Err(e) => eprintln!("throughline: internal error: the changed spec: {e}"),
+        }
         self.mirror();
         Ok(ViewApplied {
             time: now,

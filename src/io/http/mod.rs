@@ -98,6 +98,9 @@ pub struct Recovery {
     pub lines: u64,
     /// Set once they are all replayed and published.
     pub done: AtomicBool,
+    /// Set while the views changed while running are still being changed again (the last
+    /// of them may follow the log's last line).
+    pub views_pending: AtomicBool,
 }
 
 impl Ctx {
@@ -107,7 +110,7 @@ impl Ctx {
             return None;
         }
         let replayed = self.counters.lines.load(Ordering::Acquire);
-        if replayed >= self.recovery.lines {
+        if replayed >= self.recovery.lines && !self.recovery.views_pending.load(Ordering::Acquire) {
             self.recovery.done.store(true, Ordering::Release);
             return None;
         }

@@ -123,6 +123,7 @@ pub(super) fn preview(ctx: &Ctx, name: &str, body: &[u8]) -> Response<Body> {
     let (reply, answer) = crossbeam_channel::bounded(1);
     let change = ViewChange {
         name: name.to_string(),
+        spec: edited.text.clone(),
         text: Some(edited.text),
     };
     if ctx.lookups.send(Message::Preview(change, reply)).is_err() {
@@ -161,6 +162,7 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
     let change = ViewChange {
         name: name.to_string(),
         text: body.map(|_| edited.text.clone()),
+        spec: edited.text.clone(),
     };
     ctx.lookups
         .send(Message::View(change, reply))
