@@ -454,6 +454,28 @@ fn a_two_process_server_gives_the_output_of_one() {
     let after = String::from_utf8(after).unwrap();
     assert!(after != snapshot, "the forget changed nothing");
     same_views(&after);
+    // a view defined while the cluster runs (through the helper, which passes it on): the
+    // workers of both processes render it, and a copy of marketing_audience's definition
+    // has its rows
+    let copy = "purpose = \"marketing\"\nscore_gte = 20\nfields = [\"email\", \"score\"]\n";
+    let (status, body) = request(
+        &helper.addr,
+        "PUT",
+        "/v1/views/marketing_copy",
+        &[],
+        copy.as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows_of = |addr: &str, view: &str| -> Vec<String> {
+        let (status, body) = request(addr, "GET", &format!("/v1/views/{view}"), &[], b"");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .map(|l| l.replace(&format!("\"view\":\"{view}\""), "\"view\":\"-\""))
+            .collect()
+    };
+    let original = rows_of(&leader.addr, "marketing_audience");
+    assert!(!original.is_empty());
+    assert_eq!(rows_of(&helper.addr, "marketing_copy"), original);
     drop(helper);
     drop(leader);
     let changes = run(&[
@@ -466,6 +488,11 @@ fn a_two_process_server_gives_the_output_of_one() {
     ])
     .stdout;
     let sunk = std::fs::read_to_string(&sink).unwrap();
+    let sunk: String = sunk
+        .lines()
+        .filter(|l| !l.contains("\"view\":\"marketing_copy\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert!(
         consolidated(&sunk) == consolidated(&String::from_utf8(changes).unwrap()),
         "the consolidated change streams differ"
