@@ -145,7 +145,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         text,
         file: spec.source.clone(),
         version: changed.last().map_or(0, |r| r.version),
-        log: view_log,
+        log: Arc::new(Mutex::new(view_log)),
         dataflow: dir.dataflow(),
     });
 
@@ -562,8 +562,12 @@ fn replay_records(
         send(records.get(start..end).unwrap_or_default(), line)?;
         (start, line) = (end, next);
         let (reply, answer) = crossbeam_channel::bounded(1);
-        tx.send(Message::View(change.clone(), reply))
-            .map_err(|_| "the engine stopped during replay".to_string())?;
+        tx.send(Message::View(
+            change.clone(),
+            crate::engine::input::ViewLogger(None),
+            reply,
+        ))
+        .map_err(|_| "the engine stopped during replay".to_string())?;
         answer
             .recv()
             .map_err(|_| "the engine stopped during replay".to_string())?

@@ -171,7 +171,7 @@ pub enum Message {
     /// A change of a view (`PUT` and `DELETE /v1/views/NAME`, or their replay from the data
     /// directory), applied after every line sent before it: the answer says when it took
     /// effect.
-    View(ViewChange, Sender<Result<ViewApplied, String>>),
+    View(ViewChange, ViewLogger, Sender<Result<ViewApplied, String>>),
     /// The rows a view would have now, without defining it (the console's dry run): its
     /// text must define it.
     Preview(ViewChange, Sender<Result<ViewPreview, String>>),
@@ -190,6 +190,24 @@ pub struct ViewChange {
     /// The spec's whole text once the change is made (lookups and explanations name the
     /// views by it).
     pub spec: String,
+}
+
+/// Records a view change durably before the engine makes it, given the log position and
+/// engine time it takes effect at: a crash then never leaves a change that outputs saw but
+/// the data directory does not know (`None`: a replay, already recorded).
+pub struct ViewLogger(pub Option<RecordView>);
+
+/// Records a view change, given its log position and engine time ([`ViewLogger`]).
+pub type RecordView = Box<dyn FnOnce(u64, u64) -> Result<(), String> + Send>;
+
+impl std::fmt::Debug for ViewLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ViewLogger(..)"
+        } else {
+            "ViewLogger(none)"
+        })
+    }
 }
 
 /// The rows a view would have now ([`Message::Preview`]).

@@ -685,8 +685,8 @@ impl<'w> Driver<'w> {
                 Message::Lookup(ident, reply) => {
                     let _ = reply.send(self.lookup(&ident));
                 }
-                Message::View(change, reply) => {
-                    let _ = reply.send(self.change_view(change));
+                Message::View(change, logger, reply) => {
+                    let _ = reply.send(self.change_view(change, logger));
                 }
                 Message::Preview(change, reply) => {
                     let _ = reply.send(self.preview_view(change));

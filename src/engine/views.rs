@@ -8,13 +8,17 @@
 //! server started with it would have.
 
 use super::Driver;
-use super::input::{PREVIEW_ROWS, ViewApplied, ViewChange, ViewPreview};
+use super::input::{PREVIEW_ROWS, ViewApplied, ViewChange, ViewLogger, ViewPreview};
 use crate::dataflow::views::ViewCommand;
 
 impl Driver<'_> {
-    /// Applies `change` (its text was checked by the caller): when it took effect, and the
-    /// view's rows then.
-    pub(super) fn change_view(&mut self, change: ViewChange) -> Result<ViewApplied, String> {
+    /// Applies `change` (its text was checked by the caller), recorded first by `logger`:
+    /// when it took effect, and the view's rows then.
+    pub(super) fn change_view(
+        &mut self,
+        change: ViewChange,
+        logger: ViewLogger,
+    ) -> Result<ViewApplied, String> {
         let now = self.clock().unwrap_or(0);
         // what came before is published on its own
         self.publish_current().map_err(|e| e.to_string())?;
@@ -22,6 +26,9 @@ impl Driver<'_> {
             return Err("too many changes at one clock value; retry shortly".into());
         }
         let index = self.publisher.view_index(&change.name)?;
+        if let Some(log) = logger.0 {
+            log(self.summary.tally.lines, now)?;
+        }
         let exists = change.text.is_some();
         if exists {
             // subscribers and reads see the view from its first rows on

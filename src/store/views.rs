@@ -3,9 +3,16 @@
 //! applies each one after exactly the same lines and reproduces the same outputs.
 //!
 //! One JSON object per line: `{"version":N,"position":P,"time":T,"name":"V",
-//! "definition":"[[view]]\n…"}` (`"definition":null` for a deletion). A line is appended and
-//! fsynced before the change is acknowledged; a torn last line (a crash while writing it) is
-//! dropped when the file is read, as the change it held was never acknowledged.
+//! "definition":"[[view]]\n…"}` (`"definition":null` for a deletion). The engine appends and
+//! fsyncs the line before it makes the change (so no output ever shows a change a restart
+//! would not make again); a torn last line (a crash while writing it) is dropped when the
+//! file is read, as the change it held was never made.
+//!
+//! Compaction may fold retired lines on both sides of a change's position into one span;
+//! the replay then makes the change before the span. The views' rows after the span are the
+//! same either way (a view is a function of the profiles and its definition), and the
+//! outputs in between were confirmed by every sink before compaction could fold them, so
+//! nothing anyone sees differs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

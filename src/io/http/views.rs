@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::*;
-use crate::engine::input::{ViewApplied, ViewChange, ViewPreview};
+use crate::engine::input::{ViewApplied, ViewChange, ViewLogger, ViewPreview};
 use crate::spec::edit;
 use crate::store::views::{ViewLog, ViewRecord};
 
@@ -29,8 +29,8 @@ pub struct Catalog {
     pub file: String,
     /// The last change's version (0 before any).
     pub version: u64,
-    /// Where changes are logged.
-    pub log: ViewLog,
+    /// Where changes are logged (by the engine, before it makes them).
+    pub log: Arc<Mutex<ViewLog>>,
     /// `DIR/dataflow.toml`.
     pub dataflow: PathBuf,
 }
@@ -158,6 +158,27 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
         None if !existed => return Err((404, format!("no view named {name}"))),
         None => edit::delete_view(&catalog.text, &catalog.file, name).map_err(|e| (400, e))?,
     };
+    let version = catalog.version + 1;
+    let definition = body
+        .map(|b| edit::view_definition(name, b).map(|(d, _)| d))
+        .transpose()
+        .map_err(|e| (400, e.to_string()))?;
+    // the engine records the change, where it takes effect, before it makes it
+    let logger = {
+        let (log, name) = (Arc::clone(&catalog.log), name.to_string());
+        ViewLogger(Some(Box::new(move |position, time| {
+            let record = ViewRecord {
+                version,
+                position,
+                time,
+                name,
+                definition,
+            };
+            log.lock()
+                .map_err(|_| "the view log is unavailable".to_string())?
+                .append(&record)
+        })))
+    };
     let (reply, answer) = crossbeam_channel::bounded(1);
     let change = ViewChange {
         name: name.to_string(),
@@ -165,35 +186,26 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
         spec: edited.text.clone(),
     };
     ctx.lookups
-        .send(Message::View(change, reply))
+        .send(Message::View(change, logger, reply))
         .map_err(|_| (503, "the engine is not running".to_string()))?;
     let applied: ViewApplied = answer
         .recv()
         .map_err(|_| (503, "the engine is not running".to_string()))?
         .map_err(|e| (503, e))?;
-    let version = catalog.version + 1;
-    let record = ViewRecord {
-        version,
-        position: applied.position,
-        time: applied.time,
-        name: name.to_string(),
-        definition: body
-            .map(|b| edit::view_definition(name, b).map(|(d, _)| d))
-            .transpose()
-            .map_err(|e| (400, e.to_string()))?,
-    };
-    catalog.log.append(&record).map_err(|e| (500, e))?;
-    crate::store::data_dir::write_atomically(&catalog.dataflow, edited.text.as_bytes()).map_err(
-        |e| {
-            (
-                500,
-                format!("cannot write {}: {e}", catalog.dataflow.display()),
-            )
-        },
-    )?;
+    // made and recorded: the catalog follows, whatever happens to dataflow.toml
+    let written =
+        crate::store::data_dir::write_atomically(&catalog.dataflow, edited.text.as_bytes());
     catalog.text = edited.text;
     catalog.spec = Arc::new(edited.spec);
     catalog.version = version;
+    let warning = written.err().map(|e| {
+        let why = format!(
+            "cannot write {} (the change is made and recorded in views.ndjson; the file is written again at the next change or start): {e}",
+            catalog.dataflow.display()
+        );
+        eprintln!("throughline: {why}");
+        why
+    });
     let action = match (body.is_some(), existed) {
         (true, true) => "replaced",
         (true, false) => "created",
@@ -206,5 +218,6 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
         "engine_time": applied.time,
         "position": applied.position,
         "rows": applied.rows,
+        "warning": warning,
     }))
 }
