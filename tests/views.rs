@@ -272,3 +272,56 @@ fn bad_definitions_and_concurrent_changes_are_answered_clearly() {
     }
     assert_eq!(serve.get("/v1/views/race").0, 200);
 }
+
+/// SIGKILL while a `PUT` is in flight, at a few moments around it, with events streaming in:
+/// after the restart an acknowledged view is there, with the rows of a server that had it
+/// from the start; one not acknowledged is either there, whole, or absent.
+#[test]
+fn a_kill_during_a_put_loses_no_acknowledged_view() {
+    let text = String::from_utf8(common::workload(43, 1200, 100, false)).unwrap();
+    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let reference_dir = dir("views-kill-reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec = reference_dir.join("with-engaged.toml");
+    let with = format!(
+        "{}\n[[view]]\nname = \"engaged\"\n{ENGAGED}",
+        throughline::spec::DEFAULT_SPEC
+    );
+    std::fs::write(&spec, with).unwrap();
+    let live_dir = dir("views-kill");
+    let mut total = 0;
+    for (round, delay_ms) in [0u64, 2, 8].into_iter().enumerate() {
+        let live = Serve::start_with(&live_dir, &[]);
+        // this round's events, and the PUT in flight while the server is killed
+        let part = all[round * 400..(round + 1) * 400].join("\n") + "\n";
+        total += 400;
+        post(&live, &part, total);
+        let addr = live.addr.clone();
+        let body = if round == 1 { "" } else { ENGAGED };
+        let put = std::thread::spawn(move || {
+            let method = if body.is_empty() { "DELETE" } else { "PUT" };
+            common::try_request(&addr, method, "/v1/views/engaged", &[], body.as_bytes())
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        live.kill();
+        let answered = put.join().unwrap().map(|(status, _)| status);
+        let live = Serve::start_with(&live_dir, &[]);
+        let (status, rows_now) = live.get("/v1/views/engaged");
+        match (body.is_empty(), answered) {
+            (false, Some(200)) => assert_eq!(status, 200, "an acknowledged view is lost"),
+            (true, Some(200)) => assert_eq!(status, 404, "an acknowledged deletion is lost"),
+            _ => {}
+        }
+        // whatever happened, the view is whole: the rows of a server that had it from the
+        // start and took the same lines
+        if status == 200 {
+            let reference = Serve::start_with(
+                &reference_dir.join(format!("data-{round}")),
+                &["--dataflow", spec.to_str().unwrap()],
+            );
+            post(&reference, &(all[..total].join("\n") + "\n"), total);
+            assert_eq!(rows_now, rows(&reference, "engaged"), "round {round}");
+        }
+        live.kill();
+    }
+}
