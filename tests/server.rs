@@ -292,7 +292,8 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         ("GET", "/nope", 404, None),
         ("POST", "/v1/nope", 404, None),
         ("GET", "/v1/batch", 405, Some("POST")),
-        ("PUT", "/v1/views/profiles", 405, Some("GET")),
+        ("POST", "/v1/views/profiles", 405, Some("GET, PUT, DELETE")),
+        ("PUT", "/v1/views/profiles/changes", 405, Some("GET")),
         ("POST", "/healthz", 405, Some("GET")),
         ("DELETE", "/v1/compact", 405, Some("POST")),
     ] {

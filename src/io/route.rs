@@ -114,6 +114,23 @@ mod tests {
             route("GET", "/v1/views/scores/changes"),
             Route::Changes("scores")
         );
+        assert_eq!(route("PUT", "/v1/views/scores"), Route::PutView("scores"));
+        assert_eq!(
+            route("DELETE", "/v1/views/scores"),
+            Route::DeleteView("scores")
+        );
+        assert_eq!(
+            route("POST", "/v1/views/scores"),
+            Route::MethodNotAllowed("GET, PUT, DELETE")
+        );
+        assert_eq!(
+            route("POST", "/v1/views/scores/preview"),
+            Route::PreviewView("scores")
+        );
+        assert_eq!(
+            route("PUT", "/v1/views/scores/changes"),
+            Route::MethodNotAllowed("GET")
+        );
         assert_eq!(route("GET", "/v1/views/"), Route::NotFound);
         assert_eq!(route("GET", "/v1/views/a/b"), Route::NotFound);
         assert_eq!(
@@ -171,6 +188,7 @@ mod tests {
                 Just("GET".to_string()),
                 Just("POST".to_string()),
                 Just("PUT".to_string()),
+                Just("DELETE".to_string()),
                 any::<String>(),
             ],
             path in arb_path(),
@@ -178,8 +196,12 @@ mod tests {
             let first = route(&method, &path);
             prop_assert_eq!(first, route(&method, &path));
             match first {
-                Route::MethodNotAllowed(allow) => prop_assert!(allow == "GET" || allow == "POST"),
-                Route::View(s) | Route::Changes(s) | Route::Profile(s) | Route::Explain(s) | Route::Ingest(s) | Route::Console(s) => {
+                Route::MethodNotAllowed(allow) => {
+                    prop_assert!(["GET", "POST", "GET, PUT, DELETE"].contains(&allow));
+                }
+                Route::View(s) | Route::Changes(s) | Route::Profile(s) | Route::Explain(s)
+                | Route::Ingest(s) | Route::Console(s) | Route::PutView(s) | Route::DeleteView(s)
+                | Route::PreviewView(s) => {
                     prop_assert!(!s.is_empty());
                     prop_assert!(path.contains(s));
                 }
