@@ -222,6 +222,7 @@ fn postgres_over_tls_verifies_the_servers_certificate() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-tls");
+    let _ = std::fs::remove_dir_all(&base);
     let pg = Postgres::start(&bin, &base.join("cluster"), true);
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     pg.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem());
@@ -233,15 +234,7 @@ fn postgres_over_tls_verifies_the_servers_certificate() {
     let sink = format!("{}?sslmode=require&connect_timeout=2", pg.url());
     let untrusted = Serve::start_with(&base.join("untrusted"), &["--sink", &sink]);
     let posted = ingest(&untrusted, &text);
-    let started = Instant::now();
-    loop {
-        let (_, health) = untrusted.get("/healthz");
-        if health.contains("degraded") && health.contains("certificate") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{health}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    untrusted.wait_health(&["degraded", "certificate"]);
     untrusted.kill();
 
     // trusting it (ca=): the tables fill over TLS

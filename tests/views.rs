@@ -38,6 +38,19 @@ fn post(serve: &Serve, lines: &str, total: usize) {
     }
 }
 
+/// A directory `name` holding a spec file: the default spec with `engaged` from the start.
+fn with_engaged(name: &str) -> (PathBuf, PathBuf) {
+    let reference_dir = dir(name);
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec = reference_dir.join("with-engaged.toml");
+    let with = format!(
+        "{}\n[[view]]\nname = \"engaged\"\n{ENGAGED}",
+        throughline::spec::DEFAULT_SPEC
+    );
+    std::fs::write(&spec, with).unwrap();
+    (reference_dir, spec)
+}
+
 fn put(serve: &Serve, name: &str, body: &str) -> (u16, serde_json::Value) {
     let (status, text) = request(
         &serve.addr,
@@ -64,14 +77,7 @@ fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
         .map(|c| c.join("\n") + "\n")
         .collect();
     // the reference: the view in its spec from the start
-    let reference_dir = dir("views-reference");
-    std::fs::create_dir_all(&reference_dir).unwrap();
-    let spec = reference_dir.join("with-engaged.toml");
-    let with = format!(
-        "{}\n[[view]]\nname = \"engaged\"\n{ENGAGED}",
-        throughline::spec::DEFAULT_SPEC
-    );
-    std::fs::write(&spec, with).unwrap();
+    let (reference_dir, spec) = with_engaged("views-reference");
     let reference = Serve::start_with(
         &reference_dir.join("data"),
         &["--dataflow", spec.to_str().unwrap()],
@@ -280,14 +286,7 @@ fn bad_definitions_and_concurrent_changes_are_answered_clearly() {
 fn a_kill_during_a_put_loses_no_acknowledged_view() {
     let text = String::from_utf8(common::workload(43, 1200, 100, false)).unwrap();
     let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let reference_dir = dir("views-kill-reference");
-    std::fs::create_dir_all(&reference_dir).unwrap();
-    let spec = reference_dir.join("with-engaged.toml");
-    let with = format!(
-        "{}\n[[view]]\nname = \"engaged\"\n{ENGAGED}",
-        throughline::spec::DEFAULT_SPEC
-    );
-    std::fs::write(&spec, with).unwrap();
+    let (reference_dir, spec) = with_engaged("views-kill-reference");
     let live_dir = dir("views-kill");
     let mut total = 0;
     for (round, delay_ms) in [0u64, 2, 8].into_iter().enumerate() {

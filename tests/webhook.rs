@@ -348,15 +348,7 @@ fn an_https_webhook_is_posted_to_over_tls_trusting_only_its_ca() {
     );
     let (status, body) = untrusted.post("/v1/ingest", text.as_bytes());
     assert_eq!(status, 200, "{body}");
-    let started = Instant::now();
-    loop {
-        let (_, health) = untrusted.get("/healthz");
-        if health.contains("degraded") && health.contains("certificate") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{health}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    untrusted.wait_health(&["degraded", "certificate"]);
     untrusted.kill();
     assert!(got.lock().unwrap().is_empty(), "a request got through");
 

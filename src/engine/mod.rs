@@ -497,7 +497,8 @@ fn watch_connection(cluster: &Cluster, connected: Arc<AtomicBool>) {
 ///   worker that keeps it ([`crate::dataflow::keeper`]);
 /// - publishing ([`publish::Publisher`], SPEC section 7): the changes of completed clock
 ///   values to every sink;
-/// - the keepers' counts ([`stats::KeeperCounts`]) for `/metrics`.
+/// - the keepers' counts ([`stats::KeeperCounts`]) for `/metrics`;
+/// - views changed while running (`views.rs`: [`Driver::change_view`], and a dry run).
 ///
 /// The driver itself passes each stage's output to the next and keeps the run's
 /// [`Summary`].

@@ -222,6 +222,22 @@ impl Serve {
         erased
     }
 
+    /// Waits (up to 30 s) until `/healthz` says every one of `words`.
+    pub fn wait_health(&self, words: &[&str]) {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, health) = self.get("/healthz");
+            if words.iter().all(|w| health.contains(w)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "/healthz never said {words:?}: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends the process `signal` (`-STOP`, `-CONT`, `-TERM`).
     pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")

@@ -3,14 +3,15 @@
 //! key.
 //!
 //! A change is checked as `throughline check` checks a file (a bad one answers `400` with
-//! its line and key), applied by the engine over the profiles it holds (the view's rows are
-//! served as soon as the answer comes, and its changes follow like every view's), logged
-//! durably in `DIR/views.ndjson` with the log position it took effect at, and the spec's new
-//! text is written to `DIR/dataflow.toml`. Changes are made one at a time; a request for a
-//! view another request is changing at that moment answers `409`, naming the change that
-//! won.
+//! its line and key), recorded durably in `DIR/views.ndjson` with the log position it takes
+//! effect at (by the engine, just before it makes it), and made by the engine over the
+//! profiles it holds: the view's rows are served as soon as the answer comes, and its
+//! changes follow like every view's. The spec's new text is then written to
+//! `DIR/dataflow.toml`. Changes are made one at a time; a request for a view another request
+//! is changing at that moment answers `409`: the change in progress wins.
+//! `POST /v1/views/{name}/preview` is a dry run: the rows a definition would have now.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -35,11 +36,11 @@ pub struct Catalog {
     pub dataflow: PathBuf,
 }
 
-/// The catalog, and the views being changed right now (with the version their change will
-/// have), so that a second request for one of them is told which change won.
+/// The catalog, and the views being changed right now, so that a second request for one of
+/// them is told that the first wins.
 pub struct Views {
     catalog: Mutex<Catalog>,
-    changing: Mutex<BTreeMap<String, u64>>,
+    changing: Mutex<BTreeSet<String>>,
 }
 
 impl Views {
@@ -47,13 +48,8 @@ impl Views {
     pub fn new(catalog: Catalog) -> Views {
         Views {
             catalog: Mutex::new(catalog),
-            changing: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(BTreeSet::new()),
         }
-    }
-
-    /// The spec's current text.
-    pub fn text(&self) -> Option<String> {
-        self.catalog.lock().ok().map(|c| c.text.clone())
     }
 
     /// The spec now, views changed while running included.
@@ -77,17 +73,15 @@ pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Respon
         let Ok(mut changing) = views.changing.lock() else {
             return error(500, "views unavailable");
         };
-        if let Some(winner) = changing.get(name) {
+        if !changing.insert(name.to_string()) {
             return answer(
                 409,
                 &format!(
-                    "view {name} is being changed by another request (version {winner}), which wins; retry to change it again"
+                    "view {name} is being changed by another request, which wins (its answer carries the new version); retry to change it again"
                 ),
                 &[("Retry-After", "1")],
             );
         }
-        let next = views.catalog.lock().map_or(0, |c| c.version) + 1 + changing.len() as u64;
-        changing.insert(name.to_string(), next);
     }
     let result = apply(ctx, views, name, body);
     if let Ok(mut changing) = views.changing.lock() {
