@@ -277,6 +277,50 @@ fn bad_definitions_and_concurrent_changes_are_answered_clearly() {
         }
     }
     assert_eq!(serve.get("/v1/views/race").0, 200);
+
+    // a whole spec: its views' differences are made as view changes
+    let (status, text) = serve.get("/v1/spec");
+    assert_eq!(status, 200);
+    assert!(text.contains("name = \"race\""), "{text}");
+    let edited = throughline::spec::DEFAULT_SPEC
+        .replace("score_gte = 20", "score_gte = 30")
+        .replace("name = \"personalization\"", "name = \"personal\"");
+    let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &[], edited.as_bytes());
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, edited.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let actions: Vec<(String, String)> = answer["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["view"].as_str().unwrap().into(),
+                c["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expect = |v: &str, a: &str| (v.to_string(), a.to_string());
+    assert_eq!(
+        actions,
+        vec![
+            expect("personalization", "deleted"),
+            expect("race", "deleted"),
+            expect("marketing_audience", "replaced"),
+            expect("personal", "created"),
+        ]
+    );
+    assert_eq!(serve.get("/v1/views/personalization").0, 404);
+    assert_eq!(serve.get("/v1/views/personal").0, 200);
+    // the same spec again changes nothing; a changed signal needs a rebuild
+    let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, edited.as_bytes());
+    assert_eq!((status, text.as_str()), (200, "{\"changes\":[]}"));
+    let signal = edited.replacen("points = 10\n", "points = 11\n", 1);
+    assert_ne!(signal, edited, "the spec has a signal of 10 points");
+    let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, signal.as_bytes());
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("[intent]"), "{text}");
 }
 
 /// SIGKILL while a `PUT` is in flight, at a few moments around it, with events streaming in:

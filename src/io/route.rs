@@ -21,6 +21,10 @@ pub enum Route<'a> {
     DeleteView(&'a str),
     /// `POST /v1/views/{name}/preview`: the rows a definition would have now.
     PreviewView(&'a str),
+    /// `GET /v1/spec`: the spec the server runs, as TOML.
+    Spec,
+    /// `PUT /v1/spec`: a whole new spec.
+    PutSpec,
     /// `GET /v1/profiles/{type}:{value}` (still percent-encoded)
     Profile(&'a str),
     /// `GET /v1/profiles/{type}:{value}/explain` (still percent-encoded)
@@ -50,8 +54,10 @@ pub fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
         None => Route::NotFound,
         Some((Route::View(name), _)) if method == "PUT" => Route::PutView(name),
         Some((Route::View(name), _)) if method == "DELETE" => Route::DeleteView(name),
+        Some((Route::Spec, _)) if method == "PUT" => Route::PutSpec,
         Some((route, allow)) if allow == method => route,
         Some((Route::View(_), _)) => Route::MethodNotAllowed("GET, PUT, DELETE"),
+        Some((Route::Spec, _)) => Route::MethodNotAllowed("GET, PUT"),
         Some((_, allow)) => Route::MethodNotAllowed(allow),
     }
 }
@@ -63,6 +69,7 @@ fn resource(path: &str) -> Option<(Route<'_>, &'static str)> {
         "/metrics" => return Some((Route::Metrics, "GET")),
         "/v1/compact" => return Some((Route::Compact, "POST")),
         "/v1/stats" => return Some((Route::Stats, "GET")),
+        "/v1/spec" => return Some((Route::Spec, "GET")),
         "/" | "/console" => return Some((Route::Console(path), "GET")),
         _ => {}
     }
@@ -158,6 +165,12 @@ mod tests {
         );
         assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("GET", "/v1/stats"), Route::Stats);
+        assert_eq!(route("GET", "/v1/spec"), Route::Spec);
+        assert_eq!(route("PUT", "/v1/spec"), Route::PutSpec);
+        assert_eq!(
+            route("POST", "/v1/spec"),
+            Route::MethodNotAllowed("GET, PUT")
+        );
         assert_eq!(
             route("DELETE", "/v1/compact"),
             Route::MethodNotAllowed("POST")
@@ -197,7 +210,7 @@ mod tests {
             prop_assert_eq!(first, route(&method, &path));
             match first {
                 Route::MethodNotAllowed(allow) => {
-                    prop_assert!(["GET", "POST", "GET, PUT, DELETE"].contains(&allow));
+                    prop_assert!(["GET", "POST", "GET, PUT, DELETE", "GET, PUT"].contains(&allow));
                 }
                 Route::View(s) | Route::Changes(s) | Route::Profile(s) | Route::Explain(s)
                 | Route::Ingest(s) | Route::Console(s) | Route::PutView(s) | Route::DeleteView(s)

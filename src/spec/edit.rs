@@ -168,6 +168,70 @@ pub fn delete_view(text: &str, file: &str, name: &str) -> Result<Edited, String>
     Ok(Edited { text: rest, spec })
 }
 
+/// A whole new spec for a running server (`PUT /v1/spec`), against the one it runs: the view
+/// changes that make one into the other (a deletion is `None`), or the sections that differ
+/// besides the views (those need a rebuild from the log: a restart with the new spec).
+pub fn view_changes(
+    now: &Spec,
+    new_text: &str,
+    new: &Spec,
+) -> Result<Vec<(String, Option<String>)>, Vec<&'static str>> {
+    let mut differ = Vec::new();
+    if now.input != new.input {
+        differ.push("[input]");
+    }
+    fn blocklist(s: &Spec) -> Vec<&String> {
+        let mut b: Vec<&String> = s.identity.blocklist.iter().collect();
+        b.sort();
+        b
+    }
+    let identity = |s: &Spec| format!("{:?}", (&s.identity.identifiers, s.identity.max_links));
+    if identity(now) != identity(new) || blocklist(now) != blocklist(new) {
+        differ.push("[identity]");
+    }
+    if format!("{:?}", now.intent) != format!("{:?}", new.intent) {
+        differ.push("[intent]");
+    }
+    if now.consent.purposes != new.consent.purposes {
+        differ.push("[consent]");
+    }
+    if !differ.is_empty() {
+        return Err(differ);
+    }
+    let mut changes: Vec<(String, Option<String>)> = now
+        .views
+        .iter()
+        .filter(|v| !new.views.iter().any(|w| w.name == v.name))
+        .map(|v| (v.name.clone(), None))
+        .collect();
+    for view in &new.views {
+        let same = now
+            .views
+            .iter()
+            .any(|v| v.name == view.name && format!("{v:?}") == format!("{view:?}"));
+        if !same {
+            changes.push((view.name.clone(), view_table(new_text, &view.name)));
+        }
+    }
+    Ok(changes)
+}
+
+/// The `[[view]]` table called `name` in spec `text`, as a definition's TOML.
+fn view_table(text: &str, name: &str) -> Option<String> {
+    let doc: toml_edit::DocumentMut = text.parse().ok()?;
+    let table = doc
+        .get("view")?
+        .as_array_of_tables()?
+        .iter()
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))?
+        .clone();
+    let mut one = toml_edit::ArrayOfTables::new();
+    one.push(table);
+    let mut out = toml_edit::DocumentMut::new();
+    out.insert("view", toml_edit::Item::ArrayOfTables(one));
+    Some(out.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +272,38 @@ mod tests {
                 .views
                 .iter()
                 .any(|v| v.name == "scores" && v.internal)
+        );
+    }
+
+    #[test]
+    fn a_new_spec_is_view_changes_or_a_rebuild() {
+        let now = Spec::parse(DEFAULT_SPEC, "now").unwrap();
+        let text = DEFAULT_SPEC
+            .replace("score_gte = 20", "score_gte = 30")
+            .replace("name = \"personalization\"", "name = \"personal\"");
+        let new = Spec::parse(&text, "new").unwrap();
+        let changes = view_changes(&now, &text, &new).unwrap();
+        let names: Vec<(&str, bool)> = changes
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("personalization", false),
+                ("marketing_audience", true),
+                ("personal", true)
+            ]
+        );
+        let (_, definition) = &changes[1];
+        assert!(definition.as_deref().unwrap().contains("score_gte = 30"));
+        // a changed signal is a rebuild
+        assert!(view_changes(&now, DEFAULT_SPEC, &now).unwrap().is_empty());
+        let mut signal = now.clone();
+        signal.intent.signals[0].points_milli += 1;
+        assert_eq!(
+            view_changes(&now, DEFAULT_SPEC, &signal),
+            Err(vec!["[intent]"])
         );
     }
 

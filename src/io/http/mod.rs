@@ -281,6 +281,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             | Route::PutView(_)
             | Route::DeleteView(_)
             | Route::PreviewView(_)
+            | Route::PutSpec
     );
     if waits_for_recovery && let Some((replayed, of)) = ctx.recovering() {
         return answer(
@@ -340,6 +341,23 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
         Route::Changes(name) => view(request, ctx, name, true),
         Route::Explain(id) => explain(request, ctx, id),
         Route::Profile(id) => profile(ctx, id),
+        Route::Spec => match ctx.views.as_ref().and_then(views::Views::text) {
+            Some(text) => respond(200, "application/toml", text),
+            None => error(404, "this server does not change its spec"),
+        },
+        Route::PutSpec => {
+            let allowed = ctx
+                .write_key
+                .as_deref()
+                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
+            if !allowed {
+                return error(401, "invalid write key");
+            }
+            match body(request, MAX_OTHER_BYTES) {
+                Ok(body) => views::put_spec(ctx, &body),
+                Err((status, message)) => error(status, &message),
+            }
+        }
         Route::PutView(name) | Route::DeleteView(name) | Route::PreviewView(name) => {
             let allowed = ctx
                 .write_key

@@ -52,10 +52,66 @@ impl Views {
         }
     }
 
+    /// The spec's text now, views changed while running included.
+    pub fn text(&self) -> Option<String> {
+        self.catalog.lock().ok().map(|c| c.text.clone())
+    }
+
     /// The spec now, views changed while running included.
     pub fn spec(&self) -> Option<Arc<Spec>> {
         self.catalog.lock().ok().map(|c| Arc::clone(&c.spec))
     }
+}
+
+/// `PUT /v1/spec`: a whole new spec. When only its views differ from the running spec's,
+/// each differing view is changed as by `PUT` or `DELETE /v1/views/NAME` (one version each,
+/// in order: deletions first); the answer lists them. A spec whose identifier types,
+/// signals, sequences, purposes or input settings differ needs a rebuild from the log,
+/// which a running server does not do yet: `422`, naming the sections, and nothing changes.
+pub(super) fn put_spec(ctx: &Ctx, body: &[u8]) -> Response<Body> {
+    let Some(views) = &ctx.views else {
+        return error(404, "this server does not change its spec");
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return error(400, "the spec is not UTF-8");
+    };
+    let new = match Spec::parse(text, "spec") {
+        Ok(new) => new,
+        Err(e) => return error(400, &e.to_string()),
+    };
+    let Some(now) = views.spec() else {
+        return error(500, "views unavailable");
+    };
+    let changes = match edit::view_changes(&now, text, &new) {
+        Ok(changes) => changes,
+        Err(sections) => {
+            return error(
+                422,
+                &format!(
+                    "the new spec changes {}: that needs a rebuild from the log, which a running server does not do yet; restart serve with --dataflow set to it (the log is replayed, and the views changed while running are made again over it)",
+                    sections.join(", ")
+                ),
+            );
+        }
+    };
+    let mut done = Vec::new();
+    for (name, definition) in changes {
+        match change_one(ctx, views, &name, definition.as_deref()) {
+            Ok(answer) => done.push(answer),
+            Err((status, message)) => {
+                let message = format!(
+                    "view {name}: {message} (changes made before it: {})",
+                    Value::Array(done)
+                );
+                return error(status, &message);
+            }
+        }
+    }
+    respond(
+        200,
+        "application/json",
+        json!({"changes": done}).to_string(),
+    )
 }
 
 /// `PUT /v1/views/{name}` (`definition` is the body) or `DELETE /v1/views/{name}` (`None`).
@@ -68,29 +124,40 @@ pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Respon
         Some(Ok(body)) => Some(body),
         None => None,
     };
-    // one change per view at a time: the second is told which one won
+    match change_one(ctx, views, name, body) {
+        Ok(answer) => respond(200, "application/json", answer.to_string()),
+        Err((status, message)) if status == 409 => {
+            answer(status, &message, &[("Retry-After", "1")])
+        }
+        Err((status, message)) => error(status, &message),
+    }
+}
+
+/// One view's change, unless another request is changing that view (`409`: it wins).
+fn change_one(
+    ctx: &Ctx,
+    views: &Views,
+    name: &str,
+    body: Option<&str>,
+) -> Result<Value, (u16, String)> {
     {
         let Ok(mut changing) = views.changing.lock() else {
-            return error(500, "views unavailable");
+            return Err((500, "views unavailable".into()));
         };
         if !changing.insert(name.to_string()) {
-            return answer(
+            return Err((
                 409,
-                &format!(
+                format!(
                     "view {name} is being changed by another request, which wins (its answer carries the new version); retry to change it again"
                 ),
-                &[("Retry-After", "1")],
-            );
+            ));
         }
     }
     let result = apply(ctx, views, name, body);
     if let Ok(mut changing) = views.changing.lock() {
         changing.remove(name);
     }
-    match result {
-        Ok(answer) => respond(200, "application/json", answer.to_string()),
-        Err((status, message)) => error(status, &message),
-    }
+    result
 }
 
 /// `POST /v1/views/{name}/preview`: the rows the definition `body` would give view `name`
