@@ -72,7 +72,7 @@ pub fn view_definition(name: &str, body: &str) -> Result<(String, Option<usize>)
     // the name: the path's, whether written or not
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(0, |s| {
-            text[..s.start.min(text.len())].matches('\n').count() + 1
+            text.bytes().take(s.start).filter(|b| *b == b'\n').count() + 1
         });
         error(line, "view", e.message().trim().replace('\n', " "))
     })?;
@@ -273,6 +273,16 @@ mod tests {
                 .iter()
                 .any(|v| v.name == "scores" && v.internal)
         );
+    }
+
+    proptest::proptest! {
+        /// A definition is input from the network: any bytes get an answer, never a panic.
+        #[test]
+        fn any_definition_gets_an_answer(body in "(\\PC|\n|\\[|\\]|=|\"|\\{|\\}){0,80}", name in "[a-z_]{1,8}|.{0,4}") {
+            let _ = put_view(DEFAULT_SPEC, "t", &name, &body);
+            let _ = put_view(DEFAULT_SPEC, "t", &name, &format!("[[view]]\n{body}"));
+            let _ = delete_view(DEFAULT_SPEC, "t", &name);
+        }
     }
 
     #[test]
