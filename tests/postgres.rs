@@ -74,13 +74,7 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     let _ = std::fs::remove_dir_all(&dir);
     let sink = pg.url();
     let start = || Serve::start_with(&dir, &["--sink", &sink]);
-    let lines = common::workload(31, 1400, 120, false);
-    let text = String::from_utf8(lines).unwrap();
-    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let parts: Vec<String> = all
-        .chunks(all.len() / 8 + 1)
-        .map(|c| c.join("\n") + "\n")
-        .collect();
+    let parts = common::workload_parts(31, 1400, 120, 8);
     assert!(parts.len() >= 8);
     let mut posted = 0;
     // five SIGKILLs, each right after an acknowledged post, while the sink may be writing

@@ -70,12 +70,7 @@ fn rows(serve: &Serve, name: &str) -> String {
 
 #[test]
 fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
-    let text = String::from_utf8(common::workload(41, 1500, 120, false)).unwrap();
-    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let parts: Vec<String> = all
-        .chunks(all.len() / 3 + 1)
-        .map(|c| c.join("\n") + "\n")
-        .collect();
+    let parts = common::workload_parts(41, 1500, 120, 3);
     // the reference: the view in its spec from the start
     let (reference_dir, spec) = with_engaged("views-reference");
     let reference = Serve::start_with(

@@ -170,13 +170,8 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
     let sink = format!("webhook+http://{addr}/hook?batch=500&linger_ms=150&timeout_ms=400");
     let env = [("THROUGHLINE_WEBHOOK_SECRET", SECRET)];
     let start = || Serve::start_env(&dir, &["--sink", &sink], &env);
-    let lines = common::workload(21, 900, 90, false);
-    let text = String::from_utf8(lines).unwrap();
-    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let parts: Vec<String> = all
-        .chunks(all.len() / 3 + 1)
-        .map(|c| c.join("\n") + "\n")
-        .collect();
+    let parts = common::workload_parts(21, 900, 90, 3);
+    let lines: usize = parts.iter().map(|p| p.lines().count()).sum();
     let mut sent = 0;
     let mut post = |serve: &Serve, part: &str| {
         let (status, body) = serve.post("/v1/ingest", part.as_bytes());
@@ -211,7 +206,7 @@ fn a_webhook_gets_every_change_once_per_key_through_failures_and_a_kill() {
     // an erasure: the profile's rows leave the views, and the webhook gets their -1s
     let erased = serve.forget_a_user();
     let started = Instant::now();
-    let taken = format!("throughline_lines_total {}\n", all.len() + 1);
+    let taken = format!("throughline_lines_total {}\n", lines + 1);
     while !serve.get("/metrics").1.contains(&taken) {
         assert!(started.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(20));

@@ -404,6 +404,16 @@ pub fn workload(seed: u64, events: u64, profiles: u64, adversarial: bool) -> Vec
     workload_over(seed, events, profiles, adversarial, None)
 }
 
+/// [`workload`]'s lines (blank ones left out) in `n` parts of nearly equal size, each a
+/// body of NDJSON to post.
+pub fn workload_parts(seed: u64, events: u64, profiles: u64, n: usize) -> Vec<String> {
+    let text = String::from_utf8(workload(seed, events, profiles, false)).unwrap();
+    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    all.chunks(all.len() / n + 1)
+        .map(|c| c.join("\n") + "\n")
+        .collect()
+}
+
 /// [`workload`] spread over `days` of event time (`gen --days`), from 2025-01-01.
 pub fn workload_over(
     seed: u64,

@@ -346,11 +346,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             None => error(404, "this server does not change its spec"),
         },
         Route::PutSpec => {
-            let allowed = ctx
-                .write_key
-                .as_deref()
-                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
-            if !allowed {
+            if !has_write_key(request, ctx) {
                 return error(401, "invalid write key");
             }
             match body(request, MAX_OTHER_BYTES) {
@@ -359,11 +355,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             }
         }
         Route::PutView(name) | Route::DeleteView(name) | Route::PreviewView(name) => {
-            let allowed = ctx
-                .write_key
-                .as_deref()
-                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
-            if !allowed {
+            if !has_write_key(request, ctx) {
                 return error(401, "invalid write key");
             }
             let body = match route {
@@ -379,10 +371,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             }
         }
         Route::Compact | Route::Ingest(_) => {
-            let basic_ok = ctx
-                .write_key
-                .as_deref()
-                .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)));
+            let basic_ok = has_write_key(request, ctx);
             // Segment's Node SDK sends the key as `writeKey` in the body instead (as
             // Segment's API allows for events): checked once the body is parsed
             let body_may_carry_key = matches!(
@@ -443,6 +432,13 @@ pub fn healthz(ctx: &Ctx) -> Response<Body> {
         body.push_str(&format!("degraded: {problem}\n"));
     }
     respond(200, "text/plain", body)
+}
+
+/// Whether the request carries the write key as its Basic username (or none is set).
+fn has_write_key(request: &Req, ctx: &Ctx) -> bool {
+    ctx.write_key
+        .as_deref()
+        .is_none_or(|key| basic_user(request).is_some_and(|u| key_matches(&u, key)))
 }
 
 /// Whether `given` is the write key, compared in constant time.

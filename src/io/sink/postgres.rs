@@ -222,6 +222,20 @@ impl Table {
     }
 }
 
+/// A client connected with `tls`, its connection's task spawned.
+async fn connect<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, String>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// An error and what caused it (the client's errors keep the cause of a failed TLS
 /// handshake, say an untrusted certificate, out of their own message).
 fn with_causes(error: &dyn std::error::Error) -> String {
@@ -348,22 +362,8 @@ impl PostgresDestination {
         let tls = self.tls()?;
         let (connection, applied) = self.runtime.block_on(async move {
             let client = match tls {
-                Some(tls) => {
-                    let (client, connection) = config
-                        .connect(tls)
-                        .await
-                        .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
-                    tokio::spawn(connection);
-                    client
-                }
-                None => {
-                    let (client, connection) = config
-                        .connect(NoTls)
-                        .await
-                        .map_err(|e| format!("cannot connect: {}", with_causes(&e)))?;
-                    tokio::spawn(connection);
-                    client
-                }
+                Some(tls) => connect(&config, tls).await?,
+                None => connect(&config, NoTls).await?,
             };
             client
                 .batch_execute(&format!(
