@@ -175,6 +175,13 @@ pub enum Message {
     /// The rows a view would have now, without defining it (the console's dry run): its
     /// text must define it.
     Preview(ViewChange, Sender<Result<ViewPreview, String>>),
+    /// A rebuild's switch-over, to the engine it replaces: publish what is pending, hand
+    /// every output over on the channel ([`super::Handover`]) and stop.
+    Release(Sender<Box<super::Handover>>),
+    /// A rebuild's switch-over, to the engine that replaces another: once every line sent
+    /// before it is published, take over the outputs the other handed over and publish, at
+    /// one engine time, the changes from its rows to this engine's ([`super::Driver::adopt`]).
+    Adopt(Box<super::Handover>, Sender<Result<super::Switched, String>>),
     /// All sources are exhausted.
     End,
 }
@@ -190,6 +197,31 @@ pub struct ViewChange {
     /// The spec's whole text once the change is made (lookups and explanations name the
     /// views by it).
     pub spec: String,
+}
+
+/// The engine's input channel as the server's threads send to it: the channel of the engine
+/// running now, replaced by a rebuild's switch-over ([`EngineLink::replace`]).
+#[derive(Debug)]
+pub struct EngineLink(std::sync::RwLock<Sender<Message>>);
+
+impl EngineLink {
+    /// A link to the engine reading `tx`'s channel.
+    pub fn new(tx: Sender<Message>) -> EngineLink {
+        EngineLink(std::sync::RwLock::new(tx))
+    }
+
+    /// Sends `message` to the engine running now.
+    pub fn send(&self, message: Message) -> Result<(), crossbeam_channel::SendError<Message>> {
+        match self.0.read() {
+            Ok(tx) => tx.send(message),
+            Err(_) => Err(crossbeam_channel::SendError(message)),
+        }
+    }
+
+    /// Links to the engine reading `tx`'s channel from now on; the previous channel.
+    pub fn replace(&self, tx: Sender<Message>) -> Option<Sender<Message>> {
+        self.0.write().ok().map(|mut old| std::mem::replace(&mut *old, tx))
+    }
 }
 
 /// Records a view change durably before the engine makes it, given the log position and

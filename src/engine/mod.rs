@@ -31,9 +31,11 @@ pub mod output;
 mod publish;
 mod rounds;
 mod stats;
+mod switch;
 mod views;
 
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
+pub use switch::{Handover, Switched};
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -691,6 +693,14 @@ impl<'w> Driver<'w> {
                 }
                 Message::Preview(change, reply) => {
                     let _ = reply.send(self.preview_view(change));
+                }
+                Message::Release(reply) => {
+                    let handover = self.release()?;
+                    let _ = reply.send(Box::new(handover));
+                    return Ok(());
+                }
+                Message::Adopt(handover, reply) => {
+                    let _ = reply.send(self.adopt(*handover));
                 }
                 Message::Explain(ident, at, reply) => {
                     let started = Instant::now();

@@ -188,6 +188,34 @@ impl Snapshot {
             .collect()
     }
 
+    /// The changes, at `time`, that make this snapshot into `to`: every row of `to` it
+    /// lacks as `+1`, every row it has that `to` lacks as `-1` (a rebuild's switch-over;
+    /// consolidated and sorted by [`consolidated`]).
+    pub fn changes_to(&self, to: &Snapshot, time: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let empty = griddle::HashMap::default();
+        let mut one = |from: &Snapshot, other: &Snapshot, sign: isize| {
+            for (view, rows) in &from.views {
+                let theirs = other.views.get(view).unwrap_or(&empty);
+                for ((key, row), count) in rows {
+                    let diff = count - theirs.get(&(key.clone(), row.clone())).copied().unwrap_or(0);
+                    if diff * sign > 0 {
+                        changes.push(Change {
+                            time,
+                            view: view.clone(),
+                            key: key.clone(),
+                            diff,
+                            row: row.clone(),
+                        });
+                    }
+                }
+            }
+        };
+        one(to, self, 1);
+        one(self, to, -1);
+        consolidated(changes)
+    }
+
     /// Number of rows of one view.
     pub fn count_of(&self, view: &str) -> usize {
         self.views.get(view).map_or(0, |rows| rows.len())

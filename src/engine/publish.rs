@@ -184,6 +184,18 @@ impl<'w> Publisher<'w> {
         if let Some(w) = &mut self.changes {
             w.flush()?;
         }
+        self.deliver(changes, upto_ms, tally)
+    }
+
+    /// Publishes `changes` (consolidated, sorted, at clock values `<= upto_ms`, already
+    /// written to the change stream) to the live views, the further outputs and the
+    /// snapshot, and counts them in `tally`.
+    pub(super) fn deliver(
+        &mut self,
+        changes: Vec<Change>,
+        upto_ms: u64,
+        tally: &mut Tally,
+    ) -> Result<(), EngineError> {
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
         tally.changes += changes.len() as u64;
@@ -215,6 +227,28 @@ impl<'w> Publisher<'w> {
             (None, false) => {}
         }
         Ok(())
+    }
+
+    /// Takes the outputs out (a rebuild's switch-over hands them to the engine that
+    /// replaces this one); this publisher then publishes nowhere. With the engine time of
+    /// the last publication.
+    pub(super) fn release(&mut self) -> (Outlets, u64) {
+        let outlets = Outlets {
+            changes: self.changes.take(),
+            live: self.live.take(),
+            counters: self.counters.take(),
+            publishers: std::mem::take(&mut self.publishers),
+        };
+        (outlets, self.published.1)
+    }
+
+    /// Publishes to `outlets` from now on (a rebuild's switch-over); the live views it
+    /// published to before, if any.
+    pub(super) fn adopt(&mut self, outlets: Outlets) -> Option<Arc<Mutex<LiveViews>>> {
+        self.changes = outlets.changes;
+        self.counters = outlets.counters;
+        self.publishers = outlets.publishers;
+        std::mem::replace(&mut self.live, outlets.live)
     }
 
     /// Takes the captured changes at clock values `<= upto_ms`, named.

@@ -216,6 +216,57 @@ pub fn view_changes(
     Ok(changes)
 }
 
+/// The rules of `new` that a rebuild from the log cannot apply exactly to *folded* lines
+/// (retired events that compaction folded into spans under `now`, keeping only what `now`
+/// needs of them: `crate::store::compact`), each as `(rule, why)`; empty when a rebuild is
+/// exact whatever the log holds.
+///
+/// - `[identity]`: a span keeps the identifiers and links `now`'s types read, so other
+///   types, paths, `max_links` or blocklist would see other ones;
+/// - `[consent]` purposes: a span keeps the consent records of `now`'s purposes only;
+/// - `[intent]`: a span keeps no signal or sequence role, which is exact only while `new`'s
+///   horizon (`max_age` plus the longest sequence window) is no longer than `now`'s: the
+///   folded events then weigh nothing under `new` either.
+///
+/// Traits, purposes' defaults, signals' points and matchers within the horizon, and views
+/// are always exact.
+pub fn inexact_rules(now: &Spec, new: &Spec) -> Vec<(String, String)> {
+    let mut rules = Vec::new();
+    let identity = |s: &Spec| {
+        let mut blocklist: Vec<&String> = s.identity.blocklist.iter().collect();
+        blocklist.sort();
+        format!("{:?}", (&s.identity.identifiers, s.identity.max_links, blocklist))
+    };
+    if identity(now) != identity(new) {
+        rules.push((
+            "[identity]".to_string(),
+            "a folded line keeps only the identifiers and links the running spec's identifier types read".to_string(),
+        ));
+    }
+    let purposes = |s: &Spec| s.consent.purposes.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    if purposes(now) != purposes(new) {
+        rules.push((
+            "[consent] purposes".to_string(),
+            "a folded line keeps only the consent records of the running spec's purposes".to_string(),
+        ));
+    }
+    let horizon = |s: &Spec| {
+        let within = s.intent.sequences.iter().map(|q| q.within_ms).max().unwrap_or(0);
+        s.intent.max_age_ms.saturating_add(within)
+    };
+    if horizon(new) > horizon(now) {
+        rules.push((
+            "[intent] max_age".to_string(),
+            format!(
+                "max_age plus the longest sequence window grows from {} to {} ms: folded events, whose signals and sequence roles are gone, would still weigh",
+                horizon(now),
+                horizon(new)
+            ),
+        ));
+    }
+    rules
+}
+
 /// The `[[view]]` table called `name` in spec `text`, as a definition's TOML.
 fn view_table(text: &str, name: &str) -> Option<String> {
     let doc: toml_edit::DocumentMut = text.parse().ok()?;

@@ -21,7 +21,12 @@ pub type Confirmed = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// Compaction of the running server's log.
 pub struct Compactor {
-    spec: Arc<Spec>,
+    /// The spec running now (a rebuild's switch-over replaces it).
+    spec: Mutex<Arc<Spec>>,
+    /// Set while a rebuild reads the log: compaction waits (the rebuild's engine replays
+    /// the log as it was when it started, and folds made with the old spec would be wrong
+    /// for the new one).
+    paused: std::sync::atomic::AtomicBool,
     salt: u128,
     erasures: PathBuf,
     confirmed: Confirmed,
@@ -51,7 +56,8 @@ impl Compactor {
         at_start: bool,
     ) -> Compactor {
         Compactor {
-            spec,
+            spec: Mutex::new(spec),
+            paused: std::sync::atomic::AtomicBool::new(false),
             salt,
             erasures,
             confirmed,
@@ -63,6 +69,18 @@ impl Compactor {
         }
     }
 
+    /// Compacts with `spec` from now on (a rebuild switched to it).
+    pub fn set_spec(&self, spec: Arc<Spec>) {
+        if let Ok(mut now) = self.spec.lock() {
+            *now = spec;
+        }
+    }
+
+    /// Holds compaction off (`true`) while a rebuild reads the log, or lets it run again.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
     /// Compacts the log now (`POST /v1/compact`, or in the background).
     ///
     /// It includes every `forget` acknowledged before it started: it first waits until the
@@ -70,6 +88,14 @@ impl Compactor {
     /// been carried out and its set recorded, then (up to 10 s) until every sink has
     /// confirmed it.
     pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
+        if self.paused.load(Ordering::Acquire) {
+            return Err("a rebuild is reading the log: compaction waits until it has switched over".into());
+        }
+        let spec = self
+            .spec
+            .lock()
+            .map(|s| Arc::clone(&s))
+            .map_err(|_| "the compactor's spec is unavailable".to_string())?;
         let target = log.forwarded();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while counters.lines.load(Ordering::Acquire) < target {
@@ -95,7 +121,7 @@ impl Compactor {
         let mut deferred = None;
         let stats = log
             .compact(|records| {
-                let kept = compact::rewrite(records, &self.spec, self.salt, &sets, confirmed);
+                let kept = compact::rewrite(records, &spec, self.salt, &sets, confirmed);
                 deferred = kept.deferred;
                 Ok((kept.records, kept.reduced))
             })
@@ -127,6 +153,9 @@ impl Compactor {
     /// start, and once at least 10,000 events, and half as many as are live, have retired
     /// since (SPEC section 9: they fold into spans, so the log follows the live state).
     pub fn due(&self, counters: &Counters) -> bool {
+        if self.paused.load(Ordering::Acquire) {
+            return false;
+        }
         let Ok(marks) = self.marks.lock().map(|m| *m) else {
             return false;
         };

@@ -244,6 +244,26 @@ impl Head {
     }
 }
 
+/// Where the log's folded lines end (compaction's spans of retired lines, see
+/// [`crate::store::compact`]): the last line a span stands for and the engine clock after
+/// it; `None` when nothing is folded, so a replay sees every line as received.
+pub fn folded_until(records: &[Record]) -> Option<(u64, u64)> {
+    let mut line = 0u64;
+    let mut last = None;
+    for r in records {
+        line += r.lines.max(1);
+        if r.kind() != 2 {
+            continue;
+        }
+        let clock = match Residue::decode(&r.line) {
+            Ok(Residue::Span(span)) => span.clock,
+            _ => 0,
+        };
+        last = Some((line, clock));
+    }
+    last
+}
+
 /// The number of log lines `records` stand for (a span stands for several).
 pub fn lines_of(records: &[Record]) -> u64 {
     records.iter().map(|r| r.lines).sum()
@@ -609,6 +629,17 @@ enum Request {
     /// Start forwarding to the engine (the log was opened paused): first what was appended
     /// since it was opened, then every append.
     Forward(Sender<Message>, Sender<io::Result<()>>),
+    /// Also forward every append to a second channel from now on (`None`: stop): a
+    /// rebuild's engine. The answer is the log's durable length and the number of the first
+    /// line the second channel gets.
+    Tee(Option<Sender<Message>>, Sender<io::Result<(u64, u64)>>),
+    /// A rebuild's switch-over: stop teeing, say so on `ready` once every append so far is
+    /// forwarded, and hold every later append until `resume` names the channel to forward
+    /// to from then on (`None` or a dropped `resume`: the same as before).
+    Handover {
+        ready: Sender<()>,
+        resume: Receiver<Option<Sender<Message>>>,
+    },
     /// Records to append, and where to say they are durable.
     Append(Vec<Record>, Sender<io::Result<()>>),
     /// Swap in the compacted log at the path: it replaces the first `prefix` bytes of the
@@ -711,6 +742,7 @@ impl Log {
                         path,
                         durable,
                         forward,
+                        tee: None,
                         paused: paused.map(|next| (len, next)),
                         failed: None,
                         failure,
@@ -743,6 +775,11 @@ impl Log {
     /// The log's bytes by kind (see [`Kinds`]).
     pub fn kinds(&self) -> Kinds {
         self.kinds.lock().map_or([0; 3], |k| *k)
+    }
+
+    /// The log's bytes known to be on disk.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// The line number of the last record handed to the engine: once the engine has
@@ -823,6 +860,28 @@ impl Log {
         Ok(stats)
     }
 
+    /// Forwards every later append to `to` as well (a rebuild's engine), until
+    /// [`Log::untee`] or [`Log::handover`]. Returns the log's durable length and the number
+    /// of the first line `to` gets: the lines before it are in the log's first bytes.
+    pub fn tee(&self, to: Sender<Message>) -> io::Result<(u64, u64)> {
+        self.ask(|done| Request::Tee(Some(to), done))
+    }
+
+    /// Stops forwarding to the second channel of [`Log::tee`].
+    pub fn untee(&self) -> io::Result<()> {
+        self.ask(|done| Request::Tee(None, done)).map(|_| ())
+    }
+
+    /// A rebuild's switch-over: returns once the writer has forwarded every append so far
+    /// and stopped teeing; appends wait (unacknowledged) until `resume` is sent the channel
+    /// to forward to from then on (or is dropped: the same as before).
+    pub fn handover(&self, resume: Receiver<Option<Sender<Message>>>) -> io::Result<()> {
+        let (ready, held) = crossbeam_channel::bounded(1);
+        self.send(Request::Handover { ready, resume })?;
+        held.recv()
+            .map_err(|_| io::Error::other("log writer stopped"))
+    }
+
     /// The log file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -896,6 +955,8 @@ struct Writer {
     path: PathBuf,
     durable: Arc<AtomicU64>,
     forward: Option<(Sender<Message>, u64)>,
+    /// A second channel every append goes to ([`Log::tee`]).
+    tee: Option<Sender<Message>>,
     /// Opened paused ([`Log::open_paused`]): the byte offset and line number from which
     /// to forward once asked.
     paused: Option<(u64, u64)>,
@@ -917,6 +978,20 @@ impl Writer {
             for request in std::iter::once(first).chain(rx.try_iter()) {
                 match request {
                     Request::Append(records, done) => appends.push((records, done)),
+                    Request::Tee(to, done) => {
+                        self.commit(&mut appends);
+                        let _ = done.send(self.tee(to));
+                    }
+                    Request::Handover { ready, resume } => {
+                        self.commit(&mut appends);
+                        self.tee = None;
+                        let _ = ready.send(());
+                        if let Ok(Some(to)) = resume.recv()
+                            && let Some((forward, _)) = &mut self.forward
+                        {
+                            *forward = to;
+                        }
+                    }
                     Request::Forward(to, done) => {
                         self.commit(&mut appends);
                         let _ = done.send(self.start_forwarding(to));
@@ -972,6 +1047,11 @@ impl Writer {
                     for b in batches(records, *next) {
                         let _ = to.send(Message::Batch(b));
                     }
+                    if let Some(tee) = &self.tee {
+                        for b in batches(records, *next) {
+                            let _ = tee.send(Message::Batch(b));
+                        }
+                    }
                     *next += records.len() as u64;
                 }
                 self.forwarded
@@ -984,6 +1064,16 @@ impl Writer {
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
         }
+    }
+
+    /// Starts (or, with `None`, stops) teeing: see [`Log::tee`].
+    fn tee(&mut self, to: Option<Sender<Message>>) -> io::Result<(u64, u64)> {
+        let Some((_, next)) = &self.forward else {
+            return Err(io::Error::other("the log is not forwarding yet"));
+        };
+        let next = *next;
+        self.tee = to;
+        Ok((self.durable.load(Ordering::Acquire), next))
     }
 
     /// Sends what was appended since the log was opened paused to `to`, then forwards

@@ -3,7 +3,9 @@
 //! applies each one after exactly the same lines and reproduces the same outputs.
 //!
 //! One JSON object per line: `{"version":N,"position":P,"time":T,"name":"V",
-//! "definition":"[[view]]\n…"}` (`"definition":null` for a deletion). The engine appends and
+//! "definition":"[[view]]\n…"}` (`"definition":null` for a deletion), or, for a whole new
+//! spec a rebuild switched to (`PUT /v1/spec`), `{"version":N,"position":P,"time":T,
+//! "name":"","definition":null,"spec":"…"}`. The engine appends and
 //! fsyncs the line before it makes the change (so no output ever shows a change a restart
 //! would not make again); a torn last line (a crash while writing it) is dropped when the
 //! file is read, as the change it held was never made.
@@ -35,11 +37,22 @@ pub struct ViewRecord {
     pub name: String,
     /// The view's definition (TOML of one `[[view]]` table), or `None` for a deletion.
     pub definition: Option<String>,
+    /// A whole new spec (a rebuild's switch-over, `PUT /v1/spec`): it replaces the spec
+    /// from this position on, and `name` and `definition` are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 impl ViewRecord {
     /// The spec `text` (named `file` in errors) once this change is made to it.
     pub fn apply(&self, text: &str, file: &str) -> Result<edit::Edited, String> {
+        if let Some(whole) = &self.spec {
+            let spec = crate::spec::Spec::parse(whole, file).map_err(|e| e.to_string())?;
+            return Ok(edit::Edited {
+                text: whole.clone(),
+                spec,
+            });
+        }
         match &self.definition {
             Some(body) => edit::put_view(text, file, &self.name, body).map_err(|e| e.to_string()),
             None => edit::delete_view(text, file, &self.name),
@@ -129,6 +142,7 @@ mod tests {
             time: 1_767_225_600_000,
             name: "v".into(),
             definition: Some("[[view]]\nname = \"v\"\ninternal = true\nfields = []\n".into()),
+            spec: None,
         };
         let (mut log, read) = ViewLog::open(&path).unwrap();
         assert!(read.is_empty());

@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::RecvTimeoutError;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::engine::input::Message;
+use crate::engine::input::{EngineLink, Message};
 use crate::engine::output::{LiveViews, Subscription};
 use crate::engine::{self, Counters};
 use crate::event::{identifiers, timestamp};
@@ -70,8 +70,9 @@ pub struct Ctx {
     pub live: Arc<Mutex<LiveViews>>,
     /// The engine's running totals.
     pub counters: Arc<Counters>,
-    /// The engine's input channel, for profile lookups.
-    pub lookups: Sender<Message>,
+    /// The engine's input channel, for profile lookups (a rebuild's switch-over links it
+    /// to the new engine).
+    pub lookups: EngineLink,
     /// Compaction of the log.
     pub compactor: Compactor,
     /// Set on SIGTERM/SIGINT: change streams end.
@@ -86,6 +87,8 @@ pub struct Ctx {
     pub recovery: Recovery,
     /// Views changed while running (`serve`; `None` where views cannot change).
     pub views: Option<views::Views>,
+    /// Rebuilds for a whole new spec (`PUT /v1/spec`; `None` where there are none).
+    pub rebuilds: Option<Arc<dyn views::Rebuilds>>,
 }
 
 /// A starting server's replay of its log. The server listens and acknowledges ingestion
@@ -104,6 +107,14 @@ pub struct Recovery {
 }
 
 impl Ctx {
+    /// The spec running now: views changed while running and rebuilds included.
+    pub fn spec_now(&self) -> Arc<Spec> {
+        self.views
+            .as_ref()
+            .and_then(views::Views::spec)
+            .unwrap_or_else(|| Arc::clone(&self.spec))
+    }
+
     /// `Some((replayed, of))` while the log's lines are being replayed, else `None`.
     pub fn recovering(&self) -> Option<(u64, u64)> {
         if self.recovery.done.load(Ordering::Acquire) {
@@ -319,10 +330,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             200,
             "application/json",
             console::stats(
-                &ctx.views
-                    .as_ref()
-                    .and_then(views::Views::spec)
-                    .unwrap_or_else(|| Arc::clone(&ctx.spec)),
+                &ctx.spec_now(),
                 &ctx.live,
                 &ctx.counters,
                 &ctx.stats,
@@ -350,7 +358,10 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
                 return error(401, "invalid write key");
             }
             match body(request, MAX_OTHER_BYTES) {
-                Ok(body) => views::put_spec(ctx, &body),
+                Ok(body) => {
+                    let inexact = request.query_param("inexact").as_deref() == Some("accept");
+                    views::put_spec(ctx, &body, inexact)
+                }
                 Err((status, message)) => error(status, &message),
             }
         }
@@ -430,6 +441,10 @@ pub fn healthz(ctx: &Ctx) -> Response<Body> {
     }
     for problem in ctx.sinks.iter().filter_map(|s| s.problem()) {
         body.push_str(&format!("degraded: {problem}\n"));
+    }
+    if let Some(line) = ctx.rebuilds.as_ref().and_then(|r| r.line()) {
+        body.push_str(&line);
+        body.push('\n');
     }
     respond(200, "text/plain", body)
 }

@@ -139,7 +139,7 @@ pub(super) fn profile_key(
         .decode_utf8()
         .map_err(|_| format!("{encoded:?} is not UTF-8 once decoded"))?
         .into_owned();
-    let ident = identifiers::parse_key(&key, &ctx.spec.identity)?;
+    let ident = identifiers::parse_key(&key, &ctx.spec_now().identity)?;
     Ok((key, ident))
 }
 

@@ -63,12 +63,71 @@ impl Views {
     }
 }
 
+/// A server that rebuilds its dataflow from the log for a whole new spec (`PUT /v1/spec`,
+/// `crate::server`'s rebuilds): in the background, while the running one serves, then
+/// switching over in one step.
+pub trait Rebuilds: Send + Sync {
+    /// Starts building `spec` (`text`) from the log; the answer's JSON, or why not (a
+    /// status and a message). A spec a rebuild cannot apply exactly to the log as
+    /// compaction left it is refused unless `inexact` (then it applies exactly only from
+    /// where the log's folded lines end: [`edit::inexact_rules`]).
+    fn start(&self, text: String, spec: Spec, inexact: bool) -> Result<Value, (u16, String)>;
+    /// Whether a rebuild is running (views cannot change meanwhile).
+    fn running(&self) -> bool;
+    /// The rebuild running, or one that failed, as a line of `/healthz`.
+    fn line(&self) -> Option<String>;
+    /// The same as JSON (`/v1/stats`, for the console).
+    fn progress(&self) -> Option<Value>;
+}
+
+impl Views {
+    /// Records, durably, that the spec is `text` from log position `position` (engine time
+    /// `time`) on, a rebuild's switch-over, and makes it the catalog's (and
+    /// `DIR/dataflow.toml`'s): the version it is.
+    pub fn switch_to(
+        &self,
+        text: &str,
+        spec: Arc<Spec>,
+        position: u64,
+        time: u64,
+    ) -> Result<u64, String> {
+        let mut catalog = self
+            .catalog
+            .lock()
+            .map_err(|_| "views unavailable".to_string())?;
+        let version = catalog.version + 1;
+        catalog
+            .log
+            .lock()
+            .map_err(|_| "the view log is unavailable".to_string())?
+            .append(&ViewRecord {
+                version,
+                position,
+                time,
+                name: String::new(),
+                definition: None,
+                spec: Some(text.to_string()),
+            })?;
+        if let Err(e) = crate::store::data_dir::write_atomically(&catalog.dataflow, text.as_bytes()) {
+            eprintln!(
+                "throughline: cannot write {} (the new spec is recorded in views.ndjson; the file is written again at the next change or start): {e}",
+                catalog.dataflow.display()
+            );
+        }
+        catalog.text = text.to_string();
+        catalog.spec = spec;
+        catalog.version = version;
+        Ok(version)
+    }
+}
+
 /// `PUT /v1/spec`: a whole new spec. When only its views differ from the running spec's,
 /// each differing view is changed as by `PUT` or `DELETE /v1/views/NAME` (one version each,
 /// in order: deletions first); the answer lists them. A spec whose identifier types,
-/// signals, sequences, purposes or input settings differ needs a rebuild from the log,
-/// which a running server does not do yet: `422`, naming the sections, and nothing changes.
-pub(super) fn put_spec(ctx: &Ctx, body: &[u8]) -> Response<Body> {
+/// signals, sequences or purposes differ is built from the log in the background
+/// ([`Rebuilds`]): `202`, and `/healthz` shows its progress. One whose input settings differ
+/// answers `422`: admission would differ from what was acknowledged (restart with it).
+pub(super) fn put_spec(ctx: &Ctx, body: &[u8], inexact: bool) -> Response<Body> {
     let Some(views) = &ctx.views else {
         return error(404, "this server does not change its spec");
     };
@@ -82,16 +141,31 @@ pub(super) fn put_spec(ctx: &Ctx, body: &[u8]) -> Response<Body> {
     let Some(now) = views.spec() else {
         return error(500, "views unavailable");
     };
+    if ctx.rebuilds.as_ref().is_some_and(|r| r.running()) {
+        return rebuilding();
+    }
     let changes = match edit::view_changes(&now, text, &new) {
         Ok(changes) => changes,
-        Err(sections) => {
+        Err(sections) if sections.contains(&"[input]") => {
             return error(
                 422,
-                &format!(
-                    "the new spec changes {}: that needs a rebuild from the log, which a running server does not do yet; restart serve with --dataflow set to it (the log is replayed, and the views changed while running are made again over it)",
-                    sections.join(", ")
-                ),
+                "the new spec changes [input] (the dedup window): admission would differ from what was acknowledged, so a running server does not rebuild for it; restart serve with --dataflow set to it",
             );
+        }
+        Err(sections) => {
+            let Some(rebuilds) = &ctx.rebuilds else {
+                return error(
+                    422,
+                    &format!(
+                        "the new spec changes {}: that needs a rebuild from the log, which this server does not do; restart serve with --dataflow set to it",
+                        sections.join(", ")
+                    ),
+                );
+            };
+            return match rebuilds.start(text.to_string(), new, inexact) {
+                Ok(answer) => respond(202, "application/json", answer.to_string()),
+                Err((status, message)) => error(status, &message),
+            };
         }
     };
     let mut done = Vec::new();
@@ -124,6 +198,9 @@ pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Respon
         Some(Ok(body)) => Some(body),
         None => None,
     };
+    if ctx.rebuilds.as_ref().is_some_and(|r| r.running()) {
+        return rebuilding();
+    }
     match change_one(ctx, views, name, body) {
         Ok(answer) => respond(200, "application/json", answer.to_string()),
         Err((status, message)) if status == 409 => {
@@ -131,6 +208,15 @@ pub(super) fn change(ctx: &Ctx, name: &str, definition: Option<&[u8]>) -> Respon
         }
         Err((status, message)) => error(status, &message),
     }
+}
+
+/// `409`: views and the spec wait for a rebuild to switch over.
+fn rebuilding() -> Response<Body> {
+    answer(
+        409,
+        "a rebuild for a new spec is running: views and the spec change once it has switched over (GET /healthz shows its progress)",
+        &[("Retry-After", "5")],
+    )
 }
 
 /// One view's change, unless another request is changing that view (`409`: it wins).
@@ -234,6 +320,7 @@ fn apply(ctx: &Ctx, views: &Views, name: &str, body: Option<&str>) -> Result<Val
                 time,
                 name,
                 definition,
+                spec: None,
             };
             log.lock()
                 .map_err(|_| "the view log is unavailable".to_string())?

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod rebuild;
+
 use crate::dataflow::SourceNames;
-use crate::engine::input::{Message, ViewChange};
+use crate::engine::input::{EngineLink, Message, ViewChange};
 use crate::engine::output::{DeadLetters, LiveViews, Publish};
 use crate::engine::{self, Clock, Cluster, Counters, Options, Sinks};
 use crate::io::console::{self, StatsHistory};
@@ -110,7 +112,23 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (view_log, changed) = ViewLog::open(&dir.views())?;
     let mut text = config.spec_text.clone();
     let mut replayed_views = Vec::new();
+    // a spec a rebuild switched to replaces the spec from the start (see `rebuild`)
+    let mut spec = spec;
     for record in &changed {
+        if record.spec.is_some() {
+            text = record.apply(&text, &spec.source)?.text;
+            spec = Arc::new(Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?);
+            replayed_views.clear();
+            if record.version == changed.iter().filter(|r| r.spec.is_some()).map(|r| r.version).max().unwrap_or(0) {
+                eprintln!(
+                    "throughline: running the spec a rebuild switched to (version {}, at log line {}), not --dataflow's; {} holds it",
+                    record.version,
+                    record.position,
+                    dir.dataflow().display()
+                );
+            }
+            continue;
+        }
         text = record
             .apply(&text, &spec.source)
             .map_err(|e| {
@@ -149,6 +167,8 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         dataflow: dir.dataflow(),
     });
 
+    let pending = dir.root().join("rebuild.json");
+    let pending_rebuild = rebuild::Rebuilder::pending(&pending)?;
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
     let mut views_now = LiveViews::default();
     views_now.names = spec.views.iter().map(|v| v.name.clone()).collect();
@@ -165,6 +185,13 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         &counters,
         &mut states,
     )?;
+    let engine = Arc::new(Mutex::new(Some(engine)));
+    let rebuilder = Arc::new(rebuild::Rebuilder::new(
+        engine_options(&config, salt),
+        source_names(&config),
+        pending,
+        Arc::clone(&engine),
+    ));
     // appends acknowledged during the replay stay on disk until it is done
     let log = Log::open_paused(&log_path, verified.lines + 1)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
@@ -183,7 +210,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         read_key: config.read_key,
         live,
         counters,
-        lookups: tx.clone(),
+        lookups: EngineLink::new(tx.clone()),
         compactor: Compactor::new(
             spec,
             salt,
@@ -206,7 +233,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             ..Default::default()
         },
         views: Some(views),
+        rebuilds: Some(Arc::clone(&rebuilder) as Arc<dyn crate::io::http::views::Rebuilds>),
     });
+    rebuilder.attach(&ctx);
     let follower = Arc::new(Mutex::new(None));
     let recovery = {
         let replay = Replay {
@@ -216,6 +245,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             changed: replayed_views,
             source: config.source.clone(),
             follower: Arc::clone(&follower),
+            pending: pending_rebuild,
         };
         std::thread::Builder::new()
             .name("throughline-recovery".into())
@@ -247,17 +277,22 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         let _ = f.join();
     }
     let _ = sampler.join();
-    drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
     let recovered = recovery
         .join()
         .unwrap_or_else(|_| Err("the recovery thread panicked".into()));
-    let ended = match engine.join() {
+    rebuilder.join();
+    drop(ctx); // closes the log and the lookup channel: the engine sees the end of its input
+    let engine = engine.lock().ok().and_then(|mut e| e.take());
+    let ended = match engine.map(std::thread::JoinHandle::join) {
+        None => Err("the engine was lost in a switch-over".into()),
+        Some(joined) => match joined {
         Ok(Ok(summary)) => {
             eprintln!("{}", summary.line());
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the engine thread panicked".into()),
+        },
     };
     listened.and(recovered).and(ended)
 }
@@ -274,6 +309,8 @@ struct Replay {
     /// A Kafka topic to follow once the log says where to resume.
     source: Option<KafkaUrl>,
     follower: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// A rebuild the last run did not finish, started again once recovered.
+    pending: Option<rebuild::Pending>,
 }
 
 /// The recovery thread: reads the log's records as checked at the start, replays them into
@@ -288,6 +325,7 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         changed,
         source,
         follower,
+        pending,
     } = replay;
     // the tests hold the replay here to look at a recovering server
     fail::fail_point!("serve::replay");
@@ -321,6 +359,9 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
             started.elapsed()
         );
     }
+    if let Some(pending) = pending {
+        resume_rebuild(&ctx, pending);
+    }
     if let (Some(url), Some(status)) = (source, ctx.kafka.clone()) {
         let resume = log::kafka_positions(&records);
         let ctx = Arc::clone(&ctx);
@@ -334,6 +375,28 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Starts again the rebuild a stopped server left unfinished (`DIR/rebuild.json`), unless
+/// it had switched over already.
+fn resume_rebuild(ctx: &Ctx, pending: rebuild::Pending) {
+    let (Some(rebuilds), Some(views)) = (&ctx.rebuilds, &ctx.views) else {
+        return;
+    };
+    if views.text().as_deref() == Some(pending.text.as_str()) {
+        return; // it had: the request is done
+    }
+    let spec = match Spec::parse(&pending.text, "rebuild.json") {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("throughline: the unfinished rebuild's spec does not parse ({e}); not started");
+            return;
+        }
+    };
+    eprintln!("throughline: starting again the rebuild the last run did not finish");
+    if let Err((_, why)) = rebuilds.start(pending.text, spec, pending.inexact) {
+        eprintln!("throughline: the unfinished rebuild cannot start again: {why}");
+    }
 }
 
 /// `serve` on a process other than 0 of a cluster: its workers compute their share of the
@@ -501,27 +564,37 @@ fn start_engine(
         })),
         publishers,
     };
-    let options = Options {
-        workers: config.workers,
-        salt: Some(salt),
-        clock: config.clock,
-        cluster: config.cluster.clone(),
-        ..Options::default()
-    };
+    let options = engine_options(config, salt);
     let spec = Arc::clone(spec);
-    // the log's records: source 0 is HTTP, and a record read from Kafka is cited by its
-    // partition and offset (named after the topic followed now, or `kafka` when none is)
-    let names = SourceNames::new(vec!["http".into()]).with_partitions(
-        config
-            .source
-            .as_ref()
-            .map_or("kafka".into(), KafkaUrl::name),
-    );
+    let names = source_names(config);
     let engine = std::thread::Builder::new()
         .name("throughline-engine".into())
         .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
         .map_err(|e| format!("cannot start the engine: {e}"))?;
     Ok((engine, statuses))
+}
+
+/// How `serve`'s engine runs (a rebuild's engine runs alike).
+fn engine_options(config: &ServeConfig, salt: u128) -> Options {
+    Options {
+        workers: config.workers,
+        salt: Some(salt),
+        clock: config.clock,
+        cluster: config.cluster.clone(),
+        ..Options::default()
+    }
+}
+
+/// The names of the log's sources: source 0 is HTTP, and a record read from Kafka is cited
+/// by its partition and offset (named after the topic followed now, or `kafka` when none
+/// is).
+fn source_names(config: &ServeConfig) -> SourceNames {
+    SourceNames::new(vec!["http".into()]).with_partitions(
+        config
+            .source
+            .as_ref()
+            .map_or("kafka".into(), KafkaUrl::name),
+    )
 }
 
 /// The engine thread of `serve`.

@@ -1,0 +1,482 @@
+//! Rebuilds for a whole new spec on a running server (`PUT /v1/spec` when identifier
+//! types, signals, sequences or purposes change): what cannot be made over the running
+//! dataflow's state is built again from the log, in the background, and then switched to
+//! in one step.
+//!
+//! 1. **Exactness.** The log holds every line as received except what compaction folded
+//!    (retired events, kept only as the running spec needed them). A new spec that would
+//!    read more of the folded lines than they keep ([`edit::inexact_rules`]) cannot be
+//!    backfilled exactly: the request is refused (`409`, naming the rules and from which log
+//!    line and engine time the rebuild holds exactly) unless it says `?inexact=accept`.
+//! 2. **Catching up.** A second engine with the new spec replays the log's records as they
+//!    are when it starts, while the log also forwards every later append to it
+//!    ([`Log::tee`]). Compaction waits meanwhile. The running engine serves everything.
+//! 3. **Switch-over.** Once the new engine is within [`CAUGHT_UP`] lines of the log, the log
+//!    holds appends for a moment ([`Log::handover`]), the new spec is recorded with the
+//!    log position it starts at (`DIR/views.ndjson`, fsynced before any output shows it),
+//!    the running engine publishes what is pending and hands over its outputs, and the new
+//!    one publishes, at one engine time, the `-1`/`+1` changes from the old rows to its own
+//!    ([`crate::engine::Handover`]), then serves everything from the log position on.
+//!
+//! A request is recorded in `DIR/rebuild.json` before it starts: a server stopped or killed
+//! during a rebuild starts it again once it has recovered, and one killed after the
+//! switch-over was recorded replays the log with the new spec.
+//!
+//! After a restart, the log is replayed with the latest spec from its first line (a
+//! restart's replay does not switch at the recorded position): the views' rows, and every
+//! change after the position, are the same, while a sink that had not confirmed the
+//! switch-over's changes gets the new spec's changes from its confirmed position on, which
+//! consolidate to the same rows.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::EngineThread;
+use crate::dataflow::SourceNames;
+use crate::engine::input::Message;
+use crate::engine::output::{DeadLetters, LiveViews};
+use crate::engine::{self, Counters, Options, Sinks, Switched};
+use crate::io::http::Ctx;
+use crate::io::http::views::Rebuilds;
+use crate::spec::{Spec, edit};
+use crate::store::log;
+
+/// How close (in log lines) the new engine must be to the log before the switch-over holds
+/// appends: what it still has to take while they wait.
+pub const CAUGHT_UP: u64 = 2_000;
+
+/// The request a rebuild carries out, as `DIR/rebuild.json` keeps it until it has switched
+/// over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Pending {
+    /// The new spec's text.
+    pub text: String,
+    /// Whether the user accepted that it applies exactly only from where the folded lines
+    /// end.
+    pub inexact: bool,
+}
+
+/// Where a rebuild is.
+#[derive(Default)]
+struct Status {
+    running: bool,
+    /// What it is doing, or how it ended.
+    phase: String,
+    /// The new engine's counters (its lines taken).
+    counters: Option<Arc<Counters>>,
+    /// The log's lines when it started.
+    of: u64,
+    started: Option<Instant>,
+    /// Why the last one failed.
+    failed: Option<String>,
+    /// The last switch-over.
+    switched: Option<(Switched, u64, Duration)>,
+}
+
+/// The server's rebuilds (see the module docs).
+pub(super) struct Rebuilder {
+    ctx: OnceLock<Weak<Ctx>>,
+    options: Options,
+    names: SourceNames,
+    /// `DIR/rebuild.json`.
+    pending: PathBuf,
+    /// The engine serving now (a switch-over replaces it).
+    engine: Arc<Mutex<Option<EngineThread>>>,
+    status: Arc<Mutex<Status>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Rebuilder {
+    pub(super) fn new(
+        options: Options,
+        names: SourceNames,
+        pending: PathBuf,
+        engine: Arc<Mutex<Option<EngineThread>>>,
+    ) -> Rebuilder {
+        Rebuilder {
+            ctx: OnceLock::new(),
+            options,
+            names,
+            pending,
+            engine,
+            status: Arc::default(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// The server's context, once made.
+    pub(super) fn attach(&self, ctx: &Arc<Ctx>) {
+        let _ = self.ctx.set(Arc::downgrade(ctx));
+    }
+
+    /// The request a stopped server left unfinished, if any.
+    pub(super) fn pending(path: &std::path::Path) -> Result<Option<Pending>, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: not a rebuild request: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Waits for the rebuild thread, if one runs (the server is stopping: it gives up).
+    pub(super) fn join(&self) {
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Rebuilds for Rebuilder {
+    fn start(&self, text: String, spec: Spec, inexact: bool) -> Result<Value, (u16, String)> {
+        let ctx = self
+            .ctx
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or((503, "the server is stopping".to_string()))?;
+        if self.options.cluster.is_some() {
+            return Err((
+                422,
+                "a cluster does not rebuild while running yet: restart every process with --dataflow set to the new spec".into(),
+            ));
+        }
+        let mut status = self
+            .status
+            .lock()
+            .map_err(|_| (500, "rebuild status unavailable".to_string()))?;
+        if status.running {
+            return Err((409, "a rebuild is running already; retry once it has switched over".into()));
+        }
+        let rules = edit::inexact_rules(&ctx.spec_now(), &spec);
+        let folded = if rules.is_empty() || ctx.log.kinds()[2] == 0 {
+            None
+        } else {
+            log::read_records(ctx.log.path(), ctx.log.durable())
+                .map(|records| log::folded_until(&records))
+                .map_err(|e| (500, format!("cannot read the log: {e}")))?
+        };
+        let exact_from = folded.map(|(line, clock)| json!({"line": line + 1, "engine_time": clock}));
+        if let (Some((line, clock)), false) = (folded, inexact) {
+            let named: Vec<String> = rules.iter().map(|(rule, why)| format!("{rule} ({why})")).collect();
+            return Err((
+                409,
+                format!(
+                    "the log's first {line} lines are folded (retired events compaction kept only as the running spec needs them), so a rebuild cannot apply {} exactly to them: it holds exactly for the events from log line {} on (engine time {clock}). PUT again with ?inexact=accept to apply it anyway, or keep the running spec",
+                    named.join("; "),
+                    line + 1
+                ),
+            ));
+        }
+        let pending = Pending { text, inexact };
+        let bytes = serde_json::to_vec(&pending).map_err(|e| (500, e.to_string()))?;
+        crate::store::data_dir::write_atomically(&self.pending, &bytes)
+            .map_err(|e| (500, format!("cannot write {}: {e}", self.pending.display())))?;
+        *status = Status {
+            running: true,
+            phase: "starting".into(),
+            started: Some(Instant::now()),
+            ..Status::default()
+        };
+        drop(status);
+        let job = Job {
+            ctx: Arc::downgrade(&ctx),
+            text: pending.text,
+            spec: Arc::new(spec),
+            options: self.options.clone(),
+            names: self.names.clone(),
+            engine: Arc::clone(&self.engine),
+            status: Arc::clone(&self.status),
+            pending: self.pending.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("throughline-rebuild".into())
+            .spawn(move || job.run())
+            .map_err(|e| (500, format!("cannot start the rebuild: {e}")))?;
+        if let Ok(mut slot) = self.thread.lock() {
+            if let Some(previous) = slot.replace(handle) {
+                let _ = previous.join(); // it had finished: `running` was false
+            }
+        }
+        Ok(json!({
+            "rebuild": "started",
+            "lines": ctx.log.forwarded(),
+            "exact_from": exact_from,
+            "inexact": rules.iter().map(|(rule, _)| rule).collect::<Vec<_>>(),
+            "progress": "GET /healthz",
+        }))
+    }
+
+    fn running(&self) -> bool {
+        self.status.lock().is_ok_and(|s| s.running)
+    }
+
+    fn line(&self) -> Option<String> {
+        let s = self.status.lock().ok()?;
+        if s.running {
+            let done = s.counters.as_ref().map_or(0, |c| c.lines.load(Ordering::Acquire));
+            let secs = s.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            return Some(format!(
+                "rebuilding: {} ({done}/{} logged lines, {secs:.1} s)",
+                s.phase, s.of
+            ));
+        }
+        s.failed.as_ref().map(|why| format!("degraded: the last rebuild failed: {why}"))
+    }
+
+    fn progress(&self) -> Option<Value> {
+        let s = self.status.lock().ok()?;
+        if !s.running && s.failed.is_none() && s.switched.is_none() {
+            return None;
+        }
+        let done = s.counters.as_ref().map_or(0, |c| c.lines.load(Ordering::Acquire));
+        Some(json!({
+            "running": s.running,
+            "phase": s.phase,
+            "lines": done,
+            "of": s.of,
+            "seconds": s.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            "failed": s.failed,
+            "switched": s.switched.map(|(sw, version, took)| json!({
+                "engine_time": sw.time,
+                "position": sw.position,
+                "changes": sw.changes,
+                "version": version,
+                "seconds": took.as_secs_f64(),
+            })),
+        }))
+    }
+}
+
+/// One rebuild, on a thread of its own.
+struct Job {
+    ctx: Weak<Ctx>,
+    text: String,
+    spec: Arc<Spec>,
+    options: Options,
+    names: SourceNames,
+    engine: Arc<Mutex<Option<EngineThread>>>,
+    status: Arc<Mutex<Status>>,
+    pending: PathBuf,
+}
+
+impl Job {
+    fn run(self) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        ctx.compactor.pause(true);
+        let outcome = self.build(&ctx);
+        ctx.compactor.pause(false);
+        let took = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.started)
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        match outcome {
+            Ok((switched, version)) => {
+                ctx.compactor.set_spec(Arc::clone(&self.spec));
+                let _ = std::fs::remove_file(&self.pending);
+                eprintln!(
+                    "throughline: rebuild: switched to spec version {version} at log line {} (engine time {}, {} changes) after {:.1} s",
+                    switched.position,
+                    switched.time,
+                    switched.changes,
+                    took.as_secs_f64()
+                );
+                set(&self.status, |s| {
+                    s.running = false;
+                    s.phase = "switched".into();
+                    s.failed = None;
+                    s.switched = Some((switched, version, took));
+                });
+            }
+            Err(why) => {
+                if !ctx.stop.load(Ordering::SeqCst) {
+                    eprintln!("throughline: rebuild failed: {why}");
+                    // a request that cannot succeed is not made again at the next start
+                    let _ = std::fs::remove_file(&self.pending);
+                }
+                set(&self.status, |s| {
+                    s.running = false;
+                    s.phase = "failed".into();
+                    s.failed = Some(why);
+                });
+            }
+        }
+    }
+
+    /// Builds the new engine, catches it up and switches over: what the switch-over did,
+    /// and the spec's version.
+    fn build(&self, ctx: &Arc<Ctx>) -> Result<(Switched, u64), String> {
+        let views = ctx.views.as_ref().ok_or("this server does not change its spec")?;
+        let counters = Arc::new(Counters::default());
+        let mut own = LiveViews::default();
+        own.names = self.spec.views.iter().map(|v| v.name.clone()).collect();
+        let sinks = Sinks {
+            live: Some(Arc::new(Mutex::new(own))),
+            counters: Some(Arc::clone(&counters)),
+            ..Sinks::new(None, DeadLetters::new(None))
+        };
+        set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
+        let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
+        let engine = {
+            let (spec, names, options) = (Arc::clone(&self.spec), self.names.clone(), self.options.clone());
+            std::thread::Builder::new()
+                .name("throughline-engine".into())
+                .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
+                .map_err(|e| format!("cannot start the new engine: {e}"))?
+        };
+        let caught_up = self.catch_up(ctx, &tx, &counters);
+        let switched = caught_up.and_then(|tee| self.switch(ctx, views, &tx, &tee));
+        match switched {
+            Ok(switched) => {
+                let old = self
+                    .engine
+                    .lock()
+                    .map_err(|_| "the engine slot is unavailable".to_string())?
+                    .replace(engine);
+                // the old engine stopped at the switch-over: its dataflow winds down
+                if let Some(old) = old {
+                    match old.join() {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => eprintln!("throughline: rebuild: the old engine: {e}"),
+                        Err(_) => eprintln!("throughline: rebuild: the old engine panicked"),
+                    }
+                }
+                Ok(switched)
+            }
+            Err(why) => {
+                let _ = ctx.log.untee();
+                drop(tx); // the new engine sees the end of its input
+                let ended = engine.join();
+                match ended {
+                    Ok(Err(e)) => Err(format!("{why} (the new engine: {e})")),
+                    _ => Err(why),
+                }
+            }
+        }
+    }
+
+    /// Replays the log into the new engine (`tx`) while the log forwards every later append
+    /// to it too, until it is within [`CAUGHT_UP`] lines of the log: the channel the log
+    /// forwards on.
+    fn catch_up(
+        &self,
+        ctx: &Ctx,
+        tx: &Sender<Message>,
+        counters: &Counters,
+    ) -> Result<Receiver<Message>, String> {
+        let (tee, teed) = crossbeam_channel::unbounded();
+        let (bytes, next) = ctx
+            .log
+            .tee(tee)
+            .map_err(|e| format!("cannot follow the log: {e}"))?;
+        set(&self.status, |s| {
+            s.of = next.saturating_sub(1);
+            s.phase = "replaying the log".into();
+        });
+        let records = log::read_records(ctx.log.path(), bytes)
+            .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))?;
+        let send = |m: Message| {
+            tx.send(m)
+                .map_err(|_| "the new engine stopped".to_string())
+        };
+        for batch in log::batches(&records, 1) {
+            if ctx.stop.load(Ordering::SeqCst) {
+                return Err("the server is stopping".into());
+            }
+            send(Message::Batch(batch))?;
+        }
+        drop(records);
+        set(&self.status, |s| s.phase = "following live input".into());
+        loop {
+            if ctx.stop.load(Ordering::SeqCst) {
+                return Err("the server is stopping".into());
+            }
+            for m in teed.try_iter() {
+                send(m)?;
+            }
+            let behind = ctx
+                .log
+                .forwarded()
+                .saturating_sub(counters.lines.load(Ordering::Acquire));
+            set(&self.status, |s| s.of = ctx.log.forwarded());
+            if behind <= CAUGHT_UP {
+                return Ok(teed);
+            }
+            if let Ok(m) = teed.recv_timeout(Duration::from_millis(20)) {
+                send(m)?;
+            }
+        }
+    }
+
+    /// The switch-over (see the module docs): the log holds appends while the old engine
+    /// hands its outputs to the new one.
+    fn switch(
+        &self,
+        ctx: &Ctx,
+        views: &crate::io::http::views::Views,
+        tx: &Sender<Message>,
+        teed: &Receiver<Message>,
+    ) -> Result<(Switched, u64), String> {
+        set(&self.status, |s| s.phase = "switching over".into());
+        let (resume, resumed) = crossbeam_channel::bounded(1);
+        ctx.log
+            .handover(resumed)
+            .map_err(|e| format!("cannot hold the log: {e}"))?;
+        // appends wait from here until `resume` is sent (or dropped, on an error before the
+        // old engine let go: it keeps the input)
+        for m in teed.try_iter() {
+            tx.send(m).map_err(|_| "the new engine stopped".to_string())?;
+        }
+        let position = ctx.log.forwarded();
+        let time = ctx.live.lock().map_or(0, |l| l.time);
+        let version = views.switch_to(&self.text, Arc::clone(&self.spec), position, time)?;
+        let old = ctx
+            .lookups
+            .replace(tx.clone())
+            .ok_or("the engine link is unavailable")?;
+        let (reply, handed) = crossbeam_channel::bounded(1);
+        let released = old
+            .send(Message::Release(reply))
+            .ok()
+            .and_then(|()| handed.recv().ok());
+        let adopted = released.ok_or("the running engine stopped").and_then(|handover| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            tx.send(Message::Adopt(handover, reply))
+                .map_err(|_| "the new engine stopped")?;
+            answer.recv().map_err(|_| "the new engine stopped")
+        });
+        let _ = resume.send(Some(tx.clone()));
+        match adopted {
+            Ok(Ok(switched)) => Ok((switched, version)),
+            Ok(Err(e)) => Err(fail_stop(ctx, &e)),
+            Err(e) => Err(fail_stop(ctx, e)),
+        }
+    }
+}
+
+/// A switch-over that failed after the new spec was recorded: the outputs may be with
+/// neither engine, so the server stops; a restart replays the log with the new spec.
+fn fail_stop(ctx: &Ctx, why: &str) -> String {
+    let why = format!(
+        "the switch-over failed after the new spec was recorded ({why}); stopping: a restart replays the log with it"
+    );
+    eprintln!("throughline: error: {why}");
+    ctx.stop.store(true, Ordering::SeqCst);
+    why
+}
+
+fn set(status: &Mutex<Status>, update: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status.lock() {
+        update(&mut s);
+    }
+}
