@@ -181,7 +181,10 @@ pub enum Message {
     /// A rebuild's switch-over, to the engine that replaces another: once every line sent
     /// before it is published, take over the outputs the other handed over and publish, at
     /// one engine time, the changes from its rows to this engine's ([`super::Driver::adopt`]).
-    Adopt(Box<super::Handover>, Sender<Result<super::Switched, String>>),
+    Adopt(
+        Box<super::Handover>,
+        Sender<Result<super::Switched, String>>,
+    ),
     /// All sources are exhausted.
     End,
 }
@@ -220,7 +223,10 @@ impl EngineLink {
 
     /// Links to the engine reading `tx`'s channel from now on; the previous channel.
     pub fn replace(&self, tx: Sender<Message>) -> Option<Sender<Message>> {
-        self.0.write().ok().map(|mut old| std::mem::replace(&mut *old, tx))
+        self.0
+            .write()
+            .ok()
+            .map(|mut old| std::mem::replace(&mut *old, tx))
     }
 }
 

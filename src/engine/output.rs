@@ -194,25 +194,26 @@ impl Snapshot {
     pub fn changes_to(&self, to: &Snapshot, time: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         let empty = griddle::HashMap::default();
-        let mut one = |from: &Snapshot, other: &Snapshot, sign: isize| {
+        // the rows `from` holds more often than `other`, as changes of sign `sign`
+        let mut more = |from: &Snapshot, other: &Snapshot, sign: isize| {
             for (view, rows) in &from.views {
                 let theirs = other.views.get(view).unwrap_or(&empty);
-                for ((key, row), count) in rows {
-                    let diff = count - theirs.get(&(key.clone(), row.clone())).copied().unwrap_or(0);
-                    if diff * sign > 0 {
+                for (pair, count) in rows {
+                    let more = count - theirs.get(pair).copied().unwrap_or(0);
+                    if more > 0 {
                         changes.push(Change {
                             time,
                             view: view.clone(),
-                            key: key.clone(),
-                            diff,
-                            row: row.clone(),
+                            key: pair.0.clone(),
+                            diff: sign * more,
+                            row: pair.1.clone(),
                         });
                     }
                 }
             }
         };
-        one(to, self, 1);
-        one(self, to, -1);
+        more(to, self, 1);
+        more(self, to, -1);
         consolidated(changes)
     }
 

@@ -75,7 +75,10 @@ impl Driver<'_> {
             time,
             changes,
         } = handed;
-        let shared = outlets.live.clone().ok_or("the old engine had no live views")?;
+        let shared = outlets
+            .live
+            .clone()
+            .ok_or("the old engine had no live views")?;
         let counters: Option<Arc<Counters>> = outlets.counters.clone();
         let own = self
             .publisher
@@ -84,7 +87,10 @@ impl Driver<'_> {
         let now = time.max(self.clock().unwrap_or(0));
         let (diff, names) = {
             let (own, old) = (lock(&own)?, lock(&shared)?);
-            (old.snapshot.changes_to(&own.snapshot, now), own.names.clone())
+            (
+                old.snapshot.changes_to(&own.snapshot, now),
+                own.names.clone(),
+            )
         };
         let count = diff.len();
         self.summary.tally.changes = changes;
@@ -113,5 +119,7 @@ impl Driver<'_> {
 }
 
 fn lock(views: &Mutex<LiveViews>) -> Result<std::sync::MutexGuard<'_, LiveViews>, String> {
-    views.lock().map_err(|_| "the live views are unavailable".to_string())
+    views
+        .lock()
+        .map_err(|_| "the live views are unavailable".to_string())
 }

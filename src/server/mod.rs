@@ -119,7 +119,14 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             text = record.apply(&text, &spec.source)?.text;
             spec = Arc::new(Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?);
             replayed_views.clear();
-            if record.version == changed.iter().filter(|r| r.spec.is_some()).map(|r| r.version).max().unwrap_or(0) {
+            if record.version
+                == changed
+                    .iter()
+                    .filter(|r| r.spec.is_some())
+                    .map(|r| r.version)
+                    .max()
+                    .unwrap_or(0)
+            {
                 eprintln!(
                     "throughline: running the spec a rebuild switched to (version {}, at log line {}), not --dataflow's; {} holds it",
                     record.version,
@@ -168,7 +175,15 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     });
 
     let pending = dir.root().join("rebuild.json");
-    let pending_rebuild = rebuild::Rebuilder::pending(&pending)?;
+    let mut pending_rebuild = rebuild::Rebuilder::pending(&pending)?;
+    if pending_rebuild
+        .as_ref()
+        .is_some_and(|p| Some(&p.text) == views.text().as_ref())
+    {
+        // it had switched over when the server stopped: the request is done
+        pending_rebuild = None;
+        let _ = std::fs::remove_file(&pending);
+    }
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
     let mut views_now = LiveViews::default();
     views_now.names = spec.views.iter().map(|v| v.name.clone()).collect();
@@ -229,7 +244,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         stats: StatsHistory::default(),
         recovery: crate::io::http::Recovery {
             lines: verified.lines,
-            views_pending: AtomicBool::new(!replayed_views.is_empty()),
+            views_pending: AtomicBool::new(!replayed_views.is_empty() || pending_rebuild.is_some()),
             ..Default::default()
         },
         views: Some(views),
@@ -286,12 +301,12 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let ended = match engine.map(std::thread::JoinHandle::join) {
         None => Err("the engine was lost in a switch-over".into()),
         Some(joined) => match joined {
-        Ok(Ok(summary)) => {
-            eprintln!("{}", summary.line());
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the engine thread panicked".into()),
+            Ok(Ok(summary)) => {
+                eprintln!("{}", summary.line());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the engine thread panicked".into()),
         },
     };
     listened.and(recovered).and(ended)
@@ -334,7 +349,6 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))
         .and_then(|records| {
             replay_records(&records, &tx, &cuts, &changed, &ctx.stop)?;
-            ctx.recovery.views_pending.store(false, Ordering::Release);
             Ok(records)
         });
     let forwarding = replayed.and_then(|records| {
@@ -362,6 +376,9 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
     if let Some(pending) = pending {
         resume_rebuild(&ctx, pending);
     }
+    // reads wait until the views changed while running are made again, and a rebuild left
+    // unfinished runs again
+    ctx.recovery.views_pending.store(false, Ordering::Release);
     if let (Some(url), Some(status)) = (source, ctx.kafka.clone()) {
         let resume = log::kafka_positions(&records);
         let ctx = Arc::clone(&ctx);
@@ -377,19 +394,17 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
     Ok(())
 }
 
-/// Starts again the rebuild a stopped server left unfinished (`DIR/rebuild.json`), unless
-/// it had switched over already.
+/// Starts again the rebuild a stopped server left unfinished (`DIR/rebuild.json`).
 fn resume_rebuild(ctx: &Ctx, pending: rebuild::Pending) {
-    let (Some(rebuilds), Some(views)) = (&ctx.rebuilds, &ctx.views) else {
+    let Some(rebuilds) = &ctx.rebuilds else {
         return;
     };
-    if views.text().as_deref() == Some(pending.text.as_str()) {
-        return; // it had: the request is done
-    }
     let spec = match Spec::parse(&pending.text, "rebuild.json") {
         Ok(spec) => spec,
         Err(e) => {
-            eprintln!("throughline: the unfinished rebuild's spec does not parse ({e}); not started");
+            eprintln!(
+                "throughline: the unfinished rebuild's spec does not parse ({e}); not started"
+            );
             return;
         }
     };

@@ -152,7 +152,10 @@ impl Rebuilds for Rebuilder {
             .lock()
             .map_err(|_| (500, "rebuild status unavailable".to_string()))?;
         if status.running {
-            return Err((409, "a rebuild is running already; retry once it has switched over".into()));
+            return Err((
+                409,
+                "a rebuild is running already; retry once it has switched over".into(),
+            ));
         }
         let rules = edit::inexact_rules(&ctx.spec_now(), &spec);
         let folded = if rules.is_empty() || ctx.log.kinds()[2] == 0 {
@@ -162,9 +165,13 @@ impl Rebuilds for Rebuilder {
                 .map(|records| log::folded_until(&records))
                 .map_err(|e| (500, format!("cannot read the log: {e}")))?
         };
-        let exact_from = folded.map(|(line, clock)| json!({"line": line + 1, "engine_time": clock}));
+        let exact_from =
+            folded.map(|(line, clock)| json!({"line": line + 1, "engine_time": clock}));
         if let (Some((line, clock)), false) = (folded, inexact) {
-            let named: Vec<String> = rules.iter().map(|(rule, why)| format!("{rule} ({why})")).collect();
+            let named: Vec<String> = rules
+                .iter()
+                .map(|(rule, why)| format!("{rule} ({why})"))
+                .collect();
             return Err((
                 409,
                 format!(
@@ -220,14 +227,19 @@ impl Rebuilds for Rebuilder {
     fn line(&self) -> Option<String> {
         let s = self.status.lock().ok()?;
         if s.running {
-            let done = s.counters.as_ref().map_or(0, |c| c.lines.load(Ordering::Acquire));
+            let done = s
+                .counters
+                .as_ref()
+                .map_or(0, |c| c.lines.load(Ordering::Acquire));
             let secs = s.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
             return Some(format!(
                 "rebuilding: {} ({done}/{} logged lines, {secs:.1} s)",
                 s.phase, s.of
             ));
         }
-        s.failed.as_ref().map(|why| format!("degraded: the last rebuild failed: {why}"))
+        s.failed
+            .as_ref()
+            .map(|why| format!("degraded: the last rebuild failed: {why}"))
     }
 
     fn progress(&self) -> Option<Value> {
@@ -235,7 +247,10 @@ impl Rebuilds for Rebuilder {
         if !s.running && s.failed.is_none() && s.switched.is_none() {
             return None;
         }
-        let done = s.counters.as_ref().map_or(0, |c| c.lines.load(Ordering::Acquire));
+        let done = s
+            .counters
+            .as_ref()
+            .map_or(0, |c| c.lines.load(Ordering::Acquire));
         Some(json!({
             "running": s.running,
             "phase": s.phase,
@@ -316,7 +331,10 @@ impl Job {
     /// Builds the new engine, catches it up and switches over: what the switch-over did,
     /// and the spec's version.
     fn build(&self, ctx: &Arc<Ctx>) -> Result<(Switched, u64), String> {
-        let views = ctx.views.as_ref().ok_or("this server does not change its spec")?;
+        let views = ctx
+            .views
+            .as_ref()
+            .ok_or("this server does not change its spec")?;
         let counters = Arc::new(Counters::default());
         let mut own = LiveViews::default();
         own.names = self.spec.views.iter().map(|v| v.name.clone()).collect();
@@ -328,7 +346,11 @@ impl Job {
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
         let engine = {
-            let (spec, names, options) = (Arc::clone(&self.spec), self.names.clone(), self.options.clone());
+            let (spec, names, options) = (
+                Arc::clone(&self.spec),
+                self.names.clone(),
+                self.options.clone(),
+            );
             std::thread::Builder::new()
                 .name("throughline-engine".into())
                 .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
@@ -383,12 +405,11 @@ impl Job {
             s.of = next.saturating_sub(1);
             s.phase = "replaying the log".into();
         });
+        // the tests hold a rebuild here to kill the server during it
+        fail::fail_point!("rebuild::catch_up");
         let records = log::read_records(ctx.log.path(), bytes)
             .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))?;
-        let send = |m: Message| {
-            tx.send(m)
-                .map_err(|_| "the new engine stopped".to_string())
-        };
+        let send = |m: Message| tx.send(m).map_err(|_| "the new engine stopped".to_string());
         for batch in log::batches(&records, 1) {
             if ctx.stop.load(Ordering::SeqCst) {
                 return Err("the server is stopping".into());
@@ -435,11 +456,14 @@ impl Job {
         // appends wait from here until `resume` is sent (or dropped, on an error before the
         // old engine let go: it keeps the input)
         for m in teed.try_iter() {
-            tx.send(m).map_err(|_| "the new engine stopped".to_string())?;
+            tx.send(m)
+                .map_err(|_| "the new engine stopped".to_string())?;
         }
         let position = ctx.log.forwarded();
         let time = ctx.live.lock().map_or(0, |l| l.time);
         let version = views.switch_to(&self.text, Arc::clone(&self.spec), position, time)?;
+        // the tests kill the server here: the new spec recorded, no output has it yet
+        fail::fail_point!("rebuild::recorded");
         let old = ctx
             .lookups
             .replace(tx.clone())
@@ -449,12 +473,14 @@ impl Job {
             .send(Message::Release(reply))
             .ok()
             .and_then(|()| handed.recv().ok());
-        let adopted = released.ok_or("the running engine stopped").and_then(|handover| {
-            let (reply, answer) = crossbeam_channel::bounded(1);
-            tx.send(Message::Adopt(handover, reply))
-                .map_err(|_| "the new engine stopped")?;
-            answer.recv().map_err(|_| "the new engine stopped")
-        });
+        let adopted = released
+            .ok_or("the running engine stopped")
+            .and_then(|handover| {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                tx.send(Message::Adopt(handover, reply))
+                    .map_err(|_| "the new engine stopped")?;
+                answer.recv().map_err(|_| "the new engine stopped")
+            });
         let _ = resume.send(Some(tx.clone()));
         match adopted {
             Ok(Ok(switched)) => Ok((switched, version)),

@@ -235,7 +235,10 @@ pub fn inexact_rules(now: &Spec, new: &Spec) -> Vec<(String, String)> {
     let identity = |s: &Spec| {
         let mut blocklist: Vec<&String> = s.identity.blocklist.iter().collect();
         blocklist.sort();
-        format!("{:?}", (&s.identity.identifiers, s.identity.max_links, blocklist))
+        format!(
+            "{:?}",
+            (&s.identity.identifiers, s.identity.max_links, blocklist)
+        )
     };
     if identity(now) != identity(new) {
         rules.push((
@@ -243,15 +246,28 @@ pub fn inexact_rules(now: &Spec, new: &Spec) -> Vec<(String, String)> {
             "a folded line keeps only the identifiers and links the running spec's identifier types read".to_string(),
         ));
     }
-    let purposes = |s: &Spec| s.consent.purposes.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    let purposes = |s: &Spec| {
+        s.consent
+            .purposes
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect::<Vec<_>>()
+    };
     if purposes(now) != purposes(new) {
         rules.push((
             "[consent] purposes".to_string(),
-            "a folded line keeps only the consent records of the running spec's purposes".to_string(),
+            "a folded line keeps only the consent records of the running spec's purposes"
+                .to_string(),
         ));
     }
     let horizon = |s: &Spec| {
-        let within = s.intent.sequences.iter().map(|q| q.within_ms).max().unwrap_or(0);
+        let within = s
+            .intent
+            .sequences
+            .iter()
+            .map(|q| q.within_ms)
+            .max()
+            .unwrap_or(0);
         s.intent.max_age_ms.saturating_add(within)
     };
     if horizon(new) > horizon(now) {

@@ -89,7 +89,9 @@ impl Compactor {
     /// confirmed it.
     pub fn run(&self, log: &Log, counters: &Counters) -> Result<CompactStats, String> {
         if self.paused.load(Ordering::Acquire) {
-            return Err("a rebuild is reading the log: compaction waits until it has switched over".into());
+            return Err(
+                "a rebuild is reading the log: compaction waits until it has switched over".into(),
+            );
         }
         let spec = self
             .spec

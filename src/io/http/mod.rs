@@ -326,10 +326,8 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
             ),
             None => error(404, "no such console page"),
         },
-        Route::Stats => respond(
-            200,
-            "application/json",
-            console::stats(
+        Route::Stats => {
+            let mut stats = console::stats(
                 &ctx.spec_now(),
                 &ctx.live,
                 &ctx.counters,
@@ -341,9 +339,12 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
                     recovering: ctx.recovering(),
                 },
                 &ctx.sinks,
-            )
-            .to_string(),
-        ),
+            );
+            if let Some(rebuild) = ctx.rebuilds.as_ref().and_then(|r| r.progress()) {
+                stats["rebuild"] = rebuild;
+            }
+            respond(200, "application/json", stats.to_string())
+        }
         Route::Metrics => respond(200, "text/plain; version=0.0.4", metrics(ctx)),
         Route::View(name) => view(request, ctx, name, false),
         Route::Changes(name) => view(request, ctx, name, true),

@@ -108,7 +108,8 @@ impl Views {
                 definition: None,
                 spec: Some(text.to_string()),
             })?;
-        if let Err(e) = crate::store::data_dir::write_atomically(&catalog.dataflow, text.as_bytes()) {
+        if let Err(e) = crate::store::data_dir::write_atomically(&catalog.dataflow, text.as_bytes())
+        {
             eprintln!(
                 "throughline: cannot write {} (the new spec is recorded in views.ndjson; the file is written again at the next change or start): {e}",
                 catalog.dataflow.display()

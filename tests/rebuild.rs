@@ -1,0 +1,325 @@
+//! Rebuilds for a whole new spec on a running server (`PUT /v1/spec` with changed signals,
+//! `src/server/rebuild.rs`): after the switch-over every view has the rows of a server
+//! started with the new spec and fed the same events, and keeps them as events follow and
+//! after a restart; a subscriber's stream, consolidated, is the view at every moment, the
+//! switch-over's changes all at one engine time; a SIGKILL during the rebuild, or right
+//! after the new spec is recorded, loses nothing and ends with the new spec; a spec the log
+//! cannot backfill exactly is refused, naming the rule and where it holds exactly, unless
+//! accepted.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Serve, request};
+
+fn dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The default spec with a signal's points changed and a signal added.
+fn new_spec() -> String {
+    let spec = throughline::spec::DEFAULT_SPEC.replacen(
+        "name = \"pricing_view\"\npoints = 10",
+        "name = \"pricing_view\"\npoints = 30",
+        1,
+    );
+    assert_ne!(spec, throughline::spec::DEFAULT_SPEC);
+    spec.replacen(
+        "[[intent.sequence]]",
+        "[[intent.signal]]\nname = \"any_page\"\npoints = 1\ntype = \"page\"\n\n[[intent.sequence]]",
+        1,
+    )
+}
+
+/// Posts `lines` and waits until the server has taken them all (`total` lines so far).
+fn post(serve: &Serve, lines: &str, total: usize) {
+    let (status, body) = serve.post("/v1/ingest", lines.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    while !serve
+        .get("/metrics")
+        .1
+        .contains(&format!("throughline_lines_total {total}\n"))
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "not taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn put_spec(serve: &Serve, query: &str, text: &str) -> (u16, String) {
+    request(
+        &serve.addr,
+        "PUT",
+        &format!("/v1/spec{query}"),
+        &[],
+        text.as_bytes(),
+    )
+}
+
+/// Waits until no rebuild runs, and says how the last one ended (`/v1/stats`' `rebuild`).
+fn wait_switched(serve: &Serve) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (_, health) = serve.get("/healthz");
+        if !health.contains("rebuilding") {
+            let (_, stats) = serve.get("/v1/stats");
+            let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+            return stats["rebuild"].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the rebuild never ended: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rows(serve: &Serve, name: &str) -> String {
+    let (status, body) = serve.get(&format!("/v1/views/{name}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+const VIEWS: [&str; 4] = [
+    "profiles",
+    "scores",
+    "marketing_audience",
+    "analytics_audience",
+];
+
+fn same_views(live: &Serve, reference: &Serve, when: &str) {
+    for view in VIEWS {
+        if reference.get(&format!("/v1/views/{view}")).0 == 404 {
+            continue;
+        }
+        assert_eq!(
+            rows(live, view),
+            rows(reference, view),
+            "view {view} {when}"
+        );
+    }
+}
+
+/// A subscriber of view `scores`: its stream's lines until it ends or `stop` is set.
+fn subscribe(addr: &str) -> std::thread::JoinHandle<Vec<String>> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/views/scores/changes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => got.push(line),
+                Err(_) => break, // quiet for 3 s: done
+            }
+        }
+        got
+    })
+}
+
+#[test]
+fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_it() {
+    let parts = common::workload_parts(43, 2000, 150, 3);
+    let reference_dir = dir("rebuild-reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec_file = reference_dir.join("new.toml");
+    std::fs::write(&spec_file, new_spec()).unwrap();
+    let reference = Serve::start_with(
+        &reference_dir.join("data"),
+        &["--dataflow", spec_file.to_str().unwrap()],
+    );
+    let live_dir = dir("rebuild-live");
+    let mut live = Serve::start_with(&live_dir, &[]);
+    let mut total = parts[0].lines().count();
+    post(&reference, &parts[0], total);
+    post(&live, &parts[0], total);
+    let before = rows(&live, "scores");
+    assert_ne!(
+        before,
+        rows(&reference, "scores"),
+        "the specs differ on this data"
+    );
+
+    // a subscriber from before the PUT: its stream consolidates to the view throughout
+    let subscriber = subscribe(&live.addr);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, answer) = put_spec(&live, "", &new_spec());
+    assert_eq!(status, 202, "{answer}");
+    let ended = wait_switched(&live);
+    assert_eq!(ended["running"], false, "{ended}");
+    assert!(ended["failed"].is_null(), "{ended}");
+    let switched = &ended["switched"];
+    assert!(switched["changes"].as_u64().unwrap() > 0, "{ended}");
+    assert_eq!(live.get("/v1/spec").1, new_spec());
+    same_views(&live, &reference, "right after the switch-over");
+
+    // the subscriber: the old rows, then the switch-over's -1/+1, all at one engine time
+    let got = subscriber.join().unwrap();
+    let mut consolidated: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut times = std::collections::BTreeSet::new();
+    let mut changes = 0;
+    for line in got.iter().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let entry = (v["key"].to_string(), v["row"].to_string());
+        match v.get("diff").and_then(serde_json::Value::as_i64) {
+            Some(diff) => {
+                *consolidated.entry(entry).or_default() += diff;
+                times.insert(v["time"].as_u64().unwrap());
+                changes += 1;
+            }
+            None => *consolidated.entry(entry).or_default() += 1,
+        }
+    }
+    consolidated.retain(|_, n| *n != 0);
+    let mut now: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for line in rows(&reference, "scores").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        now.insert((v["key"].to_string(), v["row"].to_string()), 1);
+    }
+    assert!(changes > 0, "the subscriber got the switch-over: {got:?}");
+    assert_eq!(consolidated, now, "the stream consolidates to the new rows");
+    assert_eq!(times.len(), 1, "one engine time: {times:?}");
+    assert_eq!(
+        times.first().copied(),
+        switched["engine_time"].as_u64(),
+        "{ended}"
+    );
+
+    // events after it: the new spec maintains the views
+    total += parts[1].lines().count();
+    post(&reference, &parts[1], total);
+    post(&live, &parts[1], total);
+    same_views(&live, &reference, "after more events");
+
+    // a restart replays the log with the new spec
+    live.kill();
+    live = Serve::start_with(&live_dir, &[]);
+    same_views(&live, &reference, "after a restart");
+    assert_eq!(live.get("/v1/spec").1, new_spec());
+    total += parts[2].lines().count();
+    post(&reference, &parts[2], total);
+    post(&live, &parts[2], total);
+    same_views(&live, &reference, "after the restart and more events");
+}
+
+/// SIGKILL at the two worst moments: while the new engine replays the log (the request is
+/// recorded, the old spec serves), and right after the new spec is recorded, with the log
+/// holding appends and no output switched yet. Either way the restarted server ends with
+/// the new spec's rows and every acknowledged event.
+#[test]
+fn a_kill_during_a_rebuild_then_a_restart_ends_with_the_new_spec() {
+    let parts = common::workload_parts(44, 1500, 120, 3);
+    let reference_dir = dir("rebuild-kill-reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec_file = reference_dir.join("new.toml");
+    std::fs::write(&spec_file, new_spec()).unwrap();
+    let reference = Serve::start_with(
+        &reference_dir.join("data"),
+        &["--dataflow", spec_file.to_str().unwrap()],
+    );
+    let mut total = 0;
+    for (i, (point, part)) in ["rebuild::catch_up", "rebuild::recorded"]
+        .iter()
+        .zip(&parts)
+        .enumerate()
+    {
+        let live_dir = dir(&format!("rebuild-kill-{i}"));
+        let hold = [("FAILPOINTS", format!("{point}=sleep(60000)"))];
+        let hold: Vec<(&str, &str)> = hold.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let live = Serve::start_env(&live_dir, &[], &hold);
+        if i == 0 {
+            total += part.lines().count();
+            post(&reference, part, total);
+        }
+        post(&live, &parts[0], parts[0].lines().count());
+        let (status, answer) = put_spec(&live, "", &new_spec());
+        assert_eq!(status, 202, "{answer}");
+        live.wait_health(&["rebuilding"]);
+        // held at the fail point; an event posted now is acknowledged at the first moment,
+        // and waits (unacknowledged) at the second, where the log holds appends
+        let late = &parts[1];
+        if i == 0 {
+            let (status, body) = live.post("/v1/ingest", late.as_bytes());
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(live.get("/v1/spec").1, throughline::spec::DEFAULT_SPEC);
+        } else {
+            // the switch-over is recorded: the server has not answered anything from it yet
+            assert!(live_dir.join("rebuild.json").exists());
+        }
+        live.kill();
+        let live = Serve::start_with(&live_dir, &[]);
+        wait_switched(&live);
+        assert_eq!(live.get("/v1/spec").1, new_spec(), "at fail point {point}");
+        assert!(!live_dir.join("rebuild.json").exists());
+        let mut expected = parts[0].lines().count();
+        if i == 0 {
+            expected += late.lines().count();
+        } else {
+            post(&live, late, expected + late.lines().count());
+            expected += late.lines().count();
+        }
+        if i == 0 {
+            total += late.lines().count();
+            post(&reference, late, total);
+        }
+        let (_, metrics) = live.get("/metrics");
+        assert!(
+            metrics.contains(&format!("throughline_lines_total {expected}\n")),
+            "every acknowledged line is there after the kill at {point}"
+        );
+        same_views(&live, &reference, &format!("after a kill at {point}"));
+    }
+}
+
+/// A spec that needs more of the retired events than compaction kept is refused, naming
+/// the rule and the line and engine time it holds exactly from; accepted, it is applied.
+#[test]
+fn a_spec_the_folded_log_cannot_backfill_is_refused_unless_accepted() {
+    let dir = dir("rebuild-inexact");
+    let live = Serve::start_with(&dir, &[]);
+    let events = common::workload_over(45, 3000, 150, false, Some(150));
+    let text = String::from_utf8(events).unwrap();
+    post(&live, &text, text.lines().filter(|l| !l.is_empty()).count());
+    let (status, body) = live.post("/v1/compact", b"");
+    assert_eq!(status, 200, "{body}");
+    let compacted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(compacted["reduced"].as_u64().unwrap() > 0, "{body}");
+    let longer =
+        throughline::spec::DEFAULT_SPEC.replacen("max_age = \"28d\"", "max_age = \"60d\"", 1);
+    let (status, body) = put_spec(&live, "", &longer);
+    assert_eq!(status, 409, "{body}");
+    for said in [
+        "[intent] max_age",
+        "from log line",
+        "engine time",
+        "?inexact=accept",
+    ] {
+        assert!(body.contains(said), "{said}: {body}");
+    }
+    assert_eq!(live.get("/v1/spec").1, throughline::spec::DEFAULT_SPEC);
+    // a shorter horizon is exact whatever was folded
+    let (status, body) = put_spec(&live, "?inexact=accept", &longer);
+    assert_eq!(status, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(answer["exact_from"]["line"].as_u64().unwrap() > 1, "{body}");
+    let ended = wait_switched(&live);
+    assert!(ended["failed"].is_null(), "{ended}");
+    assert_eq!(live.get("/v1/spec").1, longer);
+    let shorter = longer.replacen("max_age = \"60d\"", "max_age = \"14d\"", 1);
+    let (status, body) = put_spec(&live, "", &shorter);
+    assert_eq!(status, 202, "{body}");
+    wait_switched(&live);
+    assert_eq!(live.get("/v1/spec").1, shorter);
+}
