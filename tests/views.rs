@@ -308,14 +308,19 @@ fn bad_definitions_and_concurrent_changes_are_answered_clearly() {
     );
     assert_eq!(serve.get("/v1/views/personalization").0, 404);
     assert_eq!(serve.get("/v1/views/personal").0, 200);
-    // the same spec again changes nothing; a changed signal needs a rebuild
+    // the same spec again changes nothing; a changed signal is a rebuild
+    // (`tests/rebuild.rs`); changed input settings are refused
     let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, edited.as_bytes());
     assert_eq!((status, text.as_str()), (200, "{\"changes\":[]}"));
+    let input = edited.replacen("dedup_window = \"7d\"", "dedup_window = \"1d\"", 1);
+    assert_ne!(input, edited, "the spec has a dedup window of 7 days");
+    let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, input.as_bytes());
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("[input]"), "{text}");
     let signal = edited.replacen("points = 10\n", "points = 11\n", 1);
     assert_ne!(signal, edited, "the spec has a signal of 10 points");
     let (status, text) = request(&serve.addr, "PUT", "/v1/spec", &auth, signal.as_bytes());
-    assert_eq!(status, 422, "{text}");
-    assert!(text.contains("[intent]"), "{text}");
+    assert_eq!(status, 202, "{text}");
 }
 
 /// SIGKILL while a `PUT` is in flight, at a few moments around it, with events streaming in:
