@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use throughline::event::timestamp;
 
 mod destinations;
+mod rebuild;
 mod restart;
 mod sink;
 mod views;
@@ -399,6 +400,31 @@ fn year_workload(dir: &Path, quick: bool) -> (PathBuf, String, u64, u64, Vec<u8>
     (path, gen_cmd, events, profiles, out.stdout)
 }
 
+/// Every thread of process `pid` now: its id, name and CPU time (user plus system) in
+/// clock ticks (1/100 s), from `/proc/PID/task/*/stat`.
+fn thread_ticks(pid: u32) -> std::collections::BTreeMap<u64, (String, u64)> {
+    let mut seen = std::collections::BTreeMap::new();
+    let tasks = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // the fields after the command name (which may hold spaces) in parentheses
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat: 11 and 12 from the state on
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            seen.insert(tid, (name.to_string(), user + system));
+        }
+    }
+    seen
+}
+
 /// Runs `throughline ARGS < input`, sampling every thread's CPU time from
 /// `/proc/PID/task/*/stat` every 20 ms: (wall seconds, each thread's name and CPU
 /// seconds, busiest first). Threads of one name are told apart by their id.
@@ -412,26 +438,9 @@ fn thread_shares(args: &[&str], input: &Path) -> (f64, Vec<(String, f64)>) {
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start throughline");
-    let tasks = format!("/proc/{}/task", child.id());
     let mut seen: std::collections::BTreeMap<u64, (String, u64)> = Default::default();
     while child.try_wait().ok().flatten().is_none() {
-        for entry in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
-            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u64>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // the fields after the command name (which may hold spaces) in parentheses
-            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
-            else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split(' ').collect();
-            // utime and stime are fields 14 and 15 of stat: 11 and 12 from the state on
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-                seen.insert(tid, (name.to_string(), user + system));
-            }
-        }
+        seen.extend(thread_ticks(child.id()));
         std::thread::sleep(Duration::from_millis(20));
     }
     let wall = started.elapsed().as_secs_f64();
@@ -776,7 +785,7 @@ fn retention_rows(dir: &Path, quick: bool) -> Vec<Row> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `--only=throughput|latency|cost|forget|explain|retention|restart|hub|balance|sink`: one section of the table
+    // `--only=throughput|latency|cost|forget|explain|retention|restart|hub|balance|sink|destinations|views|rebuild`: one section of the table
     let only: Option<String> =
         std::env::args().find_map(|a| a.strip_prefix("--only=").map(str::to_string));
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
@@ -1067,6 +1076,11 @@ fn main() {
     // views defined on a running server: from PUT to the rows served
     if want("views") {
         rows.extend(views::rows(&dir, quick, start_ms));
+    }
+
+    // a new spec on a running server: the rebuild's catch-up, and live latency meanwhile
+    if want("rebuild") {
+        rows.extend(rebuild::rows(&dir, quick, start_ms));
     }
 
     println!("| figure | measured | target | command |");

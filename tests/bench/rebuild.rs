@@ -1,0 +1,199 @@
+//! A new spec on a running server (`PUT /v1/spec` with a changed signal and a new one): how
+//! long the rebuild takes to catch up with the state's log and switch over, and the live
+//! events' ingest-to-view latency before it and while it runs (open loop, 1,000 events/s
+//! over HTTP, every other one an hour behind the clock as SDK queues deliver them), with
+//! every thread's CPU share over the rebuild.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::sink::{Http, caught_up, latencies, post_state, spawn_serve, subscribe};
+use super::{Row, final_clock, generate, generate_journeys, live_event, thread_ticks};
+
+/// The live events' rate.
+const RATE: u64 = 1_000;
+
+/// The default spec with a signal's points changed and a signal added: every profile's
+/// score is rebuilt.
+fn new_spec() -> String {
+    throughline::spec::DEFAULT_SPEC
+        .replacen(
+            "name = \"pricing_view\"\npoints = 10",
+            "name = \"pricing_view\"\npoints = 30",
+            1,
+        )
+        .replacen(
+            "[[intent.sequence]]",
+            "[[intent.signal]]\nname = \"any_page\"\npoints = 1\ntype = \"page\"\n\n[[intent.sequence]]",
+            1,
+        )
+}
+
+/// Posts live events from `first` at [`RATE`], open loop, every other one an hour late,
+/// until `done` is set (and one more second), at most `limit`: each event's scheduled time.
+fn post_until(
+    http: &mut Http,
+    first: usize,
+    base_ms: u64,
+    done: &AtomicBool,
+    limit: Duration,
+) -> Vec<Instant> {
+    let start = Instant::now();
+    let mut due = Vec::new();
+    let mut ended: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if ended.is_none() && done.load(Ordering::SeqCst) {
+            ended = Some(now);
+        }
+        if ended.is_some_and(|e| now >= e + Duration::from_secs(1)) || now >= start + limit {
+            return due;
+        }
+        let upto = (now.duration_since(start).as_secs_f64() * RATE as f64) as usize;
+        if upto > due.len() {
+            let mut body = String::new();
+            for k in due.len()..upto {
+                let on_time = base_ms + k as u64 * 1000 / RATE;
+                let at = if k % 2 == 1 { on_time - 3_600_000 } else { on_time };
+                body.push_str(&live_event(first + k, at));
+                body.push('\n');
+                due.push(start + Duration::from_secs_f64(k as f64 / RATE as f64));
+            }
+            let (status, answer) = http.call("POST", "/v1/ingest", body.as_bytes());
+            assert_eq!(status, 200, "{answer}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The section's rows.
+pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
+    let events: u64 = if quick { 100_000 } else { 1_000_000 };
+    let mut out = Vec::new();
+    for shape in ["gen", "journeys"] {
+        let file = dir.join(format!("rebuild-{shape}{events}.ndjson"));
+        let made = match shape {
+            "gen" => generate(&file, events, events / 10, 29, start_ms),
+            _ => generate_journeys(&file, events, events / 10, 29, Some(start_ms)),
+        };
+        let clock = final_clock(&file);
+        let state = std::fs::read(&file).expect("state");
+        let (mut child, addr) = spawn_serve(&dir.join("rebuild-data"), "", &[]);
+        let mut http = Http::connect(&addr);
+        post_state(&mut http, &state);
+        caught_up(&mut http);
+        let command = format!(
+            "{made}; throughline serve -w 2 (fresh), the state over HTTP in 5,000-line posts, then live events at {RATE}/s (half an hour late), then PUT /v1/spec (a signal's points changed, a signal added) while they go on"
+        );
+        // before: the same live load with no rebuild
+        let mut views = subscribe(&addr);
+        let none = AtomicBool::new(true);
+        let due = post_until(&mut http, 1, clock + 1, &none, Duration::from_secs(5));
+        let before = latencies(&mut views, 1, &due);
+        out.push(Row {
+            figure: format!(
+                "ingest-to-view latency with no rebuild, {events} events of state ({shape}), {RATE} events/s, half late (open loop, HTTP)"
+            ),
+            measured: before.describe(),
+            target: "(reported: the baseline for the rows below)",
+            command: command.clone(),
+        });
+        // during: the rebuild runs while the live events go on
+        let first = due.len() + 1;
+        let done = Arc::new(AtomicBool::new(false));
+        let switched = {
+            let (addr, done, pid) = (addr.clone(), Arc::clone(&done), child.id());
+            std::thread::spawn(move || {
+                let mut http = Http::connect(&addr);
+                let before = thread_ticks(pid);
+                let started = Instant::now();
+                let (status, answer) = http.call("PUT", "/v1/spec", new_spec().as_bytes());
+                assert_eq!(status, 202, "{answer}");
+                // sampled all along: the old engine's threads end at the switch-over
+                let mut after = before.clone();
+                loop {
+                    after.extend(thread_ticks(pid));
+                    let (_, stats) = http.call("GET", "/v1/stats", b"");
+                    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+                    if stats["rebuild"]["running"] == false {
+                        done.store(true, Ordering::SeqCst);
+                        after.extend(thread_ticks(pid));
+                        return (started.elapsed(), stats["rebuild"].clone(), before, after);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let base = clock + 1 + due.len() as u64;
+        let due = post_until(&mut http, first, base, &done, Duration::from_secs(600));
+        let (took, rebuild, cpu_before, cpu_after) = switched.join().expect("the PUT");
+        let during = latencies(&mut views, first, &due);
+        let switch = &rebuild["switched"];
+        out.push(Row {
+            figure: format!(
+                "PUT /v1/spec (changed signal) to the switch-over, {events} events of state ({shape}), live events going on"
+            ),
+            measured: format!(
+                "{:.1} s ({} logged lines replayed; {} changes at the switch-over, engine time {}); failed: {}",
+                took.as_secs_f64(),
+                rebuild["lines"],
+                switch["changes"],
+                switch["engine_time"],
+                rebuild["failed"]
+            ),
+            target: "seconds (issue 33)",
+            command: command.clone(),
+        });
+        out.push(Row {
+            figure: format!(
+                "ingest-to-view latency while the rebuild runs and switches over, the same run ({} events)",
+                due.len()
+            ),
+            measured: during.describe(),
+            target: "the views' floors (p99 <= 2 ms at 1k events/s through a pipe; the row above over HTTP)",
+            command: command.clone(),
+        });
+        out.push(Row {
+            figure: "CPU by thread over the rebuild (seconds, share of all), the same run".into(),
+            measured: shares(&cpu_before, &cpu_after, took),
+            target: "(reported)",
+            command,
+        });
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    out
+}
+
+/// Each thread's CPU seconds between two samples, busiest first, with its share.
+fn shares(
+    before: &std::collections::BTreeMap<u64, (String, u64)>,
+    after: &std::collections::BTreeMap<u64, (String, u64)>,
+    wall: Duration,
+) -> String {
+    let mut spent: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, (name, ticks))| {
+            let was = before.get(tid).map_or(0, |(_, t)| *t);
+            (format!("{name} ({tid})"), (ticks - was) as f64 / 100.0)
+        })
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = spent.iter().map(|(_, s)| s).sum();
+    let listed: Vec<String> = spent
+        .iter()
+        .take(8)
+        .map(|(t, s)| format!("{t} {s:.1} s ({:.0}%)", 100.0 * s / total.max(1e-9)))
+        .collect();
+    format!(
+        "{:.1} CPU s in {:.1} s wall: {}",
+        total,
+        wall.as_secs_f64(),
+        listed.join(", ")
+    )
+}
