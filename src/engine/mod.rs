@@ -82,6 +82,9 @@ pub struct Options {
     /// Retire what can no longer change any output (SPEC section 9), or keep everything
     /// (the reference retention is tested against).
     pub retention: Retention,
+    /// Run every thread at the lowest CPU priority: a rebuild's engine beside the one
+    /// serving, which then keeps its latency ([`lower_priority`]).
+    pub background: bool,
 }
 
 impl Default for Options {
@@ -98,6 +101,7 @@ impl Default for Options {
             cluster: None,
             until_ms: None,
             retention: Retention::Retire,
+            background: false,
         }
     }
 }
@@ -257,11 +261,18 @@ pub enum EngineError {
 /// order. Parsing is most of admission's
 /// cost and needs nothing from the lines before, so worker 0, which alone admits, only
 /// applies the stateful rules; the other messages pass through unchanged.
-fn parse_ahead(rx: Receiver<Message>, spec: Arc<Spec>) -> Result<Receiver<Message>, EngineError> {
+fn parse_ahead(
+    rx: Receiver<Message>,
+    spec: Arc<Spec>,
+    background: bool,
+) -> Result<Receiver<Message>, EngineError> {
     let (tx, parsed) = crossbeam_channel::bounded(PARSED_AHEAD);
     std::thread::Builder::new()
         .name("throughline-parse".into())
         .spawn(move || {
+            if background {
+                lower_priority();
+            }
             for mut message in rx {
                 if let Message::Batch(batch) = &mut message {
                     // a defect here must stop the run, not end it as if the input had ended
@@ -294,7 +305,7 @@ pub fn run_channel(
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let workers = options.workers.max(1);
-    let rx = parse_ahead(rx, Arc::clone(&spec))?;
+    let rx = parse_ahead(rx, Arc::clone(&spec), options.background)?;
     // only the final rows are wanted: every worker hands over its own (see `RowsOnly`);
     // in a cluster, process 0 decides for every process (see `agree`)
     let rows_only = options.snapshot
@@ -346,7 +357,11 @@ pub fn run_channel(
     let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
     let keepers = Keepers::new(workers * processes, processes == 1);
     let clustered = options.cluster.is_some();
+    let background = options.background;
     let guards = timely::execute(config, move |worker| {
+        if background {
+            lower_priority();
+        }
         let rows_only = match clustered {
             true => match agree(worker, rows_only, spec.fingerprint()) {
                 Ok(rows_only) => rows_only,
@@ -776,6 +791,16 @@ impl<'w> Driver<'w> {
     fn clock(&self) -> Option<u64> {
         self.gate.clock()
     }
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19; Linux keeps a nice
+/// value per thread): the threads of a rebuild's engine yield the CPU to those of the
+/// engine serving, so live events keep their latency while the rebuild catches up. Where
+/// the system refuses, the thread runs as it was.
+pub fn lower_priority() {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours; `0` names
+    // the calling thread
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
 }
 
 /// The machine's wall clock in epoch ms.

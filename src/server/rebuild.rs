@@ -14,9 +14,10 @@
 //! 3. **Switch-over.** Once the new engine is within [`CAUGHT_UP`] lines of the log, the log
 //!    holds appends for a moment ([`Log::handover`]), the new spec is recorded with the
 //!    log position it starts at (`DIR/views.ndjson`, fsynced before any output shows it),
-//!    the running engine publishes what is pending and hands over its outputs, and the new
-//!    one publishes, at one engine time, the `-1`/`+1` changes from the old rows to its own
-//!    ([`crate::engine::Handover`]), then serves everything from the log position on.
+//!    and the running engine publishes what is pending and hands over its outputs. The
+//!    log then forwards to the new engine, which first publishes, at one engine time, the
+//!    `-1`/`+1` changes from the old rows to its own ([`crate::engine::Handover`]), then
+//!    serves everything from the log position on.
 //!
 //! A request is recorded in `DIR/rebuild.json` before it starts: a server stopped or killed
 //! during a rebuild starts it again once it has recovered, and one killed after the
@@ -75,8 +76,9 @@ struct Status {
     started: Option<Instant>,
     /// Why the last one failed.
     failed: Option<String>,
-    /// The last switch-over.
-    switched: Option<(Switched, u64, Duration)>,
+    /// The last switch-over, its spec version, the rebuild's time, and how long the log
+    /// held appends for it and how long it took in all.
+    switched: Option<(Switched, u64, Duration, (Duration, Duration))>,
 }
 
 /// The server's rebuilds (see the module docs).
@@ -258,12 +260,14 @@ impl Rebuilds for Rebuilder {
             "of": s.of,
             "seconds": s.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             "failed": s.failed,
-            "switched": s.switched.map(|(sw, version, took)| json!({
+            "switched": s.switched.map(|(sw, version, took, held)| json!({
                 "engine_time": sw.time,
                 "position": sw.position,
                 "changes": sw.changes,
                 "version": version,
                 "seconds": took.as_secs_f64(),
+                "appends_held_ms": held.0.as_secs_f64() * 1e3,
+                "switch_ms": held.1.as_secs_f64() * 1e3,
             })),
         }))
     }
@@ -286,31 +290,40 @@ impl Job {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
+        // the engine serving keeps the CPU first (its engine's threads do the same)
+        engine::lower_priority();
         ctx.compactor.pause(true);
         let outcome = self.build(&ctx);
         ctx.compactor.pause(false);
+        // from the request to the end of the switch-over (`held.1` after its start)
         let took = self
             .status
             .lock()
             .ok()
             .and_then(|s| s.started)
             .map_or(Duration::ZERO, |t| t.elapsed());
+        let took = match &outcome {
+            Ok((_, _, _, ended)) => took.saturating_sub(ended.elapsed()),
+            Err(_) => took,
+        };
         match outcome {
-            Ok((switched, version)) => {
+            Ok((switched, version, held, _)) => {
                 ctx.compactor.set_spec(Arc::clone(&self.spec));
                 let _ = std::fs::remove_file(&self.pending);
                 eprintln!(
-                    "throughline: rebuild: switched to spec version {version} at log line {} (engine time {}, {} changes) after {:.1} s",
+                    "throughline: rebuild: switched to spec version {version} at log line {} (engine time {}, {} changes) after {:.1} s; the switch-over took {:.1} ms, appends waited {:.1} ms of it",
                     switched.position,
                     switched.time,
                     switched.changes,
-                    took.as_secs_f64()
+                    took.as_secs_f64(),
+                    held.1.as_secs_f64() * 1e3,
+                    held.0.as_secs_f64() * 1e3
                 );
                 set(&self.status, |s| {
                     s.running = false;
                     s.phase = "switched".into();
                     s.failed = None;
-                    s.switched = Some((switched, version, took));
+                    s.switched = Some((switched, version, took, held));
                 });
             }
             Err(why) => {
@@ -330,7 +343,12 @@ impl Job {
 
     /// Builds the new engine, catches it up and switches over: what the switch-over did,
     /// and the spec's version.
-    fn build(&self, ctx: &Arc<Ctx>) -> Result<(Switched, u64), String> {
+    /// (The switch-over's figures, and when it ended.)
+    #[allow(clippy::type_complexity)]
+    fn build(
+        &self,
+        ctx: &Arc<Ctx>,
+    ) -> Result<(Switched, u64, (Duration, Duration), Instant), String> {
         let views = ctx
             .views
             .as_ref()
@@ -346,11 +364,11 @@ impl Job {
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
         let engine = {
-            let (spec, names, options) = (
-                Arc::clone(&self.spec),
-                self.names.clone(),
-                self.options.clone(),
-            );
+            let (spec, names) = (Arc::clone(&self.spec), self.names.clone());
+            let options = Options {
+                background: true,
+                ..self.options.clone()
+            };
             std::thread::Builder::new()
                 .name("throughline-engine".into())
                 .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
@@ -359,7 +377,8 @@ impl Job {
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| self.switch(ctx, views, &tx, &tee));
         match switched {
-            Ok(switched) => {
+            Ok((switched, version, held)) => {
+                let ended = Instant::now();
                 let old = self
                     .engine
                     .lock()
@@ -373,7 +392,7 @@ impl Job {
                         Err(_) => eprintln!("throughline: rebuild: the old engine panicked"),
                     }
                 }
-                Ok(switched)
+                Ok((switched, version, held, ended))
             }
             Err(why) => {
                 let _ = ctx.log.untee();
@@ -447,12 +466,13 @@ impl Job {
         views: &crate::io::http::views::Views,
         tx: &Sender<Message>,
         teed: &Receiver<Message>,
-    ) -> Result<(Switched, u64), String> {
+    ) -> Result<(Switched, u64, (Duration, Duration)), String> {
         set(&self.status, |s| s.phase = "switching over".into());
         let (resume, resumed) = crossbeam_channel::bounded(1);
         ctx.log
             .handover(resumed)
             .map_err(|e| format!("cannot hold the log: {e}"))?;
+        let held = Instant::now();
         // appends wait from here until `resume` is sent (or dropped, on an error before the
         // old engine let go: it keeps the input)
         for m in teed.try_iter() {
@@ -473,17 +493,23 @@ impl Job {
             .send(Message::Release(reply))
             .ok()
             .and_then(|()| handed.recv().ok());
-        let adopted = released
+        // the new engine takes over before any later append reaches it: appends go on as
+        // soon as it has the outputs, while it publishes the switch-over's changes
+        let adopting = released
             .ok_or("the running engine stopped")
             .and_then(|handover| {
                 let (reply, answer) = crossbeam_channel::bounded(1);
                 tx.send(Message::Adopt(handover, reply))
                     .map_err(|_| "the new engine stopped")?;
-                answer.recv().map_err(|_| "the new engine stopped")
+                Ok(answer)
             });
         let _ = resume.send(Some(tx.clone()));
+        let appends = held.elapsed();
+        let adopted =
+            adopting.and_then(|answer| answer.recv().map_err(|_| "the new engine stopped"));
+        let held = (appends, held.elapsed());
         match adopted {
-            Ok(Ok(switched)) => Ok((switched, version)),
+            Ok(Ok(switched)) => Ok((switched, version, held)),
             Ok(Err(e)) => Err(fail_stop(ctx, &e)),
             Err(e) => Err(fail_stop(ctx, e)),
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::sink::{
     Http, Sightings, caught_up, latencies, live_index, metric, post_paced, post_state, spawn_serve,
-    subscribe,
+    subscribe_ready,
 };
 use super::{Row, final_clock, generate};
 
@@ -191,7 +191,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let mut http = Http::connect(&addr);
         let (delivered, took) = load(&mut http, &state);
         if kind == "no" {
-            let mut views = subscribe(&addr);
+            let mut views = subscribe_ready(&addr, &mut http, clock);
             let due = post_paced(&mut http, 1, (rate * seconds) as usize, rate, clock + 1);
             out.push(Row {
                 figure: format!(
@@ -218,7 +218,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
             target: "(reported)",
             command: command.clone(),
         });
-        let mut views = subscribe(&addr);
+        let mut views = subscribe_ready(&addr, &mut http, clock);
         let mut destination = match (at_destination.take(), &pg) {
             (Some(s), _) => s,
             (None, Some(pg)) => poll_rows(pg),
