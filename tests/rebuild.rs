@@ -90,7 +90,7 @@ const VIEWS: [&str; 4] = [
     "profiles",
     "scores",
     "marketing_audience",
-    "analytics_audience",
+    "personalization",
 ];
 
 fn same_views(live: &Serve, reference: &Serve, when: &str) {
@@ -141,7 +141,11 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
         &["--dataflow", spec_file.to_str().unwrap()],
     );
     let live_dir = dir("rebuild-live");
-    let mut live = Serve::start_with(&live_dir, &[]);
+    // a sink: the old engine hands it over at the switch-over
+    let sink_dir = dir("rebuild-live-sink");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let sink = sink_dir.join("changes.ndjson");
+    let mut live = Serve::start_with(&live_dir, &["--sink", sink.to_str().unwrap()]);
     let mut total = parts[0].lines().count();
     post(&reference, &parts[0], total);
     post(&live, &parts[0], total);
@@ -202,6 +206,32 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
     post(&reference, &parts[1], total);
     post(&live, &parts[1], total);
     same_views(&live, &reference, "after more events");
+    // the sink's change stream, consolidated, is every view (the same as a subscriber's)
+    let started = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(&sink)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let consolidated = common::consolidate_upto(&lines, u64::MAX);
+        let differs = VIEWS.iter().find(|view| {
+            let tag = format!("{{\"view\":\"{view}\",");
+            let got: Vec<&String> = consolidated
+                .iter()
+                .filter(|l| l.starts_with(&tag))
+                .collect();
+            let want = rows(&reference, view);
+            got.len() != want.lines().count()
+                || got.iter().zip(want.lines()).any(|(g, w)| g.as_str() != w)
+        });
+        let Some(view) = differs else { break };
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sink's changes never consolidated to view {view}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // a restart replays the log with the new spec
     live.kill();

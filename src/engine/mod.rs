@@ -515,7 +515,9 @@ fn watch_connection(cluster: &Cluster, connected: Arc<AtomicBool>) {
 /// - publishing ([`publish::Publisher`], SPEC section 7): the changes of completed clock
 ///   values to every sink;
 /// - the keepers' counts ([`stats::KeeperCounts`]) for `/metrics`;
-/// - views changed while running (`views.rs`: [`Driver::change_view`], and a dry run).
+/// - views changed while running (`views.rs`: [`Driver::change_view`], and a dry run);
+/// - a rebuild's switch-over (`switch.rs`: [`Driver::release`] on the engine replaced,
+///   [`Driver::adopt`] on the one replacing it).
 ///
 /// The driver itself passes each stage's output to the next and keeps the run's
 /// [`Summary`].
@@ -793,14 +795,19 @@ impl<'w> Driver<'w> {
     }
 }
 
-/// Lowers the calling thread's CPU priority to the least (nice 19; Linux keeps a nice
-/// value per thread): the threads of a rebuild's engine yield the CPU to those of the
+/// Lowers the calling thread's CPU priority to the least (Linux's `SCHED_IDLE`, else nice
+/// 19; Linux keeps both per thread): the threads of a rebuild's engine yield the CPU to those of the
 /// engine serving, so live events keep their latency while the rebuild catches up. Where
 /// the system refuses, the thread runs as it was.
 pub fn lower_priority() {
-    // SAFETY: setpriority takes plain integers and touches no memory of ours; `0` names
-    // the calling thread
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    // SCHED_IDLE: the thread runs only when no other wants the CPU, and a waking thread of
+    // the serving engine preempts it at once; nice 19 where that is refused
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: both take plain integers (and a pointer to a local that outlives the call)
+    // and touch no other memory of ours; `0` names the calling thread
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    }
 }
 
 /// The machine's wall clock in epoch ms.

@@ -47,7 +47,9 @@
 //! A span holds what the engine kept under the spec it was folded with. A server started
 //! with another spec replays spans as they are: a change to identifier types, consent
 //! purposes or traits applies exactly only to the lines still kept as received (the
-//! retired events are gone, as they are from memory; see issue 33 for rebuilds).
+//! retired events are gone, as they are from memory). A rebuild for a new spec on a running
+//! server checks this first (`crate::spec::edit::inexact_rules`, [`super::log::folded_until`]):
+//! see `crate::server`'s rebuilds.
 //!
 //! A `forget` the engine has not carried out yet (no erasure set recorded) ends the rewrite:
 //! it and every line after it are kept as they are, for a later compaction. So does a

@@ -109,7 +109,14 @@ async function refreshStats() {
   const recovering = stats.recovering
     ? `recovering: ${fmtNumber(stats.recovering.replayed)} of ${fmtNumber(stats.recovering.of)} logged lines replayed · `
     : "";
-  statusLine.textContent = recovering + `${fmtNumber(stats.totals.accepted)} events accepted · ` +
+  // a rebuild for a new spec (PUT /v1/spec): its progress, or how the last one ended
+  const r = stats.rebuild;
+  const rebuild = !r ? ""
+    : r.running ? `rebuilding for a new spec: ${r.phase}, ${fmtNumber(r.lines)} of ${fmtNumber(r.of)} logged lines · `
+    : r.failed ? `the last rebuild failed: ${r.failed} · `
+    : r.switched ? `spec version ${r.switched.version} since engine time ${new Date(r.switched.engine_time).toISOString()} · `
+    : "";
+  statusLine.textContent = recovering + rebuild + `${fmtNumber(stats.totals.accepted)} events accepted · ` +
     `log ${fmtBytes(stats.log_bytes)} · updated ${new Date(stats.at).toLocaleTimeString()}`;
   return stats;
 }

@@ -10,6 +10,10 @@
 //! `DIR/dataflow.toml`. Changes are made one at a time; a request for a view another request
 //! is changing at that moment answers `409`: the change in progress wins.
 //! `POST /v1/views/{name}/preview` is a dry run: the rows a definition would have now.
+//!
+//! `PUT /v1/spec` takes a whole spec: made as view changes when only its views differ, else
+//! handed to the server's [`Rebuilds`] (a rebuild from the log, switched to in one step);
+//! views cannot change while one runs.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
