@@ -80,6 +80,26 @@ fn wait_switched(serve: &Serve) -> serde_json::Value {
     }
 }
 
+/// The threads of process `pid` whose scheduling policy is `SCHED_IDLE` (5), by name.
+fn idle_threads(pid: u32) -> Vec<String> {
+    let mut idle = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let sched = std::fs::read_to_string(task.path().join("sched")).unwrap_or_default();
+        let policy = sched
+            .lines()
+            .find(|l| l.starts_with("policy"))
+            .and_then(|l| l.rsplit(':').next())
+            .map(str::trim);
+        if policy == Some("5") {
+            idle.push(std::fs::read_to_string(task.path().join("comm")).unwrap_or_default());
+        }
+    }
+    idle
+}
+
 fn rows(serve: &Serve, name: &str) -> String {
     let (status, body) = serve.get(&format!("/v1/views/{name}"));
     assert_eq!(status, 200, "{body}");
@@ -168,6 +188,9 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
     assert!(switched["changes"].as_u64().unwrap() > 0, "{ended}");
     assert_eq!(live.get("/v1/spec").1, new_spec());
     same_views(&live, &reference, "right after the switch-over");
+    // the rebuild's threads ran at the lowest priority; the serving engine's must not
+    let idle = idle_threads(live.child.id());
+    assert!(idle.is_empty(), "threads left at SCHED_IDLE: {idle:?}");
 
     // the subscriber: the old rows, then the switch-over's -1/+1, all at one engine time
     let got = subscriber.join().unwrap();

@@ -82,9 +82,9 @@ pub struct Options {
     /// Retire what can no longer change any output (SPEC section 9), or keep everything
     /// (the reference retention is tested against).
     pub retention: Retention,
-    /// Run every thread at the lowest CPU priority: a rebuild's engine beside the one
-    /// serving, which then keeps its latency ([`lower_priority`]).
-    pub background: bool,
+    /// Run every thread at the lowest CPU priority until [`Background::restore`]: a
+    /// rebuild's engine beside the one serving, which then keeps its latency.
+    pub background: Option<Arc<Background>>,
 }
 
 impl Default for Options {
@@ -101,7 +101,7 @@ impl Default for Options {
             cluster: None,
             until_ms: None,
             retention: Retention::Retire,
-            background: false,
+            background: None,
         }
     }
 }
@@ -264,14 +264,14 @@ pub enum EngineError {
 fn parse_ahead(
     rx: Receiver<Message>,
     spec: Arc<Spec>,
-    background: bool,
+    background: Option<Arc<Background>>,
 ) -> Result<Receiver<Message>, EngineError> {
     let (tx, parsed) = crossbeam_channel::bounded(PARSED_AHEAD);
     std::thread::Builder::new()
         .name("throughline-parse".into())
         .spawn(move || {
-            if background {
-                lower_priority();
+            if let Some(background) = background {
+                background.lower();
             }
             for mut message in rx {
                 if let Message::Batch(batch) = &mut message {
@@ -305,7 +305,7 @@ pub fn run_channel(
 ) -> Result<Summary, EngineError> {
     let started = Instant::now();
     let workers = options.workers.max(1);
-    let rx = parse_ahead(rx, Arc::clone(&spec), options.background)?;
+    let rx = parse_ahead(rx, Arc::clone(&spec), options.background.clone())?;
     // only the final rows are wanted: every worker hands over its own (see `RowsOnly`);
     // in a cluster, process 0 decides for every process (see `agree`)
     let rows_only = options.snapshot
@@ -357,10 +357,10 @@ pub fn run_channel(
     let processes = options.cluster.as_ref().map_or(1, |c| c.addresses.len());
     let keepers = Keepers::new(workers * processes, processes == 1);
     let clustered = options.cluster.is_some();
-    let background = options.background;
+    let background = options.background.clone();
     let guards = timely::execute(config, move |worker| {
-        if background {
-            lower_priority();
+        if let Some(background) = &background {
+            background.lower();
         }
         let rows_only = match clustered {
             true => match agree(worker, rows_only, spec.fingerprint()) {
@@ -795,19 +795,57 @@ impl<'w> Driver<'w> {
     }
 }
 
-/// Lowers the calling thread's CPU priority to the least (Linux's `SCHED_IDLE`, else nice
-/// 19; Linux keeps both per thread): the threads of a rebuild's engine yield the CPU to those of the
-/// engine serving, so live events keep their latency while the rebuild catches up. Where
-/// the system refuses, the thread runs as it was.
-pub fn lower_priority() {
-    // SCHED_IDLE: the thread runs only when no other wants the CPU, and a waking thread of
-    // the serving engine preempts it at once; nice 19 where that is refused
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: both take plain integers (and a pointer to a local that outlives the call)
-    // and touch no other memory of ours; `0` names the calling thread
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+/// The threads of an engine that runs beside the one serving (a rebuild's): each lowers
+/// itself to the least CPU priority ([`Background::lower`]: Linux's `SCHED_IDLE`, which a
+/// waking thread of the serving engine preempts at once), and all are restored at once when
+/// the engine takes over ([`Background::restore`]). Leaving `SCHED_IDLE` needs
+/// `CAP_SYS_NICE`, so [`Background::available`] says first whether it can be undone: where
+/// it cannot, the threads keep their normal priority (a serving engine must never be left at
+/// the lowest).
+#[derive(Debug, Default)]
+pub struct Background {
+    threads: Mutex<Vec<libc::pid_t>>,
+}
+
+impl Background {
+    /// Whether threads may be lowered and restored here (checked once, on a thread of its
+    /// own).
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::thread::spawn(|| {
+                set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER)
+            })
+            .join()
+            .unwrap_or(false)
+        })
     }
+
+    /// Lowers the calling thread, and remembers it for [`Background::restore`].
+    pub fn lower(&self) {
+        // SAFETY: gettid takes nothing and returns the calling thread's id
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.push(tid);
+        }
+        set_policy(0, libc::SCHED_IDLE);
+    }
+
+    /// Gives every lowered thread its normal priority back.
+    pub fn restore(&self) {
+        let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
+        for tid in threads {
+            set_policy(tid, libc::SCHED_OTHER);
+        }
+    }
+}
+
+/// Sets thread `tid`'s (`0`: the calling thread's) scheduling policy; whether it took.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: takes plain integers and a pointer to a local that outlives the call, and
+    // touches no other memory of ours
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
 }
 
 /// The machine's wall clock in epoch ms.

@@ -67,6 +67,10 @@ impl Driver<'_> {
     /// later of the two engines' last times), then ends the subscriptions of views the new
     /// spec does not have.
     pub(super) fn adopt(&mut self, handed: Handover) -> Result<Switched, String> {
+        // the serving engine from now on: its threads get their normal priority back
+        if let Some(background) = self.options.background.take() {
+            background.restore();
+        }
         self.publish_current().map_err(|e| e.to_string())?;
         let Handover {
             outlets,

@@ -290,10 +290,19 @@ impl Job {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
-        // the engine serving keeps the CPU first (its engine's threads do the same)
-        engine::lower_priority();
+        // the engine serving keeps the CPU first (the new engine's threads do the same,
+        // until it takes over)
+        let background =
+            engine::Background::available().then(|| Arc::new(engine::Background::default()));
+        if let Some(background) = &background {
+            background.lower();
+        } else {
+            eprintln!(
+                "throughline: rebuild: without CAP_SYS_NICE its threads run at normal priority, beside the serving engine's"
+            );
+        }
         ctx.compactor.pause(true);
-        let outcome = self.build(&ctx);
+        let outcome = self.build(&ctx, background);
         ctx.compactor.pause(false);
         // from the request to the end of the switch-over (`held.1` after its start)
         let took = self
@@ -348,6 +357,7 @@ impl Job {
     fn build(
         &self,
         ctx: &Arc<Ctx>,
+        background: Option<Arc<engine::Background>>,
     ) -> Result<(Switched, u64, (Duration, Duration), Instant), String> {
         let views = ctx
             .views
@@ -366,16 +376,29 @@ impl Job {
         let engine = {
             let (spec, names) = (Arc::clone(&self.spec), self.names.clone());
             let options = Options {
-                background: true,
+                background: background.clone(),
                 ..self.options.clone()
             };
             std::thread::Builder::new()
                 .name("throughline-engine".into())
-                .spawn(move || engine::run_channel(spec, rx, names, true, sinks, options))
+                .spawn(move || {
+                    // it inherits this thread's priority: restored with the others
+                    if let Some(background) = &options.background {
+                        background.lower();
+                    }
+                    engine::run_channel(spec, rx, names, true, sinks, options)
+                })
                 .map_err(|e| format!("cannot start the new engine: {e}"))?
         };
         let caught_up = self.catch_up(ctx, &tx, &counters);
-        let switched = caught_up.and_then(|tee| self.switch(ctx, views, &tx, &tee));
+        let switched = caught_up.and_then(|tee| {
+            // the switch-over holds appends: it runs, and the new engine takes over, at normal
+            // priority
+            if let Some(background) = &background {
+                background.restore();
+            }
+            self.switch(ctx, views, &tx, &tee)
+        });
         match switched {
             Ok((switched, version, held)) => {
                 let ended = Instant::now();
