@@ -80,6 +80,36 @@ fn wait_switched(serve: &Serve) -> serde_json::Value {
     }
 }
 
+/// Waits until the change file `sink`, consolidated, holds every view of `reference`: its
+/// lines.
+fn wait_sink(sink: &std::path::Path, reference: &Serve) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(sink)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let consolidated = common::consolidate_upto(&lines, u64::MAX);
+        let differs = VIEWS.iter().find(|view| {
+            let tag = format!("{{\"view\":\"{view}\",");
+            let got: Vec<&String> = consolidated
+                .iter()
+                .filter(|l| l.starts_with(&tag))
+                .collect();
+            let want = rows(reference, view);
+            got.len() != want.lines().count()
+                || got.iter().zip(want.lines()).any(|(g, w)| g.as_str() != w)
+        });
+        let Some(view) = differs else { return lines };
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sink's changes never consolidated to view {view}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The threads of process `pid` whose scheduling policy is `SCHED_IDLE` (5), by name.
 fn idle_threads(pid: u32) -> Vec<String> {
     let mut idle = Vec::new();
@@ -230,41 +260,91 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
     post(&live, &parts[1], total);
     same_views(&live, &reference, "after more events");
     // the sink's change stream, consolidated, is every view (the same as a subscriber's)
-    let started = Instant::now();
-    loop {
-        let lines: Vec<String> = std::fs::read_to_string(&sink)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let consolidated = common::consolidate_upto(&lines, u64::MAX);
-        let differs = VIEWS.iter().find(|view| {
-            let tag = format!("{{\"view\":\"{view}\",");
-            let got: Vec<&String> = consolidated
-                .iter()
-                .filter(|l| l.starts_with(&tag))
-                .collect();
-            let want = rows(&reference, view);
-            got.len() != want.lines().count()
-                || got.iter().zip(want.lines()).any(|(g, w)| g.as_str() != w)
-        });
-        let Some(view) = differs else { break };
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the sink's changes never consolidated to view {view}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let before = wait_sink(&sink, &reference);
+    let at = switched["engine_time"].as_u64().unwrap();
 
-    // a restart replays the log with the new spec
+    // a restart replays the log with the old spec up to the switch-over's position and
+    // switches again there: the sink's file, written again from the replay, says the same
     live.kill();
-    live = Serve::start_with(&live_dir, &[]);
+    live = Serve::start_with(&live_dir, &["--sink", sink.to_str().unwrap()]);
     same_views(&live, &reference, "after a restart");
+    let after = wait_sink(&sink, &reference);
+    for t in [at - 1, at, u64::MAX] {
+        assert_eq!(
+            common::consolidate_upto(&after, t),
+            common::consolidate_upto(&before, t),
+            "the sink's changes up to {t} after the restart"
+        );
+    }
     assert_eq!(live.get("/v1/spec").1, new_spec());
     total += parts[2].lines().count();
     post(&reference, &parts[2], total);
     post(&live, &parts[2], total);
     same_views(&live, &reference, "after the restart and more events");
+}
+
+/// A sink that had confirmed nothing when the server was killed after a switch-over: the
+/// restart's replay sends it everything again, the old spec's changes up to the switch-over's
+/// position, then the same `-1`/`+1` at the same engine time, then the new spec's.
+#[test]
+fn a_restart_makes_the_switch_over_again_for_a_sink_that_had_not_confirmed_it() {
+    let parts = common::workload_parts(46, 1200, 100, 2);
+    let reference_dir = dir("rebuild-again-reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec_file = reference_dir.join("new.toml");
+    std::fs::write(&spec_file, new_spec()).unwrap();
+    let reference = Serve::start_with(
+        &reference_dir.join("data"),
+        &["--dataflow", spec_file.to_str().unwrap()],
+    );
+    let live_dir = dir("rebuild-again");
+    let sink_dir = dir("rebuild-again-sink");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let sink = sink_dir.join("changes.ndjson");
+    let args = ["--sink", sink.to_str().unwrap()];
+    // the sink's writes fail: it confirms nothing
+    let live = Serve::start_env(
+        &live_dir,
+        &args,
+        &[("FAILPOINTS", "sink::file::write=return")],
+    );
+    let mut total = 0;
+    total += parts[0].lines().count();
+    post(&reference, &parts[0], total);
+    post(&live, &parts[0], total);
+    let old_scores = rows(&live, "scores");
+    let (status, answer) = put_spec(&live, "", &new_spec());
+    assert_eq!(status, 202, "{answer}");
+    let ended = wait_switched(&live);
+    let at = ended["switched"]["engine_time"].as_u64().unwrap();
+    total += parts[1].lines().count();
+    post(&reference, &parts[1], total);
+    post(&live, &parts[1], total);
+    live.kill();
+    let live = Serve::start_with(&live_dir, &args);
+    same_views(&live, &reference, "after the restart");
+    let lines = wait_sink(&sink, &reference);
+    let scores = |t: u64| {
+        common::consolidate_upto(&lines, t)
+            .into_iter()
+            .filter(|l| l.starts_with("{\"view\":\"scores\","))
+            .map(|l| l + "\n")
+            .collect::<String>()
+    };
+    assert_eq!(
+        scores(at - 1),
+        old_scores,
+        "the old spec's rows up to the switch-over"
+    );
+    let switch: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&format!("\"time\":{at},")))
+        .collect();
+    assert!(
+        switch.iter().any(|l| l.contains("\"diff\":-1"))
+            && switch.iter().any(|l| l.contains("\"diff\":1")),
+        "the switch-over's -1s and +1s at engine time {at}"
+    );
 }
 
 /// SIGKILL at the two worst moments: while the new engine replays the log (the request is

@@ -112,28 +112,13 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     let (view_log, changed) = ViewLog::open(&dir.views())?;
     let mut text = config.spec_text.clone();
     let mut replayed_views = Vec::new();
-    // a spec a rebuild switched to replaces the spec from the start (see `rebuild`)
-    let mut spec = spec;
     for record in &changed {
         if record.spec.is_some() {
+            // a spec a rebuild switched to: made again at its position (see `rebuild`)
             text = record.apply(&text, &spec.source)?.text;
-            spec = Arc::new(Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?);
-            replayed_views.clear();
-            if record.version
-                == changed
-                    .iter()
-                    .filter(|r| r.spec.is_some())
-                    .map(|r| r.version)
-                    .max()
-                    .unwrap_or(0)
-            {
-                eprintln!(
-                    "throughline: running the spec a rebuild switched to (version {}, at log line {}), not --dataflow's; {} holds it",
-                    record.version,
-                    record.position,
-                    dir.dataflow().display()
-                );
-            }
+            let switched = Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?;
+            cuts.insert(record.position);
+            replayed_views.push((record.position, Step::Spec(Arc::new(switched))));
             continue;
         }
         text = record
@@ -150,12 +135,18 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         cuts.insert(record.position);
         replayed_views.push((
             record.position,
-            ViewChange {
+            Step::View(ViewChange {
                 name: record.name.clone(),
                 text: record.definition.as_ref().map(|_| text.clone()),
                 spec: text.clone(),
-            },
+            }),
         ));
+    }
+    if changed.iter().any(|r| r.spec.is_some()) {
+        eprintln!(
+            "throughline: the log is replayed with --dataflow's spec, then each spec a rebuild switched to from its position on; {} holds the last",
+            dir.dataflow().display()
+        );
     }
     let same_spec = dir.stored_spec()?.is_none_or(|s| s == text);
     if !same_spec {
@@ -164,9 +155,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         );
     }
     dir.store_spec(&text)?;
-    let current = Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?;
+    let current = Arc::new(Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?);
     let views = Views::new(Catalog {
-        spec: Arc::new(current),
+        spec: Arc::clone(&current),
         text,
         file: spec.source.clone(),
         version: changed.last().map_or(0, |r| r.version),
@@ -226,8 +217,9 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
         live,
         counters,
         lookups: EngineLink::new(tx.clone()),
+        // the spec running once the replay is done (the last a rebuild switched to)
         compactor: Compactor::new(
-            spec,
+            current,
             salt,
             dir.erasures(),
             Box::new(confirmed_by(sinks.clone())),
@@ -258,6 +250,7 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
             bytes: verified.bytes,
             cuts,
             changed: replayed_views,
+            rebuilder: Arc::clone(&rebuilder),
             source: config.source.clone(),
             follower: Arc::clone(&follower),
             pending: pending_rebuild,
@@ -319,8 +312,11 @@ struct Replay {
     bytes: u64,
     /// Where the replay must end published groups ([`sink::replay_cuts`]).
     cuts: BTreeSet<u64>,
-    /// The views changed while running, changed again at their positions.
-    changed: Vec<(u64, ViewChange)>,
+    /// The views changed while running, and the specs rebuilds switched to, made again at
+    /// their positions.
+    changed: Vec<(u64, Step)>,
+    /// Makes the switch-overs again.
+    rebuilder: Arc<rebuild::Rebuilder>,
     /// A Kafka topic to follow once the log says where to resume.
     source: Option<KafkaUrl>,
     follower: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -338,6 +334,7 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
         bytes,
         cuts,
         changed,
+        rebuilder,
         source,
         follower,
         pending,
@@ -348,10 +345,10 @@ fn recover(replay: Replay, tx: crossbeam_channel::Sender<Message>) -> Result<(),
     let replayed = log::read_records(ctx.log.path(), bytes)
         .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))
         .and_then(|records| {
-            replay_records(&records, &tx, &cuts, &changed, &ctx.stop)?;
-            Ok(records)
+            let tx = replay_records(&records, tx, &cuts, &changed, (&ctx, &rebuilder))?;
+            Ok((records, tx))
         });
-    let forwarding = replayed.and_then(|records| {
+    let forwarding = replayed.and_then(|(records, tx)| {
         ctx.log
             .start_forwarding(tx)
             .map_err(|e| format!("cannot replay {}: {e}", ctx.log.path().display()))?;
@@ -615,30 +612,42 @@ fn source_names(config: &ServeConfig) -> SourceNames {
 /// The engine thread of `serve`.
 type EngineThread = std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>;
 
-/// Sends the log's records to the engine, ending published groups at `cuts` (see
-/// [`sink::replay_cuts`]), until the server stops.
+/// What the replay makes again at a log position.
+enum Step {
+    /// A view changed while running.
+    View(ViewChange),
+    /// A spec a rebuild switched to.
+    Spec(Arc<Spec>),
+}
+
+/// Sends the log's records to the engine (`tx`), ending published groups at `cuts` (see
+/// [`sink::replay_cuts`]), until the server stops: the channel of the engine running at the
+/// end.
 ///
 /// The views `changed` while running (each after the log position it followed) are changed
-/// again after exactly the same lines.
+/// again after exactly the same lines, and each spec a rebuild switched to is switched to
+/// again there ([`rebuild::Rebuilder::switch_again`]), so every output is the same as the
+/// first time.
 fn replay_records(
     records: &[Record],
-    tx: &crossbeam_channel::Sender<Message>,
+    mut tx: crossbeam_channel::Sender<Message>,
     cuts: &BTreeSet<u64>,
-    changed: &[(u64, ViewChange)],
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    let send = |records: &[Record], first: u64| -> Result<(), String> {
+    changed: &[(u64, Step)],
+    (ctx, rebuilder): (&Ctx, &rebuild::Rebuilder),
+) -> Result<crossbeam_channel::Sender<Message>, String> {
+    let stopped = "the engine stopped during replay";
+    let send = |tx: &crossbeam_channel::Sender<Message>, records: &[Record], first: u64| {
         for batch in log::batches_cut(records, first, cuts) {
-            if stop.load(Ordering::SeqCst) {
+            if ctx.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
             tx.send(Message::Batch(batch))
-                .map_err(|_| "the engine stopped during replay".to_string())?;
+                .map_err(|_| stopped.to_string())?;
         }
-        Ok(())
+        Ok::<(), String>(())
     };
     let (mut start, mut line) = (0, 1u64);
-    for (position, change) in changed {
+    for (position, step) in changed {
         let mut end = start;
         let mut next = line;
         while let Some(r) = records.get(end)
@@ -647,21 +656,30 @@ fn replay_records(
             next += r.lines.max(1);
             end += 1;
         }
-        send(records.get(start..end).unwrap_or_default(), line)?;
+        send(&tx, records.get(start..end).unwrap_or_default(), line)?;
         (start, line) = (end, next);
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        tx.send(Message::View(
-            change.clone(),
-            crate::engine::input::ViewLogger(None),
-            reply,
-        ))
-        .map_err(|_| "the engine stopped during replay".to_string())?;
-        answer
-            .recv()
-            .map_err(|_| "the engine stopped during replay".to_string())?
-            .map_err(|e| format!("cannot change view {} again: {e}", change.name))?;
+        match step {
+            Step::View(change) => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                tx.send(Message::View(
+                    change.clone(),
+                    crate::engine::input::ViewLogger(None),
+                    reply,
+                ))
+                .map_err(|_| stopped.to_string())?;
+                answer
+                    .recv()
+                    .map_err(|_| stopped.to_string())?
+                    .map_err(|e| format!("cannot change view {} again: {e}", change.name))?;
+            }
+            Step::Spec(spec) => {
+                let prefix = records.get(..end).unwrap_or_default();
+                tx = rebuilder.switch_again(ctx, prefix, Arc::clone(spec))?;
+            }
+        }
     }
-    send(records.get(start..).unwrap_or_default(), line)
+    send(&tx, records.get(start..).unwrap_or_default(), line)?;
+    Ok(tx)
 }
 
 /// `throughline compact`: compacts a stopped server's log with the spec it last ran with.

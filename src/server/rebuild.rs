@@ -23,11 +23,10 @@
 //! during a rebuild starts it again once it has recovered, and one killed after the
 //! switch-over was recorded replays the log with the new spec.
 //!
-//! After a restart, the log is replayed with the latest spec from its first line (a
-//! restart's replay does not switch at the recorded position): the views' rows, and every
-//! change after the position, are the same, while a sink that had not confirmed the
-//! switch-over's changes gets the new spec's changes from its confirmed position on, which
-//! consolidate to the same rows.
+//! A restart replays the log with the spec it started with and makes every recorded
+//! version again at its position ([`Rebuilder::switch_again`]: an engine with the version's
+//! spec replays the records before the position and takes over there), so every output is
+//! the same as the first time, a sink's replayed changes included.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -363,33 +362,12 @@ impl Job {
             .views
             .as_ref()
             .ok_or("this server does not change its spec")?;
-        let counters = Arc::new(Counters::default());
-        let mut own = LiveViews::default();
-        own.names = self.spec.views.iter().map(|v| v.name.clone()).collect();
-        let sinks = Sinks {
-            live: Some(Arc::new(Mutex::new(own))),
-            counters: Some(Arc::clone(&counters)),
-            ..Sinks::new(None, DeadLetters::new(None))
+        let options = Options {
+            background: background.clone(),
+            ..self.options.clone()
         };
+        let (tx, engine, counters) = new_engine(&self.spec, self.names.clone(), options)?;
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
-        let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
-        let engine = {
-            let (spec, names) = (Arc::clone(&self.spec), self.names.clone());
-            let options = Options {
-                background: background.clone(),
-                ..self.options.clone()
-            };
-            std::thread::Builder::new()
-                .name("throughline-engine".into())
-                .spawn(move || {
-                    // it inherits this thread's priority: restored with the others
-                    if let Some(background) = &options.background {
-                        background.lower();
-                    }
-                    engine::run_channel(spec, rx, names, true, sinks, options)
-                })
-                .map_err(|e| format!("cannot start the new engine: {e}"))?
-        };
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| {
             // the switch-over holds appends: it runs, and the new engine takes over, at normal
@@ -507,25 +485,9 @@ impl Job {
         let version = views.switch_to(&self.text, Arc::clone(&self.spec), position, time)?;
         // the tests kill the server here: the new spec recorded, no output has it yet
         fail::fail_point!("rebuild::recorded");
-        let old = ctx
-            .lookups
-            .replace(tx.clone())
-            .ok_or("the engine link is unavailable")?;
-        let (reply, handed) = crossbeam_channel::bounded(1);
-        let released = old
-            .send(Message::Release(reply))
-            .ok()
-            .and_then(|()| handed.recv().ok());
         // the new engine takes over before any later append reaches it: appends go on as
         // soon as it has the outputs, while it publishes the switch-over's changes
-        let adopting = released
-            .ok_or("the running engine stopped")
-            .and_then(|handover| {
-                let (reply, answer) = crossbeam_channel::bounded(1);
-                tx.send(Message::Adopt(handover, reply))
-                    .map_err(|_| "the new engine stopped")?;
-                Ok(answer)
-            });
+        let adopting = hand_over(ctx, tx);
         let _ = resume.send(Some(tx.clone()));
         let appends = held.elapsed();
         let adopted =
@@ -536,6 +498,96 @@ impl Job {
             Ok(Err(e)) => Err(fail_stop(ctx, &e)),
             Err(e) => Err(fail_stop(ctx, e)),
         }
+    }
+}
+
+/// Starts an engine for `spec` that publishes only to views of its own (and counts in
+/// counters of its own) until it takes over: its channel, thread and counters.
+fn new_engine(
+    spec: &Arc<Spec>,
+    names: SourceNames,
+    options: Options,
+) -> Result<(Sender<Message>, EngineThread, Arc<Counters>), String> {
+    let counters = Arc::new(Counters::default());
+    let mut own = LiveViews::default();
+    own.names = spec.views.iter().map(|v| v.name.clone()).collect();
+    let sinks = Sinks {
+        live: Some(Arc::new(Mutex::new(own))),
+        counters: Some(Arc::clone(&counters)),
+        ..Sinks::new(None, DeadLetters::new(None))
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
+    let spec = Arc::clone(spec);
+    let engine = std::thread::Builder::new()
+        .name("throughline-engine".into())
+        .spawn(move || {
+            // it inherits its starter's priority: restored with the others
+            if let Some(background) = &options.background {
+                background.lower();
+            }
+            engine::run_channel(spec, rx, names, true, sinks, options)
+        })
+        .map_err(|e| format!("cannot start the new engine: {e}"))?;
+    Ok((tx, engine, counters))
+}
+
+/// Links the server to the engine reading `tx`, has the engine serving now publish what
+/// is pending and hand its outputs over, and gives them to the new one (after every line
+/// sent to it before): where its answer will come.
+fn hand_over(
+    ctx: &Ctx,
+    tx: &Sender<Message>,
+) -> Result<Receiver<Result<Switched, String>>, &'static str> {
+    let old = ctx
+        .lookups
+        .replace(tx.clone())
+        .ok_or("the engine link is unavailable")?;
+    let (reply, handed) = crossbeam_channel::bounded(1);
+    let handover = old
+        .send(Message::Release(reply))
+        .ok()
+        .and_then(|()| handed.recv().ok())
+        .ok_or("the running engine stopped")?;
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    tx.send(Message::Adopt(handover, reply))
+        .map_err(|_| "the new engine stopped")?;
+    Ok(answer)
+}
+
+impl Rebuilder {
+    /// A restart's replay reaching the position a rebuild switched over at: an engine for
+    /// `spec` replays the records up to it (`prefix`) and takes over from the one that
+    /// replayed them with the spec before (the engine serving), publishing the same
+    /// `-1`/`+1` changes at the same engine time as the first time. Its channel, on which
+    /// the replay goes on.
+    pub(super) fn switch_again(
+        &self,
+        ctx: &Ctx,
+        prefix: &[log::Record],
+        spec: Arc<Spec>,
+    ) -> Result<Sender<Message>, String> {
+        let (tx, engine, _) = new_engine(&spec, self.names.clone(), self.options.clone())?;
+        for batch in log::batches(prefix, 1) {
+            tx.send(Message::Batch(batch))
+                .map_err(|_| "the new engine stopped during replay".to_string())?;
+        }
+        let switched = hand_over(ctx, &tx)
+            .and_then(|answer| answer.recv().map_err(|_| "the new engine stopped"))
+            .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?
+            .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?;
+        let previous = self
+            .engine
+            .lock()
+            .map_err(|_| "the engine slot is unavailable".to_string())?
+            .replace(engine);
+        if let Some(previous) = previous {
+            let _ = previous.join();
+        }
+        eprintln!(
+            "throughline: replay: switched to a rebuilt spec again at log line {} (engine time {}, {} changes)",
+            switched.position, switched.time, switched.changes
+        );
+        Ok(tx)
     }
 }
 
