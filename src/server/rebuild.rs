@@ -207,10 +207,10 @@ impl Rebuilds for Rebuilder {
             .name("throughline-rebuild".into())
             .spawn(move || job.run())
             .map_err(|e| (500, format!("cannot start the rebuild: {e}")))?;
-        if let Ok(mut slot) = self.thread.lock() {
-            if let Some(previous) = slot.replace(handle) {
-                let _ = previous.join(); // it had finished: `running` was false
-            }
+        if let Ok(mut slot) = self.thread.lock()
+            && let Some(previous) = slot.replace(handle)
+        {
+            let _ = previous.join(); // it had finished: `running` was false
         }
         Ok(json!({
             "rebuild": "started",
