@@ -387,6 +387,13 @@ fn a_kill_during_a_rebuild_then_a_restart_ends_with_the_new_spec() {
             let (status, body) = live.post("/v1/ingest", late.as_bytes());
             assert_eq!(status, 200, "{body}");
             assert_eq!(live.get("/v1/spec").1, throughline::spec::DEFAULT_SPEC);
+            // views and the spec wait for the switch-over
+            let view = "purpose = \"marketing\"\nfields = [\"email\"]\n";
+            let (status, body) = request(&live.addr, "PUT", "/v1/views/v", &[], view.as_bytes());
+            assert_eq!(status, 409, "{body}");
+            assert!(body.contains("rebuild"), "{body}");
+            let (status, body) = put_spec(&live, "", &new_spec());
+            assert_eq!(status, 409, "{body}");
         } else {
             // the switch-over is recorded: the server has not answered anything from it yet
             assert!(live_dir.join("rebuild.json").exists());

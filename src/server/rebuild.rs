@@ -417,6 +417,12 @@ impl Job {
         counters: &Counters,
     ) -> Result<Receiver<Message>, String> {
         let (tee, teed) = crossbeam_channel::unbounded();
+        // a compaction that began before the rebuild paused them would swap the file while
+        // it is read: wait for it, and hold others off until the records are read
+        let held = ctx
+            .log
+            .compaction_held()
+            .map_err(|e| format!("cannot read the log: {e}"))?;
         let (bytes, next) = ctx
             .log
             .tee(tee)
@@ -429,6 +435,7 @@ impl Job {
         fail::fail_point!("rebuild::catch_up");
         let records = log::read_records(ctx.log.path(), bytes)
             .map_err(|e| format!("cannot read {}: {e}", ctx.log.path().display()))?;
+        drop(held);
         let send = |m: Message| tx.send(m).map_err(|_| "the new engine stopped".to_string());
         for batch in log::batches(&records, 1) {
             if ctx.stop.load(Ordering::SeqCst) {

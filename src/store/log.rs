@@ -860,6 +860,14 @@ impl Log {
         Ok(stats)
     }
 
+    /// Waits for a compaction in progress, and holds off others while the guard lives (a
+    /// rebuild reading the log's first bytes as they were when it began to follow it).
+    pub fn compaction_held(&self) -> io::Result<std::sync::MutexGuard<'_, ()>> {
+        self.compacting
+            .lock()
+            .map_err(|_| io::Error::other("a compaction failed"))
+    }
+
     /// Forwards every later append to `to` as well (a rebuild's engine), until
     /// [`Log::untee`] or [`Log::handover`]. Returns the log's durable length and the number
     /// of the first line `to` gets: the lines before it are in the log's first bytes.
