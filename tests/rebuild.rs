@@ -37,19 +37,24 @@ fn new_spec() -> String {
     )
 }
 
-/// Posts `lines` and waits until the server has taken them all (`total` lines so far).
-fn post(serve: &Serve, lines: &str, total: usize) {
-    let (status, body) = serve.post("/v1/ingest", lines.as_bytes());
-    assert_eq!(status, 200, "{body}");
-    let started = Instant::now();
-    while !serve
-        .get("/metrics")
-        .1
-        .contains(&format!("throughline_lines_total {total}\n"))
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "not taken");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A server started with [`new_spec`] on a fresh directory `name`: what a server that
+/// switched to it must equal.
+fn reference(name: &str) -> Serve {
+    let reference_dir = dir(name);
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    let spec_file = reference_dir.join("new.toml");
+    std::fs::write(&spec_file, new_spec()).unwrap();
+    Serve::start_with(
+        &reference_dir.join("data"),
+        &["--dataflow", spec_file.to_str().unwrap()],
+    )
+}
+
+/// A change file for a `--sink`, in a fresh directory `name`.
+fn sink_file(name: &str) -> PathBuf {
+    let sink_dir = dir(name);
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    sink_dir.join("changes.ndjson")
 }
 
 fn put_spec(serve: &Serve, query: &str, text: &str) -> (u16, String) {
@@ -182,23 +187,14 @@ fn subscribe(addr: &str) -> std::thread::JoinHandle<Vec<String>> {
 #[test]
 fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_it() {
     let parts = common::workload_parts(43, 2000, 150, 3);
-    let reference_dir = dir("rebuild-reference");
-    std::fs::create_dir_all(&reference_dir).unwrap();
-    let spec_file = reference_dir.join("new.toml");
-    std::fs::write(&spec_file, new_spec()).unwrap();
-    let reference = Serve::start_with(
-        &reference_dir.join("data"),
-        &["--dataflow", spec_file.to_str().unwrap()],
-    );
+    let reference = reference("rebuild-reference");
     let live_dir = dir("rebuild-live");
     // a sink: the old engine hands it over at the switch-over
-    let sink_dir = dir("rebuild-live-sink");
-    std::fs::create_dir_all(&sink_dir).unwrap();
-    let sink = sink_dir.join("changes.ndjson");
+    let sink = sink_file("rebuild-live-sink");
     let mut live = Serve::start_with(&live_dir, &["--sink", sink.to_str().unwrap()]);
     let mut total = parts[0].lines().count();
-    post(&reference, &parts[0], total);
-    post(&live, &parts[0], total);
+    reference.post_taken(&parts[0], total);
+    live.post_taken(&parts[0], total);
     let before = rows(&live, "scores");
     assert_ne!(
         before,
@@ -256,8 +252,8 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
 
     // events after it: the new spec maintains the views
     total += parts[1].lines().count();
-    post(&reference, &parts[1], total);
-    post(&live, &parts[1], total);
+    reference.post_taken(&parts[1], total);
+    live.post_taken(&parts[1], total);
     same_views(&live, &reference, "after more events");
     // the sink's change stream, consolidated, is every view (the same as a subscriber's)
     let before = wait_sink(&sink, &reference);
@@ -278,8 +274,8 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
     }
     assert_eq!(live.get("/v1/spec").1, new_spec());
     total += parts[2].lines().count();
-    post(&reference, &parts[2], total);
-    post(&live, &parts[2], total);
+    reference.post_taken(&parts[2], total);
+    live.post_taken(&parts[2], total);
     same_views(&live, &reference, "after the restart and more events");
 }
 
@@ -289,18 +285,9 @@ fn a_changed_signal_after_the_switch_over_has_the_rows_of_a_server_started_with_
 #[test]
 fn a_restart_makes_the_switch_over_again_for_a_sink_that_had_not_confirmed_it() {
     let parts = common::workload_parts(46, 1200, 100, 2);
-    let reference_dir = dir("rebuild-again-reference");
-    std::fs::create_dir_all(&reference_dir).unwrap();
-    let spec_file = reference_dir.join("new.toml");
-    std::fs::write(&spec_file, new_spec()).unwrap();
-    let reference = Serve::start_with(
-        &reference_dir.join("data"),
-        &["--dataflow", spec_file.to_str().unwrap()],
-    );
+    let reference = reference("rebuild-again-reference");
     let live_dir = dir("rebuild-again");
-    let sink_dir = dir("rebuild-again-sink");
-    std::fs::create_dir_all(&sink_dir).unwrap();
-    let sink = sink_dir.join("changes.ndjson");
+    let sink = sink_file("rebuild-again-sink");
     let args = ["--sink", sink.to_str().unwrap()];
     // the sink's writes fail: it confirms nothing
     let live = Serve::start_env(
@@ -310,16 +297,16 @@ fn a_restart_makes_the_switch_over_again_for_a_sink_that_had_not_confirmed_it() 
     );
     let mut total = 0;
     total += parts[0].lines().count();
-    post(&reference, &parts[0], total);
-    post(&live, &parts[0], total);
+    reference.post_taken(&parts[0], total);
+    live.post_taken(&parts[0], total);
     let old_scores = rows(&live, "scores");
     let (status, answer) = put_spec(&live, "", &new_spec());
     assert_eq!(status, 202, "{answer}");
     let ended = wait_switched(&live);
     let at = ended["switched"]["engine_time"].as_u64().unwrap();
     total += parts[1].lines().count();
-    post(&reference, &parts[1], total);
-    post(&live, &parts[1], total);
+    reference.post_taken(&parts[1], total);
+    live.post_taken(&parts[1], total);
     live.kill();
     let live = Serve::start_with(&live_dir, &args);
     same_views(&live, &reference, "after the restart");
@@ -354,14 +341,7 @@ fn a_restart_makes_the_switch_over_again_for_a_sink_that_had_not_confirmed_it() 
 #[test]
 fn a_kill_during_a_rebuild_then_a_restart_ends_with_the_new_spec() {
     let parts = common::workload_parts(44, 1500, 120, 3);
-    let reference_dir = dir("rebuild-kill-reference");
-    std::fs::create_dir_all(&reference_dir).unwrap();
-    let spec_file = reference_dir.join("new.toml");
-    std::fs::write(&spec_file, new_spec()).unwrap();
-    let reference = Serve::start_with(
-        &reference_dir.join("data"),
-        &["--dataflow", spec_file.to_str().unwrap()],
-    );
+    let reference = reference("rebuild-kill-reference");
     let mut total = 0;
     for (i, (point, part)) in ["rebuild::catch_up", "rebuild::recorded"]
         .iter()
@@ -374,9 +354,9 @@ fn a_kill_during_a_rebuild_then_a_restart_ends_with_the_new_spec() {
         let live = Serve::start_env(&live_dir, &[], &hold);
         if i == 0 {
             total += part.lines().count();
-            post(&reference, part, total);
+            reference.post_taken(part, total);
         }
-        post(&live, &parts[0], parts[0].lines().count());
+        live.post_taken(&parts[0], parts[0].lines().count());
         let (status, answer) = put_spec(&live, "", &new_spec());
         assert_eq!(status, 202, "{answer}");
         live.wait_health(&["rebuilding"]);
@@ -407,12 +387,12 @@ fn a_kill_during_a_rebuild_then_a_restart_ends_with_the_new_spec() {
         if i == 0 {
             expected += late.lines().count();
         } else {
-            post(&live, late, expected + late.lines().count());
+            live.post_taken(late, expected + late.lines().count());
             expected += late.lines().count();
         }
         if i == 0 {
             total += late.lines().count();
-            post(&reference, late, total);
+            reference.post_taken(late, total);
         }
         let (_, metrics) = live.get("/metrics");
         assert!(
@@ -431,7 +411,7 @@ fn a_spec_the_folded_log_cannot_backfill_is_refused_unless_accepted() {
     let live = Serve::start_with(&dir, &[]);
     let events = common::workload_over(45, 3000, 150, false, Some(150));
     let text = String::from_utf8(events).unwrap();
-    post(&live, &text, text.lines().filter(|l| !l.is_empty()).count());
+    live.post_taken(&text, text.lines().filter(|l| !l.is_empty()).count());
     let (status, body) = live.post("/v1/compact", b"");
     assert_eq!(status, 200, "{body}");
     let compacted: serde_json::Value = serde_json::from_str(&body).unwrap();

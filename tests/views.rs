@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::{Serve, request};
@@ -21,21 +21,6 @@ fn dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-/// Posts `lines` and waits until the server has taken them all (`total` lines so far).
-fn post(serve: &Serve, lines: &str, total: usize) {
-    let (status, body) = serve.post("/v1/ingest", lines.as_bytes());
-    assert_eq!(status, 200, "{body}");
-    let started = Instant::now();
-    while !serve
-        .get("/metrics")
-        .1
-        .contains(&format!("throughline_lines_total {total}\n"))
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "not taken");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A directory `name` holding a spec file: the default spec with `engaged` from the start.
@@ -82,8 +67,8 @@ fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
 
     let mut total = 0;
     total += parts[0].lines().count();
-    post(&reference, &parts[0], total);
-    post(&live, &parts[0], total);
+    reference.post_taken(&parts[0], total);
+    live.post_taken(&parts[0], total);
     assert_eq!(live.get("/v1/views/engaged").0, 404);
     // a dry run: the rows it would have, and nothing published
     let changes_before = live.get("/metrics").1;
@@ -142,8 +127,8 @@ fn a_view_added_while_running_has_the_rows_of_a_server_started_with_it() {
     // a subscriber from now on sees the same changes as the reference's
     for part in &parts[1..] {
         total += part.lines().count();
-        post(&reference, part, total);
-        post(&live, part, total);
+        reference.post_taken(part, total);
+        live.post_taken(part, total);
         assert_eq!(rows(&live, "engaged"), rows(&reference, "engaged"));
         for view in ["profiles", "scores", "marketing_audience"] {
             assert_eq!(rows(&live, view), rows(&reference, view), "view {view}");
@@ -338,7 +323,7 @@ fn a_kill_during_a_put_loses_no_acknowledged_view() {
         // this round's events, and the PUT in flight while the server is killed
         let part = all[round * 400..(round + 1) * 400].join("\n") + "\n";
         total += 400;
-        post(&live, &part, total);
+        live.post_taken(&part, total);
         let addr = live.addr.clone();
         let body = if round == 1 { "" } else { ENGAGED };
         let put = std::thread::spawn(move || {
@@ -362,7 +347,7 @@ fn a_kill_during_a_put_loses_no_acknowledged_view() {
                 &reference_dir.join(format!("data-{round}")),
                 &["--dataflow", spec.to_str().unwrap()],
             );
-            post(&reference, &(all[..total].join("\n") + "\n"), total);
+            reference.post_taken(&(all[..total].join("\n") + "\n"), total);
             assert_eq!(rows_now, rows(&reference, "engaged"), "round {round}");
         }
         live.kill();

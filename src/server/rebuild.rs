@@ -380,19 +380,7 @@ impl Job {
         match switched {
             Ok((switched, version, held)) => {
                 let ended = Instant::now();
-                let old = self
-                    .engine
-                    .lock()
-                    .map_err(|_| "the engine slot is unavailable".to_string())?
-                    .replace(engine);
-                // the old engine stopped at the switch-over: its dataflow winds down
-                if let Some(old) = old {
-                    match old.join() {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => eprintln!("throughline: rebuild: the old engine: {e}"),
-                        Err(_) => eprintln!("throughline: rebuild: the old engine panicked"),
-                    }
-                }
+                serving(&self.engine, engine)?;
                 Ok((switched, version, held, ended))
             }
             Err(why) => {
@@ -538,6 +526,21 @@ fn new_engine(
     Ok((tx, engine, counters))
 }
 
+/// Puts `engine` in the server's slot for the engine serving (the one `serve` waits for at
+/// its end), and waits for the one it replaces, stopped at the switch-over, to wind down.
+fn serving(slot: &Mutex<Option<EngineThread>>, engine: EngineThread) -> Result<(), String> {
+    let old = slot
+        .lock()
+        .map_err(|_| "the engine slot is unavailable".to_string())?
+        .replace(engine);
+    match old.map(std::thread::JoinHandle::join) {
+        Some(Ok(Err(e))) => eprintln!("throughline: rebuild: the old engine: {e}"),
+        Some(Err(_)) => eprintln!("throughline: rebuild: the old engine panicked"),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Links the server to the engine reading `tx`, has the engine serving now publish what
 /// is pending and hand its outputs over, and gives them to the new one (after every line
 /// sent to it before): where its answer will come.
@@ -582,14 +585,7 @@ impl Rebuilder {
             .and_then(|answer| answer.recv().map_err(|_| "the new engine stopped"))
             .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?
             .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?;
-        let previous = self
-            .engine
-            .lock()
-            .map_err(|_| "the engine slot is unavailable".to_string())?
-            .replace(engine);
-        if let Some(previous) = previous {
-            let _ = previous.join();
-        }
+        serving(&self.engine, engine)?;
         eprintln!(
             "throughline: replay: switched to a rebuilt spec again at log line {} (engine time {}, {} changes)",
             switched.position, switched.time, switched.changes

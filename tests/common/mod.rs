@@ -189,6 +189,22 @@ impl Serve {
         request(&self.addr, "POST", path, &[], body)
     }
 
+    /// Posts `lines` to `/v1/ingest` and waits (up to 60 s) until the server has taken them
+    /// all (`total` lines so far, as `/metrics` counts them).
+    pub fn post_taken(&self, lines: &str, total: usize) {
+        let (status, body) = self.post("/v1/ingest", lines.as_bytes());
+        assert_eq!(status, 200, "{body}");
+        let started = std::time::Instant::now();
+        while !self
+            .get("/metrics")
+            .1
+            .contains(&format!("throughline_lines_total {total}\n"))
+        {
+            assert!(started.elapsed() < Duration::from_secs(60), "not taken");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(mut self) {
         let _ = self.child.kill();
