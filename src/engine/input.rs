@@ -180,7 +180,7 @@ pub enum Message {
     Release(Sender<Box<super::Handover>>),
     /// A rebuild's switch-over, to the engine that replaces another: once every line sent
     /// before it is published, take over the outputs the other handed over and publish, at
-    /// one engine time, the changes from its rows to this engine's ([`super::Driver::adopt`]).
+    /// one engine time, the changes from its rows to this engine's (`engine::switch`).
     Adopt(
         Box<super::Handover>,
         Sender<Result<super::Switched, String>>,
