@@ -180,9 +180,11 @@ pub enum Message {
     Release(Sender<Box<super::Handover>>),
     /// A rebuild's switch-over, to the engine that replaces another: once every line sent
     /// before it is published, take over the outputs the other handed over and publish, at
-    /// one engine time, the changes from its rows to this engine's (`engine::switch`).
+    /// one engine time, the changes from its rows to this engine's (`engine::switch`), as
+    /// prepared while both ran.
     Adopt(
         Box<super::Handover>,
+        Box<super::Prepared>,
         Sender<Result<super::Switched, String>>,
     ),
     /// All sources are exhausted.

@@ -35,7 +35,7 @@ mod switch;
 mod views;
 
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
-pub use switch::{Handover, Switched};
+pub use switch::{Handover, Prepared, Preparing, Switched};
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -716,8 +716,8 @@ impl<'w> Driver<'w> {
                     let _ = reply.send(Box::new(handover));
                     return Ok(());
                 }
-                Message::Adopt(handover, reply) => {
-                    let _ = reply.send(self.adopt(*handover));
+                Message::Adopt(handover, prepared, reply) => {
+                    let _ = reply.send(self.adopt(*handover, *prepared));
                 }
                 Message::Explain(ident, at, reply) => {
                     let started = Instant::now();

@@ -130,9 +130,62 @@ pub trait Publish: Send {
 /// sorted ([`Snapshot::lines`], [`Snapshot::lines_of`]), which is the only place order
 /// matters. The per-view maps grow without stalls (`griddle`), as a live server applies
 /// changes to its views between requests.
+///
+/// Each view's rows are kept in [`SHARDS`] maps by a hash of the key, so that two
+/// snapshots can be compared a shard at a time ([`Snapshot::changes_in`]): a rebuild's
+/// switch-over compares the serving engine's rows with the new engine's while both run,
+/// holding each one's lock only for a shard.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    views: BTreeMap<String, griddle::HashMap<(String, String), isize>>,
+    views: BTreeMap<String, ViewRows>,
+}
+
+/// How many maps each view's rows are split into ([`Snapshot`]).
+pub const SHARDS: usize = 256;
+
+/// One view's rows: (key, row) → multiplicity.
+type Rows = griddle::HashMap<(String, String), isize>;
+
+/// One view's rows in [`SHARDS`] maps, each key's in the map [`shard_of`] it.
+#[derive(Debug, Clone)]
+struct ViewRows(Vec<Rows>);
+
+impl Default for ViewRows {
+    fn default() -> ViewRows {
+        ViewRows((0..SHARDS).map(|_| Rows::default()).collect())
+    }
+}
+
+impl ViewRows {
+    fn shard(&self, shard: usize) -> Option<&Rows> {
+        self.0.get(shard)
+    }
+
+    fn count(&self, key: String, row: String) -> isize {
+        let shard = shard_of(&key);
+        self.0
+            .get(shard)
+            .and_then(|rows| rows.get(&(key, row)).copied())
+            .unwrap_or(0)
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|rows| rows.len()).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&(String, String), &isize)> {
+        self.0.iter().flat_map(|rows| rows.iter())
+    }
+}
+
+/// The shard of [`SHARDS`] a key's rows are kept in: FNV-1a of the key, mixed (the same in
+/// every snapshot, so two can be compared shard by shard).
+pub fn shard_of(key: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % SHARDS
 }
 
 impl Snapshot {
@@ -143,11 +196,18 @@ impl Snapshot {
 
     /// Applies a change it may keep the strings of (no copy of the key or row).
     pub fn apply_owned(&mut self, change: Change) {
-        let rows = match self.views.get_mut(&change.view) {
+        let view = match self.views.get_mut(&change.view) {
             Some(rows) => rows,
             None => self.views.entry(change.view).or_default(),
         };
-        add_count(rows, (change.key, change.row), change.diff);
+        if let Some(rows) = view.0.get_mut(shard_of(&change.key)) {
+            add_count(rows, (change.key, change.row), change.diff);
+        }
+    }
+
+    /// The multiplicity of `row` under `key` in `view`.
+    pub fn count(&self, view: &str, key: String, row: String) -> isize {
+        self.views.get(view).map_or(0, |rows| rows.count(key, row))
     }
 
     /// The snapshot lines, sorted by view then key. A row whose multiplicity is not 1 would
@@ -188,33 +248,73 @@ impl Snapshot {
             .collect()
     }
 
-    /// The changes, at `time`, that make this snapshot into `to`: every row of `to` it
-    /// lacks as `+1`, every row it has that `to` lacks as `-1` (a rebuild's switch-over;
-    /// consolidated and sorted by [`consolidated`]).
-    pub fn changes_to(&self, to: &Snapshot, time: u64) -> Vec<Change> {
-        let mut changes = Vec::new();
-        let empty = griddle::HashMap::default();
-        // the rows `from` holds more often than `other`, as changes of sign `sign`
-        let mut more = |from: &Snapshot, other: &Snapshot, sign: isize| {
-            for (view, rows) in &from.views {
-                let theirs = other.views.get(view).unwrap_or(&empty);
-                for (pair, count) in rows {
-                    let more = count - theirs.get(pair).copied().unwrap_or(0);
-                    if more > 0 {
-                        changes.push(Change {
-                            time,
-                            view: view.clone(),
-                            key: pair.0.clone(),
-                            diff: sign * more,
-                            row: pair.1.clone(),
-                        });
-                    }
-                }
-            }
+    /// The views that have rows here, or had.
+    pub fn view_names(&self) -> impl Iterator<Item = &String> {
+        self.views.keys()
+    }
+
+    /// The changes that make shard `shard` of `view` here into the same in `to`, unordered
+    /// and not yet timed: each row's multiplicity in `to` minus its multiplicity here, where
+    /// not 0 ((view, key, row), diff): every row of `to` this lacks as `+1`, every row this
+    /// has that `to` lacks as `-1`.
+    pub fn changes_in(
+        &self,
+        to: &Snapshot,
+        view: &str,
+        shard: usize,
+        out: &mut Vec<((String, String, String), isize)>,
+    ) {
+        let empty = Rows::default();
+        fn rows<'a>(s: &'a Snapshot, view: &str, shard: usize, empty: &'a Rows) -> &'a Rows {
+            s.views
+                .get(view)
+                .and_then(|rows| rows.shard(shard))
+                .unwrap_or(empty)
+        }
+        let (mine, theirs) = (
+            rows(self, view, shard, &empty),
+            rows(to, view, shard, &empty),
+        );
+        let mut push = |(key, row): &(String, String), diff: isize| {
+            out.push(((view.to_string(), key.clone(), row.clone()), diff));
         };
-        more(to, self, 1);
-        more(self, to, -1);
-        consolidated(changes)
+        for (pair, count) in theirs {
+            let diff = count - mine.get(pair).copied().unwrap_or(0);
+            if diff != 0 {
+                push(pair, diff);
+            }
+        }
+        for (pair, count) in mine {
+            if !theirs.contains_key(pair) {
+                push(pair, -count);
+            }
+        }
+    }
+
+    /// The changes, at `time`, that make this snapshot into `to`: every row of `to` it
+    /// lacks as `+1`, every row it has that `to` lacks as `-1` (consolidated and sorted by
+    /// [`consolidated`]). The whole comparison at once: a rebuild's switch-over works it
+    /// out a shard at a time instead ([`super::switch::Preparing`]).
+    pub fn changes_to(&self, to: &Snapshot, time: u64) -> Vec<Change> {
+        let names: std::collections::BTreeSet<&String> =
+            self.view_names().chain(to.view_names()).collect();
+        let mut out = Vec::new();
+        for view in names {
+            for shard in 0..SHARDS {
+                self.changes_in(to, view, shard, &mut out);
+            }
+        }
+        consolidated(
+            out.into_iter()
+                .map(|((view, key, row), diff)| Change {
+                    time,
+                    view,
+                    key,
+                    diff,
+                    row,
+                })
+                .collect(),
+        )
     }
 
     /// Number of rows of one view.
@@ -254,6 +354,9 @@ pub struct LiveViews {
     /// The views that exist now (the spec's, and those changed while running).
     pub names: std::collections::BTreeSet<String>,
     subscribers: Vec<Subscriber>,
+    /// While a rebuild prepares its switch-over: every (view, key, row) changed since it
+    /// began ([`super::switch::Preparing`]).
+    journal: Option<std::collections::HashSet<(String, String, String)>>,
 }
 
 /// How many changes a subscriber may fall behind before it is dropped (so one slow client
@@ -287,6 +390,35 @@ impl LiveViews {
         for change in changes {
             self.snapshot.apply(change);
         }
+        if let Some(journal) = &mut self.journal {
+            for c in changes {
+                journal.insert((c.view.clone(), c.key.clone(), c.row.clone()));
+            }
+        }
+        self.notify(changes);
+    }
+
+    /// Puts `rows` in place of the current ones (`changes` lead from these to those) and
+    /// sends the changes to the subscribers, as [`LiveViews::apply`] would: a rebuild's
+    /// switch-over, whose new rows are at hand. The rows replaced.
+    pub fn replace(&mut self, rows: Snapshot, changes: &[Change]) -> Snapshot {
+        let old = std::mem::replace(&mut self.snapshot, rows);
+        self.notify(changes);
+        old
+    }
+
+    /// Starts (`true`) or stops keeping the journal of changed rows; what it held.
+    pub fn journal(&mut self, keep: bool) -> std::collections::HashSet<(String, String, String)> {
+        let held = self.journal.take().unwrap_or_default();
+        if keep {
+            self.journal = Some(std::collections::HashSet::new());
+        }
+        held
+    }
+
+    /// Sends published changes to the subscribers of their views (dropping subscribers that
+    /// went away or fell too far behind).
+    fn notify(&mut self, changes: &[Change]) {
         self.subscribers.retain(|s| {
             changes
                 .iter()

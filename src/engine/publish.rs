@@ -184,17 +184,20 @@ impl<'w> Publisher<'w> {
         if let Some(w) = &mut self.changes {
             w.flush()?;
         }
-        self.deliver(changes, upto_ms, tally)
+        self.deliver(changes, upto_ms, tally, None)
     }
 
     /// Publishes `changes` (consolidated, sorted, at clock values `<= upto_ms`, already
     /// written to the change stream) to the live views, the further outputs and the
-    /// snapshot, and counts them in `tally`.
+    /// snapshot, and counts them in `tally`. `rows`, when given, are the live views' rows
+    /// after the changes, put in their place instead of applying the changes (a rebuild's
+    /// switch-over, whose new rows are at hand).
     pub(super) fn deliver(
         &mut self,
         changes: Vec<Change>,
         upto_ms: u64,
         tally: &mut Tally,
+        rows: Option<Snapshot>,
     ) -> Result<(), EngineError> {
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
@@ -212,8 +215,16 @@ impl<'w> Publisher<'w> {
         if let Some(live) = &self.live
             && let Ok(mut views) = live.lock()
         {
-            if !changes.is_empty() {
-                views.apply(&changes);
+            match rows {
+                Some(rows) => {
+                    let replaced = views.replace(rows, &changes);
+                    // a large map's strings take a while to free: not while the views wait
+                    let _ = std::thread::Builder::new()
+                        .name("throughline-free".into())
+                        .spawn(move || drop(replaced));
+                }
+                None if !changes.is_empty() => views.apply(&changes),
+                None => {}
             }
             views.time = views.time.max(upto_ms);
         }

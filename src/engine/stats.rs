@@ -128,9 +128,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Histogram {
+        // fine around the latency floors (1, 2 and 5 ms), so their quantiles can be read
+        // from the buckets
         const BOUNDS: &[u64] = &[
-            250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-            1_000_000, 2_500_000, 10_000_000,
+            100, 250, 500, 750, 1_000, 1_500, 2_000, 2_500, 3_000, 4_000, 5_000, 7_500, 10_000,
+            25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 10_000_000,
         ];
         Histogram {
             bounds_us: BOUNDS,

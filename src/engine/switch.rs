@@ -7,10 +7,21 @@
 //! time it publishes the changes from the old rows to its own, so that a subscriber
 //! consolidating its stream still has the current view, and from then on it publishes
 //! everything like the engine it replaced.
+//!
+//! Those changes are worked out before the switch-over, while both engines run
+//! ([`Preparing`]): the two engines' rows are compared a shard at a time
+//! ([`super::output::Snapshot::changes_in`]), each engine's live views locked only for one
+//! shard, and both keep a journal of the rows they change from the start. At the switch-over
+//! only the journaled rows are compared again ([`Prepared`]), and the new engine's rows take
+//! the place of the old ones instead of the changes being applied to them
+//! ([`LiveViews::replace`]): the views stop for the journal's rows and the publication of the
+//! changes, not for a comparison of every row. This is the same difference as comparing
+//! every row at the switch-over ([`super::output::Snapshot::changes_to`]): a row no journal
+//! holds has not changed in either engine since its shard was compared.
 
 use std::sync::{Arc, Mutex};
 
-use super::output::{DeadLetters, LiveViews};
+use super::output::{Change, DeadLetters, LiveViews, SHARDS};
 use super::publish::Outlets;
 use super::{Counters, Driver, EngineError, ErasureSink};
 
@@ -66,7 +77,11 @@ impl Driver<'_> {
     /// published (the handed live views) to this engine's own, at one engine time (the
     /// later of the two engines' last times), then ends the subscriptions of views the new
     /// spec does not have.
-    pub(super) fn adopt(&mut self, handed: Handover) -> Result<Switched, String> {
+    pub(super) fn adopt(
+        &mut self,
+        handed: Handover,
+        prepared: Prepared,
+    ) -> Result<Switched, String> {
         // the serving engine from now on: its threads get their normal priority back
         if let Some(background) = self.options.background.take() {
             background.restore();
@@ -88,18 +103,19 @@ impl Driver<'_> {
             .publisher
             .adopt(outlets)
             .ok_or("this engine kept no live views to switch to")?;
+        if !Arc::ptr_eq(&own, &prepared.new) || !Arc::ptr_eq(&shared, &prepared.old) {
+            return Err("the switch-over was prepared for other views".into());
+        }
         let now = time.max(self.clock().unwrap_or(0));
-        let (diff, names) = {
-            let (own, old) = (lock(&own)?, lock(&shared)?);
-            (
-                old.snapshot.changes_to(&own.snapshot, now),
-                own.names.clone(),
-            )
+        let diff = prepared.finish(now)?;
+        let (rows, names) = {
+            let mut own = lock(&own)?;
+            (std::mem::take(&mut own.snapshot), own.names.clone())
         };
         let count = diff.len();
         self.summary.tally.changes = changes;
         self.publisher
-            .deliver(diff, now, &mut self.summary.tally)
+            .deliver(diff, now, &mut self.summary.tally, Some(rows))
             .map_err(|e| e.to_string())?;
         {
             let mut views = lock(&shared)?;
@@ -122,8 +138,234 @@ impl Driver<'_> {
     }
 }
 
+/// A switch-over's changes being worked out while both engines run (see the module docs):
+/// the serving engine's live views (`old`) are compared with the new engine's (`new`) a
+/// shard at a time ([`Preparing::step`]).
+pub struct Preparing {
+    prepared: Prepared,
+    /// The (view, shard)s not compared yet.
+    left: Vec<(String, usize)>,
+}
+
+impl Preparing {
+    /// Starts keeping both engines' journals of changed rows, and lists the shards to
+    /// compare.
+    pub fn start(
+        old: Arc<Mutex<LiveViews>>,
+        new: Arc<Mutex<LiveViews>>,
+    ) -> Result<Preparing, String> {
+        let mut names = std::collections::BTreeSet::new();
+        for views in [&old, &new] {
+            let mut views = lock(views)?;
+            views.journal(true);
+            names.extend(views.snapshot.view_names().cloned());
+        }
+        let left = names
+            .into_iter()
+            .flat_map(|view| (0..SHARDS).rev().map(move |shard| (view.clone(), shard)))
+            .collect();
+        Ok(Preparing {
+            prepared: Prepared {
+                old,
+                new,
+                changes: Vec::new(),
+            },
+            left,
+        })
+    }
+
+    /// Compares one more shard (the old engine's views locked, then the new one's): whether
+    /// any is left.
+    pub fn step(&mut self) -> Result<bool, String> {
+        let Some((view, shard)) = self.left.pop() else {
+            return Ok(false);
+        };
+        let mut out = Vec::new();
+        {
+            let old = lock(&self.prepared.old)?;
+            let new = lock(&self.prepared.new)?;
+            old.snapshot
+                .changes_in(&new.snapshot, &view, shard, &mut out);
+        }
+        let changes = out.into_iter().map(|((view, key, row), diff)| Change {
+            time: 0,
+            view,
+            key,
+            diff,
+            row,
+        });
+        self.prepared.changes.extend(changes);
+        Ok(!self.left.is_empty())
+    }
+
+    /// Every shard compared: the changes, to be finished at the switch-over.
+    pub fn done(mut self) -> Result<Prepared, String> {
+        while self.step()? {}
+        // each (view, key, row) was compared once
+        self.prepared.changes.sort_unstable_by(by_row);
+        Ok(self.prepared)
+    }
+}
+
+/// A switch-over's changes, compared while both engines ran ([`Preparing`]), to be finished
+/// once both have stopped publishing (the new engine does, when it adopts the old one's
+/// outputs). Dropped without finishing, it stops both journals.
+pub struct Prepared {
+    old: Arc<Mutex<LiveViews>>,
+    new: Arc<Mutex<LiveViews>>,
+    /// Each (view, key, row) whose multiplicity differs, with the new multiplicity minus the
+    /// old as compared, sorted by (view, key, row) once every shard is.
+    changes: Vec<Change>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("changes", &self.changes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// The changes, at `time`, from the old engine's rows to the new one's, consolidated
+    /// and sorted as [`super::output::consolidated`] sorts: the comparison, with every row
+    /// a journal holds compared again (the engines no longer publish).
+    fn finish(mut self, time: u64) -> Result<Vec<Change>, String> {
+        let mut changes = std::mem::take(&mut self.changes);
+        let mut more = Vec::new();
+        {
+            let mut old = lock(&self.old)?;
+            let mut new = lock(&self.new)?;
+            let mut journal = old.journal(false);
+            journal.extend(new.journal(false));
+            for (view, key, row) in journal {
+                let diff = new.snapshot.count(&view, key.clone(), row.clone())
+                    - old.snapshot.count(&view, key.clone(), row.clone());
+                let at = changes.binary_search_by(|c| {
+                    (c.view.as_str(), c.key.as_str(), c.row.as_str()).cmp(&(
+                        view.as_str(),
+                        key.as_str(),
+                        row.as_str(),
+                    ))
+                });
+                match at {
+                    Ok(at) => {
+                        if let Some(c) = changes.get_mut(at) {
+                            c.diff = diff;
+                        }
+                    }
+                    Err(_) if diff != 0 => more.push(Change {
+                        time,
+                        view,
+                        key,
+                        diff,
+                        row,
+                    }),
+                    Err(_) => {}
+                }
+            }
+        }
+        changes.retain(|c| c.diff != 0);
+        if !more.is_empty() {
+            more.sort_unstable_by(by_row);
+            changes.extend(more);
+            // two sorted runs: a stable sort merges them in linear time
+            changes.sort_by(by_row);
+        }
+        for c in &mut changes {
+            c.time = time;
+        }
+        // sorted by (view, key, row): only the changes of one key move, retractions first
+        for group in changes.chunk_by_mut(|a, b| (&a.view, &a.key) == (&b.view, &b.key)) {
+            if group.len() > 1 {
+                group.sort_unstable();
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// The order of (view, key, row).
+fn by_row(a: &Change, b: &Change) -> std::cmp::Ordering {
+    (&a.view, &a.key, &a.row).cmp(&(&b.view, &b.key, &b.row))
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        for views in [&self.old, &self.new] {
+            if let Ok(mut views) = views.lock() {
+                views.journal(false);
+            }
+        }
+    }
+}
+
 fn lock(views: &Mutex<LiveViews>) -> Result<std::sync::MutexGuard<'_, LiveViews>, String> {
     views
         .lock()
         .map_err(|_| "the live views are unavailable".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::output::Snapshot;
+
+    /// Changes of a few rows of two views under many keys, so that they fall in many shards.
+    fn changes(updates: &[(usize, usize, usize, bool)]) -> Vec<Change> {
+        updates
+            .iter()
+            .map(|&(view, key, row, insert)| Change {
+                time: 1,
+                view: format!("v{view}"),
+                key: format!("user_id:u{key}"),
+                diff: if insert { 1 } else { -1 },
+                row: format!("{{\"r\":{row}}}"),
+            })
+            .collect()
+    }
+
+    fn live(rows: &[Change]) -> Arc<Mutex<LiveViews>> {
+        let mut views = LiveViews::default();
+        views.apply(rows);
+        Arc::new(Mutex::new(views))
+    }
+
+    proptest::proptest! {
+        /// The law of a prepared switch-over: comparing the two engines' rows a shard at a
+        /// time while both go on changing, then comparing the journaled rows again, gives
+        /// exactly the changes of comparing every row at the end, in the same order; and
+        /// applied to the old rows they give the new ones.
+        #[test]
+        fn a_prepared_switch_over_equals_comparing_every_row_at_the_end(
+            old in proptest::collection::vec((0usize..2, 0usize..400, 0usize..3, proptest::bool::ANY), 0..300),
+            new in proptest::collection::vec((0usize..3, 0usize..400, 0usize..3, proptest::bool::ANY), 0..300),
+            during in proptest::collection::vec(
+                (proptest::bool::ANY, 0usize..SHARDS * 3, (0usize..3, 0usize..400, 0usize..3, proptest::bool::ANY)),
+                0..60),
+        ) {
+            let (old, new) = (live(&changes(&old)), live(&changes(&new)));
+            let mut preparing = Preparing::start(Arc::clone(&old), Arc::clone(&new)).unwrap();
+            // changes in either engine between the shards' comparisons
+            let mut steps = 0;
+            for (in_old, at, update) in during {
+                while steps < at && preparing.step().unwrap() {
+                    steps += 1;
+                }
+                let target = if in_old { &old } else { &new };
+                target.lock().unwrap().apply(&changes(&[update]));
+            }
+            let prepared = preparing.done().unwrap();
+            let (from, to) = (
+                old.lock().unwrap().snapshot.clone(),
+                new.lock().unwrap().snapshot.clone(),
+            );
+            let expected = from.changes_to(&to, 7);
+            let got = prepared.finish(7).unwrap();
+            proptest::prop_assert_eq!(&got, &expected);
+            let mut applied: Snapshot = from;
+            got.iter().for_each(|c| applied.apply(c));
+            proptest::prop_assert_eq!(applied.lines(), to.lines());
+        }
+    }
 }

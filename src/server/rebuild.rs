@@ -11,13 +11,17 @@
 //! 2. **Catching up.** A second engine with the new spec replays the log's records as they
 //!    are when it starts, while the log also forwards every later append to it
 //!    ([`Log::tee`]). Compaction waits meanwhile. The running engine serves everything.
-//! 3. **Switch-over.** Once the new engine is within [`CAUGHT_UP`] lines of the log, the log
-//!    holds appends for a moment ([`Log::handover`]), the new spec is recorded with the
+//! 3. **Preparing.** Once the new engine is within [`CAUGHT_UP`] lines of the log, both
+//!    engines' rows are compared a shard at a time while both run, and both keep a journal
+//!    of the rows they change ([`engine::Preparing`]).
+//! 4. **Switch-over.** Once the new engine is within [`HOLD_WITHIN`] lines of the log, the
+//!    log holds appends for a moment ([`Log::handover`]), the new spec is recorded with the
 //!    log position it starts at (`DIR/views.ndjson`, fsynced before any output shows it),
 //!    and the running engine publishes what is pending and hands over its outputs. The
 //!    log then forwards to the new engine, which first publishes, at one engine time, the
-//!    `-1`/`+1` changes from the old rows to its own ([`crate::engine::Handover`]), then
-//!    serves everything from the log position on.
+//!    `-1`/`+1` changes from the old rows to its own (the comparison, with the journaled
+//!    rows compared again: [`crate::engine::Prepared`]), then serves everything from the
+//!    log position on.
 //!
 //! A request is recorded in `DIR/rebuild.json` before it starts: a server stopped or killed
 //! during a rebuild starts it again once it has recovered, and one killed after the
@@ -47,9 +51,18 @@ use crate::io::http::views::Rebuilds;
 use crate::spec::{Spec, edit};
 use crate::store::log;
 
-/// How close (in log lines) the new engine must be to the log before the switch-over holds
-/// appends: what it still has to take while they wait.
+/// How close (in log lines) the new engine must be to the log before the switch-over is
+/// prepared (both engines' rows compared while both run, [`engine::Preparing`]).
 pub const CAUGHT_UP: u64 = 2_000;
+
+/// How close (in log lines) the new engine must be to the log before the switch-over holds
+/// appends (what it still has to take while they wait), unless it takes longer than
+/// [`CLOSING_LIMIT`] to get there.
+pub const HOLD_WITHIN: u64 = 100;
+
+/// How long the new engine may take, at normal priority, to come within [`HOLD_WITHIN`]
+/// lines before the switch-over holds appends anyway.
+pub const CLOSING_LIMIT: Duration = Duration::from_secs(2);
 
 /// The request a rebuild carries out, as `DIR/rebuild.json` keeps it until it has switched
 /// over.
@@ -366,16 +379,19 @@ impl Job {
             background: background.clone(),
             ..self.options.clone()
         };
-        let (tx, engine, counters) = new_engine(&self.spec, self.names.clone(), options)?;
+        let (tx, engine, counters, own) = new_engine(&self.spec, self.names.clone(), options)?;
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| {
+            let prepared = self.prepare(ctx, &tx, &tee, own)?;
             // the switch-over holds appends: it runs, and the new engine takes over, at normal
             // priority
             if let Some(background) = &background {
                 background.restore();
             }
-            self.switch(ctx, views, &tx, &tee)
+            let until = Instant::now() + CLOSING_LIMIT;
+            self.follow(ctx, &tx, &tee, &counters, HOLD_WITHIN, Some(until))?;
+            self.switch(ctx, views, &tx, &tee, prepared)
         });
         match switched {
             Ok((switched, version, held)) => {
@@ -433,6 +449,22 @@ impl Job {
         }
         drop(records);
         set(&self.status, |s| s.phase = "following live input".into());
+        self.follow(ctx, tx, &teed, counters, CAUGHT_UP, None)?;
+        Ok(teed)
+    }
+
+    /// Forwards what the log forwards (`teed`) to the new engine (`tx`) until the new
+    /// engine is within `within` lines of the log, or `until` has passed.
+    fn follow(
+        &self,
+        ctx: &Ctx,
+        tx: &Sender<Message>,
+        teed: &Receiver<Message>,
+        counters: &Counters,
+        within: u64,
+        until: Option<Instant>,
+    ) -> Result<(), String> {
+        let send = |m: Message| tx.send(m).map_err(|_| "the new engine stopped".to_string());
         loop {
             if ctx.stop.load(Ordering::SeqCst) {
                 return Err("the server is stopping".into());
@@ -445,13 +477,37 @@ impl Job {
                 .forwarded()
                 .saturating_sub(counters.lines.load(Ordering::Acquire));
             set(&self.status, |s| s.of = ctx.log.forwarded());
-            if behind <= CAUGHT_UP {
-                return Ok(teed);
+            if behind <= within || until.is_some_and(|t| Instant::now() >= t) {
+                return Ok(());
             }
-            if let Ok(m) = teed.recv_timeout(Duration::from_millis(20)) {
+            if let Ok(m) = teed.recv_timeout(Duration::from_millis(5)) {
                 send(m)?;
             }
         }
+    }
+
+    /// Compares the serving engine's rows with the new engine's (`own`) a shard at a time
+    /// while both run, forwarding what the log forwards meanwhile ([`engine::Preparing`]).
+    fn prepare(
+        &self,
+        ctx: &Ctx,
+        tx: &Sender<Message>,
+        teed: &Receiver<Message>,
+        own: Arc<Mutex<LiveViews>>,
+    ) -> Result<engine::Prepared, String> {
+        set(&self.status, |s| s.phase = "comparing the views".into());
+        let mut preparing = engine::Preparing::start(Arc::clone(&ctx.live), own)?;
+        while preparing.step()? {
+            if ctx.stop.load(Ordering::SeqCst) {
+                return Err("the server is stopping".into());
+            }
+            for m in teed.try_iter() {
+                tx.send(m)
+                    .map_err(|_| "the new engine stopped".to_string())?;
+            }
+        }
+        set(&self.status, |s| s.phase = "following live input".into());
+        preparing.done()
     }
 
     /// The switch-over (see the module docs): the log holds appends while the old engine
@@ -462,6 +518,7 @@ impl Job {
         views: &crate::io::http::views::Views,
         tx: &Sender<Message>,
         teed: &Receiver<Message>,
+        prepared: engine::Prepared,
     ) -> Result<(Switched, u64, (Duration, Duration)), String> {
         set(&self.status, |s| s.phase = "switching over".into());
         let (resume, resumed) = crossbeam_channel::bounded(1);
@@ -482,7 +539,7 @@ impl Job {
         fail::fail_point!("rebuild::recorded");
         // the new engine takes over before any later append reaches it: appends go on as
         // soon as it has the outputs, while it publishes the switch-over's changes
-        let adopting = hand_over(ctx, tx);
+        let adopting = hand_over(ctx, tx, prepared);
         let _ = resume.send(Some(tx.clone()));
         let appends = held.elapsed();
         let adopted =
@@ -497,17 +554,27 @@ impl Job {
 }
 
 /// Starts an engine for `spec` that publishes only to views of its own (and counts in
-/// counters of its own) until it takes over: its channel, thread and counters.
+/// counters of its own) until it takes over: its channel, thread, counters and views.
+#[allow(clippy::type_complexity)]
 fn new_engine(
     spec: &Arc<Spec>,
     names: SourceNames,
     options: Options,
-) -> Result<(Sender<Message>, EngineThread, Arc<Counters>), String> {
+) -> Result<
+    (
+        Sender<Message>,
+        EngineThread,
+        Arc<Counters>,
+        Arc<Mutex<LiveViews>>,
+    ),
+    String,
+> {
     let counters = Arc::new(Counters::default());
     let mut own = LiveViews::default();
     own.names = spec.views.iter().map(|v| v.name.clone()).collect();
+    let own = Arc::new(Mutex::new(own));
     let sinks = Sinks {
-        live: Some(Arc::new(Mutex::new(own))),
+        live: Some(Arc::clone(&own)),
         counters: Some(Arc::clone(&counters)),
         ..Sinks::new(None, DeadLetters::new(None))
     };
@@ -523,7 +590,7 @@ fn new_engine(
             engine::run_channel(spec, rx, names, true, sinks, options)
         })
         .map_err(|e| format!("cannot start the new engine: {e}"))?;
-    Ok((tx, engine, counters))
+    Ok((tx, engine, counters, own))
 }
 
 /// Puts `engine` in the server's slot for the engine serving (the one `serve` waits for at
@@ -543,10 +610,12 @@ fn serving(slot: &Mutex<Option<EngineThread>>, engine: EngineThread) -> Result<(
 
 /// Links the server to the engine reading `tx`, has the engine serving now publish what
 /// is pending and hand its outputs over, and gives them to the new one (after every line
-/// sent to it before): where its answer will come.
+/// sent to it before) with the switch-over's changes as `prepared`: where its answer will
+/// come.
 fn hand_over(
     ctx: &Ctx,
     tx: &Sender<Message>,
+    prepared: engine::Prepared,
 ) -> Result<Receiver<Result<Switched, String>>, &'static str> {
     let old = ctx
         .lookups
@@ -559,7 +628,7 @@ fn hand_over(
         .and_then(|()| handed.recv().ok())
         .ok_or("the running engine stopped")?;
     let (reply, answer) = crossbeam_channel::bounded(1);
-    tx.send(Message::Adopt(handover, reply))
+    tx.send(Message::Adopt(handover, Box::new(prepared), reply))
         .map_err(|_| "the new engine stopped")?;
     Ok(answer)
 }
@@ -576,12 +645,22 @@ impl Rebuilder {
         prefix: &[log::Record],
         spec: Arc<Spec>,
     ) -> Result<Sender<Message>, String> {
-        let (tx, engine, _) = new_engine(&spec, self.names.clone(), self.options.clone())?;
+        let (tx, engine, counters, own) =
+            new_engine(&spec, self.names.clone(), self.options.clone())?;
         for batch in log::batches(prefix, 1) {
             tx.send(Message::Batch(batch))
                 .map_err(|_| "the new engine stopped during replay".to_string())?;
         }
-        let switched = hand_over(ctx, &tx)
+        // compared once it has taken the prefix, so its journal holds only what follows
+        let lines: u64 = prefix.iter().map(|r| r.lines.max(1)).sum();
+        while counters.lines.load(Ordering::Acquire) < lines {
+            if engine.is_finished() {
+                return Err("the new engine stopped during replay".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let prepared = engine::Preparing::start(Arc::clone(&ctx.live), own)?.done()?;
+        let switched = hand_over(ctx, &tx, prepared)
             .and_then(|answer| answer.recv().map_err(|_| "the new engine stopped"))
             .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?
             .map_err(|e| format!("cannot switch to a rebuilt spec again: {e}"))?;

@@ -94,14 +94,22 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         // before: the same live load with no rebuild
         let mut views = subscribe_ready(&addr, &mut http, clock);
         let none = AtomicBool::new(true);
+        let engine_start = engine_histogram(&mut http);
         let due = post_until(&mut http, 1, clock + 1, &none, Duration::from_secs(5));
         let before = latencies(&mut views, 1, &due);
+        let engine_before = engine_histogram(&mut http);
         out.push(Row {
             figure: format!(
                 "ingest-to-view latency with no rebuild, {events} events of state ({shape}), {RATE} events/s, half late (open loop, HTTP)"
             ),
             measured: before.describe(),
             target: "(reported: the baseline for the rows below)",
+            command: command.clone(),
+        });
+        out.push(Row {
+            figure: "the engine's read-to-output latency (from `/metrics`), the same events".into(),
+            measured: engine_latency(&engine_start, &engine_before),
+            target: "p99 <= 2 ms at 1k events/s (issue 13)",
             command: command.clone(),
         });
         // during: the rebuild runs while the live events go on
@@ -135,6 +143,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let due = post_until(&mut http, first, base, &done, Duration::from_secs(600));
         let (took, rebuild, cpu_before, cpu_after) = switched.join().expect("the PUT");
         let during = latencies(&mut views, first, &due);
+        let engine_during = engine_latency(&engine_before, &engine_histogram(&mut http));
         // the events due before the switch-over began (catching up), apart
         // (the server's own times: from the request to the switch-over's start)
         let switch_ms = rebuild["switched"]["switch_ms"].as_f64().unwrap_or(0.0);
@@ -170,6 +179,12 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
             command: command.clone(),
         });
         out.push(Row {
+            figure: "the engine's read-to-output latency (from `/metrics`) while the rebuild runs and switches over, the same events".into(),
+            measured: engine_during,
+            target: "p99 <= 2 ms at 1k events/s (issue 13)",
+            command: command.clone(),
+        });
+        out.push(Row {
             figure: format!(
                 "ingest-to-view latency while the rebuild catches up (the {catching} events due before the switch-over began), the same run"
             ),
@@ -189,6 +204,66 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let _ = child.wait();
     }
     out
+}
+
+/// The engine's read-to-output histogram in `/metrics` (`throughline_ingest_to_output_seconds`):
+/// (upper bound in ms, cumulative count) per bucket.
+fn engine_histogram(http: &mut Http) -> Vec<(f64, u64)> {
+    let (_, metrics) = http.call("GET", "/metrics", b"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("throughline_ingest_to_output_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()? * 1e3
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The latency quantiles of the events published between two samples of the engine's
+/// histogram, interpolated within a bucket as Prometheus' `histogram_quantile` does, and the
+/// share within 2 ms.
+fn engine_latency(before: &[(f64, u64)], after: &[(f64, u64)]) -> String {
+    let window: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|(&(le, a), &(_, b))| (le, a.saturating_sub(b)))
+        .collect();
+    let total = window.last().map_or(0, |w| w.1);
+    if total == 0 {
+        return "no events".into();
+    }
+    let quantile = |q: f64| {
+        let rank = q * total as f64;
+        let mut lower = (0.0, 0u64);
+        for &(le, count) in &window {
+            if count as f64 >= rank {
+                if le.is_infinite() {
+                    return format!("> {:.0} ms", lower.0);
+                }
+                let share = (rank - lower.1 as f64) / (count - lower.1).max(1) as f64;
+                return format!("{:.2} ms", lower.0 + (le - lower.0) * share);
+            }
+            lower = (le, count);
+        }
+        "?".into()
+    };
+    let within = window
+        .iter()
+        .find(|(le, _)| *le >= 1.999)
+        .map_or(0, |w| w.1);
+    format!(
+        "p50 {}, p99 {}, p99.9 {}; {:.2}% within 2 ms ({total} events)",
+        quantile(0.5),
+        quantile(0.99),
+        quantile(0.999),
+        within as f64 * 100.0 / total as f64
+    )
 }
 
 /// Each thread's CPU seconds between two samples, busiest first, with its share.
