@@ -802,6 +802,10 @@ impl<'w> Driver<'w> {
 /// `CAP_SYS_NICE`, so [`Background::available`] says first whether it can be undone: where
 /// it cannot, the threads keep their normal priority (a serving engine must never be left at
 /// the lowest).
+///
+/// The threads also allocate from a jemalloc arena of their own ([`own_arena`]): a thread at
+/// `SCHED_IDLE` holding an arena's lock that a serving thread needs would keep the serving
+/// thread waiting for as long as the machine is busy (a priority inversion).
 #[derive(Debug, Default)]
 pub struct Background {
     threads: Mutex<Vec<libc::pid_t>>,
@@ -828,6 +832,7 @@ impl Background {
         if let Ok(mut threads) = self.threads.lock() {
             threads.push(tid);
         }
+        own_arena();
         set_policy(0, libc::SCHED_IDLE);
     }
 
@@ -838,6 +843,20 @@ impl Background {
             set_policy(tid, libc::SCHED_OTHER);
         }
     }
+}
+
+/// Has the calling thread allocate from the background threads' jemalloc arena, made at the
+/// first call (see [`Background`]); whether it took. Where jemalloc is not the allocator
+/// (the library in another program) this sets jemalloc's own, unused, state.
+pub fn own_arena() -> bool {
+    static ARENA: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    // SAFETY: `arenas.create` reads an `unsigned` and `thread.arena` writes one, as
+    // jemalloc's mallctl documents them
+    let arena = *ARENA
+        .get_or_init(|| unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"arenas.create\0").ok() });
+    arena.is_some_and(|arena| unsafe {
+        tikv_jemalloc_ctl::raw::write(b"thread.arena\0", arena).is_ok()
+    })
 }
 
 /// Sets thread `tid`'s (`0`: the calling thread's) scheduling policy; whether it took.
@@ -866,4 +885,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Whether progress lines make sense (stderr is a terminal).
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A background thread allocates from an arena no other thread was given.
+    #[test]
+    fn a_background_thread_has_an_arena_of_its_own() {
+        // SAFETY: `thread.arena` reads an `unsigned`
+        let arena = || unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"thread.arena\0") };
+        let before = arena().unwrap();
+        let lowered = std::thread::spawn(move || (super::own_arena(), arena().unwrap()))
+            .join()
+            .unwrap();
+        assert!(lowered.0);
+        assert_ne!(lowered.1, before);
+        assert_eq!(arena().unwrap(), before);
+    }
 }

@@ -480,9 +480,10 @@ impl Job {
             if behind <= within || until.is_some_and(|t| Instant::now() >= t) {
                 return Ok(());
             }
-            if let Ok(m) = teed.recv_timeout(Duration::from_millis(5)) {
-                send(m)?;
-            }
+            // polled, not waited on: a receiver waiting on the channel makes the log's writer
+            // (serving) take the channel's lock to wake it, which this thread, at the lowest
+            // priority, might hold while it waits for a core
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
