@@ -867,8 +867,7 @@ fn cores() -> Option<(&'static libc::cpu_set_t, &'static libc::cpu_set_t)> {
             // size into it; the CPU_* functions read and write only the set given
             unsafe {
                 let mut all: libc::cpu_set_t = std::mem::zeroed();
-                if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all)
-                    != 0
+                if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all) != 0
                     || libc::CPU_COUNT(&all) < 2
                 {
                     return None;
