@@ -806,11 +806,6 @@ impl<'w> Driver<'w> {
 /// The threads also allocate from a jemalloc arena of their own ([`own_arena`]): a thread at
 /// `SCHED_IDLE` holding an arena's lock that a serving thread needs would keep the serving
 /// thread waiting for as long as the machine is busy (a priority inversion).
-///
-/// On a machine with more than one core the threads also leave the first core the process
-/// may run on to the serving engine ([`Background::lower`]), and get every core back with
-/// their priority: `SCHED_IDLE` gives a waking serving thread the core at once, but a core
-/// a rebuild never runs on also keeps its caches for the serving engine.
 #[derive(Debug, Default)]
 pub struct Background {
     threads: Mutex<Vec<libc::pid_t>>,
@@ -838,54 +833,16 @@ impl Background {
             threads.push(tid);
         }
         own_arena();
-        if let Some((_, fewer)) = cores() {
-            set_cores(0, fewer);
-        }
         set_policy(0, libc::SCHED_IDLE);
     }
 
-    /// Gives every lowered thread its normal priority, and every core, back.
+    /// Gives every lowered thread its normal priority back.
     pub fn restore(&self) {
         let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
         for tid in threads {
             set_policy(tid, libc::SCHED_OTHER);
-            if let Some((all, _)) = cores() {
-                set_cores(tid, all);
-            }
         }
     }
-}
-
-/// The cores the process may run on (as it started), and the same without the first, when
-/// there are at least two ([`Background`]).
-fn cores() -> Option<(&'static libc::cpu_set_t, &'static libc::cpu_set_t)> {
-    static CORES: std::sync::OnceLock<Option<(libc::cpu_set_t, libc::cpu_set_t)>> =
-        std::sync::OnceLock::new();
-    CORES
-        .get_or_init(|| {
-            // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most its
-            // size into it; the CPU_* functions read and write only the set given
-            unsafe {
-                let mut all: libc::cpu_set_t = std::mem::zeroed();
-                if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all) != 0
-                    || libc::CPU_COUNT(&all) < 2
-                {
-                    return None;
-                }
-                let mut fewer = all;
-                let first = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &all))?;
-                libc::CPU_CLR(first, &mut fewer);
-                Some((all, fewer))
-            }
-        })
-        .as_ref()
-        .map(|(all, fewer)| (all, fewer))
-}
-
-/// Lets thread `tid` (`0`: the calling thread) run on the cores of `set` only.
-fn set_cores(tid: libc::pid_t, set: &libc::cpu_set_t) -> bool {
-    // SAFETY: reads the set, of the size given, and nothing else of ours
-    unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
 }
 
 /// Has the calling thread allocate from the background threads' jemalloc arena, made at the
