@@ -379,7 +379,12 @@ impl Job {
             background: background.clone(),
             ..self.options.clone()
         };
-        let (tx, engine, counters, own) = new_engine(&self.spec, self.names.clone(), options)?;
+        let NewEngine {
+            tx,
+            thread: engine,
+            counters,
+            views: own,
+        } = new_engine(&self.spec, self.names.clone(), options)?;
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| {
@@ -554,34 +559,32 @@ impl Job {
     }
 }
 
+/// A rebuild's engine, before it takes over ([`new_engine`]).
+struct NewEngine {
+    /// Its input.
+    tx: Sender<Message>,
+    thread: EngineThread,
+    /// Its own counters (its lines taken).
+    counters: Arc<Counters>,
+    /// Its own live views.
+    views: Arc<Mutex<LiveViews>>,
+}
+
 /// Starts an engine for `spec` that publishes only to views of its own (and counts in
-/// counters of its own) until it takes over: its channel, thread, counters and views.
-#[allow(clippy::type_complexity)]
-fn new_engine(
-    spec: &Arc<Spec>,
-    names: SourceNames,
-    options: Options,
-) -> Result<
-    (
-        Sender<Message>,
-        EngineThread,
-        Arc<Counters>,
-        Arc<Mutex<LiveViews>>,
-    ),
-    String,
-> {
+/// counters of its own) until it takes over.
+fn new_engine(spec: &Arc<Spec>, names: SourceNames, options: Options) -> Result<NewEngine, String> {
     let counters = Arc::new(Counters::default());
     let mut own = LiveViews::default();
     own.names = spec.views.iter().map(|v| v.name.clone()).collect();
-    let own = Arc::new(Mutex::new(own));
+    let views = Arc::new(Mutex::new(own));
     let sinks = Sinks {
-        live: Some(Arc::clone(&own)),
+        live: Some(Arc::clone(&views)),
         counters: Some(Arc::clone(&counters)),
         ..Sinks::new(None, DeadLetters::new(None))
     };
     let (tx, rx) = crossbeam_channel::bounded::<Message>(64);
     let spec = Arc::clone(spec);
-    let engine = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("throughline-engine".into())
         .spawn(move || {
             // it inherits its starter's priority: restored with the others
@@ -591,7 +594,12 @@ fn new_engine(
             engine::run_channel(spec, rx, names, true, sinks, options)
         })
         .map_err(|e| format!("cannot start the new engine: {e}"))?;
-    Ok((tx, engine, counters, own))
+    Ok(NewEngine {
+        tx,
+        thread,
+        counters,
+        views,
+    })
 }
 
 /// Puts `engine` in the server's slot for the engine serving (the one `serve` waits for at
@@ -646,17 +654,30 @@ impl Rebuilder {
         prefix: &[log::Record],
         spec: Arc<Spec>,
     ) -> Result<Sender<Message>, String> {
-        let (tx, engine, counters, own) =
-            new_engine(&spec, self.names.clone(), self.options.clone())?;
+        let NewEngine {
+            tx,
+            thread: engine,
+            counters,
+            views: own,
+        } = new_engine(&spec, self.names.clone(), self.options.clone())?;
         for batch in log::batches(prefix, 1) {
             tx.send(Message::Batch(batch))
                 .map_err(|_| "the new engine stopped during replay".to_string())?;
         }
-        // compared once it has taken the prefix, so its journal holds only what follows
+        // compared once it has taken the prefix, so its journal holds only what follows (a
+        // journal holding more is only slower: waiting ends once it stops moving for 1 s)
         let lines: u64 = prefix.iter().map(|r| r.lines.max(1)).sum();
-        while counters.lines.load(Ordering::Acquire) < lines {
+        let mut moved = (0, Instant::now());
+        loop {
+            let taken = counters.lines.load(Ordering::Acquire);
+            if taken >= lines || moved.1.elapsed() > Duration::from_secs(1) {
+                break;
+            }
             if engine.is_finished() {
                 return Err("the new engine stopped during replay".into());
+            }
+            if taken != moved.0 {
+                moved = (taken, Instant::now());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
