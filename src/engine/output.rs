@@ -178,14 +178,24 @@ impl ViewRows {
     }
 }
 
-/// The shard of [`SHARDS`] a key's rows are kept in: FNV-1a of the key, mixed (the same in
-/// every snapshot, so two can be compared shard by shard).
+/// The shard of [`SHARDS`] a key's rows are kept in: a multiply-rotate hash of the key's
+/// bytes, eight at a time (the same in every snapshot, so two can be compared shard by
+/// shard; cheap, as every published change computes it).
 pub fn shard_of(key: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut hash: u64 = key.len() as u64;
+    let mut words = key.as_bytes().chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
     }
-    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % SHARDS
+    let mut last = [0u8; 8];
+    for (to, from) in last.iter_mut().zip(words.remainder()) {
+        *to = *from;
+    }
+    hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    (hash >> 56) as usize % SHARDS
 }
 
 impl Snapshot {
