@@ -25,6 +25,7 @@
 //! a further group of changes at the same time. See `src/docs/semantics.md`.
 
 mod admission;
+mod background;
 pub mod erasure;
 pub mod input;
 pub mod output;
@@ -34,6 +35,7 @@ mod stats;
 mod switch;
 mod views;
 
+pub use background::{Background, own_arena};
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 pub use switch::{Handover, Prepared, Preparing, Switched};
 
@@ -795,78 +797,6 @@ impl<'w> Driver<'w> {
     }
 }
 
-/// The threads of an engine that runs beside the one serving (a rebuild's): each lowers
-/// itself to the least CPU priority ([`Background::lower`]: Linux's `SCHED_IDLE`, which a
-/// waking thread of the serving engine preempts at once), and all are restored at once when
-/// the engine takes over ([`Background::restore`]). Leaving `SCHED_IDLE` needs
-/// `CAP_SYS_NICE`, so [`Background::available`] says first whether it can be undone: where
-/// it cannot, the threads keep their normal priority (a serving engine must never be left at
-/// the lowest).
-///
-/// The threads also allocate from a jemalloc arena of their own ([`own_arena`]): a thread at
-/// `SCHED_IDLE` holding an arena's lock that a serving thread needs would keep the serving
-/// thread waiting for as long as the machine is busy (a priority inversion).
-#[derive(Debug, Default)]
-pub struct Background {
-    threads: Mutex<Vec<libc::pid_t>>,
-}
-
-impl Background {
-    /// Whether threads may be lowered and restored here (checked once, on a thread of its
-    /// own).
-    pub fn available() -> bool {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::thread::spawn(|| {
-                set_policy(0, libc::SCHED_IDLE) && set_policy(0, libc::SCHED_OTHER)
-            })
-            .join()
-            .unwrap_or(false)
-        })
-    }
-
-    /// Lowers the calling thread, and remembers it for [`Background::restore`].
-    pub fn lower(&self) {
-        // SAFETY: gettid takes nothing and returns the calling thread's id
-        let tid = unsafe { libc::gettid() };
-        if let Ok(mut threads) = self.threads.lock() {
-            threads.push(tid);
-        }
-        own_arena();
-        set_policy(0, libc::SCHED_IDLE);
-    }
-
-    /// Gives every lowered thread its normal priority back.
-    pub fn restore(&self) {
-        let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
-        for tid in threads {
-            set_policy(tid, libc::SCHED_OTHER);
-        }
-    }
-}
-
-/// Has the calling thread allocate from the background threads' jemalloc arena, made at the
-/// first call (see [`Background`]); whether it took. Where jemalloc is not the allocator
-/// (the library in another program) this sets jemalloc's own, unused, state.
-pub fn own_arena() -> bool {
-    static ARENA: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    // SAFETY: `arenas.create` reads an `unsigned` and `thread.arena` writes one, as
-    // jemalloc's mallctl documents them
-    let arena = *ARENA
-        .get_or_init(|| unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"arenas.create\0").ok() });
-    arena.is_some_and(|arena| unsafe {
-        tikv_jemalloc_ctl::raw::write(b"thread.arena\0", arena).is_ok()
-    })
-}
-
-/// Sets thread `tid`'s (`0`: the calling thread's) scheduling policy; whether it took.
-fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: takes plain integers and a pointer to a local that outlives the call, and
-    // touches no other memory of ours
-    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
-}
-
 /// The machine's wall clock in epoch ms.
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
@@ -885,21 +815,4 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Whether progress lines make sense (stderr is a terminal).
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
-}
-
-#[cfg(test)]
-mod tests {
-    /// A background thread allocates from an arena no other thread was given.
-    #[test]
-    fn a_background_thread_has_an_arena_of_its_own() {
-        // SAFETY: `thread.arena` reads an `unsigned`
-        let arena = || unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"thread.arena\0") };
-        let before = arena().unwrap();
-        let lowered = std::thread::spawn(move || (super::own_arena(), arena().unwrap()))
-            .join()
-            .unwrap();
-        assert!(lowered.0);
-        assert_ne!(lowered.1, before);
-        assert_eq!(arena().unwrap(), before);
-    }
 }

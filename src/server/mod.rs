@@ -745,7 +745,7 @@ fn compact_in_background(ctx: &Ctx, stop: &AtomicBool, every: Duration) {
         }
         last = Instant::now();
         if ctx.recovering().is_none() && ctx.compactor.due(&ctx.counters) {
-            match ctx.compactor.run(&ctx.log, &ctx.counters) {
+            match ctx.compactor.run_in_background(&ctx.log, &ctx.counters) {
                 Ok(s) if s.reduced == 0 => {}
                 Ok(s) => eprintln!(
                     "throughline: compacted the log in the background: {} records reduced, {} -> {} bytes",

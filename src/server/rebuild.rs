@@ -302,8 +302,8 @@ impl Job {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
-        // the engine serving keeps the CPU first (the new engine's threads do the same,
-        // until it takes over)
+        // the engine serving keeps CPUs of its own (the new engine's threads go with this
+        // one, until it takes over: see `engine::Background`)
         let background =
             engine::Background::available().then(|| Arc::new(engine::Background::default()));
         if let Some(background) = &background {
@@ -314,7 +314,12 @@ impl Job {
             );
         }
         ctx.compactor.pause(true);
-        let outcome = self.build(&ctx, background);
+        let outcome = self.build(&ctx, background.clone());
+        // a rebuild that failed leaves its threads lowered, and the serving engine's off the
+        // background's CPUs, unless restored here (done already at a switch-over)
+        if let Some(background) = &background {
+            background.restore();
+        }
         ctx.compactor.pause(false);
         // from the request to the end of the switch-over (`held.1` after its start)
         let took = self

@@ -15,6 +15,10 @@ use crate::spec::Spec;
 /// before it starts (a sink that does not deliver keeps its erasures for later).
 const SINK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The longest a background compaction runs at the least CPU priority
+/// ([`Compactor::run_in_background`]).
+const LOWERED_AT_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The least position every sink has confirmed (`u64::MAX` without sinks): see
 /// [`super::compact::rewrite`].
 pub type Confirmed = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -140,6 +144,38 @@ impl Compactor {
             *last = Some((engine::wall_clock_ms(), stats.clone()));
         }
         Ok(stats)
+    }
+
+    /// [`Compactor::run`] on a thread lowered to the least CPU priority for the run
+    /// ([`engine::Background`]: `SCHED_IDLE`, allocating from the background arena), so
+    /// that rewriting a large log does not delay the serving engine's events; the log's
+    /// writer, at normal priority, still does the swap. A run still going after
+    /// [`LOWERED_AT_MOST`] gets its normal priority back: on a machine that stays busy, a
+    /// `forget`'s erased values must still leave the disk.
+    pub fn run_in_background(
+        &self,
+        log: &Log,
+        counters: &Counters,
+    ) -> Result<CompactStats, String> {
+        if !engine::Background::available() {
+            return self.run(log, counters);
+        }
+        let background = engine::Background::default();
+        let (finished, watch) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                if watch.recv_timeout(LOWERED_AT_MOST)
+                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    background.restore();
+                }
+            });
+            background.lower();
+            let result = self.run(log, counters);
+            drop(finished);
+            background.restore();
+            result
+        })
     }
 
     /// The last compaction since the start: when (epoch ms) and what it did.
