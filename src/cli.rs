@@ -544,7 +544,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
             ));
         }
         (_, Some(target)) => {
-            publishers.push(run_sink(target.open(&spec, None)?, target.name())?);
+            publishers.push(run_sink(target.open(&spec, None, None)?, target.name())?);
             None
         }
         (Some(p), None) => Some(create(p, "output")?),

@@ -37,6 +37,100 @@ fn ingest(serve: &Serve, part: &str) -> usize {
     part.lines().count()
 }
 
+type Rows = BTreeMap<String, serde_json::Value>;
+
+/// View `name`'s rows (`GET /v1/views/NAME`) and its table's, by key, and the table's latest
+/// `engine_time`.
+fn view_and_table(serve: &Serve, pg: &Postgres, name: &str) -> (Rows, Rows, u64) {
+    let (status, rows) = serve.get(&format!("/v1/views/{name}"));
+    assert_eq!(status, 200, "{rows}");
+    let expected: Rows = rows
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["key"].as_str().unwrap().to_string(),
+                normal(v["row"].clone()),
+            )
+        })
+        .collect();
+    let mut latest = 0;
+    let table: Rows = pg
+        .query(&format!("SELECT row_to_json(t) FROM \"{name}\" t"))
+        .iter()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let map = v.as_object_mut().unwrap();
+            let key = map.remove("key").unwrap().as_str().unwrap().to_string();
+            let time = map.remove("engine_time").unwrap().as_u64().unwrap();
+            latest = latest.max(time);
+            (key, normal(v))
+        })
+        .collect();
+    (expected, table, latest)
+}
+
+/// Whether `table` holds exactly the rows `expected` (a column of a field a row lacks is NULL).
+fn same_rows(expected: &Rows, table: &Rows) -> Result<(), String> {
+    if table.len() != expected.len() {
+        return Err(format!(
+            "{} rows in the table, {} in the view",
+            table.len(),
+            expected.len()
+        ));
+    }
+    for (key, row) in expected {
+        let have = table.get(key).map(|h| {
+            let mut h = h.clone();
+            h.as_object_mut()
+                .unwrap()
+                .retain(|k, v| row.get(k).is_some() || !v.is_null());
+            h
+        });
+        if have.as_ref() != Some(row) {
+            return Err(format!("row {key}: the table has {have:?}, the view {row}"));
+        }
+    }
+    Ok(())
+}
+
+fn assert_same_rows(view: &str, expected: &Rows, table: &Rows) {
+    if let Err(why) = same_rows(expected, table) {
+        panic!("view {view}: {why}");
+    }
+}
+
+/// Waits (up to 30 s) until view `name`'s table holds exactly its rows, and that it has
+/// `columns`.
+fn wait_table_is_view(serve: &Serve, pg: &Postgres, name: &str, columns: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let exists = !pg
+            .query(&format!(
+                "SELECT 1 FROM information_schema.tables WHERE table_name = '{name}'"
+            ))
+            .is_empty();
+        if exists {
+            let (expected, table, _) = view_and_table(serve, pg, name);
+            let have = pg.query(&format!(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = '{name}' ORDER BY ordinal_position"
+            ));
+            match same_rows(&expected, &table) {
+                Ok(()) if have == columns => return,
+                outcome => assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "table {name}: {outcome:?}, columns {have:?}"
+                ),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no table {name}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the server has read `lines` lines and its sink has confirmed them.
 fn wait_delivered(serve: &Serve, lines: usize) {
     let started = Instant::now();
@@ -135,44 +229,10 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
     let spec = throughline::spec::Spec::default_spec();
     let mut last_time = 0;
     for view in &spec.views {
-        let (status, rows) = serve.get(&format!("/v1/views/{}", view.name));
-        assert_eq!(status, 200, "{rows}");
-        let expected: BTreeMap<String, serde_json::Value> = rows
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["key"].as_str().unwrap().to_string(),
-                    normal(v["row"].clone()),
-                )
-            })
-            .collect();
-        let table: BTreeMap<String, serde_json::Value> = pg
-            .query(&format!("SELECT row_to_json(t) FROM \"{}\" t", view.name))
-            .iter()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                let map = v.as_object_mut().unwrap();
-                let key = map.remove("key").unwrap().as_str().unwrap().to_string();
-                let time = map.remove("engine_time").unwrap().as_u64().unwrap();
-                last_time = last_time.max(time);
-                (key, normal(v))
-            })
-            .collect();
+        let (expected, table, latest) = view_and_table(&serve, &pg, &view.name);
+        last_time = last_time.max(latest);
         assert!(!expected.is_empty(), "view {} is empty", view.name);
-        assert_eq!(table.len(), expected.len(), "rows of view {}", view.name);
-        for (key, row) in &expected {
-            let have = table.get(key);
-            // the table has a column per field: a field the row lacks is NULL there
-            let have = have.map(|h| {
-                let mut h = h.clone();
-                h.as_object_mut()
-                    .unwrap()
-                    .retain(|k, v| row.get(k).is_some() || !v.is_null());
-                h
-            });
-            assert_eq!(have.as_ref(), Some(row), "view {} row {key}", view.name);
-        }
+        assert_same_rows(&view.name, &expected, &table);
         assert!(
             !table.contains_key(&format!("user_id:{erased}")),
             "the erased profile is still in {}",
@@ -241,4 +301,104 @@ fn postgres_over_tls_verifies_the_servers_certificate() {
     assert_eq!(count, vec![rows.lines().count().to_string()]);
     let tls = pg.query("SELECT count(*) FROM pg_stat_ssl WHERE ssl");
     assert_ne!(tls, vec!["0".to_string()], "no connection used TLS");
+}
+
+/// A view defined, redefined and deleted while the server runs, with a PostgreSQL sink for
+/// all views: its table is made when it first publishes and holds its rows, is made again
+/// with the new columns when its fields change, survives a restart, and empties when it is
+/// deleted.
+#[test]
+#[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
+fn postgres_takes_views_defined_while_running() {
+    let bin = std::env::var("THROUGHLINE_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-views");
+    let _ = std::fs::remove_dir_all(&base);
+    let pg = Postgres::start(&bin, &base.join("cluster"), true);
+    let sink = pg.url();
+    let dir = base.join("serve");
+    let parts = common::workload_parts(43, 1200, 100, 4);
+    let put = |serve: &Serve, body: &str| {
+        let (status, answer) = common::request(
+            &serve.addr,
+            "PUT",
+            "/v1/views/engaged",
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "{answer}");
+    };
+    let serve = Serve::start_with(&dir, &["--sink", &sink]);
+    ingest(&serve, &parts[0]);
+    put(
+        &serve,
+        "purpose = \"marketing\"\nscore_gte = 5\nfields = [\"email\", \"score\"]\n",
+    );
+    wait_table_is_view(
+        &serve,
+        &pg,
+        "engaged",
+        &["key", "email", "score", "engine_time"],
+    );
+    ingest(&serve, &parts[1]);
+    wait_table_is_view(
+        &serve,
+        &pg,
+        "engaged",
+        &["key", "email", "score", "engine_time"],
+    );
+    // redefined with other fields: the table is made again with them
+    put(
+        &serve,
+        "purpose = \"marketing\"\nscore_gte = 1\nfields = [\"score\", \"signals\"]\n",
+    );
+    ingest(&serve, &parts[2]);
+    let columns = ["key", "score", "signals", "engine_time"];
+    wait_table_is_view(&serve, &pg, "engaged", &columns);
+    let (rows, _, _) = view_and_table(&serve, &pg, "engaged");
+    assert!(!rows.is_empty(), "the redefined view is empty");
+    // a restart: the sink starts with the view as the server last defined it
+    serve.kill();
+    let serve = Serve::start_with(&dir, &["--sink", &sink]);
+    ingest(&serve, &parts[3]);
+    wait_table_is_view(&serve, &pg, "engaged", &columns);
+    // a rebuild for a new spec (a signal's points changed): the switch-over's -1s and +1s,
+    // at the position and engine time of the last input, reach the tables too
+    let (before, _, _) = view_and_table(&serve, &pg, "engaged");
+    let (_, text) = serve.get("/v1/spec");
+    let changed = text.replacen(
+        "name = \"pricing_view\"\npoints = 10",
+        "name = \"pricing_view\"\npoints = 30",
+        1,
+    );
+    assert_ne!(changed, text);
+    let (status, answer) = common::request(&serve.addr, "PUT", "/v1/spec", &[], changed.as_bytes());
+    assert_eq!(status, 202, "{answer}");
+    let started = Instant::now();
+    while serve.get("/healthz").1.contains("rebuilding") || serve.get("/v1/spec").1 != changed {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no switch-over"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_table_is_view(&serve, &pg, "engaged", &columns);
+    let (after, _, _) = view_and_table(&serve, &pg, "engaged");
+    assert_ne!(after, before, "the switch-over changed no score");
+    for view in throughline::spec::Spec::default_spec().views {
+        let (expected, table, _) = view_and_table(&serve, &pg, &view.name);
+        assert_same_rows(&view.name, &expected, &table);
+    }
+    // deleted: its -1s empty the table, which stays
+    let (status, answer) = common::request(&serve.addr, "DELETE", "/v1/views/engaged", &[], b"");
+    assert_eq!(status, 200, "{answer}");
+    let started = Instant::now();
+    while pg.query("SELECT count(*) FROM engaged") != vec!["0".to_string()] {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the deleted view's rows stay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -24,7 +24,7 @@ use crate::io::http::views::{Catalog, Views};
 use crate::io::kafka::{self, FollowStatus, KafkaUrl};
 use crate::io::sink::kafka::{Form, KafkaDestination};
 use crate::io::sink::state::{self, SinkState};
-use crate::io::sink::{self, Destination, Sink, SinkStatus, WhenFull};
+use crate::io::sink::{self, Destination, Sink, SinkStatus, SpecNow, WhenFull};
 use crate::io::transport;
 use crate::spec::{DEFAULT_SPEC, Spec};
 use crate::store::compact;
@@ -156,14 +156,14 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     }
     dir.store_spec(&text)?;
     let current = Arc::new(Spec::parse(&text, &spec.source).map_err(|e| e.to_string())?);
-    let views = Views::new(Catalog {
+    let views = Arc::new(Views::new(Catalog {
         spec: Arc::clone(&current),
         text,
         file: spec.source.clone(),
         version: changed.last().map_or(0, |r| r.version),
         log: Arc::new(Mutex::new(view_log)),
         dataflow: dir.dataflow(),
-    });
+    }));
 
     let pending = dir.root().join("rebuild.json");
     let mut pending_rebuild = rebuild::Rebuilder::pending(&pending)?;
@@ -180,10 +180,17 @@ pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
     views_now.names = spec.views.iter().map(|v| v.name.clone()).collect();
     let live = Arc::new(Mutex::new(views_now));
     let counters = Arc::new(Counters::default());
+    // a sink that keeps tables makes a view's when it first publishes (views defined while
+    // running included), as the catalog then defines it
+    let spec_now: SpecNow = {
+        let views = Arc::clone(&views);
+        Arc::new(move || views.spec())
+    };
     let (engine, sinks) = start_engine(
         &dir,
         &config,
         &spec,
+        &spec_now,
         salt,
         erasure_log,
         rx,
@@ -525,6 +532,7 @@ fn start_engine(
     dir: &DataDir,
     config: &ServeConfig,
     spec: &Arc<Spec>,
+    spec_now: &SpecNow,
     salt: u128,
     mut erasure_log: ErasureLog,
     rx: crossbeam_channel::Receiver<Message>,
@@ -547,7 +555,11 @@ fn start_engine(
     } in states.drain(..)
     {
         let destination: Box<dyn Destination> = match &target {
-            Some(target) => target.open(spec, Some((dir.root(), &kind, &mut state)))?,
+            Some(target) => target.open(
+                spec,
+                Some((dir.root(), &kind, &mut state)),
+                Some(Arc::clone(spec_now)),
+            )?,
             None => {
                 let url = config
                     .upsert

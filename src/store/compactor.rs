@@ -150,7 +150,7 @@ impl Compactor {
     /// ([`engine::Background`]: `SCHED_IDLE`, allocating from the background arena), so
     /// that rewriting a large log does not delay the serving engine's events; the log's
     /// writer, at normal priority, still does the swap. A run still going after
-    /// [`LOWERED_AT_MOST`] gets its normal priority back: on a machine that stays busy, a
+    /// 30 s (`LOWERED_AT_MOST`) gets its normal priority back: on a machine that stays busy, a
     /// `forget`'s erased values must still leave the disk.
     pub fn run_in_background(
         &self,

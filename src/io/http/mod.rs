@@ -86,7 +86,7 @@ pub struct Ctx {
     /// The replay of the log at start: reads wait for it.
     pub recovery: Recovery,
     /// Views changed while running (`serve`; `None` where views cannot change).
-    pub views: Option<views::Views>,
+    pub views: Option<Arc<views::Views>>,
     /// Rebuilds for a whole new spec (`PUT /v1/spec`; `None` where there are none).
     pub rebuilds: Option<Arc<dyn views::Rebuilds>>,
 }
@@ -111,7 +111,7 @@ impl Ctx {
     pub fn spec_now(&self) -> Arc<Spec> {
         self.views
             .as_ref()
-            .and_then(views::Views::spec)
+            .and_then(|v| v.spec())
             .unwrap_or_else(|| Arc::clone(&self.spec))
     }
 
@@ -350,7 +350,7 @@ pub fn handle(request: &Req, ctx: &Ctx) -> Response<Body> {
         Route::Changes(name) => view(request, ctx, name, true),
         Route::Explain(id) => explain(request, ctx, id),
         Route::Profile(id) => profile(ctx, id),
-        Route::Spec => match ctx.views.as_ref().and_then(views::Views::text) {
+        Route::Spec => match ctx.views.as_ref().and_then(|v| v.text()) {
             Some(text) => respond(200, "application/toml", text),
             None => error(404, "this server does not change its spec"),
         },

@@ -68,6 +68,9 @@ pub const STALL_AFTER: Duration = Duration::from_secs(5);
 /// How often a sink saves its confirmed position, at most.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 
+/// The running spec now, with the views defined while running (`None` once unavailable).
+pub type SpecNow = Arc<dyn Fn() -> Option<Arc<crate::spec::Spec>> + Send + Sync>;
+
 /// One published group of changes (see [`Publish::publish`]).
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -571,11 +574,14 @@ impl Target {
 
     /// Opens its destination for `spec`'s views. `kept`: in `serve`, the data directory,
     /// the sink's kind (the prefix of the files it keeps there, `sink-KIND.*`) and its
-    /// saved state; `run` keeps nothing (a file is not a `run` destination).
+    /// saved state; `run` keeps nothing (a file is not a `run` destination). `spec_now`: in
+    /// `serve`, the spec as views defined while running have made it (a destination with a
+    /// table per view makes a new view's table from it).
     pub fn open(
         &self,
         spec: &crate::spec::Spec,
         kept: Option<(&std::path::Path, &str, &mut SinkState)>,
+        spec_now: Option<SpecNow>,
     ) -> Result<Box<dyn Destination>, String> {
         Ok(match (self, kept) {
             (Target::File(path), Some((_, _, state))) => {
@@ -605,7 +611,9 @@ impl Target {
                 let dead = std::path::Path::new("webhook.dead.ndjson");
                 Box::new(webhook::WebhookDestination::open(url, dead, None)?)
             }
-            (Target::Postgres(url), _) => Box::new(postgres::PostgresDestination::open(url, spec)?),
+            (Target::Postgres(url), _) => {
+                Box::new(postgres::PostgresDestination::open(url, spec, spec_now)?)
+            }
         })
     }
 }

@@ -10,6 +10,11 @@
 //! creates a table that is absent; one whose columns differ is an error naming the first
 //! column that differs (the sink then does not deliver, and `/healthz` says why).
 //!
+//! In a server the tables follow the views defined while it runs (`PUT /v1/views/NAME`,
+//! `PUT /v1/spec`): a view's table is made when it first publishes, made again (dropped,
+//! then created with the new columns) when its fields were redefined, and left, emptied by
+//! its `-1`s, when it is deleted (`PostgresDestination::follow_views`).
+//!
 //! # Exactly once
 //!
 //! Each published group is applied in one transaction: a `DELETE` for every row that
@@ -24,7 +29,10 @@
 //! them, and the sink fell seconds behind 1,000 events/s; a group is a round of the
 //! engine.) After a crash or a lost connection the sink reads its position back
 //! from the database, and skips what the tables already hold: the groups before that
-//! position, and in the group at it the times up to the one applied. The sink layer saves
+//! position, and in the group at it the times up to the one applied. A group at the same
+//! position and engine time as the one offered just before it (a view change, a rebuild's
+//! switch-over: published at the last input's position and clock) is applied whole while
+//! nothing later is applied: applying it again leaves the tables as they were. The sink layer saves
 //! every group's position before handing it over ([`super::Destination::sends_again`]), so
 //! the replay after a crash regenerates exactly those groups, and each change is applied
 //! once (as Kafka Connect's JDBC sink and Materialize's sinks keep their offsets with the
@@ -40,7 +48,7 @@
 //! `verify-full`): it must be trusted by the system's roots or by `ca=FILE` (PEM), and name
 //! the host ([`crate::io::tls`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -48,9 +56,9 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Destination, Group, Progress};
+use super::{Destination, Group, Progress, SpecNow};
 use crate::engine::output::Change;
-use crate::spec::{Field, Spec};
+use crate::spec::{Field, Spec, ViewSpec};
 
 /// The table of the sinks' positions.
 const POSITIONS: &str = "throughline_sink_positions";
@@ -144,6 +152,11 @@ impl PostgresUrl {
     /// The destination's name: the address without its password.
     pub fn name(&self) -> String {
         self.name.clone()
+    }
+
+    /// Whether the sink delivers view `view` (all without `view=`).
+    fn takes(&self, view: &str) -> bool {
+        self.views.is_empty() || self.views.iter().any(|v| v == view)
     }
 }
 
@@ -256,6 +269,64 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Makes `table` where it is absent (first dropping the one there if `replace`), checks its
+/// columns, and prepares its statements: (upsert, delete).
+async fn prepare_table(
+    client: &Client,
+    table: &Table,
+    replace: bool,
+) -> Result<(Statement, Statement), String> {
+    if replace {
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", quoted(&table.name)))
+            .await
+            .map_err(|e| format!("cannot drop table {} to make it again: {e}", table.name))?;
+    }
+    client
+        .batch_execute(&table.create())
+        .await
+        .map_err(|e| format!("cannot create table {}: {e}", table.name))?;
+    let have = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            &[&table.name],
+        )
+        .await
+        .map_err(|e| format!("cannot read table {}'s columns: {e}", table.name))?;
+    let have: Vec<(String, String)> = have.iter().map(|r| (r.get(0), r.get(1))).collect();
+    check_columns(table, &have)?;
+    let upsert = client.prepare(&table.upsert()).await;
+    let delete = client.prepare(&table.delete()).await;
+    upsert
+        .and_then(|u| delete.map(|d| (u, d)))
+        .map_err(|e| format!("cannot prepare table {}'s statements: {e}", table.name))
+}
+
+/// The table of `view` of `spec` for the sink of `url`.
+fn table_of(url: &PostgresUrl, spec: &Spec, view: &ViewSpec) -> Result<Table, String> {
+    let mut fields = Vec::new();
+    for field in &view.fields {
+        let name = field.name(spec).to_string();
+        if name == "key" || name == "engine_time" {
+            return Err(format!(
+                "{}: view {}'s field {name} would take a column the sink keeps for itself",
+                url.name(),
+                view.name
+            ));
+        }
+        let column = match field {
+            Field::Score => Column::Number,
+            _ => Column::Json,
+        };
+        fields.push((name, column));
+    }
+    Ok(Table {
+        view: view.name.clone(),
+        name: url.table.clone().unwrap_or_else(|| view.name.clone()),
+        fields,
+    })
+}
+
 /// A connection and its prepared statements, per table: (upsert, delete).
 struct Connection {
     client: Client,
@@ -267,10 +338,14 @@ struct Connection {
 pub struct PostgresDestination {
     url: PostgresUrl,
     tables: Vec<Table>,
+    /// The running spec, in a server: the views defined while running.
+    spec_now: Option<SpecNow>,
     runtime: tokio::runtime::Runtime,
     connection: Option<Connection>,
     /// What the tables hold, as the positions table says: (group position, engine time).
     applied: Option<(u64, u64)>,
+    /// The (position, engine time) of the last group offered since the start.
+    last_seen: Option<(u64, u64)>,
     /// The last error that cannot be cured by retrying (a table that does not match).
     said: Option<String>,
     confirmed: u64,
@@ -278,35 +353,22 @@ pub struct PostgresDestination {
 }
 
 impl PostgresDestination {
-    /// The destination of `url` for the views of `spec`; it connects when it first delivers
-    /// (a database that is down does not keep the server from starting).
-    pub fn open(url: &PostgresUrl, spec: &Spec) -> Result<PostgresDestination, String> {
+    /// The destination of `url` for the views of `spec`, or of `spec_now` in a server (the
+    /// views defined while running included; a view's table is made when it first publishes,
+    /// as `spec_now` then defines it); it connects when it first delivers (a database that is
+    /// down does not keep the server from starting).
+    pub fn open(
+        url: &PostgresUrl,
+        spec: &Spec,
+        spec_now: Option<SpecNow>,
+    ) -> Result<PostgresDestination, String> {
+        let current = spec_now.as_ref().and_then(|now| now());
+        let spec = current.as_deref().unwrap_or(spec);
         let mut tables = Vec::new();
         for view in &spec.views {
-            if !url.views.is_empty() && !url.views.contains(&view.name) {
-                continue;
+            if url.takes(&view.name) {
+                tables.push(table_of(url, spec, view)?);
             }
-            let mut fields = Vec::new();
-            for field in &view.fields {
-                let name = field.name(spec).to_string();
-                if name == "key" || name == "engine_time" {
-                    return Err(format!(
-                        "{}: view {}'s field {name} would take a column the sink keeps for itself",
-                        url.name(),
-                        view.name
-                    ));
-                }
-                let column = match field {
-                    Field::Score => Column::Number,
-                    _ => Column::Json,
-                };
-                fields.push((name, column));
-            }
-            tables.push(Table {
-                view: view.name.clone(),
-                name: url.table.clone().unwrap_or_else(|| view.name.clone()),
-                fields,
-            });
         }
         if let Some(missing) = url
             .views
@@ -322,9 +384,11 @@ impl PostgresDestination {
         Ok(PostgresDestination {
             url: url.clone(),
             tables,
+            spec_now,
             runtime,
             connection: None,
             applied: None,
+            last_seen: None,
             said: None,
             confirmed: 0,
             delivered: 0,
@@ -373,26 +437,8 @@ impl PostgresDestination {
                 .map_err(|e| format!("cannot create {POSITIONS}: {e}"))?;
             let mut statements = BTreeMap::new();
             for table in &tables {
-                client
-                    .batch_execute(&table.create())
-                    .await
-                    .map_err(|e| format!("cannot create table {}: {e}", table.name))?;
-                let have = client
-                    .query(
-                        "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-                        &[&table.name],
-                    )
-                    .await
-                    .map_err(|e| format!("cannot read table {}'s columns: {e}", table.name))?;
-                let have: Vec<(String, String)> =
-                    have.iter().map(|r| (r.get(0), r.get(1))).collect();
-                check_columns(table, &have)?;
-                let upsert = client.prepare(&table.upsert()).await;
-                let delete = client.prepare(&table.delete()).await;
-                let (upsert, delete) = upsert
-                    .and_then(|u| delete.map(|d| (u, d)))
-                    .map_err(|e| format!("cannot prepare table {}'s statements: {e}", table.name))?;
-                statements.insert(table.view.clone(), (upsert, delete));
+                let prepared = prepare_table(&client, table, false).await?;
+                statements.insert(table.view.clone(), prepared);
             }
             let position = client
                 .prepare(&format!(
@@ -498,20 +544,90 @@ impl PostgresDestination {
     /// for these tables moves only the position, and only when it is `last` of those
     /// offered (so a quiet view costs one small transaction per delivery, not one per group).
     fn apply_group(&mut self, group: &Group, last: bool) -> Result<(), String> {
+        let fresh = self.follow_views(group)?;
         let applied = self.applied;
+        // a later group at the position and engine time of the one before it (a view change,
+        // a rebuild's switch-over) is new, unless a later one was applied already: applied
+        // again, it leaves the tables as they were (its rows and their deletions are those
+        // the tables hold)
+        let at = (group.position, group.time);
+        let again = self.last_seen.replace(at) == Some(at) && applied == Some(at);
         let held = |time: u64| {
-            applied.is_some_and(|(p, t)| group.position < p || (group.position == p && time <= t))
+            !again
+                && applied
+                    .is_some_and(|(p, t)| group.position < p || (group.position == p && time <= t))
         };
         let pending: Vec<&Change> = group
             .changes
             .iter()
-            .filter(|c| self.tables.iter().any(|t| t.view == c.view) && !held(c.time))
+            .filter(|c| {
+                self.tables.iter().any(|t| t.view == c.view)
+                    && (fresh.contains(&c.view) || !held(c.time))
+            })
             .collect();
         let behind = applied.is_none_or(|a| a < (group.position, group.time));
         if pending.is_empty() && !(last && behind) {
             return Ok(());
         }
         self.apply(group.position, group.time, &pending)
+    }
+}
+
+impl PostgresDestination {
+    /// Makes the tables of the views `group` publishes that have none yet (views defined
+    /// while the server runs), and makes again, empty, the table of a view whose fields were
+    /// redefined, as the running spec defines them now. A redefinition publishes the `-1`s
+    /// of the old rows and the `+1`s of the new ones in one group, so the table made again
+    /// ends that group as the view. A deleted view's table stays, emptied by its `-1`s.
+    ///
+    /// Returns the views whose changes in `group` are all applied, even at the position and
+    /// engine time the tables hold already: a view change is published at the position and
+    /// clock of the last input, so its group cannot be told from the one before by them.
+    /// These are the views whose table it made (empty, so nothing was applied to them yet)
+    /// and the views deleted (their `-1`s remove what is there; deleting twice is the same).
+    fn follow_views(&mut self, group: &Group) -> Result<BTreeSet<String>, String> {
+        let mut fresh = BTreeSet::new();
+        let Some(spec) = self.spec_now.as_ref().and_then(|now| now()) else {
+            return Ok(fresh);
+        };
+        let published: BTreeSet<&str> = group.changes.iter().map(|c| c.view.as_str()).collect();
+        let mut changed = Vec::new();
+        for name in published {
+            let Some(view) = spec.views.iter().find(|v| v.name == name) else {
+                if self.tables.iter().any(|t| t.view == name) {
+                    fresh.insert(name.to_string());
+                }
+                continue;
+            };
+            if !self.url.takes(name) {
+                continue;
+            }
+            let table = table_of(&self.url, &spec, view)?;
+            match self.tables.iter().find(|t| t.view == name) {
+                Some(had) if had.fields == table.fields => {}
+                had => changed.push((table, had.is_some())),
+            }
+        }
+        if changed.is_empty() {
+            return Ok(fresh);
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Err("internal error: not connected".into());
+        };
+        let statements = self.runtime.block_on(async {
+            let mut statements = Vec::new();
+            for (table, replace) in &changed {
+                statements.push(prepare_table(&connection.client, table, *replace).await?);
+            }
+            Ok::<_, String>(statements)
+        })?;
+        for ((table, _), prepared) in changed.into_iter().zip(statements) {
+            connection.statements.insert(table.view.clone(), prepared);
+            self.tables.retain(|t| t.view != table.view);
+            fresh.insert(table.view.clone());
+            self.tables.push(table);
+        }
+        Ok(fresh)
     }
 }
 
