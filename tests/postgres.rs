@@ -37,6 +37,17 @@ fn ingest(serve: &Serve, part: &str) -> usize {
     part.lines().count()
 }
 
+/// A PostgreSQL cluster made afresh under the test's directory `name` (in `cluster`), and
+/// that directory.
+fn fresh_postgres(name: &str) -> (Postgres, PathBuf) {
+    let bin = std::env::var("THROUGHLINE_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&base);
+    (Postgres::start(&bin, &base.join("cluster"), true), base)
+}
+
 type Rows = BTreeMap<String, serde_json::Value>;
 
 /// View `name`'s rows (`GET /v1/views/NAME`) and its table's, by key, and the table's latest
@@ -272,12 +283,7 @@ fn postgres_tables_equal_their_views_through_kills_and_a_database_restart() {
 #[test]
 #[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
 fn postgres_over_tls_verifies_the_servers_certificate() {
-    let bin = std::env::var("THROUGHLINE_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-tls");
-    let _ = std::fs::remove_dir_all(&base);
-    let pg = Postgres::start(&bin, &base.join("cluster"), true);
+    let (pg, base) = fresh_postgres("pg-tls");
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     pg.enable_tls(&cert.cert.pem(), &cert.key_pair.serialize_pem());
     let ca = base.join("server.pem");
@@ -310,12 +316,7 @@ fn postgres_over_tls_verifies_the_servers_certificate() {
 #[test]
 #[ignore = "needs PostgreSQL's initdb, pg_ctl and psql: tests/run.sh installs them and runs it"]
 fn postgres_takes_views_defined_while_running() {
-    let bin = std::env::var("THROUGHLINE_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| panic!("THROUGHLINE_PG_BIN must be set: {NEEDS_POSTGRES}"));
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-views");
-    let _ = std::fs::remove_dir_all(&base);
-    let pg = Postgres::start(&bin, &base.join("cluster"), true);
+    let (pg, base) = fresh_postgres("pg-views");
     let sink = pg.url();
     let dir = base.join("serve");
     let parts = common::workload_parts(43, 1200, 100, 4);

@@ -26,14 +26,23 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct Background {
     threads: Mutex<Vec<libc::pid_t>>,
-    /// Once split: the process's CPUs before, and the background threads' share of them.
-    split: Mutex<Option<Split>>,
+    /// Whether it holds a share of the process's split ([`SPLIT`]).
+    joined: Mutex<bool>,
 }
+
+/// The process's CPUs, split while any [`Background`] has lowered a thread: one split for
+/// all of them, so that two at once (a compaction ending as a rebuild begins) do not undo
+/// each other's.
+static SPLIT: Mutex<Option<Split>> = Mutex::new(None);
 
 #[derive(Debug)]
 struct Split {
+    /// The process's CPUs before the split.
     all: Vec<usize>,
+    serving: Vec<usize>,
     background: Vec<usize>,
+    /// The [`Background`]s holding it.
+    users: usize,
 }
 
 impl Background {
@@ -51,16 +60,20 @@ impl Background {
     }
 
     /// Lowers the calling thread, and remembers it for [`Background::restore`]; the first
-    /// call splits the CPUs (see [`Background`]).
+    /// lowered thread of the process splits the CPUs (see [`Background`]).
     pub fn lower(&self) {
         // SAFETY: gettid takes nothing and returns the calling thread's id
         let tid = unsafe { libc::gettid() };
         if let Ok(mut threads) = self.threads.lock() {
             threads.push(tid);
         }
-        if let Ok(mut split) = self.split.lock() {
-            if split.is_none() {
-                *split = self.split_cpus();
+        if let (Ok(mut joined), Ok(mut split)) = (self.joined.lock(), SPLIT.lock()) {
+            if !*joined {
+                match split.as_mut() {
+                    Some(split) => split.users += 1,
+                    None => *split = split_cpus(tid),
+                }
+                *joined = split.is_some();
             }
             if let Some(split) = split.as_ref() {
                 set_cpus(0, &split.background);
@@ -70,40 +83,57 @@ impl Background {
         set_policy(0, libc::SCHED_IDLE);
     }
 
-    /// Gives every lowered thread its normal priority back, and every thread of the process
-    /// the CPUs it had before the split.
+    /// Gives every lowered thread its normal priority back. The last [`Background`] to
+    /// restore gives every thread of the process the CPUs it had before the split; one
+    /// restored before another moves its threads to the serving threads' CPUs.
     pub fn restore(&self) {
         let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
-        for tid in threads {
+        for &tid in &threads {
             set_policy(tid, libc::SCHED_OTHER);
         }
-        if let Some(split) = self.split.lock().ok().and_then(|mut s| s.take()) {
+        let (Ok(mut joined), Ok(mut split)) = (self.joined.lock(), SPLIT.lock()) else {
+            return;
+        };
+        if !std::mem::take(&mut *joined) {
+            return;
+        }
+        let Some(held) = split.as_mut() else {
+            return;
+        };
+        held.users = held.users.saturating_sub(1);
+        if held.users == 0 {
             for tid in process_threads() {
-                set_cpus(tid, &split.all);
+                set_cpus(tid, &held.all);
+            }
+            *split = None;
+        } else {
+            for tid in threads {
+                set_cpus(tid, &held.serving);
             }
         }
     }
+}
 
-    /// Splits the process's CPUs between the background threads (the last quarter, at least
-    /// one) and every other thread, which it moves off the background's; `None` where there
-    /// is only one CPU, or the CPUs cannot be read.
-    fn split_cpus(&self) -> Option<Split> {
-        let all = cpus_of(0)?;
-        if all.len() < 2 {
-            return None;
-        }
-        let (serving, background) = all.split_at(all.len() - (all.len() / 4).max(1));
-        let lowered = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
-        for tid in process_threads() {
-            if !lowered.contains(&tid) {
-                set_cpus(tid, serving);
-            }
-        }
-        Some(Split {
-            background: background.to_vec(),
-            all,
-        })
+/// Splits the process's CPUs between the background threads (the last quarter, at least
+/// one) and every other thread but `lowered`, which it moves off the background's; `None`
+/// where there is only one CPU, or the CPUs cannot be read.
+fn split_cpus(lowered: libc::pid_t) -> Option<Split> {
+    let all = cpus_of(0)?;
+    if all.len() < 2 {
+        return None;
     }
+    let (serving, background) = all.split_at(all.len() - (all.len() / 4).max(1));
+    for tid in process_threads() {
+        if tid != lowered {
+            set_cpus(tid, serving);
+        }
+    }
+    Some(Split {
+        serving: serving.to_vec(),
+        background: background.to_vec(),
+        all,
+        users: 1,
+    })
 }
 
 /// Has the calling thread allocate from the background threads' jemalloc arena, made at the
@@ -159,14 +189,30 @@ fn set_cpus(tid: libc::pid_t, cpus: &[usize]) -> bool {
     }
 }
 
-/// Every thread of this process now.
+/// Every thread of this process now. Listing `/proc/self/task` while threads end can skip
+/// one that stays, so it is listed again until a listing finds no thread the ones before
+/// missed (at most 4 times).
 fn process_threads() -> Vec<libc::pid_t> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    let list = || -> Vec<libc::pid_t> {
+        std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut threads = list();
+    for _ in 0..3 {
+        let missed: Vec<libc::pid_t> = list()
+            .into_iter()
+            .filter(|t| !threads.contains(t))
+            .collect();
+        if missed.is_empty() {
+            break;
+        }
+        threads.extend(missed);
+    }
+    threads
 }
 
 #[cfg(test)]
@@ -226,5 +272,20 @@ mod tests {
             "a thread started by another stays off the background's"
         );
         assert_eq!(after, all);
+
+        // two at once: the first restored leaves the split to the second
+        let (first, second) = (Background::default(), Background::default());
+        std::thread::scope(|scope| {
+            scope.spawn(|| first.lower()).join().unwrap();
+            scope.spawn(|| second.lower()).join().unwrap();
+        });
+        first.restore();
+        assert_eq!(
+            cpus_of(0).unwrap(),
+            here,
+            "one still lowered keeps the split"
+        );
+        second.restore();
+        assert_eq!(cpus_of(0).unwrap(), all);
     }
 }

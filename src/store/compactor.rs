@@ -146,10 +146,11 @@ impl Compactor {
         Ok(stats)
     }
 
-    /// [`Compactor::run`] on a thread lowered to the least CPU priority for the run
-    /// ([`engine::Background`]: `SCHED_IDLE`, allocating from the background arena), so
-    /// that rewriting a large log does not delay the serving engine's events; the log's
-    /// writer, at normal priority, still does the swap. A run still going after
+    /// [`Compactor::run`] on a thread kept out of the serving engine's way for the run
+    /// ([`engine::Background`]: on CPUs apart from the serving threads', at `SCHED_IDLE`,
+    /// allocating from the background arena), so that rewriting a large log does not delay
+    /// the serving engine's events; the log's writer, at normal priority, still does the
+    /// swap. A run still going after
     /// 30 s (`LOWERED_AT_MOST`) gets its normal priority back: on a machine that stays busy, a
     /// `forget`'s erased values must still leave the disk.
     pub fn run_in_background(
