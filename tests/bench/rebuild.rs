@@ -95,6 +95,10 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let mut views = subscribe_ready(&addr, &mut http, clock);
         let none = AtomicBool::new(false);
         let engine_start = engine_histogram(&mut http);
+        eprintln!(
+            "[bench, {} ms] {shape}: state loaded, the baseline begins",
+            throughline::engine::wall_clock_ms()
+        );
         // long enough to show the serving engine's own rare pauses beside the rebuild's
         let baseline = Duration::from_secs(if quick { 3 } else { 20 });
         let due = post_until(&mut http, 1, clock + 1, &none, baseline);
@@ -142,6 +146,10 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         };
         let base = clock + 1 + due.len() as u64;
         let put_at = Instant::now();
+        eprintln!(
+            "[bench, {} ms] {shape}: PUT /v1/spec",
+            throughline::engine::wall_clock_ms()
+        );
         let due = post_until(&mut http, first, base, &done, Duration::from_secs(600));
         let (took, rebuild, cpu_before, cpu_after) = switched.join().expect("the PUT");
         let during = latencies(&mut views, first, &due);

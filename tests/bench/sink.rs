@@ -238,6 +238,13 @@ pub(super) fn spawn_serve(data: &Path, sink: &str, env: &[(&str, &str)]) -> (Chi
             if let Some(rest) = line.strip_prefix("throughline: listening on ") {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
+            // what the server does in the background shows beside the figures it may move
+            if line.contains("compacted") || line.contains("rebuild") {
+                eprintln!(
+                    "[serve, {} ms] {line}",
+                    throughline::engine::wall_clock_ms()
+                );
+            }
         }
     });
     let addr = rx
