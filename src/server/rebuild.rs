@@ -302,6 +302,10 @@ impl Job {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
+        // no compaction starts from now on, and one still running ends first: its last
+        // steps (writing and swapping the log) would share the rebuild's CPUs and start
+        ctx.compactor.pause(true);
+        drop(ctx.log.compaction_held());
         // the engine serving keeps CPUs of its own (the new engine's threads go with this
         // one, until it takes over: see `engine::Background`)
         let background =
@@ -313,7 +317,6 @@ impl Job {
                 "throughline: rebuild: without CAP_SYS_NICE its threads run at normal priority, beside the serving engine's"
             );
         }
-        ctx.compactor.pause(true);
         let outcome = self.build(&ctx, background.clone());
         // a rebuild that failed leaves its threads lowered, and the serving engine's off the
         // background's CPUs, unless restored here (done already at a switch-over)
