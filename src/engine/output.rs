@@ -161,11 +161,10 @@ impl ViewRows {
         self.0.get(shard)
     }
 
-    fn count(&self, key: String, row: String) -> isize {
-        let shard = shard_of(&key);
+    fn count(&self, pair: &(String, String)) -> isize {
         self.0
-            .get(shard)
-            .and_then(|rows| rows.get(&(key, row)).copied())
+            .get(shard_of(&pair.0))
+            .and_then(|rows| rows.get(pair).copied())
             .unwrap_or(0)
     }
 
@@ -215,9 +214,9 @@ impl Snapshot {
         }
     }
 
-    /// The multiplicity of `row` under `key` in `view`.
-    pub fn count(&self, view: &str, key: String, row: String) -> isize {
-        self.views.get(view).map_or(0, |rows| rows.count(key, row))
+    /// The multiplicity of row `pair.1` under key `pair.0` in `view`.
+    pub fn count(&self, view: &str, pair: &(String, String)) -> isize {
+        self.views.get(view).map_or(0, |rows| rows.count(pair))
     }
 
     /// The snapshot lines, sorted by view then key. A row whose multiplicity is not 1 would
@@ -264,15 +263,15 @@ impl Snapshot {
     }
 
     /// The changes that make shard `shard` of `view` here into the same in `to`, unordered
-    /// and not yet timed: each row's multiplicity in `to` minus its multiplicity here, where
-    /// not 0 ((view, key, row), diff): every row of `to` this lacks as `+1`, every row this
-    /// has that `to` lacks as `-1`.
+    /// and at `time`: each row's multiplicity in `to` minus its multiplicity here, where not
+    /// 0: every row of `to` this lacks as `+1`, every row this has that `to` lacks as `-1`.
     pub fn changes_in(
         &self,
         to: &Snapshot,
         view: &str,
         shard: usize,
-        out: &mut Vec<((String, String, String), isize)>,
+        time: u64,
+        out: &mut Vec<Change>,
     ) {
         let empty = Rows::default();
         fn rows<'a>(s: &'a Snapshot, view: &str, shard: usize, empty: &'a Rows) -> &'a Rows {
@@ -286,7 +285,13 @@ impl Snapshot {
             rows(to, view, shard, &empty),
         );
         let mut push = |(key, row): &(String, String), diff: isize| {
-            out.push(((view.to_string(), key.clone(), row.clone()), diff));
+            out.push(Change {
+                time,
+                view: view.to_string(),
+                key: key.clone(),
+                diff,
+                row: row.clone(),
+            });
         };
         for (pair, count) in theirs {
             let diff = count - mine.get(pair).copied().unwrap_or(0);
@@ -311,20 +316,10 @@ impl Snapshot {
         let mut out = Vec::new();
         for view in names {
             for shard in 0..SHARDS {
-                self.changes_in(to, view, shard, &mut out);
+                self.changes_in(to, view, shard, time, &mut out);
             }
         }
-        consolidated(
-            out.into_iter()
-                .map(|((view, key, row), diff)| Change {
-                    time,
-                    view,
-                    key,
-                    diff,
-                    row,
-                })
-                .collect(),
-        )
+        consolidated(out)
     }
 
     /// Number of rows of one view.

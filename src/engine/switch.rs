@@ -180,21 +180,12 @@ impl Preparing {
         let Some((view, shard)) = self.left.pop() else {
             return Ok(false);
         };
-        let mut out = Vec::new();
-        {
-            let old = lock(&self.prepared.old)?;
-            let new = lock(&self.prepared.new)?;
-            old.snapshot
-                .changes_in(&new.snapshot, &view, shard, &mut out);
-        }
-        let changes = out.into_iter().map(|((view, key, row), diff)| Change {
-            time: 0,
-            view,
-            key,
-            diff,
-            row,
-        });
-        self.prepared.changes.extend(changes);
+        let old = lock(&self.prepared.old)?;
+        let new = lock(&self.prepared.new)?;
+        // timed at the switch-over ([`Prepared::finish`])
+        old.snapshot
+            .changes_in(&new.snapshot, &view, shard, 0, &mut self.prepared.changes);
+        drop((old, new));
         Ok(!self.left.is_empty())
     }
 
@@ -239,8 +230,9 @@ impl Prepared {
             let mut journal = old.journal(false);
             journal.extend(new.journal(false));
             for (view, key, row) in journal {
-                let diff = new.snapshot.count(&view, key.clone(), row.clone())
-                    - old.snapshot.count(&view, key.clone(), row.clone());
+                let pair = (key, row);
+                let diff = new.snapshot.count(&view, &pair) - old.snapshot.count(&view, &pair);
+                let (key, row) = pair;
                 let at = changes.binary_search_by(|c| {
                     (c.view.as_str(), c.key.as_str(), c.row.as_str()).cmp(&(
                         view.as_str(),
