@@ -64,6 +64,20 @@ impl Background {
     pub fn lower(&self) {
         // SAFETY: gettid takes nothing and returns the calling thread's id
         let tid = unsafe { libc::gettid() };
+        self.lower_thread(tid, true);
+    }
+
+    /// Gives the calling thread, lowered, its normal priority back while it stays on the
+    /// background's CPUs: a thread that takes locks the serving threads wait for (a
+    /// rebuild's comparison of the views) must not be kept from running while it holds
+    /// them by the other background threads of its CPUs.
+    pub fn lift(&self) {
+        set_policy(0, libc::SCHED_OTHER);
+    }
+
+    /// Lowers thread `tid` of this process (with an arena of its own if it is the calling
+    /// thread, `own`), and remembers it for [`Background::restore`].
+    fn lower_thread(&self, tid: libc::pid_t, own: bool) {
         if let Ok(mut threads) = self.threads.lock() {
             threads.push(tid);
         }
@@ -76,11 +90,13 @@ impl Background {
                 *joined = split.is_some();
             }
             if let Some(split) = split.as_ref() {
-                set_cpus(0, &split.background);
+                set_cpus(tid, &split.background);
             }
         }
-        own_arena();
-        set_policy(0, libc::SCHED_IDLE);
+        if own {
+            own_arena();
+        }
+        set_policy(tid, libc::SCHED_IDLE);
     }
 
     /// Gives every lowered thread its normal priority back. The last [`Background`] to
@@ -112,6 +128,62 @@ impl Background {
             }
         }
     }
+}
+
+/// The threads of one engine, each registered as it starts ([`Crew::join`]), so that they
+/// can be lowered together once the engine has handed its outputs over and has only its
+/// state left to free (a rebuild's switch-over, [`super::switch`]): freeing a large
+/// dataflow's arrangements takes its workers most of a second of CPU, which must not be
+/// taken from the engine that now serves.
+#[derive(Debug, Default)]
+pub struct Crew {
+    threads: Mutex<Vec<libc::pid_t>>,
+    lowered: Background,
+}
+
+impl Crew {
+    /// Registers the calling thread as one of the engine's.
+    pub fn join(&self) {
+        // SAFETY: gettid takes nothing and returns the calling thread's id
+        let tid = unsafe { libc::gettid() };
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.push(tid);
+        }
+    }
+
+    /// Lowers every registered thread as background work (where that can be undone,
+    /// [`Background::available`]).
+    pub fn lower(&self) {
+        if !Background::available() {
+            return;
+        }
+        let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
+        for tid in threads {
+            self.lowered.lower_thread(tid, false);
+        }
+    }
+
+    /// Ends what [`Crew::lower`] did, once the engine's threads have ended.
+    pub fn restore(&self) {
+        self.lowered.restore();
+    }
+}
+
+/// Drops `value` on a thread of its own, lowered as background work: a large map's strings
+/// take a while to free, and not on a serving thread.
+pub fn drop_in_background<T: Send + 'static>(value: T) {
+    let freeing = std::thread::Builder::new()
+        .name("throughline-free".into())
+        .spawn(move || {
+            let background = Background::default();
+            if Background::available() {
+                background.lower();
+            }
+            drop(value);
+            background.restore();
+        });
+    // a thread that cannot start dropped the value where it was
+    drop(freeing);
 }
 
 /// Splits the process's CPUs between the background threads (the last quarter, at least

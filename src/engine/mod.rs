@@ -35,7 +35,8 @@ mod stats;
 mod switch;
 mod views;
 
-pub use background::{Background, own_arena};
+use background::Crew;
+pub use background::{Background, drop_in_background, own_arena};
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 pub use switch::{Handover, Prepared, Preparing, Switched};
 
@@ -360,10 +361,14 @@ pub fn run_channel(
     let keepers = Keepers::new(workers * processes, processes == 1);
     let clustered = options.cluster.is_some();
     let background = options.background.clone();
+    // lowered together once a switch-over has taken its outputs (`Driver::release`)
+    let crew = Arc::new(Crew::default());
+    let retiring = Arc::clone(&crew);
     let guards = timely::execute(config, move |worker| {
         if let Some(background) = &background {
             background.lower();
         }
+        crew.join();
         let rows_only = match clustered {
             true => match agree(worker, rows_only, spec.fingerprint()) {
                 Ok(rows_only) => rows_only,
@@ -401,6 +406,7 @@ pub fn run_channel(
             source_names.clone(),
         );
         driver.rows_only = rows_only.clone();
+        driver.crew = Some(Arc::clone(&crew));
         Some(
             driver
                 .drive(&rx, live)
@@ -411,7 +417,10 @@ pub fn run_channel(
     connected.store(true, Ordering::SeqCst);
 
     let mut result = None;
-    for outcome in guards.join() {
+    let outcomes = guards.join();
+    // the workers have ended: what a switch-over lowered is given back
+    retiring.restore();
+    for outcome in outcomes {
         match outcome {
             Ok(Some(r)) => result = Some(r),
             Ok(None) => {}
@@ -553,6 +562,9 @@ struct Driver<'w> {
     /// Every worker renders and hands over its own final rows (only the final snapshot is
     /// wanted).
     rows_only: Option<RowsOnly>,
+    /// This engine's threads, lowered once it has handed its outputs over
+    /// ([`Driver::release`]).
+    crew: Option<Arc<Crew>>,
     /// The spec as views changed while running left it (`None`: `spec` as it started).
     spec_now: Option<Arc<Spec>>,
 }
@@ -606,6 +618,7 @@ impl<'w> Driver<'w> {
             stopped: false,
             last_progress: Instant::now(),
             rows_only: None,
+            crew: None,
             spec_now: None,
         }
     }

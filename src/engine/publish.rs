@@ -199,6 +199,7 @@ impl<'w> Publisher<'w> {
         tally: &mut Tally,
         rows: Option<Snapshot>,
     ) -> Result<(), EngineError> {
+        let switching = rows.is_some();
         // Bookkeeping first: whoever sees a change (a subscriber, a snapshot
         // reader) finds it already counted in `/metrics`.
         tally.changes += changes.len() as u64;
@@ -218,10 +219,8 @@ impl<'w> Publisher<'w> {
             match rows {
                 Some(rows) => {
                     let replaced = views.replace(rows, &changes);
-                    // a large map's strings take a while to free: not while the views wait
-                    let _ = std::thread::Builder::new()
-                        .name("throughline-free".into())
-                        .spawn(move || drop(replaced));
+                    // not while the views wait, nor the input
+                    super::drop_in_background(replaced);
                 }
                 None if !changes.is_empty() => views.apply(&changes),
                 None => {}
@@ -235,6 +234,8 @@ impl<'w> Publisher<'w> {
                 self.collected.extend(changes);
             }
             (None, true) => self.collected.extend(changes),
+            // a switch-over's hundreds of thousands of changes: freed off the engine's thread
+            (None, false) if switching => super::drop_in_background(changes),
             (None, false) => {}
         }
         Ok(())

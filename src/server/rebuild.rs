@@ -64,6 +64,14 @@ pub const HOLD_WITHIN: u64 = 100;
 /// lines before the switch-over holds appends anyway.
 pub const CLOSING_LIMIT: Duration = Duration::from_secs(2);
 
+/// At most how many passes compare again the rows changed while the views were compared
+/// ([`engine::Prepared::settle`]): each compares what changed during the one before.
+const SETTLE_PASSES: usize = 8;
+
+/// How few changed rows end those passes: about what the switch-over compares again while
+/// the views wait.
+const SETTLED: usize = 256;
+
 /// The request a rebuild carries out, as `DIR/rebuild.json` keeps it until it has switched
 /// over.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +320,10 @@ impl Job {
             engine::Background::available().then(|| Arc::new(engine::Background::default()));
         if let Some(background) = &background {
             background.lower();
+            // this thread compares the views under the serving engine's locks: on the
+            // background's CPUs, but not preempted there by the new engine's threads (which
+            // lower themselves)
+            background.lift();
         } else {
             eprintln!(
                 "throughline: rebuild: without CAP_SYS_NICE its threads run at normal priority, beside the serving engine's"
@@ -396,7 +408,7 @@ impl Job {
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| {
-            let prepared = self.prepare(ctx, &tx, &tee, own)?;
+            let mut prepared = self.prepare(ctx, &tx, &tee, own)?;
             // the switch-over holds appends: it runs, and the new engine takes over, at normal
             // priority
             if let Some(background) = &background {
@@ -404,6 +416,8 @@ impl Job {
             }
             let until = Instant::now() + CLOSING_LIMIT;
             self.follow(ctx, &tx, &tee, &counters, HOLD_WITHIN, Some(until))?;
+            // what changed while it closed in, compared now rather than while the views wait
+            prepared.settle()?;
             self.switch(ctx, views, &tx, &tee, prepared)
         });
         match switched {
@@ -501,7 +515,8 @@ impl Job {
     }
 
     /// Compares the serving engine's rows with the new engine's (`own`) a shard at a time
-    /// while both run, forwarding what the log forwards meanwhile ([`engine::Preparing`]).
+    /// while both run, then compares again what changed meanwhile until little does
+    /// ([`engine::Prepared::settle`]), forwarding what the log forwards all along.
     fn prepare(
         &self,
         ctx: &Ctx,
@@ -510,8 +525,7 @@ impl Job {
         own: Arc<Mutex<LiveViews>>,
     ) -> Result<engine::Prepared, String> {
         set(&self.status, |s| s.phase = "comparing the views".into());
-        let mut preparing = engine::Preparing::start(Arc::clone(&ctx.live), own)?;
-        while preparing.step()? {
+        let forward = || -> Result<(), String> {
             if ctx.stop.load(Ordering::SeqCst) {
                 return Err("the server is stopping".into());
             }
@@ -519,9 +533,21 @@ impl Job {
                 tx.send(m)
                     .map_err(|_| "the new engine stopped".to_string())?;
             }
+            Ok(())
+        };
+        let mut preparing = engine::Preparing::start(Arc::clone(&ctx.live), own)?;
+        while preparing.step()? {
+            forward()?;
+        }
+        let mut prepared = preparing.done()?;
+        for _ in 0..SETTLE_PASSES {
+            forward()?;
+            if prepared.settle()? <= SETTLED {
+                break;
+            }
         }
         set(&self.status, |s| s.phase = "following live input".into());
-        preparing.done()
+        Ok(prepared)
     }
 
     /// The switch-over (see the module docs): the log holds appends while the old engine
