@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::dataflow::add_count;
 use crate::dataflow::views::{self, Fact, json_string, milli_json};
@@ -364,24 +365,47 @@ pub struct LiveViews {
     journal: Option<std::collections::HashSet<(String, String, String)>>,
 }
 
-/// How many changes a subscriber may fall behind before it is dropped (so one slow client
-/// cannot grow the server's memory without bound).
+/// How many published changes a subscriber may hold unread before it is dropped (so one
+/// slow client cannot grow the server's memory without bound). Counted in whole
+/// publications, of every view, as it holds them ([`Subscription::next`]); a publication is
+/// sent to a subscriber that holds fewer, however large it is (a rebuild's switch-over).
 pub const SUBSCRIBER_QUEUE: usize = 100_000;
 
 struct Subscriber {
     view: String,
-    tx: crossbeam_channel::Sender<String>,
+    tx: crossbeam_channel::Sender<Arc<Vec<Change>>>,
+    /// The changes of the publications sent and not yet taken.
+    held: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
 }
 
 /// The receiving end of a subscription.
 pub struct Subscription {
-    /// The view's changes, as change-stream lines, in order.
-    pub changes: crossbeam_channel::Receiver<String>,
+    view: String,
+    /// Each publication that changed the view, whole (shared by every subscriber: the
+    /// engine's thread neither copies nor renders it).
+    published: crossbeam_channel::Receiver<Arc<Vec<Change>>>,
+    held: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
 }
 
 impl Subscription {
+    /// The view's changes of the next publication, as change-stream lines, in order (within
+    /// `timeout`). Disconnected once the subscription has ended and everything published
+    /// before is taken.
+    pub fn next(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<String>, crossbeam_channel::RecvTimeoutError> {
+        let published = self.published.recv_timeout(timeout)?;
+        self.held.fetch_sub(published.len(), Ordering::AcqRel);
+        Ok(published
+            .iter()
+            .filter(|c| c.view == self.view)
+            .map(Change::json)
+            .collect())
+    }
+
     /// Whether the subscription ended because the subscriber fell too far behind.
     pub fn lagged(&self) -> bool {
         self.lagged.load(Ordering::Acquire)
@@ -389,14 +413,19 @@ impl Subscription {
 }
 
 impl LiveViews {
-    /// Applies published changes and sends each to the subscribers of its view (dropping
-    /// subscribers that went away).
+    /// Applies published changes and sends them to the subscribers of their views
+    /// (dropping subscribers that went away).
     pub fn apply(&mut self, changes: &[Change]) {
-        for change in changes {
+        self.apply_shared(Arc::new(changes.to_vec()));
+    }
+
+    /// [`LiveViews::apply`] for changes the subscribers may share as they are.
+    pub fn apply_shared(&mut self, changes: Arc<Vec<Change>>) {
+        for change in changes.iter() {
             self.snapshot.apply(change);
         }
         if let Some(journal) = &mut self.journal {
-            for c in changes {
+            for c in changes.iter() {
                 journal.insert((c.view.clone(), c.key.clone(), c.row.clone()));
             }
         }
@@ -406,7 +435,7 @@ impl LiveViews {
     /// Puts `rows` in place of the current ones (`changes` lead from these to those) and
     /// sends the changes to the subscribers, as [`LiveViews::apply`] would: a rebuild's
     /// switch-over, whose new rows are at hand. The rows replaced.
-    pub fn replace(&mut self, rows: Snapshot, changes: &[Change]) -> Snapshot {
+    pub fn replace(&mut self, rows: Snapshot, changes: Arc<Vec<Change>>) -> Snapshot {
         let old = std::mem::replace(&mut self.snapshot, rows);
         self.notify(changes);
         old
@@ -421,21 +450,24 @@ impl LiveViews {
         held
     }
 
-    /// Sends published changes to the subscribers of their views (dropping subscribers that
-    /// went away or fell too far behind).
-    fn notify(&mut self, changes: &[Change]) {
+    /// Sends published changes to the subscribers of their views, each the publication
+    /// whole (dropping subscribers that went away or hold too much unread).
+    fn notify(&mut self, changes: Arc<Vec<Change>>) {
+        if self.subscribers.is_empty() || changes.is_empty() {
+            return;
+        }
+        let views: std::collections::BTreeSet<&str> =
+            changes.iter().map(|c| c.view.as_str()).collect();
         self.subscribers.retain(|s| {
-            changes
-                .iter()
-                .filter(|c| c.view == s.view)
-                .all(|c| match s.tx.try_send(c.json()) {
-                    Ok(()) => true,
-                    Err(crossbeam_channel::TrySendError::Full(_)) => {
-                        s.lagged.store(true, Ordering::Release);
-                        false
-                    }
-                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
-                })
+            if !views.contains(s.view.as_str()) {
+                return true;
+            }
+            if s.held.load(Ordering::Acquire) >= SUBSCRIBER_QUEUE {
+                s.lagged.store(true, Ordering::Release);
+                return false;
+            }
+            s.held.fetch_add(changes.len(), Ordering::AcqRel);
+            s.tx.send(Arc::clone(&changes)).is_ok()
         });
     }
 
@@ -446,17 +478,22 @@ impl LiveViews {
 
     /// The view's current rows (snapshot lines) and a subscription to its later changes.
     pub fn subscribe(&mut self, view: &str) -> (Vec<String>, Subscription) {
-        let (tx, rx) = crossbeam_channel::bounded(SUBSCRIBER_QUEUE);
+        // unbounded, but never more than one publication past `SUBSCRIBER_QUEUE` changes
+        let (tx, published) = crossbeam_channel::unbounded();
         let lagged = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
         self.subscribers.push(Subscriber {
             view: view.to_string(),
             tx,
+            held: Arc::clone(&held),
             lagged: Arc::clone(&lagged),
         });
         (
             self.snapshot.lines_of(view),
             Subscription {
-                changes: rx,
+                view: view.to_string(),
+                published,
+                held,
                 lagged,
             },
         )
@@ -586,6 +623,46 @@ mod tests {
             diff,
             row: row.into(),
         }
+    }
+
+    /// A publication larger than a subscriber may hold (a rebuild's switch-over) reaches a
+    /// subscriber that keeps up, whole and in order; one that holds that much unread is
+    /// dropped at the next publication that concerns it, after what it holds.
+    #[test]
+    fn a_subscriber_takes_a_publication_larger_than_it_may_hold() {
+        let mut views = LiveViews::default();
+        let (rows, subscription) = views.subscribe("a");
+        assert!(rows.is_empty());
+        let big: Vec<Change> = (0..SUBSCRIBER_QUEUE + 10)
+            .map(|i| {
+                change(
+                    if i % 2 == 0 { "a" } else { "b" },
+                    &format!("k{i}"),
+                    1,
+                    "{}",
+                )
+            })
+            .collect();
+        views.replace(Snapshot::default(), Arc::new(big));
+        let wait = Duration::from_millis(10);
+        let lines = subscription.next(wait).unwrap();
+        assert_eq!(lines.len(), SUBSCRIBER_QUEUE / 2 + 5);
+        assert!(lines[0].contains("\"key\":\"k0\"") && lines[1].contains("\"key\":\"k2\""));
+        // another view's changes are not sent to it
+        views.apply(&[change("b", "x", 1, "{}")]);
+        assert!(subscription.next(wait).is_err());
+        // held unread: the next publication of its view still goes, the one after ends it
+        let many: Vec<Change> = (0..SUBSCRIBER_QUEUE)
+            .map(|i| change("a", &format!("m{i}"), 1, "{}"))
+            .collect();
+        views.apply_shared(Arc::new(many));
+        views.apply(&[change("a", "late", 1, "{}")]);
+        assert!(subscription.lagged());
+        assert_eq!(subscription.next(wait).unwrap().len(), SUBSCRIBER_QUEUE);
+        assert!(matches!(
+            subscription.next(wait),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
     }
 
     /// The per-view count follows the rows through inserts, updates and removals.

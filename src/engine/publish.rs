@@ -213,30 +213,38 @@ impl<'w> Publisher<'w> {
         for publisher in &mut self.publishers {
             publisher.publish(&changes, position, self.published.1)?;
         }
+        // shared as they are with the live views' subscribers
+        let changes = Arc::new(changes);
         if let Some(live) = &self.live
             && let Ok(mut views) = live.lock()
         {
             match rows {
                 Some(rows) => {
-                    let replaced = views.replace(rows, &changes);
+                    let replaced = views.replace(rows, Arc::clone(&changes));
                     // not while the views wait, nor the input
                     super::drop_in_background(replaced);
                 }
-                None if !changes.is_empty() => views.apply(&changes),
+                None if !changes.is_empty() => views.apply_shared(Arc::clone(&changes)),
                 None => {}
             }
             views.time = views.time.max(upto_ms);
         }
+        if self.snapshot.is_none() && !self.collect {
+            if switching {
+                // a switch-over's hundreds of thousands of changes: freed off this thread
+                super::drop_in_background(changes);
+            }
+            return Ok(());
+        }
+        // kept: a copy only if a subscriber still holds them
+        let changes = Arc::try_unwrap(changes).unwrap_or_else(|shared| shared.to_vec());
         match (&mut self.snapshot, self.collect) {
             (Some(snapshot), false) => changes.into_iter().for_each(|c| snapshot.apply_owned(c)),
             (Some(snapshot), true) => {
                 changes.iter().for_each(|c| snapshot.apply(c));
                 self.collected.extend(changes);
             }
-            (None, true) => self.collected.extend(changes),
-            // a switch-over's hundreds of thousands of changes: freed off the engine's thread
-            (None, false) if switching => super::drop_in_background(changes),
-            (None, false) => {}
+            (None, _) => self.collected.extend(changes),
         }
         Ok(())
     }

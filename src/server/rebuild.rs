@@ -320,10 +320,6 @@ impl Job {
             engine::Background::available().then(|| Arc::new(engine::Background::default()));
         if let Some(background) = &background {
             background.lower();
-            // this thread compares the views under the serving engine's locks: on the
-            // background's CPUs, but not preempted there by the new engine's threads (which
-            // lower themselves)
-            background.lift();
         } else {
             eprintln!(
                 "throughline: rebuild: without CAP_SYS_NICE its threads run at normal priority, beside the serving engine's"
@@ -408,6 +404,12 @@ impl Job {
         set(&self.status, |s| s.counters = Some(Arc::clone(&counters)));
         let caught_up = self.catch_up(ctx, &tx, &counters);
         let switched = caught_up.and_then(|tee| {
+            // from here this thread compares the views under the serving engine's locks: on
+            // the background's CPUs still, but not preempted there by the new engine's threads
+            // while it holds them
+            if let Some(background) = &background {
+                background.lift();
+            }
             let mut prepared = self.prepare(ctx, &tx, &tee, own)?;
             // the switch-over holds appends: it runs, and the new engine takes over, at normal
             // priority

@@ -41,9 +41,9 @@ pub(super) fn view(request: &Req, ctx: &Ctx, name: &str, subscribe: bool) -> Res
 /// `GET /v1/views/{name}/changes`: the view's rows, then each change as it is published,
 /// until the client goes away or the server stops. Chunked NDJSON (one line per chunk),
 /// or Server-Sent Events (`Accept: text/event-stream` or `?format=sse`: one `data:` event
-/// per line). A subscriber that falls more than [`crate::engine::output::SUBSCRIBER_QUEUE`]
-/// changes behind, or does not read for [`STREAM_STALL`], is sent an error line (when it
-/// can take one) and dropped.
+/// per line). A subscriber that holds more than [`crate::engine::output::SUBSCRIBER_QUEUE`]
+/// published changes unread, or does not read for [`STREAM_STALL`], is sent an error line
+/// (when it can take one) and dropped.
 pub(super) fn stream_changes(
     snapshot: Vec<String>,
     subscription: Subscription,
@@ -86,12 +86,9 @@ pub(super) fn stream_changes(
             return;
         }
         while !stop.load(Ordering::SeqCst) && !tx.is_closed() {
-            match subscription
-                .changes
-                .recv_timeout(Duration::from_millis(200))
-            {
-                Ok(line) => {
-                    if !send(frame(&line)) {
+            match subscription.next(Duration::from_millis(200)) {
+                Ok(lines) => {
+                    if !lines.iter().all(|line| send(frame(line))) {
                         return;
                     }
                 }
