@@ -243,7 +243,7 @@ impl Prepared {
     /// both journals afresh: how many rows that was. Each pass compares what changed during
     /// the one before (as a live migration's pre-copy does), so the rows left for the
     /// switch-over, when the views wait, are what changed since the last pass. The views
-    /// are locked [`SETTLE_CHUNK`] rows at a time.
+    /// are locked `SETTLE_CHUNK` (256) rows at a time.
     pub fn settle(&mut self) -> Result<usize, String> {
         let mut rows: Vec<_> = self.journals(true)?.into_iter().collect();
         let count = rows.len();
