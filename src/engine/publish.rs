@@ -215,15 +215,12 @@ impl<'w> Publisher<'w> {
         }
         // shared as they are with the live views' subscribers
         let changes = Arc::new(changes);
+        let mut replaced = None;
         if let Some(live) = &self.live
             && let Ok(mut views) = live.lock()
         {
             match rows {
-                Some(rows) => {
-                    let replaced = views.replace(rows, Arc::clone(&changes));
-                    // not while the views wait, nor the input
-                    super::drop_in_background(replaced);
-                }
+                Some(rows) => replaced = Some(views.replace(rows, Arc::clone(&changes))),
                 None if !changes.is_empty() => views.apply_shared(Arc::clone(&changes)),
                 None => {}
             }
@@ -231,10 +228,14 @@ impl<'w> Publisher<'w> {
         }
         if self.snapshot.is_none() && !self.collect {
             if switching {
-                // a switch-over's hundreds of thousands of changes: freed off this thread
-                super::drop_in_background(changes);
+                // a switch-over's rows replaced and hundreds of thousands of changes: freed
+                // off this thread, not while the views or the input wait
+                super::drop_in_background((replaced, changes));
             }
             return Ok(());
+        }
+        if let Some(replaced) = replaced {
+            super::drop_in_background(replaced);
         }
         // kept: a copy only if a subscriber still holds them
         let changes = Arc::try_unwrap(changes).unwrap_or_else(|shared| shared.to_vec());
