@@ -141,8 +141,14 @@ pub struct Snapshot {
     views: BTreeMap<String, ViewRows>,
 }
 
-/// How many maps each view's rows are split into ([`Snapshot`]).
-pub const SHARDS: usize = 256;
+/// How many maps each view's rows are split into ([`Snapshot`]): enough that comparing
+/// one holds the views' locks well under a millisecond. At 1M events of state and 256
+/// shards, one comparison held both engines' views for up to 5 ms, and the serving
+/// engine's publication waited up to 8 ms for them. An empty map allocates nothing.
+pub const SHARDS: usize = 1 << SHARD_BITS;
+
+/// `log2(SHARDS)`: [`shard_of`] takes the hash's top bits.
+const SHARD_BITS: u32 = 12;
 
 /// One view's rows: (key, row) → multiplicity.
 type Rows = griddle::HashMap<(String, String), isize>;
@@ -195,7 +201,7 @@ pub fn shard_of(key: &str) -> usize {
         *to = *from;
     }
     hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
-    (hash >> 56) as usize % SHARDS
+    (hash >> (64 - SHARD_BITS)) as usize
 }
 
 impl Snapshot {

@@ -29,7 +29,7 @@
 //! that finished the comparison, and 19 ms freeing the changes.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::output::{Change, DeadLetters, LiveViews, SHARDS};
 use super::publish::Outlets;
@@ -189,18 +189,21 @@ impl Preparing {
         })
     }
 
-    /// Compares one more shard (the old engine's views locked, then the new one's): whether
-    /// any is left.
+    /// Compares one more shard (both engines' views locked, the new engine's first: see
+    /// `both`): whether any is left.
     pub fn step(&mut self) -> Result<bool, String> {
         let Some((view, shard)) = self.left.pop() else {
             return Ok(false);
         };
-        let old = lock(&self.prepared.old)?;
-        let new = lock(&self.prepared.new)?;
+        let mut found = Vec::new();
+        let (old, new) = both(&self.prepared.old, &self.prepared.new)?;
         // timed at the switch-over ([`Prepared::finish`])
         old.snapshot
-            .changes_in(&new.snapshot, &view, shard, 0, &mut self.prepared.changes);
+            .changes_in(&new.snapshot, &view, shard, 0, &mut found);
         drop((old, new));
+        // not while the views wait: growing the changes (hundreds of thousands) takes
+        // milliseconds of fresh pages
+        self.prepared.changes.append(&mut found);
         Ok(!self.left.is_empty())
     }
 
@@ -250,9 +253,10 @@ impl Prepared {
         let mut again = Vec::with_capacity(count);
         while !rows.is_empty() {
             let chunk = rows.split_off(rows.len().saturating_sub(SETTLE_CHUNK));
-            let old = lock(&self.old)?;
-            let new = lock(&self.new)?;
-            again.extend(compared_again(&old, &new, chunk));
+            let (old, new) = both(&self.old, &self.new)?;
+            let found = compared_again(&old, &new, chunk);
+            drop((old, new));
+            again.extend(found);
         }
         if self.take(again) {
             self.changes.retain(|c| c.diff != 0);
@@ -266,8 +270,7 @@ impl Prepared {
     fn finish(mut self, time: u64) -> Result<Vec<Change>, String> {
         let journal = self.journals(false)?;
         let again = {
-            let old = lock(&self.old)?;
-            let new = lock(&self.new)?;
+            let (old, new) = both(&self.old, &self.new)?;
             compared_again(&old, &new, journal)
         };
         let emptied = self.take(again);
@@ -371,6 +374,20 @@ impl Drop for Prepared {
             }
         }
     }
+}
+
+/// The serving engine's views (`old`) and the new engine's (`new`) locked together: the
+/// new engine's first. The new engine may hold its lock for milliseconds (a catch-up's
+/// publication, at the least CPU priority); waiting for it while holding the serving
+/// engine's lock would stall the serving engine's publication as long. The serving engine
+/// holds its own only to apply one live round's changes.
+fn both<'a>(
+    old: &'a Mutex<LiveViews>,
+    new: &'a Mutex<LiveViews>,
+) -> Result<(MutexGuard<'a, LiveViews>, MutexGuard<'a, LiveViews>), String> {
+    let new = lock(new)?;
+    let old = lock(old)?;
+    Ok((old, new))
 }
 
 fn lock(views: &Mutex<LiveViews>) -> Result<std::sync::MutexGuard<'_, LiveViews>, String> {
