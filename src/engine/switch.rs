@@ -390,7 +390,7 @@ fn both<'a>(
     Ok((old, new))
 }
 
-fn lock(views: &Mutex<LiveViews>) -> Result<std::sync::MutexGuard<'_, LiveViews>, String> {
+fn lock(views: &Mutex<LiveViews>) -> Result<MutexGuard<'_, LiveViews>, String> {
     views
         .lock()
         .map_err(|_| "the live views are unavailable".to_string())
