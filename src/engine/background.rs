@@ -62,9 +62,7 @@ impl Background {
     /// Lowers the calling thread, and remembers it for [`Background::restore`]; the first
     /// lowered thread of the process splits the CPUs (see [`Background`]).
     pub fn lower(&self) {
-        // SAFETY: gettid takes nothing and returns the calling thread's id
-        let tid = unsafe { libc::gettid() };
-        self.lower_thread(tid, true);
+        self.lower_thread(this_thread(), true);
     }
 
     /// Gives the calling thread, lowered, its normal priority back while it stays on the
@@ -144,10 +142,8 @@ pub struct Crew {
 impl Crew {
     /// Registers the calling thread as one of the engine's.
     pub fn join(&self) {
-        // SAFETY: gettid takes nothing and returns the calling thread's id
-        let tid = unsafe { libc::gettid() };
         if let Ok(mut threads) = self.threads.lock() {
-            threads.push(tid);
+            threads.push(this_thread());
         }
     }
 
@@ -167,6 +163,12 @@ impl Crew {
     pub fn restore(&self) {
         self.lowered.restore();
     }
+}
+
+/// The calling thread's id (as the scheduling calls take it).
+fn this_thread() -> libc::pid_t {
+    // SAFETY: gettid takes nothing and returns the calling thread's id
+    unsafe { libc::gettid() }
 }
 
 /// Drops `value` on a thread of its own, lowered as background work: a large map's strings
