@@ -187,7 +187,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
             "{state_gen}; throughline serve -w 2 --sink '{sink}' (fresh), the state over HTTP in 5,000-line posts, then live events over HTTP (paced by the harness)"
         );
         let env = [("THROUGHLINE_WEBHOOK_SECRET", SECRET)];
-        let (mut child, addr) = spawn_serve(&dir.join("destination-data"), &sink, &env);
+        let (mut child, addr) = spawn_serve(&dir.join("destination-data"), 2, &sink, &env);
         let mut http = Http::connect(&addr);
         let (delivered, took) = load(&mut http, &state);
         if kind == "no" {

@@ -1,13 +1,13 @@
 """The serving engine's read-to-output latency second by second, with what runs beside it.
 
-Starts `BIN serve -w 2` on a fresh data directory ($DATA, default
+Starts `BIN serve -w $WORKERS` on a fresh data directory ($DATA, default
 /tmp/throughline-probe-data), posts the state file STATE over HTTP in 5,000-line posts,
 then posts live events at 1,000/s (open loop, every other one an hour behind CLOCK_MS, the
 state's last timestamp) for SECONDS, and every WINDOW seconds prints the window's p50, p99
 and p99.9 from the `/metrics` histogram, with the machine's CPU ticks (/proc/stat).
 PUT_AT=S sends `PUT /v1/spec` (the default spec with `pricing_view` at 30 points and a
 signal `any_page` added, as the rebuild bench does) S seconds in; PIN="taskset -c 0" runs
-the server under that prefix. The server's stderr is echoed with a `[serve]` prefix.
+the server under that prefix; WORKERS=N runs `serve -w N` (default 2). The server's stderr is echoed with a `[serve]` prefix.
 
     python3 tests/bench/probe_latency.py BIN STATE SECONDS WINDOW CLOCK_MS
 
@@ -16,7 +16,7 @@ the server under that prefix. The server's stderr is echoed with a `[serve]` pre
 import http.client, json, subprocess, sys, time, os, shutil, threading, re
 BIN = sys.argv[1]; STATE = sys.argv[2]; SECS = int(sys.argv[3]); WIN = float(sys.argv[4]) if len(sys.argv) > 4 else 5
 data = os.environ.get("DATA", "/tmp/throughline-probe-data"); shutil.rmtree(data, ignore_errors=True)
-p = subprocess.Popen((os.environ["PIN"].split() if os.environ.get("PIN") else []) + [BIN, "serve", "--listen", "127.0.0.1:0", "-w", "2", "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+p = subprocess.Popen((os.environ["PIN"].split() if os.environ.get("PIN") else []) + [BIN, "serve", "--listen", "127.0.0.1:0", "-w", os.environ.get("WORKERS", "2"), "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 addr = None
 for line in p.stderr:
     if line.startswith("throughline: listening on "):

@@ -76,7 +76,9 @@ fn post_until(
 pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
     let events: u64 = if quick { 100_000 } else { 1_000_000 };
     let mut out = Vec::new();
-    for shape in ["gen", "journeys"] {
+    // the server's default (one worker), then two: on a 2-core machine the second worker
+    // shares the cores with the HTTP, parsing and log threads and with the rebuild
+    for (workers, shape) in [(1, "gen"), (1, "journeys"), (2, "gen"), (2, "journeys")] {
         let file = dir.join(format!("rebuild-{shape}{events}.ndjson"));
         let made = match shape {
             "gen" => generate(&file, events, events / 10, 29, start_ms),
@@ -84,19 +86,19 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         };
         let clock = final_clock(&file);
         let state = std::fs::read(&file).expect("state");
-        let (mut child, addr) = spawn_serve(&dir.join("rebuild-data"), "", &[]);
+        let (mut child, addr) = spawn_serve(&dir.join("rebuild-data"), workers, "", &[]);
         let mut http = Http::connect(&addr);
         post_state(&mut http, &state);
         caught_up(&mut http);
         let command = format!(
-            "{made}; throughline serve -w 2 (fresh), the state over HTTP in 5,000-line posts, then live events at {RATE}/s (every other one an hour late), then PUT /v1/spec (a signal's points changed, a signal added) while they go on"
+            "{made}; throughline serve -w {workers} (fresh), the state over HTTP in 5,000-line posts, then live events at {RATE}/s (every other one an hour late), then PUT /v1/spec (a signal's points changed, a signal added) while they go on"
         );
         // before: the same live load with no rebuild
         let mut views = subscribe_ready(&addr, &mut http, clock);
         let none = AtomicBool::new(false);
         let engine_start = engine_histogram(&mut http);
         eprintln!(
-            "[bench, {} ms] {shape}: state loaded, the baseline begins",
+            "[bench, {} ms] {shape}, -w {workers}: state loaded, the baseline begins",
             throughline::engine::wall_clock_ms()
         );
         // long enough to show the serving engine's own rare pauses beside the rebuild's
@@ -106,7 +108,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let engine_before = engine_histogram(&mut http);
         out.push(Row {
             figure: format!(
-                "ingest-to-view latency with no rebuild, {events} events of state ({shape}), {RATE} events/s, half late (open loop, HTTP)"
+                "ingest-to-view latency with no rebuild, `serve -w {workers}`, {events} events of state ({shape}), {RATE} events/s, half late (open loop, HTTP)"
             ),
             measured: before.describe(),
             target: "(reported: the baseline for the rows below)",
@@ -147,7 +149,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let base = clock + 1 + due.len() as u64;
         let put_at = Instant::now();
         eprintln!(
-            "[bench, {} ms] {shape}: PUT /v1/spec",
+            "[bench, {} ms] {shape}, -w {workers}: PUT /v1/spec",
             throughline::engine::wall_clock_ms()
         );
         let due = post_until(&mut http, first, base, &done, Duration::from_secs(600));
@@ -164,7 +166,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let switch = &rebuild["switched"];
         out.push(Row {
             figure: format!(
-                "PUT /v1/spec (changed signal) to the switch-over, {events} events of state ({shape}), live events going on"
+                "PUT /v1/spec (changed signal) to the switch-over, `serve -w {workers}`, {events} events of state ({shape}), live events going on"
             ),
             measured: format!(
                 "{:.1} s ({} logged lines replayed; the switch-over took {:.1} ms, appends held {:.1} ms of it, and made {} changes at engine time {}); failed: {}",

@@ -211,9 +211,14 @@ fn consume(broker: &str, topic: &str) -> Sightings {
     }
 }
 
-/// `serve -w 2 --sink SINK` on a fresh data directory `data`, with the environment `env`:
-/// the process and its HTTP address.
-pub(super) fn spawn_serve(data: &Path, sink: &str, env: &[(&str, &str)]) -> (Child, String) {
+/// `serve -w WORKERS --sink SINK` on a fresh data directory `data`, with the environment
+/// `env`: the process and its HTTP address.
+pub(super) fn spawn_serve(
+    data: &Path,
+    workers: usize,
+    sink: &str,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let _ = std::fs::remove_dir_all(data);
     // no sink at all when `sink` is empty (a baseline)
     let sink_args: &[&str] = if sink.is_empty() {
@@ -222,7 +227,13 @@ pub(super) fn spawn_serve(data: &Path, sink: &str, env: &[(&str, &str)]) -> (Chi
         &["--sink", sink]
     };
     let mut serve = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "-w", "2"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "-w",
+            &workers.to_string(),
+        ])
         .args(sink_args)
         .arg("--data-dir")
         .arg(data)
@@ -395,7 +406,7 @@ impl Session {
         let tansu_child = tansu::start(tansu, &broker);
         tansu::create_topic(tansu, &broker, "changes", 1);
         let sink = format!("kafka://{broker}/changes");
-        let (serve, addr) = spawn_serve(&dir.join("sink-data"), &sink, &[]);
+        let (serve, addr) = spawn_serve(&dir.join("sink-data"), 2, &sink, &[]);
         let mut http = Http::connect(&addr);
         let started = Instant::now();
         post_state(&mut http, state);

@@ -35,7 +35,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
             _ => generate_journeys(&file, events, events / 10, 23, Some(start_ms)),
         };
         let state = std::fs::read(&file).expect("state");
-        let (mut child, addr) = spawn_serve(&dir.join("views-data"), "", &[]);
+        let (mut child, addr) = spawn_serve(&dir.join("views-data"), 2, "", &[]);
         let mut http = Http::connect(&addr);
         post_state(&mut http, &state);
         caught_up(&mut http);
