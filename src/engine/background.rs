@@ -196,7 +196,7 @@ fn split_cpus(lowered: libc::pid_t) -> Option<Split> {
     if all.len() < 2 {
         return None;
     }
-    let (serving, background) = all.split_at(all.len() - (all.len() / 4).max(1));
+    let (serving, background) = all.split_at(serving_share(all.len()));
     for tid in process_threads() {
         if tid != lowered {
             set_cpus(tid, serving);
@@ -208,6 +208,21 @@ fn split_cpus(lowered: libc::pid_t) -> Option<Split> {
         all,
         users: 1,
     })
+}
+
+/// How many of `cpus` CPUs the serving threads keep while background work runs: all but the
+/// last quarter (at least one), or all of one.
+fn serving_share(cpus: usize) -> usize {
+    match cpus {
+        0 | 1 => cpus,
+        _ => cpus - (cpus / 4).max(1),
+    }
+}
+
+/// The CPUs the serving engine and every other thread keep while a rebuild or a compaction
+/// runs beside them ([`Background`]); `None` when the process's CPUs cannot be read.
+pub fn serving_cpus() -> Option<usize> {
+    cpus_of(0).map(|all| serving_share(all.len()))
 }
 
 /// Has the calling thread allocate from the background threads' jemalloc arena, made at the
@@ -292,6 +307,13 @@ fn process_threads() -> Vec<libc::pid_t> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The background takes the last quarter of the CPUs, at least one, but never the only one.
+    #[test]
+    fn the_serving_threads_keep_three_quarters_of_the_cpus() {
+        let kept: Vec<usize> = [1, 2, 3, 4, 8, 16].map(serving_share).to_vec();
+        assert_eq!(kept, vec![1, 1, 2, 3, 6, 12]);
+    }
 
     /// A background thread allocates from an arena no other thread was given.
     #[test]

@@ -36,7 +36,7 @@ mod switch;
 mod views;
 
 use background::Crew;
-pub use background::{Background, drop_in_background, own_arena};
+pub use background::{Background, drop_in_background, own_arena, serving_cpus};
 pub use stats::{Counters, Histogram, Latency, Retained, SourceStats, Summary, Tally};
 pub use switch::{Handover, Prepared, Preparing, Switched};
 

@@ -88,6 +88,12 @@ pub fn is_loopback(listen: &str) -> bool {
 /// arrives during it is applied after it. Reads wait for the replay (see
 /// [`crate::io::http::Recovery`]).
 pub fn serve(spec: Arc<Spec>, config: ServeConfig) -> Result<(), String> {
+    if let Some(cpus) = crate::engine::serving_cpus().filter(|c| config.workers > *c) {
+        eprintln!(
+            "throughline: note: {} workers, and {cpus} CPU(s) left to them while a rebuild or a compaction runs in the background: more workers than CPUs raise the views' latency (README, Server)",
+            config.workers
+        );
+    }
     let dir = DataDir::open(&config.data_dir)?;
     let salt = dir.salt()?;
     let log_path = dir.log();
