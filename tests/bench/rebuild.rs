@@ -2,7 +2,8 @@
 //! long the rebuild takes to catch up with the state's log and switch over, and the live
 //! events' ingest-to-view latency before it and while it runs (open loop, 1,000 events/s
 //! over HTTP, every other one an hour behind the clock as SDK queues deliver them), with
-//! every thread's CPU share over the rebuild.
+//! every thread's CPU share over the rebuild: `serve` at its default of one worker, then
+//! with two.
 
 use std::path::Path;
 use std::sync::Arc;
