@@ -184,9 +184,10 @@ impl Profile {
     /// profile's rows updated.
     fn render_again(&mut self, index: u16, render: &Renderer) -> Vec<(String, isize)> {
         let mut out = Vec::new();
-        let now = match self.members.is_empty() {
+        let now = match self.members.is_empty() || !render.may_hold(index.into(), self.score_milli)
+        {
             true => None,
-            false => render.row(index as usize, &self.state()),
+            false => render.row(index.into(), &self.state()),
         };
         let at = self.rows.binary_search_by_key(&index, |(v, _)| *v);
         let old = at.ok().map(|i| &self.rows[i].1);

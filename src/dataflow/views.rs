@@ -299,6 +299,19 @@ impl Renderer {
         }
     }
 
+    /// Whether view `index` can have a row for a profile of score `score_milli`: not when
+    /// the view is not live or its `score_gte` is above the score. [`Renderer::row`] would
+    /// answer `None` then too; this reads nothing else of the profile, so a view defined at
+    /// runtime skips gathering the facts of every profile under its threshold.
+    pub(super) fn may_hold(&self, index: usize, score_milli: i64) -> bool {
+        self.live.get(index).copied().unwrap_or(false)
+            && self
+                .views
+                .get(index)
+                .and_then(|view| view.score_gte_milli)
+                .is_none_or(|min| score_milli >= min)
+    }
+
     /// View `index`'s conditions on a profile, in the spec's order, each with whether it
     /// holds. Evaluated lazily: a renderer that stops at the first failure pays for no more.
     fn conditions<'r>(

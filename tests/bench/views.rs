@@ -1,6 +1,6 @@
 //! Views defined on a running server (`PUT /v1/views/NAME`): how long from the request to
-//! the view's rows being served, over a server holding the state of many events (`serve -w
-//! 2`, the state posted over HTTP first). The answer to a `PUT` comes once the view's rows
+//! the view's rows being served, over a server holding the state of many events (`serve` at
+//! its default of one worker, then with two; the state posted over HTTP first). The answer to a `PUT` comes once the view's rows
 //! are published, so its time is the time to the first row served; each answer's rows are
 //! then read back with `GET` to check they are there.
 
@@ -28,14 +28,14 @@ fn definition(i: usize) -> String {
 pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
     let events: u64 = if quick { 100_000 } else { 1_000_000 };
     let mut out = Vec::new();
-    for shape in ["gen", "journeys"] {
+    for (workers, shape) in [(1, "gen"), (1, "journeys"), (2, "gen"), (2, "journeys")] {
         let file = dir.join(format!("views-{shape}{events}.ndjson"));
         let made = match shape {
             "gen" => generate(&file, events, events / 10, 23, start_ms),
             _ => generate_journeys(&file, events, events / 10, 23, Some(start_ms)),
         };
         let state = std::fs::read(&file).expect("state");
-        let (mut child, addr) = spawn_serve(&dir.join("views-data"), 2, "", &[]);
+        let (mut child, addr) = spawn_serve(&dir.join("views-data"), workers, "", &[]);
         let mut http = Http::connect(&addr);
         post_state(&mut http, &state);
         caught_up(&mut http);
@@ -59,7 +59,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
         let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
         out.push(Row {
             figure: format!(
-                "PUT /v1/views/NAME to its rows served, 20 views over {events} events of state ({shape})"
+                "PUT /v1/views/NAME to its rows served, `serve -w {workers}`, 20 views over {events} events of state ({shape})"
             ),
             measured: format!(
                 "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} to {} rows each)",
@@ -71,7 +71,7 @@ pub(super) fn rows(dir: &Path, quick: bool, start_ms: u64) -> Vec<Row> {
             ),
             target: "milliseconds (issue 33)",
             command: format!(
-                "{made}; throughline serve -w 2 (fresh), the state over HTTP in 5,000-line posts, then 20 PUTs one after another"
+                "{made}; throughline serve -w {workers} (fresh), the state over HTTP in 5,000-line posts, then 20 PUTs one after another"
             ),
         });
         let _ = std::process::Command::new("kill")
