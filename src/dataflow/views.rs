@@ -133,6 +133,12 @@ pub fn conditions_for(spec: &Spec, facts: &[Fact]) -> Vec<Vec<(Condition, bool)>
         .collect()
 }
 
+/// A view's `score_gte` (SPEC section 7): the profile's score, in thousandths of a point, is
+/// at least the threshold, in the same unit.
+fn score_at_least(score_milli: i64, min_milli: i64) -> bool {
+    score_milli >= min_milli
+}
+
 /// A profile's facts, gathered.
 pub(super) struct State<'a> {
     /// Its identifiers, in (type, value) order.
@@ -309,7 +315,7 @@ impl Renderer {
                 .views
                 .get(index)
                 .and_then(|view| view.score_gte_milli)
-                .is_none_or(|min| score_milli >= min)
+                .is_none_or(|min| score_at_least(score_milli, min))
     }
 
     /// View `index`'s conditions on a profile, in the spec's order, each with whether it
@@ -323,9 +329,12 @@ impl Renderer {
         let consent = view
             .purpose
             .map(|p| (Condition::Consent(p), self.granted(state, p)));
-        let score = view
-            .score_gte_milli
-            .map(|min| (Condition::ScoreAtLeast(min), state.score_milli >= min));
+        let score = view.score_gte_milli.map(|min| {
+            (
+                Condition::ScoreAtLeast(min),
+                score_at_least(state.score_milli, min),
+            )
+        });
         let signal = view
             .has_signal_id
             .map(|id| (Condition::HasSignal, state.signals.contains(&id)));
